@@ -1,0 +1,73 @@
+"""The typer application: assembles the command groups and turns our errors into exit code 2.
+
+Command modules import only typer at module level; the library (torch, transformers) is
+imported inside each command, so ``micro-rm --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any, Optional, Sequence
+
+import click
+import typer
+
+app = typer.Typer(
+    name="micro-rm",
+    help="Personalized reward models with MiCRo: a mixture of Bradley-Terry heads on a frozen "
+         "backbone, routed by context.\n\nStart with `micro-rm demo`; every command has --help "
+         "with an example.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def emit(result: dict[str, Any], as_json: bool, summary: str) -> None:
+    """Print a human summary, or (with ``--json``) one JSON object as the last stdout line."""
+    if as_json:
+        print(json.dumps(result, default=str))
+    else:
+        print(summary)
+
+
+def _register_commands() -> None:
+    from micro_rm.cli import data_cmd, encode_cmd  # noqa: F401  (commands register on import)
+
+    for module in ("train_cmd", "stage2_cmd", "experiment_cmd", "serve_cmd"):
+        try:
+            __import__(f"micro_rm.cli.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"micro_rm.cli.{module}":
+                raise
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the CLI on ``argv``; return the exit code (0 ok, 2 bad input, 1 unexpected failure)."""
+    from micro_rm.errors import MicroRMError
+
+    _register_commands()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        app(args=list(argv) if argv is not None else None, prog_name="micro-rm",
+            standalone_mode=False)
+    except MicroRMError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return 2
+    except click.exceptions.Abort:
+        print("aborted", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

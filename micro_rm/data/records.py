@@ -1,0 +1,131 @@
+"""The pair record: validation and normalisation of one preference pair.
+
+A record is a plain ``dict`` (so it works with ``datasets.map``) with the fields of DESIGN.md:
+
+==========  ==============================  ==========================================
+field       type                            meaning
+==========  ==============================  ==========================================
+prompt      str or list of chat messages    the user turn(s)
+chosen      str or list of chat messages    the preferred response
+rejected    str or list of chat messages    the other response
+context     str, optional                   what is known of the user's intent
+attribute   str, optional                   the group accuracy is reported by
+user_id     str, optional                   for per-user online adaptation
+margin      float, optional                 rating gap
+id          str, optional                   stable id
+==========  ==============================  ==========================================
+
+A chat message is ``{"role": str, "content": str}``. When ``prompt`` is absent and ``chosen``
+/ ``rejected`` are whole conversations, their shared prefix is the prompt (TRL's implicit-prompt
+format).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Union
+
+from micro_rm.errors import InvalidRecord
+
+Message = dict[str, str]
+Text = Union[str, list[Message]]
+
+TEXT_FIELDS = ("prompt", "chosen", "rejected")
+OPTIONAL_STR_FIELDS = ("context", "attribute", "user_id", "id")
+KNOWN_FIELDS = (*TEXT_FIELDS, *OPTIONAL_STR_FIELDS, "margin")
+
+
+def _fail(where: str, message: str) -> InvalidRecord:
+    return InvalidRecord(f"{where}: {message}" if where else message)
+
+
+def _check_text(value: Any, field: str, where: str) -> Text:
+    if isinstance(value, str):
+        if not value.strip():
+            raise _fail(where, f"`{field}` is empty; fix it or pass --skip-invalid")
+        return value
+    if isinstance(value, list):
+        if not value:
+            raise _fail(where, f"`{field}` is an empty message list; fix it or pass --skip-invalid")
+        for i, msg in enumerate(value):
+            if not (isinstance(msg, dict) and isinstance(msg.get("role"), str)
+                    and isinstance(msg.get("content"), str)):
+                raise _fail(where, f"`{field}[{i}]` is not a chat message "
+                                   "{'role': str, 'content': str}")
+        if not any(msg["content"].strip() for msg in value):
+            raise _fail(where, f"`{field}` has only empty messages; fix it or pass --skip-invalid")
+        return value
+    raise _fail(where, f"`{field}` must be a string or a list of chat messages, "
+                       f"got {type(value).__name__}")
+
+
+def _shared_prefix(chosen: list[Message], rejected: list[Message]) -> int:
+    n = 0
+    while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+        n += 1
+    return n
+
+
+def normalize_pair(record: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """Validate one record and return it in canonical form (only known fields, prompt present).
+
+    ``where`` (e.g. ``"pairs.jsonl line 12"``) prefixes every error message.
+
+    >>> normalize_pair({"chosen": [{"role": "user", "content": "Hi"},
+    ...                            {"role": "assistant", "content": "Hello!"}],
+    ...                 "rejected": [{"role": "user", "content": "Hi"},
+    ...                              {"role": "assistant", "content": "Go away."}]})
+    {'prompt': [{'role': 'user', 'content': 'Hi'}], 'chosen': [{'role': 'assistant', 'content': 'Hello!'}], 'rejected': [{'role': 'assistant', 'content': 'Go away.'}]}
+    """
+    if not isinstance(record, dict):
+        raise _fail(where, f"a record must be a JSON object, got {type(record).__name__}")
+    for field in ("chosen", "rejected"):
+        if record.get(field) is None:
+            raise _fail(where, f"missing field `{field}`; fix it or pass --skip-invalid")
+    chosen = _check_text(record["chosen"], "chosen", where)
+    rejected = _check_text(record["rejected"], "rejected", where)
+    prompt = record.get("prompt")
+    if prompt is None:
+        if not (isinstance(chosen, list) and isinstance(rejected, list)):
+            raise _fail(where, "missing field `prompt` (it may be omitted only when `chosen` and "
+                               "`rejected` are whole conversations)")
+        n = _shared_prefix(chosen, rejected)
+        if n == 0:
+            raise _fail(where, "missing field `prompt` and `chosen`/`rejected` share no prefix")
+        prompt, chosen, rejected = chosen[:n], chosen[n:], rejected[n:]
+        chosen = _check_text(chosen, "chosen", where)
+        rejected = _check_text(rejected, "rejected", where)
+    prompt = _check_text(prompt, "prompt", where)
+    out: dict[str, Any] = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    for field in OPTIONAL_STR_FIELDS:
+        value = record.get(field)
+        if value is None:
+            continue
+        if field == "id" and isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str):
+            raise _fail(where, f"`{field}` must be a string, got {type(value).__name__}")
+        if field == "context" and not value.strip():
+            raise _fail(where, "`context` is empty; remove the field or give the context")
+        out[field] = value
+    margin = record.get("margin")
+    if margin is not None:
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)):
+            raise _fail(where, f"`margin` must be a number, got {type(margin).__name__}")
+        out["margin"] = float(margin)
+    return out
+
+
+def render_text(text: Text) -> str:
+    """Flatten a string or a message list into plain text for an encoder backbone.
+
+    >>> render_text([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hey"}])
+    'user: Hi\\nassistant: Hey'
+    """
+    if isinstance(text, str):
+        return text
+    return "\n".join(f"{m['role']}: {m['content']}" for m in text)
+
+
+def prompt_key(record: dict[str, Any]) -> str:
+    """The prompt as one string: what the canonical split hashes and what groups pairs."""
+    return render_text(record["prompt"])
