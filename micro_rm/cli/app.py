@@ -26,6 +26,9 @@ app = typer.Typer(
 )
 
 
+COMMAND_MODULES = ("data_cmd", "encode_cmd")
+
+
 def emit(result: dict[str, Any], as_json: bool, summary: str) -> None:
     """Print a human summary, or (with ``--json``) one JSON object as the last stdout line."""
     if as_json:
@@ -35,14 +38,11 @@ def emit(result: dict[str, Any], as_json: bool, summary: str) -> None:
 
 
 def _register_commands() -> None:
-    from micro_rm.cli import data_cmd, encode_cmd  # noqa: F401  (commands register on import)
+    """Import the command modules; each registers its commands on ``app``."""
+    import importlib
 
-    for module in ("train_cmd", "stage2_cmd", "experiment_cmd", "serve_cmd"):
-        try:
-            __import__(f"micro_rm.cli.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"micro_rm.cli.{module}":
-                raise
+    for module in COMMAND_MODULES:
+        importlib.import_module(f"micro_rm.cli.{module}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

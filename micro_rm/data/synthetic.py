@@ -1,0 +1,139 @@
+"""Built-in synthetic preference text with known user groups (no download, license-free).
+
+Every response is written from a binary *style vector* over attributes that a text encoder can
+see: length, bullet structure, formality, safety caveats, humour and technical depth. Each
+ground-truth user group has its own linear preference over those attributes and a context
+sentence; a pair's label is sampled from that group's Bradley–Terry model
+P(a ≻ b) = σ(β · w_g · (s_a − s_b)). The groups disagree, so pooled labels are a true mixture.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Any
+
+STYLES = ("long", "bullets", "formal", "caveats", "humour", "technical")
+
+TOPICS = (
+    "saving for retirement", "learning a new language", "training for a marathon", "growing tomatoes",
+    "writing a cover letter", "fixing a slow laptop", "cooking risotto", "negotiating a salary",
+    "starting a podcast", "reducing stress at work", "choosing a used car", "planning a wedding",
+    "teaching a child to read", "brewing coffee at home", "preparing for a job interview",
+    "organising a small library", "keeping houseplants alive", "learning to play chess",
+    "backing up family photos", "painting a bedroom", "budgeting for a holiday", "sleeping better",
+    "writing unit tests", "adopting a rescue dog", "building a bookshelf", "improving posture",
+    "studying for an exam", "hosting a dinner party", "learning to swim", "reducing food waste",
+)
+
+TEMPLATES = (
+    "How should I go about {topic}?", "Can you give me advice on {topic}?",
+    "What is the best way to approach {topic}?", "I need help with {topic}. Where do I start?",
+    "Explain the key steps of {topic}.", "What mistakes should I avoid when {topic}?",
+)
+
+STEPS = (
+    "set a clear goal for {topic} before anything else",
+    "break {topic} into small steps you can finish in a day",
+    "track your progress on {topic} every week",
+    "learn from people who have done {topic} before",
+    "budget the time and money that {topic} needs",
+    "review what worked and adjust your plan for {topic}",
+)
+
+TECHNICAL = (
+    "Quantitatively, a 15-20% buffer on your initial estimate absorbs most variance.",
+    "Apply a feedback loop: measure, compare against the baseline, then iterate.",
+    "The dominant constraint is usually throughput, so optimise the bottleneck first.",
+)
+PLAIN = ("Keep it simple and don't overthink it.", "Just take it one day at a time.")
+
+OPENERS = {True: "Certainly. Here is a structured answer regarding {topic}.",
+           False: "Hey! So, about {topic}, here's the deal."}
+CLOSERS = {True: "I trust this proves useful to you.", False: "Hope that helps, good luck!"}
+CAVEAT = ("Please note that circumstances differ, so consider consulting a qualified professional "
+          "and proceed carefully.")
+JOKE = "Fun fact: even my toaster has a five-year plan, and it is still just making toast."
+
+
+@dataclass(frozen=True)
+class Group:
+    """A ground-truth user group: its name, context sentence and preference weights over STYLES."""
+
+    name: str
+    context: str
+    weights: tuple[float, ...]
+
+
+GROUPS = (
+    Group("concise", "I am busy: give me a short, casual answer with no lists and no fluff.",
+          (-2.0, -1.0, -0.5, -1.0, 0.0, -0.5)),
+    Group("expert", "I am an engineer; I want a long, formal, technical answer with structured bullet points.",
+          (1.0, 1.0, 1.0, 0.0, -1.0, 2.0)),
+    Group("cautious", "I worry about risks; please be careful, formal and mention safety caveats.",
+          (0.0, 0.0, 1.0, 2.5, -1.0, 0.0)),
+    Group("playful", "Keep it fun and light-hearted, make me laugh, skip the jargon.",
+          (0.0, -0.5, -1.0, -0.5, 2.5, -1.0)),
+)
+
+
+def render_response(topic: str, style: tuple[int, ...], rng: random.Random) -> str:
+    """Write one response to a prompt about ``topic`` with the given binary style vector."""
+    long, bullets, formal, caveats, humour, technical = (bool(s) for s in style)
+    steps = rng.sample(STEPS, 5 if long else 2)
+    lines = [s.format(topic=topic) for s in steps]
+    lines.append(rng.choice(TECHNICAL) if technical else rng.choice(PLAIN))
+    if long and technical:
+        lines.append(rng.choice([t for t in TECHNICAL if t != lines[-1]]))
+    body = ("\n".join(f"- {line[0].upper()}{line[1:]}" for line in lines) if bullets
+            else " ".join(f"{line[0].upper()}{line[1:]}." for line in lines))
+    parts = [OPENERS[formal].format(topic=topic), body]
+    if caveats:
+        parts.append(CAVEAT)
+    if humour:
+        parts.append(JOKE)
+    parts.append(CLOSERS[formal])
+    return "\n\n".join(parts)
+
+
+def make_synthetic_pairs(n_prompts: int = 200, pairs_per_prompt: int = 4, beta: float = 2.0,
+                         seed: int = 0, groups: tuple[Group, ...] = GROUPS) -> list[dict[str, Any]]:
+    """Sample pair records with ``context`` and ``attribute`` = the group that labelled them.
+
+    Each prompt gets ``pairs_per_prompt`` pairs per group; labels follow the group's BT model.
+
+    >>> recs = make_synthetic_pairs(n_prompts=2, pairs_per_prompt=1, seed=0)
+    >>> len(recs), sorted({r["attribute"] for r in recs}) == sorted(g.name for g in GROUPS)
+    (8, True)
+    """
+    rng = random.Random(seed)
+    records = []
+    for p in range(n_prompts):
+        topic = TOPICS[p % len(TOPICS)]
+        prompt = TEMPLATES[(p // len(TOPICS)) % len(TEMPLATES)].format(topic=topic)
+        if p >= len(TOPICS) * len(TEMPLATES):
+            prompt = f"{prompt} (case {p})"
+        for group in groups:
+            for j in range(pairs_per_prompt):
+                a, b = _distinct_styles(rng)
+                utility = sum(w * (x - y) for w, x, y in zip(group.weights, a, b))
+                a_wins = rng.random() < 1.0 / (1.0 + math.exp(-beta * utility))
+                win, lose = (a, b) if a_wins else (b, a)
+                records.append({
+                    "prompt": prompt,
+                    "chosen": render_response(topic, win, rng),
+                    "rejected": render_response(topic, lose, rng),
+                    "context": group.context,
+                    "attribute": group.name,
+                    "id": f"synthetic-{seed}-{p}-{group.name}-{j}",
+                })
+    return records
+
+
+def _distinct_styles(rng: random.Random) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    a = tuple(rng.randint(0, 1) for _ in STYLES)
+    while True:
+        b = tuple(rng.randint(0, 1) for _ in STYLES)
+        if b != a:
+            return a, b
