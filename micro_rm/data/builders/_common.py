@@ -1,0 +1,108 @@
+"""What every builder shares: schema checks on raw rows, the files of a source, and the sink that
+validates built pairs and applies ``--skip-invalid`` in one place."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from micro_rm.data.records import normalize_pair, render_text
+from micro_rm.errors import InvalidRecord, MicroRMError
+
+logger = logging.getLogger("micro_rm.data.builders")
+
+_HF_DATASET_FOLDER_MARKERS = ("dataset_info.json", "dataset_dict.json")
+
+
+def need(row: Any, field: str, where: str, schema: str, prefix: str = "") -> Any:
+    """``row[field]``, or an error naming the place, the field and the schema the builder expects.
+
+    >>> need({"query": "q"}, "query", "dsp.json item 0", "dsp schema {query, responses}")
+    'q'
+    """
+    if not isinstance(row, Mapping) or row.get(field) is None:
+        raise InvalidRecord(f"{where}: expected field `{prefix}{field}` of the {schema}; "
+                            "is this the right builder? (`micro-rm data list`)")
+    return row[field]
+
+
+def source_files(source: str | os.PathLike, pattern: str) -> list[str]:
+    """The files to read: a plain folder gives its files matching ``pattern`` (sorted, so ids are
+    stable); a file, a saved Hugging Face dataset folder or a hub id is read as it is."""
+    path = Path(source)
+    if not path.is_dir() or any((path / m).exists() for m in _HF_DATASET_FOLDER_MARKERS):
+        return [str(source)]
+    files = sorted(str(p) for p in path.glob(pattern) if p.is_file())
+    if not files:
+        raise MicroRMError(f"{source}: no files matching {pattern} in this folder; "
+                           "pass the data file itself")
+    return files
+
+
+def degenerate(record: Mapping[str, Any]) -> str | None:
+    """Why a built pair carries no preference (an empty side, or both sides the same), or None."""
+    chosen, rejected = record.get("chosen"), record.get("rejected")
+    if not chosen or not rejected or not render_text(chosen).strip() \
+            or not render_text(rejected).strip():
+        return "an empty response"
+    if render_text(chosen).strip() == render_text(rejected).strip():
+        return "identical responses"
+    return None
+
+
+class PairSink:
+    """Collects built pairs: validates each with ``normalize_pair``, counts the pairs a builder
+    drops on purpose (ties, empty responses), and logs or raises on bad rows."""
+
+    def __init__(self, source: str | os.PathLike, skip_invalid: bool) -> None:
+        self.source = str(source)
+        self.skip_invalid = skip_invalid
+        self.records: list[dict[str, Any]] = []
+        self.skipped = 0
+        self.dropped: Counter[str] = Counter()
+
+    def _skip(self, exc: InvalidRecord) -> None:
+        if not self.skip_invalid:
+            raise exc
+        self.skipped += 1
+        logger.warning("skipped: %s", exc)
+
+    @contextmanager
+    def row(self) -> Iterator[None]:
+        """Wrap the work on one raw row: with ``skip_invalid`` a bad row is logged and skipped."""
+        try:
+            yield
+        except InvalidRecord as exc:
+            self._skip(exc)
+
+    def add(self, record: dict[str, Any], where: str, drop_degenerate: bool = False) -> None:
+        """Validate and keep one pair. ``drop_degenerate`` counts and drops pairs with an empty
+        side or identical sides (for sources where those are noise, not errors)."""
+        if drop_degenerate:
+            reason = degenerate(record)
+            if reason:
+                self.drop(reason)
+                return
+        try:
+            self.records.append(normalize_pair(record, where))
+        except InvalidRecord as exc:
+            self._skip(exc)
+
+    def drop(self, reason: str, count: int = 1) -> None:
+        """Count pairs left out on purpose; ``finish`` logs the counts."""
+        if count:
+            self.dropped[reason] += count
+
+    def finish(self) -> list[dict[str, Any]]:
+        """The pairs, after logging what was dropped or skipped. No pairs at all is an error."""
+        for reason, count in sorted(self.dropped.items()):
+            logger.info("%s: dropped %d pair(s) with %s", self.source, count, reason)
+        if self.skipped:
+            logger.warning("%s: skipped %d invalid row(s) or pair(s)", self.source, self.skipped)
+        if not self.records:
+            raise MicroRMError(f"{self.source}: no valid pairs could be built")
+        return self.records
