@@ -48,7 +48,7 @@ def list_builders(as_json: bool = typer.Option(False, "--json", help="Print one 
     from micro_rm.data.builders import BUILDERS
 
     rows = {name: b.description for name, b in sorted(BUILDERS.items())}
-    emit({"builders": rows}, as_json, "\n".join(f"{k:16s} {v}" for k, v in rows.items()))
+    emit({"builders": rows}, as_json, "\n".join(f"{k:22s} {v}" for k, v in rows.items()))
 
 
 @data_app.command("inspect")

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from micro_rm.data.readers import read_rows
 from micro_rm.data.records import normalize_pair, render_text
 from micro_rm.errors import InvalidRecord, MicroRMError
 
@@ -41,6 +42,12 @@ def source_files(source: str | os.PathLike, pattern: str) -> list[str]:
         raise MicroRMError(f"{source}: no files matching {pattern} in this folder; "
                            "pass the data file itself")
     return files
+
+
+def source_rows(source: str | os.PathLike, pattern: str) -> Iterator[tuple[str, Any]]:
+    """``(where, row)`` over every file ``source_files`` picks, in order."""
+    for path in source_files(source, pattern):
+        yield from read_rows(path)
 
 
 def degenerate(record: Mapping[str, Any]) -> str | None:
@@ -97,10 +104,17 @@ class PairSink:
         if count:
             self.dropped[reason] += count
 
+    def drop_counts(self, counts: Mapping[str, int]) -> None:
+        """``drop`` for several reasons at once (e.g. what ``rating_pairs`` left out)."""
+        for reason, count in counts.items():
+            self.drop(reason, count)
+
     def finish(self) -> list[dict[str, Any]]:
         """The pairs, after logging what was dropped or skipped. No pairs at all is an error."""
-        for reason, count in sorted(self.dropped.items()):
-            logger.info("%s: dropped %d pair(s) with %s", self.source, count, reason)
+        if self.dropped:
+            left_out = ", ".join(f"{n} with {reason}" for reason, n in sorted(self.dropped.items()))
+            logger.warning("%s: built %d pairs; left out %s", self.source, len(self.records),
+                           left_out)
         if self.skipped:
             logger.warning("%s: skipped %d invalid row(s) or pair(s)", self.source, self.skipped)
         if not self.records:

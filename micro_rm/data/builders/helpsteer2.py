@@ -1,0 +1,65 @@
+"""HelpSteer2 (nvidia/HelpSteer2): per-attribute pairs, as in the MiCRo paper's HelpSteer2 runs.
+
+Schema followed: the dataset card of nvidia/HelpSteer2 (features prompt, response, helpfulness,
+correctness, coherence, complexity, verbosity, int ratings 0-4; train and validation splits).
+Responses to one prompt sit in consecutive rows (two per prompt).
+"""
+
+from __future__ import annotations
+
+import os
+from itertools import groupby
+from typing import Any
+
+from micro_rm.data.builders._common import PairSink, need
+from micro_rm.data.builders._ratings import rated_record, rating_pairs, unanimous
+from micro_rm.data.readers import read_rows
+
+ATTRIBUTES = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
+SCHEMA = ("helpsteer2 schema {prompt, response, helpfulness, correctness, coherence, complexity, "
+          "verbosity}")
+
+CONTEXTS = {
+    "helpfulness": "The assistant should give a helpful answer that fully addresses what I asked.",
+    "correctness": "The assistant should give a correct answer, with all the relevant facts and "
+                   "no errors.",
+    "coherence": "The assistant should give a clear, consistent and logically coherent answer.",
+    "complexity": "The assistant should give a sophisticated answer that shows deep expertise.",
+    "verbosity": "The assistant should give an expansive, detailed answer.",
+}
+
+
+def build(source: str | os.PathLike, skip_invalid: bool = False,
+          filter_agreeing: bool = True) -> list[dict[str, Any]]:
+    """Pairs from HelpSteer2 (a hub id, whose train split is read, or a local file / folder).
+
+    For each prompt, each attribute and each two responses whose ratings differ: chosen = the
+    higher-rated one, margin = the rating gap; ties are dropped. With ``filter_agreeing`` (the
+    default, the paper's train-split filter) a response pair is dropped entirely when all five
+    attributes prefer the same response: such pairs teach every head the same thing. Build
+    evaluation data without it (builder ``helpsteer2-unfiltered``).
+
+    >>> pairs = build("nvidia/HelpSteer2")  # doctest: +SKIP
+    >>> sorted({p["attribute"] for p in pairs})  # doctest: +SKIP
+    ['coherence', 'complexity', 'correctness', 'helpfulness', 'verbosity']
+    """
+    sink = PairSink(source, skip_invalid)
+    rows = []
+    for where, row in read_rows(source):
+        with sink.row():
+            rows.append((where, need(row, "prompt", where, SCHEMA),
+                         need(row, "response", where, SCHEMA),
+                         {a: float(need(row, a, where, SCHEMA)) for a in ATTRIBUTES}))
+    for k, (prompt, group) in enumerate(groupby(rows, key=lambda r: r[1])):
+        items = list(group)
+        responses = [response for _, _, response, _ in items]
+        ratings = {a: [r[a] for *_, r in items] for a in ATTRIBUTES}
+        pairs, dropped = rating_pairs(ratings)
+        sink.drop_counts(dropped)
+        for pair in pairs:
+            if filter_agreeing and unanimous(ratings, pair.winner, pair.loser):
+                sink.drop("all five attributes agreeing")
+                continue
+            sink.add(rated_record(pair, prompt, responses, CONTEXTS, f"helpsteer2-{k}"),
+                     items[pair.winner][0], drop_degenerate=True)
+    return sink.finish()

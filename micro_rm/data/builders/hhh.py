@@ -1,0 +1,28 @@
+"""HHH alignment (Askell et al. 2021, BIG-bench), normalised to {category, prompt, chosen,
+rejected}: a tiny per-attribute check (helpful, honest, harmless, other)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from micro_rm.data.builders._common import PairSink, need, source_rows
+
+SCHEMA = "hhh schema {category, prompt, chosen, rejected}"
+
+
+def build(source: str | os.PathLike, skip_invalid: bool = False) -> list[dict[str, Any]]:
+    """Pairs from ``hhh_alignment.normalized.jsonl`` (or its folder); attribute = category.
+
+    >>> build("../shared/data/hhh-alignment")[0]["attribute"]  # doctest: +SKIP
+    'harmless'
+    """
+    sink = PairSink(source, skip_invalid)
+    for i, (where, row) in enumerate(source_rows(source, "*.jsonl")):
+        with sink.row():
+            fields = {k: need(row, k, where, SCHEMA)
+                      for k in ("category", "prompt", "chosen", "rejected")}
+            sink.add({"prompt": fields["prompt"], "chosen": fields["chosen"],
+                      "rejected": fields["rejected"], "attribute": fields["category"],
+                      "id": f"hhh-{row.get('id', i)}"}, where)
+    return sink.finish()

@@ -1,0 +1,58 @@
+"""USR Topical-Chat ratings (Mehri & Eskenazi 2020, as packaged by UniEval): six responses per
+dialogue rated on six attributes; per attribute, the higher-rated of two responses wins (the
+HelpSteer2 analogue on local data). Ties are dropped."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from micro_rm.data.builders._common import PairSink, need, source_rows
+from micro_rm.data.builders._ratings import rated_record, rating_pairs
+
+ATTRIBUTES = ("understandability", "naturalness", "coherence", "engagingness", "groundedness",
+              "overall")
+SCHEMA = ("topicalchat schema {source, context, system_output, scores{understandability, "
+          "naturalness, coherence, engagingness, groundedness, overall}}")
+
+CONTEXTS = {
+    "understandability": "I want replies that are easy to understand.",
+    "naturalness": "I want replies that sound natural, like something a person would say.",
+    "coherence": "I want replies that follow on coherently from what was said before.",
+    "engagingness": "I want replies that are engaging and keep the conversation interesting.",
+    "groundedness": "I want replies that bring in relevant facts and knowledge about the topic.",
+    "overall": "I want the reply that is the best response overall.",
+}
+
+
+def _history(source: str) -> str:
+    """The dialogue history, one turn per line (the file pads turns with spaces and blank lines)."""
+    return "\n".join(turn.strip() for turn in source.split("\n") if turn.strip())
+
+
+def build(source: str | os.PathLike, skip_invalid: bool = False) -> list[dict[str, Any]]:
+    """Pairs from ``topical_chat.json`` (or its folder); the prompt is the dialogue history (the
+    knowledge fact is left out), attribute = the rated attribute, margin = the rating gap.
+
+    >>> build("../shared/data/topicalchat-usr-multiattr")[0]["attribute"]  # doctest: +SKIP
+    'understandability'
+    """
+    sink = PairSink(source, skip_invalid)
+    dialogues: dict[str, list[tuple[str, str, dict[str, float]]]] = {}
+    for where, row in source_rows(source, "*.json"):
+        with sink.row():
+            history = need(row, "source", where, SCHEMA)
+            response = need(row, "system_output", where, SCHEMA)
+            scores = need(row, "scores", where, SCHEMA)
+            ratings = {a: float(need(scores, a, where, SCHEMA, prefix="scores."))
+                       for a in ATTRIBUTES}
+            dialogues.setdefault(history, []).append((where, response, ratings))
+    for k, (history, items) in enumerate(dialogues.items()):
+        responses = [response for _, response, _ in items]
+        pairs, dropped = rating_pairs({a: [r[a] for *_, r in items] for a in ATTRIBUTES})
+        sink.drop_counts(dropped)
+        for pair in pairs:
+            sink.add(rated_record(pair, _history(history), responses, CONTEXTS,
+                                  f"topicalchat-{k}"),
+                     items[pair.winner][0], drop_degenerate=True)
+    return sink.finish()

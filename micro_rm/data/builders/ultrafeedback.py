@@ -1,0 +1,64 @@
+"""UltraFeedback (openbmb/UltraFeedback): four GPT-4 ratings per completion; per aspect, the
+higher-rated of two completions wins.
+
+Schema followed: openbmb/UltraFeedback rows {source, instruction, models, completions: [{model,
+response, annotations: {helpfulness, honesty, instruction_following, truthfulness: {Rating,
+Rationale, ...}}, ...}], ...}; a ``Rating`` is a string such as "4" or "N/A".
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+from micro_rm.data.builders._common import PairSink, need
+from micro_rm.data.builders._ratings import rated_record, rating_pairs
+from micro_rm.data.readers import read_rows
+
+ATTRIBUTES = ("helpfulness", "honesty", "instruction_following", "truthfulness")
+SCHEMA = ("ultrafeedback schema {instruction, completions: [{response, annotations: "
+          "{helpfulness, honesty, instruction_following, truthfulness: {Rating}}}]}")
+
+CONTEXTS = {
+    "helpfulness": "I want an informative, helpful answer that fully meets my needs.",
+    "honesty": "I want an honest answer that says when it is uncertain instead of sounding "
+               "overconfident.",
+    "instruction_following": "I want an answer that follows my instructions exactly, respecting "
+                             "every constraint I set.",
+    "truthfulness": "I want a truthful answer with no made-up or misleading facts.",
+}
+
+
+def _rating(annotations: Any, attribute: str) -> Optional[float]:
+    """The numeric rating of one aspect; None for "N/A" or a missing annotation."""
+    value = (annotations.get(attribute) or {}).get("Rating") if isinstance(annotations, dict) \
+        else None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def build(source: str | os.PathLike, skip_invalid: bool = False) -> list[dict[str, Any]]:
+    """All ordered pairs of completions per instruction and aspect (n choose 2 per aspect, ties and
+    N/A ratings dropped); attribute = the aspect, margin = the rating gap.
+
+    >>> build("openbmb/UltraFeedback")[0]["attribute"]  # doctest: +SKIP
+    'helpfulness'
+    """
+    sink = PairSink(source, skip_invalid)
+    for i, (where, row) in enumerate(read_rows(source)):
+        with sink.row():
+            instruction = need(row, "instruction", where, SCHEMA)
+            completions = need(row, "completions", where, SCHEMA)
+            responses = [need(c, "response", where, SCHEMA, prefix="completions[].")
+                         for c in completions]
+            annotations = [need(c, "annotations", where, SCHEMA, prefix="completions[].")
+                           for c in completions]
+            pairs, dropped = rating_pairs(
+                {a: [_rating(ann, a) for ann in annotations] for a in ATTRIBUTES})
+            sink.drop_counts(dropped)
+            for pair in pairs:
+                sink.add(rated_record(pair, instruction, responses, CONTEXTS,
+                                      f"ultrafeedback-{i}"), where, drop_degenerate=True)
+    return sink.finish()
