@@ -1,0 +1,355 @@
+"""Durable per-user Hedge state and the feedback log: SQLite by default, PostgreSQL by URL.
+
+One feedback batch is one transaction: it locks the user's row, adds the batch's loss sums to
+S_u, appends one feedback row per pair and writes S_u back. Concurrent writers (threads of one
+service, several processes, several replicas on PostgreSQL) therefore never lose an update, and a
+writer killed half-way leaves the previous state and no orphan feedback rows.
+
+A store remembers the model (fingerprint and K) it was created for and refuses another one: the
+losses of one model's heads mean nothing to another's.
+
+>>> store = open_store("sqlite:///state.db", model_id="fp-1234", num_heads=4)  # doctest: +SKIP
+>>> store.apply_feedback("ana", pair_losses(head_probs)).num_feedback  # doctest: +SKIP
+3
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import re
+import sqlite3
+import threading
+import urllib.parse
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Protocol, Sequence
+
+import numpy as np
+
+from micro_rm.errors import MicroRMError
+from micro_rm.online.hedge import UserState
+
+SCHEMA_VERSION = "1"
+BUSY_TIMEOUT_MS = 30_000  # how long a writer waits for another's transaction before failing
+_URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+class StateStore(Protocol):
+    """What the CLI and the service need from a state store, whatever the engine."""
+
+    location: str  # the path or the URL (password hidden), for messages
+    model_id: str
+    num_heads: int
+
+    def apply_feedback(
+        self, user_id: str, losses: Any, payloads: Sequence[Mapping[str, Any]] | None = None
+    ) -> UserState: ...
+
+    def get(self, user_id: str, missing_ok: bool = False) -> UserState: ...
+
+    def reset(self, user_id: str) -> UserState: ...
+
+    def list_users(self) -> list[str]: ...
+
+    def feedback_count(self, user_id: str | None = None) -> int: ...
+
+    def close(self) -> None: ...
+
+
+def open_store(
+    state: str | os.PathLike, model_id: str | None = None, num_heads: int | None = None
+) -> StateStore:
+    """Open (or, given the model, create) the state store at a path or a database URL.
+
+    ``state`` is a plain path or ``sqlite:///PATH`` (SQLite, the default engine) or
+    ``postgresql://USER:PASSWORD@HOST/DB`` (also ``postgresql+psycopg://``). Without
+    ``model_id``/``num_heads`` the store must exist and its own model is used (``user show``);
+    with them, a store written for another model is refused.
+    """
+    text = os.fspath(state)
+    match = _URL_SCHEME.match(text)
+    if match and match.group(1).split("+")[0] in ("postgresql", "postgres"):
+        return PostgresUserStore(text, model_id, num_heads)
+    return UserStore(text, model_id, num_heads)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat()
+
+
+class _SqlStore:
+    """The store's SQL, shared by the engines; subclasses connect and open transactions."""
+
+    _kind = "state"  # how messages name the store
+    _placeholder = "?"
+    _id_column = "INTEGER PRIMARY KEY AUTOINCREMENT"
+    _for_update = ""  # row lock for the read-modify-write (PostgreSQL)
+    _schema_lock = ""  # serialises concurrent first opens (PostgreSQL)
+
+    def __init__(self, location: str, model_id: str | None, num_heads: int | None) -> None:
+        self.location = location
+        self._local = threading.local()  # one connection per thread: a transaction is per connection
+        self._lock = threading.Lock()
+        self._conns: list[tuple[int, Any]] = []
+        try:
+            self._check_model(model_id, num_heads)
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_model(self, model_id: str | None, num_heads: int | None) -> None:
+        """Create the tables and the model record on first use; refuse another model after."""
+        with self._transaction() as cur:
+            if self._schema_lock:
+                cur.execute(self._schema_lock)
+            for ddl in self._schema():
+                cur.execute(ddl)
+            meta = dict(cur.execute("SELECT key, value FROM meta").fetchall())
+            if not meta:
+                if model_id is None or num_heads is None:
+                    raise MicroRMError(
+                        f"{self._kind} {self.location} holds no micro-rm state yet; "
+                        f"`micro-rm feedback --model DIR --state {self.location}` creates it"
+                    )
+                meta = {"model_id": model_id, "num_heads": str(num_heads), "schema_version": SCHEMA_VERSION}
+                cur.executemany(self._sql("INSERT INTO meta (key, value) VALUES (?, ?)"), list(meta.items()))
+        self.model_id, self.num_heads = meta["model_id"], int(meta["num_heads"])
+        if model_id is not None and (model_id, num_heads) != (self.model_id, self.num_heads):
+            raise MicroRMError(
+                f"{self._kind} {self.location} was written for model {self.model_id} (K={self.num_heads}), "
+                f"not {model_id} (K={num_heads}); point --state at another file or database"
+            )
+
+    # --- engine hooks ---------------------------------------------------------------------
+    def _connect(self) -> Any:
+        raise NotImplementedError("subclasses open a DB-API connection in autocommit mode")
+
+    def _transaction(self) -> contextlib.AbstractContextManager:
+        raise NotImplementedError("subclasses yield a cursor inside one write transaction")
+
+    # --- shared SQL -----------------------------------------------------------------------
+    def _sql(self, text: str) -> str:
+        return text.replace("?", self._placeholder)
+
+    def _schema(self) -> list[str]:
+        return [
+            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS users (user_id TEXT PRIMARY KEY, model_id TEXT NOT NULL, "
+            "num_heads INTEGER NOT NULL, cumulative_loss TEXT NOT NULL, "
+            "num_feedback INTEGER NOT NULL, updated_at TEXT NOT NULL)",
+            f"CREATE TABLE IF NOT EXISTS feedback (id {self._id_column}, user_id TEXT NOT NULL, "
+            "created_at TEXT NOT NULL, payload TEXT NOT NULL, losses TEXT NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS feedback_user ON feedback (user_id)",
+        ]
+
+    def _conn(self) -> Any:
+        # A connection must not cross a fork, so a forked worker opens its own.
+        if getattr(self._local, "pid", None) != os.getpid():
+            self._local.conn, self._local.pid = self._connect(), os.getpid()
+            with self._lock:
+                self._conns.append((os.getpid(), self._local.conn))
+        return self._local.conn
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        return self._conn().execute(self._sql(sql), params).fetchall()
+
+    def _select_user(self, cur: Any, user_id: str, lock: str = "") -> UserState | None:
+        row = cur.execute(
+            self._sql("SELECT model_id, num_heads, cumulative_loss, num_feedback FROM users WHERE user_id = ?")
+            + lock,
+            (user_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        model_id, num_heads, loss_json, num_feedback = row
+        return UserState(user_id, int(num_heads), np.array(json.loads(loss_json), dtype=np.float64),
+                         int(num_feedback), model_id)
+
+    def _write_state(self, cur: Any, state: UserState) -> None:
+        # json.dumps writes the shortest repr of each float64, which reads back bit-exactly.
+        cur.execute(
+            self._sql("UPDATE users SET cumulative_loss = ?, num_feedback = ?, updated_at = ? WHERE user_id = ?"),
+            (json.dumps(state.cumulative_loss.tolist()), state.num_feedback, _now(), state.user_id),
+        )
+
+    def _unknown_user(self, user_id: str) -> MicroRMError:
+        users = self.list_users()
+        hint = f"known users: {', '.join(users[:5])}" if users else "it has no users yet, feedback creates them"
+        if len(users) > 5:
+            hint += f" and {len(users) - 5} more"
+        return MicroRMError(f"unknown user {user_id!r} in {self.location}; {hint}")
+
+    # --- public verbs ---------------------------------------------------------------------
+    def apply_feedback(
+        self, user_id: str, losses: Any, payloads: Sequence[Mapping[str, Any]] | None = None
+    ) -> UserState:
+        """Add N pairs' per-head losses [N, K] to the user's S_u and log them, atomically.
+
+        ``payloads`` (one JSON-able dict per pair: prompt, chosen, rejected, context …) are
+        stored beside each pair's losses. Returns the user's state after the update.
+        """
+        losses = np.asarray(losses, dtype=np.float64)
+        payloads = [{}] * len(losses) if payloads is None else list(payloads)
+        if len(payloads) != len(losses):
+            raise MicroRMError(f"got {len(losses)} loss rows but {len(payloads)} payloads for user {user_id!r}")
+        try:
+            payload_json = [json.dumps(p) for p in payloads]
+        except TypeError as err:
+            raise MicroRMError(f"feedback payload for user {user_id!r} is not JSON-serialisable: {err}") from None
+        with self._transaction() as cur:
+            cur.execute(
+                self._sql(
+                    "INSERT INTO users (user_id, model_id, num_heads, cumulative_loss, num_feedback, updated_at) "
+                    "VALUES (?, ?, ?, ?, 0, ?) ON CONFLICT (user_id) DO NOTHING"
+                ),
+                (user_id, self.model_id, self.num_heads, json.dumps([0.0] * self.num_heads), _now()),
+            )
+            state = self._select_user(cur, user_id, self._for_update).add_losses(losses)
+            created = _now()
+            cur.executemany(
+                self._sql("INSERT INTO feedback (user_id, created_at, payload, losses) VALUES (?, ?, ?, ?)"),
+                [(user_id, created, p, json.dumps(row.tolist())) for p, row in zip(payload_json, losses)],
+            )
+            self._write_state(cur, state)
+        return state
+
+    def get(self, user_id: str, missing_ok: bool = False) -> UserState:
+        """The user's state; a fresh zero state if unknown and ``missing_ok``, else an error."""
+        state = self._select_user(self._conn(), user_id)
+        if state is not None:
+            return state
+        if missing_ok:
+            return UserState.fresh(user_id, self.model_id, self.num_heads)
+        raise self._unknown_user(user_id)
+
+    def reset(self, user_id: str) -> UserState:
+        """Forget the user's state and feedback; returns the state as it was."""
+        with self._transaction() as cur:
+            state = self._select_user(cur, user_id, self._for_update)
+            if state is None:
+                raise self._unknown_user(user_id)
+            cur.execute(self._sql("DELETE FROM feedback WHERE user_id = ?"), (user_id,))
+            cur.execute(self._sql("DELETE FROM users WHERE user_id = ?"), (user_id,))
+        return state
+
+    def list_users(self) -> list[str]:
+        """All user ids with state, sorted."""
+        return [row[0] for row in self._query("SELECT user_id FROM users ORDER BY user_id")]
+
+    def feedback_count(self, user_id: str | None = None) -> int:
+        """Number of logged feedback pairs, of one user or of everyone."""
+        if user_id is None:
+            return int(self._query("SELECT COUNT(*) FROM feedback")[0][0])
+        return int(self._query("SELECT COUNT(*) FROM feedback WHERE user_id = ?", (user_id,))[0][0])
+
+    def close(self) -> None:
+        """Close every connection this process opened (from any thread)."""
+        with self._lock:
+            mine = [conn for pid, conn in self._conns if pid == os.getpid()]
+            self._conns = [(pid, conn) for pid, conn in self._conns if pid != os.getpid()]
+        for conn in mine:
+            conn.close()
+        self._local = threading.local()
+
+    def __enter__(self) -> "_SqlStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class UserStore(_SqlStore):
+    """SQLite store at a path or ``sqlite:///PATH``: WAL mode, one ``BEGIN IMMEDIATE`` per write.
+
+    WAL lets readers (scoring) proceed while a writer commits; ``BEGIN IMMEDIATE`` takes the
+    write lock before the row is read, so two writers cannot both read the old S_u. Commits are
+    fsynced (SQLite's default ``synchronous=FULL``), so an acknowledged update survives a crash.
+    """
+
+    _kind = "state file"
+
+    def __init__(
+        self, state: str | os.PathLike, model_id: str | None = None, num_heads: int | None = None
+    ) -> None:
+        text = os.fspath(state)
+        match = _URL_SCHEME.match(text)
+        if match and not text.startswith("sqlite:///"):
+            raise MicroRMError(
+                f"unsupported state URL {text!r}; use a path, sqlite:///PATH or postgresql://USER@HOST/DB"
+            )
+        path = text[len("sqlite:///"):] if match else text
+        if path in ("", ":memory:"):
+            raise MicroRMError(f"state {text!r} needs a file path: an in-memory database cannot be shared")
+        self.path = Path(path)
+        if model_id is None and not self.path.exists():
+            raise MicroRMError(
+                f"state file {path} does not exist; `micro-rm feedback --model DIR --state {path}` creates it"
+            )
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            super().__init__(path, model_id, num_heads)
+        except sqlite3.DatabaseError as err:
+            raise MicroRMError(f"state file {path} is not a readable SQLite database ({err})") from None
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves (Python's implicit BEGIN is DEFERRED).
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        return conn
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Cursor]:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn.cursor()
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+
+class PostgresUserStore(_SqlStore):
+    """PostgreSQL store for several service replicas (needs ``pip install 'psycopg[binary]'``).
+
+    The same SQL as SQLite; the write path is one transaction that inserts the user's row if
+    missing, then ``SELECT … FOR UPDATE`` locks it, so concurrent replicas serialise per user.
+    """
+
+    _kind = "state database"
+    _placeholder = "%s"
+    _id_column = "BIGSERIAL PRIMARY KEY"
+    _for_update = " FOR UPDATE"
+    _schema_lock = "SELECT pg_advisory_xact_lock(7310)"  # CREATE TABLE IF NOT EXISTS races otherwise
+
+    def __init__(self, url: str, model_id: str | None = None, num_heads: int | None = None) -> None:
+        try:
+            import psycopg
+        except ImportError:
+            raise MicroRMError(
+                "a postgresql:// state URL needs the psycopg package: pip install 'psycopg[binary]'"
+            ) from None
+        parts = urllib.parse.urlsplit(url)
+        self._url = urllib.parse.urlunsplit(parts._replace(scheme="postgresql"))  # drop "+driver"
+        if parts.password:
+            parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@"))
+        shown = urllib.parse.urlunsplit(parts)
+        try:
+            super().__init__(shown, model_id, num_heads)
+        except psycopg.OperationalError as err:
+            raise MicroRMError(f"cannot use state database {shown}: {err}") from None
+
+    def _connect(self) -> Any:
+        import psycopg
+
+        return psycopg.connect(self._url, autocommit=True)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        conn = self._conn()
+        with conn.transaction():
+            yield conn.cursor()
