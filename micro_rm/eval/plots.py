@@ -1,0 +1,177 @@
+"""The experiment's figures, drawn from ``results.json`` alone so that anyone can redraw them.
+
+Each ``plot_*`` function takes the parsed results dict and a PNG path, reads one section of it
+and nothing else: no model, no features, no extra arguments. matplotlib is imported inside the
+functions (Agg backend), so importing this module costs nothing and needs no display.
+
+>>> from micro_rm.eval.plots import write_plots  # doctest: +SKIP
+>>> write_plots(json.load(open("report/results.json")), "report")  # doctest: +SKIP
+[PosixPath('report/head_attribute.png'), PosixPath('report/router_weights.png'), ...]
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from micro_rm.atomic import atomic_path
+
+DPI = 120
+
+
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend: files only, safe on a headless machine."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _titled(results: dict, what: str) -> str:
+    """The figure's title: what it shows, then the experiment's title so a lone PNG says its source."""
+    return f"{what}\n{results['title']}" if results.get("title") else what
+
+
+@contextlib.contextmanager
+def _figure(path: str | Path, title: str, xlabel: str, ylabel: str,
+            size: tuple[float, float]) -> Iterator[tuple[Any, Any]]:
+    """Yield ``(fig, ax)`` with titles set; save it to ``path`` atomically and always close it.
+
+    Closing matters: an experiment draws figures in a loop, and pyplot keeps every open one.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=size)
+    try:
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        yield fig, ax
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=DPI, format="png")
+    finally:
+        plt.close(fig)
+
+
+def _heatmap(fig: Any, ax: Any, values: Sequence[Sequence[float]], rows: Sequence[str],
+             cols: Sequence[str], colour_label: str, vrange: tuple[float, float] | None,
+             outlined: Sequence[tuple[int, int]]) -> None:
+    """Draw ``values`` (rows × cols) with each cell's value written in it and ``outlined`` cells boxed."""
+    from matplotlib.patches import Rectangle
+
+    image = ax.imshow(values, cmap="viridis", aspect="auto",
+                      vmin=vrange[0] if vrange else None, vmax=vrange[1] if vrange else None)
+    fig.colorbar(image, ax=ax, label=colour_label)
+    crowded = len(cols) > 4  # long attribute names overlap unless slanted
+    ax.set_xticks(range(len(cols)), cols, rotation=30 if crowded else 0, ha="right" if crowded else "center")
+    ax.set_yticks(range(len(rows)), rows)
+    for i, row in enumerate(values):
+        for j, value in enumerate(row):
+            # Light text on the dark end of viridis, dark text on the light end.
+            colour = "white" if image.norm(value) < 0.6 else "black"
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", color=colour, fontsize=9)
+    for i, j in outlined:
+        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
+
+
+def best_head_per_attribute(accuracy: Sequence[Sequence[float]]) -> list[int]:
+    """Index of the most accurate head for each attribute (column) of a K × A matrix; first on ties.
+
+    >>> best_head_per_attribute([[0.9, 0.4], [0.6, 0.8]])
+    [0, 1]
+    """
+    return [max(range(len(accuracy)), key=lambda k: accuracy[k][a]) for a in range(len(accuracy[0]))]
+
+
+def plot_head_attribute(results: dict, path: str | Path) -> Path:
+    """Heatmap of every stage-1 head's accuracy on every attribute, best head per attribute boxed.
+
+    The boxed cells are what perfect routing could reach, so the picture shows at a glance
+    whether the heads specialised (one bright cell per column) or collapsed (uniform rows).
+    """
+    section = results["head_attribute"]
+    accuracy, attributes = section["accuracy"], section["attributes"]
+    heads = [f"head {k}" for k in range(len(accuracy))]
+    best = best_head_per_attribute(accuracy)
+    with _figure(path, _titled(results, "Stage-1 head accuracy per attribute (box: best head)"),
+                 "attribute", "head", (1.6 + 1.1 * len(attributes), 1.4 + 0.5 * len(heads))) as (fig, ax):
+        _heatmap(fig, ax, accuracy, heads, attributes, "pairwise accuracy", None,
+                 [(k, a) for a, k in enumerate(best)])
+    return Path(path)
+
+
+def plot_router_weights(results: dict, path: str | Path) -> Path:
+    """Heatmap of the router's mean weight on each head for each attribute's test prompts.
+
+    A sharp router puts one bright cell in each row; the boxed cell is the head it favours.
+    The colour scale is fixed to [0, 1] so that figures from different runs compare directly.
+    """
+    section = results["router_weights"]
+    weights, attributes = section["weights"], section["attributes"]
+    heads = [f"head {k}" for k in range(len(weights[0]))]
+    favoured = [(a, max(range(len(row)), key=row.__getitem__)) for a, row in enumerate(weights)]
+    with _figure(path, _titled(results, "Mean routed weight per attribute (box: favoured head)"),
+                 "head", "attribute", (1.8 + 0.9 * len(heads), 1.4 + 0.5 * len(attributes))) as (fig, ax):
+        _heatmap(fig, ax, weights, attributes, heads, "mean router weight", (0.0, 1.0), favoured)
+    return Path(path)
+
+
+def plot_budget_curve(results: dict, path: str | Path) -> Path:
+    """Stage-2 mean accuracy against the context budget B, with a ±std band over the seeds.
+
+    Budgets roughly double (5, 10, 20, 50, 100), so the x axis is log 2 with the budgets as
+    ticks. Dashed lines mark the references (e.g. stage 1 alone, the oracle) the curve should
+    climb from and toward.
+    """
+    plt = _pyplot()
+    curve = results["budget_curve"]
+    budgets, mean = curve["budgets"], curve["mean"]
+    std = curve.get("std") or [0.0] * len(mean)
+    seeds = f" over {curve['seeds']} seeds" if curve.get("seeds") else ""
+    with _figure(path, _titled(results, f"Accuracy vs context budget (mean ± std{seeds})"),
+                 "budget B (context pairs per attribute)", "mean pairwise accuracy", (6.4, 4.2)) as (fig, ax):
+        ax.plot(budgets, mean, marker="o", color="C0", label="MiCRo stage 2")
+        ax.fill_between(budgets, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                        color="C0", alpha=0.25, linewidth=0)
+        references = curve.get("reference") or {}
+        for i, (name, value) in enumerate(references.items(), start=1):
+            ax.axhline(value, linestyle="--", color=plt.cm.tab10(i), label=f"{name} ({value:.3f})")
+        # Horizontal lines do not take part in autoscaling; keep every reference inside the frame.
+        low = min([m - s for m, s in zip(mean, std)] + list(references.values()))
+        high = max([m + s for m, s in zip(mean, std)] + list(references.values()))
+        pad = 0.08 * (high - low) or 0.01
+        ax.set_ylim(low - pad, high + pad)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(budgets, [str(b) for b in budgets])
+        ax.minorticks_off()
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best")
+    return Path(path)
+
+
+# Section of results.json → the function that draws it; the file is named after the section.
+PLOTS: dict[str, Callable[[dict, str | Path], Path]] = {
+    "head_attribute": plot_head_attribute,
+    "router_weights": plot_router_weights,
+    "budget_curve": plot_budget_curve,
+}
+
+
+def write_plots(results: dict, folder: str | Path) -> list[Path]:
+    """Draw every figure whose section is in ``results`` into ``folder`` as ``<section>.png``.
+
+    A missing section means the experiment did not measure it, so its figure is skipped, and a
+    figure left in ``folder`` by an earlier run is removed: it would not match these results.
+    """
+    folder = Path(folder)
+    written = []
+    for section, plot in PLOTS.items():
+        path = folder / f"{section}.png"
+        if results.get(section):
+            written.append(plot(results, path))
+        else:
+            path.unlink(missing_ok=True)
+    return written
