@@ -1,0 +1,1 @@
+"""Features of a frozen backbone: backbones, the content-addressed cache, pair featurisation."""

@@ -1,0 +1,138 @@
+"""``micro-rm encode``: fills the cache once, and refuses bad input with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from micro_rm.cli import main
+
+PAIRS = [
+    {"prompt": "Name a colour.", "chosen": "Red.", "rejected": "A dog.", "context": "a painter",
+     "attribute": "art"},
+    {"prompt": "Name a colour.", "chosen": "Blue, like the sea.", "rejected": "Red.",
+     "context": "a sailor", "attribute": "sea"},
+    {"prompt": "Say hi.", "chosen": "Hello there!", "rejected": "Go away."},
+]
+TEXTS = 8  # 5 distinct (prompt, response) items + 3 distinct routes
+
+
+@pytest.fixture(scope="module")
+def static_backbone():
+    """The static backbone, or a skip when it cannot be built on this machine."""
+    try:
+        from micro_rm.features.backbones import load_backbone
+
+        return load_backbone("static")
+    except Exception as exc:  # missing module, weights or tokenizer: nothing to test against
+        pytest.skip(f"static backbone unavailable: {type(exc).__name__}: {exc}")
+
+
+def write_pairs(path: Path, rows=PAIRS, extra_line: str | None = None) -> Path:
+    lines = [json.dumps(r) for r in rows]
+    if extra_line is not None:
+        lines.insert(1, extra_line)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def last_json(out: str) -> dict:
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_encode_twice_encodes_nothing_the_second_time(tmp_path, capsys, static_backbone):
+    data = write_pairs(tmp_path / "pairs.jsonl")
+    args = ["encode", "--data", str(data), "--backbone", "static", "--json"]
+    assert main(args) == 0
+    first = last_json(capsys.readouterr().out)
+    assert (first["texts"], first["encoded"], first["from_cache"]) == (TEXTS, TEXTS, 0)
+    assert first["pairs"] == 3 and first["dim"] == static_backbone.dim
+    assert Path(first["cache"]).parent == Path(os.environ["MICRO_RM_CACHE"])
+    assert main(args) == 0
+    second = last_json(capsys.readouterr().out)
+    assert (second["encoded"], second["from_cache"]) == (0, TEXTS)
+    assert second["cache"] == first["cache"] and second["seconds"] >= 0
+
+
+def test_encode_with_cache_option_and_settings(tmp_path, capsys, static_backbone):
+    data = write_pairs(tmp_path / "pairs.jsonl")
+    cache = tmp_path / "features"
+    base = ["encode", "--data", str(data), "--backbone", "static", "--cache", str(cache), "--json"]
+    assert main(base + ["--router-input", "prompt"]) == 0
+    by_prompt = last_json(capsys.readouterr().out)
+    assert by_prompt["texts"] == 7 and Path(by_prompt["cache"]).parent == cache  # 2 prompts
+    assert main(base + ["--context-in-reward", "--storage", "float32"]) == 0
+    result = last_json(capsys.readouterr().out)
+    assert result["storage"] == "float32" and result["context_in_reward"] is True
+    assert main(["encode", "--data", str(data), "--backbone", "static", "--cache", str(cache)]) == 0
+    assert "8 unique texts" in capsys.readouterr().out
+
+
+def assert_refused(capsys, args, message: str, cache: Path) -> None:
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # no partial output
+    errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], captured.err
+    assert not list(cache.rglob("shard-*"))
+
+
+def test_missing_file(tmp_path, capsys):
+    assert_refused(capsys, ["encode", "--data", str(tmp_path / "nope.jsonl"), "--backbone",
+                            "static", "--cache", str(tmp_path / "c")],
+                   "nope.jsonl: no such file", tmp_path)
+
+
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_max_length_must_be_positive(tmp_path, capsys, value):
+    data = write_pairs(tmp_path / "pairs.jsonl")
+    assert_refused(capsys, ["encode", "--data", str(data), "--backbone", "static",
+                            "--max-length", value],
+                   f"--max-length must be a positive number of tokens, got {value}", tmp_path)
+
+
+def test_malformed_json_line(tmp_path, capsys):
+    data = write_pairs(tmp_path / "pairs.jsonl", extra_line='{"prompt": "x", "chosen": ')
+    assert_refused(capsys, ["encode", "--data", str(data), "--backbone", "static"],
+                   "pairs.jsonl line 2: malformed JSON", tmp_path)
+
+
+def test_invalid_record_can_be_skipped(tmp_path, capsys, static_backbone):
+    bad = '{"prompt": "x", "chosen": "", "rejected": "y"}'
+    data = write_pairs(tmp_path / "pairs.jsonl", extra_line=bad)
+    assert_refused(capsys, ["encode", "--data", str(data), "--backbone", "static"],
+                   "pairs.jsonl line 2: `chosen` is empty; fix it or pass --skip-invalid", tmp_path)
+    assert main(["encode", "--data", str(data), "--backbone", "static", "--skip-invalid",
+                 "--json"]) == 0
+    assert last_json(capsys.readouterr().out)["pairs"] == 3
+
+
+def test_bad_router_input(tmp_path, capsys):
+    data = write_pairs(tmp_path / "pairs.jsonl")
+    assert_refused(capsys, ["encode", "--data", str(data), "--backbone", "static",
+                            "--router-input", "user"],
+                   "--router-input must be one of context, prompt, got 'user'", tmp_path)
+
+
+def test_unknown_backbone(tmp_path, capsys):
+    pytest.importorskip("micro_rm.features.backbones")
+    data = write_pairs(tmp_path / "pairs.jsonl")
+    assert_refused(capsys, ["encode", "--data", str(data), "--backbone", "no-such-backbone"],
+                   "cannot load backbone 'no-such-backbone'", tmp_path)
+
+
+def test_cache_folder_of_another_setting(tmp_path, capsys, static_backbone):
+    from micro_rm.features.cache import FeatureCache
+
+    data = write_pairs(tmp_path / "pairs.jsonl")
+    cache = tmp_path / "features"
+    folder = FeatureCache(cache).folder(static_backbone.fingerprint())
+    folder.mkdir(parents=True)
+    (folder / "fingerprint.json").write_text(json.dumps({"kind": "something else"}))
+    assert_refused(capsys, ["encode", "--data", str(data), "--backbone", "static", "--cache",
+                            str(cache)],
+                   f"cache folder {folder} was written by backbone setting "
+                   '{"kind":"something else"}, not {', tmp_path)
