@@ -11,7 +11,6 @@ import logging
 import sys
 from typing import Any, Optional, Sequence
 
-import click
 import typer
 
 app = typer.Typer(
@@ -52,19 +51,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _register_commands()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
-        app(args=list(argv) if argv is not None else None, prog_name="micro-rm",
-            standalone_mode=False)
+        # standalone mode: typer/click print usage errors themselves and exit 2 (SystemExit)
+        app(args=list(argv) if argv is not None else None, prog_name="micro-rm")
     except MicroRMError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        return 2
-    except click.exceptions.Abort:
-        print("aborted", file=sys.stderr)
-        return 1
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     return 0
 
 
