@@ -25,7 +25,7 @@ app = typer.Typer(
 )
 
 
-COMMAND_MODULES = ("data_cmd", "encode_cmd")
+COMMAND_MODULES = ("data_cmd", "encode_cmd", "train_cmd")
 
 
 def emit(result: dict[str, Any], as_json: bool, summary: str) -> None:

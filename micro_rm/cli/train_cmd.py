@@ -1,0 +1,175 @@
+"""``micro-rm train``, ``micro-rm eval`` and ``micro-rm export-scalar``.
+
+Each command parses its options into the library's config, calls one library function per step
+and prints a summary (or one JSON object with ``--json``).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from micro_rm.cli.app import app, emit
+
+
+def _help(name: str) -> str:
+    from micro_rm.train.config import Stage1Config  # torch-free: --help stays fast
+    return Stage1Config.help(name)
+
+
+def _default(name: str):
+    from micro_rm.train.config import Stage1Config
+    return Stage1Config.__dataclass_fields__[name].default
+
+
+@app.command("train")
+def train(
+    data: str = typer.Option(..., "--data", help="Training pair file (jsonl, json, parquet, csv), "
+                                                 "dataset folder or Hugging Face hub id."),
+    backbone_name: str = typer.Option(..., "--backbone", help="Backbone: default, static, a Hugging "
+                                      "Face model id or a local folder."),
+    heads: int = typer.Option(..., "--heads", help=_help("heads")),
+    out: Path = typer.Option(..., "--out", help="Model folder to write (config.json, "
+                                                "model.safetensors, README.md)."),
+    variant: str = typer.Option(_default("variant"), "--variant", help=_help("variant")),
+    alpha: float = typer.Option(_default("alpha"), "--alpha", help=_help("alpha")),
+    balance: str = typer.Option(_default("balance"), "--balance", help=_help("balance")),
+    router: str = typer.Option(_default("router"), "--router", help=_help("router")),
+    router_input: str = typer.Option("context", "--router-input", help="What the router reads: "
+                                     "context (context + prompt; the RPR protocol) or prompt "
+                                     "(the HelpSteer2 protocol)."),
+    context_in_reward: bool = typer.Option(False, "--context-in-reward", help="Prepend the context "
+                                           "to the prompt of the reward features too."),
+    epochs: int = typer.Option(_default("epochs"), "--epochs", help=_help("epochs")),
+    lr: float = typer.Option(_default("lr"), "--lr", help=_help("lr")),
+    batch_size: int = typer.Option(_default("batch_size"), "--batch-size", help=_help("batch_size")),
+    grad_accum: int = typer.Option(_default("grad_accum"), "--grad-accum", help=_help("grad_accum")),
+    val_fraction: float = typer.Option(_default("val_fraction"), "--val-fraction", help=_help("val_fraction")),
+    seed: int = typer.Option(_default("seed"), "--seed", help=_help("seed")),
+    device: str = typer.Option(_default("device"), "--device", help=_help("device")),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache", help="Feature cache folder "
+                                             "(default: $MICRO_RM_CACHE or the user cache dir)."),
+    max_length: Optional[int] = typer.Option(None, "--max-length", help="Truncate each item to "
+                                             "this many tokens (default: the backbone's limit)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
+) -> None:
+    """Fit stage 1 (the mixture of heads and its router, or a baseline) on a pair file.
+
+    Texts are encoded once into the feature cache; training reads only cached features.
+
+    Example: micro-rm train --data dsp-train.jsonl --backbone static --heads 4 --out runs/dsp
+    """
+    from micro_rm.errors import MicroRMError
+    from micro_rm.features.featurize import ROUTER_INPUTS
+    from micro_rm.model.pretrained import check_destination
+    from micro_rm.train.config import Stage1Config
+    from micro_rm.train.stage1 import fit_stage1
+
+    # Every cheap check first, so a typo fails before the backbone loads.
+    config = Stage1Config(heads=heads, variant=variant, alpha=alpha, balance=balance, router=router,
+                          epochs=epochs, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
+                          val_fraction=val_fraction, seed=seed, device=device)
+    if router_input not in ROUTER_INPUTS:
+        raise MicroRMError(f"--router-input must be one of {', '.join(ROUTER_INPUTS)}, got {router_input!r}")
+    check_destination(out)
+
+    from micro_rm.data.readers import read_pairs
+    from micro_rm.features.backbones import load_backbone
+    from micro_rm.features.cache import FeatureCache
+    from micro_rm.features.featurize import featurize
+
+    start = time.perf_counter()
+    records = read_pairs(data)
+    backbone = load_backbone(backbone_name, max_length=max_length, device=device)
+    features, stats = featurize(records, backbone, FeatureCache(cache_dir), router_input=router_input,
+                                context_in_reward=context_in_reward)
+    model, history = fit_stage1(features, config)
+    model.config.feature = {"router_input": router_input, "context_in_reward": context_in_reward}
+    model.config.data = {"source": str(data), "pairs": len(records),
+                         "attributes": sorted({a for a in features.attributes if a is not None})}
+    model.save_pretrained(out)
+    result = {"out": str(out), "variant": config.variant, "heads": config.heads,
+              "train_loss": history["train_loss"], "validation_loss": history["val_loss"],
+              "best_epoch": history["best_epoch"], "pairs": history["pairs"],
+              "encoded_texts": stats.encoded, "train_seconds": round(history["seconds"], 3),
+              "seconds": round(time.perf_counter() - start, 3)}
+    emit(result, as_json,
+         f"trained {config.variant} (K={config.heads}) on {history['pairs']['train']} pairs in "
+         f"{history['seconds']:.1f} s: train loss {history['train_loss']:.4f}, validation loss "
+         f"{history['val_loss']:.4f} (epoch {history['best_epoch']})\nmodel: {out}")
+
+
+@app.command("eval")
+def evaluate(
+    model_dir: str = typer.Option(..., "--model", help="Model folder (or Hugging Face hub id)."),
+    data: str = typer.Option(..., "--data", help="Test pair file, dataset folder or hub id."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache", help="Feature cache folder "
+                                             "(default: $MICRO_RM_CACHE or the user cache dir)."),
+    cache_only: bool = typer.Option(False, "--cache-only", help="Fail instead of encoding texts "
+                                    "that are not in the cache yet."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
+) -> None:
+    """Routed pairwise accuracy per attribute (and its mean), every head per attribute, and NLL.
+
+    The backbone and feature settings come from the model's config.json.
+
+    Example: micro-rm eval --model runs/dsp --data dsp-test.jsonl
+    """
+    from micro_rm.data.readers import read_pairs
+    from micro_rm.eval.metrics import head_attribute_matrix, nll, pairwise_accuracy
+    from micro_rm.model.mixture import MixtureRewardModel
+    from micro_rm.model.text import featurize_for
+
+    model = MixtureRewardModel.from_pretrained(model_dir)
+    features = featurize_for(model, read_pairs(data), cache_dir, allow_encode=not cache_only)
+    probs = model.predict_proba(features.chosen, features.rejected, features.route)
+    heads = head_attribute_matrix(model.head_probs(features.chosen, features.rejected), features.attributes)
+    result = {**pairwise_accuracy(probs, features.attributes), "nll": nll(probs), "heads": heads,
+              "model": model_dir, "data": data}
+    lines = [f"{result['pairs']} pairs: mean accuracy {result['mean_accuracy']:.4f}, NLL {result['nll']:.4f}",
+             *(f"  {name:24s} {acc:.4f}" for name, acc in result["per_attribute"].items()),
+             f"best head per attribute (oracle): {heads['oracle_mean_accuracy']:.4f}"]
+    emit(result, as_json, "\n".join(lines))
+
+
+@app.command("export-scalar")
+def export_scalar_cmd(
+    model_dir: str = typer.Option(..., "--model", help="Model folder (or Hugging Face hub id)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the single-reward model."),
+    context: Optional[str] = typer.Option(None, "--context", help="Text the router reads (a context "
+                                          "sentence, optionally with a typical prompt); its routing "
+                                          "weights are frozen in."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Comma-separated weights, one per "
+                                          "head, e.g. 0.5,0.5,0,0 (normalised)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
+) -> None:
+    """Write a copy of a model with one fixed weight vector over its heads, for tools that want
+    one reward per response (score = Σ_k w_k r_k).
+
+    Example: micro-rm export-scalar --model runs/dsp --out runs/dsp-concise --context "Be concise."
+    """
+    from micro_rm.errors import MicroRMError
+    from micro_rm.model.mixture import MixtureRewardModel
+    from micro_rm.model.pretrained import check_destination, export_scalar
+    from micro_rm.model.text import model_backbone
+
+    if (context is None) == (weights is None):
+        raise MicroRMError("give exactly one of --context TEXT or --weights w1,w2,...")
+    check_destination(out)
+    model = MixtureRewardModel.from_pretrained(model_dir)
+    if weights is not None:
+        try:
+            values = [float(w) for w in weights.split(",")]
+        except ValueError:
+            raise MicroRMError(f"--weights must be comma-separated numbers, got {weights!r}") from None
+        scalar = export_scalar(model, out, weights=values)
+    else:
+        backbone = model_backbone(model)
+        route = backbone.encode([backbone.route_item(context)])[0]
+        scalar = export_scalar(model, out, route=route, context=context)
+    fixed = scalar.config.training["exported"]["weights"]
+    emit({"out": str(out), "weights": fixed, "context": context}, as_json,
+         f"wrote a single-reward model to {out} (head weights {', '.join(f'{w:.3f}' for w in fixed)})")

@@ -1,0 +1,75 @@
+"""Pairwise metrics of the paper's protocol (METHOD.md, Evaluation): accuracy per attribute and
+its mean over attributes, every head on every attribute, and the negative log-likelihood.
+
+A pair counts as correct when the model gives the labelled winner probability > 0.5.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from micro_rm.errors import MicroRMError
+
+NO_ATTRIBUTE = "(none)"  # the group of pairs without an attribute, when others have one
+
+
+def pairwise_accuracy(probs: np.ndarray, attributes: Optional[Sequence[Optional[str]]] = None) -> dict[str, Any]:
+    """Accuracy per attribute and its unweighted mean over attributes (over all pairs when no
+    pair has an attribute).
+
+    >>> pairwise_accuracy(np.array([0.9, 0.2, 0.7, 0.6]), ["a", "a", "b", "b"])
+    {'mean_accuracy': 0.75, 'per_attribute': {'a': 0.5, 'b': 1.0}, 'pairs': 4}
+    """
+    correct = _as_probs(probs, "probs") > 0.5
+    groups = _groups(attributes, len(correct))
+    if groups is None:
+        return {"mean_accuracy": float(correct.mean()), "per_attribute": {}, "pairs": len(correct)}
+    per = {name: float(correct[groups == name].mean()) for name in sorted(set(groups))}
+    return {"mean_accuracy": float(np.mean(list(per.values()))), "per_attribute": per, "pairs": len(correct)}
+
+
+def head_attribute_matrix(head_probs: np.ndarray,
+                          attributes: Optional[Sequence[Optional[str]]] = None) -> dict[str, Any]:
+    """Every head's accuracy on every attribute (the paper's stage-1 check).
+
+    Returns ``attributes`` (column names), ``accuracy`` (K rows × attributes), ``best_head``
+    ({attribute: head index}) and ``oracle_mean_accuracy`` (the mean over attributes of the best
+    head's accuracy: the upper bound of what routing can reach).
+
+    >>> m = head_attribute_matrix(np.array([[0.9, 0.1], [0.8, 0.3], [0.2, 0.7]]), ["a", "a", "b"])
+    >>> m["accuracy"], m["best_head"], m["oracle_mean_accuracy"]
+    ([[1.0, 0.0], [0.0, 1.0]], {'a': 0, 'b': 1}, 1.0)
+    """
+    correct = _as_probs(head_probs, "head_probs") > 0.5                          # [N, K]
+    if correct.ndim != 2:
+        raise MicroRMError(f"`head_probs` must be [N, K], got shape {correct.shape}")
+    groups = _groups(attributes, len(correct))
+    names = sorted(set(groups)) if groups is not None else ["all"]
+    columns = [correct[groups == name] if groups is not None else correct for name in names]
+    accuracy = np.stack([c.mean(axis=0) for c in columns], axis=1)                 # [K, A]
+    best = accuracy.argmax(axis=0)
+    return {"attributes": names, "accuracy": accuracy.tolist(),
+            "best_head": {name: int(k) for name, k in zip(names, best)},
+            "oracle_mean_accuracy": float(accuracy.max(axis=0).mean())}
+
+
+def nll(probs: np.ndarray) -> float:
+    """Mean negative log-likelihood −log p of the labelled winners (p clipped at 1e-12)."""
+    return float(-np.log(np.clip(_as_probs(probs, "probs"), 1e-12, 1.0)).mean())
+
+
+def _as_probs(probs: np.ndarray, name: str) -> np.ndarray:
+    probs = np.asarray(probs, dtype=np.float64)
+    if len(probs) == 0:
+        raise MicroRMError(f"`{name}` is empty: no pairs to evaluate")
+    return probs
+
+
+def _groups(attributes: Optional[Sequence[Optional[str]]], n: int) -> Optional[np.ndarray]:
+    if not attributes or all(a is None for a in attributes):
+        return None
+    if len(attributes) != n:
+        raise MicroRMError(f"`attributes` has {len(attributes)} entries for {n} pairs")
+    return np.array([NO_ATTRIBUTE if a is None else str(a) for a in attributes], dtype=object)

@@ -1,0 +1,79 @@
+"""The settings that rebuild a model (``config.json``) and the closed choices of the model family.
+
+Kept free of torch, so the command line can build ``--help`` from it without loading torch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from micro_rm import __version__
+from micro_rm.errors import MicroRMError
+
+VARIANTS = ("micro", "single", "static", "shared-base")
+ROUTERS = ("mlp", "linear")
+BALANCES = ("example", "marginal")
+
+
+@dataclass
+class MixtureConfig:
+    """Everything that rebuilds a model; saved as ``config.json`` beside the weights."""
+
+    num_heads: int                      # K, the number of reward heads (1 for ``single``)
+    reward_dim: int                     # d, width of the reward features (backbone dim)
+    route_dim: int                      # d_r, width of the router features
+    variant: str = "micro"              # one of VARIANTS (see micro_rm.model.mixture)
+    router: str = "mlp"                 # ``mlp``: d_r → hidden → K, ReLU (the paper's); ``linear``: d_r → K
+    router_hidden: int = 128            # hidden units of the MLP router (the paper: 128)
+    prior_scale: float = 1.0            # ``shared-base``: scale of the frozen prior heads, relative
+                                        # to PyTorch's default Linear init U(±1/√d) (HyRe's prior)
+    backbone: dict = field(default_factory=dict)   # fingerprint of the backbone; its "spec" rebuilds it
+    feature: dict = field(default_factory=dict)    # router_input ("prompt"|"context"), context_in_reward
+    training: dict = field(default_factory=dict)   # the Stage1Config it was fitted with, or export info
+    data: dict = field(default_factory=dict)       # what it was trained on (source, pairs)
+    metrics: dict = field(default_factory=dict)    # losses / accuracies to show in the model card
+    version: str = __version__                     # micro-rm version that wrote it
+
+    def __post_init__(self) -> None:
+        for name in ("num_heads", "reward_dim", "route_dim", "router_hidden"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise MicroRMError(f"`{name}` must be an integer ≥ 1, got {value!r}")
+        if self.variant not in VARIANTS:
+            raise MicroRMError(f"`variant` must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
+        if self.router not in ROUTERS:
+            raise MicroRMError(f"`router` must be one of {', '.join(ROUTERS)}, got {self.router!r}")
+        if self.variant == "single" and self.num_heads != 1:
+            raise MicroRMError(f"`num_heads` must be 1 for variant 'single', got {self.num_heads}")
+        if isinstance(self.prior_scale, bool) or not isinstance(self.prior_scale, (int, float)) \
+                or not math.isfinite(self.prior_scale) or self.prior_scale < 0:
+            raise MicroRMError(f"`prior_scale` must be a finite number ≥ 0, got {self.prior_scale!r}")
+        for name in ("backbone", "feature", "training", "data", "metrics"):
+            if not isinstance(getattr(self, name), dict):
+                raise MicroRMError(f"`{name}` must be a JSON object, got {type(getattr(self, name)).__name__}")
+        if not isinstance(self.version, str) or not self.version.split(".")[0].isdigit():
+            raise MicroRMError(f"`version` must be a version string like '0.1.0', got {self.version!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "config") -> "MixtureConfig":
+        """Build from a parsed ``config.json``; a missing, unknown or bad field is an error naming
+        the field and ``where``."""
+        if not isinstance(data, dict):
+            raise MicroRMError(f"{where}: expected a JSON object, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise MicroRMError(f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; "
+                               f"known fields are {', '.join(sorted(known))}")
+        for name in ("num_heads", "reward_dim", "route_dim", "variant", "version"):
+            if name not in data:
+                raise MicroRMError(f"{where}: missing field `{name}`")
+        try:
+            return cls(**data)
+        except MicroRMError as exc:
+            raise MicroRMError(f"{where}: {exc}") from None

@@ -1,0 +1,170 @@
+"""The MiCRo model: K linear Bradley–Terry heads on frozen features and a router (METHOD.md Eq. 1).
+
+    P(a_w ≻ a_l | x) = Σ_k π_k(x) · σ(r_k(x, a_w) − r_k(x, a_l))
+
+One class serves the method and its baselines; the ``variant`` only changes where π comes from
+(and, for ``shared-base``, what a head is):
+
+=============  ==========================================  ====================================
+variant        π(x)                                        heads
+=============  ==========================================  ====================================
+``micro``      router f_ψ(route features), softmax         K trainable linear maps
+``static``     softmax of K free logits (MaxMin-RLHF)      K trainable linear maps
+``single``     1 (one head, plain BT)                      1 trainable linear map
+``shared-base``uniform 1/K (ensemble average)              trainable + frozen random prior
+=============  ==========================================  ====================================
+
+Heads have no bias: it cancels in r(a_w) − r(a_l), so it could never be learned.
+
+Example
+-------
+>>> model = MixtureRewardModel(MixtureConfig(num_heads=2, reward_dim=3, route_dim=4))
+>>> model.predict_proba(np.zeros((5, 3)), np.zeros((5, 3)), np.zeros((5, 4))).round(2).tolist()
+[0.5, 0.5, 0.5, 0.5, 0.5]
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from micro_rm.errors import MicroRMError
+from micro_rm.model.config import MixtureConfig
+from micro_rm.model.losses import mixture_bt_loss
+
+INFERENCE_CHUNK = 65_536  # rows per forward pass at inference (bounded memory on memory-mapped features)
+
+
+
+class MixtureRewardModel(nn.Module):
+    """K Bradley–Terry heads and a router; see the module docstring for the variants.
+
+    Tensor methods (``head_rewards``, ``head_deltas``, ``router_log_weights``, ``log_likelihood``)
+    keep gradients and are what training uses. Array methods (``predict_proba``, ``head_probs``,
+    ``router_weights``, ``rewards``, ``score``) accept numpy arrays (memory-mapped float16 is
+    fine), check dimensions and return float32 numpy arrays.
+    """
+
+    def __init__(self, config: MixtureConfig):
+        super().__init__()
+        self.config = config
+        k, d = config.num_heads, config.reward_dim
+        self.heads = nn.Linear(d, k, bias=False)                # [K, d]
+        if config.variant == "shared-base":
+            prior = nn.Linear(d, k, bias=False).weight.detach() * config.prior_scale
+            self.register_buffer("prior", prior)                # frozen, saved with the weights
+        if config.variant == "micro":
+            if config.router == "mlp":
+                self.router = nn.Sequential(nn.Linear(config.route_dim, config.router_hidden), nn.ReLU(),
+                                            nn.Linear(config.router_hidden, k))
+            else:
+                self.router = nn.Linear(config.route_dim, k)
+        if config.variant == "static":
+            self.logits = nn.Parameter(torch.zeros(k))
+
+    # ----- tensors (differentiable) -------------------------------------------------------------
+    def head_weight(self) -> torch.Tensor:
+        """The effective head matrix [K, d] (trainable + frozen prior for ``shared-base``)."""
+        return self.heads.weight + self.prior if self.config.variant == "shared-base" else self.heads.weight
+
+    def head_rewards(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-head rewards r_k of responses: [N, d] → [N, K]."""
+        return F.linear(x, self.head_weight())
+
+    def head_deltas(self, diff: torch.Tensor) -> torch.Tensor:
+        """Per-head reward differences Δ_k from feature differences chosen − rejected: [N, d] → [N, K].
+
+        Heads are linear without bias, so r_k(a_w) − r_k(a_l) = r_k(a_w − a_l): one matmul, not two.
+        """
+        return F.linear(diff, self.head_weight())
+
+    def router_log_weights(self, route: torch.Tensor) -> torch.Tensor:
+        """log π_k(x) of each pair: [N, d_r] → [N, K]. Each row is routed by its own features."""
+        n, k = route.shape[0], self.config.num_heads
+        if self.config.variant == "micro":
+            return F.log_softmax(self.router(route), dim=-1)
+        if self.config.variant == "static":
+            return F.log_softmax(self.logits, dim=-1).expand(n, k)
+        return route.new_full((n, k), -math.log(k))            # single, shared-base: uniform
+
+    def log_likelihood(self, diff: torch.Tensor, route: torch.Tensor) -> torch.Tensor:
+        """log P(a_w ≻ a_l | x) of each pair: [N, d], [N, d_r] → [N]."""
+        return -mixture_bt_loss(self.head_deltas(diff), self.router_log_weights(route))
+
+    # ----- arrays (inference) -------------------------------------------------------------------
+    def predict_proba(self, chosen, rejected, route) -> np.ndarray:
+        """Routed mixture probability Σ_k π_k(x) σ(Δ_k) that ``chosen`` beats ``rejected``: [N]."""
+        self._check(chosen, "chosen", self.config.reward_dim)
+        self._check(rejected, "rejected", self.config.reward_dim)
+        self._check(route, "route", self.config.route_dim)
+        return self._map_rows(lambda c, r, u: self.log_likelihood(c - r, u).exp(), chosen, rejected, route)
+
+    def head_probs(self, chosen, rejected) -> np.ndarray:
+        """Each head's own probability σ(Δ_k) that ``chosen`` wins: [N, K]."""
+        self._check(chosen, "chosen", self.config.reward_dim)
+        self._check(rejected, "rejected", self.config.reward_dim)
+        return self._map_rows(lambda c, r: torch.sigmoid(self.head_deltas(c - r)), chosen, rejected)
+
+    def router_weights(self, route) -> np.ndarray:
+        """The router's weights π(x) over heads: [N, K], rows sum to 1."""
+        self._check(route, "route", self.config.route_dim)
+        return self._map_rows(lambda u: self.router_log_weights(u).exp(), route)
+
+    def rewards(self, x) -> np.ndarray:
+        """Per-head rewards of responses (reward features [N, d]): [N, K]."""
+        self._check(x, "x", self.config.reward_dim)
+        return self._map_rows(self.head_rewards, x)
+
+    def score(self, x, route) -> np.ndarray:
+        """Scalar personalised reward Σ_k π_k(x) r_k(x, a) of each response: [N].
+
+        This ranks responses consistently with the mixture probability only when one head
+        dominates π(x); to compare two responses use ``predict_proba`` (METHOD.md, Prediction).
+        """
+        self._check(x, "x", self.config.reward_dim)
+        self._check(route, "route", self.config.route_dim)
+        return self._map_rows(lambda a, u: (self.router_log_weights(u).exp() * self.head_rewards(a)).sum(-1),
+                           x, route)
+
+    def check_features(self, features) -> None:
+        """Refuse features made by another backbone or of the wrong width (``PairFeatures``)."""
+        self._check(features.chosen, "features.chosen", self.config.reward_dim)
+        self._check(features.route, "features.route", self.config.route_dim)
+        mine, theirs = self.config.backbone, features.fingerprint
+        if mine and theirs and mine != theirs:
+            raise MicroRMError("features were made by a different backbone than the model's "
+                               f"(features: {theirs.get('name', theirs)}, model: {mine.get('name', mine)}); "
+                               "re-featurize the data with the model's backbone")
+
+    def _check(self, array, name: str, dim: int) -> None:
+        shape = tuple(array.shape)
+        if len(shape) != 2 or shape[1] != dim:
+            raise MicroRMError(f"`{name}` has shape {shape}, but the model expects [N, {dim}] "
+                               f"(features / model dimension mismatch: was the model trained on "
+                               f"another backbone?)")
+
+    @torch.inference_mode()
+    def _map_rows(self, fn: Callable[..., torch.Tensor], *arrays) -> np.ndarray:
+        """``fn`` over row chunks of ``arrays``, cast to float32 per chunk (memory-mapped safe)."""
+        device = self.heads.weight.device
+        out = [fn(*(torch.as_tensor(np.asarray(a[i:i + INFERENCE_CHUNK], dtype=np.float32), device=device)
+                    for a in arrays)).cpu().numpy()
+               for i in range(0, max(len(arrays[0]), 1), INFERENCE_CHUNK)]
+        return np.concatenate(out)
+
+    # ----- save / load --------------------------------------------------------------------------
+    def save_pretrained(self, path) -> None:
+        """Write ``config.json``, ``model.safetensors`` and a model card ``README.md`` (atomically)."""
+        from micro_rm.model.pretrained import save_pretrained
+        save_pretrained(self, path)
+
+    @classmethod
+    def from_pretrained(cls, path_or_hub_id: str, device: Optional[str] = None) -> "MixtureRewardModel":
+        """Rebuild a saved model from a local folder or a Hugging Face hub id."""
+        from micro_rm.model.pretrained import from_pretrained
+        return from_pretrained(path_or_hub_id, device=device)

@@ -1,0 +1,228 @@
+"""Hugging Face-style model folders: ``config.json`` + ``model.safetensors`` + a model card.
+
+``save_pretrained`` writes the whole folder beside its destination and renames it into place, so a
+crash never leaves a half-written model. ``from_pretrained`` rebuilds the model from the folder
+alone (no flags to retype) and restores its predictions exactly.
+
+>>> model = MixtureRewardModel(MixtureConfig(num_heads=2, reward_dim=3, route_dim=3))
+>>> save_pretrained(model, "runs/demo")                        # doctest: +SKIP
+>>> MixtureRewardModel.from_pretrained("runs/demo")            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from micro_rm import __version__
+from micro_rm.errors import MicroRMError
+from micro_rm.model.mixture import MixtureConfig, MixtureRewardModel
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
+
+
+def save_pretrained(model: MixtureRewardModel, path: str | os.PathLike) -> Path:
+    """Write ``model`` into the folder ``path`` (created or replaced as a whole); returns it.
+
+    An existing ``path`` is replaced only when it is empty or a model folder (it has a
+    ``config.json``), so a mistyped ``--out`` cannot wipe unrelated files.
+    """
+    path = check_destination(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        (tmp / CONFIG_NAME).write_text(json.dumps(model.config.to_dict(), indent=2, default=_json_default)
+                                       + "\n", encoding="utf-8")
+        tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "library": "micro-rm"})
+        (tmp / CARD_NAME).write_text(model_card(model.config), encoding="utf-8")
+        old = path.with_name(f".{path.name}.old-{os.getpid()}") if path.exists() else None
+        if old is not None:
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return path
+
+
+def check_destination(path: str | os.PathLike) -> Path:
+    """Refuse a destination that exists and is neither empty nor a model folder (call it before
+    long work, so a bad ``--out`` fails first)."""
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not (path / CONFIG_NAME).exists())):
+        raise MicroRMError(f"{path}: exists and is not a micro-rm model folder; choose a new or empty folder")
+    return path
+
+
+def from_pretrained(path_or_hub_id: str | os.PathLike, device: Optional[str] = None) -> MixtureRewardModel:
+    """Load a model folder, or download one from the Hugging Face hub (``owner/name``).
+
+    Every field of ``config.json`` is checked; a folder written by an incompatible (other major)
+    micro-rm version is refused.
+    """
+    folder = _resolve(str(path_or_hub_id))
+    config_file, weights_file = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+    for file in (config_file, weights_file):
+        if not file.is_file():
+            raise MicroRMError(f"{folder}: no {file.name}; is this a folder written by save_pretrained?")
+    try:
+        data = json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MicroRMError(f"{config_file}: not valid JSON ({exc})") from None
+    if isinstance(data, dict) and isinstance(data.get("version"), str):
+        _check_version(data["version"], config_file)
+    model = MixtureRewardModel(MixtureConfig.from_dict(data, where=str(config_file)))
+    try:
+        tensors = load_file(str(weights_file))
+    except Exception as exc:  # safetensors raises its own error types for a corrupt file
+        raise MicroRMError(f"{weights_file}: not a readable safetensors file ({exc})") from None
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise MicroRMError(f"{weights_file}: tensors do not match {config_file.name} "
+                           f"(missing: {missing or 'none'}, unexpected: {unexpected or 'none'})")
+    for name, tensor in tensors.items():
+        if tensor.shape != expected[name].shape:
+            raise MicroRMError(f"{weights_file}: tensor `{name}` has shape {tuple(tensor.shape)}, but "
+                               f"{config_file.name} implies {tuple(expected[name].shape)}")
+    model.load_state_dict(tensors)
+    return model.to(device or "cpu").eval()
+
+
+def export_scalar(model: MixtureRewardModel, path: str | os.PathLike, *,
+                  weights: Optional[Sequence[float]] = None, route: Optional[np.ndarray] = None,
+                  context: Optional[str] = None) -> MixtureRewardModel:
+    """Save a copy of ``model`` with one fixed weight vector over its heads, for tools that want
+    one reward per response (``score`` no longer needs router features).
+
+    Give either ``weights`` (K non-negative numbers, normalised here) or ``route`` (one router
+    feature vector [d_r], e.g. of a context; the router's weights for it are frozen in).
+    ``context`` is only recorded in the config. The copy is a ``static`` model whose logits are
+    log w; ``shared-base`` priors are folded into the heads.
+    """
+    k = model.config.num_heads
+    if (weights is None) == (route is None):
+        raise MicroRMError("export_scalar: give exactly one of `weights` or `route` (a context)")
+    if route is not None:
+        w = model.router_weights(np.asarray(route, dtype=np.float32).reshape(1, -1))[0].astype(np.float64)
+    else:
+        w = np.asarray(list(weights), dtype=np.float64)
+        if w.shape != (k,) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+            raise MicroRMError(f"export_scalar: `weights` must be {k} non-negative numbers with a positive "
+                               f"sum (one per head), got {list(weights)}")
+    w = w / w.sum()
+    exported = {"weights": w.tolist(), "context": context, "from_variant": model.config.variant}
+    config = dataclasses.replace(model.config, variant="static", version=__version__,
+                                 training={**model.config.training, "exported": exported})
+    scalar = MixtureRewardModel(config)
+    with torch.no_grad(), np.errstate(divide="ignore"):
+        scalar.heads.weight.copy_(model.head_weight())
+        scalar.logits.copy_(torch.from_numpy(np.log(w)))        # log 0 = −inf: a head switched off
+    save_pretrained(scalar, path)
+    return scalar.eval()
+
+
+def model_card(config: MixtureConfig) -> str:
+    """The generated ``README.md`` of a model folder: what it is, its data, settings and metrics."""
+    fp = config.backbone
+    rows = lambda d: "\n".join(f"| `{k}` | {_fmt(v)} |" for k, v in d.items()) or "| (none) | |"  # noqa: E731
+    return f"""---
+library_name: micro-rm
+tags: [reward-model, rlhf, personalization, micro]
+---
+
+# MiCRo reward model: `{config.variant}`, K = {config.num_heads}
+
+A mixture of {config.num_heads} Bradley–Terry reward head(s) on a frozen backbone, with a
+{'context-aware ' + config.router.upper() + ' router' if config.variant == 'micro' else config.variant + ' weighting'}
+(MiCRo, Shen et al., EMNLP 2025), written by micro-rm {config.version}.
+
+## Backbone and features
+- backbone: `{fp.get('name') or fp.get('spec', {}).get('name', 'unknown')}`; reward features d = {config.reward_dim},
+  router features d_r = {config.route_dim}
+- router input: `{config.feature.get('router_input', 'unknown')}`; context in reward features:
+  `{config.feature.get('context_in_reward', 'unknown')}`
+
+## Training data
+| field | value |
+|---|---|
+{rows(config.data)}
+
+## Settings
+| setting | value |
+|---|---|
+{rows(config.training)}
+
+## Metrics
+| metric | value |
+|---|---|
+{rows(config.metrics)}
+
+## Use
+```python
+from micro_rm.model import MixtureRewardModel
+model = MixtureRewardModel.from_pretrained("path/to/this/folder")
+p = model.predict_proba(chosen_features, rejected_features, route_features)  # Σ_k π_k σ(Δ_k)
+```
+or `micro-rm eval --model path/to/this/folder --data test.jsonl`.
+
+`score` (Σ_k π_k r_k, one number per response) ranks responses consistently with the mixture
+probability only when one head dominates the routing; compare pairs with `predict_proba`.
+"""
+
+
+def _resolve(path_or_hub_id: str) -> Path:
+    path = Path(path_or_hub_id)
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise MicroRMError(f"{path}: is a file; give the model folder (the one with {CONFIG_NAME})")
+    parts = path_or_hub_id.split("/")
+    if len(parts) != 2 or not all(parts) or path_or_hub_id.startswith((".", "/", "~")):
+        raise MicroRMError(f"{path_or_hub_id}: no such model folder (and not a hub id like owner/name)")
+    try:
+        from huggingface_hub import snapshot_download
+        return Path(snapshot_download(repo_id=path_or_hub_id))
+    except Exception as exc:  # offline, unknown repo, auth: all mean "could not get it"
+        raise MicroRMError(f"{path_or_hub_id}: no such local folder, and downloading it from the Hugging "
+                           f"Face hub failed ({type(exc).__name__}); check the id and the network, "
+                           "or pass a local folder") from None
+
+
+def _check_version(version: str, where: Path) -> None:
+    major, ours = version.split(".")[0], __version__.split(".")[0]
+    if major != ours:
+        raise MicroRMError(f"{where}: written by micro-rm {version}, which is incompatible with this "
+                           f"micro-rm {__version__} (major version {major} ≠ {ours}); install micro-rm "
+                           f"{major}.x to load it, or retrain the model")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if math.isfinite(value) else str(value)
+    return f"`{json.dumps(value, default=_json_default)}`" if isinstance(value, (dict, list)) else str(value)

@@ -1,0 +1,56 @@
+"""From pair records to a saved model's features: the backbone its config names, through the cache.
+
+A model folder records its backbone fingerprint (whose ``spec`` rebuilds the backbone) and its
+feature settings, so scoring new data needs no flags that could disagree with training.
+
+>>> model = MixtureRewardModel.from_pretrained("runs/dsp")              # doctest: +SKIP
+>>> features = featurize_for(model, read_pairs("dsp-test.jsonl"))        # doctest: +SKIP
+>>> model.predict_proba(features.chosen, features.rejected, features.route)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Sequence
+
+from micro_rm.errors import MicroRMError
+from micro_rm.features.base import Backbone, PairFeatures
+from micro_rm.model.mixture import MixtureRewardModel
+
+
+def model_backbone(model: MixtureRewardModel, device: str = "cpu") -> Backbone:
+    """Rebuild the backbone of ``model`` from its fingerprint and check it makes the same vectors."""
+    from micro_rm.features.backbones import load_backbone
+
+    recorded = model.config.backbone
+    if not isinstance(recorded.get("spec"), dict):
+        raise MicroRMError("the model's config.json has no backbone spec (`backbone.spec`), so its "
+                           "backbone cannot be rebuilt; featurize the data yourself and call "
+                           "predict_proba on the features")
+    backbone = load_backbone(**{**recorded["spec"], "device": device})
+    rebuilt = backbone.fingerprint()
+    # A value unknown on one side (e.g. a hub revision looked up offline) is not a mismatch.
+    differ = sorted(k for k in set(recorded) | set(rebuilt)
+                    if recorded.get(k) is not None and rebuilt.get(k) is not None and recorded[k] != rebuilt[k])
+    if differ:
+        raise MicroRMError(f"the backbone rebuilt from the model's config differs from the one it was "
+                           f"trained on (fields: {', '.join(differ)}); install the same backbone "
+                           "weights, or retrain")
+    return backbone
+
+
+def featurize_for(model: MixtureRewardModel, records: Sequence[dict[str, Any]],
+                  cache_dir: Optional[str | os.PathLike] = None, *, allow_encode: bool = True,
+                  progress: bool = True) -> PairFeatures:
+    """Features of ``records`` as ``model`` was trained to read them (backbone, router input,
+    context in reward), from the feature cache at ``cache_dir``, encoding what is missing."""
+    from micro_rm.features.cache import FeatureCache
+    from micro_rm.features.featurize import featurize
+
+    settings = model.config.feature
+    features, _ = featurize(records, model_backbone(model), FeatureCache(cache_dir),
+                            router_input=settings.get("router_input", "context"),
+                            context_in_reward=bool(settings.get("context_in_reward", False)),
+                            progress=progress, allow_encode=allow_encode)
+    model.check_features(features)
+    return features

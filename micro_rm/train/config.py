@@ -1,0 +1,92 @@
+"""``Stage1Config``: the settings of stage-1 training, each documented once (its help is also the
+CLI's ``--help``). Kept free of torch so that ``micro-rm --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from micro_rm.errors import MicroRMError
+from micro_rm.model.config import BALANCES, ROUTERS, VARIANTS
+
+
+def _help(text: str, default: Any) -> Any:
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class Stage1Config:
+    """Settings of stage-1 training. Each field's help is also the CLI's ``--help``."""
+
+    # the model
+    heads: int = _help("Number of reward heads K (the paper: 5 for HelpSteer2, 10 for RPR).", 4)
+    variant: str = _help("micro (router), single (one BT head), static (K free weights, MaxMin-RLHF) "
+                         "or shared-base (trainable + frozen prior heads, HyRe's ensemble).", "micro")
+    router: str = _help("Router network: mlp (d_r → 128 → K, the paper's) or linear.", "mlp")
+    router_hidden: int = _help("Hidden units of the MLP router.", 128)
+    # the objective
+    alpha: float = _help("Weight α of the router's negative-entropy regulariser (the paper: 0.5).", 0.5)
+    balance: str = _help("example: each pair's router entropy (the paper's); marginal: entropy of the "
+                         "batch-mean routing (load balancing, lets heads specialise).", "example")
+    # optimisation
+    epochs: int = _help("Passes over the training pairs.", 10)
+    lr: float = _help("Peak AdamW learning rate.", 2e-3)
+    batch_size: int = _help("Pairs per micro-batch.", 32)
+    grad_accum: int = _help("Micro-batches per optimizer step (effective batch = batch_size × "
+                            "grad_accum; the paper: 4 × 8). On cached features one step's "
+                            "micro-batches are computed in one pass.", 1)
+    warmup_ratio: float = _help("Fraction of the steps spent warming the learning rate up; it then "
+                                "decays linearly to 0.", 0.05)
+    weight_decay: float = _help("AdamW weight decay.", 0.0)
+    val_fraction: float = _help("Fraction of prompts (by hash, deterministic) held out for validation; "
+                                "the epoch with the lowest validation loss is kept. 0: keep the last.", 0.1)
+    seed: int = _help("Seed of the initialisation and the shuffling (same seed, same weights).", 0)
+    device: str = _help("Torch device: cpu, cuda, cuda:1, mps.", "cpu")
+
+    def __post_init__(self) -> None:
+        _check_int(self, "heads", 1)
+        _check_choice(self, "variant", VARIANTS)
+        _check_choice(self, "router", ROUTERS)
+        _check_int(self, "router_hidden", 1)
+        _check_float(self, "alpha", 0.0, math.inf)
+        _check_choice(self, "balance", BALANCES)
+        for name in ("epochs", "batch_size", "grad_accum"):
+            _check_int(self, name, 1)
+        _check_float(self, "lr", 0.0, math.inf, open_low=True)
+        _check_float(self, "warmup_ratio", 0.0, 1.0, open_high=True)
+        _check_float(self, "weight_decay", 0.0, math.inf)
+        _check_float(self, "val_fraction", 0.0, 1.0, open_high=True)
+        _check_int(self, "seed", 0)
+        if self.variant == "single" and self.heads != 1:
+            warnings.warn(f"variant 'single' trains one head; ignoring heads={self.heads} "
+                          "(pass heads=1 / --heads 1 to silence this)", stacklevel=3)
+            self.heads = 1
+
+    @classmethod
+    def help(cls, name: str) -> str:
+        return next(f.metadata["help"] for f in fields(cls) if f.name == name)
+
+
+def _check_int(config: Stage1Config, name: str, low: int) -> None:
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise MicroRMError(f"`{name}` must be an integer ≥ {low}, got {value!r}")
+
+
+def _check_float(config: Stage1Config, name: str, low: float, high: float, *,
+                 open_low: bool = False, open_high: bool = False) -> None:
+    value = getattr(config, name)
+    ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+          and (value > low if open_low else value >= low) and (value < high if open_high else value <= high))
+    if not ok:
+        bounds = f"{'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
+        raise MicroRMError(f"`{name}` must be a finite number in {bounds}, got {value!r}")
+
+
+def _check_choice(config: Stage1Config, name: str, choices: tuple[str, ...]) -> None:
+    value = getattr(config, name)
+    if value not in choices:
+        raise MicroRMError(f"`{name}` must be one of {', '.join(choices)}, got {value!r}")

@@ -1,0 +1,173 @@
+"""``micro-rm train``, ``eval`` and ``export-scalar`` end to end, with a tiny fake backbone.
+
+The fake backbone embeds each word with a fixed random vector (hashing the word), so the test
+needs no download; the real feature cache and featurisation run unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+import micro_rm.cli.train_cmd  # noqa: F401  (registers train, eval, export-scalar on the app)
+from micro_rm.cli import main
+from micro_rm.data.readers import write_pairs
+from micro_rm.features.backbones.items import pair_reward_item, pair_route_item
+
+DIM = 24
+
+
+class WordBackbone:
+    """Mean of per-word random vectors of the item's text(s)."""
+
+    name = "fake-words"
+    dim = DIM
+
+    def fingerprint(self):
+        return {"kind": "test", "spec": {"name": self.name}, "dim": DIM}
+
+    def reward_item(self, prompt, response, context=None):
+        return pair_reward_item(prompt, response, context)
+
+    def route_item(self, prompt, context=None):
+        return pair_route_item(prompt, context)
+
+    def token_lengths(self, items):
+        return [len(" ".join(t for t in item if t).split()) for item in items]
+
+    def encode(self, items):
+        return np.stack([np.mean([self._word(w) for w in " ".join(t for t in item if t).split()] or
+                                 [np.zeros(DIM, np.float32)], axis=0) for item in items])
+
+    @staticmethod
+    def _word(word):
+        seed = int(hashlib.sha256(word.encode()).hexdigest()[:8], 16)
+        return np.random.default_rng(seed).standard_normal(DIM).astype(np.float32)
+
+
+@pytest.fixture(autouse=True)
+def fake_backbone(monkeypatch):
+    import micro_rm.features.backbones as backbones
+
+    def load_backbone(name, **kwargs):
+        if name != WordBackbone.name:
+            raise AssertionError(f"unexpected backbone {name!r}")
+        return WordBackbone()
+
+    monkeypatch.setattr(backbones, "load_backbone", load_backbone)
+
+
+def _records(n, seed):
+    """Two contexts that want opposite things: brief or detailed answers."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(n):
+        brief = bool(i % 2)
+        topic = f"topic{rng.integers(50)}"
+        short, long = f"short {topic} answer", f"long detailed thorough {topic} answer with examples"
+        records.append({"prompt": f"tell me about {topic} number {i}",
+                        "chosen": short if brief else long, "rejected": long if brief else short,
+                        "context": "be brief please" if brief else "explain in depth",
+                        "attribute": "brief" if brief else "detailed"})
+    return records
+
+
+@pytest.fixture
+def files(tmp_path):
+    write_pairs(_records(400, 0), tmp_path / "train.jsonl")
+    write_pairs(_records(100, 1), tmp_path / "test.jsonl")
+    return tmp_path
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, (json.loads(out.out.strip().splitlines()[-1]) if code == 0 and "--json" in argv else out)
+
+
+def _train(files, capsys, *extra, out="model"):
+    return _run(capsys, "train", "--data", files / "train.jsonl", "--backbone", "fake-words", "--heads", 2,
+                "--out", files / out, "--epochs", 20, "--lr", 0.02, "--json", *extra)
+
+
+def test_train_then_eval_reports_accuracy_per_attribute(files, capsys):
+    code, result = _train(files, capsys, "--balance", "marginal")
+    assert code == 0
+    assert set(result) >= {"train_loss", "validation_loss", "pairs", "seconds", "out"}
+    assert result["pairs"]["train"] + result["pairs"]["validation"] == 400
+    config = json.loads((files / "model" / "config.json").read_text())
+    assert config["feature"] == {"router_input": "context", "context_in_reward": False}
+    assert config["backbone"]["spec"] == {"name": "fake-words"}
+    assert config["training"]["balance"] == "marginal"
+    code, evaluation = _run(capsys, "eval", "--model", files / "model", "--data", files / "test.jsonl", "--json")
+    assert code == 0
+    assert evaluation["pairs"] == 100
+    assert set(evaluation["per_attribute"]) == {"brief", "detailed"}
+    assert evaluation["mean_accuracy"] == pytest.approx(np.mean(list(evaluation["per_attribute"].values())))
+    assert evaluation["mean_accuracy"] > 0.9   # only a context-aware router can get both attributes right
+
+
+@pytest.mark.parametrize("variant", ["single", "static", "shared-base"])
+def test_baselines_train_and_evaluate_the_same_way(files, capsys, variant):
+    code, result = _train(files, capsys, "--variant", variant, "--heads", 1 if variant == "single" else 2)
+    assert code == 0 and result["variant"] == variant
+    code, evaluation = _run(capsys, "eval", "--model", files / "model", "--data", files / "test.jsonl", "--json")
+    assert code == 0 and 0 <= evaluation["mean_accuracy"] <= 1
+
+
+def test_eval_with_cache_only_and_unseen_texts_fails_clearly(files, capsys):
+    assert _train(files, capsys)[0] == 0
+    write_pairs([{"prompt": "never seen", "chosen": "a", "rejected": "b"}], files / "new.jsonl")
+    code, out = _run(capsys, "eval", "--model", files / "model", "--data", files / "new.jsonl", "--cache-only")
+    assert code == 2 and "not in the cache" in out.err
+
+
+def test_export_scalar_by_weights_and_by_context(files, capsys):
+    assert _train(files, capsys)[0] == 0
+    code, result = _run(capsys, "export-scalar", "--model", files / "model", "--out", files / "w",
+                        "--weights", "1,3", "--json")
+    assert code == 0 and result["weights"] == [0.25, 0.75]
+    code, result = _run(capsys, "export-scalar", "--model", files / "model", "--out", files / "c",
+                        "--context", "be brief please", "--json")
+    assert code == 0 and sum(result["weights"]) == pytest.approx(1.0)
+    assert json.loads((files / "c" / "config.json").read_text())["variant"] == "static"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--heads", "0"], "`heads` must be an integer ≥ 1"),
+    (["--alpha", "-1"], "`alpha` must be a finite number"),
+    (["--balance", "global"], "`balance` must be one of example, marginal"),
+    (["--router-input", "persona"], "--router-input must be one of context, prompt"),
+])
+def test_train_bad_settings_exit_2_and_write_nothing(files, capsys, argv, message):
+    code, out = _train(files, capsys, *argv)
+    assert code == 2 and message in out.err
+    assert not (files / "model").exists()
+
+
+def test_train_on_a_missing_file_exits_2(files, capsys):
+    code, out = _run(capsys, "train", "--data", files / "nope.jsonl", "--backbone", "fake-words",
+                     "--heads", 2, "--out", files / "model")
+    assert code == 2 and "no such file" in out.err and not (files / "model").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "give exactly one of --context TEXT or --weights"),
+    (["--weights", "1,2,3"], "`weights` must be 2 non-negative numbers"),
+    (["--weights", "a,b"], "--weights must be comma-separated numbers"),
+])
+def test_export_scalar_bad_input_exits_2(files, capsys, argv, message):
+    assert _train(files, capsys)[0] == 0
+    code, out = _run(capsys, "export-scalar", "--model", files / "model", "--out", files / "s", *argv)
+    assert code == 2 and message in out.err and not (files / "s").exists()
+
+
+def test_eval_of_a_model_from_another_major_version_exits_2(files, capsys):
+    assert _train(files, capsys)[0] == 0
+    config = json.loads((files / "model" / "config.json").read_text())
+    (files / "model" / "config.json").write_text(json.dumps({**config, "version": "9.0.0"}))
+    code, out = _run(capsys, "eval", "--model", files / "model", "--data", files / "test.jsonl")
+    assert code == 2 and "incompatible" in out.err
