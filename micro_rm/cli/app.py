@@ -25,9 +25,6 @@ app = typer.Typer(
 )
 
 
-COMMAND_MODULES = ("data_cmd", "encode_cmd", "train_cmd")
-
-
 def emit(result: dict[str, Any], as_json: bool, summary: str) -> None:
     """Print a human summary, or (with ``--json``) one JSON object as the last stdout line."""
     if as_json:
@@ -37,11 +34,15 @@ def emit(result: dict[str, Any], as_json: bool, summary: str) -> None:
 
 
 def _register_commands() -> None:
-    """Import the command modules; each registers its commands on ``app``."""
+    """Import every ``micro_rm/cli/*_cmd.py`` module; each registers its commands on ``app``."""
     import importlib
+    import pkgutil
 
-    for module in COMMAND_MODULES:
-        importlib.import_module(f"micro_rm.cli.{module}")
+    import micro_rm.cli
+
+    for module in sorted(m.name for m in pkgutil.iter_modules(micro_rm.cli.__path__)):
+        if module.endswith("_cmd"):
+            importlib.import_module(f"micro_rm.cli.{module}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
