@@ -47,6 +47,10 @@ class StateStore(Protocol):
         self, user_id: str, losses: Any, payloads: Sequence[Mapping[str, Any]] | None = None
     ) -> UserState: ...
 
+    def apply_feedback_many(
+        self, batches: Sequence[tuple[str, Any, Sequence[Mapping[str, Any]] | None]]
+    ) -> list[UserState]: ...
+
     def get(self, user_id: str, missing_ok: bool = False) -> UserState: ...
 
     def reset(self, user_id: str) -> UserState: ...
@@ -190,30 +194,51 @@ class _SqlStore:
         ``payloads`` (one JSON-able dict per pair: prompt, chosen, rejected, context …) are
         stored beside each pair's losses. Returns the user's state after the update.
         """
+        return self.apply_feedback_many([(user_id, losses, payloads)])[0]
+
+    def apply_feedback_many(self, batches: Sequence[tuple[str, Any, Sequence[Mapping[str, Any]] | None]]
+                            ) -> list[UserState]:
+        """Apply several ``(user_id, losses [N, K], payloads)`` batches in ONE transaction (one
+        fsync: the service's group commit). Each batch's returned state is the user's state right
+        after it, exactly as if the batches had been applied one by one in order."""
+        prepared = [(user_id, *self._prepare(user_id, losses, payloads))
+                    for user_id, losses, payloads in batches]
+        current: dict[str, UserState] = {}
+        out = []
+        with self._transaction() as cur:
+            for user_id, losses, payload_json in prepared:
+                if user_id not in current:
+                    cur.execute(
+                        self._sql(
+                            "INSERT INTO users (user_id, model_id, num_heads, cumulative_loss, num_feedback, "
+                            "updated_at) VALUES (?, ?, ?, ?, 0, ?) ON CONFLICT (user_id) DO NOTHING"
+                        ),
+                        (user_id, self.model_id, self.num_heads, json.dumps([0.0] * self.num_heads), _now()),
+                    )
+                    current[user_id] = self._select_user(cur, user_id, self._for_update)
+                current[user_id] = current[user_id].add_losses(losses)
+                created = _now()
+                cur.executemany(
+                    self._sql("INSERT INTO feedback (user_id, created_at, payload, losses) VALUES (?, ?, ?, ?)"),
+                    [(user_id, created, p, json.dumps(row.tolist())) for p, row in zip(payload_json, losses)],
+                )
+                out.append(current[user_id])
+            for state in current.values():
+                self._write_state(cur, state)
+        return out
+
+    @staticmethod
+    def _prepare(user_id: str, losses: Any, payloads: Sequence[Mapping[str, Any]] | None
+                 ) -> tuple[np.ndarray, list[str]]:
+        """Check one batch before any write: losses as float64 rows, payloads as JSON text."""
         losses = np.asarray(losses, dtype=np.float64)
         payloads = [{}] * len(losses) if payloads is None else list(payloads)
         if len(payloads) != len(losses):
             raise MicroRMError(f"got {len(losses)} loss rows but {len(payloads)} payloads for user {user_id!r}")
         try:
-            payload_json = [json.dumps(p) for p in payloads]
+            return losses, [json.dumps(p) for p in payloads]
         except TypeError as err:
             raise MicroRMError(f"feedback payload for user {user_id!r} is not JSON-serialisable: {err}") from None
-        with self._transaction() as cur:
-            cur.execute(
-                self._sql(
-                    "INSERT INTO users (user_id, model_id, num_heads, cumulative_loss, num_feedback, updated_at) "
-                    "VALUES (?, ?, ?, ?, 0, ?) ON CONFLICT (user_id) DO NOTHING"
-                ),
-                (user_id, self.model_id, self.num_heads, json.dumps([0.0] * self.num_heads), _now()),
-            )
-            state = self._select_user(cur, user_id, self._for_update).add_losses(losses)
-            created = _now()
-            cur.executemany(
-                self._sql("INSERT INTO feedback (user_id, created_at, payload, losses) VALUES (?, ?, ?, ?)"),
-                [(user_id, created, p, json.dumps(row.tolist())) for p, row in zip(payload_json, losses)],
-            )
-            self._write_state(cur, state)
-        return state
 
     def get(self, user_id: str, missing_ok: bool = False) -> UserState:
         """The user's state; a fresh zero state if unknown and ``missing_ok``, else an error."""

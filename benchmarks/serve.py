@@ -1,0 +1,223 @@
+"""Benchmark the reward service over HTTP on loopback; prints a markdown table.
+
+The server (``micro-rm serve``) runs in a subprocess on 127.0.0.1; a closed-loop load generator
+(``--clients`` threads, each with a keep-alive ``httpx.Client``, each sending its next request
+as soon as the last is answered) runs for ``--seconds`` or ``--requests`` requests per scenario,
+whichever comes first. Scenarios:
+
+- ``/score`` cached: 2 responses per request from a fixed, pre-warmed set of 32 bodies (every
+  text is in the in-memory LRU), with 1 client (latency) and with ``--clients`` (throughput);
+- ``/score`` cold: every request brings 3 texts never seen (2 responses + the route), so each
+  runs the backbone (micro-batched across concurrent requests) and writes the disk cache;
+- ``/feedback``: one labelled pair per request on cached texts for 8 users, each a durable
+  (fsynced) SQLite update; and 8 pairs per request.
+
+for the ``static`` and ``default`` backbones. Models are untrained K = 4 MiCRo models (speed does
+not depend on the weights).
+
+Usage::
+
+    python benchmarks/serve.py                 # print the table
+    python benchmarks/serve.py --write         # and put it into BENCHMARKS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SECTION = "## Reward service (`benchmarks/serve.py`)"
+ADMIN = "benchmark-admin-token-0123456789"
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backbones", default="static,default", help="Comma-separated backbones.")
+    parser.add_argument("--clients", type=int, default=8, help="Concurrent closed-loop clients.")
+    parser.add_argument("--seconds", type=float, default=8.0, help="Longest run of one scenario.")
+    parser.add_argument("--requests", type=int, default=3000, help="Most requests of one scenario.")
+    parser.add_argument("--cold-requests", type=int, default=400, help="Most requests of a cold scenario "
+                        "(the default backbone encodes ~20-100 texts/s on 2 cores).")
+    parser.add_argument("--write", action="store_true", help="Put the table into BENCHMARKS.md.")
+    return parser
+
+
+def build_model(backbone_name: str, folder: Path) -> None:
+    import torch
+
+    from micro_rm.features.backbones import load_backbone
+    from micro_rm.model import MixtureConfig, MixtureRewardModel
+
+    backbone = load_backbone(backbone_name)
+    torch.manual_seed(0)
+    MixtureRewardModel(MixtureConfig(num_heads=4, reward_dim=backbone.dim, route_dim=backbone.dim,
+                                     backbone=backbone.fingerprint())).save_pretrained(folder)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``micro-rm serve`` in a subprocess, on loopback, until ``stop``."""
+
+    def __init__(self, model: Path, work: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "MICRO_RM_ADMIN_TOKEN": ADMIN, "MICRO_RM_CACHE": str(work / "features")}
+        self.log = open(work / "server.log", "w")
+        self.proc = subprocess.Popen([sys.executable, "-c", "from micro_rm.cli import run; run()", "serve",
+                                      "--model", str(model), "--state", f"sqlite:///{work / 'state.db'}",
+                                      "--port", str(self.port), "--log-level", "warning"],
+                                     env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        import httpx
+        deadline = time.time() + 180
+        while True:
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise SystemExit(f"the server did not start; see {work / 'server.log'}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        self.log.close()
+
+
+def load(url: str, path: str, make_body, token: str, clients: int, seconds: float, requests: int) -> dict:
+    """Closed loop: ``clients`` threads send ``make_body(i)`` until ``requests`` or ``seconds``."""
+    import httpx
+
+    latencies: list[float] = []
+    errors = [0]
+    counter = [0]
+    lock = threading.Lock()
+    stop_at = time.perf_counter() + seconds
+
+    def worker() -> None:
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as client:
+            while time.perf_counter() < stop_at:
+                with lock:
+                    if counter[0] >= requests:
+                        return
+                    i = counter[0]
+                    counter[0] += 1
+                body = make_body(i)
+                start = time.perf_counter()
+                response = client.post(path, json=body)
+                elapsed = time.perf_counter() - start
+                with lock:
+                    latencies.append(elapsed)
+                    errors[0] += response.status_code != 200
+
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    ms = np.asarray(latencies) * 1000
+    return {"requests": len(ms), "errors": errors[0], "rps": len(ms) / wall,
+            "p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99))}
+
+
+def run_backbone(name: str, args, rows: list) -> None:
+    import httpx
+
+    work = Path(tempfile.mkdtemp(prefix=f"serve-bench-{name}-"))
+    build_model(name, work / "model")
+    server = Server(work / "model", work)
+    try:
+        token = httpx.post(server.url + "/users", json={"user_id": "bench"},
+                           headers={"Authorization": f"Bearer {ADMIN}"}).json()["token"]
+        prompts = [f"Question {i}: how do I keep a sourdough starter alive in a warm kitchen?" for i in range(32)]
+        cached = [{"prompt": p, "responses": [f"Feed it daily, answer {i}.", f"Refrigerate it, answer {i}."]}
+                  for i, p in enumerate(prompts)]
+        warm = load(server.url, "/score", lambda i: cached[i % 32], ADMIN, 1, 600, 32)
+        assert warm["errors"] == 0, "warm-up failed"
+        run = lambda path, body, clients, n=args.requests, token=ADMIN: load(  # noqa: E731
+            server.url, path, body, token, clients, args.seconds, n)
+        rows.append((name, "/score, cached texts, 1 client", run("/score", lambda i: cached[i % 32], 1)))
+        rows.append((name, f"/score, cached texts, {args.clients} clients",
+                     run("/score", lambda i: cached[i % 32], args.clients)))
+        rows.append((name, f"/score, cached texts, user weights, {args.clients} clients",
+                     run("/score", lambda i: {**cached[i % 32], "user_id": "bench"}, args.clients, token=token)))
+        cold = lambda i: {"prompt": f"Cold prompt {i} {time.time_ns()}: why is the sea salty?",  # noqa: E731
+                          "responses": [f"Rivers carry minerals ({i}).", f"Because of fish tears ({i})."]}
+        rows.append((name, "/score, cold texts (3 new texts each), 1 client",
+                     run("/score", cold, 1, min(args.cold_requests, 100))))
+        rows.append((name, f"/score, cold texts (3 new texts each), {args.clients} clients",
+                     run("/score", cold, args.clients, args.cold_requests)))
+        one = lambda i: {"user_id": f"u{i % 8}", "prompt": cached[i % 32]["prompt"],  # noqa: E731
+                         "chosen": cached[i % 32]["responses"][i % 2], "rejected": cached[i % 32]["responses"][1 - i % 2]}
+        rows.append((name, f"/feedback, 1 pair per request, {args.clients} clients",
+                     run("/feedback", one, args.clients)))
+        rows.append((name, f"/feedback, 8 pairs per request, {args.clients} clients",
+                     {**run("/feedback", lambda i: [one(8 * i + j) for j in range(8)], args.clients), "pairs": 8}))
+    finally:
+        server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    import torch
+
+    rows: list = []
+    for name in args.backbones.split(","):
+        run_backbone(name.strip(), args, rows)
+    lines = [SECTION, "",
+             f"{platform.machine()}, {os.cpu_count()} CPU cores (server and load generator share them), torch "
+             f"{torch.__version__}, uvicorn (h11, one process), SQLite WAL with fsync on every commit. Closed loop, "
+             f"each scenario stops at {args.requests} requests (cold: {args.cold_requests}) or {args.seconds:g} s. "
+             f"Untrained K = 4 models. {time.strftime('%Y-%m-%d')}.", "",
+             "| backbone | scenario | requests | req/s | updates/s | p50 ms | p99 ms | goal |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
+    for backbone, scenario, r in rows:
+        updates = f"{r['rps'] * r.get('pairs', 1):,.0f}" if scenario.startswith("/feedback") else ""
+        goal = ("≥ 500 updates/s, p99 ≤ 20 ms" if scenario.startswith("/feedback")
+                else "p50 ≤ 5 ms" if "cached texts, 1 client" in scenario else "")
+        errors = f" ({r['errors']} errors)" if r["errors"] else ""
+        lines.append(f"| {backbone} | {scenario} | {r['requests']}{errors} | {r['rps']:,.0f} | {updates} | "
+                     f"{r['p50']:.1f} | {r['p99']:.1f} | {goal} |")
+    table = "\n".join(lines) + "\n"
+    print(table)
+    if args.write:
+        write_section(REPO / "BENCHMARKS.md", table)
+    return 0
+
+
+def write_section(path: Path, table: str) -> None:
+    """Replace this benchmark's section of ``path`` (up to the next ``## ``), or append it."""
+    from micro_rm.atomic import atomic_open
+
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    start = text.find(SECTION)
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + table
+    else:
+        end = text.find("\n## ", start + len(SECTION))
+        text = text[:start] + table + (text[end + 1:] if end >= 0 else "")
+    with atomic_open(path) as fh:
+        fh.write(text)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

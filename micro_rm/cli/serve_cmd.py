@@ -1,0 +1,76 @@
+"""``micro-rm serve``: the personalized reward service (FastAPI + uvicorn)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from micro_rm.cli.app import app
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _help(name: str) -> str:
+    from micro_rm.serve.settings import ServeSettings  # torch-free: --help stays fast
+    return ServeSettings.help(name)
+
+
+def _default(name: str):
+    from micro_rm.serve.settings import ServeSettings
+    return ServeSettings.__dataclass_fields__[name].default
+
+
+@app.command("serve")
+def serve(
+    model: str = typer.Option(..., "--model", help=_help("model")),
+    state: str = typer.Option(_default("state"), "--state", help=_help("state")),
+    host: str = typer.Option(_default("host"), "--host", help=_help("host")),
+    port: int = typer.Option(_default("port"), "--port", help=_help("port")),
+    eta: float = typer.Option(_default("eta"), "--eta", help=_help("eta")),
+    device: str = typer.Option(_default("device"), "--device", help=_help("device")),
+    admin_token_file: Optional[Path] = typer.Option(None, "--admin-token-file", help="File whose first "
+                                                    "line is the admin token (else $MICRO_RM_ADMIN_TOKEN)."),
+    anonymous_scoring: bool = typer.Option(False, "--anonymous-scoring", help=_help("anonymous_scoring")),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache", help=_help("cache_dir")),
+    disk_cache: bool = typer.Option(True, "--disk-cache/--no-disk-cache", help=_help("disk_cache")),
+    lru_items: int = typer.Option(_default("lru_items"), "--lru-items", help=_help("lru_items")),
+    batch_wait_ms: float = typer.Option(_default("batch_wait_ms"), "--batch-wait-ms", help=_help("batch_wait_ms")),
+    max_batch_items: int = typer.Option(_default("max_batch_items"), "--max-batch-items",
+                                        help=_help("max_batch_items")),
+    max_body_bytes: int = typer.Option(_default("max_body_bytes"), "--max-body-bytes", help=_help("max_body_bytes")),
+    max_texts: int = typer.Option(_default("max_texts"), "--max-texts", help=_help("max_texts")),
+    max_text_chars: int = typer.Option(_default("max_text_chars"), "--max-text-chars", help=_help("max_text_chars")),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level: debug, info, warning, error."),
+) -> None:
+    """Serve a model over HTTP: /score, /compare, /get_reward (OpenRLHF), /feedback (online
+    per-user Hedge), /users, /healthz, /metrics; OpenAPI docs at /docs.
+
+    Example: MICRO_RM_ADMIN_TOKEN=$(cat admin.token) micro-rm serve --model runs/dsp --state sqlite:///state.db
+    """
+    import logging
+
+    from micro_rm.serve.settings import ServeSettings, read_admin_token
+
+    settings = ServeSettings(model=model, state=state, host=host, port=port, eta=eta, device=device,
+                             admin_token=read_admin_token(admin_token_file),
+                             anonymous_scoring=anonymous_scoring,
+                             cache_dir=str(cache_dir) if cache_dir else None, disk_cache=disk_cache,
+                             lru_items=lru_items, batch_wait_ms=batch_wait_ms, max_batch_items=max_batch_items,
+                             max_body_bytes=max_body_bytes, max_texts=max_texts, max_text_chars=max_text_chars)
+    if host not in _LOOPBACK:
+        logging.getLogger("micro_rm.serve").warning(
+            "binding %s: the service is reachable from other machines; put TLS in front of it "
+            "(bearer tokens travel in clear text over plain HTTP)", host)
+
+    import uvicorn
+
+    from micro_rm.online import open_store
+    from micro_rm.serve.app import create_app
+    from micro_rm.serve.scoring import RewardScorer
+
+    # Load and check everything before the server starts, so a bad --model or --state is one line.
+    scorer = RewardScorer.load(model, device=device)
+    open_store(state, scorer.model_id, scorer.num_heads).close()
+    uvicorn.run(create_app(settings, scorer=scorer), host=host, port=port, log_level=log_level)

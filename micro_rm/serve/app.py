@@ -1,0 +1,146 @@
+"""The FastAPI application: assembles the routers; ``lifespan`` loads the model, opens the stores
+and starts the micro-batcher (nothing happens at import).
+
+>>> app = create_app(ServeSettings(model="runs/dsp"))      # doctest: +SKIP
+>>> uvicorn.run(app, host="127.0.0.1", port=8000)          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any, AsyncIterator, Optional
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from micro_rm import __version__
+from micro_rm.errors import MicroRMError
+from micro_rm.serve.metrics import Metrics, MetricsMiddleware
+from micro_rm.serve.settings import ServeSettings
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """Personalized rewards from a MiCRo model: K Bradley–Terry heads routed by
+context, adapted to each user online from their feedback (Hedge with the router as the prior).
+
+Send `Authorization: Bearer TOKEN`: the admin token creates users (`POST /users`) and their
+tokens; a user token reads and writes only that user's state and feedback."""
+
+
+def create_app(settings: ServeSettings, scorer: Optional[Any] = None) -> FastAPI:
+    """The service for ``settings``. ``scorer`` (a loaded :class:`RewardScorer`) skips loading the
+    model in ``lifespan``: the CLI loads it first to report errors, tests share one."""
+    from micro_rm.serve.routers import feedback, health, scores, users
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from micro_rm.features.cache import FeatureCache
+        from micro_rm.online import open_store
+        from micro_rm.serve.scoring import FeatureStore, MicroBatcher, RewardScorer
+        from micro_rm.serve.tokens import TokenStore
+        from micro_rm.serve.writer import FeedbackWriter
+
+        loaded = scorer or await run_in_threadpool(RewardScorer.load, settings.model, settings.device)
+        store = open_store(settings.state, loaded.model_id, loaded.num_heads)
+        tokens = TokenStore(settings.state)
+        cache = FeatureCache(settings.cache_dir) if settings.disk_cache else None
+        features = FeatureStore(loaded.backbone, cache, lru_items=settings.lru_items,
+                                batch_size=settings.encode_batch_size)
+        batcher = MicroBatcher(features, wait_ms=settings.batch_wait_ms, max_items=settings.max_batch_items)
+        writer = FeedbackWriter(store)
+        await batcher.start()
+        await writer.start()
+        app.state.scorer, app.state.store, app.state.tokens = loaded, store, tokens
+        app.state.batcher, app.state.writer = batcher, writer
+        if not settings.admin_token:
+            log.warning("no admin token: users cannot be created; set $MICRO_RM_ADMIN_TOKEN or "
+                        "pass --admin-token-file")
+        try:
+            yield
+        finally:
+            await writer.stop()
+            await batcher.stop()
+            store.close()
+            tokens.close()
+
+    app = FastAPI(title="micro-rm reward service", version=__version__, description=DESCRIPTION,
+                  lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    for module in (scores, feedback, users, health):
+        app.include_router(module.router)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(MicroRMError, _bad_input)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    return app
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 with each problem's location and message, and one line that names the first."""
+    errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+              for e in exc.errors()]
+    first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+    where = ".".join(str(p) for p in first["loc"])
+    return JSONResponse(status_code=422, content={"detail": errors, "message": f"{where}: {first['msg']}"})
+
+
+async def _bad_input(request: Request, exc: MicroRMError) -> JSONResponse:
+    return JSONResponse(status_code=422, content={"detail": str(exc)})
+
+
+class BodyLimitMiddleware:
+    """413 for a request body over ``max_bytes``, whether or not it declares its length."""
+
+    def __init__(self, app: Any, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            try:
+                too_big = int(declared) > self.max_bytes
+            except ValueError:
+                await _reject(scope, receive, send, 400, "invalid Content-Length header")
+                return
+            if too_big:
+                await _reject(scope, receive, send, 413, self._message())
+                return
+        # Read the whole body (bounded) before the app sees it, so a chunked upload cannot
+        # exceed the limit either; then hand it on in one piece.
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await _reject(scope, receive, send, 413, self._message())
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body, sent = b"".join(chunks), [False]
+
+        async def replay() -> dict:
+            if not sent[0]:
+                sent[0] = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    def _message(self) -> str:
+        return f"request body larger than {self.max_bytes} bytes (--max-body-bytes); split the request"
+
+
+async def _reject(scope: dict, receive: Any, send: Any, code: int, detail: str) -> None:
+    await JSONResponse(status_code=code, content={"detail": detail})(scope, receive, send)

@@ -1,0 +1,1 @@
+"""One router per resource: scores (``/score``, ``/compare``, ``/get_reward``), feedback, users."""

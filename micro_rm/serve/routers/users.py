@@ -1,0 +1,73 @@
+"""Users: the admin creates them (and their tokens) and lists them; a user or the admin reads or
+deletes a user's state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Path, status
+
+from micro_rm.serve.auth import Principal, check_acts_as, require_admin, require_principal
+from micro_rm.serve.deps import get_settings, get_store, get_token_store
+from micro_rm.serve.routers.common import feedback_weights
+from micro_rm.serve.schemas import USER_ID_PATTERN, CreatedUser, CreateUserRequest, DeletedUser, UserInfo
+from micro_rm.serve.settings import ServeSettings
+from micro_rm.serve.tokens import UserExists
+
+router = APIRouter(prefix="/users", tags=["users"])
+UserPath = Path(pattern=USER_ID_PATTERN, description="The user id.")
+
+
+@router.post("", response_model=CreatedUser, status_code=status.HTTP_201_CREATED)
+def create_user(body: CreateUserRequest, _: Principal = Depends(require_admin),
+                tokens: Any = Depends(get_token_store)) -> CreatedUser:
+    """Create a user and its bearer token (admin only). The token is shown only in this answer."""
+    try:
+        return CreatedUser(user_id=body.user_id, token=tokens.create(body.user_id))
+    except UserExists as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from None
+
+
+@router.post("/{user_id}/token", response_model=CreatedUser)
+def rotate_token(user_id: str = UserPath, _: Principal = Depends(require_admin),
+                 tokens: Any = Depends(get_token_store)) -> CreatedUser:
+    """Issue a new token for a user (admin only); the old one stops working."""
+    return CreatedUser(user_id=user_id, token=tokens.create(user_id, replace=True))
+
+
+@router.get("", response_model=list[str])
+def list_users(_: Principal = Depends(require_admin), tokens: Any = Depends(get_token_store),
+               store: Any = Depends(get_store)) -> list[str]:
+    """Every user with a token or with state (admin only)."""
+    return sorted(set(tokens.list_users()) | set(store.list_users()))
+
+
+@router.get("/{user_id}", response_model=UserInfo)
+def get_user(user_id: str = UserPath, principal: Principal = Depends(require_principal),
+             settings: ServeSettings = Depends(get_settings), store: Any = Depends(get_store),
+             tokens: Any = Depends(get_token_store)) -> UserInfo:
+    """A user's Hedge state: S_u, the feedback count and the weights under a uniform prior."""
+    check_acts_as(principal, user_id)
+    has_token = tokens.exists(user_id)
+    state = store.get(user_id, missing_ok=True)
+    if not has_token and state.num_feedback == 0:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"unknown user {user_id!r}")
+    return UserInfo(user_id=user_id, num_feedback=state.num_feedback,
+                    cumulative_loss=state.cumulative_loss.tolist(),
+                    feedback_weights=feedback_weights(state.cumulative_loss, settings.eta),
+                    has_token=has_token, model_id=store.model_id, eta=settings.eta)
+
+
+@router.delete("/{user_id}", response_model=DeletedUser)
+def delete_user(user_id: str = UserPath, principal: Principal = Depends(require_principal),
+                store: Any = Depends(get_store), tokens: Any = Depends(get_token_store)) -> DeletedUser:
+    """Forget a user: its state, its feedback log and its token (the user itself or the admin)."""
+    check_acts_as(principal, user_id)
+    state = store.get(user_id, missing_ok=True)
+    count = store.feedback_count(user_id) if state.num_feedback else 0
+    if state.num_feedback:
+        store.reset(user_id)
+    revoked = tokens.revoke(user_id)
+    if not state.num_feedback and not revoked:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"unknown user {user_id!r}")
+    return DeletedUser(user_id=user_id, deleted_feedback=count, token_revoked=revoked)

@@ -1,0 +1,170 @@
+"""Request and response bodies of the service (pydantic), shown in the OpenAPI docs at ``/docs``.
+
+Texts are a string or a list of chat messages, as in the pair record. Size limits depend on the
+settings, so they are checked in the routers (:func:`check_texts`), not here.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Optional, Union
+
+from fastapi import HTTPException
+from pydantic import BaseModel, ConfigDict, Field
+
+from micro_rm.serve.settings import ServeSettings
+
+USER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}$"
+UserId = Annotated[str, Field(pattern=USER_ID_PATTERN, description="1-128 characters: letters, "
+                              "digits and . _ @ : - (starting with a letter or digit).",
+                              examples=["ana"])]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ChatMessage(_Strict):
+    role: str
+    content: str
+
+
+TextIn = Union[str, list[ChatMessage]]
+Context = Annotated[str, Field(min_length=1, description="What is known of the user's intent "
+                               "(criterion, persona, instruction); read by the router.")]
+
+
+def as_text(value: TextIn) -> Any:
+    """A request text as the backbones take it: a string or a list of message dicts."""
+    return value if isinstance(value, str) else [m.model_dump() for m in value]
+
+
+def check_texts(settings: ServeSettings, count: int, texts: list[tuple[str, Any]]) -> None:
+    """413 if a request carries more than ``max_texts`` items, 422 if a text is too long or is
+    not valid Unicode (a lone surrogate escape)."""
+    if count > settings.max_texts:
+        raise HTTPException(413,
+                            detail=f"{count} texts in one request; the limit is {settings.max_texts} "
+                                   "(--max-texts): split the request")
+    for where, text in texts:
+        if text is None:
+            continue
+        parts = [text] if isinstance(text, str) else [m["content"] if isinstance(m, dict) else m.content
+                                                      for m in text]
+        for part in parts:
+            if len(part) > settings.max_text_chars:
+                raise HTTPException(422,
+                                    detail=f"`{where}` has {len(part)} characters; the limit is "
+                                           f"{settings.max_text_chars} (--max-text-chars)")
+            try:
+                part.encode("utf-8")
+            except UnicodeEncodeError:
+                raise HTTPException(422,
+                                    detail=f"`{where}` is not valid Unicode (a lone surrogate "
+                                           "escape such as \\ud800)") from None
+
+
+# ----- scoring ------------------------------------------------------------------------------
+class ScoreRequest(_Strict):
+    prompt: TextIn = Field(examples=["How do I sort a list in Python?"])
+    responses: list[TextIn] = Field(min_length=1, examples=[["Use sorted(xs).", "You can't."]])
+    context: Optional[Context] = None
+    user_id: Optional[UserId] = Field(None, description="Score with this user's adapted weights "
+                                      "(needs that user's token or the admin token).")
+
+
+class ResponseScore(BaseModel):
+    reward: float = Field(description="Σ_k w_k r_k: the routed reward.")
+    head_rewards: list[float] = Field(description="r_k of each head.")
+
+
+class ScoreResponse(BaseModel):
+    scores: list[ResponseScore]
+    ranking: list[int] = Field(description="Indices of `responses`, best first.")
+    weights: list[float] = Field(description="The weights w used: router prior ⊙ exp(−η S_u), normalised.")
+    prior_weights: list[float] = Field(description="The router's weights alone.")
+    user_id: Optional[str] = None
+    num_feedback: int = Field(0, description="Feedback pairs behind the user's weights.")
+
+
+class CompareRequest(_Strict):
+    prompt: TextIn
+    a: TextIn
+    b: TextIn
+    context: Optional[Context] = None
+    user_id: Optional[UserId] = None
+
+
+class CompareResponse(BaseModel):
+    p_a_beats_b: float = Field(description="Σ_k w_k σ(r_k(a) − r_k(b)).")
+    head_probs: list[float] = Field(description="σ(r_k(a) − r_k(b)) of each head.")
+    weights: list[float]
+    prior_weights: list[float]
+    user_id: Optional[str] = None
+    num_feedback: int = 0
+
+
+class RewardRequest(BaseModel):
+    """OpenRLHF's remote reward request. Extra fields (``labels`` …) are accepted and ignored."""
+
+    model_config = ConfigDict(extra="allow")
+    query: list[str] = Field(min_length=1, description="prompt + response texts, as OpenRLHF sends them.")
+    prompts: Optional[list[str]] = Field(None, description="The prompt of each query (OpenRLHF "
+                                         "sends them): the response is the text after the first "
+                                         "occurrence of the prompt in its query.")
+    separator: Optional[str] = Field(None, min_length=1, description="Without `prompts`: split each "
+                                     "query at the last occurrence of this string (e.g. the chat "
+                                     "template's assistant header).")
+    context: Optional[Union[Context, list[Optional[str]]]] = Field(None, description="One context "
+                                                                   "for all queries, or one per query.")
+    user_id: Optional[UserId] = None
+
+
+class RewardResponse(BaseModel):
+    rewards: list[float]
+
+
+# ----- feedback -----------------------------------------------------------------------------
+class FeedbackItem(_Strict):
+    user_id: Optional[UserId] = Field(None, description="Defaults to the token's user.")
+    prompt: Optional[TextIn] = Field(None, description="May be omitted when chosen/rejected are "
+                                     "whole conversations (their shared prefix is the prompt).")
+    chosen: TextIn
+    rejected: TextIn
+    context: Optional[Context] = None
+
+
+class UserWeights(BaseModel):
+    user_id: str
+    num_feedback: int
+    cumulative_loss: list[float] = Field(description="S_u: each head's summed scaled loss.")
+    feedback_weights: list[float] = Field(description="normalise(exp(−η S_u)): the user's weights "
+                                          "under a uniform router prior.")
+    weights: Optional[list[float]] = Field(None, description="The weights for the last feedback "
+                                           "pair's context and prompt: router prior ⊙ exp(−η S_u).")
+
+
+class FeedbackResponse(BaseModel):
+    accepted: int
+    users: list[UserWeights]
+
+
+# ----- users --------------------------------------------------------------------------------
+class CreateUserRequest(_Strict):
+    user_id: UserId
+
+
+class CreatedUser(BaseModel):
+    user_id: str
+    token: str = Field(description="Shown once; only its SHA-256 is stored.")
+
+
+class UserInfo(UserWeights):
+    has_token: bool
+    model_id: str
+    eta: float
+
+
+class DeletedUser(BaseModel):
+    user_id: str
+    deleted_feedback: int
+    token_revoked: bool

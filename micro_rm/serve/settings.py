@@ -1,0 +1,104 @@
+"""``ServeSettings``: everything ``micro-rm serve`` can be told, each field documented once.
+
+The help of each field is also the CLI's ``--help``. The service reads its settings through the
+:func:`get_settings` dependency, so a test swaps them with ``app.dependency_overrides``.
+Kept free of torch and FastAPI (the CLI builds ``--help`` from it).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional
+
+from micro_rm.errors import MicroRMError
+from micro_rm.online.hedge import DEFAULT_ETA
+
+ADMIN_TOKEN_ENV = "MICRO_RM_ADMIN_TOKEN"
+MIN_ADMIN_TOKEN_CHARS = 16
+
+
+def _help(text: str, default: Any) -> Any:
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class ServeSettings:
+    """Settings of the reward service. Each field's help is also the CLI's ``--help``."""
+
+    # what it serves
+    model: str = _help("Model folder written by `micro-rm train` (or a hub id owner/name).", "")
+    state: str = _help("Per-user state: a path, sqlite:///PATH (default engine, WAL) or "
+                       "postgresql://USER:PASSWORD@HOST/DB (several replicas; needs the "
+                       "psycopg package). User tokens (hashes) live there too.",
+                       "sqlite:///state.db")
+    eta: float = _help("Hedge learning rate η: after feedback, a head whose summed scaled loss "
+                       "is Δ higher has its weight multiplied by exp(-η Δ) relative to the "
+                       "router's prior. Larger trusts a user's labels sooner.", DEFAULT_ETA)
+    device: str = _help("Torch device of the backbone and the model: cpu, cuda, mps.", "cpu")
+    # network and security
+    host: str = _help("Interface to bind; the default answers only this machine.", "127.0.0.1")
+    port: int = _help("TCP port.", 8000)
+    admin_token: Optional[str] = field(default=None, repr=False, metadata={
+        "help": f"Admin bearer token (creates users and their tokens); also ${ADMIN_TOKEN_ENV}."})
+    anonymous_scoring: bool = _help("Let requests without a token score (without a user_id): "
+                                    "OpenRLHF's remote reward client sends no Authorization "
+                                    "header.", False)
+    max_body_bytes: int = _help("Largest request body in bytes (larger: 413).", 1_000_000)
+    max_texts: int = _help("Most texts per request: responses, queries or feedback pairs "
+                           "(more: 413).", 64)
+    max_text_chars: int = _help("Longest text (prompt, response, context) in characters "
+                                "(longer: 422).", 20_000)
+    # features
+    cache_dir: Optional[str] = _help("Feature cache folder (default: $MICRO_RM_CACHE or the user "
+                                     "cache dir).", None)
+    disk_cache: bool = _help("Read and write the on-disk feature cache (off: in-memory LRU only).",
+                             True)
+    lru_items: int = _help("Feature vectors kept in memory (least recently used dropped).", 100_000)
+    batch_wait_ms: float = _help("How long the micro-batcher waits for more texts after the first "
+                                 "one before it runs the backbone.", 2.0)
+    max_batch_items: int = _help("Most texts per backbone forward of the micro-batcher.", 256)
+    encode_batch_size: int = _help("Texts per backbone call inside one micro-batch.", 32)
+
+    def __post_init__(self) -> None:
+        for name, low in (("port", 0), ("max_body_bytes", 1), ("max_texts", 1),
+                          ("max_text_chars", 1), ("lru_items", 0), ("max_batch_items", 1),
+                          ("encode_batch_size", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise MicroRMError(f"--{name.replace('_', '-')} must be an integer ≥ {low}, got {value!r}")
+        if self.port > 65535:
+            raise MicroRMError(f"--port must be at most 65535, got {self.port}")
+        if not (isinstance(self.batch_wait_ms, (int, float)) and math.isfinite(self.batch_wait_ms)
+                and 0 <= self.batch_wait_ms <= 1000):
+            raise MicroRMError(f"--batch-wait-ms must lie in [0, 1000], got {self.batch_wait_ms!r}")
+        from micro_rm.online.hedge import validate_eta
+        self.eta = validate_eta(self.eta)
+        if self.admin_token is not None and len(self.admin_token) < MIN_ADMIN_TOKEN_CHARS:
+            raise MicroRMError(f"the admin token must have at least {MIN_ADMIN_TOKEN_CHARS} "
+                               "characters; make one with `python -c \"import secrets; "
+                               "print(secrets.token_urlsafe(32))\"`")
+
+    @classmethod
+    def help(cls, name: str) -> str:
+        return next(f.metadata["help"] for f in fields(cls) if f.name == name)
+
+
+def read_admin_token(token_file: Optional[str | os.PathLike] = None) -> Optional[str]:
+    """The admin token from ``token_file`` (first line) or ``$MICRO_RM_ADMIN_TOKEN``; None if neither.
+
+    >>> read_admin_token(None) is None or True
+    True
+    """
+    if token_file is not None:
+        path = Path(token_file)
+        try:
+            token = path.read_text(encoding="utf-8").strip().splitlines()
+        except OSError as exc:
+            raise MicroRMError(f"--admin-token-file {path}: cannot read it ({exc.strerror})") from None
+        if not token or not token[0].strip():
+            raise MicroRMError(f"--admin-token-file {path}: the file is empty; put the token on its first line")
+        return token[0].strip()
+    return os.environ.get(ADMIN_TOKEN_ENV) or None

@@ -1,0 +1,166 @@
+"""Bearer tokens of the service's users: only a SHA-256 of each token is stored.
+
+Tokens are 256-bit random strings (``secrets.token_urlsafe(32)``), so a plain SHA-256 cannot be
+reversed by guessing, and checking one costs a hash and one indexed read on every request. The
+table ``api_tokens`` lives in the same database as the per-user state (the state store's SQLite
+file or PostgreSQL database), so several replicas share users and tokens.
+
+>>> tokens = TokenStore("sqlite:///state.db")              # doctest: +SKIP
+>>> token = tokens.create("ana")                            # doctest: +SKIP
+>>> tokens.user_of(token)                                   # doctest: +SKIP
+'ana'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from micro_rm.errors import MicroRMError
+
+TOKEN_PREFIX = "mrm_"
+TOKEN_CACHE_SECONDS = 5.0  # how long another replica may still accept a token revoked elsewhere
+
+
+def hash_token(token: str) -> str:
+    """Hex SHA-256 of a token: what the table stores.
+
+    >>> hash_token("abc")[:12]
+    'ba7816bf8f01'
+    """
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class UserExists(MicroRMError):
+    """``create`` for a user that already has a token."""
+
+
+class TokenStore:
+    """User id → token hash, in SQLite (WAL, one connection per thread) or PostgreSQL."""
+
+    def __init__(self, state: str | os.PathLike):
+        text = os.fspath(state)
+        self._postgres = text.split("://", 1)[0].split("+")[0] in ("postgresql", "postgres")
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._conns: list[Any] = []
+        self._recent: dict[str, tuple[str, float]] = {}   # token hash → (user, valid until)
+        if self._postgres:
+            import urllib.parse
+            parts = urllib.parse.urlsplit(text)
+            self._url = urllib.parse.urlunsplit(parts._replace(scheme="postgresql"))
+        else:
+            self._path = Path(text[len("sqlite:///"):] if text.startswith("sqlite:///") else text)
+        with self._transaction() as cur:
+            if self._postgres:
+                cur.execute("SELECT pg_advisory_xact_lock(7311)")  # concurrent first opens
+            cur.execute("CREATE TABLE IF NOT EXISTS api_tokens (user_id TEXT PRIMARY KEY, "
+                        "token_sha256 TEXT NOT NULL UNIQUE, created_at TEXT NOT NULL)")
+
+    # --- connections ------------------------------------------------------------------------
+    def _conn(self) -> Any:
+        if getattr(self._local, "pid", None) != os.getpid():
+            if self._postgres:
+                import psycopg
+                conn = psycopg.connect(self._url, autocommit=True)
+            else:
+                conn = sqlite3.connect(self._path, timeout=30, isolation_level=None,
+                                       check_same_thread=False)
+                conn.execute("PRAGMA busy_timeout = 30000")
+                conn.execute("PRAGMA journal_mode = WAL")
+            self._local.conn, self._local.pid = conn, os.getpid()
+            with self._lock:
+                self._conns.append(conn)
+        return self._local.conn
+
+    def _sql(self, text: str) -> str:
+        return text.replace("?", "%s") if self._postgres else text
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        conn = self._conn()
+        if self._postgres:
+            with conn.transaction():
+                yield conn.cursor()
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn.cursor()
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    # --- verbs ------------------------------------------------------------------------------
+    def create(self, user_id: str, replace: bool = False) -> str:
+        """A new token for ``user_id`` (returned once, only its hash is kept).
+
+        Raises :class:`UserExists` if the user has a token and ``replace`` is false; with
+        ``replace`` the old token stops working.
+        """
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        now = dt.datetime.now(dt.timezone.utc).isoformat()
+        self._forget(user_id)
+        with self._transaction() as cur:
+            exists = cur.execute(self._sql("SELECT 1 FROM api_tokens WHERE user_id = ?"),
+                                 (user_id,)).fetchone()
+            if exists and not replace:
+                raise UserExists(f"user {user_id!r} already exists; POST /users/{user_id}/token "
+                                 "issues a new token")
+            if exists:
+                cur.execute(self._sql("UPDATE api_tokens SET token_sha256 = ?, created_at = ? "
+                                      "WHERE user_id = ?"), (hash_token(token), now, user_id))
+            else:
+                cur.execute(self._sql("INSERT INTO api_tokens (user_id, token_sha256, created_at) "
+                                      "VALUES (?, ?, ?)"), (user_id, hash_token(token), now))
+        return token
+
+    def user_of(self, token: str) -> Optional[str]:
+        """The user whose token this is, or None. A hit is remembered for
+        ``TOKEN_CACHE_SECONDS`` (revoking here forgets it at once; another replica within that time)."""
+        digest = hash_token(token)
+        hit = self._recent.get(digest)
+        if hit is not None and hit[1] > time.monotonic():
+            return hit[0]
+        row = self._conn().execute(self._sql("SELECT user_id FROM api_tokens WHERE token_sha256 = ?"),
+                                   (digest,)).fetchone()
+        if row is None:
+            return None
+        if len(self._recent) > 100_000:
+            self._recent.clear()
+        self._recent[digest] = (row[0], time.monotonic() + TOKEN_CACHE_SECONDS)
+        return row[0]
+
+    def _forget(self, user_id: str) -> None:
+        self._recent = {d: hit for d, hit in self._recent.items() if hit[0] != user_id}
+
+    def exists(self, user_id: str) -> bool:
+        return self._conn().execute(self._sql("SELECT 1 FROM api_tokens WHERE user_id = ?"),
+                                    (user_id,)).fetchone() is not None
+
+    def revoke(self, user_id: str) -> bool:
+        """Delete the user's token; whether there was one."""
+        self._forget(user_id)
+        with self._transaction() as cur:
+            cur.execute(self._sql("DELETE FROM api_tokens WHERE user_id = ?"), (user_id,))
+            return (cur.rowcount or 0) > 0
+
+    def list_users(self) -> list[str]:
+        return [r[0] for r in self._conn().execute("SELECT user_id FROM api_tokens ORDER BY user_id")
+                .fetchall()]
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            with contextlib.suppress(Exception):
+                conn.close()
+        self._local = threading.local()
