@@ -1,0 +1,211 @@
+"""``micro-rm adapt`` (stage 2), ``micro-rm feedback`` and ``micro-rm user show|reset`` (per-user
+online Hedge state).
+
+Each command parses its options, calls the library and prints a summary (or one JSON object with
+``--json``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from micro_rm.cli.app import app, emit
+
+logger = logging.getLogger(__name__)
+
+user_app = typer.Typer(help="Show or reset a user's online Hedge state.", no_args_is_help=True)
+app.add_typer(user_app, name="user")
+
+STATE_HELP = "Per-user state: a SQLite file (created on first feedback) or a postgresql:// URL."
+ETA_HELP = ("Hedge learning rate η > 0: after n pairs, two heads whose summed scaled losses differ "
+            "by Δ have their weight ratio moved by exp(−η·Δ) away from the router's.")
+
+
+def _help(name: str) -> str:
+    from micro_rm.train.stage2 import AdaptConfig  # torch-free: --help stays fast
+    return AdaptConfig.help(name)
+
+
+def _default(name: str):
+    from micro_rm.train.stage2 import AdaptConfig
+    return AdaptConfig.__dataclass_fields__[name].default
+
+
+@app.command("adapt")
+def adapt(
+    model_dir: str = typer.Option(..., "--model", help="Stage-1 model folder (variant micro)."),
+    data: str = typer.Option(..., "--data", help="Pairs with a `context` (jsonl, json, parquet, csv, "
+                                                 "dataset folder or hub id); the budget is drawn "
+                                                 "per attribute."),
+    out: Path = typer.Option(..., "--out", help="Folder for the adapted model."),
+    budget: int = typer.Option(_default("budget"), "--budget", help=_help("budget")),
+    tau: str = typer.Option(str(_default("tau")), "--tau", help=_help("tau")),
+    epochs: int = typer.Option(_default("epochs"), "--epochs", help=_help("epochs")),
+    batch_size: int = typer.Option(_default("batch_size"), "--batch-size", help=_help("batch_size")),
+    lr: float = typer.Option(_default("lr"), "--lr", help=_help("lr")),
+    folds: int = typer.Option(_default("folds"), "--folds", help=_help("folds")),
+    seed: int = typer.Option(_default("seed"), "--seed", help=_help("seed")),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache", help="Feature cache folder "
+                                             "(default: $MICRO_RM_CACHE or the user cache dir)."),
+    cache_only: bool = typer.Option(False, "--cache-only", help="Fail instead of encoding texts "
+                                    "that are not in the cache yet."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
+) -> None:
+    """Stage 2: fine-tune the router on context + prompt from a budget of context pairs.
+
+    Algorithm 1: Hedge soft targets recomputed once per epoch, distilled into the router by
+    cross-entropy; the heads stay frozen.
+
+    Example: micro-rm adapt --model runs/dsp --data dsp-train.jsonl --budget 50 --tau auto
+    --out runs/dsp-adapted
+    """
+    from micro_rm.errors import MicroRMError
+    from micro_rm.model.pretrained import check_destination
+    from micro_rm.train.stage2 import AdaptConfig, parse_tau
+
+    config = AdaptConfig(budget=budget, tau=parse_tau(tau), epochs=epochs, batch_size=batch_size,
+                         lr=lr, folds=folds, seed=seed)
+    check_destination(out)
+
+    from micro_rm.data.readers import read_pairs
+    from micro_rm.features.cache import FeatureCache
+    from micro_rm.features.featurize import featurize
+    from micro_rm.model.mixture import MixtureRewardModel
+    from micro_rm.model.text import model_backbone
+    from micro_rm.train.stage2 import adapt_router, budget_groups, check_adaptable, draw_budget
+
+    start = time.perf_counter()
+    model = MixtureRewardModel.from_pretrained(model_dir)
+    check_adaptable(model)
+    records = read_pairs(data)
+    missing = [i for i, r in enumerate(records) if not r.get("context")]
+    if missing:
+        raise MicroRMError(f"{data}: {len(missing)} of {len(records)} pairs have no `context` (the "
+                           f"first is record {missing[0] + 1}); stage 2 routes on context + prompt, "
+                           "so give every pair its context (e.g. the attribute's criterion sentence)")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rows = draw_budget(records, config.budget, config.seed)
+    for warning in caught:
+        logger.warning("%s", warning.message)
+    chosen = [records[i] for i in rows]
+    features, _ = featurize(chosen, model_backbone(model), FeatureCache(cache_dir), router_input="context",
+                            context_in_reward=bool(model.config.feature.get("context_in_reward", False)),
+                            allow_encode=not cache_only)
+    adapted, info = adapt_router(model, features, config)
+    adapted.config.data = {**adapted.config.data, "stage2_source": str(data)}
+    adapted.save_pretrained(out)
+    groups = budget_groups(chosen)
+    result = {"out": str(out), "pairs": len(rows),
+              "pairs_per_group": {str(g): groups.count(g) for g in sorted(set(groups), key=str)},
+              "tau": info["tau"], "cv_nll": {str(t): v for t, v in (info["cv_nll"] or {}).items()} or None,
+              "budget_nll_before": info["stage1_nll"], "budget_nll_after": info["nll"],
+              "adapt_seconds": round(info["seconds"], 3), "seconds": round(time.perf_counter() - start, 3)}
+    cv = "" if info["cv_nll"] is None else " (chosen by cross-validation: " + ", ".join(
+        f"τ={t:g}: {v:.4f}" for t, v in info["cv_nll"].items()) + ")"
+    emit(result, as_json,
+         f"adapted the router on {len(rows)} context pairs in {info['seconds']:.1f} s with τ={info['tau']:g}"
+         f"{cv}\nbudget NLL {info['stage1_nll']:.4f} → {info['nll']:.4f}\nmodel: {out}")
+
+
+@app.command("feedback")
+def feedback(
+    model_dir: str = typer.Option(..., "--model", help="Model folder whose heads score the pairs."),
+    state: str = typer.Option(..., "--state", help=STATE_HELP),
+    user: str = typer.Option(..., "--user", help="User id."),
+    data: str = typer.Option(..., "--data", help="The user's labelled pairs (chosen = what they preferred)."),
+    eta: float = typer.Option(1.0, "--eta", help=ETA_HELP + " Only used for the printed weights."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache", help="Feature cache folder "
+                                             "(default: $MICRO_RM_CACHE or the user cache dir)."),
+    cache_only: bool = typer.Option(False, "--cache-only", help="Fail instead of encoding texts "
+                                    "that are not in the cache yet."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
+) -> None:
+    """Add a user's labelled pairs to their online Hedge state, in one transaction.
+
+    Each head's clipped, scaled log-loss is summed into the user's S; routing for that user
+    becomes normalise(router weights · exp(−η S)).
+
+    Example: micro-rm feedback --model runs/dsp --state state.db --user ana --data ana.jsonl
+    """
+    from micro_rm.data.readers import read_pairs
+    from micro_rm.model.mixture import MixtureRewardModel
+    from micro_rm.model.text import featurize_for
+    from micro_rm.online import open_store, pair_losses, validate_eta
+    from micro_rm.train.stage2 import state_model_id
+
+    eta = validate_eta(eta)
+    model = MixtureRewardModel.from_pretrained(model_dir)
+    store = open_store(state, model_id=state_model_id(model), num_heads=model.config.num_heads)
+    with store:
+        records = read_pairs(data)
+        features = featurize_for(model, records, cache_dir, allow_encode=not cache_only)
+        losses = pair_losses(model.head_probs(features.chosen, features.rejected))
+        after = store.apply_feedback(user, losses, payloads=records)
+        result = _user_result(after, store.location, eta)
+    emit({**result, "added": len(records)}, as_json,
+         f"added {len(records)} pair(s) for user {user!r}\n{_user_summary(result)}")
+
+
+@user_app.command("show")
+def show(
+    user: str = typer.Argument(..., help="User id."),
+    state: str = typer.Option(..., "--state", help=STATE_HELP),
+    eta: float = typer.Option(1.0, "--eta", help=ETA_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
+) -> None:
+    """A user's feedback count, per-head cumulative loss S and Hedge factor normalise(exp(−η S)).
+
+    Example: micro-rm user show ana --state state.db
+    """
+    from micro_rm.online import open_store, validate_eta
+
+    eta = validate_eta(eta)
+    with open_store(state) as store:
+        result = _user_result(store.get(user), store.location, eta)
+    emit(result, as_json, _user_summary(result))
+
+
+@user_app.command("reset")
+def reset(
+    user: str = typer.Argument(..., help="User id."),
+    state: str = typer.Option(..., "--state", help=STATE_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
+) -> None:
+    """Forget a user's state and feedback log (their routing returns to the router's).
+
+    Example: micro-rm user reset ana --state state.db
+    """
+    from micro_rm.online import open_store
+
+    with open_store(state) as store:
+        before = store.reset(user)
+    emit({"user": user, "state": str(state), "reset": True, "num_feedback_before": before.num_feedback},
+         as_json, f"reset user {user!r} (forgot {before.num_feedback} feedback pair(s))")
+
+
+def _user_result(user_state, location: str, eta: float) -> dict:
+    """The JSON view of a user's state. ``hedge_factor`` is normalise(exp(−η S)): the user's
+    weights under a uniform router (routing multiplies it by the router's weights)."""
+    import numpy as np
+
+    from micro_rm.online import hedge_log_weights
+
+    k = user_state.num_heads
+    factor = np.exp(hedge_log_weights(np.zeros(k), user_state.cumulative_loss, eta))
+    return {"user": user_state.user_id, "state": location, "model_id": user_state.model_id,
+            "num_feedback": user_state.num_feedback, "cumulative_loss": user_state.cumulative_loss.tolist(),
+            "eta": eta, "hedge_factor": factor.tolist()}
+
+
+def _user_summary(result: dict) -> str:
+    rows = "\n".join(f"  head {k}: S = {s:.4f}   weight {w:.4f}"
+                     for k, (s, w) in enumerate(zip(result["cumulative_loss"], result["hedge_factor"])))
+    return (f"user {result['user']!r}: {result['num_feedback']} feedback pair(s), η = {result['eta']:g} "
+            f"(weights under a uniform router)\n{rows}")

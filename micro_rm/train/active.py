@@ -1,0 +1,106 @@
+"""Active query selection: which candidate pairs should a user label next (beyond the paper)?
+
+A user's routing weights w over the K heads (the router's prior sharpened by their feedback,
+:class:`micro_rm.online.UserState`) only move on pairs where the heads that still carry weight
+disagree. Two scores rank a pool of candidate pairs, given each head's probability
+p_k = P_k(a ≻ b) of every candidate [N, K]:
+
+``information`` (default)
+    The expected entropy reduction of the user's Hedge weights from the pair's label,
+    H(w) − [p̄ · H(w⁺) + (1 − p̄) · H(w⁻)], where p̄ = Σ_k w_k p_k is the predicted chance of
+    a ≻ b and w⁺ / w⁻ are the exact Hedge updates (same clipped, scaled loss and η as
+    :func:`micro_rm.online.pair_losses` / ``UserState.weights``) after either answer.
+``disagreement``
+    The weighted variance of the heads' probabilities Σ_k w_k (p_k − p̄)²: cheaper, and the
+    same ranking in most pools.
+
+>>> order = rank_queries(head_probs, state=state, log_prior=log_router_weights, eta=1.0)  # doctest: +SKIP
+>>> ask_user(pool[order[:5]])                                                             # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+
+from micro_rm.errors import MicroRMError
+from micro_rm.online.hedge import DEFAULT_ETA, DEFAULT_P_MIN, UserState, pair_losses, validate_eta
+
+METHODS = ("information", "disagreement")
+
+
+def weighted_disagreement(weights: np.ndarray, head_probs: np.ndarray) -> np.ndarray:
+    """Σ_k w_k (p_k − p̄)² of each pair: weights [K] or [N, K], head_probs [N, K] → [N].
+
+    >>> weighted_disagreement(np.array([0.5, 0.5]), np.array([[0.9, 0.1], [0.9, 0.9]])).round(2)
+    array([0.16, 0.  ])
+    """
+    w, p = _check(weights, head_probs)
+    mean = (w * p).sum(axis=1, keepdims=True)                                  # p̄, [N, 1]
+    return (w * (p - mean) ** 2).sum(axis=1)
+
+
+def expected_information_gain(weights: np.ndarray, head_probs: np.ndarray, *, eta: float = DEFAULT_ETA,
+                              p_min: float = DEFAULT_P_MIN) -> np.ndarray:
+    """Expected drop of the entropy (nats) of the Hedge weights from each pair's label: [N].
+
+    >>> expected_information_gain(np.array([0.5, 0.5]), np.array([[0.99, 0.01], [0.9, 0.9]])).round(3)
+    array([0.11, 0.  ])
+    """
+    w, p = _check(weights, head_probs)
+    eta = validate_eta(eta)
+    log_w = np.log(np.clip(w, 1e-300, None))
+    p_yes = (w * p).sum(axis=1)                                                # P(a ≻ b) under w, [N]
+    after_yes = _entropy(_log_normalise(log_w - eta * pair_losses(p, p_min)))
+    after_no = _entropy(_log_normalise(log_w - eta * pair_losses(1.0 - p, p_min)))
+    return _entropy(_log_normalise(log_w)) - (p_yes * after_yes + (1.0 - p_yes) * after_no)
+
+
+def rank_queries(head_probs: np.ndarray, weights: Optional[np.ndarray] = None, *,
+                 state: Optional[UserState] = None, log_prior: Optional[np.ndarray] = None,
+                 eta: float = DEFAULT_ETA, method: str = "information") -> np.ndarray:
+    """Indices of the candidate pairs, most informative first.
+
+    Give the user's current ``weights`` ([K], or [N, K] when they differ per pair), or their
+    ``state`` and the router's ``log_prior`` for the candidates ([N, K] or [1, K]; the weights
+    are then ``state.weights(log_prior, eta)``). Ties keep the pool order.
+    """
+    if method not in METHODS:
+        raise MicroRMError(f"`method` must be one of {', '.join(METHODS)}, got {method!r}")
+    if (weights is None) == (state is None):
+        raise MicroRMError("rank_queries: give exactly one of `weights` or `state` (with `log_prior`)")
+    if state is not None:
+        if log_prior is None:
+            raise MicroRMError("rank_queries: `state` needs `log_prior`, the router's log weights of "
+                               "the candidates ([N, K] or [1, K]; np.log(1/K) for no router)")
+        weights = state.weights(np.atleast_2d(log_prior), eta)
+    if method == "information":
+        score = expected_information_gain(weights, head_probs, eta=eta)
+    else:
+        score = weighted_disagreement(weights, head_probs)
+    return np.argsort(-score, kind="stable")
+
+
+def _check(weights: Any, head_probs: Any) -> tuple[np.ndarray, np.ndarray]:
+    p = np.asarray(head_probs, dtype=np.float64)
+    if p.ndim != 2 or not np.all((p >= 0) & (p <= 1)):
+        raise MicroRMError(f"`head_probs` must be an [N, K] array of probabilities, got shape {p.shape}")
+    w = np.asarray(weights, dtype=np.float64)
+    if w.ndim == 1:
+        w = w[None, :]
+    if w.ndim != 2 or w.shape[1] != p.shape[1] or w.shape[0] not in (1, p.shape[0]) \
+            or np.any(w < 0) or not np.allclose(w.sum(axis=1), 1.0, atol=1e-6):
+        raise MicroRMError(f"`weights` must be [K={p.shape[1]}] or [N, K] rows on the simplex "
+                           f"(non-negative, summing to 1), got shape {w.shape}")
+    return w, p
+
+
+def _log_normalise(logits: np.ndarray) -> np.ndarray:
+    top = logits.max(axis=-1, keepdims=True)
+    return logits - (top + np.log(np.exp(logits - top).sum(axis=-1, keepdims=True)))
+
+
+def _entropy(log_w: np.ndarray) -> np.ndarray:
+    w = np.exp(log_w)
+    return -(w * np.where(w > 0, log_w, 0.0)).sum(axis=-1)
