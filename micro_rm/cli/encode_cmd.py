@@ -1,4 +1,9 @@
-"""``micro-rm encode``: fill the feature cache for a pair file."""
+"""``micro-rm encode``: fill the feature cache for a pair file, in one process or many.
+
+Under ``torchrun --nproc_per_node=N`` (or ``accelerate launch``) every rank encodes its share of
+the missing texts into the shared cache folder; rank 0 prints the totals, the other ranks print
+nothing on stdout. See docs/scale-out.md.
+"""
 
 from __future__ import annotations
 
@@ -22,9 +27,14 @@ def encode(
     max_length: Optional[int] = typer.Option(None, "--max-length", help="Truncate each item to "
                                              "this many tokens (default: the backbone's limit)."),
     batch_size: int = typer.Option(32, "--batch-size", help="Texts per backbone call."),
-    dtype: str = typer.Option("float32", "--dtype", help="Backbone compute dtype: "
-                                 "float32, bfloat16 or float16."),
-    device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu or cuda."),
+    tokens_per_batch: Optional[int] = typer.Option(None, "--tokens-per-batch", help="Instead of "
+                                                   "--batch-size, fill each backbone call up to this "
+                                                   "many padded tokens (GPU runs, e.g. 16384)."),
+    dtype: str = typer.Option("float32", "--dtype", help="Backbone compute dtype: float32, "
+                              "bfloat16, float16, or auto (bfloat16 for a decoder on CUDA, else "
+                              "float32). Part of the cache key: train with the same one."),
+    device: str = typer.Option("cpu", "--device", help="Torch device: cpu or cuda (under "
+                               "torchrun, cuda means cuda:LOCAL_RANK)."),
     router_input: str = typer.Option("context", "--router-input", help="What the router reads: "
                                      "context (context + prompt) or prompt."),
     context_in_reward: bool = typer.Option(False, "--context-in-reward", help="Prepend the context "
@@ -33,6 +43,9 @@ def encode(
                                 "disk) or float32 (exact)."),
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Log and skip bad records "
                                       "instead of failing."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write the pair features to this "
+                                       "folder as float16 .npy files that load memory-mapped "
+                                       "(micro_rm.features.store.load_features)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
 ) -> None:
     """Encode every unique text of a pair file once into the feature cache.
@@ -41,6 +54,9 @@ def encode(
     A second encode of the same file encodes nothing; an interrupted run keeps what it finished.
 
     Example: micro-rm encode --data dsp.jsonl --backbone default --batch-size 32
+
+    Several processes: torchrun --nproc_per_node=4 -m micro_rm.cli encode --data dsp.jsonl
+    --backbone default --device cuda --tokens-per-batch 16384
     """
     from micro_rm.errors import MicroRMError
     from micro_rm.features.featurize import ROUTER_INPUTS
@@ -50,6 +66,8 @@ def encode(
         raise MicroRMError(f"--max-length must be a positive number of tokens, got {max_length}")
     if batch_size < 1:
         raise MicroRMError(f"--batch-size must be at least 1, got {batch_size}")
+    if tokens_per_batch is not None and tokens_per_batch < 1:
+        raise MicroRMError(f"--tokens-per-batch must be at least 1, got {tokens_per_batch}")
     if router_input not in ROUTER_INPUTS:
         raise MicroRMError(f"--router-input must be one of {', '.join(ROUTER_INPUTS)}, "
                            f"got {router_input!r}")
@@ -57,22 +75,68 @@ def encode(
     from micro_rm.data.readers import read_pairs
     from micro_rm.features.backbones import load_backbone
     from micro_rm.features.cache import FeatureCache
-    from micro_rm.features.featurize import featurize
+    from micro_rm.features.distributed import init_group
+    from micro_rm.features.featurize import featurize, record_items
 
     start = time.perf_counter()
     cache = FeatureCache(cache_dir, dtype=storage)
     records = read_pairs(data, skip_invalid=skip_invalid)
-    backbone = load_backbone(backbone_name, max_length=max_length, dtype=dtype, device=device,
-                             batch_size=batch_size)
-    _, stats = featurize(records, backbone, cache, router_input=router_input,
-                         context_in_reward=context_in_reward, batch_size=batch_size)
+    dtype = resolve_dtype(dtype, backbone_name, device)
+    group = init_group(device)
+    is_main = group is None or group.is_main
+    try:
+        # With --tokens-per-batch the cache plans the batches; the backbone must not split them.
+        backbone = load_backbone(backbone_name, max_length=max_length, dtype=dtype,
+                                 device=group.device(device) if group else device,
+                                 batch_size=tokens_per_batch or batch_size)
+        items = record_items(records, backbone, router_input=router_input,
+                             context_in_reward=context_in_reward)
+        stats = cache.fill(items, backbone, batch_size=batch_size,
+                           tokens_per_batch=tokens_per_batch, progress=is_main, group=group)
+        if out is not None and is_main:  # every rank's shards are in: fill() waited for them
+            featurize(records, backbone, cache, router_input=router_input,
+                      context_in_reward=context_in_reward, allow_encode=False, out=out)
+        if group is not None:
+            group.barrier()  # no rank leaves (and tears the group down) while rank 0 writes
+    finally:
+        if group is not None:
+            group.close()
+    if not is_main:
+        return
     folder = cache.folder(backbone.fingerprint())
     result = {**stats.as_dict(), "pairs": len(records), "backbone": backbone.name,
-              "dim": backbone.dim, "router_input": router_input,
+              "dim": backbone.dim, "dtype": dtype, "router_input": router_input,
               "context_in_reward": context_in_reward, "storage": storage,
-              "cache": str(folder), "total_seconds": round(time.perf_counter() - start, 3)}
+              "cache": str(folder), "features": str(out) if out else None,
+              "total_seconds": round(time.perf_counter() - start, 3)}
     rate = stats.encoded / stats.seconds if stats.seconds > 0 and stats.encoded else 0.0
+    ranks = f" by {stats.ranks} processes" if stats.ranks > 1 else ""
     emit(result, as_json,
-         f"{len(records)} pairs, {stats.texts} unique texts: {stats.encoded} encoded"
+         f"{len(records)} pairs, {stats.texts} unique texts: {stats.encoded} encoded{ranks}"
          f"{f' ({rate:.1f} texts/s)' if rate else ''}, {stats.from_cache} from cache, "
-         f"in {stats.seconds:.1f} s\ncache: {folder}")
+         f"in {stats.seconds:.1f} s\ncache: {folder}" + (f"\nfeatures: {out}" if out else ""))
+
+
+def resolve_dtype(dtype: str, backbone_name: str, device: str) -> str:
+    """``--dtype auto``: bfloat16 for a decoder (last-token pooling) on CUDA, else float32.
+    Other values pass through (load_backbone checks them).
+
+    Decoder reward models are trained and served in bf16, and on a GPU bf16 halves the weights'
+    memory. Encoders and CPUs keep float32. The choice is part of the backbone fingerprint, so
+    bf16 vectors never stand in for float32 ones.
+    """
+    if dtype != "auto":
+        return dtype
+    from micro_rm.features.backbones import BUILTIN_BACKBONES
+
+    if not device.startswith("cuda") or backbone_name in BUILTIN_BACKBONES:
+        return "float32"
+    from transformers import AutoConfig
+
+    from micro_rm.features.backbones.transformer import detect_pooling
+
+    try:
+        config = AutoConfig.from_pretrained(backbone_name)
+    except (OSError, ValueError):
+        return "float32"  # load_backbone reports the unloadable name with its own message
+    return "bfloat16" if detect_pooling(config) == "last" else "float32"

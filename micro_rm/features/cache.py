@@ -30,7 +30,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 
@@ -38,6 +38,9 @@ from micro_rm.atomic import atomic_open, atomic_path
 from micro_rm.errors import MicroRMError
 from micro_rm.features.backbones import fingerprint_id
 from micro_rm.features.base import Backbone, Item
+
+if TYPE_CHECKING:
+    from micro_rm.features.distributed import RankGroup
 
 STORAGE_DTYPES = ("float16", "float32")
 SHARD_GLOB = "shard-*.safetensors"
@@ -53,6 +56,7 @@ class EncodeStats:
     encoded: int        # of those, run through the backbone now
     from_cache: int     # of those, read from the cache
     seconds: float      # wall time of the call
+    ranks: int = 1      # processes that shared the encoding (torchrun / accelerate launch)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -189,19 +193,17 @@ class _Folder:
         self._sorted_prefix = prefix[self._order]
         self._dirty = False
 
-    def lookup(self, keys: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(found [n] bool, vectors [n, dim] float32)``; rows not found are zero."""
+    def _locate(self, keys: np.ndarray) -> np.ndarray:
+        """Position of each key in ``self._keys``; -1 where it is not cached."""
         self.refresh()
         self._rebuild()
         n = len(keys)
-        found = np.zeros(n, dtype=bool)
-        vectors = np.zeros((n, dim), dtype=np.float32)
+        where = np.full(n, -1, dtype=np.int64)
         if n == 0 or len(self._keys) == 0:
-            return found, vectors
+            return where
         query = _prefix(keys)
         lo = np.searchsorted(self._sorted_prefix, query, side="left")
         hi = np.searchsorted(self._sorted_prefix, query, side="right")
-        where = np.full(n, -1, dtype=np.int64)  # position in self._keys, -1 if absent
         candidates = np.flatnonzero(hi > lo)
         first = self._order[lo[candidates]]
         same = (self._keys[first] == keys[candidates]).all(axis=1)
@@ -213,7 +215,19 @@ class _Folder:
                 if np.array_equal(self._keys[pos], keys[i]):
                     where[i] = pos
                     break
+        return where
+
+    def contains(self, keys: np.ndarray) -> np.ndarray:
+        """``found [n] bool``, without reading any vector."""
+        return self._locate(keys) >= 0
+
+    def lookup(self, keys: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(found [n] bool, vectors [n, dim] float32)``; rows not found are zero."""
+        from micro_rm.features.store import read_rows
+
+        where = self._locate(keys)
         found = where >= 0
+        vectors = np.zeros((len(keys), dim), dtype=np.float32)
         hits = np.flatnonzero(found)
         shard_of = self._shard_of[where[hits]]
         for s in np.unique(shard_of):
@@ -223,7 +237,8 @@ class _Folder:
                                    f"backbone gives {dim}; delete the folder {self.path}")
             mine = hits[shard_of == s]
             rows = self._row_of[where[mine]]
-            vectors[mine] = shard.vectors[rows].astype(np.float32)
+            ascending = np.argsort(rows, kind="stable")   # file order; pages released as read
+            vectors[mine[ascending]] = read_rows(shard.vectors, rows[ascending])
         return found, vectors
 
     def write_shard(self, keys: np.ndarray, vectors: np.ndarray) -> Path:
@@ -245,6 +260,34 @@ class _Folder:
 def _prefix(keys: np.ndarray) -> np.ndarray:
     """First 8 bytes of each key as a big-endian uint64 (sorts like the bytes)."""
     return np.ascontiguousarray(keys[:, :8]).view(">u8").ravel().astype(np.uint64)
+
+
+def plan_batches(lengths: Sequence[int] | np.ndarray, *, batch_size: int = 32,
+                 tokens_per_batch: Optional[int] = None) -> list[np.ndarray]:
+    """Batches of item indices, longest items first: ``batch_size`` items each, or (with
+    ``tokens_per_batch``) as many items as fit ``tokens_per_batch`` padded tokens, i.e.
+    ``items × longest ≤ tokens_per_batch`` (an item longer than that gets a batch of its own).
+
+    Longest first: similar lengths share a batch (little padding), and a batch too big for
+    memory fails in the first seconds rather than at the end. A distributed encode deals these
+    same batches out to its ranks, so every vector is computed in exactly the batch a
+    one-process run would use.
+
+    >>> [b.tolist() for b in plan_batches([3, 9, 5, 1], batch_size=2)]
+    [[1, 2], [0, 3]]
+    >>> [b.tolist() for b in plan_batches([3, 9, 5, 1], tokens_per_batch=10)]
+    [[1], [2, 0], [3]]
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(-lengths, kind="stable")
+    if tokens_per_batch is None:
+        return [order[b:b + batch_size] for b in range(0, len(order), batch_size)]
+    batches, begin = [], 0
+    while begin < len(order):
+        size = max(1, tokens_per_batch // max(1, int(lengths[order[begin]])))
+        batches.append(order[begin:begin + size])
+        begin += size
+    return batches
 
 
 def default_cache_root() -> Path:
@@ -308,18 +351,18 @@ class FeatureCache:
         return self._open(fingerprint, create=False).lookup(np.asarray(keys, np.uint8), dim)
 
     def get_or_encode(self, items: Sequence[Item], backbone: Backbone, *, batch_size: int = 32,
-                      progress: bool = True, allow_encode: bool = True
-                      ) -> tuple[np.ndarray, "EncodeStats"]:
+                      tokens_per_batch: Optional[int] = None, progress: bool = True,
+                      allow_encode: bool = True) -> tuple[np.ndarray, "EncodeStats"]:
         """Vectors of ``items`` (float32 ``[len(items), dim]``, duplicates included), encoding
-        only the unique items that are not cached yet, longest first, ``batch_size`` at a time.
+        only the unique items that are not cached yet, longest first, in the batches of
+        :func:`plan_batches`.
 
         Vectors come back as stored (fp16-rounded with ``dtype="float16"``), so a fresh and a
         cached call return the same numbers. With ``allow_encode=False`` a missing item is an
         error that says how to fill the cache.
         """
         start = time.perf_counter()
-        if batch_size < 1:
-            raise MicroRMError(f"--batch-size must be at least 1, got {batch_size}")
+        _check_batching(batch_size, tokens_per_batch)
         fingerprint = backbone.fingerprint()
         folder = self._open(fingerprint, create=allow_encode)
         unique = list(dict.fromkeys(items))
@@ -327,12 +370,17 @@ class FeatureCache:
         found, vectors = folder.lookup(keys, backbone.dim)
         missing = np.flatnonzero(~found)
         if len(missing) and not allow_encode:
-            raise MicroRMError(
-                f"{len(missing)} of {len(unique)} texts are not in the cache at {folder.path}; run "
-                "`micro-rm encode --data FILE --backbone NAME` first or pass --backbone")
+            raise _missing_error(len(missing), len(unique), folder)
         if len(missing):
-            vectors[missing] = self._encode(folder, [unique[i] for i in missing], keys[missing],
-                                            backbone, batch_size, progress)
+            todo = [unique[i] for i in missing]
+            batches = plan_batches(backbone.token_lengths(todo), batch_size=batch_size,
+                                   tokens_per_batch=tokens_per_batch)
+            self._encode(folder, todo, keys[missing], batches, backbone, progress)
+            # Read back what was stored: the very numbers a later, cached call returns.
+            again, vectors[missing] = folder.lookup(keys[missing], backbone.dim)
+            if not again.all():
+                raise MicroRMError(f"{int((~again).sum())} vectors just written to "
+                                   f"{folder.path} cannot be read back; is the folder writable?")
         position = {item: i for i, item in enumerate(unique)}
         index = np.fromiter((position[item] for item in items), dtype=np.int64, count=len(items))
         stats = EncodeStats(texts=len(unique), encoded=len(missing),
@@ -340,33 +388,76 @@ class FeatureCache:
                             seconds=round(time.perf_counter() - start, 3))
         return vectors[index], stats
 
-    def _encode(self, folder: _Folder, items: list[Item], keys: np.ndarray, backbone: Backbone,
-                batch_size: int, progress: bool) -> np.ndarray:
-        """Encode ``items`` (all missing), flushing shards as it goes; returns stored values."""
+    def fill(self, items: Sequence[Item], backbone: Backbone, *, batch_size: int = 32,
+             tokens_per_batch: Optional[int] = None, progress: bool = True,
+             allow_encode: bool = True, group: Optional["RankGroup"] = None) -> "EncodeStats":
+        """Encode the unique ``items`` that are not cached yet; return what was done, not the
+        vectors (memory stays proportional to a shard, however many items there are).
+
+        With ``group`` (the ranks of a ``torchrun`` / ``accelerate launch`` job, from
+        :func:`micro_rm.features.distributed.init_group`), every rank calls ``fill`` with the same
+        items: rank 0's list of missing items is shared, the ranks measure its token lengths a
+        slice each, every rank plans the same :func:`plan_batches` and encodes every
+        ``world_size``-th batch into shards of its own. The stats count the whole job, and the
+        cache ends up with the same vectors under the same keys as a one-process run.
+
+        >>> cache.fill(items, backbone).encoded                   # doctest: +SKIP
+        5883
+        """
+        start = time.perf_counter()
+        _check_batching(batch_size, tokens_per_batch)
+        fingerprint = backbone.fingerprint()
+        folder = self._open(fingerprint, create=allow_encode)
+        unique = list(dict.fromkeys(items))
+        keys = item_keys(fingerprint, unique)
+        missing = np.flatnonzero(~folder.contains(keys))
+        if group is not None:
+            # One view of the cache for all ranks; no rank writes before every rank has it
+            # (all_gather below cannot finish before each rank reached it).
+            missing = group.broadcast(missing)
+        if len(missing) and not allow_encode:
+            raise _missing_error(len(missing), len(unique), folder)
+        todo = [unique[i] for i in missing]
+        if group is None:
+            lengths = backbone.token_lengths(todo)
+        else:
+            part = np.array_split(np.arange(len(todo)), group.world_size)[group.rank]
+            mine = backbone.token_lengths([todo[i] for i in part])
+            lengths = [n for share in group.all_gather(mine) for n in share]
+        batches = plan_batches(lengths, batch_size=batch_size, tokens_per_batch=tokens_per_batch)
+        if group is not None:
+            batches = batches[group.rank::group.world_size]
+        encoded = self._encode(folder, todo, keys[missing], batches, backbone, progress)
+        ranks = 1
+        if group is not None:
+            encoded, ranks = group.sum(encoded), group.world_size  # waits for every rank's shards
+        return EncodeStats(texts=len(unique), encoded=encoded,
+                           from_cache=len(unique) - len(missing),
+                           seconds=round(time.perf_counter() - start, 3), ranks=ranks)
+
+    def _encode(self, folder: _Folder, items: list[Item], keys: np.ndarray,
+                batches: list[np.ndarray], backbone: Backbone, progress: bool) -> int:
+        """Encode ``batches`` (index arrays into ``items``, all missing), flushing shards as it
+        goes; returns the number of items encoded. Holds at most one shard's vectors."""
         from tqdm.auto import tqdm
 
         storage = np.dtype(self.dtype)
-        lengths = np.asarray(backbone.token_lengths(items), dtype=np.int64)
-        # Longest first: similar lengths share a batch (little padding), and a batch too big
-        # for memory fails in the first seconds rather than at the end.
-        order = np.argsort(-lengths, kind="stable")
-        out = np.zeros((len(items), backbone.dim), dtype=np.float32)
-        pending: list[np.ndarray] = []   # indices into items, encoded but not yet in a shard
+        pending: list[tuple[np.ndarray, np.ndarray]] = []   # (rows, stored vectors), not in a shard yet
         last_flush = time.monotonic()
+        done = 0
 
         def flush() -> None:
             nonlocal last_flush
             if pending:
-                rows = np.concatenate(pending)
-                folder.write_shard(keys[rows], out[rows].astype(storage))
+                rows = np.concatenate([r for r, _ in pending])
+                folder.write_shard(keys[rows], np.concatenate([v for _, v in pending]))
                 pending.clear()
             last_flush = time.monotonic()
 
-        bar = tqdm(total=len(items), desc="encoding", unit="text", disable=not progress,
-                   file=sys.stderr, dynamic_ncols=True)
+        bar = tqdm(total=sum(len(b) for b in batches), desc="encoding", unit="text",
+                   disable=not progress, file=sys.stderr, dynamic_ncols=True)
         try:
-            for begin in range(0, len(items), batch_size):
-                rows = order[begin:begin + batch_size]
+            for rows in batches:
                 batch = np.asarray(backbone.encode([items[i] for i in rows]), dtype=np.float32)
                 if batch.shape != (len(rows), backbone.dim):
                     raise MicroRMError(f"backbone {backbone.name} returned vectors of shape "
@@ -378,14 +469,26 @@ class FeatureCache:
                     hint = (" in float16 storage; pass --storage float32"
                             if np.isfinite(batch).all() else "")
                     raise MicroRMError(f"backbone {backbone.name} gave non-finite vectors{hint}")
-                out[rows] = stored
-                pending.append(rows)
+                pending.append((rows, stored))
+                done += len(rows)
                 bar.update(len(rows))
-                if (sum(len(p) for p in pending) >= self.shard_size
+                if (sum(len(r) for r, _ in pending) >= self.shard_size
                         or time.monotonic() - last_flush >= self.flush_seconds):
                     flush()
         finally:
             flush()  # keep finished work on Ctrl-C or a failing batch, too
             bar.close()
-        return out
+        return done
 
+
+def _check_batching(batch_size: int, tokens_per_batch: Optional[int]) -> None:
+    if batch_size < 1:
+        raise MicroRMError(f"--batch-size must be at least 1, got {batch_size}")
+    if tokens_per_batch is not None and tokens_per_batch < 1:
+        raise MicroRMError(f"--tokens-per-batch must be at least 1, got {tokens_per_batch}")
+
+
+def _missing_error(missing: int, unique: int, folder: _Folder) -> MicroRMError:
+    return MicroRMError(
+        f"{missing} of {unique} texts are not in the cache at {folder.path}; run "
+        "`micro-rm encode --data FILE --backbone NAME` first or pass --backbone")

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from micro_rm.errors import MicroRMError
 from micro_rm.features.base import PairFeatures
+from micro_rm.features.store import read_rows, release_pages
 from micro_rm.model.config import MixtureConfig
 from micro_rm.model.losses import bt_loss, mixture_bt_loss, negative_entropy
 from micro_rm.model.mixture import MixtureRewardModel
@@ -164,8 +165,9 @@ def check_features(features: PairFeatures) -> None:
         raise MicroRMError(f"features.prompts has {len(features.prompts)} entries for {n} pairs")
     for name in ("chosen", "rejected", "route"):
         array = getattr(features, name)
-        for start in range(0, n, 65_536):                     # chunked: memory-mapped arrays stay on disk
-            finite = np.isfinite(array[start:start + 65_536]).all(axis=1)
+        for start in range(0, n, 16_384):                     # chunked: memory-mapped arrays stay on disk
+            finite = np.isfinite(array[start:start + 16_384]).all(axis=1)
+            release_pages(array)
             if not finite.all():
                 row = start + int(np.argmin(finite))
                 raise MicroRMError(f"features.{name} row {row} holds NaN or inf (pair prompt "
@@ -176,7 +178,9 @@ class _Rows:
     """Gathers (chosen − rejected, route) rows as float32 tensors.
 
     In-RAM arrays are converted once; memory-mapped (or other lazy) arrays are read and cast one
-    block at a time, so a float16 cache larger than RAM never becomes one float32 array.
+    block at a time, so a float16 cache larger than RAM never becomes one float32 array. A block's
+    rows are read in file order (page-cache friendly) and its pages are then released, so the
+    process's resident memory stays at a few blocks however large the files are.
     """
 
     def __init__(self, features: PairFeatures, device: str):
@@ -191,13 +195,21 @@ class _Rows:
 
     def take(self, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.features
+        order = np.argsort(index, kind="stable")                         # read in file order,
+        ascending = index[order]                                         # write back in ``index``'s
+
+        def gather(array: np.ndarray) -> np.ndarray:                     # [len(index), dim] float32
+            out = np.empty((len(index), array.shape[1]), dtype=np.float32)
+            return read_rows(array, ascending, out=out, positions=order)
+
         if self.lazy[0]:
-            diff = np.subtract(f.chosen[index], f.rejected[index], dtype=np.float32)
+            diff = gather(f.chosen)
+            diff -= gather(f.rejected)                                   # = np.subtract(..., dtype=float32)
             diff = torch.from_numpy(diff).to(self.device)
         else:
             diff = self.diff[torch.from_numpy(index)]
         if self.lazy[1]:
-            route = torch.from_numpy(np.asarray(f.route[index], dtype=np.float32)).to(self.device)
+            route = torch.from_numpy(gather(f.route)).to(self.device)
         else:
             route = self.route[torch.from_numpy(index)]
         return diff, route

@@ -1,0 +1,142 @@
+"""Data-parallel feature extraction under ``torchrun`` / ``accelerate launch``.
+
+The launchers start one process per rank and describe the job in the environment (``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``). :func:`init_group` reads it and
+joins the process group (``gloo`` on CPU; ``nccl`` on GPU, with a ``gloo`` side group for the
+few small Python objects the ranks exchange). :meth:`FeatureCache.fill
+<micro_rm.features.cache.FeatureCache.fill>` then splits the work: every rank encodes every
+``world_size``-th length-sorted batch of the missing texts into shards of its own in the shared
+cache folder. No index file is merged: the index is the set of shards, so shards written by a
+killed rank are reused on restart like any others.
+
+>>> group = init_group("cpu")                     # None outside a launcher  # doctest: +SKIP
+>>> stats = cache.fill(items, backbone, group=group)                       # doctest: +SKIP
+>>> group.close()                                                          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Optional
+
+from micro_rm.errors import MicroRMError
+
+__all__ = ["RankGroup", "init_group", "launch_env"]
+
+# How long a rank waits for the others at a collective. Ranks meet twice: after measuring the
+# token lengths and after encoding; the shares are balanced, so the wait is the spread of the
+# ranks' finishing times, not the length of the job.
+TIMEOUT = timedelta(hours=2)
+
+
+def launch_env(environ: Optional[dict[str, str]] = None) -> Optional[tuple[int, int, int]]:
+    """``(rank, world_size, local_rank)`` set by a launcher, or None for a single process.
+
+    >>> launch_env({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"})
+    (1, 2, 1)
+    >>> launch_env({}) is None
+    True
+    """
+    env = os.environ if environ is None else environ
+    if "WORLD_SIZE" not in env:
+        return None
+    try:
+        world = int(env["WORLD_SIZE"])
+        rank = int(env.get("RANK", "0"))
+        local = int(env.get("LOCAL_RANK", str(rank)))
+    except ValueError:
+        raise MicroRMError(f"RANK / WORLD_SIZE / LOCAL_RANK must be integers, got "
+                           f"{env.get('RANK')!r} / {env.get('WORLD_SIZE')!r} / "
+                           f"{env.get('LOCAL_RANK')!r}; start the job with torchrun or "
+                           "accelerate launch") from None
+    if world <= 1:
+        return None
+    if not 0 <= rank < world:
+        raise MicroRMError(f"RANK={rank} is outside 0..{world - 1} (WORLD_SIZE={world})")
+    return rank, world, local
+
+
+@dataclass
+class RankGroup:
+    """This process's place in a distributed job, and the few collectives the encode needs."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    backend: str
+    owns: bool = False               # whether this process group was created here (close() ends it)
+    cpu_group: Any = None            # gloo side group for Python objects when backend is nccl
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one that prints and writes files meant once per job."""
+        return self.rank == 0
+
+    def device(self, device: str) -> str:
+        """This rank's device: ``cuda`` becomes ``cuda:<LOCAL_RANK>``, one GPU per process."""
+        return f"cuda:{self.local_rank}" if device == "cuda" else device
+
+    def broadcast(self, value: Any, src: int = 0) -> Any:
+        """Rank ``src``'s ``value`` on every rank."""
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=src, group=self.cpu_group)
+        return box[0]
+
+    def all_gather(self, value: Any) -> list[Any]:
+        """Every rank's ``value``, in rank order."""
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, value, group=self.cpu_group)
+        return out
+
+    def sum(self, value: int) -> int:
+        """The sum of ``value`` over the ranks (and a barrier: it needs every rank's value)."""
+        return sum(self.all_gather(int(value)))
+
+    def barrier(self) -> None:
+        import torch.distributed as dist
+
+        dist.barrier(group=self.cpu_group)
+
+    def close(self) -> None:
+        """Leave the process group if :func:`init_group` created it."""
+        import torch.distributed as dist
+
+        if self.owns and dist.is_initialized():
+            dist.destroy_process_group()
+            self.owns = False
+
+
+def init_group(device: str = "cpu") -> Optional[RankGroup]:
+    """Join the process group a launcher described, or return None for a single process.
+
+    ``gloo`` on CPU; on ``cuda``, ``nccl`` with this process bound to GPU ``LOCAL_RANK`` (and a
+    ``gloo`` side group, since the ranks exchange Python objects, not tensors). A process group
+    that already exists (``accelerate``, a caller's own) is used as it is.
+    """
+    env = launch_env()
+    if env is None:
+        return None
+    import torch
+    import torch.distributed as dist
+
+    rank, world, local = env
+    if not dist.is_available():
+        raise MicroRMError("this torch build has no torch.distributed; run a single process")
+    cuda = device.startswith("cuda")
+    if cuda:
+        if not torch.cuda.is_available():
+            raise MicroRMError(f"--device {device}: CUDA is not available here; use --device cpu")
+        torch.cuda.set_device(local if device == "cuda" else torch.device(device))
+    owns = not dist.is_initialized()
+    if owns:
+        dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=TIMEOUT)
+    backend = dist.get_backend()
+    cpu_group = dist.new_group(backend="gloo", timeout=TIMEOUT) if backend != "gloo" else None
+    return RankGroup(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local,
+                     backend=backend, owns=owns, cpu_group=cpu_group)

@@ -1,0 +1,229 @@
+"""Pair features on disk: fp16 ``.npy`` arrays that load memory-mapped.
+
+A features folder holds what :class:`~micro_rm.features.base.PairFeatures` holds, one file per
+field, so that stage-1 training on hundreds of thousands of pairs reads only the rows of the
+current batch and needs memory proportional to the batch, not to the data set::
+
+    features/meta.json          format, version, pairs, dims, dtype, backbone fingerprint
+    features/chosen.npy         [N, d]    float16 (or float32)
+    features/rejected.npy       [N, d]
+    features/route.npy          [N, d_r]
+    features/prompts.json       [N] prompt keys (validation split by prompt)
+    features/attributes.json    [N] attribute or null
+
+The folder is written under a temporary name and renamed into place, so a killed writer never
+leaves a folder that loads.
+
+>>> save_features(features, "dsp-features")                  # doctest: +SKIP
+>>> mapped = load_features("dsp-features")                   # np.memmap arrays, float16
+>>> model, history = fit_stage1(mapped, Stage1Config())      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from micro_rm.errors import MicroRMError
+from micro_rm.features.base import PairFeatures
+
+__all__ = ["FeatureWriter", "load_features", "read_rows", "release_pages", "save_features"]
+
+FORMAT = "micro-rm-pair-features"
+VERSION = 1
+ARRAYS = ("chosen", "rejected", "route")
+STORAGE_DTYPES = ("float16", "float32")
+CHUNK_ROWS = 65_536  # rows copied at once when saving a (possibly memory-mapped) source
+# Rows read from a memory-mapped file between two page releases. Each random row read maps its
+# 64 KiB neighbourhood (the kernel's fault-around), so this bounds the mapped pages per array
+# to about PAGE_ROWS × 64 KiB (64 MiB), whatever the file size.
+PAGE_ROWS = 1024
+
+
+class FeatureWriter:
+    """Fills a features folder a slice of rows at a time; :meth:`close` makes it appear.
+
+    Parameters
+    ----------
+    path : the folder to create (an existing one is replaced only on :meth:`close`).
+    pairs : number of rows N.
+    reward_dim, route_dim : widths of ``chosen``/``rejected`` and of ``route``.
+    fingerprint : the backbone setting that made the vectors.
+    dtype : ``"float16"`` (default; half the disk and the page cache) or ``"float32"``.
+
+    Examples
+    --------
+    >>> with FeatureWriter("out", pairs=2, reward_dim=4, route_dim=4) as w:   # doctest: +SKIP
+    ...     w.write(0, chosen, rejected, route)
+    ...     w.close(prompts=["p", "q"])
+    """
+
+    def __init__(self, path: str | os.PathLike, *, pairs: int, reward_dim: int, route_dim: int,
+                 fingerprint: Optional[dict[str, Any]] = None, dtype: str = "float16"):
+        if dtype not in STORAGE_DTYPES:
+            raise MicroRMError(f"feature storage dtype must be one of {', '.join(STORAGE_DTYPES)}, "
+                               f"got {dtype!r}")
+        if pairs < 1:
+            raise MicroRMError(f"a features folder needs at least one pair, got {pairs}")
+        self.path = Path(path)
+        self.pairs, self.dtype = pairs, dtype
+        self.fingerprint = dict(fingerprint or {})
+        self.tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.tmp")
+        self.tmp.mkdir(parents=True)
+        shapes = {"chosen": (pairs, reward_dim), "rejected": (pairs, reward_dim),
+                  "route": (pairs, route_dim)}
+        self.arrays = {name: np.lib.format.open_memmap(self.tmp / f"{name}.npy", mode="w+",
+                                                       dtype=np.dtype(dtype), shape=shape)
+                       for name, shape in shapes.items()}
+        self.closed = False
+
+    def write(self, start: int, chosen: np.ndarray, rejected: np.ndarray, route: np.ndarray) -> None:
+        """Put rows ``start : start + len(chosen)`` (any float dtype; cast to the storage dtype)."""
+        stop = start + len(chosen)
+        for name, rows in zip(ARRAYS, (chosen, rejected, route)):
+            with np.errstate(over="ignore"):  # checked just below
+                self.arrays[name][start:stop] = rows
+            finite = np.isfinite(self.arrays[name][start:stop]).all()
+            release_pages(self.arrays[name])  # written pages go to the page cache, not our RSS
+            if not finite:
+                raise MicroRMError(f"features.{name} rows {start}..{stop - 1} are not finite in "
+                                   f"{self.dtype}; store them as float32")
+
+    def close(self, prompts: Sequence[str], attributes: Sequence[Optional[str]] = ()) -> Path:
+        """Write the row metadata, flush the arrays and rename the folder into place."""
+        if len(prompts) != self.pairs or (attributes and len(attributes) != self.pairs):
+            raise MicroRMError(f"{len(prompts)} prompts / {len(attributes)} attributes for "
+                               f"{self.pairs} pairs")
+        for array in self.arrays.values():
+            array.flush()
+        self.arrays.clear()
+        (self.tmp / "prompts.json").write_text(json.dumps(list(prompts), ensure_ascii=False),
+                                               encoding="utf-8")
+        (self.tmp / "attributes.json").write_text(json.dumps(list(attributes), ensure_ascii=False),
+                                                  encoding="utf-8")
+        meta = {"format": FORMAT, "version": VERSION, "pairs": self.pairs, "dtype": self.dtype,
+                "fingerprint": self.fingerprint}
+        (self.tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n",
+                                            encoding="utf-8")
+        if self.path.exists():
+            _check_replaceable(self.path)
+            shutil.rmtree(self.path)
+        os.replace(self.tmp, self.path)
+        self.closed = True
+        return self.path
+
+    def abort(self) -> None:
+        """Drop the partial folder."""
+        self.arrays.clear()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.closed = True
+
+    def __enter__(self) -> "FeatureWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if not self.closed:
+            self.abort()
+
+
+def _check_replaceable(path: Path) -> None:
+    """Refuse to delete a folder that is not a features folder."""
+    meta = path / "meta.json"
+    try:
+        ok = json.loads(meta.read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, ValueError):
+        ok = False
+    if not ok:
+        raise MicroRMError(f"{path} exists and is not a micro-rm features folder; "
+                           "pick another path or delete it")
+
+
+def save_features(features: PairFeatures, path: str | os.PathLike, *,
+                  dtype: str = "float16") -> Path:
+    """Write ``features`` into the folder ``path`` (replacing a features folder there).
+
+    Rows are copied ``CHUNK_ROWS`` at a time, so a memory-mapped source is never read whole.
+    """
+    n = len(features)
+    with FeatureWriter(path, pairs=n, reward_dim=features.chosen.shape[1],
+                       route_dim=features.route.shape[1], fingerprint=features.fingerprint,
+                       dtype=dtype) as writer:
+        for start in range(0, n, CHUNK_ROWS):
+            stop = start + CHUNK_ROWS
+            writer.write(start, features.chosen[start:stop], features.rejected[start:stop],
+                         features.route[start:stop])
+        return writer.close(features.prompts, features.attributes)
+
+
+def load_features(path: str | os.PathLike, *, mmap: bool = True) -> PairFeatures:
+    """Read a features folder; with ``mmap=True`` (default) the arrays are read-only
+    ``np.memmap`` views of the files and nothing is loaded until rows are indexed.
+
+    >>> load_features("dsp-features").chosen.dtype               # doctest: +SKIP
+    dtype('float16')
+    """
+    path = Path(path)
+    meta_file = path / "meta.json"
+    if not meta_file.is_file():
+        raise MicroRMError(f"{path} is not a features folder (no meta.json); write one with "
+                           "save_features() or `micro-rm encode --out`")
+    meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    if meta.get("format") != FORMAT or meta.get("version", 0) > VERSION:
+        raise MicroRMError(f"{meta_file}: format {meta.get('format')!r} version "
+                           f"{meta.get('version')!r} is not one this micro-rm reads "
+                           f"({FORMAT} ≤ {VERSION})")
+    arrays = {name: np.load(path / f"{name}.npy", mmap_mode="r" if mmap else None)
+              for name in ARRAYS}
+    prompts = json.loads((path / "prompts.json").read_text(encoding="utf-8"))
+    attributes = json.loads((path / "attributes.json").read_text(encoding="utf-8"))
+    n = meta["pairs"]
+    if any(len(a) != n for a in arrays.values()) or len(prompts) != n:
+        raise MicroRMError(f"{path}: the arrays and prompts do not all hold {n} rows; "
+                           "write the folder again")
+    return PairFeatures(**arrays, prompts=prompts, attributes=attributes,
+                        fingerprint=meta.get("fingerprint", {}))
+
+
+def read_rows(array: np.ndarray, rows: np.ndarray, *, out: Optional[np.ndarray] = None,
+              positions: Optional[np.ndarray] = None) -> np.ndarray:
+    """``array[rows]`` in RAM, releasing a memory map's pages as it goes (:data:`PAGE_ROWS` rows
+    at a time). Ascending ``rows`` read fastest.
+
+    With ``out``, row ``rows[j]`` goes to ``out[positions[j]]`` (``positions`` defaults to
+    ``j``), cast to ``out``'s dtype: gather, reorder and cast without a temporary copy.
+
+    >>> read_rows(np.arange(6.0).reshape(3, 2), np.array([0, 2]))
+    array([[0., 1.],
+           [4., 5.]])
+    """
+    if out is None:
+        out = np.empty((len(rows), *array.shape[1:]), dtype=array.dtype)
+    if positions is None:
+        positions = np.arange(len(rows))
+    for start in range(0, len(rows), PAGE_ROWS):
+        out[positions[start:start + PAGE_ROWS]] = array[rows[start:start + PAGE_ROWS]]
+        release_pages(array)
+    return out
+
+
+def release_pages(*arrays: np.ndarray) -> None:
+    """Drop the pages of memory-mapped ``arrays`` from this process's resident set.
+
+    Pages of a file mapping stay resident (and count in RSS) once read, so one epoch over a
+    2.3 GB feature file would otherwise grow the process by 2.3 GB. ``MADV_DONTNEED`` on a shared
+    file mapping only unmaps them: the data stays in the OS page cache, the next read of a row is
+    a cheap minor fault. Copy-on-write maps (``mode="c"``) are left alone, as their private
+    changes would be lost; so is anything that is not an ``np.memmap``.
+    """
+    for array in arrays:
+        handle = getattr(array, "_mmap", None)
+        if (handle is not None and getattr(array, "mode", None) in ("r", "r+", "w+")
+                and hasattr(mmap, "MADV_DONTNEED")):
+            handle.madvise(mmap.MADV_DONTNEED)
