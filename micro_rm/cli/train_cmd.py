@@ -110,28 +110,57 @@ def evaluate(
                                              "(default: $MICRO_RM_CACHE or the user cache dir)."),
     cache_only: bool = typer.Option(False, "--cache-only", help="Fail instead of encoding texts "
                                     "that are not in the cache yet."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Also write a report folder "
+                                          "(results.json, report.md, head × attribute and router "
+                                          "heatmaps) here."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
 ) -> None:
-    """Routed pairwise accuracy per attribute (and its mean), every head per attribute, and NLL.
+    """Routed pairwise accuracy per attribute (and its mean), every head per attribute, NLL,
+    expected calibration error and router statistics (mean entropy, head usage, weights per
+    attribute).
 
     The backbone and feature settings come from the model's config.json.
 
-    Example: micro-rm eval --model runs/dsp --data dsp-test.jsonl
+    Example: micro-rm eval --model runs/dsp/model --data dsp-test.jsonl --report runs/dsp-eval
     """
     from micro_rm.data.readers import read_pairs
-    from micro_rm.eval.metrics import head_attribute_matrix, nll, pairwise_accuracy
+    from micro_rm.eval.metrics import (expected_calibration_error, head_attribute_matrix, nll,
+                                       pairwise_accuracy, router_statistics)
     from micro_rm.model.mixture import MixtureRewardModel
     from micro_rm.model.text import featurize_for
 
+    start = time.perf_counter()
     model = MixtureRewardModel.from_pretrained(model_dir)
     features = featurize_for(model, read_pairs(data), cache_dir, allow_encode=not cache_only)
     probs = model.predict_proba(features.chosen, features.rejected, features.route)
     heads = head_attribute_matrix(model.head_probs(features.chosen, features.rejected), features.attributes)
-    result = {**pairwise_accuracy(probs, features.attributes), "nll": nll(probs), "heads": heads,
+    router = router_statistics(model.router_weights(features.route), features.attributes)
+    result = {**pairwise_accuracy(probs, features.attributes), "nll": nll(probs),
+              "ece": expected_calibration_error(probs), "heads": heads, "router": router,
               "model": model_dir, "data": data}
-    lines = [f"{result['pairs']} pairs: mean accuracy {result['mean_accuracy']:.4f}, NLL {result['nll']:.4f}",
+    lines = [f"{result['pairs']} pairs: mean accuracy {result['mean_accuracy']:.4f}, NLL {result['nll']:.4f}, "
+             f"ECE {result['ece']:.4f}",
              *(f"  {name:24s} {acc:.4f}" for name, acc in result["per_attribute"].items()),
-             f"best head per attribute (oracle): {heads['oracle_mean_accuracy']:.4f}"]
+             f"best head per attribute (oracle): {heads['oracle_mean_accuracy']:.4f}",
+             f"router: mean entropy {router['mean_entropy']:.3f} nats, head usage "
+             + " / ".join(f"{u:.3f}" for u in router["head_usage"])]
+    if report is not None:
+        from micro_rm.eval.report import write_report
+
+        per_attribute = result["per_attribute"] or {"all": result["mean_accuracy"]}
+        folder = write_report({
+            "title": f"micro-rm eval: {model_dir} on {data}",
+            "dataset": {"name": str(data), "test_pairs": result["pairs"], "attributes": list(per_attribute)},
+            "methods": {model.config.variant: {"mean": result["mean_accuracy"], "per_attribute": per_attribute,
+                                               "nll": result["nll"], "ece": result["ece"],
+                                               "supervision": "as trained"}},
+            "head_attribute": {k: heads[k] for k in ("attributes", "accuracy")},
+            "router_weights": router["per_attribute"] if model.config.num_heads > 1 else None,
+            "command": "micro-rm eval --model " + str(model_dir) + " --data " + str(data),
+            "seconds": round(time.perf_counter() - start, 1),
+        }, report)
+        result["report"] = str(folder)
+        lines.append(f"report: {folder / 'report.md'}")
     emit(result, as_json, "\n".join(lines))
 
 

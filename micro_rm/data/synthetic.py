@@ -14,6 +14,8 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+from micro_rm.errors import MicroRMError
+
 STYLES = ("long", "bullets", "formal", "caveats", "humour", "technical")
 
 TOPICS = (
@@ -98,15 +100,23 @@ def render_response(topic: str, style: tuple[int, ...], rng: random.Random) -> s
 
 
 def make_synthetic_pairs(n_prompts: int = 200, pairs_per_prompt: int = 4, beta: float = 2.0,
-                         seed: int = 0, groups: tuple[Group, ...] = GROUPS) -> list[dict[str, Any]]:
+                         seed: int = 0, groups: tuple[Group, ...] = GROUPS,
+                         responses_per_prompt: int | None = None) -> list[dict[str, Any]]:
     """Sample pair records with ``context`` and ``attribute`` = the group that labelled them.
 
     Each prompt gets ``pairs_per_prompt`` pairs per group; labels follow the group's BT model.
+    By default every pair has two freshly written responses. With ``responses_per_prompt`` = R,
+    each prompt gets R responses of distinct styles once, and its pairs are drawn among them:
+    the same responses are compared under every group, so a frozen backbone encodes
+    R texts per prompt instead of two per pair (what makes ``micro-rm demo`` fast).
 
     >>> recs = make_synthetic_pairs(n_prompts=2, pairs_per_prompt=1, seed=0)
     >>> len(recs), sorted({r["attribute"] for r in recs}) == sorted(g.name for g in GROUPS)
     (8, True)
     """
+    if responses_per_prompt is not None and not 2 <= responses_per_prompt <= 2 ** len(STYLES):
+        raise MicroRMError(f"responses_per_prompt must be in [2, {2 ** len(STYLES)}], "
+                           f"got {responses_per_prompt}")
     rng = random.Random(seed)
     records = []
     for p in range(n_prompts):
@@ -114,21 +124,57 @@ def make_synthetic_pairs(n_prompts: int = 200, pairs_per_prompt: int = 4, beta: 
         prompt = TEMPLATES[(p // len(TOPICS)) % len(TEMPLATES)].format(topic=topic)
         if p >= len(TOPICS) * len(TEMPLATES):
             prompt = f"{prompt} (case {p})"
+        pool = None
+        if responses_per_prompt is not None:
+            styles = rng.sample(range(2 ** len(STYLES)), responses_per_prompt)
+            pool = [(s, render_response(topic, s, rng)) for s in
+                    (tuple((code >> i) & 1 for i in range(len(STYLES))) for code in styles)]
         for group in groups:
             for j in range(pairs_per_prompt):
-                a, b = _distinct_styles(rng)
+                if pool is None:
+                    a, b = _distinct_styles(rng)
+                    text = {a: None, b: None}
+                else:
+                    (a, text_a), (b, text_b) = rng.sample(pool, 2)
+                    text = {a: text_a, b: text_b}
                 utility = sum(w * (x - y) for w, x, y in zip(group.weights, a, b))
                 a_wins = rng.random() < 1.0 / (1.0 + math.exp(-beta * utility))
                 win, lose = (a, b) if a_wins else (b, a)
                 records.append({
                     "prompt": prompt,
-                    "chosen": render_response(topic, win, rng),
-                    "rejected": render_response(topic, lose, rng),
+                    "chosen": text[win] or render_response(topic, win, rng),
+                    "rejected": text[lose] or render_response(topic, lose, rng),
                     "context": group.context,
                     "attribute": group.name,
                     "id": f"synthetic-{seed}-{p}-{group.name}-{j}",
                 })
     return records
+
+
+SETTINGS = {"n_prompts": int, "pairs_per_prompt": int, "beta": float, "seed": int,
+            "responses_per_prompt": int}
+
+
+def build(source: str = "", skip_invalid: bool = False) -> list[dict[str, Any]]:
+    """The ``synthetic`` builder: ``source`` is ``key=value`` settings of
+    :func:`make_synthetic_pairs` separated by commas (empty: its defaults).
+
+    >>> len(build("n_prompts=3,pairs_per_prompt=2,responses_per_prompt=4"))
+    24
+    """
+    kwargs: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in str(source or "").split(","))):
+        key, _, value = part.partition("=")
+        key = key.strip()
+        if key not in SETTINGS:
+            raise MicroRMError(f"synthetic source {source!r}: unknown setting {key!r}; "
+                               f"use key=value,… with keys {', '.join(SETTINGS)}")
+        try:
+            kwargs[key] = SETTINGS[key](value.strip())
+        except ValueError:
+            raise MicroRMError(f"synthetic source {source!r}: {key} must be "
+                               f"{SETTINGS[key].__name__}, got {value.strip()!r}") from None
+    return make_synthetic_pairs(**kwargs)
 
 
 def _distinct_styles(rng: random.Random) -> tuple[tuple[int, ...], tuple[int, ...]]:

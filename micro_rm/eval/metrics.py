@@ -1,5 +1,6 @@
 """Pairwise metrics of the paper's protocol (METHOD.md, Evaluation): accuracy per attribute and
-its mean over attributes, every head on every attribute, and the negative log-likelihood.
+its mean over attributes, every head on every attribute, the negative log-likelihood, the expected
+calibration error, and what the router does (entropy, head usage, weights per attribute).
 
 A pair counts as correct when the model gives the labelled winner probability > 0.5.
 """
@@ -58,6 +59,53 @@ def head_attribute_matrix(head_probs: np.ndarray,
 def nll(probs: np.ndarray) -> float:
     """Mean negative log-likelihood −log p of the labelled winners (p clipped at 1e-12)."""
     return float(-np.log(np.clip(_as_probs(probs, "probs"), 1e-12, 1.0)).mean())
+
+
+def expected_calibration_error(probs: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error of pairwise probabilities, over equal-width confidence bins.
+
+    A pair's prediction is the side given probability ≥ 0.5, its confidence max(p, 1 − p) and it
+    is correct when p > 0.5 (``p`` is the probability of the labelled winner). ECE is the
+    pair-weighted mean over bins of |accuracy − mean confidence|.
+
+    >>> expected_calibration_error(np.array([0.9, 0.9, 0.2, 0.6]), bins=5)  # (2·0.1 + 0.8 + 0.4) / 4
+    0.35
+    """
+    p = _as_probs(probs, "probs")
+    confidence = np.maximum(p, 1.0 - p)                                     # in [0.5, 1]
+    correct = (p > 0.5).astype(np.float64)
+    index = np.minimum(((confidence - 0.5) * 2 * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in np.unique(index):
+        members = index == b
+        total += members.sum() * abs(correct[members].mean() - confidence[members].mean())
+    return float(round(total / len(p), 12))
+
+
+def router_statistics(weights: np.ndarray,
+                      attributes: Optional[Sequence[Optional[str]]] = None) -> dict[str, Any]:
+    """What a router does on a set of pairs, from its weights π [N, K] (rows sum to 1).
+
+    Returns ``mean_entropy`` (nats; 0 = every pair routed to one head, log K = uniform),
+    ``head_usage`` (the mean weight of each head: [K]), ``top_head_share`` (the fraction of pairs
+    whose largest weight is each head: [K]) and ``per_attribute`` ({"attributes": names,
+    "weights": mean weight rows [A, K]}; the router-weight heatmap of the report).
+
+    >>> s = router_statistics(np.array([[1.0, 0.0], [0.5, 0.5]]), ["a", "b"])
+    >>> round(s["mean_entropy"], 4), s["head_usage"], s["per_attribute"]["weights"]
+    (0.3466, [0.75, 0.25], [[1.0, 0.0], [0.5, 0.5]])
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    if w.ndim != 2 or len(w) == 0:
+        raise MicroRMError(f"`weights` must be a non-empty [N, K] array, got shape {w.shape}")
+    entropy = -np.sum(np.where(w > 0, w * np.log(np.where(w > 0, w, 1.0)), 0.0), axis=1)
+    top = np.bincount(w.argmax(axis=1), minlength=w.shape[1]) / len(w)
+    groups = _groups(attributes, len(w))
+    names = sorted(set(groups)) if groups is not None else ["all"]
+    rows = [w[groups == name].mean(axis=0) if groups is not None else w.mean(axis=0) for name in names]
+    return {"mean_entropy": float(entropy.mean()), "head_usage": w.mean(axis=0).tolist(),
+            "top_head_share": top.tolist(),
+            "per_attribute": {"attributes": names, "weights": [r.tolist() for r in rows]}}
 
 
 def _as_probs(probs: np.ndarray, name: str) -> np.ndarray:

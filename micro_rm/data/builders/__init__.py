@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable
 
+from micro_rm.data import synthetic
 from micro_rm.data.builders import (dsp, helpsteer2, hh_rlhf, hhh, jsonl, pandalm, pku_saferlhf,
                                     preference, rpr, topicalchat, ultrafeedback)
 from micro_rm.errors import MicroRMError
@@ -50,6 +51,9 @@ BUILDERS: dict[str, Builder] = {b.name: b for b in (
     Builder("preference", "any chosen/rejected dataset, e.g. hendrydong/preference_700K",
             preference.build),
     Builder("jsonl", "a pair file already in the micro-rm record schema", jsonl.build),
+    Builder("synthetic", "built-in synthetic text with 4 known user groups (no download); source = "
+                         "key=value,… settings, e.g. n_prompts=100,responses_per_prompt=8",
+            synthetic.build),
 )}
 
 

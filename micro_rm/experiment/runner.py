@@ -1,0 +1,494 @@
+"""The paper's protocol in one call: ``run_experiment(config)`` → a report folder.
+
+Steps (METHOD.md, "Evaluation protocol"):
+
+1. data: build the pairs (a named builder or any pair file), fill missing contexts from the
+   config, take the canonical split by prompt (stage 1 trains on ``data``'s train split; the
+   stage-2 budget and the oracle come from ``eval_data``'s train split, and every method is
+   evaluated on ``eval_data``'s test split; both default to ``data``).
+2. encode every text once through the feature cache.
+3. stage 1: each MiCRo variant of the protocol × regulariser grid, and the single-reward,
+   static-mixture and shared-base baselines (same K).
+4. stage 2: each variant's router adapted with B context pairs per attribute, over
+   ``budget_curve.seeds`` draws; ``micro`` is the variant picked by the config's rule (lowest
+   stage-1 validation NLL on held-out *train* prompts, or the first listed): no test label is
+   read to choose it.
+5. HyRe (shared-base heads) and MiCRo-HyRe (the chosen variant's stage-1 heads), m labelled
+   test pairs per attribute.
+6. oracle: one BT head per attribute trained on all of that attribute's train pairs.
+7. the budget curve over B × seeds, optional per-user online Hedge, and the report folder
+   (``results.json``, ``report.md``, PNGs) via :func:`micro_rm.eval.report.write_report`.
+
+>>> folder = run_experiment(ExperimentConfig.from_yaml("configs/demo.yaml"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from micro_rm.errors import MicroRMError
+from micro_rm.experiment.config import DataConfig, ExperimentConfig, resolve_source
+
+PRIMARY_METHODS = ("single", "static", "shared-base", "hyre", "micro-hyre", "micro-stage1", "micro", "oracle")
+
+
+def run_experiment(config: ExperimentConfig, *, backbone: Any = None, out: str | os.PathLike | None = None,
+                   cache: str | os.PathLike | None = None, progress: bool = True,
+                   command: Optional[str] = None) -> Path:
+    """Run the whole protocol of ``config`` and write its report folder; return the folder.
+
+    ``backbone`` overrides ``config.backbone.name`` (a name, or a loaded backbone); ``out`` is
+    the report folder (default ``runs/<config file stem>``); ``cache`` the feature-cache folder
+    (default ``$MICRO_RM_CACHE`` or the user cache dir).
+    """
+    return _Run(config, backbone, out, cache, progress, command).run()
+
+
+def load_records(data: DataConfig, config_path: Optional[str]) -> list[dict[str, Any]]:
+    """The pairs of one data section: built, then contexts filled from ``data.contexts``."""
+    from micro_rm.data.builders import build_pairs
+
+    source = resolve_source(data.source, config_path) if data.source else data.source
+    records = build_pairs(data.builder, source, skip_invalid=data.skip_invalid)
+    if data.contexts:
+        unknown = sorted(set(data.contexts) - {r.get("attribute") for r in records})
+        if unknown:
+            raise MicroRMError(f"data.contexts names attribute(s) {', '.join(unknown)} that no pair "
+                               f"of {data.builder} has")
+        for record in records:
+            if not record.get("context") and record.get("attribute") in data.contexts:
+                record["context"] = data.contexts[record["attribute"]]
+    return records
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` → ``cuda`` when a GPU is visible, else ``cpu``; anything else as given."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def machine_description() -> str:
+    """CPU model, cores, memory and torch build of this machine, for the report header."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    memory = ""
+    try:
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        memory = f", {pages * size / 2 ** 30:.0f} GiB RAM"
+    except (ValueError, OSError, AttributeError):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores{memory}, {platform.system()}, torch {torch.__version__}"
+
+
+class _Run:
+    """One experiment's state; ``run`` is the protocol, each step a small method."""
+
+    def __init__(self, config: ExperimentConfig, backbone: Any, out: Any, cache: Any, progress: bool,
+                 command: Optional[str]):
+        self.config, self.progress = config, progress
+        stem = Path(config.path).stem if config.path else "experiment"
+        self.out = Path(out) if out is not None else Path("runs") / stem
+        self.cache_dir, self.backbone_arg = cache, backbone
+        self.command = command or f"run_experiment({config.path or 'config'})"
+        self.notes: list[str] = []
+        self.start = time.perf_counter()
+        self.device = resolve_device(config.backbone.device)
+
+    # ---------------------------------------------------------------- helpers
+
+    def log(self, message: str) -> None:
+        if self.progress:
+            print(f"[{time.perf_counter() - self.start:6.1f} s] {message}", file=sys.stderr, flush=True)
+
+    def stage1_config(self, variant: str, **overrides: Any):
+        from micro_rm.train.config import Stage1Config
+
+        s1 = self.config.stage1
+        settings = dict(heads=1 if variant == "single" else s1.heads, variant=variant, router=s1.router,
+                        alpha=s1.alpha, epochs=s1.epochs, lr=s1.lr, batch_size=s1.batch_size,
+                        val_fraction=s1.val_fraction, seed=self.config.seed, device=self.device)
+        settings.update(overrides)
+        return Stage1Config(**settings)
+
+    def adapt_config(self, budget: int, seed: int):
+        from micro_rm.train.stage2 import AdaptConfig
+
+        s2 = self.config.stage2
+        extra = {k: v for k, v in (("lr", s2.lr), ("tau_grid", tuple(s2.tau_grid) if s2.tau_grid else None))
+                 if v is not None}
+        return AdaptConfig(budget=budget, tau=s2.tau, epochs=s2.epochs, batch_size=s2.batch_size,
+                           seed=seed, folds=s2.folds, **extra)
+
+    def fit(self, features, variant: str, **overrides: Any):
+        from micro_rm.train.stage1 import fit_stage1
+
+        return fit_stage1(features, self.stage1_config(variant, **overrides), progress=self.progress)
+
+    def evaluate(self, model, features) -> dict[str, Any]:
+        """Routed accuracy per attribute, mean, NLL and ECE of ``model`` on ``features``."""
+        from micro_rm.eval.metrics import expected_calibration_error, nll, pairwise_accuracy
+
+        probs = model.predict_proba(features.chosen, features.rejected, features.route)
+        result = pairwise_accuracy(probs, features.attributes)
+        return {"mean": result["mean_accuracy"], "per_attribute": result["per_attribute"],
+                "nll": nll(probs), "ece": expected_calibration_error(probs), "probs": probs}
+
+    def adapt(self, model, budget: int, seed: int) -> tuple[Any, dict[str, Any]]:
+        from micro_rm.train.stage2 import adapt_router, draw_budget
+
+        rows = draw_budget(self.pool_ctx.attributes, budget, seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # budgets were checked against the data up front
+            return adapt_router(model, self.pool_ctx.subset(rows), self.adapt_config(budget, seed),
+                                progress=False)
+
+    # ---------------------------------------------------------------- the protocol
+
+    def run(self) -> Path:
+        config = self.config
+        self.load_data()
+        self.encode()
+        variants = self.stage1_grid()
+        chosen = self.select(variants)
+        methods = self.baselines()
+        methods.update(self.hyre_rows(chosen))
+        methods["micro-stage1"] = _row(chosen["stage1_eval"], f"binary pairs{self.protocol_note(chosen)}")
+        methods["micro"] = _mean_row(chosen["stage2_evals"],
+                                     f"+ B = {config.stage2.budget} context pairs / attribute")
+        if config.oracle:
+            methods["oracle"] = self.oracle()
+        curve = self.budget_curve(chosen, methods)
+        results = self.results(variants, chosen, methods, curve)
+        if config.users.enabled:
+            results["users"] = self.users(chosen)
+        self.save_models(chosen)
+        results["seconds"] = round(time.perf_counter() - self.start, 1)
+        from micro_rm.experiment.report import write_experiment_report
+
+        folder = write_experiment_report(results, self.out)
+        self.log(f"report: {folder / 'report.md'}")
+        return folder
+
+    def load_data(self) -> None:
+        from micro_rm.data.split import select_split
+
+        config = self.config
+        source = load_records(config.data, config.path)
+        target = load_records(config.eval_data, config.path) if config.eval_data else source
+        self.cross = config.eval_data is not None
+        self.train = select_split(source, "train")
+        self.pool = select_split(target, "train") if self.cross else self.train
+        self.test = select_split(target, "test")
+        where = config.path or "config"
+        for name, part in (("train", self.train), ("test", self.test), ("stage-2 train", self.pool)):
+            if not part:
+                raise MicroRMError(f"{where}: the {name} split of the data is empty; the canonical split "
+                                   "needs several distinct prompts")
+        counts_test = Counter(r.get("attribute") for r in self.test)
+        counts_pool = Counter(r.get("attribute") for r in self.pool)
+        self.attributes = sorted(a for a in counts_test if a is not None)
+        if not self.attributes:
+            raise MicroRMError(f"{where}: the test pairs carry no `attribute`, so there is nothing to report "
+                               "per attribute; use a builder that sets it")
+        missing = [a for a in self.attributes if counts_pool.get(a, 0) == 0]
+        if missing:
+            raise MicroRMError(f"{where}: attribute(s) {', '.join(missing)} have test pairs but no train "
+                               "pairs to draw the stage-2 budget from")
+        smallest = min(self.attributes, key=lambda a: counts_pool[a])
+        if config.stage2.budget > counts_pool[smallest]:
+            raise MicroRMError(f"{where}: stage2.budget = {config.stage2.budget} pairs per attribute, but "
+                               f"attribute {smallest!r} has only {counts_pool[smallest]} train pairs; "
+                               f"lower stage2.budget to at most {counts_pool[smallest]}")
+        self.budgets = [b for b in config.budget_curve.budgets if b <= counts_pool[smallest]]
+        skipped = [b for b in config.budget_curve.budgets if b > counts_pool[smallest]]
+        if skipped:
+            message = (f"budget curve: B = {', '.join(map(str, skipped))} skipped, more than attribute "
+                       f"{smallest!r}'s {counts_pool[smallest]} train pairs")
+            warnings.warn(message, stacklevel=3)
+            self.notes.append(message + ".")
+        small = min(self.attributes, key=lambda a: counts_test[a])
+        if config.hyre.m >= counts_test[small]:
+            raise MicroRMError(f"{where}: hyre.m = {config.hyre.m} labelled test pairs per attribute, but "
+                               f"attribute {small!r} has only {counts_test[small]} test pairs; lower hyre.m")
+        self.log(f"data: {len(self.train)} train pairs, {len(self.test)} test pairs, "
+                 f"{len(self.pool) if self.cross else 'same'} stage-2 pool; attributes {', '.join(self.attributes)}")
+
+    def encode(self) -> None:
+        from micro_rm.features.backbones import load_backbone
+        from micro_rm.features.cache import FeatureCache
+        from micro_rm.features.featurize import featurize
+
+        b = self.config.backbone
+        backbone = self.backbone_arg if self.backbone_arg is not None else b.name
+        if isinstance(backbone, str):
+            self.backbone_name = backbone
+            backbone = load_backbone(backbone, max_length=b.max_length, device=self.device, batch_size=b.batch_size)
+        else:
+            self.backbone_name = getattr(backbone, "name", "custom")
+        cache = FeatureCache(self.cache_dir)
+        start, encoded = time.perf_counter(), 0
+
+        def feats(records, router_input):
+            nonlocal encoded
+            features, stats = featurize(records, backbone, cache, router_input=router_input,
+                                        context_in_reward=b.context_in_reward, batch_size=b.batch_size,
+                                        progress=self.progress)
+            encoded += stats.encoded
+            return features
+
+        protocols = list(dict.fromkeys(v.protocol for v in self.config.stage1.variants))
+        self.train_feats = {p: feats(self.train, p) for p in protocols}
+        self.test_feats = {p: feats(self.test, p) for p in protocols}
+        self.test_ctx = self.test_feats.get("context") or feats(self.test, "context")
+        self.pool_ctx = (feats(self.pool, "context") if self.cross or "context" not in self.train_feats
+                         else self.train_feats["context"])
+        self.encode_seconds, self.encoded = time.perf_counter() - start, encoded
+        self.log(f"features: {encoded} texts encoded ({self.encode_seconds:.0f} s), the rest from the cache")
+
+    def protocol_note(self, variant: dict) -> str:
+        return " with context" if variant["protocol"] == "context" else ""
+
+    def stage1_grid(self) -> list[dict[str, Any]]:
+        s1, seeds = self.config.stage1, self.seeds()
+        variants = []
+        for v in s1.variants:
+            alpha = s1.alpha if v.alpha is None else v.alpha
+            model, history = self.fit(self.train_feats[v.protocol], "micro", balance=v.balance, alpha=alpha)
+            stage1_eval = self.evaluate(model, self.test_feats[v.protocol])
+            adapted = [self.adapt(model, self.config.stage2.budget, seed) for seed in seeds]
+            evals = [self.evaluate(m, self.test_ctx) for m, _ in adapted]
+            taus = [info["tau"] for _, info in adapted]
+            variants.append({"protocol": v.protocol, "balance": v.balance, "alpha": alpha, "model": model,
+                             "val_nll": history["val_loss"], "history": history, "stage1_eval": stage1_eval,
+                             "stage2_evals": evals, "adapted": adapted[0][0], "taus": taus})
+            self.log(f"stage 1 micro ({v.protocol}, {v.balance}, α={alpha:g}): {stage1_eval['mean']:.3f}; "
+                     f"stage 2 (B={self.config.stage2.budget}): {np.mean([e['mean'] for e in evals]):.3f}")
+        return variants
+
+    def seeds(self) -> list[int]:
+        return [self.config.seed + i for i in range(self.config.budget_curve.seeds)]
+
+    def select(self, variants: list[dict[str, Any]]) -> dict[str, Any]:
+        rule = self.config.stage1.select
+        usable = [v for v in variants if np.isfinite(v["val_nll"])]
+        if rule == "validation" and usable:
+            chosen = min(usable, key=lambda v: v["val_nll"])
+            self.selection = ("lowest stage-1 validation NLL (mixture NLL on held-out train prompts, "
+                              "no test labels)")
+        else:
+            chosen = variants[0]
+            self.selection = "the first variant listed in the config (declared primary)"
+        chosen["selected"] = True
+        self.notes.insert(0, f"`micro` = variant {chosen['protocol']} / {chosen['balance']} "
+                             f"(α={chosen['alpha']:g}), chosen by {self.selection}.")
+        return chosen
+
+    def baselines(self) -> dict[str, dict[str, Any]]:
+        from micro_rm.eval.metrics import pairwise_accuracy
+
+        features = next(iter(self.train_feats.values()))
+        test = next(iter(self.test_feats.values()))
+        methods = {}
+        for name in ("single", "static"):
+            model, _ = self.fit(features, name)
+            methods[name] = _row(self.evaluate(model, test), "binary pairs")
+            self.log(f"{name}: {methods[name]['mean']:.3f}")
+        shared, _ = self.fit(features, "shared-base")
+        # Best head chosen on the pooled *train* pairs (no attribute or test label), then scored on test.
+        train_acc = (shared.head_probs(features.chosen, features.rejected) > 0.5).mean(axis=0)
+        best = int(np.argmax(train_acc))
+        probs = shared.head_probs(test.chosen, test.rejected)[:, best]
+        from micro_rm.eval.metrics import expected_calibration_error, nll
+
+        acc = pairwise_accuracy(probs, test.attributes)
+        methods["shared-base"] = {"mean": acc["mean_accuracy"], "per_attribute": acc["per_attribute"],
+                                  "nll": nll(probs), "ece": expected_calibration_error(probs),
+                                  "supervision": f"binary pairs (head {best}: best on train pairs)"}
+        self.shared = shared
+        self.log(f"shared-base (head {best}): {methods['shared-base']['mean']:.3f}")
+        return methods
+
+    def hyre_rows(self, chosen: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        from micro_rm.train.hyre import evaluate_hyre
+
+        m, rows = self.config.hyre.m, {}
+        for name, model, test in (("hyre", self.shared, self.test_ctx),
+                                  ("micro-hyre", chosen["model"], self.test_ctx)):
+            runs = [evaluate_hyre(model, test, m=m, seed=seed) for seed in self.seeds()]
+            per = {a: float(np.mean([r["per_attribute"][a] for r in runs])) for a in runs[0]["per_attribute"]}
+            rows[name] = {"mean": float(np.mean(list(per.values()))), "per_attribute": per,
+                          "supervision": f"{m} test labels / attribute"}
+            self.log(f"{name}: {rows[name]['mean']:.3f}")
+        return rows
+
+    def oracle(self) -> dict[str, Any]:
+        from micro_rm.eval.metrics import expected_calibration_error, nll
+
+        per, all_probs = {}, []
+        test_attr = np.array([a if a is not None else "" for a in self.test_ctx.attributes], dtype=object)
+        pool_attr = np.array([a if a is not None else "" for a in self.pool_ctx.attributes], dtype=object)
+        for attribute in self.attributes:
+            train = self.pool_ctx.subset(np.flatnonzero(pool_attr == attribute))
+            fraction = self.config.stage1.val_fraction if len(set(train.prompts)) >= 10 else 0.0
+            model, _ = self.fit(train, "single", val_fraction=fraction)
+            test = self.test_ctx.subset(np.flatnonzero(test_attr == attribute))
+            probs = model.predict_proba(test.chosen, test.rejected, test.route)
+            per[attribute] = float((probs > 0.5).mean())
+            all_probs.append(probs)
+        probs = np.concatenate(all_probs)
+        row = {"mean": float(np.mean(list(per.values()))), "per_attribute": per, "nll": nll(probs),
+               "ece": expected_calibration_error(probs), "supervision": "attribute labels (all train pairs)"}
+        self.log(f"oracle: {row['mean']:.3f}")
+        return row
+
+    def budget_curve(self, chosen: dict[str, Any], methods: dict[str, Any]) -> dict[str, Any]:
+        if not self.budgets:
+            return {}
+        means, stds = [], []
+        for budget in self.budgets:
+            if budget == self.config.stage2.budget:
+                evals = chosen["stage2_evals"]
+            else:
+                evals = [self.evaluate(self.adapt(chosen["model"], budget, seed)[0], self.test_ctx)
+                         for seed in self.seeds()]
+            values = [e["mean"] for e in evals]
+            means.append(float(np.mean(values)))
+            stds.append(float(np.std(values)))
+            self.log(f"budget {budget}: {means[-1]:.3f} ± {stds[-1]:.3f}")
+        reference = {"micro stage 1": methods["micro-stage1"]["mean"], "single": methods["single"]["mean"]}
+        if "oracle" in methods:
+            reference["oracle"] = methods["oracle"]["mean"]
+        return {"budgets": self.budgets, "mean": means, "std": stds, "seeds": len(self.seeds()),
+                "reference": reference}
+
+    def users(self, chosen: dict[str, Any]) -> dict[str, Any]:
+        """Per-user online Hedge: the chosen stage-1 model is shared; each user's state learns
+        from ``users.feedback`` of that user's train pairs; accuracy on the user's test pairs."""
+        from micro_rm.online import UserState
+
+        settings, model = self.config.users, chosen["model"]
+        test = self.test_feats[chosen["protocol"]]
+        test_users = np.array([r.get("user_id") or "" for r in self.test], dtype=object)
+        pool_users = np.array([r.get("user_id") or "" for r in self.pool], dtype=object)
+        pool = self.pool_ctx if self.cross or chosen["protocol"] == "context" else self.train_feats["prompt"]
+        rows, rng = {}, np.random.default_rng(self.config.seed)
+        for user in sorted(set(test_users) - {""}):
+            candidates = np.flatnonzero(pool_users == user)
+            feedback = rng.choice(candidates, size=min(settings.feedback, len(candidates)), replace=False)
+            fb = pool.subset(feedback)
+            state = UserState.fresh(user, model_id="experiment", num_heads=model.config.num_heads)
+            state = state.update(model.head_probs(fb.chosen, fb.rejected))
+            mine = test.subset(np.flatnonzero(test_users == user))
+            heads = model.head_probs(mine.chosen, mine.rejected)                 # [n, K]
+            prior = model.router_weights(mine.route)                             # [n, K]
+            after = (state.weights(np.log(np.clip(prior, 1e-30, 1.0)), settings.eta) * heads).sum(axis=1)
+            before = (prior * heads).sum(axis=1)
+            rows[user] = {"test_pairs": len(mine), "feedback_pairs": len(feedback),
+                          "before": float((before > 0.5).mean()), "after": float((after > 0.5).mean()),
+                          "head_weights": state.weights(np.zeros((1, model.config.num_heads)),
+                                                        settings.eta)[0].round(4).tolist()}
+        return {"eta": settings.eta, "feedback": settings.feedback, "per_user": rows}
+
+    def save_models(self, chosen: dict[str, Any]) -> None:
+        """The chosen variant's stage-1 model and its seed-0 stage-2 model, for `micro-rm eval`."""
+        b = self.config.backbone
+        for name, model, router_input in (("model-stage1", chosen["model"], chosen["protocol"]),
+                                          ("model", chosen["adapted"], "context")):
+            model.config.feature = {"router_input": router_input, "context_in_reward": b.context_in_reward}
+            model.config.data = {**model.config.data, "source": self.config.data.source or self.config.data.builder,
+                                 "pairs": len(self.train)}
+            model.save_pretrained(self.out / name)
+
+    def results(self, variants, chosen, methods, curve) -> dict[str, Any]:
+        from micro_rm.eval.metrics import head_attribute_matrix, router_statistics
+
+        config = self.config
+        model = chosen["model"]
+        heads = head_attribute_matrix(model.head_probs(self.test_ctx.chosen, self.test_ctx.rejected),
+                                      self.test_ctx.attributes)
+        stage2_router = router_statistics(chosen["adapted"].router_weights(self.test_ctx.route),
+                                          self.test_ctx.attributes)
+        stage1_router = router_statistics(model.router_weights(self.test_feats[chosen["protocol"]].route),
+                                          self.test_ctx.attributes)
+        ordered = {name: methods[name] for name in PRIMARY_METHODS if name in methods}
+        taus = Counter(t for v in [chosen] for t in v["taus"])
+        name = config.data.builder + (f" → {config.eval_data.builder}" if self.cross else "")
+        return {
+            "title": config.title,
+            "dataset": {"name": name, "train_pairs": len(self.train), "test_pairs": len(self.test),
+                        "attributes": self.attributes,
+                        **({"stage2_pool_pairs": len(self.pool)} if self.cross else {})},
+            "settings": {"backbone": self.backbone_name, "heads": config.stage1.heads,
+                         "stage1 epochs": config.stage1.epochs, "budget": config.stage2.budget,
+                         "tau": config.stage2.tau, "hyre_m": config.hyre.m,
+                         "seeds": config.budget_curve.seeds,
+                         "context_in_reward": config.backbone.context_in_reward,
+                         "micro": f"{chosen['protocol']} / {chosen['balance']} (α={chosen['alpha']:g})"},
+            "methods": ordered,
+            "variants": [{"protocol": v["protocol"], "balance": f"{v['balance']} (α={v['alpha']:g})",
+                          "stage1": v["stage1_eval"]["mean"],
+                          "stage2": float(np.mean([e["mean"] for e in v["stage2_evals"]])),
+                          "tau": _tau_label(config.stage2.tau, v["taus"]), "val_nll": v["val_nll"],
+                          "selected": bool(v.get("selected")),
+                          "stage1_per_attribute": v["stage1_eval"]["per_attribute"],
+                          "stage2_per_attribute": _mean_row(v["stage2_evals"], "")["per_attribute"]}
+                         for v in variants],
+            "selection": self.selection,
+            "head_attribute": {"attributes": heads["attributes"], "accuracy": heads["accuracy"],
+                               "best_head": heads["best_head"],
+                               "oracle_mean_accuracy": heads["oracle_mean_accuracy"]},
+            "router_weights": stage2_router["per_attribute"],
+            "router": {"stage1": _router_summary(stage1_router), "stage2": _router_summary(stage2_router),
+                       "stage2_taus": {f"{t:g}": n for t, n in sorted(taus.items())}},
+            "budget_curve": curve,
+            "paper": dict(config.paper),
+            "notes": self.notes + list(config.notes),
+            "encoding": {"texts_encoded": self.encoded, "seconds": round(self.encode_seconds, 1)},
+            "machine": machine_description(),
+            "command": self.command,
+        }
+
+
+def _row(evaluation: dict[str, Any], supervision: str) -> dict[str, Any]:
+    return {"mean": evaluation["mean"], "per_attribute": evaluation["per_attribute"],
+            "nll": evaluation["nll"], "ece": evaluation["ece"], "supervision": supervision}
+
+
+def _mean_row(evaluations: Sequence[dict[str, Any]], supervision: str) -> dict[str, Any]:
+    """Per-attribute accuracy averaged over the seeds' draws (and NLL / ECE likewise)."""
+    names = list(evaluations[0]["per_attribute"])
+    per = {a: float(np.mean([e["per_attribute"][a] for e in evaluations])) for a in names}
+    return {"mean": float(np.mean(list(per.values()))), "per_attribute": per,
+            "nll": float(np.mean([e["nll"] for e in evaluations])),
+            "ece": float(np.mean([e["ece"] for e in evaluations])),
+            "std": float(np.std([e["mean"] for e in evaluations])), "supervision": supervision}
+
+
+def _tau_label(tau: Any, chosen: Sequence[float]) -> Any:
+    if tau != "auto":
+        return tau
+    common = Counter(chosen).most_common(1)[0][0]
+    return f"auto → {common:g}" if len(set(chosen)) == 1 else f"auto → {common:g} (mostly)"
+
+
+def _router_summary(stats: dict[str, Any]) -> dict[str, Any]:
+    return {"mean_entropy": stats["mean_entropy"], "head_usage": stats["head_usage"],
+            "top_head_share": stats["top_head_share"]}
