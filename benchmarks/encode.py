@@ -19,22 +19,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+from _common import data_dir, machine, markdown_table, median_time, publish
+
 SECTION = "## Feature extraction (`benchmarks/encode.py`)"
 DOMAINS = ("academy", "business", "entertainment", "literature")
 
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    data = Path(os.environ.get("MICRO_RM_DATA", REPO.parent / "shared" / "data"))
-    parser.add_argument("--data", type=Path, default=data / "dsp-domain-specific-preference",
+    parser.add_argument("--data", type=Path, default=data_dir() / "dsp-domain-specific-preference",
                         help="DSP folder (holds domain_specific_preference.test.json).")
     parser.add_argument("--limit", type=int, default=400, help="Number of pairs (first N).")
     parser.add_argument("--repeats", type=int, default=3, help="Runs per timing; medians are "
@@ -68,16 +67,6 @@ def dsp_pairs(folder: Path, limit: int) -> list[dict[str, Any]]:
                         "rejected": row["responses"][other], "attribute": domain,
                         "context": f"I want an answer in the style of {domain}."}))
     return pairs[:limit]
-
-
-def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
-    """Median wall time of ``repeats`` calls, and the last result."""
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
 
 
 def bare_forward(folder: str, batches: list[list[tuple[str, str | None]]], max_length: int):
@@ -145,9 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     bare = bare_forward(str(default_model_dir()), batches, backbone.max_length)
     times_ours, times_bare = [], []
     for _ in range(args.repeats):  # interleaved, so a slow spell of the machine hits both
-        t, features = timed(ours, 1)
+        t, features = median_time(ours, 1)
         times_ours.append(t)
-        t, bare_vectors = timed(bare, 1)
+        t, bare_vectors = median_time(bare, 1)
         times_bare.append(t)
         print(f"(a) featurize {times_ours[-1]:.2f} s, bare forward {times_bare[-1]:.2f} s",
               flush=True)
@@ -169,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             featurize(pairs, NoForward(), FeatureCache(tmp), progress=False,
                       batch_size=args.batch_size)
 
-    t_library, _ = timed(ours_no_forward, args.repeats)
+    t_library, _ = median_time(ours_no_forward, args.repeats)
     ours_vectors = np.concatenate([features.chosen, features.rejected, features.route])
     position = {item: i for i, item in enumerate(ordered)}
     n = len(pairs)
@@ -180,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         cache = FeatureCache(tmp)
         featurize(pairs, backbone, cache, progress=False)
-        t_cached, _ = timed(lambda: featurize(pairs, backbone, FeatureCache(tmp), progress=False),
-                            args.repeats)
+        t_cached, _ = median_time(
+            lambda: featurize(pairs, backbone, FeatureCache(tmp), progress=False), args.repeats)
 
     rows = [("pairs / texts / unique texts", f"{n} / {len(items)} / {len(unique)}", ""),
             ("(a) `featurize`, default backbone, empty cache",
@@ -224,38 +213,19 @@ def main(argv: list[str] | None = None) -> int:
                              batch_size=args.batch_size)[1]
 
     ours_static()  # warm-up
-    t_static, stats = timed(ours_static, args.repeats)
+    t_static, stats = median_time(ours_static, args.repeats)
     rows.append(("(c) `featurize`, static backbone, empty cache",
                  f"{t_static:.3f} s ({stats.texts / t_static:.0f} unique texts/s)", ""))
 
     table = "\n".join(
         [SECTION, "",
-         f"{platform.processor() or platform.machine()}, {cores} CPU cores, torch "
+         f"{machine()}, {cores} CPU cores, torch "
          f"{torch.__version__}, batch size {args.batch_size}, DSP test pairs (first {n}), medians "
          f"of {args.repeats} runs except (b) (one run). {time.strftime('%Y-%m-%d')}.",
-         "", "| measurement | result | goal |", "|---|---|---|"]
-        + [f"| {a} | {b} | {c} |" for a, b, c in rows]) + "\n"
+         "", *markdown_table(["measurement", "result", "goal"], rows)]) + "\n"
     print()
-    print(table)
-    if args.write:
-        write_section(REPO / "BENCHMARKS.md", table)
-        print(f"wrote the section into {REPO / 'BENCHMARKS.md'}")
+    publish(SECTION, table, args.write)
     return 0
-
-
-def write_section(path: Path, table: str) -> None:
-    """Replace this benchmark's section of ``path`` (up to the next ``## ``), or append it."""
-    from micro_rm.atomic import atomic_open
-
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    start = text.find(SECTION)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + table
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + table + (text[end:] if end >= 0 else "")
-    with atomic_open(path) as fh:
-        fh.write(text)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -28,7 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from _common import REPO, machine, markdown_table, publish
+
 SECTION = "## Scale-out"
 GOAL_RSS_MIB = 1536
 
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     rate = fit["pairs"] / fit["seconds"]
     lines = [
         SECTION, "",
-        f"`benchmarks/scale.py`: {platform.machine()}, {os.cpu_count()} CPU cores, torch "
+        f"`benchmarks/scale.py`: {machine()}, {os.cpu_count()} CPU cores, torch "
         f"{fit['torch']}, {time.strftime('%Y-%m-%d')}. (a) {fit['pairs']:,} synthetic cached "
         f"pairs, d = d_r = {args.dim}, float16 `.npy` files memory-mapped "
         f"(`micro_rm.features.store`), K = {args.heads}, MLP router, batch {args.batch_size}, one "
@@ -209,48 +209,31 @@ def main(argv: list[str] | None = None) -> int:
         f"Encode time is the `seconds` the command reports; wall time includes start-up "
         f"(Python, torch, the process group). Load average when the run started: {load:.1f} "
         f"(other work on the machine slows every row, the 2-thread one most).", "",
-        "| measurement | result | goal |", "|---|---|---|",
-        f"| (a) features on disk | {fit['size_gb']:.2f} GB (written in {fit['write_seconds']:.0f} s) | |",
-        f"| (a) stage 1, one epoch over {fit['pairs']:,} memory-mapped pairs | {fit['seconds']:.1f} s "
-        f"({rate:,.0f} pairs/s, validation included) | |",
-        f"| (a) peak RSS of the training process (after loading: {fit['rss_loaded_mib']:,.0f} MiB) "
-        f"| {fit['peak_rss_mib']:,.0f} MiB (VmHWM {fit['vm_hwm_mib']:,.0f} MiB) | "
-        f"< {GOAL_RSS_MIB:,} MiB |",
+    ]
+    rows = [
+        ("(a) features on disk", f"{fit['size_gb']:.2f} GB (written in {fit['write_seconds']:.0f} s)", ""),
+        (f"(a) stage 1, one epoch over {fit['pairs']:,} memory-mapped pairs",
+         f"{fit['seconds']:.1f} s ({rate:,.0f} pairs/s, validation included)", ""),
+        (f"(a) peak RSS of the training process (after loading: {fit['rss_loaded_mib']:,.0f} MiB)",
+         f"{fit['peak_rss_mib']:,.0f} MiB (VmHWM {fit['vm_hwm_mib']:,.0f} MiB)", f"< {GOAL_RSS_MIB:,} MiB"),
     ]
     for backbone, timing in encodes:
         (e1, w1, n), (t1, u1, _), (e2, w2, _) = timing["1"], timing["1t"], timing["2"]
-        lines += [
-            f"| (b) `{backbone}` backbone, {n} unique texts: 1 process | encode {e1:.2f} s "
-            f"({n / e1:,.0f} texts/s), wall {w1:.1f} s | |",
-            f"| (b) `{backbone}` backbone: 1 process, 1 thread | encode {t1:.2f} s "
-            f"({n / t1:,.0f} texts/s), wall {u1:.1f} s | |",
-            f"| (b) `{backbone}` backbone: torchrun, 2 processes | encode {e2:.2f} s "
-            f"({n / e2:,.0f} texts/s), wall {w2:.1f} s | |",
-            f"| (b) `{backbone}` backbone: speed-up of 2 processes over 1 | encode {e1 / e2:.2f}×, "
-            f"wall {w1 / w2:.2f}× (over 1 process with 1 thread: encode {t1 / e2:.2f}×) | |",
+        rows += [
+            (f"(b) `{backbone}` backbone, {n} unique texts: 1 process",
+             f"encode {e1:.2f} s ({n / e1:,.0f} texts/s), wall {w1:.1f} s", ""),
+            (f"(b) `{backbone}` backbone: 1 process, 1 thread",
+             f"encode {t1:.2f} s ({n / t1:,.0f} texts/s), wall {u1:.1f} s", ""),
+            (f"(b) `{backbone}` backbone: torchrun, 2 processes",
+             f"encode {e2:.2f} s ({n / e2:,.0f} texts/s), wall {w2:.1f} s", ""),
+            (f"(b) `{backbone}` backbone: speed-up of 2 processes over 1",
+             f"encode {e1 / e2:.2f}×, wall {w1 / w2:.2f}× (over 1 process with 1 thread: "
+             f"encode {t1 / e2:.2f}×)", ""),
         ]
-    lines.append("")
+    lines += [*markdown_table(["measurement", "result", "goal"], rows), ""]
     table = "\n".join(lines)
-    print(table)
-    if args.write:
-        write_section(REPO / "BENCHMARKS.md", table)
-        print(f"wrote the section into {REPO / 'BENCHMARKS.md'}")
+    publish(SECTION, table, args.write)
     return 0
-
-
-def write_section(path: Path, table: str) -> None:
-    """Replace this benchmark's section of ``path`` (up to the next ``## ``), or append it."""
-    from micro_rm.atomic import atomic_open
-
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    start = text.find(SECTION + "\n")
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + table
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + table + (text[end:] if end >= 0 else "")
-    with atomic_open(path) as fh:
-        fh.write(text)
 
 
 if __name__ == "__main__":

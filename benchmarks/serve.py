@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -36,7 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from _common import machine, markdown_table, write_section
+
 SECTION = "## Reward service (`benchmarks/serve.py`)"
 ADMIN = "benchmark-admin-token-0123456789"
 
@@ -184,39 +184,25 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.backbones.split(","):
         run_backbone(name.strip(), args, rows)
     lines = [SECTION, "",
-             f"{platform.machine()}, {os.cpu_count()} CPU cores (server and load generator share them), torch "
+             f"{machine()}, {os.cpu_count()} CPU cores (server and load generator share them), torch "
              f"{torch.__version__}, uvicorn (h11, one process), SQLite WAL with fsync on every commit. Closed loop, "
              f"each scenario stops at {args.requests} requests (cold: {args.cold_requests}) or {args.seconds:g} s. "
-             f"Untrained K = 4 models. {time.strftime('%Y-%m-%d')}.", "",
-             "| backbone | scenario | requests | req/s | updates/s | p50 ms | p99 ms | goal |",
-             "|---|---|---:|---:|---:|---:|---:|---|"]
+             f"Untrained K = 4 models. {time.strftime('%Y-%m-%d')}.", ""]
+    cells = []
     for backbone, scenario, r in rows:
         updates = f"{r['rps'] * r.get('pairs', 1):,.0f}" if scenario.startswith("/feedback") else ""
         goal = ("≥ 500 updates/s, p99 ≤ 20 ms" if scenario.startswith("/feedback")
                 else "p50 ≤ 5 ms" if "cached texts, 1 client" in scenario else "")
         errors = f" ({r['errors']} errors)" if r["errors"] else ""
-        lines.append(f"| {backbone} | {scenario} | {r['requests']}{errors} | {r['rps']:,.0f} | {updates} | "
-                     f"{r['p50']:.1f} | {r['p99']:.1f} | {goal} |")
+        cells.append((backbone, scenario, f"{r['requests']}{errors}", f"{r['rps']:,.0f}", updates,
+                      f"{r['p50']:.1f}", f"{r['p99']:.1f}", goal))
+    lines += markdown_table(["backbone", "scenario", "requests", "req/s", "updates/s", "p50 ms", "p99 ms", "goal"],
+                            cells, align="llrrrrrl")
     table = "\n".join(lines) + "\n"
     print(table)
     if args.write:
-        write_section(REPO / "BENCHMARKS.md", table)
+        write_section(SECTION, table)
     return 0
-
-
-def write_section(path: Path, table: str) -> None:
-    """Replace this benchmark's section of ``path`` (up to the next ``## ``), or append it."""
-    from micro_rm.atomic import atomic_open
-
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    start = text.find(SECTION)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + table
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + table + (text[end + 1:] if end >= 0 else "")
-    with atomic_open(path) as fh:
-        fh.write(text)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
 import tempfile
 import time
@@ -27,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from _common import data_dir, machine, markdown_table, publish
+
 SECTION = "## Stage-1 training (`benchmarks/train.py`)"
 
 
@@ -75,7 +75,7 @@ def epoch_rate(features, heads: int, batch: int, epochs: int) -> float:
 
 
 def naive_texts(n_pairs: int) -> list[dict]:
-    folder = Path(os.environ.get("MICRO_RM_DATA", REPO.parent / "shared" / "data")) / "dsp-domain-specific-preference"
+    folder = data_dir() / "dsp-domain-specific-preference"
     if folder.is_dir():
         from micro_rm.data.builders import build_pairs
         return build_pairs("dsp", folder)[:n_pairs]
@@ -139,38 +139,22 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         SECTION, "",
         f"{args.pairs:,} synthetic feature pairs, d = d_r = {args.dim}, K = {args.heads}, MLP router 128, "
-        f"AdamW; {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
+        f"AdamW; {os.cpu_count()} CPU cores ({machine()}), "
         f"torch {__import__('torch').__version__}. Pairs/s is the fastest of {args.epochs} epochs; "
         f"peak RSS is the whole process so far (the float32 features alone are {feature_mb:.0f} MiB; "
         f"{base_mb:.0f} MiB before training).", "",
-        "| run | pairs/s per epoch | peak RSS (MiB) | vs naive |", "|---|---:|---:|---:|",
-        *(f"| stage 1 on cached features, {name} | {rate:,.0f} | {mb:,.0f} | {rate / naive:,.0f}× |"
-          for name, rate, mb in rows),
-        f"| naive: MiniLM forward inside every step (batch 32 = 96 texts, {args.naive_steps} steps, "
-        f"extrapolated) | {naive:,.1f} | {peak_rss_mb():,.0f} | 1× |",
+        *markdown_table(
+            ["run", "pairs/s per epoch", "peak RSS (MiB)", "vs naive"],
+            [*((f"stage 1 on cached features, {name}", f"{rate:,.0f}", f"{mb:,.0f}", f"{rate / naive:,.0f}×")
+               for name, rate, mb in rows),
+             (f"naive: MiniLM forward inside every step (batch 32 = 96 texts, {args.naive_steps} steps, "
+              "extrapolated)", f"{naive:,.1f}", f"{peak_rss_mb():,.0f}", "1×")],
+            align="lrrr"),
         "",
     ]
     table = "\n".join(lines)
-    print(table)
-    if args.write:
-        write_section(REPO / "BENCHMARKS.md", table)
-        print(f"wrote the section into {REPO / 'BENCHMARKS.md'}")
+    publish(SECTION, table, args.write)
     return 0
-
-
-def write_section(path: Path, table: str) -> None:
-    """Replace this benchmark's section of ``path`` (up to the next ``## ``), or append it."""
-    from micro_rm.atomic import atomic_open
-
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    start = text.find(SECTION)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + table
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + table + (text[end:] if end >= 0 else "")
-    with atomic_open(path) as fh:
-        fh.write(text)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,9 @@ app.add_typer(user_app, name="user")
 STATE_HELP = "Per-user state: a SQLite file (created on first feedback) or a postgresql:// URL."
 ETA_HELP = ("Hedge learning rate η > 0: after n pairs, two heads whose summed scaled losses differ "
             "by Δ have their weight ratio moved by exp(−η·Δ) away from the router's.")
+CACHE_HELP = "Feature cache folder (default: $MICRO_RM_CACHE or the user cache dir)."
+CACHE_ONLY_HELP = "Fail instead of encoding texts that are not in the cache yet."
+JSON_HELP = "Print one JSON object as the last line."
 
 
 def _help(name: str) -> str:
@@ -51,11 +54,9 @@ def adapt(
     lr: float = typer.Option(_default("lr"), "--lr", help=_help("lr")),
     folds: int = typer.Option(_default("folds"), "--folds", help=_help("folds")),
     seed: int = typer.Option(_default("seed"), "--seed", help=_help("seed")),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache", help="Feature cache folder "
-                                             "(default: $MICRO_RM_CACHE or the user cache dir)."),
-    cache_only: bool = typer.Option(False, "--cache-only", help="Fail instead of encoding texts "
-                                    "that are not in the cache yet."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache", help=CACHE_HELP),
+    cache_only: bool = typer.Option(False, "--cache-only", help=CACHE_ONLY_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Stage 2: fine-tune the router on context + prompt from a budget of context pairs.
 
@@ -121,11 +122,9 @@ def feedback(
     user: str = typer.Option(..., "--user", help="User id."),
     data: str = typer.Option(..., "--data", help="The user's labelled pairs (chosen = what they preferred)."),
     eta: float = typer.Option(1.0, "--eta", help=ETA_HELP + " Only used for the printed weights."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache", help="Feature cache folder "
-                                             "(default: $MICRO_RM_CACHE or the user cache dir)."),
-    cache_only: bool = typer.Option(False, "--cache-only", help="Fail instead of encoding texts "
-                                    "that are not in the cache yet."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache", help=CACHE_HELP),
+    cache_only: bool = typer.Option(False, "--cache-only", help=CACHE_ONLY_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Add a user's labelled pairs to their online Hedge state, in one transaction.
 
@@ -158,7 +157,7 @@ def show(
     user: str = typer.Argument(..., help="User id."),
     state: str = typer.Option(..., "--state", help=STATE_HELP),
     eta: float = typer.Option(1.0, "--eta", help=ETA_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """A user's feedback count, per-head cumulative loss S and Hedge factor normalise(exp(−η S)).
 
@@ -176,7 +175,7 @@ def show(
 def reset(
     user: str = typer.Argument(..., help="User id."),
     state: str = typer.Option(..., "--state", help=STATE_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Forget a user's state and feedback log (their routing returns to the router's).
 

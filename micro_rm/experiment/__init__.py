@@ -6,8 +6,7 @@ Names load on first use, so importing the package (e.g. for the CLI's ``--help``
 >>> run_experiment(ExperimentConfig.from_yaml("configs/dsp.yaml"), out="runs/dsp")  # doctest: +SKIP
 """
 
-import importlib
-from typing import Any
+from micro_rm._lazy import lazy_exports
 
 _EXPORTS = {
     "ExperimentConfig": "micro_rm.experiment.config",
@@ -18,8 +17,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'micro_rm.experiment' has no attribute {name!r}")
+__getattr__ = lazy_exports("micro_rm.experiment", _EXPORTS)

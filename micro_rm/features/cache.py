@@ -344,6 +344,17 @@ class FeatureCache:
             self._folders[path.name] = folder
         return folder
 
+    def _prepare(self, items: Sequence[Item], backbone: Backbone, batch_size: int,
+                 tokens_per_batch: Optional[int], allow_encode: bool
+                 ) -> tuple[_Folder, list[Item], np.ndarray]:
+        """What ``get_or_encode`` and ``fill`` start from: the backbone's folder, the unique
+        ``items`` in first-seen order and their keys (after checking the batching options)."""
+        _check_batching(batch_size, tokens_per_batch)
+        fingerprint = backbone.fingerprint()
+        folder = self._open(fingerprint, create=allow_encode)
+        unique = list(dict.fromkeys(items))
+        return folder, unique, item_keys(fingerprint, unique)
+
     def lookup(self, keys: np.ndarray, fingerprint: dict[str, Any], dim: int
                ) -> tuple[np.ndarray, np.ndarray]:
         """Cached vectors for ``keys`` (from :func:`item_keys`): ``(found_mask, vectors)``,
@@ -362,11 +373,7 @@ class FeatureCache:
         error that says how to fill the cache.
         """
         start = time.perf_counter()
-        _check_batching(batch_size, tokens_per_batch)
-        fingerprint = backbone.fingerprint()
-        folder = self._open(fingerprint, create=allow_encode)
-        unique = list(dict.fromkeys(items))
-        keys = item_keys(fingerprint, unique)
+        folder, unique, keys = self._prepare(items, backbone, batch_size, tokens_per_batch, allow_encode)
         found, vectors = folder.lookup(keys, backbone.dim)
         missing = np.flatnonzero(~found)
         if len(missing) and not allow_encode:
@@ -405,11 +412,7 @@ class FeatureCache:
         5883
         """
         start = time.perf_counter()
-        _check_batching(batch_size, tokens_per_batch)
-        fingerprint = backbone.fingerprint()
-        folder = self._open(fingerprint, create=allow_encode)
-        unique = list(dict.fromkeys(items))
-        keys = item_keys(fingerprint, unique)
+        folder, unique, keys = self._prepare(items, backbone, batch_size, tokens_per_batch, allow_encode)
         missing = np.flatnonzero(~folder.contains(keys))
         if group is not None:
             # One view of the cache for all ranks; no rank writes before every rank has it

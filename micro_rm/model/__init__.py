@@ -3,8 +3,7 @@
 Names load on first use, so importing the package (e.g. for the CLI's ``--help``) costs no torch.
 """
 
-import importlib
-from typing import Any
+from micro_rm._lazy import lazy_exports
 
 _EXPORTS = {
     "MixtureConfig": "micro_rm.model.config",
@@ -18,9 +17,4 @@ _EXPORTS = {
     "featurize_for": "micro_rm.model.text",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'micro_rm.model' has no attribute {name!r}")
+__getattr__ = lazy_exports("micro_rm.model", _EXPORTS)

@@ -36,6 +36,30 @@ BUSY_TIMEOUT_MS = 30_000  # how long a writer waits for another's transaction be
 _URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
+def sqlite_connect(path: str | os.PathLike) -> sqlite3.Connection:
+    """A connection in WAL mode that waits up to ``BUSY_TIMEOUT_MS`` for other writers, usable
+    from any thread, in autocommit mode: :func:`sqlite_transaction` issues BEGIN/COMMIT itself
+    (Python's implicit BEGIN is DEFERRED)."""
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                           check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    return conn
+
+
+@contextlib.contextmanager
+def sqlite_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Cursor]:
+    """A cursor inside one write transaction (``BEGIN IMMEDIATE``: the write lock is taken at
+    the start), committed on exit and rolled back on any exception."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn.cursor()
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
 class StateStore(Protocol):
     """What the CLI and the service need from a state store, whatever the engine."""
 
@@ -319,23 +343,10 @@ class UserStore(_SqlStore):
             raise MicroRMError(f"state file {path} is not a readable SQLite database ({err})") from None
 
     def _connect(self) -> sqlite3.Connection:
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves (Python's implicit BEGIN is DEFERRED).
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
-                               check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        return conn
+        return sqlite_connect(self.path)
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Cursor]:
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn.cursor()
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+    def _transaction(self) -> contextlib.AbstractContextManager:
+        return sqlite_transaction(self._conn())
 
 
 class PostgresUserStore(_SqlStore):

@@ -5,8 +5,7 @@ with online Hedge, users and tokens, health and metrics.
 server. Importing this package loads neither FastAPI nor torch.
 """
 
-import importlib
-from typing import Any
+from micro_rm._lazy import lazy_exports
 
 _EXPORTS = {
     "ServeSettings": "micro_rm.serve.settings",
@@ -15,9 +14,4 @@ _EXPORTS = {
     "model_state_id": "micro_rm.serve.scoring",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'micro_rm.serve' has no attribute {name!r}")
+__getattr__ = lazy_exports("micro_rm.serve", _EXPORTS)

@@ -6,41 +6,33 @@ Tests swap any of them with ``app.dependency_overrides[get_store] = lambda: my_s
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from fastapi import Request
 
-from micro_rm.serve.settings import ServeSettings
+
+def _from_app_state(name: str, attribute: str, doc: str) -> Callable[[Request], Awaitable[Any]]:
+    """A dependency called ``name`` that returns ``request.app.state.<attribute>``."""
+
+    async def dependency(request: Request) -> Any:
+        return getattr(request.app.state, attribute)
+
+    dependency.__name__ = dependency.__qualname__ = name
+    dependency.__doc__ = doc
+    return dependency
 
 
-async def get_settings(request: Request) -> ServeSettings:
-    return request.app.state.settings
-
-
-async def get_store(request: Request) -> Any:
-    """The per-user state store (:func:`micro_rm.online.open_store`)."""
-    return request.app.state.store
-
-
-async def get_token_store(request: Request) -> Any:
-    """User id → token hash (:class:`micro_rm.serve.tokens.TokenStore`)."""
-    return request.app.state.tokens
-
-
-async def get_scorer(request: Request) -> Any:
-    """The loaded model and backbone (:class:`micro_rm.serve.scoring.RewardScorer`)."""
-    return request.app.state.scorer
-
-
-async def get_batcher(request: Request) -> Any:
-    """Features, micro-batched (:class:`micro_rm.serve.scoring.MicroBatcher`)."""
-    return request.app.state.batcher
-
-
-async def get_writer(request: Request) -> Any:
-    """Group commit of feedback (:class:`micro_rm.serve.writer.FeedbackWriter`)."""
-    return request.app.state.writer
-
-
-async def get_metrics(request: Request) -> Any:
-    return request.app.state.metrics
+get_settings = _from_app_state(
+    "get_settings", "settings", "The service's settings (:class:`micro_rm.serve.settings.ServeSettings`).")
+get_store = _from_app_state(
+    "get_store", "store", "The per-user state store (:func:`micro_rm.online.open_store`).")
+get_token_store = _from_app_state(
+    "get_token_store", "tokens", "User id → token hash (:class:`micro_rm.serve.tokens.TokenStore`).")
+get_scorer = _from_app_state(
+    "get_scorer", "scorer", "The loaded model and backbone (:class:`micro_rm.serve.scoring.RewardScorer`).")
+get_batcher = _from_app_state(
+    "get_batcher", "batcher", "Features, micro-batched (:class:`micro_rm.serve.scoring.MicroBatcher`).")
+get_writer = _from_app_state(
+    "get_writer", "writer", "Group commit of feedback (:class:`micro_rm.serve.writer.FeedbackWriter`).")
+get_metrics = _from_app_state(
+    "get_metrics", "metrics", "Request counts and latencies (:class:`micro_rm.serve.metrics.Metrics`).")

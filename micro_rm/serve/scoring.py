@@ -19,7 +19,6 @@ import asyncio
 import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -28,6 +27,7 @@ import numpy as np
 from micro_rm.data.records import Text
 from micro_rm.features.base import Backbone, Item
 from micro_rm.online.hedge import DEFAULT_P_MIN, hedge_log_weights, pair_losses
+from micro_rm.serve.worker import QueueWorker
 
 
 def model_state_id(model: Any) -> str:
@@ -108,7 +108,7 @@ class FeatureStore:
         return out
 
 
-class MicroBatcher:
+class MicroBatcher(QueueWorker):
     """Gathers the uncached items of concurrent requests into one backbone call.
 
     The first waiting request opens a batch; the batch closes after ``wait_ms`` or once it holds
@@ -117,29 +117,11 @@ class MicroBatcher:
     """
 
     def __init__(self, features: FeatureStore, *, wait_ms: float = 2.0, max_items: int = 256):
+        super().__init__(thread_name="micro-rm-encode")
         self.features = features
         self.wait = wait_ms / 1000.0
         self.max_items = max_items
         self.stats = {"batches": 0, "batch_items": 0, "batch_requests": 0}
-        self._queue: Optional[asyncio.Queue] = None
-        self._task: Optional[asyncio.Task] = None
-        self._executor: Optional[ThreadPoolExecutor] = None
-
-    async def start(self) -> None:
-        self._queue = asyncio.Queue()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="micro-rm-encode")
-        self._task = asyncio.create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-        self._task = self._queue = self._executor = None
 
     async def vectors(self, items: Sequence[Item]) -> np.ndarray:
         out, missing = self.features.lookup(items)
@@ -147,9 +129,7 @@ class MicroBatcher:
             if self._queue is None:  # not started (no running lifespan): encode inline
                 out[missing] = self.features.encode([items[i] for i in missing])
                 return out
-            future = asyncio.get_running_loop().create_future()
-            await self._queue.put(([items[i] for i in missing], future))
-            out[missing] = await future
+            out[missing] = await self._submit([items[i] for i in missing])
         return out
 
     async def _run(self) -> None:
@@ -172,21 +152,11 @@ class MicroBatcher:
                 batch.append(request)
                 size += len(request[0])
             items = [item for request_items, _ in batch for item in request_items]
-            try:
-                vectors = await loop.run_in_executor(self._executor, self.features.encode, items)
-            except Exception as exc:  # handed to every waiting request, which answers 500/503
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            self.stats["batches"] += 1
-            self.stats["batch_items"] += len(items)
-            self.stats["batch_requests"] += len(batch)
-            start = 0
-            for request_items, future in batch:
-                if not future.done():
-                    future.set_result(vectors[start:start + len(request_items)])
-                start += len(request_items)
+            # An encoding error is handed to every waiting request, which answers 500/503.
+            if await self._settle(batch, self.features.encode, items):
+                self.stats["batches"] += 1
+                self.stats["batch_items"] += len(items)
+                self.stats["batch_requests"] += len(batch)
 
 
 # ----- the routed mixture -------------------------------------------------------------------

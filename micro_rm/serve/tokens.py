@@ -18,13 +18,13 @@ import datetime as dt
 import hashlib
 import os
 import secrets
-import sqlite3
 import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from micro_rm.errors import MicroRMError
+from micro_rm.online.store import sqlite_connect, sqlite_transaction
 
 TOKEN_PREFIX = "mrm_"
 TOKEN_CACHE_SECONDS = 5.0  # how long another replica may still accept a token revoked elsewhere
@@ -72,10 +72,7 @@ class TokenStore:
                 import psycopg
                 conn = psycopg.connect(self._url, autocommit=True)
             else:
-                conn = sqlite3.connect(self._path, timeout=30, isolation_level=None,
-                                       check_same_thread=False)
-                conn.execute("PRAGMA busy_timeout = 30000")
-                conn.execute("PRAGMA journal_mode = WAL")
+                conn = sqlite_connect(self._path)
             self._local.conn, self._local.pid = conn, os.getpid()
             with self._lock:
                 self._conns.append(conn)
@@ -90,14 +87,9 @@ class TokenStore:
         if self._postgres:
             with conn.transaction():
                 yield conn.cursor()
-            return
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn.cursor()
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        else:
+            with sqlite_transaction(conn) as cur:
+                yield cur
 
     # --- verbs ------------------------------------------------------------------------------
     def create(self, user_id: str, replace: bool = False) -> str:

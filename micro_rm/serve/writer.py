@@ -13,12 +13,12 @@ double) gets one ``apply_feedback`` call per request.
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from micro_rm.online.hedge import UserState
+from micro_rm.serve.worker import QueueWorker
 
 
 def apply_feedback_many(store: Any, batches: Sequence[tuple[str, np.ndarray, list[dict]]]) -> list[UserState]:
@@ -29,60 +29,29 @@ def apply_feedback_many(store: Any, batches: Sequence[tuple[str, np.ndarray, lis
     return [store.apply_feedback(user, losses, payloads) for user, losses, payloads in batches]
 
 
-class FeedbackWriter:
+class FeedbackWriter(QueueWorker):
     """Async front of :func:`apply_feedback_many`: one commit at a time, each holding every
     request that queued meanwhile (at most ``max_batches``)."""
 
     def __init__(self, store: Any, max_batches: int = 256):
+        super().__init__(thread_name="micro-rm-writer")
         self.store = store
         self.max_batches = max_batches
         self.stats = {"commits": 0, "committed_requests": 0}
-        self._queue: Optional[asyncio.Queue] = None
-        self._task: Optional[asyncio.Task] = None
-        self._executor: Optional[ThreadPoolExecutor] = None
-
-    async def start(self) -> None:
-        self._queue = asyncio.Queue()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="micro-rm-writer")
-        self._task = asyncio.create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-        self._task = self._queue = self._executor = None
 
     async def apply(self, store: Any, batches: list[tuple[str, np.ndarray, list[dict]]]) -> list[UserState]:
         """Each batch's resulting state, once all of them are durably committed (together)."""
         if self._queue is None or store is not self.store:   # not started, or a test's own store
             return await asyncio.get_running_loop().run_in_executor(None, apply_feedback_many, store, batches)
-        future = asyncio.get_running_loop().create_future()
-        await self._queue.put((batches, future))
-        return await future
+        return await self._submit(batches)
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             group = [await self._queue.get()]
             while len(group) < self.max_batches and not self._queue.empty():
                 group.append(self._queue.get_nowait())
-            try:
-                states = await loop.run_in_executor(self._executor, apply_feedback_many, self.store,
-                                                    [b for batches, _ in group for b in batches])
-            except Exception as exc:  # nothing of the group was committed; every request fails
-                for _, future in group:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            self.stats["commits"] += 1
-            self.stats["committed_requests"] += len(group)
-            start = 0
-            for batches, future in group:
-                if not future.done():
-                    future.set_result(states[start:start + len(batches)])
-                start += len(batches)
+            # On an error nothing of the group was committed, and every request fails.
+            if await self._settle(group, apply_feedback_many, self.store,
+                                  [b for batches, _ in group for b in batches]):
+                self.stats["commits"] += 1
+                self.stats["committed_requests"] += len(group)

@@ -4,8 +4,7 @@ router learning with Hedge targets), HyRe test-time reweighting and active query
 Names load on first use, so importing the package (e.g. for the CLI's ``--help``) costs no torch.
 """
 
-import importlib
-from typing import Any
+from micro_rm._lazy import lazy_exports
 
 _EXPORTS = {
     "Stage1Config": "micro_rm.train.config",
@@ -22,9 +21,4 @@ _EXPORTS = {
     "rank_queries": "micro_rm.train.active",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'micro_rm.train' has no attribute {name!r}")
+__getattr__ = lazy_exports("micro_rm.train", _EXPORTS)
