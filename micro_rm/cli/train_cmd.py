@@ -54,6 +54,9 @@ def train(
                                              "(default: $MICRO_RM_CACHE or the user cache dir)."),
     max_length: Optional[int] = typer.Option(None, "--max-length", help="Truncate each item to "
                                              "this many tokens (default: the backbone's limit)."),
+    dtype: str = typer.Option("float32", "--dtype", help="Backbone compute dtype (part of the cache "
+                              "key, so use the one the features were encoded with): float32, "
+                              "bfloat16, float16 or auto (bfloat16 for a decoder on CUDA)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
 ) -> None:
     """Fit stage 1 (the mixture of heads and its router, or a baseline) on a pair file.
@@ -76,6 +79,7 @@ def train(
         raise MicroRMError(f"--router-input must be one of {', '.join(ROUTER_INPUTS)}, got {router_input!r}")
     check_destination(out)
 
+    from micro_rm.cli.encode_cmd import resolve_dtype
     from micro_rm.data.readers import read_pairs
     from micro_rm.features.backbones import load_backbone
     from micro_rm.features.cache import FeatureCache
@@ -83,7 +87,8 @@ def train(
 
     start = time.perf_counter()
     records = read_pairs(data)
-    backbone = load_backbone(backbone_name, max_length=max_length, device=device)
+    backbone = load_backbone(backbone_name, max_length=max_length, device=device,
+                             dtype=resolve_dtype(dtype, backbone_name, device))
     features, stats = featurize(records, backbone, FeatureCache(cache_dir), router_input=router_input,
                                 context_in_reward=context_in_reward)
     model, history = fit_stage1(features, config)
