@@ -8,8 +8,6 @@ import json
 import pytest
 from test_train_cli import WordBackbone, _records
 
-import micro_rm.cli.stage2_cmd  # noqa: F401  (registers adapt, feedback, user)
-import micro_rm.cli.train_cmd  # noqa: F401
 from micro_rm.cli import main
 from micro_rm.data.readers import write_pairs
 

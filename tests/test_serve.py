@@ -521,13 +521,10 @@ def test_fuzzed_bodies_never_yield_a_500(fuzz_client, path):
 
 
 # ----- state engines and the command line ------------------------------------------------------
-@pytest.mark.skipif(not os.environ.get("MICRO_RM_TEST_POSTGRES_URL"),
-                    reason="set MICRO_RM_TEST_POSTGRES_URL=postgresql://USER:PASSWORD@HOST/DB (an empty "
-                           "database) and install psycopg to test the PostgreSQL state store")
-def test_feedback_and_tokens_on_postgresql(tmp_path, scorer):
+def test_feedback_and_tokens_on_postgresql(tmp_path, scorer, postgres_url):
     from micro_rm.serve.app import create_app
 
-    settings = make_settings(tmp_path, state=os.environ["MICRO_RM_TEST_POSTGRES_URL"])
+    settings = make_settings(tmp_path, state=postgres_url)
     with TestClient(create_app(settings, scorer=scorer)) as client:
         user = f"pg{os.getpid()}"
         token = new_user(client, user)

@@ -12,7 +12,6 @@ import json
 import numpy as np
 import pytest
 
-import micro_rm.cli.train_cmd  # noqa: F401  (registers train, eval, export-scalar on the app)
 from micro_rm.cli import main
 from micro_rm.data.readers import write_pairs
 from micro_rm.features.backbones.items import pair_reward_item, pair_route_item

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import sqlite3
@@ -87,16 +86,10 @@ def db(tmp_path: Path) -> Path:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def state(request, tmp_path: Path) -> str:
-    """A fresh store location for each engine; PostgreSQL runs when a server is named."""
+    """A fresh store location for each engine (PostgreSQL: an empty database, see conftest)."""
     if request.param == "sqlite":
         return str(tmp_path / "state.db")
-    url = os.environ.get("MICRO_RM_TEST_POSTGRES_URL")
-    if not url:
-        pytest.skip("set MICRO_RM_TEST_POSTGRES_URL=postgresql://USER@HOST:PORT/DB to test PostgreSQL")
-    psycopg = pytest.importorskip("psycopg")
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("DROP TABLE IF EXISTS meta, users, feedback")
-    return url
+    return request.getfixturevalue("postgres_url")
 
 
 def test_feedback_round_trip_is_exact(db):

@@ -14,7 +14,10 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    from micro_rm.experiment.config import ExperimentConfig
 
 DEMO_PROMPTS = 300
 DEMO_CONFIG: dict[str, Any] = {
