@@ -6,10 +6,12 @@ imported inside each command, so ``micro-rm --help`` stays fast.
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import json
 import logging
 import sys
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import typer
 
@@ -25,6 +27,21 @@ app = typer.Typer(
 )
 
 
+def field_docs(config_path: str) -> tuple[Callable[[str], str], Callable[[str], Any]]:
+    """``(help, default)`` lookups for the fields of the config dataclass ``"module:Class"``, so
+    each option is documented once, in the config. The module is imported on first lookup.
+
+    >>> _help, _default = field_docs("micro_rm.train.config:Stage1Config")
+    >>> _default("alpha")
+    0.5
+    """
+    def field(name: str) -> dataclasses.Field:
+        module, cls = config_path.split(":")
+        return getattr(importlib.import_module(module), cls).__dataclass_fields__[name]
+
+    return (lambda name: field(name).metadata["help"]), (lambda name: field(name).default)
+
+
 def emit(result: dict[str, Any], as_json: bool, summary: str) -> None:
     """Print a human summary, or (with ``--json``) one JSON object as the last stdout line."""
     if as_json:
@@ -35,7 +52,6 @@ def emit(result: dict[str, Any], as_json: bool, summary: str) -> None:
 
 def _register_commands() -> None:
     """Import every ``micro_rm/cli/*_cmd.py`` module; each registers its commands on ``app``."""
-    import importlib
     import pkgutil
 
     import micro_rm.cli

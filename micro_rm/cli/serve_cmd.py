@@ -7,19 +7,12 @@ from typing import Optional
 
 import typer
 
-from micro_rm.cli.app import app
+from micro_rm.cli.app import app, field_docs
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def _help(name: str) -> str:
-    from micro_rm.serve.settings import ServeSettings  # torch-free: --help stays fast
-    return ServeSettings.help(name)
-
-
-def _default(name: str):
-    from micro_rm.serve.settings import ServeSettings
-    return ServeSettings.__dataclass_fields__[name].default
+_help, _default = field_docs("micro_rm.serve.settings:ServeSettings")
 
 
 @app.command("serve")

@@ -15,7 +15,7 @@ from typing import Optional
 
 import typer
 
-from micro_rm.cli.app import app, emit
+from micro_rm.cli.app import app, emit, field_docs
 
 logger = logging.getLogger(__name__)
 
@@ -30,14 +30,7 @@ CACHE_ONLY_HELP = "Fail instead of encoding texts that are not in the cache yet.
 JSON_HELP = "Print one JSON object as the last line."
 
 
-def _help(name: str) -> str:
-    from micro_rm.train.stage2 import AdaptConfig  # torch-free: --help stays fast
-    return AdaptConfig.help(name)
-
-
-def _default(name: str):
-    from micro_rm.train.stage2 import AdaptConfig
-    return AdaptConfig.__dataclass_fields__[name].default
+_help, _default = field_docs("micro_rm.train.stage2:AdaptConfig")
 
 
 @app.command("adapt")

@@ -12,17 +12,10 @@ from typing import Optional
 
 import typer
 
-from micro_rm.cli.app import app, emit
+from micro_rm.cli.app import app, emit, field_docs
 
 
-def _help(name: str) -> str:
-    from micro_rm.train.config import Stage1Config  # torch-free: --help stays fast
-    return Stage1Config.help(name)
-
-
-def _default(name: str):
-    from micro_rm.train.config import Stage1Config
-    return Stage1Config.__dataclass_fields__[name].default
+_help, _default = field_docs("micro_rm.train.config:Stage1Config")
 
 
 @app.command("train")
