@@ -85,8 +85,8 @@ class VariantConfig:
     protocol: str = _doc("What the stage-1 router reads: context (context ⊕ prompt; the paper's RPR "
                          "protocol) or prompt (the HelpSteer2 protocol: the context only in stage 2).",
                          "context")
-    balance: str = _doc("Router regulariser: example (the paper's per-pair entropy) or marginal "
-                        "(entropy of the batch-mean routing: load balancing).", "example")
+    balance: str = _doc("Router regulariser: marginal (entropy of the batch-mean routing: load "
+                        "balancing; the default) or example (the paper's per-pair entropy).", "marginal")
     alpha: Optional[float] = _doc("Regulariser weight α (default: stage1.alpha).", None)
 
 
