@@ -27,6 +27,12 @@ app = typer.Typer(
 )
 
 
+# Help texts shared by many commands' options.
+CACHE_HELP = "Feature cache folder (default: $MICRO_RM_CACHE or the user cache dir)."
+CACHE_ONLY_HELP = "Fail instead of encoding texts that are not in the cache yet."
+JSON_HELP = "Print one JSON object as the last line."
+
+
 def field_docs(config_path: str) -> tuple[Callable[[str], str], Callable[[str], Any]]:
     """``(help, default)`` lookups for the fields of the config dataclass ``"module:Class"``, so
     each option is documented once, in the config. The module is imported on first lookup.

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from micro_rm.cli.app import app, emit
+from micro_rm.cli.app import JSON_HELP, app, emit
 
 data_app = typer.Typer(help="Build pair files from datasets, and inspect them.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -22,7 +22,7 @@ def build(
     out: Path = typer.Option(..., "--out", help="Pair file to write (JSON lines)."),
     split: str = typer.Option("all", "--split", help="Canonical prompt-hash split: train, test or all."),
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Log and skip bad rows instead of failing."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Build a pair file from a dataset.
 
@@ -54,7 +54,7 @@ def list_builders(as_json: bool = typer.Option(False, "--json", help="Print one 
 @data_app.command("inspect")
 def inspect(
     path: Path = typer.Argument(..., help="A pair file (jsonl, json, parquet, csv) or dataset."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Summarise a pair file: pairs per attribute / context / user, lengths, duplicates, problems.
 

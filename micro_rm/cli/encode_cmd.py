@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from micro_rm.cli.app import app, emit
+from micro_rm.cli.app import CACHE_HELP, JSON_HELP, app, emit
 
 
 @app.command("encode")
@@ -22,8 +22,7 @@ def encode(
                                                  "folder or Hugging Face hub id."),
     backbone_name: str = typer.Option(..., "--backbone", help="Backbone: default, static, a "
                                       "Hugging Face model id or a local folder."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache", help="Feature cache folder "
-                                             "(default: $MICRO_RM_CACHE or the user cache dir)."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache", help=CACHE_HELP),
     max_length: Optional[int] = typer.Option(None, "--max-length", help="Truncate each item to "
                                              "this many tokens (default: the backbone's limit)."),
     batch_size: int = typer.Option(32, "--batch-size", help="Texts per backbone call."),
@@ -46,7 +45,7 @@ def encode(
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the pair features to this "
                                        "folder as float16 .npy files that load memory-mapped "
                                        "(micro_rm.features.store.load_features)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Encode every unique text of a pair file once into the feature cache.
 

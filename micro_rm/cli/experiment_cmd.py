@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from micro_rm.cli.app import app, emit
+from micro_rm.cli.app import CACHE_HELP, JSON_HELP, app, emit
 
 
 def _command(name: str, *args: object, **options: object) -> str:
@@ -26,8 +26,7 @@ def experiment(
     backbone: Optional[str] = typer.Option(None, "--backbone", help="Override the config's backbone: "
                                            "default, static, a Hugging Face model id or a local folder."),
     out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default: runs/<config name>)."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache", help="Feature cache folder "
-                                             "(default: $MICRO_RM_CACHE or the user cache dir)."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache", help=CACHE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (with `report`, the "
                                  "folder) as the last line."),
 ) -> None:
@@ -59,7 +58,7 @@ def demo(
     prompts: Optional[int] = typer.Option(None, "--prompts", help="Synthetic prompts to generate "
                                           "(default: sized for about 5 minutes on 2 CPU cores)."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache", help="Feature cache folder."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """The whole method on built-in synthetic data (4 user groups with known preferences, no
     download): MiCRo against its baselines and the oracle, with a report and plots.

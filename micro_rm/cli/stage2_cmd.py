@@ -15,7 +15,7 @@ from typing import Optional
 
 import typer
 
-from micro_rm.cli.app import app, emit, field_docs
+from micro_rm.cli.app import CACHE_HELP, CACHE_ONLY_HELP, JSON_HELP, app, emit, field_docs
 
 logger = logging.getLogger(__name__)
 
@@ -25,9 +25,6 @@ app.add_typer(user_app, name="user")
 STATE_HELP = "Per-user state: a SQLite file (created on first feedback) or a postgresql:// URL."
 ETA_HELP = ("Hedge learning rate η > 0: after n pairs, two heads whose summed scaled losses differ "
             "by Δ have their weight ratio moved by exp(−η·Δ) away from the router's.")
-CACHE_HELP = "Feature cache folder (default: $MICRO_RM_CACHE or the user cache dir)."
-CACHE_ONLY_HELP = "Fail instead of encoding texts that are not in the cache yet."
-JSON_HELP = "Print one JSON object as the last line."
 
 
 _help, _default = field_docs("micro_rm.train.stage2:AdaptConfig")

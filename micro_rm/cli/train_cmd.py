@@ -12,7 +12,7 @@ from typing import Optional
 
 import typer
 
-from micro_rm.cli.app import app, emit, field_docs
+from micro_rm.cli.app import CACHE_HELP, CACHE_ONLY_HELP, JSON_HELP, app, emit, field_docs
 
 
 _help, _default = field_docs("micro_rm.train.config:Stage1Config")
@@ -43,14 +43,13 @@ def train(
     val_fraction: float = typer.Option(_default("val_fraction"), "--val-fraction", help=_help("val_fraction")),
     seed: int = typer.Option(_default("seed"), "--seed", help=_help("seed")),
     device: str = typer.Option(_default("device"), "--device", help=_help("device")),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache", help="Feature cache folder "
-                                             "(default: $MICRO_RM_CACHE or the user cache dir)."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache", help=CACHE_HELP),
     max_length: Optional[int] = typer.Option(None, "--max-length", help="Truncate each item to "
                                              "this many tokens (default: the backbone's limit)."),
     dtype: str = typer.Option("float32", "--dtype", help="Backbone compute dtype (part of the cache "
                               "key, so use the one the features were encoded with): float32, "
                               "bfloat16, float16 or auto (bfloat16 for a decoder on CUDA)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Fit stage 1 (the mixture of heads and its router, or a baseline) on a pair file.
 
@@ -104,14 +103,12 @@ def train(
 def evaluate(
     model_dir: str = typer.Option(..., "--model", help="Model folder (or Hugging Face hub id)."),
     data: str = typer.Option(..., "--data", help="Test pair file, dataset folder or hub id."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache", help="Feature cache folder "
-                                             "(default: $MICRO_RM_CACHE or the user cache dir)."),
-    cache_only: bool = typer.Option(False, "--cache-only", help="Fail instead of encoding texts "
-                                    "that are not in the cache yet."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache", help=CACHE_HELP),
+    cache_only: bool = typer.Option(False, "--cache-only", help=CACHE_ONLY_HELP),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write a report folder "
                                           "(results.json, report.md, head × attribute and router "
                                           "heatmaps) here."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Routed pairwise accuracy per attribute (and its mean), every head per attribute, NLL,
     expected calibration error and router statistics (mean entropy, head usage, weights per
@@ -171,7 +168,7 @@ def export_scalar_cmd(
                                           "weights are frozen in."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Comma-separated weights, one per "
                                           "head, e.g. 0.5,0.5,0,0 (normalised)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Write a copy of a model with one fixed weight vector over its heads, for tools that want
     one reward per response (score = Σ_k w_k r_k).
