@@ -71,16 +71,17 @@ def test_inspect_reports_counts_and_problems(tmp_path, capsys):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert main(["data", "inspect", str(path), "--json"]) == 0
     summary = last_json_line(capsys)
-    assert (summary["rows"], summary["pairs"], summary["prompts"]) == (4, 3, 2)
-    assert summary["attributes"] == {"helpful": 2, "(none)": 1}
-    assert summary["users"]["distinct"] == 3
+    assert (summary["rows"], summary["pairs"], summary["prompts"]) == (4, 2, 1)
+    assert summary["attributes"] == {"helpful": 2}
+    assert summary["users"]["distinct"] == 2
     assert summary["contexts"]["top"][0] == ["(none)", 2]
     assert (summary["duplicates"], summary["identical"]) == (1, 1)
     assert summary["lengths"]["chosen"] == {"min": 4, "median": 4, "max": 4}
-    assert summary["problems"]["count"] == 1
-    assert "pairs.jsonl line 4: `chosen` is empty" in summary["problems"]["first"][0]
+    assert summary["problems"]["count"] == 2
+    assert "pairs.jsonl line 3: `chosen` and `rejected` are the same" in summary["problems"]["first"][0]
+    assert "pairs.jsonl line 4: `chosen` is empty" in summary["problems"]["first"][1]
 
     assert main(["data", "inspect", str(path)]) == 0
     report = capsys.readouterr().out
-    assert "3 pairs from 4 rows, 2 prompts" in report
-    assert "problems: 1" in report
+    assert "2 pairs from 4 rows, 1 prompts" in report
+    assert "problems: 2" in report

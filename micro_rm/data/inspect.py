@@ -10,7 +10,7 @@ from collections import Counter
 from typing import Any
 
 from micro_rm.data.readers import read_rows
-from micro_rm.data.records import normalize_pair, prompt_key, render_text
+from micro_rm.data.records import IdenticalPair, normalize_pair, prompt_key, render_text
 from micro_rm.data.split import split_of
 from micro_rm.errors import InvalidRecord
 
@@ -37,7 +37,7 @@ def inspect_pairs(path: str | os.PathLike) -> dict[str, Any]:
     >>> s["pairs"], s["attributes"], s["problems"]["count"]  # doctest: +SKIP
     (2, {'helpful': 2}, 0)
     """
-    rows, problems, first_problems = 0, 0, []
+    rows, problems, identical, first_problems = 0, 0, 0, []
     records = []
     for where, row in read_rows(path):
         rows += 1
@@ -45,6 +45,7 @@ def inspect_pairs(path: str | os.PathLike) -> dict[str, Any]:
             records.append(normalize_pair(row, where))
         except InvalidRecord as exc:
             problems += 1
+            identical += isinstance(exc, IdenticalPair)
             if len(first_problems) < MAX_PROBLEMS:
                 first_problems.append(str(exc))
     texts = [(prompt_key(r), render_text(r["chosen"]), render_text(r["rejected"]))
@@ -61,7 +62,7 @@ def inspect_pairs(path: str | os.PathLike) -> dict[str, Any]:
         "lengths": {field: _lengths([len(t[k]) for t in texts])
                     for k, field in enumerate(("prompt", "chosen", "rejected"))},
         "duplicates": len(texts) - len(set(texts)),
-        "identical": sum(chosen == rejected for _, chosen, rejected in texts),
+        "identical": identical,  # refused by normalize_pair, so also counted in problems
         "problems": {"count": problems, "first": first_problems},
     }
 
@@ -88,7 +89,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         if stats:
             lines.append(f"  {field:9s} {stats['min']} / {stats['median']:g} / {stats['max']}")
     lines.append(f"duplicate pairs (same prompt, chosen, rejected): {summary['duplicates']}")
-    lines.append(f"pairs with chosen == rejected: {summary['identical']}")
+    lines.append(f"pairs with chosen == rejected (among the problems): {summary['identical']}")
     problems = summary["problems"]
     lines.append(f"problems: {problems['count']}")
     lines += [f"  {p}" for p in problems["first"]]

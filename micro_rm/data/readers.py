@@ -13,6 +13,7 @@ import gzip
 import json
 import logging
 import os
+import zlib
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -34,18 +35,61 @@ def _format_of(path: Path) -> str:
                        "a dataset folder or a Hugging Face hub id")
 
 
-def _open_text(path: Path):
-    if path.name.lower().endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+# ----- the input-decoding layer: every byte-level failure becomes one MicroRMError -------------
+def _bytes_lines(path: Path) -> Iterator[bytes]:
+    """Raw lines of a plain or gzipped file; a damaged gzip stream is a :class:`MicroRMError`."""
+    if not path.name.lower().endswith(".gz"):
+        with open(path, "rb") as fh:
+            yield from fh
+        return
+    try:
+        with gzip.open(path, "rb") as fh:
+            yield from fh
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise MicroRMError(f"{path}: not a readable gzip file ({exc or type(exc).__name__}); "
+                           "re-compress it, or drop the .gz suffix if it is plain text") from None
+
+
+def decoded_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of every line of a UTF-8 file (gzipped when it ends in ``.gz``).
+
+    Invalid UTF-8 names the line and the byte, instead of a ``UnicodeDecodeError`` traceback.
+    A leading byte-order mark is dropped.
+    """
+    path = Path(path)
+    for lineno, raw in enumerate(_bytes_lines(path), start=1):
+        try:
+            yield lineno, raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            raise MicroRMError(f"{path} line {lineno}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at "
+                               f"column {exc.start + 1}); re-save the file as UTF-8") from None
+
+
+def parse_json(text: str, where: str, whole_file: bool = False) -> Any:
+    """``json.loads`` whose every failure (malformed, nested too deeply, a number too long) is
+    one :class:`MicroRMError` naming ``where`` (and the line, for a ``whole_file``)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        line = f" line {exc.lineno}" if whole_file else ""
+        raise MicroRMError(f"{where}{line}: malformed JSON ({exc.msg})") from None
+    except RecursionError:
+        raise MicroRMError(f"{where}: JSON nested too deeply to read; flatten the record") from None
+    except ValueError as exc:  # e.g. an integer longer than Python's digit limit
+        raise MicroRMError(f"{where}: unreadable JSON value ({exc})") from None
+
+
+def read_text(path: str | os.PathLike, what: str = "file") -> str:
+    """The whole text of a UTF-8 (or gzipped UTF-8) file, through :func:`decoded_lines`."""
+    path = Path(path)
+    try:
+        return "".join(line for _, line in decoded_lines(path))
+    except OSError as exc:
+        raise MicroRMError(f"{what} {path}: cannot read it ({exc.strerror or exc})") from None
 
 
 def _json_rows(path: Path) -> Iterator[tuple[str, Any]]:
-    with _open_text(path) as fh:
-        try:
-            data = json.load(fh)
-        except json.JSONDecodeError as exc:
-            raise MicroRMError(f"{path} line {exc.lineno}: malformed JSON ({exc.msg})") from None
+    data = parse_json(read_text(path), str(path), whole_file=True)
     if isinstance(data, dict):
         lists = [v for v in data.values() if isinstance(v, list)]
         if len(lists) != 1:
@@ -58,21 +102,18 @@ def _json_rows(path: Path) -> Iterator[tuple[str, Any]]:
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
-    with _open_text(path) as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise MicroRMError(f"{path} line {lineno}: malformed JSON ({exc.msg})") from None
-            yield f"{path} line {lineno}", row
+    for lineno, line in decoded_lines(path):
+        if line.strip():
+            yield f"{path} line {lineno}", parse_json(line, f"{path} line {lineno}")
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[str, Any]]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        for lineno, row in enumerate(csv.DictReader(fh), start=2):
-            yield f"{path} line {lineno}", {k: (v if v != "" else None) for k, v in row.items()}
+    reader = csv.DictReader(line for _, line in decoded_lines(path))
+    try:
+        for row in reader:
+            yield f"{path} line {reader.line_num}", {k: (v if v != "" else None) for k, v in row.items()}
+    except csv.Error as exc:
+        raise MicroRMError(f"{path} line {reader.line_num}: malformed CSV ({exc})") from None
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[str, Any]]:
@@ -124,7 +165,10 @@ def read_rows(source: str | os.PathLike, hf_split: str | None = None) -> Iterato
         fmt = _format_of(path)
         reader = {".jsonl": _jsonl_rows, ".json": _json_rows, ".csv": _csv_rows,
                   ".parquet": _parquet_rows}[fmt]
-        yield from reader(path)
+        try:
+            yield from reader(path)
+        except OSError as exc:
+            raise MicroRMError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     elif path.is_dir():
         yield from _dataset_rows(str(path), hf_split)
     elif _looks_like_hub_id(str(source)):

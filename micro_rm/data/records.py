@@ -22,6 +22,7 @@ format).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Union
 
 from micro_rm.errors import InvalidRecord
@@ -34,15 +35,34 @@ OPTIONAL_STR_FIELDS = ("context", "attribute", "user_id", "id")
 KNOWN_FIELDS = (*TEXT_FIELDS, *OPTIONAL_STR_FIELDS, "margin")
 
 
-def _fail(where: str, message: str) -> InvalidRecord:
-    return InvalidRecord(f"{where}: {message}" if where else message)
+class IdenticalPair(InvalidRecord):
+    """``chosen`` and ``rejected`` are the same: the pair carries no preference."""
+
+
+def _fail(where: str, message: str, kind: type[InvalidRecord] = InvalidRecord) -> InvalidRecord:
+    return kind(f"{where}: {message}" if where else message)
+
+
+def check_unicode(value: str, field: str, where: str = "") -> str:
+    """``value`` unless it holds a lone surrogate (``"\\ud800"`` in JSON decodes to one), which
+    no UTF-8 encoder, tokenizer or database accepts. The CLI and the service share this rule.
+
+    >>> check_unicode("caf\u00e9", "chosen")
+    'café'
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _fail(where, f"`{field}` is not valid Unicode (a lone surrogate such as \\ud800); "
+                           "fix the text") from None
+    return value
 
 
 def _check_text(value: Any, field: str, where: str) -> Text:
     if isinstance(value, str):
         if not value.strip():
             raise _fail(where, f"`{field}` is empty; fix it or pass --skip-invalid")
-        return value
+        return check_unicode(value, field, where)
     if isinstance(value, list):
         if not value:
             raise _fail(where, f"`{field}` is an empty message list; fix it or pass --skip-invalid")
@@ -51,6 +71,8 @@ def _check_text(value: Any, field: str, where: str) -> Text:
                     and isinstance(msg.get("content"), str)):
                 raise _fail(where, f"`{field}[{i}]` is not a chat message "
                                    "{'role': str, 'content': str}")
+            check_unicode(msg["role"], f"{field}[{i}].role", where)
+            check_unicode(msg["content"], f"{field}[{i}].content", where)
         if not any(msg["content"].strip() for msg in value):
             raise _fail(where, f"`{field}` has only empty messages; fix it or pass --skip-invalid")
         return value
@@ -95,6 +117,9 @@ def normalize_pair(record: dict[str, Any], where: str = "") -> dict[str, Any]:
         chosen = _check_text(chosen, "chosen", where)
         rejected = _check_text(rejected, "rejected", where)
     prompt = _check_text(prompt, "prompt", where)
+    if chosen == rejected:
+        raise _fail(where, "`chosen` and `rejected` are the same, so the pair carries no "
+                           "preference; fix it or pass --skip-invalid", IdenticalPair)
     out: dict[str, Any] = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
     for field in OPTIONAL_STR_FIELDS:
         value = record.get(field)
@@ -106,12 +131,17 @@ def normalize_pair(record: dict[str, Any], where: str = "") -> dict[str, Any]:
             raise _fail(where, f"`{field}` must be a string, got {type(value).__name__}")
         if field == "context" and not value.strip():
             raise _fail(where, "`context` is empty; remove the field or give the context")
-        out[field] = value
+        out[field] = check_unicode(value, field, where)
     margin = record.get("margin")
     if margin is not None:
         if isinstance(margin, bool) or not isinstance(margin, (int, float)):
             raise _fail(where, f"`margin` must be a number, got {type(margin).__name__}")
-        out["margin"] = float(margin)
+        try:
+            out["margin"] = float(margin)
+        except OverflowError:
+            out["margin"] = math.inf
+        if not math.isfinite(out["margin"]):
+            raise _fail(where, "`margin` must be a finite number (JSON has no NaN or infinity)")
     return out
 
 
