@@ -4,10 +4,11 @@ Given m labelled pairs of one attribute, each head's weight is its likelihood of
 
     w_k ∝ exp(−Σ_i L_ik),   L_ik = −log σ(Δ_ik)
 
-(a posterior over heads under a uniform prior), and the attribute's remaining pairs are scored
-with P = Σ_k w_k σ(Δ_k). On shared-base ensemble heads this is HyRe; on MiCRo's stage-1 heads
-it is MiCRo-HyRe. Unlike stage 2 it needs labels from every test attribute and it ignores the
-router.
+(a posterior over heads under a uniform prior), and the attribute's pairs of other prompts are
+scored with P = Σ_k w_k σ(Δ_k). On shared-base ensemble heads this is HyRe; on MiCRo's stage-1
+heads it is MiCRo-HyRe. Unlike stage 2 it needs labels from every test attribute and it ignores
+the router. The labelled pairs are drawn by prompt, so that no scored pair shares a prompt with
+a labelled one (pairs of one prompt are not independent evidence).
 
 >>> evaluate_hyre(model, test_features, m=16, seed=0)["mean_accuracy"]      # doctest: +SKIP
 0.7371
@@ -15,7 +16,8 @@ router.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import zlib
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -26,37 +28,75 @@ if TYPE_CHECKING:
     from micro_rm.features.base import PairFeatures
     from micro_rm.model.mixture import MixtureRewardModel
 
-P_FLOOR = 1e-12  # a head that gave a label probability 0 loses 27.6 nats, not +inf
+
+def hyre_losses(deltas: np.ndarray) -> np.ndarray:
+    """L_ik = −log σ(Δ_ik) of each head on each labelled pair, [m, K] → [m, K].
+
+    Computed as log(1 + e^−Δ) from the margins, never as the log of a float σ: that rounds to 0
+    below Δ ≈ −17 (float64) or −88 (float32), and any clip makes very wrong heads look alike.
+
+    >>> hyre_losses(np.array([[0.0, -50.0]])).round(4)
+    array([[ 0.6931, 50.    ]])
+    """
+    return np.logaddexp(0.0, -np.asarray(deltas, dtype=np.float64))
 
 
-def hyre_weights(head_probs: np.ndarray) -> np.ndarray:
-    """Posterior weights over heads [K] from each head's probability of the observed labels [m, K].
+def hyre_weights(deltas: np.ndarray) -> np.ndarray:
+    """Posterior weights over heads [K] from each head's margin Δ_ik on the labelled pairs [m, K]
+    (reward of the labelled winner minus the loser's).
 
-    Computed as a softmax of Σ_i log p_ik, so that many confident pairs cannot underflow.
+    A softmax of −Σ_i L_ik, so that many confident pairs cannot underflow.
 
-    >>> hyre_weights(np.array([[0.9, 0.5], [0.8, 0.5]])).round(3)
+    >>> hyre_weights(np.log([[9.0, 1.0], [4.0, 1.0]])).round(3)      # σ = 0.9, 0.8 vs 0.5, 0.5
     array([0.742, 0.258])
     """
-    p = np.asarray(head_probs, dtype=np.float64)
-    if p.ndim != 2 or p.shape[1] == 0 or not np.all((p >= 0) & (p <= 1)):
-        raise MicroRMError(f"`head_probs` must be an [m, K] array of probabilities in [0, 1], "
-                           f"got shape {p.shape}")
-    log_likelihood = np.log(np.clip(p, P_FLOOR, 1.0)).sum(axis=0)        # −Σ_i L_ik, [K]
+    d = np.asarray(deltas, dtype=np.float64)
+    if d.ndim != 2 or d.shape[1] == 0 or not np.all(np.isfinite(d)):
+        raise MicroRMError(f"`deltas` must be an [m, K] array of finite reward margins, got shape {d.shape}")
+    log_likelihood = -hyre_losses(d).sum(axis=0)                          # −Σ_i L_ik, [K]
     w = np.exp(log_likelihood - log_likelihood.max())
     return w / w.sum()
 
 
+def draw_labelled(groups: Sequence[str], prompts: Sequence[str], m: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per group, whole prompts in a random order (``seed``) until ``m`` pairs are labelled.
+
+    Returns the sorted rows (labelled, scored): scored rows are the group's pairs of prompts with no
+    labelled pair; the pairs of the last labelled prompt beyond the m-th are neither. Each group's
+    draw depends only on the seed and its own name and rows.
+
+    >>> draw_labelled(["a"] * 4, ["x", "x", "y", "z"], m=1, seed=0)        # doctest: +SKIP
+    (array([2]), array([0, 1, 3]))
+    """
+    group_of, prompt_of = np.asarray(groups, dtype=object), np.asarray(prompts, dtype=object)
+    labelled, scored = [], []
+    for group in sorted(set(groups)):
+        rng = np.random.default_rng([seed, zlib.crc32(group.encode())])
+        rows = rng.permutation(np.flatnonzero(group_of == group))
+        distinct = list(dict.fromkeys(prompt_of[rows]))
+        rank = dict(zip(distinct, rng.permutation(len(distinct))))
+        ranks = np.array([rank[p] for p in prompt_of[rows]])
+        order = np.argsort(ranks, kind="stable")
+        rows, ranks = rows[order], ranks[order]
+        mine = rows[m:][ranks[m:] > ranks[m - 1]]
+        if len(mine) == 0:
+            raise MicroRMError(f"HyRe scores an attribute's pairs of prompts it did not label, but the {m} "
+                               f"labelled pairs of {group!r} take all of its {len(distinct)} prompts; lower m")
+        labelled.append(rows[:m])
+        scored.append(mine)
+    return np.sort(np.concatenate(labelled)), np.sort(np.concatenate(scored))
+
+
 def evaluate_hyre(model: "MixtureRewardModel", features: "PairFeatures", *, m: int = 16,
                   seed: int = 0) -> dict[str, Any]:
-    """HyRe accuracy: per attribute, weights from ``m`` labelled pairs drawn with ``seed``,
-    accuracy on that attribute's other pairs; the mean is over attributes.
+    """HyRe accuracy: per attribute, weights from ``m`` labelled pairs of prompts drawn with
+    ``seed`` (:func:`draw_labelled`), accuracy on that attribute's pairs of the other prompts; the
+    mean is over attributes.
 
     Returns ``mean_accuracy``, ``per_attribute``, ``pairs`` (pairs scored), ``labelled`` (pairs
-    used for the weights) and ``weights`` ({attribute: [K]}). Pairs without attributes form one
-    group. An attribute with m pairs or fewer leaves nothing to score and is an error.
+    used for the weights), ``weights`` ({attribute: [K]}), ``scored`` (row indices of the scored
+    pairs) and ``probs`` (their reweighted probabilities). Pairs without attributes form one group.
     """
-    from micro_rm.train.stage2 import draw_budget
-
     if isinstance(m, bool) or not isinstance(m, int) or m < 1:
         raise MicroRMError(f"`m` must be an integer ≥ 1 (labelled pairs per attribute), got {m!r}")
     groups = [NO_ATTRIBUTE if a is None else str(a) for a in features.attributes] or \
@@ -66,13 +106,12 @@ def evaluate_hyre(model: "MixtureRewardModel", features: "PairFeatures", *, m: i
     if small:
         raise MicroRMError(f"HyRe needs more than m={m} pairs per attribute, but {', '.join(small)} "
                            f"has only {', '.join(str(counts[g]) for g in small)}; lower m")
-    probs = model.head_probs(features.chosen, features.rejected).astype(np.float64)   # [N, K]
-    labelled = np.zeros(len(groups), dtype=bool)
-    labelled[draw_budget(groups, m, seed)] = True
+    deltas = model.rewards(features.chosen).astype(np.float64) - model.rewards(features.rejected)   # [N, K]
+    labelled, scored = draw_labelled(groups, features.prompts, m, seed)
     group_of = np.array(groups, dtype=object)
-    weights = {g: hyre_weights(probs[labelled & (group_of == g)]) for g in sorted(counts)}
-    scored = np.flatnonzero(~labelled)
-    row_weights = np.stack([weights[groups[i]] for i in scored])                      # [n, K]
-    result = pairwise_accuracy((probs[scored] * row_weights).sum(axis=1), [groups[i] for i in scored])
-    return {**result, "labelled": int(labelled.sum()),
-            "weights": {g: w.tolist() for g, w in weights.items()}}
+    weights = {g: hyre_weights(deltas[labelled[group_of[labelled] == g]]) for g in sorted(counts)}
+    row_weights = np.stack([weights[g] for g in group_of[scored]])                       # [n, K]
+    probs = (row_weights * np.exp(-hyre_losses(deltas[scored]))).sum(axis=1)                # Σ_k w_k σ(Δ_k)
+    result = pairwise_accuracy(probs, list(group_of[scored]))
+    return {**result, "labelled": len(labelled), "weights": {g: w.tolist() for g, w in weights.items()},
+            "scored": scored, "probs": probs}
