@@ -39,3 +39,34 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
     with atomic_path(path) as tmp:
         with open(tmp, mode, encoding=encoding) as fh:
             yield fh
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_output_path(path: str | os.PathLike, option: str, *, folder: bool,
+                      writable: bool = True) -> Path:
+    """Refuse an output ``path`` that cannot be written, before any work: a file where a
+    ``folder`` is wanted (or a folder where a file is), a file in the way of its parent folders,
+    or (with ``writable``) a read-only location. ``option`` names it in the message (``"--out"``).
+
+    >>> check_output_path("runs/new-report", "--report", folder=True)  # doctest: +SKIP
+    PosixPath('runs/new-report')
+    """
+    from micro_rm.errors import MicroRMError
+
+    path = Path(path)
+    want = "a folder" if folder else "a file"
+    if path.exists() and path.is_dir() != folder:
+        raise MicroRMError(f"{option} {path}: is {'a file' if folder else 'a folder'}, but {want} "
+                           f"is written there; choose another path")
+    existing = _nearest_existing(path.parent if not path.exists() else path)
+    if not existing.is_dir() and existing != path:
+        raise MicroRMError(f"{option} {path}: {existing} is a file, so no folder can be made inside "
+                           "it; choose another path")
+    if writable and not os.access(existing if existing.is_dir() else existing.parent, os.W_OK):
+        raise MicroRMError(f"{option} {path}: {existing} is not writable; choose another path")
+    return path

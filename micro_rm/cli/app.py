@@ -10,6 +10,7 @@ import dataclasses
 import importlib
 import json
 import logging
+import math
 import sys
 from typing import Any, Callable, Optional, Sequence
 
@@ -48,10 +49,27 @@ def field_docs(config_path: str) -> tuple[Callable[[str], str], Callable[[str], 
     return (lambda name: field(name).metadata["help"]), (lambda name: field(name).default)
 
 
+def strict_json(value: Any) -> Any:
+    """``value`` with every NaN or infinity replaced by None: ``json.dumps`` would write the
+    bare ``NaN`` that strict JSON parsers (``jq``, JavaScript, Go) reject.
+
+    >>> strict_json({"nll": float("nan"), "acc": [1.0, float("inf")]})
+    {'nll': None, 'acc': [1.0, None]}
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
 def emit(result: dict[str, Any], as_json: bool, summary: str) -> None:
-    """Print a human summary, or (with ``--json``) one JSON object as the last stdout line."""
+    """Print a human summary, or (with ``--json``) one strict JSON object as the last stdout line
+    (a non-finite number is ``null``)."""
     if as_json:
-        print(json.dumps(result, default=str))
+        print(json.dumps(strict_json(result), default=str, allow_nan=False))
     else:
         print(summary)
 
@@ -78,6 +96,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         app(args=list(argv) if argv is not None else None, prog_name="micro-rm")
     except MicroRMError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except UnicodeError as exc:  # a text no reader decoded first: still bad input, not a crash
+        print(f"error: input is not valid Unicode ({exc}); re-save it as UTF-8", file=sys.stderr)
         return 2
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)

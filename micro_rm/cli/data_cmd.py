@@ -29,13 +29,18 @@ def build(
     Example: micro-rm data build dsp --source ../shared/data/dsp-domain-specific-preference
     --out dsp.jsonl --split train
     """
+    from micro_rm.atomic import check_output_path
     from micro_rm.data.builders import build_pairs
     from micro_rm.data.readers import write_pairs
     from micro_rm.data.split import select_split
+    from micro_rm.errors import MicroRMError
 
+    check_output_path(out, "--out", folder=False)
     start = time.perf_counter()
     records = build_pairs(name, source, skip_invalid=skip_invalid)
     records = select_split(records, split)  # type: ignore[arg-type]
+    if not records:
+        raise MicroRMError(f"{source}: no pairs fall in split {split!r}; nothing written to {out}")
     n = write_pairs(records, out)
     result = {"builder": name, "split": split, "pairs": n, "out": str(out),
               "seconds": round(time.perf_counter() - start, 3)}

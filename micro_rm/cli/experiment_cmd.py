@@ -36,9 +36,15 @@ def experiment(
 
     Example: micro-rm experiment configs/dsp.yaml --out runs/dsp
     """
+    from micro_rm.atomic import check_output_path
+    from micro_rm.data.readers import read_text
     from micro_rm.experiment.config import ExperimentConfig
 
+    if config_file.is_file():
+        read_text(config_file, "config")                # invalid UTF-8: one line naming the line
     config = ExperimentConfig.from_yaml(config_file)   # a bad key fails before anything loads
+    # The report folder is checked now, not after minutes of training.
+    check_output_path(out if out is not None else Path("runs") / config_file.stem, "--out", folder=True)
     from micro_rm.eval.report import format_table, load_results
     from micro_rm.experiment.runner import run_experiment
 

@@ -10,6 +10,7 @@ import typer
 from micro_rm.cli.app import app, field_docs
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
 
 
 _help, _default = field_docs("micro_rm.serve.settings:ServeSettings")
@@ -35,7 +36,7 @@ def serve(
     max_body_bytes: int = typer.Option(_default("max_body_bytes"), "--max-body-bytes", help=_help("max_body_bytes")),
     max_texts: int = typer.Option(_default("max_texts"), "--max-texts", help=_help("max_texts")),
     max_text_chars: int = typer.Option(_default("max_text_chars"), "--max-text-chars", help=_help("max_text_chars")),
-    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level: debug, info, warning, error."),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level: critical, error, warning, info, debug or trace."),
 ) -> None:
     """Serve a model over HTTP: /score, /compare, /get_reward (OpenRLHF), /feedback (online
     per-user Hedge), /users, /healthz, /metrics; OpenAPI docs at /docs.
@@ -44,8 +45,11 @@ def serve(
     """
     import logging
 
-    from micro_rm.serve.settings import ServeSettings, read_admin_token
+    from micro_rm.errors import MicroRMError
+    from micro_rm.serve.settings import ServeSettings, check_device, read_admin_token
 
+    if log_level not in LOG_LEVELS:
+        raise MicroRMError(f"--log-level {log_level!r} is not a log level; use one of {', '.join(LOG_LEVELS)}")
     settings = ServeSettings(model=model, state=state, host=host, port=port, eta=eta, device=device,
                              admin_token=read_admin_token(admin_token_file),
                              anonymous_scoring=anonymous_scoring,
@@ -63,7 +67,12 @@ def serve(
     from micro_rm.serve.app import create_app
     from micro_rm.serve.scoring import RewardScorer
 
-    # Load and check everything before the server starts, so a bad --model or --state is one line.
+    # Load and check everything before the server starts, so a bad --model, --state, --device
+    # or --cache is one line here rather than a server that answers 500.
+    check_device(device)
+    if disk_cache:
+        from micro_rm.features.cache import FeatureCache
+        FeatureCache(settings.cache_dir)
     scorer = RewardScorer.load(model, device=device)
     open_store(state, scorer.model_id, scorer.num_heads).close()
     uvicorn.run(create_app(settings, scorer=scorer), host=host, port=port, log_level=log_level)

@@ -124,18 +124,21 @@ def feedback(
     Example: micro-rm feedback --model runs/dsp --state state.db --user ana --data ana.jsonl
     """
     from micro_rm.data.readers import read_pairs
+    from micro_rm.data.records import check_user_id
     from micro_rm.model.mixture import MixtureRewardModel
     from micro_rm.model.text import featurize_for
     from micro_rm.online import open_store, pair_losses, validate_eta
     from micro_rm.train.stage2 import state_model_id
 
     eta = validate_eta(eta)
+    check_user_id(user, "--user")
     model = MixtureRewardModel.from_pretrained(model_dir)
+    # Read and score the pairs before the store opens: bad data must not create a state file.
+    records = read_pairs(data)
+    features = featurize_for(model, records, cache_dir, allow_encode=not cache_only)
+    losses = pair_losses(model.head_probs(features.chosen, features.rejected))
     store = open_store(state, model_id=state_model_id(model), num_heads=model.config.num_heads)
     with store:
-        records = read_pairs(data)
-        features = featurize_for(model, records, cache_dir, allow_encode=not cache_only)
-        losses = pair_losses(model.head_probs(features.chosen, features.rejected))
         after = store.apply_feedback(user, losses, payloads=records)
         result = _user_result(after, store.location, eta)
     emit({**result, "added": len(records)}, as_json,

@@ -124,6 +124,9 @@ def evaluate(
     from micro_rm.model.mixture import MixtureRewardModel
     from micro_rm.model.text import featurize_for
 
+    if report is not None:  # before any work: a bad --report must not cost an evaluation
+        from micro_rm.atomic import check_output_path
+        check_output_path(report, "--report", folder=True)
     start = time.perf_counter()
     model = MixtureRewardModel.from_pretrained(model_dir)
     features = featurize_for(model, read_pairs(data), cache_dir, allow_encode=not cache_only)
@@ -182,6 +185,11 @@ def export_scalar_cmd(
 
     if (context is None) == (weights is None):
         raise MicroRMError("give exactly one of --context TEXT or --weights w1,w2,...")
+    if context is not None:
+        from micro_rm.data.records import check_unicode
+        if not context.strip():
+            raise MicroRMError("--context is empty; give the context sentence the router should read")
+        check_unicode(context, "--context")
     check_destination(out)
     model = MixtureRewardModel.from_pretrained(model_dir)
     if weights is not None:

@@ -23,13 +23,17 @@ format).
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Union
 
-from micro_rm.errors import InvalidRecord
+from micro_rm.errors import InvalidRecord, MicroRMError
 
 Message = dict[str, str]
 Text = Union[str, list[Message]]
 
+USER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}$"
+USER_ID_RULE = ("1-128 characters: letters, digits and . _ @ : - (starting with a letter or "
+                "digit)")
 TEXT_FIELDS = ("prompt", "chosen", "rejected")
 OPTIONAL_STR_FIELDS = ("context", "attribute", "user_id", "id")
 KNOWN_FIELDS = (*TEXT_FIELDS, *OPTIONAL_STR_FIELDS, "margin")
@@ -56,6 +60,17 @@ def check_unicode(value: str, field: str, where: str = "") -> str:
         raise _fail(where, f"`{field}` is not valid Unicode (a lone surrogate such as \\ud800); "
                            "fix the text") from None
     return value
+
+
+def check_user_id(user_id: str, where: str = "user id") -> str:
+    """``user_id`` if it follows the one rule the CLI and the service share (``USER_ID_RULE``).
+
+    >>> check_user_id("ana@example.org")
+    'ana@example.org'
+    """
+    if not re.fullmatch(USER_ID_PATTERN, user_id):
+        raise MicroRMError(f"{where} {user_id!r} is not a valid user id: {USER_ID_RULE}")
+    return user_id
 
 
 def _check_text(value: Any, field: str, where: str) -> Text:

@@ -114,6 +114,11 @@ def make_synthetic_pairs(n_prompts: int = 200, pairs_per_prompt: int = 4, beta: 
     >>> len(recs), sorted({r["attribute"] for r in recs}) == sorted(g.name for g in GROUPS)
     (8, True)
     """
+    for name, value in (("n_prompts", n_prompts), ("pairs_per_prompt", pairs_per_prompt)):
+        if value < 1:
+            raise MicroRMError(f"synthetic `{name}` must be at least 1, got {value}")
+    if not math.isfinite(beta) or beta < 0:
+        raise MicroRMError(f"synthetic `beta` must be a finite number ≥ 0, got {beta}")
     if responses_per_prompt is not None and not 2 <= responses_per_prompt <= 2 ** len(STYLES):
         raise MicroRMError(f"responses_per_prompt must be in [2, {2 ** len(STYLES)}], "
                            f"got {responses_per_prompt}")

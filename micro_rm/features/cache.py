@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 
-from micro_rm.atomic import atomic_open, atomic_path
+from micro_rm.atomic import atomic_open, atomic_path, check_output_path
 from micro_rm.errors import MicroRMError
 from micro_rm.features.backbones import fingerprint_id
 from micro_rm.features.base import Backbone, Item
@@ -326,7 +326,9 @@ class FeatureCache:
                                f"{', '.join(STORAGE_DTYPES)}, got {dtype!r}")
         if shard_size < 1:
             raise MicroRMError(f"shard_size must be at least 1, got {shard_size}")
-        self.root = Path(root) if root is not None else default_cache_root()
+        # A file in the way is refused here, not at the first write (a 500 in the service).
+        self.root = check_output_path(root if root is not None else default_cache_root(),
+                                      "feature cache (--cache)", folder=True, writable=False)
         self.dtype = dtype
         self.shard_size = shard_size
         self.flush_seconds = flush_seconds

@@ -86,6 +86,32 @@ class ServeSettings:
         return next(f.metadata["help"] for f in fields(cls) if f.name == name)
 
 
+def check_device(device: str) -> str:
+    """``device`` if torch can use it here; a missing GPU is one line, not a crash at load.
+
+    >>> check_device("cpu")
+    'cpu'
+    """
+    import re
+
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", device):
+        raise MicroRMError(f"--device {device!r} is not a device; use cpu, cuda, cuda:N or mps")
+    if device == "cpu":
+        return device
+    import torch
+
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise MicroRMError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise MicroRMError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA "
+                               "device(s), numbered from 0")
+    elif not torch.backends.mps.is_available():
+        raise MicroRMError("--device mps: Apple's MPS is not available on this machine; use --device cpu")
+    return device
+
+
 def read_admin_token(token_file: Optional[str | os.PathLike] = None) -> Optional[str]:
     """The admin token from ``token_file`` (first line) or ``$MICRO_RM_ADMIN_TOKEN``; None if neither.
 
@@ -94,10 +120,9 @@ def read_admin_token(token_file: Optional[str | os.PathLike] = None) -> Optional
     """
     if token_file is not None:
         path = Path(token_file)
-        try:
-            token = path.read_text(encoding="utf-8").strip().splitlines()
-        except OSError as exc:
-            raise MicroRMError(f"--admin-token-file {path}: cannot read it ({exc.strerror})") from None
+        from micro_rm.data.readers import read_text
+
+        token = read_text(path, "--admin-token-file").strip().splitlines()
         if not token or not token[0].strip():
             raise MicroRMError(f"--admin-token-file {path}: the file is empty; put the token on its first line")
         return token[0].strip()
