@@ -24,7 +24,7 @@ def pairwise_accuracy(probs: np.ndarray, attributes: Optional[Sequence[Optional[
     {'mean_accuracy': 0.75, 'per_attribute': {'a': 0.5, 'b': 1.0}, 'pairs': 4}
     """
     correct = _as_probs(probs, "probs") > 0.5
-    groups = _groups(attributes, len(correct))
+    groups = attribute_groups(attributes, len(correct))
     if groups is None:
         return {"mean_accuracy": float(correct.mean()), "per_attribute": {}, "pairs": len(correct)}
     per = {name: float(correct[groups == name].mean()) for name in sorted(set(groups))}
@@ -46,7 +46,7 @@ def head_attribute_matrix(head_probs: np.ndarray,
     correct = _as_probs(head_probs, "head_probs") > 0.5                          # [N, K]
     if correct.ndim != 2:
         raise MicroRMError(f"`head_probs` must be [N, K], got shape {correct.shape}")
-    groups = _groups(attributes, len(correct))
+    groups = attribute_groups(attributes, len(correct))
     names = sorted(set(groups)) if groups is not None else ["all"]
     columns = [correct[groups == name] if groups is not None else correct for name in names]
     accuracy = np.stack([c.mean(axis=0) for c in columns], axis=1)                 # [K, A]
@@ -100,7 +100,7 @@ def router_statistics(weights: np.ndarray,
         raise MicroRMError(f"`weights` must be a non-empty [N, K] array, got shape {w.shape}")
     entropy = -np.sum(np.where(w > 0, w * np.log(np.where(w > 0, w, 1.0)), 0.0), axis=1)
     top = np.bincount(w.argmax(axis=1), minlength=w.shape[1]) / len(w)
-    groups = _groups(attributes, len(w))
+    groups = attribute_groups(attributes, len(w))
     names = sorted(set(groups)) if groups is not None else ["all"]
     rows = [w[groups == name].mean(axis=0) if groups is not None else w.mean(axis=0) for name in names]
     return {"mean_entropy": float(entropy.mean()), "head_usage": w.mean(axis=0).tolist(),
@@ -115,7 +115,13 @@ def _as_probs(probs: np.ndarray, name: str) -> np.ndarray:
     return probs
 
 
-def _groups(attributes: Optional[Sequence[Optional[str]]], n: int) -> Optional[np.ndarray]:
+def attribute_groups(attributes: Optional[Sequence[Optional[str]]], n: int) -> Optional[np.ndarray]:
+    """The group of each of ``n`` pairs as an object array: its attribute, or ``(none)`` for a pair
+    without one when others have one; None when no pair has an attribute (one group: all pairs).
+
+    >>> attribute_groups(["a", None], 2).tolist()
+    ['a', '(none)']
+    """
     if not attributes or all(a is None for a in attributes):
         return None
     if len(attributes) != n:

@@ -1,0 +1,102 @@
+"""95% bootstrap intervals for accuracies, resampling prompts rather than pairs.
+
+Pairs of one prompt share its text (and on DSP its responses), so they are not independent:
+resampling pairs would give intervals that are too narrow. :class:`PromptBootstrap` draws the
+test prompts with replacement once; every method is scored on the same draws, so the
+difference of two methods has its own (paired) interval. The statistic is the one the tables
+report: accuracy per attribute, and its unweighted mean over attributes
+(:func:`micro_rm.eval.metrics.pairwise_accuracy`).
+
+>>> boot = PromptBootstrap(prompts, attributes)                       # doctest: +SKIP
+>>> a, b = boot.samples(correct_a), boot.samples(correct_b)           # doctest: +SKIP
+>>> percentile_interval(a["mean"] - b["mean"])                        # doctest: +SKIP
+[0.031, 0.072]
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from micro_rm.errors import MicroRMError
+from micro_rm.eval.metrics import attribute_groups
+
+RESAMPLES = 1000
+LEVEL = 0.95
+
+
+def percentile_interval(samples: np.ndarray, level: float = LEVEL) -> list[float]:
+    """The central ``level`` percentile interval [lo, hi] of bootstrap ``samples`` (NaN ignored).
+
+    >>> percentile_interval(np.arange(101) / 100)
+    [0.025, 0.975]
+    """
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.nanpercentile(np.asarray(samples, dtype=np.float64), [tail, 100 - tail])
+    return [round(float(lo), 6), round(float(hi), 6)]
+
+
+def excludes_zero(interval: Sequence[float]) -> bool:
+    """Whether a difference's interval lies wholly on one side of 0 (the difference is resolved).
+
+    >>> excludes_zero([0.01, 0.03]), excludes_zero([-0.01, 0.03])
+    (True, False)
+    """
+    return interval[0] > 0 or interval[1] < 0
+
+
+class PromptBootstrap:
+    """``resamples`` draws of the test prompts with replacement, shared by every method scored.
+
+    Parameters
+    ----------
+    prompts : the prompt of each test pair [N]; the unit resampled.
+    attributes : the attribute of each pair [N] (None: the "(none)" group; all None: one group).
+    resamples, seed : number of draws and their seed (fixed, so reruns give the same intervals).
+    """
+
+    def __init__(self, prompts: Sequence[Any], attributes: Optional[Sequence[Optional[str]]] = None, *,
+                 resamples: int = RESAMPLES, seed: int = 0):
+        if len(prompts) == 0:
+            raise MicroRMError("the bootstrap needs at least one test pair")
+        groups = attribute_groups(attributes, len(prompts))
+        groups = np.full(len(prompts), "all", dtype=object) if groups is None else groups
+        self.attributes, attribute_of = np.unique(groups.astype(str), return_inverse=True)
+        distinct, prompt_of = np.unique(np.asarray(prompts, dtype=object).astype(str), return_inverse=True)
+        # cell of each pair in the prompt × attribute table the resample weights act on
+        self.cell = prompt_of * len(self.attributes) + attribute_of
+        self.shape = (len(distinct), len(self.attributes))
+        rng = np.random.default_rng(seed)
+        # how often each prompt is drawn in each resample: [R, P]
+        self.counts = rng.multinomial(len(distinct), np.full(len(distinct), 1 / len(distinct)),
+                                      size=resamples).astype(np.float64)
+
+    def samples(self, correct: np.ndarray, scored: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
+        """Resampled accuracies of one method.
+
+        ``correct`` is [N] (one run) or [S, N] (S runs, e.g. budget draws; the statistic is then
+        the mean over runs, as the tables report); ``scored`` (same shape, bool) marks the pairs
+        each run scored (HyRe leaves its labelled prompts out). Returns ``per_attribute``
+        [R, A] (columns in ``self.attributes`` order) and ``mean`` [R] (mean over attributes).
+        """
+        correct = np.atleast_2d(np.asarray(correct, dtype=np.float64))                  # [S, N]
+        scored = np.ones_like(correct) if scored is None else np.atleast_2d(scored).astype(np.float64)
+        if correct.shape != scored.shape or correct.shape[1] != len(self.cell):
+            raise MicroRMError(f"`correct` and `scored` must be [N] or [S, N] with N = {len(self.cell)} test "
+                               f"pairs, got {correct.shape} and {scored.shape}")
+        size = self.shape[0] * self.shape[1]
+        runs = []
+        for c, s in zip(correct, scored):
+            hits = np.bincount(self.cell, weights=c * s, minlength=size).reshape(self.shape)    # [P, A]
+            pairs = np.bincount(self.cell, weights=s, minlength=size).reshape(self.shape)       # [P, A]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                runs.append((self.counts @ hits) / (self.counts @ pairs))                       # [R, A]
+        per_attribute = np.mean(runs, axis=0)
+        return {"per_attribute": per_attribute, "mean": per_attribute.mean(axis=1)}
+
+    def intervals(self, samples: dict[str, np.ndarray]) -> dict[str, Any]:
+        """``ci95`` of the mean and ``per_attribute_ci95`` ({attribute: [lo, hi]}) of ``samples``."""
+        return {"ci95": percentile_interval(samples["mean"]),
+                "per_attribute_ci95": {str(a): percentile_interval(samples["per_attribute"][:, j])
+                                       for j, a in enumerate(self.attributes)}}
