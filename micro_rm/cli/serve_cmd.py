@@ -27,6 +27,7 @@ def serve(
     admin_token_file: Optional[Path] = typer.Option(None, "--admin-token-file", help="File whose first "
                                                     "line is the admin token (else $MICRO_RM_ADMIN_TOKEN)."),
     anonymous_scoring: bool = typer.Option(False, "--anonymous-scoring", help=_help("anonymous_scoring")),
+    labels: str = typer.Option(_default("labels"), "--labels", help=_help("labels")),
     cache_dir: Optional[Path] = typer.Option(None, "--cache", help=_help("cache_dir")),
     disk_cache: bool = typer.Option(True, "--disk-cache/--no-disk-cache", help=_help("disk_cache")),
     lru_items: int = typer.Option(_default("lru_items"), "--lru-items", help=_help("lru_items")),
@@ -42,6 +43,9 @@ def serve(
     per-user Hedge), /users, /healthz, /metrics; OpenAPI docs at /docs.
 
     Example: MICRO_RM_ADMIN_TOKEN=$(cat admin.token) micro-rm serve --model runs/dsp --state sqlite:///state.db
+
+    For OpenRLHF (its client sends no token; labels carry each sample's context):
+    micro-rm serve --model runs/dsp --anonymous-scoring --labels context
     """
     import logging
 
@@ -52,7 +56,7 @@ def serve(
         raise MicroRMError(f"--log-level {log_level!r} is not a log level; use one of {', '.join(LOG_LEVELS)}")
     settings = ServeSettings(model=model, state=state, host=host, port=port, eta=eta, device=device,
                              admin_token=read_admin_token(admin_token_file),
-                             anonymous_scoring=anonymous_scoring,
+                             anonymous_scoring=anonymous_scoring, labels=labels,
                              cache_dir=str(cache_dir) if cache_dir else None, disk_cache=disk_cache,
                              lru_items=lru_items, batch_wait_ms=batch_wait_ms, max_batch_items=max_batch_items,
                              max_body_bytes=max_body_bytes, max_texts=max_texts, max_text_chars=max_text_chars)

@@ -1,7 +1,9 @@
-"""Request counts and latency percentiles per route, kept in memory (``GET /metrics``).
+"""Request counts, latencies and counters of the service: Prometheus text at ``GET /metrics``
+(through ``prometheus-client``, one registry per app) and a JSON summary at ``GET /stats``.
 
-Latencies are the last ``window`` requests of each route (a ring buffer), so percentiles follow
-the recent load and memory stays bounded.
+The JSON latency percentiles are over the last ``window`` requests of each route (a ring
+buffer), so they follow the recent load and memory stays bounded; Prometheus gets a histogram
+to aggregate across replicas as it likes.
 """
 
 from __future__ import annotations
@@ -9,23 +11,52 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict, deque
-from typing import Any
+from typing import Any, Iterator, Mapping, Optional
 
 import numpy as np
+
+# Counters every scrape shows, at 0 until something happens.
+COUNTERS = {
+    "feedback_pairs": "Feedback pairs accepted by POST /feedback.",
+    "get_reward_prompt_not_found": "/get_reward queries that did not contain their prompt (OpenRLHF "
+                                   "truncated it from the left); scored on the whole query.",
+}
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 class Metrics:
     def __init__(self, window: int = 10_000):
+        from prometheus_client import CollectorRegistry, Histogram
+
         self.started = time.time()
         self._lock = threading.Lock()
         self._counts: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
         self._latency: dict[str, deque] = defaultdict(lambda: deque(maxlen=window))
-        self.counters: dict[str, int] = defaultdict(int)   # e.g. feedback_pairs
+        self.counters: dict[str, int] = defaultdict(int, {name: 0 for name in COUNTERS})
+        self.registry = CollectorRegistry(auto_describe=False)   # per app: tests build many
+        self._duration = Histogram("micro_rm_request_duration_seconds", "HTTP request latency by route.",
+                                   ["route"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self._extra: Mapping[str, Mapping[str, Any]] = {}
+        self._scrape = threading.Lock()
+        self.registry.register(_Collector(self))
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         with self._lock:
             self._counts[route][status] += 1
             self._latency[route].append(seconds)
+        self._duration.labels(route).observe(seconds)
+
+    def prometheus(self, extra: Optional[Mapping[str, Mapping[str, Any]]] = None) -> bytes:
+        """The Prometheus text exposition; ``extra`` maps a group (``features``) to cumulative
+        stats read at scrape time (each number becomes ``micro_rm_<group>_<name>_total``)."""
+        from prometheus_client import generate_latest
+
+        with self._scrape:
+            self._extra = extra or {}
+            try:
+                return generate_latest(self.registry)
+            finally:
+                self._extra = {}
 
     def add(self, name: str, value: int = 1) -> None:
         with self._lock:
@@ -45,6 +76,35 @@ class Metrics:
                 }
             return {"uptime_s": round(time.time() - self.started, 3), "requests": routes,
                     "counters": dict(self.counters)}
+
+
+class _Collector:
+    """Reads :class:`Metrics` at scrape time (request counts, counters, uptime, extra stats)."""
+
+    def __init__(self, metrics: Metrics):
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        m = self.metrics
+        with m._lock:
+            counts = [(route, status, n) for route, by in sorted(m._counts.items()) for status, n in sorted(by.items())]
+            counters = dict(m.counters)
+        requests = CounterMetricFamily("micro_rm_requests", "HTTP requests by route and status.",
+                                       labels=["route", "status"])
+        for route, status, n in counts:
+            requests.add_metric([route, str(status)], n)
+        yield requests
+        for name, value in sorted(counters.items()):
+            yield CounterMetricFamily(f"micro_rm_{name}", COUNTERS.get(name, name.replace("_", " ")), value=value)
+        for group, stats in m._extra.items():
+            for name, value in sorted(stats.items()):
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    yield CounterMetricFamily(f"micro_rm_{group}_{name}", f"{group}: {name.replace('_', ' ')}.",
+                                              value=value)
+        yield GaugeMetricFamily("micro_rm_uptime_seconds", "Seconds since the service started.",
+                                value=time.time() - m.started)
 
 
 class MetricsMiddleware:

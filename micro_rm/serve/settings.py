@@ -43,14 +43,19 @@ class ServeSettings:
     port: int = _help("TCP port.", 8000)
     admin_token: Optional[str] = field(default=None, repr=False, metadata={
         "help": f"Admin bearer token (creates users and their tokens); also ${ADMIN_TOKEN_ENV}."})
-    anonymous_scoring: bool = _help("Let requests without a token score (without a user_id): "
-                                    "OpenRLHF's remote reward client sends no Authorization "
-                                    "header.", False)
-    max_body_bytes: int = _help("Largest request body in bytes (larger: 413).", 1_000_000)
+    anonymous_scoring: bool = _help("Let requests without a token score (without a user_id, "
+                                    "unless --labels names one): OpenRLHF's remote reward "
+                                    "client sends no Authorization header.", False)
+    labels: str = _help("What OpenRLHF's per-sample `labels` (its --label_key column) carry to "
+                        "/get_reward: ignore, context (the label is the sample's context), "
+                        "user_id (score with that user's weights) or json (an object with "
+                        "`context` and/or `user_id`).", "ignore")
+    max_body_bytes: int = _help("Largest request body in bytes (larger: 413).", 16_000_000)
     max_texts: int = _help("Most texts per request: responses, queries or feedback pairs "
-                           "(more: 413).", 64)
+                           "(more: 413).", 256)
     max_text_chars: int = _help("Longest text (prompt, response, context) in characters "
-                                "(longer: 422).", 20_000)
+                                "(longer: 422); the default takes an 8k-token RLHF context "
+                                "(OpenRLHF's prompt + response) with room to spare.", 100_000)
     # features
     cache_dir: Optional[str] = _help("Feature cache folder (default: $MICRO_RM_CACHE or the user "
                                      "cache dir).", None)
@@ -69,6 +74,8 @@ class ServeSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise MicroRMError(f"--{name.replace('_', '-')} must be an integer ≥ {low}, got {value!r}")
+        from micro_rm.integrations.common import check_label_mode
+        check_label_mode(self.labels, "--labels")
         if self.port > 65535:
             raise MicroRMError(f"--port must be at most 65535, got {self.port}")
         if not (isinstance(self.batch_wait_ms, (int, float)) and math.isfinite(self.batch_wait_ms)

@@ -1,10 +1,12 @@
-"""``GET /healthz`` and ``GET /metrics`` (no token needed: neither shows any user's data)."""
+"""``GET /healthz``, ``GET /metrics`` (Prometheus) and ``GET /stats`` (JSON); no token needed:
+none shows any user's data."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.responses import PlainTextResponse, Response
 
 from micro_rm.serve.deps import get_batcher, get_metrics, get_scorer, get_settings
 from micro_rm.serve.settings import ServeSettings
@@ -20,10 +22,23 @@ def healthz(scorer: Any = Depends(get_scorer), settings: ServeSettings = Depends
             "num_heads": config.num_heads, "backbone": scorer.backbone.name, "eta": settings.eta}
 
 
-@router.get("/metrics")
-def metrics(request: Request, metrics: Any = Depends(get_metrics), batcher: Any = Depends(get_batcher)) -> dict:
-    """Request counts by route and status, latency percentiles (ms) over the last 10,000
-    requests of each route, and the feature path: LRU hits, texts encoded, micro-batch sizes."""
+@router.get("/metrics", response_class=PlainTextResponse)
+def metrics(request: Request, metrics: Any = Depends(get_metrics), batcher: Any = Depends(get_batcher)) -> Response:
+    """Prometheus text: requests by route and status, a latency histogram per route, counters
+    (feedback pairs, truncated OpenRLHF prompts) and the feature path (LRU hits, texts encoded,
+    micro-batches)."""
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    extra = {"features": {**batcher.features.stats, **batcher.stats},
+             "feedback_writes": dict(request.app.state.writer.stats)}
+    return Response(metrics.prometheus(extra), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/stats")
+def stats(request: Request, metrics: Any = Depends(get_metrics), batcher: Any = Depends(get_batcher)) -> dict:
+    """The same as JSON for people: request counts by route and status, latency percentiles (ms)
+    over the last 10,000 requests of each route, and the feature path: LRU hits, texts encoded,
+    micro-batch sizes."""
     out = metrics.snapshot()
     features = dict(batcher.features.stats)
     features.update(batcher.stats)
