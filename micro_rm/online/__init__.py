@@ -12,13 +12,24 @@ from micro_rm.online.hedge import (
     tuned_eta,
     validate_eta,
 )
-from micro_rm.online.store import PostgresUserStore, StateStore, UserStore, open_store
+from micro_rm.online.store import (
+    DuplicateKey,
+    FeedbackRequest,
+    PostgresUserStore,
+    StateStore,
+    UserDeleted,
+    UserStore,
+    open_store,
+)
 
 __all__ = [
     "DEFAULT_ETA",
     "DEFAULT_P_MIN",
+    "DuplicateKey",
+    "FeedbackRequest",
     "PostgresUserStore",
     "StateStore",
+    "UserDeleted",
     "UserState",
     "UserStore",
     "hedge_log_weights",

@@ -16,6 +16,7 @@ losses of one model's heads mean nothing to another's.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -32,8 +33,51 @@ from micro_rm.errors import MicroRMError
 from micro_rm.online.hedge import UserState
 
 SCHEMA_VERSION = "1"
+IDEMPOTENCY_TTL_SECONDS = 24 * 3600  # how long a repeated Idempotency-Key returns the first answer
+# A user's epoch goes up whenever the user is deleted or its token revoked or rotated. Feedback
+# carries the epoch it was authorised under, and the write transaction refuses it if the epoch
+# moved meanwhile: a deletion is final even for feedback already in flight. The token table
+# (micro_rm.serve.tokens) shares this table and this SQL.
+EPOCH_DDL = "CREATE TABLE IF NOT EXISTS user_epochs (user_id TEXT PRIMARY KEY, epoch INTEGER NOT NULL)"
+BUMP_EPOCH_SQL = ("INSERT INTO user_epochs (user_id, epoch) VALUES (?, 1) ON CONFLICT (user_id) "
+                  "DO UPDATE SET epoch = user_epochs.epoch + 1")
 BUSY_TIMEOUT_MS = 30_000  # how long a writer waits for another's transaction before failing
 _URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+class StaleRequest(MicroRMError):
+    """A feedback request that must not be applied; ``index`` is its place in the group."""
+
+    def __init__(self, message: str, index: int = 0):
+        super().__init__(message)
+        self.index = index
+
+
+class UserDeleted(StaleRequest):
+    """The user was deleted (or its token revoked) after the request was authorised."""
+
+
+class DuplicateKey(StaleRequest):
+    """The request's Idempotency-Key was already used: it was applied once, by an earlier call."""
+
+
+@dataclasses.dataclass
+class FeedbackRequest:
+    """One service request: its ``(user_id, losses [n, K], payloads)`` batches, applied all or
+    none. ``epochs`` (user → epoch at authorisation) refuses the request if a user was deleted
+    since; ``key`` (scope, Idempotency-Key, request hash) records it so a retry applies nothing."""
+
+    batches: Sequence[tuple[str, Any, Sequence[Mapping[str, Any]] | None]]
+    epochs: Mapping[str, int] | None = None
+    key: tuple[str, str, str] | None = None
+
+
+@dataclasses.dataclass
+class IdempotentResult:
+    """What a stored Idempotency-Key holds: the body's hash and each user's state right after."""
+
+    request_sha256: str
+    states: dict[str, tuple[int, list[float]]]   # user → (num_feedback, cumulative_loss)
 
 
 def sqlite_connect(path: str | os.PathLike) -> sqlite3.Connection:
@@ -75,7 +119,15 @@ class StateStore(Protocol):
         self, batches: Sequence[tuple[str, Any, Sequence[Mapping[str, Any]] | None]]
     ) -> list[UserState]: ...
 
+    def apply_requests(self, requests: Sequence[FeedbackRequest]) -> list[list[UserState]]: ...
+
     def get(self, user_id: str, missing_ok: bool = False) -> UserState: ...
+
+    def epoch(self, user_id: str) -> int: ...
+
+    def idempotent_result(self, scope: str, key: str) -> IdempotentResult | None: ...
+
+    def delete_user(self, user_id: str) -> int | None: ...
 
     def reset(self, user_id: str) -> UserState: ...
 
@@ -170,6 +222,11 @@ class _SqlStore:
             f"CREATE TABLE IF NOT EXISTS feedback (id {self._id_column}, user_id TEXT NOT NULL, "
             "created_at TEXT NOT NULL, payload TEXT NOT NULL, losses TEXT NOT NULL)",
             "CREATE INDEX IF NOT EXISTS feedback_user ON feedback (user_id)",
+            EPOCH_DDL,
+            "CREATE TABLE IF NOT EXISTS idempotency_keys (scope TEXT NOT NULL, key TEXT NOT NULL, "
+            "request_sha256 TEXT NOT NULL, users TEXT NOT NULL, states TEXT NOT NULL, "
+            "created_at TEXT NOT NULL, PRIMARY KEY (scope, key))",
+            "CREATE INDEX IF NOT EXISTS idempotency_age ON idempotency_keys (created_at)",
         ]
 
     def _conn(self) -> Any:
@@ -225,31 +282,102 @@ class _SqlStore:
         """Apply several ``(user_id, losses [N, K], payloads)`` batches in ONE transaction (one
         fsync: the service's group commit). Each batch's returned state is the user's state right
         after it, exactly as if the batches had been applied one by one in order."""
-        prepared = [(user_id, *self._prepare(user_id, losses, payloads))
-                    for user_id, losses, payloads in batches]
+        return self.apply_requests([FeedbackRequest(batches)])[0]
+
+    def apply_requests(self, requests: Sequence[FeedbackRequest]) -> list[list[UserState]]:
+        """Apply several requests in ONE transaction; each request's states, batch by batch.
+
+        Raises :class:`UserDeleted` or :class:`DuplicateKey` (with the request's ``index``) and
+        applies nothing if any request is stale: the caller drops that one and retries the rest.
+        """
+        prepared = [[(user_id, *self._prepare(user_id, losses, payloads))
+                     for user_id, losses, payloads in request.batches] for request in requests]
         current: dict[str, UserState] = {}
         out = []
         with self._transaction() as cur:
-            for user_id, losses, payload_json in prepared:
-                if user_id not in current:
-                    cur.execute(
-                        self._sql(
-                            "INSERT INTO users (user_id, model_id, num_heads, cumulative_loss, num_feedback, "
-                            "updated_at) VALUES (?, ?, ?, ?, 0, ?) ON CONFLICT (user_id) DO NOTHING"
-                        ),
-                        (user_id, self.model_id, self.num_heads, json.dumps([0.0] * self.num_heads), _now()),
-                    )
-                    current[user_id] = self._select_user(cur, user_id, self._for_update)
-                current[user_id] = current[user_id].add_losses(losses)
-                created = _now()
-                cur.executemany(
-                    self._sql("INSERT INTO feedback (user_id, created_at, payload, losses) VALUES (?, ?, ?, ?)"),
-                    [(user_id, created, p, json.dumps(row.tolist())) for p, row in zip(payload_json, losses)],
-                )
-                out.append(current[user_id])
+            if any(request.key for request in requests):
+                cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=IDEMPOTENCY_TTL_SECONDS)
+                cur.execute(self._sql("DELETE FROM idempotency_keys WHERE created_at < ?"), (cutoff.isoformat(),))
+            for index, (request, batches) in enumerate(zip(requests, prepared)):
+                self._check_epochs(cur, request.epochs or {}, index)
+                states = [self._apply_batch(cur, current, *batch) for batch in batches]
+                if request.key is not None:
+                    self._record_key(cur, request.key, {s.user_id: s for s in states}, index)
+                out.append(states)
             for state in current.values():
                 self._write_state(cur, state)
         return out
+
+    def _check_epochs(self, cur: Any, epochs: Mapping[str, int], index: int) -> None:
+        for user_id, expected in epochs.items():
+            # Lock the epoch row (created if missing) so a concurrent deletion waits for us or we
+            # for it (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises writers).
+            cur.execute(self._sql("INSERT INTO user_epochs (user_id, epoch) VALUES (?, 0) "
+                                  "ON CONFLICT (user_id) DO NOTHING"), (user_id,))
+            row = cur.execute(self._sql("SELECT epoch FROM user_epochs WHERE user_id = ?") + self._for_update,
+                              (user_id,)).fetchone()
+            if int(row[0]) != expected:
+                raise UserDeleted(f"user {user_id!r} was deleted, or its token revoked, while this "
+                                  "feedback was in flight; nothing was applied", index)
+
+    def _apply_batch(self, cur: Any, current: dict[str, UserState], user_id: str, losses: np.ndarray,
+                     payload_json: list[str]) -> UserState:
+        if user_id not in current:
+            cur.execute(
+                self._sql(
+                    "INSERT INTO users (user_id, model_id, num_heads, cumulative_loss, num_feedback, "
+                    "updated_at) VALUES (?, ?, ?, ?, 0, ?) ON CONFLICT (user_id) DO NOTHING"
+                ),
+                (user_id, self.model_id, self.num_heads, json.dumps([0.0] * self.num_heads), _now()),
+            )
+            current[user_id] = self._select_user(cur, user_id, self._for_update)
+        current[user_id] = current[user_id].add_losses(losses)
+        created = _now()
+        cur.executemany(
+            self._sql("INSERT INTO feedback (user_id, created_at, payload, losses) VALUES (?, ?, ?, ?)"),
+            [(user_id, created, p, json.dumps(row.tolist())) for p, row in zip(payload_json, losses)],
+        )
+        return current[user_id]
+
+    def _record_key(self, cur: Any, key: tuple[str, str, str], states: dict[str, UserState],
+                    index: int) -> None:
+        scope, name, digest = key
+        stored = {u: [s.num_feedback, s.cumulative_loss.tolist()] for u, s in states.items()}
+        cur.execute(self._sql("INSERT INTO idempotency_keys (scope, key, request_sha256, users, states, "
+                              "created_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (scope, key) DO NOTHING"),
+                    (scope, name, digest, json.dumps(sorted(states)), json.dumps(stored), _now()))
+        if (cur.rowcount or 0) == 0:
+            raise DuplicateKey(f"Idempotency-Key {name!r} was already used", index)
+
+    def idempotent_result(self, scope: str, key: str) -> IdempotentResult | None:
+        """The stored outcome of ``key`` (unexpired), or None if it was never used."""
+        cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=IDEMPOTENCY_TTL_SECONDS)
+        rows = self._query("SELECT request_sha256, states FROM idempotency_keys WHERE scope = ? AND key = ? "
+                           "AND created_at >= ?", (scope, key, cutoff.isoformat()))
+        if not rows:
+            return None
+        states = {u: (int(n), [float(x) for x in loss]) for u, (n, loss) in json.loads(rows[0][1]).items()}
+        return IdempotentResult(rows[0][0], states)
+
+    def epoch(self, user_id: str) -> int:
+        """The user's epoch now (0 if never deleted or revoked); feedback authorised now carries it."""
+        rows = self._query("SELECT epoch FROM user_epochs WHERE user_id = ?", (user_id,))
+        return int(rows[0][0]) if rows else 0
+
+    def delete_user(self, user_id: str) -> int | None:
+        """Forget a user for good, in one transaction: state, feedback log, idempotency keys, and
+        a new epoch so that feedback authorised before now is refused. The number of feedback
+        rows it had, or None if it had no state."""
+        pattern = "%" + json.dumps(user_id).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        with self._transaction() as cur:
+            cur.execute(self._sql(BUMP_EPOCH_SQL), (user_id,))
+            had_state = self._select_user(cur, user_id, self._for_update) is not None
+            cur.execute(self._sql("DELETE FROM feedback WHERE user_id = ?"), (user_id,))
+            count = cur.rowcount or 0
+            cur.execute(self._sql("DELETE FROM users WHERE user_id = ?"), (user_id,))
+            cur.execute(self._sql("DELETE FROM idempotency_keys WHERE scope = ? OR users LIKE ? ESCAPE '\\'"),
+                        (f"user:{user_id}", pattern))
+        return count if had_state else None
 
     @staticmethod
     def _prepare(user_id: str, losses: Any, payloads: Sequence[Mapping[str, Any]] | None

@@ -70,8 +70,11 @@ def create_app(settings: ServeSettings, scorer: Optional[Any] = None) -> FastAPI
                   lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = Metrics()
+    from micro_rm.serve.schemas import ERROR_RESPONSES
+
     for module in (scores, feedback, users, health):
-        app.include_router(module.router)
+        # Every error answer is documented with the one shape it has (schemas.ErrorResponse).
+        app.include_router(module.router, responses=ERROR_RESPONSES)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(MicroRMError, _bad_input)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

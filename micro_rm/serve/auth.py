@@ -6,8 +6,9 @@ state database).
 - no token: 401 (scoring without a user may be opened with ``--anonymous-scoring``);
   a valid token acting for someone else: 403.
 
-The dependencies are ``async`` (run inline, no thread-pool hop): a token check is a hash and a
-memoised indexed read (:meth:`TokenStore.user_of`).
+The dependencies are ``async`` (run inline, no thread-pool hop): a token check is a hash and one
+indexed read of the committed token table (:meth:`TokenStore.lookup`), never a cache, so a
+revoked or rotated token is refused by every replica as soon as the revoking call returns.
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ _bearer = HTTPBearer(auto_error=False, description="An admin token or a user tok
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: the admin, or one user."""
+    """Who is calling: the admin, or one user (with its epoch when the token was checked: feedback
+    is refused at commit if the user was deleted or its token changed since)."""
 
     user_id: Optional[str]
     admin: bool = False
+    epoch: Optional[int] = None
 
     def may_act_as(self, user_id: str) -> bool:
         return self.admin or self.user_id == user_id
@@ -51,10 +54,10 @@ async def get_principal(credentials: Optional[HTTPAuthorizationCredentials] = De
     if settings.admin_token and hmac.compare_digest(token.encode("utf-8", "surrogateescape"),
                                                     settings.admin_token.encode("utf-8")):
         return Principal(None, admin=True)
-    user = tokens.user_of(token)
-    if user is None:
+    found = tokens.lookup(token)
+    if found is None:
         raise _unauthorized("invalid bearer token")
-    return Principal(user)
+    return Principal(found[0], epoch=found[1])
 
 
 async def require_principal(principal: Optional[Principal] = Depends(get_principal)) -> Principal:

@@ -11,11 +11,11 @@ from typing import Annotated, Any, Optional, Union
 from fastapi import HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
+from micro_rm.data.records import USER_ID_PATTERN, USER_ID_RULE, check_unicode
+from micro_rm.errors import InvalidRecord
 from micro_rm.serve.settings import ServeSettings
 
-USER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}$"
-UserId = Annotated[str, Field(pattern=USER_ID_PATTERN, description="1-128 characters: letters, "
-                              "digits and . _ @ : - (starting with a letter or digit).",
+UserId = Annotated[str, Field(pattern=USER_ID_PATTERN, description=USER_ID_RULE + ".",
                               examples=["ana"])]
 
 
@@ -40,7 +40,8 @@ def as_text(value: TextIn) -> Any:
 
 def check_texts(settings: ServeSettings, count: int, texts: list[tuple[str, Any]]) -> None:
     """413 if a request carries more than ``max_texts`` items, 422 if a text is too long or is
-    not valid Unicode (a lone surrogate escape)."""
+    not valid Unicode (a lone surrogate escape, in a message's content or its role): the rule
+    of :func:`micro_rm.data.records.check_unicode`, shared with the CLI."""
     if count > settings.max_texts:
         raise HTTPException(413,
                             detail=f"{count} texts in one request; the limit is {settings.max_texts} "
@@ -48,19 +49,47 @@ def check_texts(settings: ServeSettings, count: int, texts: list[tuple[str, Any]
     for where, text in texts:
         if text is None:
             continue
-        parts = [text] if isinstance(text, str) else [m["content"] if isinstance(m, dict) else m.content
-                                                      for m in text]
-        for part in parts:
+        parts = [(where, text)] if isinstance(text, str) else [
+            (f"{where}[{i}].{key}", m[key] if isinstance(m, dict) else getattr(m, key))
+            for i, m in enumerate(text) for key in ("role", "content")]
+        for field, part in parts:
             if len(part) > settings.max_text_chars:
                 raise HTTPException(422,
-                                    detail=f"`{where}` has {len(part)} characters; the limit is "
+                                    detail=f"`{field}` has {len(part)} characters; the limit is "
                                            f"{settings.max_text_chars} (--max-text-chars)")
             try:
-                part.encode("utf-8")
-            except UnicodeEncodeError:
-                raise HTTPException(422,
-                                    detail=f"`{where}` is not valid Unicode (a lone surrogate "
-                                           "escape such as \\ud800)") from None
+                check_unicode(part, field)
+            except InvalidRecord as exc:
+                raise HTTPException(422, detail=str(exc)) from None
+
+
+# ----- errors -------------------------------------------------------------------------------
+class ValidationProblem(BaseModel):
+    loc: list[Union[str, int]] = Field(description="Where: `body`, then the field path.")
+    msg: str
+    type: str
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx answer: ``detail`` is one line saying what is wrong, where, and the fix; a
+    request that does not match the schema (422) lists each problem, with ``message`` naming
+    the first in one line."""
+
+    detail: Union[str, list[ValidationProblem]]
+    message: Optional[str] = Field(None, description="With a list `detail`: the first problem in one line.")
+
+
+ERROR_RESPONSES: dict[Union[int, str], dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text} for code, text in (
+        (400, "Malformed request (e.g. an invalid Content-Length)."),
+        (401, "Missing or invalid bearer token."),
+        (403, "The token may not act for this user, or the call needs the admin token."),
+        (404, "Unknown user."),
+        (409, "Conflict: the user exists already, the user was deleted while the feedback was in "
+              "flight, or an Idempotency-Key is still being applied."),
+        (413, "Request body or text count over the limits."),
+        (422, "Invalid request: the detail names the field and the fix."),
+    )}
 
 
 # ----- scoring ------------------------------------------------------------------------------

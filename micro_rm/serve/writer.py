@@ -6,18 +6,23 @@ gathers the requests that arrive while the previous commit runs and writes them 
 transaction; each request is answered only after the commit that holds it, with the user's
 state right after its own rows (as if the requests had run one by one, in arrival order).
 
-The one-transaction path is the SQL stores' ``apply_feedback_many``; any other store (a test
-double) gets one ``apply_feedback`` call per request.
+A request that must not be applied (its user was deleted since it was authorised, or its
+Idempotency-Key was used already) makes the store refuse the whole transaction, naming that
+request; the writer drops it, answers it with that error, and commits the others.
+
+The one-transaction path is the SQL stores' ``apply_requests``; any other store (a test double)
+gets one ``apply_feedback`` call per batch.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Sequence
+from typing import Any, Sequence, Union
 
 import numpy as np
 
 from micro_rm.online.hedge import UserState
+from micro_rm.online.store import FeedbackRequest, StaleRequest
 from micro_rm.serve.worker import QueueWorker
 
 
@@ -29,9 +34,27 @@ def apply_feedback_many(store: Any, batches: Sequence[tuple[str, np.ndarray, lis
     return [store.apply_feedback(user, losses, payloads) for user, losses, payloads in batches]
 
 
+def apply_requests(store: Any, requests: Sequence[FeedbackRequest]
+                   ) -> list[Union[list[UserState], StaleRequest]]:
+    """Each request's states, or the :class:`StaleRequest` that refused it; every applied request
+    in one transaction (retried without the refused ones)."""
+    if not hasattr(store, "apply_requests"):
+        return [apply_feedback_many(store, r.batches) for r in requests]
+    pending, refused = list(range(len(requests))), {}
+    while pending:
+        try:
+            states = store.apply_requests([requests[i] for i in pending])
+        except StaleRequest as exc:
+            refused[pending.pop(exc.index)] = exc
+            continue
+        done = dict(zip(pending, states))
+        return [done[i] if i in done else refused[i] for i in range(len(requests))]
+    return [refused[i] for i in range(len(requests))]
+
+
 class FeedbackWriter(QueueWorker):
-    """Async front of :func:`apply_feedback_many`: one commit at a time, each holding every
-    request that queued meanwhile (at most ``max_batches``)."""
+    """Async front of :func:`apply_requests`: one commit at a time, each holding every request
+    that queued meanwhile (at most ``max_batches``)."""
 
     def __init__(self, store: Any, max_batches: int = 256):
         super().__init__(thread_name="micro-rm-writer")
@@ -39,11 +62,15 @@ class FeedbackWriter(QueueWorker):
         self.max_batches = max_batches
         self.stats = {"commits": 0, "committed_requests": 0}
 
-    async def apply(self, store: Any, batches: list[tuple[str, np.ndarray, list[dict]]]) -> list[UserState]:
-        """Each batch's resulting state, once all of them are durably committed (together)."""
+    async def apply(self, store: Any, request: FeedbackRequest) -> list[UserState]:
+        """The request's states once durably committed, or its :class:`StaleRequest` raised."""
         if self._queue is None or store is not self.store:   # not started, or a test's own store
-            return await asyncio.get_running_loop().run_in_executor(None, apply_feedback_many, store, batches)
-        return await self._submit(batches)
+            result = await asyncio.get_running_loop().run_in_executor(None, apply_requests, store, [request])
+        else:
+            result = await self._submit([request])
+        if isinstance(result[0], StaleRequest):
+            raise result[0]
+        return result[0]
 
     async def _run(self) -> None:
         while True:
@@ -51,7 +78,7 @@ class FeedbackWriter(QueueWorker):
             while len(group) < self.max_batches and not self._queue.empty():
                 group.append(self._queue.get_nowait())
             # On an error nothing of the group was committed, and every request fails.
-            if await self._settle(group, apply_feedback_many, self.store,
-                                  [b for batches, _ in group for b in batches]):
+            if await self._settle(group, apply_requests, self.store,
+                                  [r for requests, _ in group for r in requests]):
                 self.stats["commits"] += 1
                 self.stats["committed_requests"] += len(group)

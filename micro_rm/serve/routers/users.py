@@ -10,9 +10,10 @@ from fastapi import APIRouter, Depends, HTTPException, Path, status
 from micro_rm.serve.auth import Principal, check_acts_as, require_admin, require_principal
 from micro_rm.serve.deps import get_settings, get_store, get_token_store
 from micro_rm.serve.routers.common import feedback_weights
-from micro_rm.serve.schemas import USER_ID_PATTERN, CreatedUser, CreateUserRequest, DeletedUser, UserInfo
+from micro_rm.data.records import USER_ID_PATTERN
+from micro_rm.serve.schemas import CreatedUser, CreateUserRequest, DeletedUser, UserInfo
 from micro_rm.serve.settings import ServeSettings
-from micro_rm.serve.tokens import UserExists
+from micro_rm.serve.tokens import UnknownUser, UserExists
 
 router = APIRouter(prefix="/users", tags=["users"])
 UserPath = Path(pattern=USER_ID_PATTERN, description="The user id.")
@@ -31,8 +32,12 @@ def create_user(body: CreateUserRequest, _: Principal = Depends(require_admin),
 @router.post("/{user_id}/token", response_model=CreatedUser)
 def rotate_token(user_id: str = UserPath, _: Principal = Depends(require_admin),
                  tokens: Any = Depends(get_token_store)) -> CreatedUser:
-    """Issue a new token for a user (admin only); the old one stops working."""
-    return CreatedUser(user_id=user_id, token=tokens.create(user_id, replace=True))
+    """Issue a new token for an existing user (admin only); the old one is refused by every
+    replica as soon as this returns. 404 for a user without a token (`POST /users` creates one)."""
+    try:
+        return CreatedUser(user_id=user_id, token=tokens.rotate(user_id))
+    except UnknownUser as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from None
 
 
 @router.get("", response_model=list[str])
@@ -61,13 +66,13 @@ def get_user(user_id: str = UserPath, principal: Principal = Depends(require_pri
 @router.delete("/{user_id}", response_model=DeletedUser)
 def delete_user(user_id: str = UserPath, principal: Principal = Depends(require_principal),
                 store: Any = Depends(get_store), tokens: Any = Depends(get_token_store)) -> DeletedUser:
-    """Forget a user: its state, its feedback log and its token (the user itself or the admin)."""
+    """Forget a user for good: its token, its state, its feedback log and its Idempotency-Keys
+    (the user itself or the admin). Feedback still in flight when this returns is refused (409),
+    never applied: the token is revoked first, then the state goes in a transaction that moves
+    the user's epoch."""
     check_acts_as(principal, user_id)
-    state = store.get(user_id, missing_ok=True)
-    count = store.feedback_count(user_id) if state.num_feedback else 0
-    if state.num_feedback:
-        store.reset(user_id)
     revoked = tokens.revoke(user_id)
-    if not state.num_feedback and not revoked:
+    count = store.delete_user(user_id)
+    if count is None and not revoked:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"unknown user {user_id!r}")
-    return DeletedUser(user_id=user_id, deleted_feedback=count, token_revoked=revoked)
+    return DeletedUser(user_id=user_id, deleted_feedback=count or 0, token_revoked=revoked)
