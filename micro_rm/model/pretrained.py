@@ -12,6 +12,7 @@ alone (no flags to retype) and restores its predictions exactly.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import math
 import os
@@ -37,27 +38,106 @@ def save_pretrained(model: MixtureRewardModel, path: str | os.PathLike) -> Path:
     """Write ``model`` into the folder ``path`` (created or replaced as a whole); returns it.
 
     An existing ``path`` is replaced only when it is empty or a model folder (it has a
-    ``config.json``), so a mistyped ``--out`` cannot wipe unrelated files.
+    ``config.json``), so a mistyped ``--out`` cannot wipe unrelated files. Whenever the process
+    dies, ``path`` holds either the old model or the new one: the new folder is written and
+    fsynced beside it, then swapped in with one atomic rename (see :func:`_swap_in`). Temporary
+    folders left by a killed save are removed by the next save to the same place.
     """
     path = check_destination(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    clean_stale_temps(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
     try:
         (tmp / CONFIG_NAME).write_text(json.dumps(model.config.to_dict(), indent=2, default=_json_default)
                                        + "\n", encoding="utf-8")
         tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "library": "micro-rm"})
         (tmp / CARD_NAME).write_text(model_card(model.config), encoding="utf-8")
-        old = path.with_name(f".{path.name}.old-{os.getpid()}") if path.exists() else None
-        if old is not None:
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old)
+        for file in (tmp / CONFIG_NAME, tmp / WEIGHTS_NAME, tmp / CARD_NAME, tmp):
+            _fsync(file)
+        _swap_in(tmp, path)        # afterwards `tmp` holds the old model, or nothing
+        _fsync(path.parent)
     finally:
         if tmp.exists():
-            shutil.rmtree(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths with Linux's ``renameat2(RENAME_EXCHANGE)``; False where that
+    is not available (another OS, an old kernel, a file system without it)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    done = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
+    return done == 0
+
+
+def _swap_in(new: Path, path: Path) -> None:
+    """Put the folder ``new`` at ``path``; the old ``path`` (if any) ends up at ``new``.
+
+    A folder cannot be renamed over a non-empty one, so an existing model is swapped with one
+    atomic exchange. Without it, the old folder is first renamed to a ``.old`` sibling: a kill
+    between the two renames leaves that sibling, which :func:`clean_stale_temps` (run by the
+    next save and by ``from_pretrained``) renames back.
+    """
+    if not path.exists():
+        os.replace(new, path)
+        return
+    if _exchange(new, path):
+        return
+    old = path.with_name(f".{path.name}.{os.getpid()}.old")
+    os.replace(path, old)
+    os.replace(new, path)
+    os.replace(old, new)           # so the caller removes it with the temporary folder
+
+
+def clean_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary folders that killed saves to ``path`` left beside it (those of
+    processes that are gone), and restore a model moved aside if ``path`` itself is missing.
+    Returns what was removed."""
+    path = Path(path)
+    removed = []
+    for leftover in sorted(path.parent.glob(f".{glob.escape(path.name)}.*")):
+        parts = leftover.name[len(path.name) + 2:].split(".")
+        if len(parts) < 2 or not parts[0].isdigit() or parts[-1] not in ("tmp", "old") \
+                or _alive(int(parts[0])):
+            continue
+        if parts[-1] == "old" and not path.exists():
+            os.replace(leftover, path)
+            continue
+        shutil.rmtree(leftover, ignore_errors=True)
+        removed.append(leftover)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True        # another save of this process may be running
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def check_destination(path: str | os.PathLike) -> Path:
@@ -188,6 +268,8 @@ probability only when one head dominates the routing; compare pairs with `predic
 
 def _resolve(path_or_hub_id: str) -> Path:
     path = Path(path_or_hub_id)
+    if not path.exists() and path.parent.is_dir():
+        clean_stale_temps(path)     # a save killed between its two renames moved the model aside
     if path.is_dir():
         return path
     if path.exists():
