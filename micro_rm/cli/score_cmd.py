@@ -1,0 +1,47 @@
+"""``micro-rm score``: offline batch scoring of a file of prompts and responses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from micro_rm.cli.app import CACHE_HELP, JSON_HELP, app, emit
+
+HF_SPLIT_HELP = "Split of a Hugging Face dataset (hub id or folder) with several, e.g. test_prefs."
+
+
+@app.command("score")
+def score(
+    model: str = typer.Option(..., "--model", help="Model folder (or Hugging Face hub id)."),
+    data: str = typer.Option(..., "--data", help="Records with `prompt` and `responses` (a list), "
+                                                 "`response`/`completion`, or `chosen` and `rejected`: "
+                                                 "jsonl, json, parquet, csv, dataset folder or hub id."),
+    out: Path = typer.Option(..., "--out", help="JSON-lines file to write: one line per record with "
+                                                "rewards, head_rewards, weights and router_weights."),
+    context: Optional[str] = typer.Option(None, "--context", help="Context for records without a "
+                                          "`context` field (what the router reads with the prompt)."),
+    user: Optional[str] = typer.Option(None, "--user", help="Score with this user's online weights "
+                                       "(records' `user_id` fields win); needs --state."),
+    state: Optional[str] = typer.Option(None, "--state", help="Per-user state (sqlite:///state.db or "
+                                        "a postgresql:// URL), as written by `micro-rm serve` or "
+                                        "`micro-rm feedback`; its weights are read, never changed."),
+    hf_split: Optional[str] = typer.Option(None, "--hf-split", help=HF_SPLIT_HELP),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache", help=CACHE_HELP),
+    device: str = typer.Option("cpu", "--device", help="Torch device of the backbone: cpu, cuda, mps."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """The routed reward of every response in a file, with each head's reward and the weights
+    used (the user's, with --user), one JSON line per input record.
+
+    Example: micro-rm score --model runs/dsp --data candidates.jsonl --out scores.jsonl --context "I am a child."
+    """
+    from micro_rm.atomic import check_output_path
+    from micro_rm.score import score_file
+
+    check_output_path(out, "--out", folder=False)
+    result = score_file(model, data, out, context=context, user_id=user, state=state, hf_split=hf_split,
+                        cache_dir=cache_dir, device=device)
+    emit(result, as_json, f"scored {result['responses']} responses of {result['records']} records "
+                          f"({result['encoded_texts']} texts encoded)\nscores: {out}")
