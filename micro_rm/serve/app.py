@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from typing import Any, AsyncIterator, Optional
 
 from fastapi import FastAPI, Request
@@ -83,12 +84,18 @@ def create_app(settings: ServeSettings, scorer: Optional[Any] = None) -> FastAPI
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    """422 with each problem's location and message, and one line that names the first."""
+    """422 with each problem's location and message, and one line that names the most specific
+    one. For a union (a feedback object or a list of them; a text or a message list) pydantic
+    reports every alternative; the deepest location is the one the client meant, and the
+    alternatives' type tags (``list[FeedbackItem]``, ``str``) are left out of the line."""
     errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
               for e in exc.errors()]
-    first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
-    where = ".".join(str(p) for p in first["loc"])
+    first = max(errors, key=lambda e: len(e["loc"])) if errors else {"loc": [], "msg": "invalid request"}
+    where = ".".join(str(p) for p in first["loc"] if not _UNION_TAG.fullmatch(str(p)))
     return JSONResponse(status_code=422, content={"detail": errors, "message": f"{where}: {first['msg']}"})
+
+
+_UNION_TAG = re.compile(r"str|int|float|bool|(list|dict)\[.*\]|[A-Z]\w*")
 
 
 async def _bad_input(request: Request, exc: MicroRMError) -> JSONResponse:
