@@ -24,7 +24,8 @@ TINY = {
     "hyre": {"m": 4},
     "budget_curve": {"budgets": [4, 8, 10000], "seeds": 2},
 }
-METHODS = ("single", "static", "shared-base", "hyre", "micro-hyre", "micro-stage1", "micro", "oracle")
+METHODS = ("single", "static", "shared-base", "single-ctx", "static-ctx", "hyre", "micro-hyre", "micro-stage1",
+           "micro", "oracle")
 
 
 def _write(path: Path, config: dict) -> Path:
@@ -72,6 +73,27 @@ def test_report_numbers_equal_results_json(tiny_run):
             assert re.search(rf"\| {re.escape(name)} \| {row['nll']:.3f} \| {row['ece']:.3f} \|", calibration), name
     for budget, mean, std in zip(*(results["budget_curve"][k] for k in ("budgets", "mean", "std"))):
         assert f"| {budget} | {mean:.3f} ± {std:.3f} |" in report
+
+
+def test_fair_rows_intervals_differences_and_timing(tiny_run):
+    out, results = tiny_run
+    methods = results["methods"]
+    # synthetic data has one context sentence per group: the router is told the group
+    assert "≡ attribute labels" in methods["single-ctx"]["supervision"]
+    assert "≡ attribute labels" in methods["micro-stage1"]["supervision"]
+    for name, row in methods.items():
+        lo, hi = row["ci95"]
+        assert lo <= row["mean"] <= hi and hi - lo > 0, name
+        assert set(row["per_attribute_ci95"]) == set(row["per_attribute"]), name
+    differences = {(d["method"], d["against"]): d for d in results["differences"]}
+    assert set(differences) == {("micro-stage1", "single-ctx"), ("micro", "single-ctx"), ("micro", "micro-stage1")}
+    gap = differences[("micro-stage1", "single-ctx")]
+    assert gap["difference"] == pytest.approx(methods["micro-stage1"]["mean"] - methods["single-ctx"]["mean"])
+    assert gap["excludes_zero"] and gap["ci95"][0] > 0                  # the groups really disagree
+    assert list(results["timing"]) == ["encode", "stage 1", "stage 2", "curves", "other"]
+    report = (out / "report.md").read_text()
+    assert "## Paired differences" in report and "Time: encode" in report
+    assert results["budget_curve"]["std_ddof"] == 1
 
 
 def test_micro_beats_single_on_mixed_groups(tiny_run):

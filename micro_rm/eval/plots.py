@@ -18,6 +18,8 @@ from typing import Any, Callable, Iterator, Sequence
 from micro_rm.atomic import atomic_path
 
 DPI = 120
+# Dash patterns of the budget curve's reference lines, one per reference.
+REFERENCE_DASHES = ("--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)))
 
 
 def _pyplot():
@@ -57,21 +59,22 @@ def _figure(path: str | Path, title: str, xlabel: str, ylabel: str,
 
 
 def _heatmap(fig: Any, ax: Any, values: Sequence[Sequence[float]], rows: Sequence[str],
-             cols: Sequence[str], colour_label: str, vrange: tuple[float, float] | None,
-             outlined: Sequence[tuple[int, int]]) -> None:
-    """Draw ``values`` (rows × cols) with each cell's value written in it and ``outlined`` cells boxed."""
+             cols: Sequence[str], colour_label: str, cmap: str, outlined: Sequence[tuple[int, int]]) -> None:
+    """Draw ``values`` in [0, 1] (rows × cols) with each cell's value written in it and ``outlined``
+    cells boxed. The colour scale is always [0, 1], never the data's range: a stretched scale makes
+    a spread of a few points look like strong specialisation, and figures of different runs compare."""
     from matplotlib.patches import Rectangle
 
-    image = ax.imshow(values, cmap="viridis", aspect="auto",
-                      vmin=vrange[0] if vrange else None, vmax=vrange[1] if vrange else None)
+    image = ax.imshow(values, cmap=cmap, aspect="auto", vmin=0.0, vmax=1.0)
     fig.colorbar(image, ax=ax, label=colour_label)
     crowded = len(cols) > 4  # long attribute names overlap unless slanted
     ax.set_xticks(range(len(cols)), cols, rotation=30 if crowded else 0, ha="right" if crowded else "center")
     ax.set_yticks(range(len(rows)), rows)
     for i, row in enumerate(values):
         for j, value in enumerate(row):
-            # Light text on the dark end of viridis, dark text on the light end.
-            colour = "white" if image.norm(value) < 0.6 else "black"
+            # Light text on the dark cells, dark text on the light ones.
+            shade = image.cmap(image.norm(value))
+            colour = "white" if 0.299 * shade[0] + 0.587 * shade[1] + 0.114 * shade[2] < 0.5 else "black"
             ax.text(j, i, f"{value:.2f}", ha="center", va="center", color=colour, fontsize=9)
     for i, j in outlined:
         ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
@@ -90,7 +93,9 @@ def plot_head_attribute(results: dict, path: str | Path) -> Path:
     """Heatmap of every stage-1 head's accuracy on every attribute, best head per attribute boxed.
 
     The boxed cells are what perfect routing could reach, so the picture shows at a glance
-    whether the heads specialised (one bright cell per column) or collapsed (uniform rows).
+    whether the heads specialised (one strong cell per column) or collapsed (uniform rows). A
+    diverging scale centred on chance (0.5) tells a head that prefers the loser from one that
+    guesses.
     """
     section = results["head_attribute"]
     accuracy, attributes = section["accuracy"], section["attributes"]
@@ -98,7 +103,7 @@ def plot_head_attribute(results: dict, path: str | Path) -> Path:
     best = best_head_per_attribute(accuracy)
     with _figure(path, _titled(results, "Stage-1 head accuracy per attribute (box: best head)"),
                  "attribute", "head", (1.6 + 1.1 * len(attributes), 1.4 + 0.5 * len(heads))) as (fig, ax):
-        _heatmap(fig, ax, accuracy, heads, attributes, "pairwise accuracy", None,
+        _heatmap(fig, ax, accuracy, heads, attributes, "pairwise accuracy (0.5 = chance)", "RdBu",
                  [(k, a) for a, k in enumerate(best)])
     return Path(path)
 
@@ -107,7 +112,6 @@ def plot_router_weights(results: dict, path: str | Path) -> Path:
     """Heatmap of the router's mean weight on each head for each attribute's test prompts.
 
     A sharp router puts one bright cell in each row; the boxed cell is the head it favours.
-    The colour scale is fixed to [0, 1] so that figures from different runs compare directly.
     """
     section = results["router_weights"]
     weights, attributes = section["weights"], section["attributes"]
@@ -115,7 +119,7 @@ def plot_router_weights(results: dict, path: str | Path) -> Path:
     favoured = [(a, max(range(len(row)), key=row.__getitem__)) for a, row in enumerate(weights)]
     with _figure(path, _titled(results, "Mean routed weight per attribute (box: favoured head)"),
                  "head", "attribute", (1.8 + 0.9 * len(heads), 1.4 + 0.5 * len(attributes))) as (fig, ax):
-        _heatmap(fig, ax, weights, attributes, heads, "mean router weight", (0.0, 1.0), favoured)
+        _heatmap(fig, ax, weights, attributes, heads, "mean router weight", "viridis", favoured)
     return Path(path)
 
 
@@ -123,22 +127,24 @@ def plot_budget_curve(results: dict, path: str | Path) -> Path:
     """Stage-2 mean accuracy against the context budget B, with a ±std band over the seeds.
 
     Budgets roughly double (5, 10, 20, 50, 100), so the x axis is log 2 with the budgets as
-    ticks. Dashed lines mark the references (e.g. stage 1 alone, the oracle) the curve should
-    climb from and toward.
+    ticks. Horizontal lines mark the references (e.g. stage 1 alone, the oracle) the curve should
+    climb from and toward; each has its own dash pattern and the later ones are drawn thinner on
+    top, so two references at nearly the same accuracy both stay visible.
     """
     plt = _pyplot()
     curve = results["budget_curve"]
     budgets, mean = curve["budgets"], curve["mean"]
-    std = curve.get("std") or [0.0] * len(mean)
+    std = [s or 0.0 for s in curve.get("std") or [0.0] * len(mean)]   # None: one draw, no spread
     seeds = f" over {curve['seeds']} seeds" if curve.get("seeds") else ""
     with _figure(path, _titled(results, f"Accuracy vs context budget (mean ± std{seeds})"),
                  "budget B (context pairs per attribute)", "mean pairwise accuracy", (6.4, 4.2)) as (fig, ax):
-        ax.plot(budgets, mean, marker="o", color="C0", label="MiCRo stage 2")
+        ax.plot(budgets, mean, marker="o", color="C0", label="MiCRo stage 2", zorder=10)
         ax.fill_between(budgets, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                         color="C0", alpha=0.25, linewidth=0)
         references = curve.get("reference") or {}
         for i, (name, value) in enumerate(references.items(), start=1):
-            ax.axhline(value, linestyle="--", color=plt.cm.tab10(i), label=f"{name} ({value:.3f})")
+            ax.axhline(value, linestyle=REFERENCE_DASHES[(i - 1) % len(REFERENCE_DASHES)], color=plt.cm.tab10(i),
+                       linewidth=max(3.0 - 0.6 * i, 1.0), zorder=i, label=f"{name} ({value:.3f})")
         # Horizontal lines do not take part in autoscaling; keep every reference inside the frame.
         low = min([m - s for m, s in zip(mean, std)] + list(references.values()))
         high = max([m + s for m, s in zip(mean, std)] + list(references.values()))

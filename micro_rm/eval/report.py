@@ -98,6 +98,16 @@ def _acc(value: float | None) -> str:
     return MISSING if value is None else f"{value:.3f}"
 
 
+def _interval(ci: Sequence[float] | None) -> str:
+    """A 95% interval as "[lo, hi]" at the tables' precision, negative ends with a minus sign."""
+    return MISSING if not ci else f"[{_signed(ci[0], plus='')}, {_signed(ci[1], plus='')}]"
+
+
+def _signed(value: float, plus: str = "+") -> str:
+    """A number to 3 decimals with its sign: +0.043, −0.004 (``plus`` is what positives get)."""
+    return ("−" if value < 0 else plus) + f"{abs(value):.3f}"
+
+
 def _best(values: Sequence[float | None]) -> set[int]:
     """Indices holding the largest value as displayed (3 decimals), so visible ties are all bold."""
     shown = [round(v, 3) for v in values if v is not None]
@@ -159,10 +169,12 @@ def format_table(results: dict) -> str:
     method   mean      a      b
     micro   0.700  0.600  0.800
     """
-    attributes = _attributes(results)
-    header = ["method", "mean", *attributes]
-    rows = [[name, _acc(row["mean"]), *(_acc(row.get("per_attribute", {}).get(a)) for a in attributes)]
-            for name, row in results["methods"].items()]
+    attributes, methods = _attributes(results), results["methods"]
+    ci = any("ci95" in row for row in methods.values())
+    header = ["method", "mean", *(["95% CI"] if ci else []), *attributes]
+    rows = [[name, _acc(row["mean"]), *([_interval(row.get("ci95"))] if ci else []),
+             *(_acc(row.get("per_attribute", {}).get(a)) for a in attributes)]
+            for name, row in methods.items()]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
                      .rstrip() for r in [header, *rows])
@@ -176,14 +188,19 @@ def _main_section(results: dict) -> str:
     columns.append([row["mean"] for row in methods.values()])
     eligible = [name not in REFERENCE_METHODS for name in methods]
     best = [_best([v if ok else None for v, ok in zip(col, eligible)]) for col in columns]
-    header = ["method", *attributes, "Average"] + (["Paper (avg)"] if paper else []) + ["Supervision"]
+    ci = any("ci95" in row for row in methods.values())
+    header = (["method", *attributes, "Average"] + (["95% CI"] if ci else []) + (["Paper (avg)"] if paper else [])
+              + ["Supervision"])
     rows = []
     for i, (name, row) in enumerate(methods.items()):
         cells = [_bold(_acc(col[i]), i in best[j]) for j, col in enumerate(columns)]
-        rows.append([name, *cells] + ([_acc(paper.get(name))] if paper else []) + [row.get("supervision", "")])
+        rows.append([name, *cells] + ([_interval(row.get("ci95"))] if ci else [])
+                    + ([_acc(paper.get(name))] if paper else []) + [row.get("supervision", "")])
     parts = ["## Pairwise accuracy per attribute", _md_table(header, rows),
              f"Bold: best per column; {', '.join(sorted(REFERENCE_METHODS))} (trained with attribute labels) "
-             "is a reference and is not ranked."]
+             "is a reference and is not ranked."
+             + (" 95% CI: bootstrap over test prompts (1000 resamples of the prompts, not of the pairs; "
+                "methods averaged over budget or label draws are resampled as that average)." if ci else "")]
     paper_only = {k: v for k, v in paper.items() if k not in methods}
     if paper_only:
         parts.append("Paper numbers without a row here: "
@@ -202,6 +219,9 @@ def _header_section(results: dict) -> str:
            f"wall time: {results['seconds'] / 60:.1f} min ({results['seconds']:.0f} s)" if results.get("seconds") else ""]
     if any(run):
         lines.append(" · ".join(p for p in run if p))
+    if results.get("timing"):
+        lines.append("Time: " + " · ".join(f"{step} {seconds:.1f} s" for step, seconds in results["timing"].items())
+                     + " (other: HyRe, evaluation, intervals, saving).")
     data = results.get("dataset") or {}
     if data:
         sizes = [f"{data[k]} {k.replace('_', ' ')}" for k in ("train_pairs", "test_pairs") if k in data]
@@ -212,6 +232,31 @@ def _header_section(results: dict) -> str:
     return "\n\n".join(lines)
 
 
+def _differences_section(results: dict) -> str:
+    """Paired differences of methods on the same bootstrap draws; those whose interval includes 0
+    are marked, since the data cannot tell those two methods apart."""
+    differences = results.get("differences")
+    if not differences:
+        return ""
+    rows = [[f"{d['method']} − {d['against']}", _signed(d["difference"]), _interval(d["ci95"]),
+             "no" if d["excludes_zero"] else "**yes: not resolved**"] for d in differences]
+    return "\n\n".join(["## Paired differences",
+                         _md_table(["difference", "accuracy", "95% CI", "interval includes 0"], rows),
+                         "Both methods scored on the same bootstrap draws of the test prompts. A difference "
+                         "whose interval includes 0 is within the noise of this test set."])
+
+
+def _interval_section(results: dict) -> str:
+    """Each method's per-attribute 95% intervals (the main table's cells, with their uncertainty)."""
+    methods = {name: row for name, row in results["methods"].items() if row.get("per_attribute_ci95")}
+    if not methods:
+        return ""
+    attributes = _attributes(results)
+    rows = [[name, *(_interval(row["per_attribute_ci95"].get(a)) for a in attributes)]
+            for name, row in methods.items()]
+    return "\n\n".join(["## 95% intervals per attribute", _md_table(["method", *attributes], rows)])
+
+
 def _variants_section(results: dict) -> str:
     """Stage-1 protocol × regulariser grid, so each step's effect on accuracy is visible."""
     variants = results.get("variants")
@@ -219,11 +264,13 @@ def _variants_section(results: dict) -> str:
         return ""
     best1 = _best([v.get("stage1") for v in variants])
     best2 = _best([v.get("stage2") for v in variants])
+    draws = any("stage2_draws" in v for v in variants)
     rows = [[str(v.get("protocol", MISSING)), str(v.get("balance", MISSING)),
              _bold(_acc(v.get("stage1")), i in best1), _bold(_acc(v.get("stage2")), i in best2),
-             _scalar(v["tau"]) if "tau" in v else MISSING] for i, v in enumerate(variants)]
-    return "\n\n".join(["## Stage-1 protocol and regulariser",
-                        _md_table(["protocol", "balance", "stage-1 accuracy", "stage-2 accuracy", "τ"], rows)])
+             *([str(v.get("stage2_draws", MISSING))] if draws else []), _scalar(v["tau"]) if "tau" in v else MISSING]
+            for i, v in enumerate(variants)]
+    header = ["protocol", "balance", "stage-1 accuracy", "stage-2 accuracy", *(["budget draws"] if draws else []), "τ"]
+    return "\n\n".join(["## Stage-1 protocol and regulariser", _md_table(header, rows)])
 
 
 def _figure_link(name: str, alt: str, figures: set[str]) -> list[str]:
@@ -281,14 +328,16 @@ def _budget_section(results: dict, figures: set[str]) -> str:
     if curve.get("reference"):
         notes.append("references: " + ", ".join(f"{k} {_acc(v)}" for k, v in curve["reference"].items()))
     if any(notes):
-        parts.append("Mean ± std " + "; ".join(n for n in notes if n) + ".")
+        std_name = f"sample std (ddof = {curve['std_ddof']})" if "std_ddof" in curve else "std"
+        parts.append(f"Mean ± {std_name} " + "; ".join(n for n in notes if n) + ".")
     return "\n\n".join(parts + _figure_link("budget_curve.png", "accuracy vs budget", figures))
 
 
 def render_report(results: dict, figures: Iterable[str] = ()) -> str:
     """``report.md``'s text; ``figures`` are the PNG file names drawn beside it (linked relatively)."""
     figures = set(figures)
-    sections = [_header_section(results), _main_section(results), _variants_section(results),
+    sections = [_header_section(results), _main_section(results), _differences_section(results),
+                _interval_section(results), _variants_section(results),
                 _head_attribute_section(results, figures), _router_section(results, figures),
                 _budget_section(results, figures)]
     return "\n\n".join(s for s in sections if s) + "\n"

@@ -24,6 +24,7 @@ Steps (METHOD.md, "Evaluation protocol"):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import sys
@@ -31,14 +32,20 @@ import time
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
 from micro_rm.errors import MicroRMError
 from micro_rm.experiment.config import DataConfig, ExperimentConfig, resolve_source
 
-PRIMARY_METHODS = ("single", "static", "shared-base", "hyre", "micro-hyre", "micro-stage1", "micro", "oracle")
+PRIMARY_METHODS = ("single", "static", "shared-base", "single-ctx", "static-ctx", "hyre", "micro-hyre",
+                   "micro-stage1", "micro", "oracle")
+# Paired differences reported with intervals: (method, against); MiCRo against the baseline given
+# the same information, and what stage 2 adds to stage 1.
+DIFFERENCES = (("micro-stage1", "single-ctx"), ("micro", "single-ctx"), ("micro", "micro-stage1"))
+# Where the wall time goes; the rest (HyRe, evaluation, intervals, report) is "other".
+TIMED_STEPS = ("encode", "stage 1", "stage 2", "curves")
 
 
 def run_experiment(config: ExperimentConfig, *, backbone: Any = None, out: str | os.PathLike | None = None,
@@ -111,12 +118,22 @@ class _Run:
         self.notes: list[str] = []
         self.start = time.perf_counter()
         self.device = resolve_device(config.backbone.device)
+        self.timing: dict[str, float] = dict.fromkeys(TIMED_STEPS, 0.0)
 
     # ---------------------------------------------------------------- helpers
 
     def log(self, message: str) -> None:
         if self.progress:
             print(f"[{time.perf_counter() - self.start:6.1f} s] {message}", file=sys.stderr, flush=True)
+
+    @contextlib.contextmanager
+    def timed(self, step: str) -> Iterator[None]:
+        """Add the wall time of the block to ``self.timing[step]`` (one of ``TIMED_STEPS``)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timing[step] += time.perf_counter() - start
 
     def stage1_config(self, variant: str, **overrides: Any):
         from micro_rm.train.config import Stage1Config
@@ -144,12 +161,8 @@ class _Run:
 
     def evaluate(self, model, features) -> dict[str, Any]:
         """Routed accuracy per attribute, mean, NLL and ECE of ``model`` on ``features``."""
-        from micro_rm.eval.metrics import expected_calibration_error, nll, pairwise_accuracy
-
-        probs = model.predict_proba(features.chosen, features.rejected, features.route)
-        result = pairwise_accuracy(probs, features.attributes)
-        return {"mean": result["mean_accuracy"], "per_attribute": result["per_attribute"],
-                "nll": nll(probs), "ece": expected_calibration_error(probs), "probs": probs}
+        return _evaluation(model.predict_proba(features.chosen, features.rejected, features.route),
+                           features.attributes)
 
     def adapt(self, model, budget: int, seed: int) -> tuple[Any, dict[str, Any]]:
         from micro_rm.train.stage2 import adapt_router, draw_budget
@@ -165,22 +178,31 @@ class _Run:
     def run(self) -> Path:
         config = self.config
         self.load_data()
-        self.encode()
-        variants = self.stage1_grid()
+        with self.timed("encode"):
+            self.encode()
+        with self.timed("stage 1"):
+            variants = self.stage1_grid()
         chosen = self.select(variants)
-        methods = self.baselines()
+        self.labels = self.supervision_labels(chosen)
+        with self.timed("stage 2"):
+            self.stage2(variants, chosen)
+        with self.timed("stage 1"):
+            methods = self.baselines()
         methods.update(self.hyre_rows(chosen))
-        methods["micro-stage1"] = _row(chosen["stage1_eval"], f"binary pairs{self.protocol_note(chosen)}")
-        methods["micro"] = _mean_row(chosen["stage2_evals"],
-                                     f"+ B = {config.stage2.budget} context pairs / attribute")
+        methods["micro-stage1"] = _row(chosen["stage1_eval"], self.labels["micro-stage1"])
+        methods["micro"] = _mean_row(chosen["stage2_evals"], self.labels["micro"])
         if config.oracle:
-            methods["oracle"] = self.oracle()
-        curve = self.budget_curve(chosen, methods)
+            with self.timed("stage 1"):
+                methods["oracle"] = self.oracle()
+        with self.timed("curves"):
+            curve = self.budget_curve(chosen, methods)
         results = self.results(variants, chosen, methods, curve)
         if config.users.enabled:
             results["users"] = self.users(chosen)
         self.save_models(chosen)
         results["seconds"] = round(time.perf_counter() - self.start, 1)
+        results["timing"] = {**{step: round(s, 1) for step, s in self.timing.items()},
+                             "other": round(results["seconds"] - sum(self.timing.values()), 1)}
         from micro_rm.experiment.report import write_experiment_report
 
         folder = write_experiment_report(results, self.out)
@@ -208,6 +230,12 @@ class _Run:
         if not self.attributes:
             raise MicroRMError(f"{where}: the test pairs carry no `attribute`, so there is nothing to report "
                                "per attribute; use a builder that sets it")
+        if None in counts_test:
+            # One evaluation set for every method: the oracle, the budget and HyRe all need an attribute.
+            self.test = [r for r in self.test if r.get("attribute") is not None]
+            self.notes.append(f"{counts_test[None]} test pairs without an `attribute` are left out of every "
+                              "method's accuracy (no attribute to report them under, to fit an oracle on or "
+                              "to draw a budget from).")
         missing = [a for a in self.attributes if counts_pool.get(a, 0) == 0]
         if missing:
             raise MicroRMError(f"{where}: attribute(s) {', '.join(missing)} have test pairs but no train "
@@ -246,10 +274,10 @@ class _Run:
         cache = FeatureCache(self.cache_dir)
         start, encoded = time.perf_counter(), 0
 
-        def feats(records, router_input):
+        def feats(records, router_input, context_in_reward=b.context_in_reward):
             nonlocal encoded
             features, stats = featurize(records, backbone, cache, router_input=router_input,
-                                        context_in_reward=b.context_in_reward, batch_size=b.batch_size,
+                                        context_in_reward=context_in_reward, batch_size=b.batch_size,
                                         progress=self.progress)
             encoded += stats.encoded
             return features
@@ -260,28 +288,75 @@ class _Run:
         self.test_ctx = self.test_feats.get("context") or feats(self.test, "context")
         self.pool_ctx = (feats(self.pool, "context") if self.cross or "context" not in self.train_feats
                          else self.train_feats["context"])
+        if self.fair_rows():
+            self.train_reward_ctx = feats(self.train, "context", context_in_reward=True)
+            self.test_reward_ctx = feats(self.test, "context", context_in_reward=True)
         self.encode_seconds, self.encoded = time.perf_counter() - start, encoded
         self.log(f"features: {encoded} texts encoded ({self.encode_seconds:.0f} s), the rest from the cache")
 
-    def protocol_note(self, variant: dict) -> str:
-        return " with context" if variant["protocol"] == "context" else ""
+    def fair_rows(self) -> bool:
+        """Whether to train the baselines that see the context in their reward features
+        (``single-ctx``, ``static-ctx``): only when the train pairs have contexts that the plain
+        baselines do not see."""
+        return not self.config.backbone.context_in_reward and any(r.get("context") for r in self.train)
+
+    def supervision_labels(self, chosen: dict[str, Any]) -> dict[str, str]:
+        """What each method was given, in words (the Supervision column). A context sentence that
+        is the same on every pair of an attribute and differs between attributes tells the model the
+        attribute of each pair: it is said to be equivalent to attribute labels."""
+        contexts: dict[Any, set[str]] = {}
+        for record in self.train:
+            if record.get("context"):
+                contexts.setdefault(record.get("attribute"), set()).add(record["context"])
+        covered = sum(bool(r.get("context")) for r in self.train)
+        where = "every train pair" if covered == len(self.train) else f"{covered / len(self.train):.0%} of train pairs"
+        if None not in contexts and all(len(c) == 1 for c in contexts.values()) \
+                and len(set().union(*contexts.values())) == len(contexts):
+            context = f"one context sentence per attribute on {where} (≡ attribute labels)"
+        else:
+            context = f"each pair's context sentence on {where}"
+        m, budget = self.config.hyre.m, self.config.stage2.budget
+        given = f"binary pairs + {context}"
+        in_reward = f"{given}, in the reward features"
+        plain = in_reward if contexts and self.config.backbone.context_in_reward else "binary pairs, no context"
+        stage1 = f"{given}, read by the router" if contexts and chosen["protocol"] == "context" else plain
+        if chosen["protocol"] == "context" and not self.cross:
+            stage2 = f"micro-stage1 + stage 2 on B = {budget} of the same train pairs / attribute (seen at stage 1)"
+        else:
+            source = f"{self.config.eval_data.builder}'s" if self.cross else "the"
+            stage2 = f"micro-stage1 + B = {budget} context pairs / attribute from {source} train split"
+        return {"single": plain, "static": plain, "shared-base": plain,
+                "single-ctx": in_reward, "static-ctx": in_reward,
+                "hyre": f"{plain} + {m} labelled test pairs / attribute (scored on the other test prompts)",
+                "micro-hyre": f"micro-stage1 + {m} labelled test pairs / attribute (scored on the other test prompts)",
+                "micro-stage1": stage1, "micro": stage2,
+                "oracle": "attribute labels on every train pair (one BT head per attribute)"}
 
     def stage1_grid(self) -> list[dict[str, Any]]:
-        s1, seeds = self.config.stage1, self.seeds()
+        """Each MiCRo variant of the config: stage 1 fitted and scored on the test pairs."""
+        s1 = self.config.stage1
         variants = []
         for v in s1.variants:
             alpha = s1.alpha if v.alpha is None else v.alpha
             model, history = self.fit(self.train_feats[v.protocol], "micro", balance=v.balance, alpha=alpha)
             stage1_eval = self.evaluate(model, self.test_feats[v.protocol])
-            adapted = [self.adapt(model, self.config.stage2.budget, seed) for seed in seeds]
-            evals = [self.evaluate(m, self.test_ctx) for m, _ in adapted]
-            taus = [info["tau"] for _, info in adapted]
             variants.append({"protocol": v.protocol, "balance": v.balance, "alpha": alpha, "model": model,
-                             "val_nll": history["val_loss"], "history": history, "stage1_eval": stage1_eval,
-                             "stage2_evals": evals, "adapted": adapted[0][0], "taus": taus})
-            self.log(f"stage 1 micro ({v.protocol}, {v.balance}, α={alpha:g}): {stage1_eval['mean']:.3f}; "
-                     f"stage 2 (B={self.config.stage2.budget}): {np.mean([e['mean'] for e in evals]):.3f}")
+                             "val_nll": history["val_loss"], "history": history, "stage1_eval": stage1_eval})
+            self.log(f"stage 1 micro ({v.protocol}, {v.balance}, α={alpha:g}): {stage1_eval['mean']:.3f}")
         return variants
+
+    def stage2(self, variants: list[dict[str, Any]], chosen: dict[str, Any]) -> None:
+        """Adapt each variant's router with B context pairs per attribute: over every budget draw for
+        the chosen variant (its rows are the report's), over the first draw only for the others
+        (their stage-2 column informs; nothing is selected on it)."""
+        budget = self.config.stage2.budget
+        for v in variants:
+            seeds = self.seeds() if v is chosen else self.seeds()[:1]
+            adapted = [self.adapt(v["model"], budget, seed) for seed in seeds]
+            v["stage2_evals"] = [self.evaluate(model, self.test_ctx) for model, _ in adapted]
+            v["adapted"], v["taus"] = adapted[0][0], [info["tau"] for _, info in adapted]
+            self.log(f"stage 2 micro ({v['protocol']}, {v['balance']}, α={v['alpha']:g}), B={budget}, "
+                     f"{len(seeds)} draw(s): {np.mean([e['mean'] for e in v['stage2_evals']]):.3f}")
 
     def seeds(self) -> list[int]:
         return [self.config.seed + i for i in range(self.config.budget_curve.seeds)]
@@ -302,60 +377,59 @@ class _Run:
         return chosen
 
     def baselines(self) -> dict[str, dict[str, Any]]:
-        from micro_rm.eval.metrics import pairwise_accuracy
-
+        """single, static and shared-base on binary pairs; single-ctx and static-ctx with the context
+        in their reward features (MiCRo's router reads it, so these get the same information)."""
         features = next(iter(self.train_feats.values()))
         test = next(iter(self.test_feats.values()))
+        runs = [(name, name, features, test) for name in ("single", "static")]
+        if self.fair_rows():
+            runs += [(f"{name}-ctx", name, self.train_reward_ctx, self.test_reward_ctx) for name in ("single", "static")]
         methods = {}
-        for name in ("single", "static"):
-            model, _ = self.fit(features, name)
-            methods[name] = _row(self.evaluate(model, test), "binary pairs")
+        for name, variant, train_features, test_features in runs:
+            model, _ = self.fit(train_features, variant)
+            methods[name] = _row(self.evaluate(model, test_features), self.labels[name])
             self.log(f"{name}: {methods[name]['mean']:.3f}")
         shared, _ = self.fit(features, "shared-base")
         # Best head chosen on the pooled *train* pairs (no attribute or test label), then scored on test.
         train_acc = (shared.head_probs(features.chosen, features.rejected) > 0.5).mean(axis=0)
         best = int(np.argmax(train_acc))
         probs = shared.head_probs(test.chosen, test.rejected)[:, best]
-        from micro_rm.eval.metrics import expected_calibration_error, nll
-
-        acc = pairwise_accuracy(probs, test.attributes)
-        methods["shared-base"] = {"mean": acc["mean_accuracy"], "per_attribute": acc["per_attribute"],
-                                  "nll": nll(probs), "ece": expected_calibration_error(probs),
-                                  "supervision": f"binary pairs (head {best}: best on train pairs)"}
+        methods["shared-base"] = _row(_evaluation(probs, test.attributes),
+                                      f"{self.labels['shared-base']} (head {best}: best on train pairs)")
         self.shared = shared
         self.log(f"shared-base (head {best}): {methods['shared-base']['mean']:.3f}")
         return methods
 
     def hyre_rows(self, chosen: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """HyRe on the shared-base heads and on the chosen variant's stage-1 heads, over the seeds."""
         from micro_rm.train.hyre import evaluate_hyre
 
         m, rows = self.config.hyre.m, {}
-        for name, model, test in (("hyre", self.shared, self.test_ctx),
-                                  ("micro-hyre", chosen["model"], self.test_ctx)):
-            runs = [evaluate_hyre(model, test, m=m, seed=seed) for seed in self.seeds()]
+        for name, model in (("hyre", self.shared), ("micro-hyre", chosen["model"])):
+            runs = [evaluate_hyre(model, self.test_ctx, m=m, seed=seed) for seed in self.seeds()]
             per = {a: float(np.mean([r["per_attribute"][a] for r in runs])) for a in runs[0]["per_attribute"]}
+            scored = np.zeros((len(runs), len(self.test_ctx)), dtype=bool)
+            correct = np.zeros_like(scored)
+            for s, run in enumerate(runs):
+                scored[s, run["scored"]], correct[s, run["scored"]] = True, run["probs"] > 0.5
             rows[name] = {"mean": float(np.mean(list(per.values()))), "per_attribute": per,
-                          "supervision": f"{m} test labels / attribute"}
+                          "supervision": self.labels[name], "outcome": (correct, scored)}
             self.log(f"{name}: {rows[name]['mean']:.3f}")
         return rows
 
     def oracle(self) -> dict[str, Any]:
-        from micro_rm.eval.metrics import expected_calibration_error, nll
-
-        per, all_probs = {}, []
-        test_attr = np.array([a if a is not None else "" for a in self.test_ctx.attributes], dtype=object)
-        pool_attr = np.array([a if a is not None else "" for a in self.pool_ctx.attributes], dtype=object)
+        """One BT head per attribute on all of that attribute's train pairs, scored on its test pairs."""
+        test_attr = np.array(self.test_ctx.attributes, dtype=object)
+        pool_attr = np.array(self.pool_ctx.attributes, dtype=object)
+        probs = np.zeros(len(self.test_ctx))
         for attribute in self.attributes:
             train = self.pool_ctx.subset(np.flatnonzero(pool_attr == attribute))
             fraction = self.config.stage1.val_fraction if len(set(train.prompts)) >= 10 else 0.0
             model, _ = self.fit(train, "single", val_fraction=fraction)
-            test = self.test_ctx.subset(np.flatnonzero(test_attr == attribute))
-            probs = model.predict_proba(test.chosen, test.rejected, test.route)
-            per[attribute] = float((probs > 0.5).mean())
-            all_probs.append(probs)
-        probs = np.concatenate(all_probs)
-        row = {"mean": float(np.mean(list(per.values()))), "per_attribute": per, "nll": nll(probs),
-               "ece": expected_calibration_error(probs), "supervision": "attribute labels (all train pairs)"}
+            rows = np.flatnonzero(test_attr == attribute)
+            test = self.test_ctx.subset(rows)
+            probs[rows] = model.predict_proba(test.chosen, test.rejected, test.route)
+        row = _row(_evaluation(probs, self.test_ctx.attributes), self.labels["oracle"])
         self.log(f"oracle: {row['mean']:.3f}")
         return row
 
@@ -371,12 +445,11 @@ class _Run:
                          for seed in self.seeds()]
             values = [e["mean"] for e in evals]
             means.append(float(np.mean(values)))
-            stds.append(float(np.std(values)))
-            self.log(f"budget {budget}: {means[-1]:.3f} ± {stds[-1]:.3f}")
-        reference = {"micro stage 1": methods["micro-stage1"]["mean"], "single": methods["single"]["mean"]}
-        if "oracle" in methods:
-            reference["oracle"] = methods["oracle"]["mean"]
-        return {"budgets": self.budgets, "mean": means, "std": stds, "seeds": len(self.seeds()),
+            stds.append(_seed_std(values))
+            self.log(f"budget {budget}: {means[-1]:.3f}" + (f" ± {stds[-1]:.3f}" if stds[-1] is not None else ""))
+        names = {"micro stage 1": "micro-stage1", "single": "single", "single-ctx": "single-ctx", "oracle": "oracle"}
+        reference = {label: methods[name]["mean"] for label, name in names.items() if name in methods}
+        return {"budgets": self.budgets, "mean": means, "std": stds, "std_ddof": 1, "seeds": len(self.seeds()),
                 "reference": reference}
 
     def users(self, chosen: dict[str, Any]) -> dict[str, Any]:
@@ -417,6 +490,25 @@ class _Run:
                                  "pairs": len(self.train)}
             model.save_pretrained(self.out / name)
 
+    def intervals(self, methods: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+        """Replace each row's per-pair ``outcome`` by 95% bootstrap intervals of its mean and
+        per-attribute accuracies (test prompts resampled, the same draws for every method), and
+        return the paired differences named in ``DIFFERENCES``."""
+        from micro_rm.eval.bootstrap import PromptBootstrap, excludes_zero, percentile_interval
+
+        boot = PromptBootstrap(self.test_ctx.prompts, self.test_ctx.attributes, seed=self.config.seed)
+        samples = {}
+        for name, row in methods.items():
+            samples[name] = boot.samples(*row.pop("outcome"))
+            row.update(boot.intervals(samples[name]))
+        differences = []
+        for name, against in DIFFERENCES:
+            if name in samples and against in samples:
+                ci = percentile_interval(samples[name]["mean"] - samples[against]["mean"])
+                differences.append({"method": name, "against": against, "ci95": ci, "excludes_zero": excludes_zero(ci),
+                                    "difference": methods[name]["mean"] - methods[against]["mean"]})
+        return differences
+
     def results(self, variants, chosen, methods, curve) -> dict[str, Any]:
         from micro_rm.eval.metrics import head_attribute_matrix, router_statistics
 
@@ -429,6 +521,7 @@ class _Run:
         stage1_router = router_statistics(model.router_weights(self.test_feats[chosen["protocol"]].route),
                                           self.test_ctx.attributes)
         ordered = {name: methods[name] for name in PRIMARY_METHODS if name in methods}
+        differences = self.intervals(ordered)
         taus = Counter(t for v in [chosen] for t in v["taus"])
         name = config.data.builder + (f" → {config.eval_data.builder}" if self.cross else "")
         return {
@@ -443,9 +536,11 @@ class _Run:
                          "context_in_reward": config.backbone.context_in_reward,
                          "micro": f"{chosen['protocol']} / {chosen['balance']} (α={chosen['alpha']:g})"},
             "methods": ordered,
+            "differences": differences,
             "variants": [{"protocol": v["protocol"], "balance": f"{v['balance']} (α={v['alpha']:g})",
                           "stage1": v["stage1_eval"]["mean"],
                           "stage2": float(np.mean([e["mean"] for e in v["stage2_evals"]])),
+                          "stage2_draws": len(v["stage2_evals"]),
                           "tau": _tau_label(config.stage2.tau, v["taus"]), "val_nll": v["val_nll"],
                           "selected": bool(v.get("selected")),
                           "stage1_per_attribute": v["stage1_eval"]["per_attribute"],
@@ -467,9 +562,21 @@ class _Run:
         }
 
 
+def _evaluation(probs: np.ndarray, attributes: Sequence[Optional[str]]) -> dict[str, Any]:
+    """Accuracy per attribute, its mean over attributes, NLL and ECE of probabilities ``probs`` [N]."""
+    from micro_rm.eval.metrics import expected_calibration_error, nll, pairwise_accuracy
+
+    result = pairwise_accuracy(probs, attributes)
+    return {"mean": result["mean_accuracy"], "per_attribute": result["per_attribute"],
+            "nll": nll(probs), "ece": expected_calibration_error(probs), "probs": probs}
+
+
 def _row(evaluation: dict[str, Any], supervision: str) -> dict[str, Any]:
+    """A method's row; ``outcome`` (per-pair correctness, scored mask) is replaced by intervals
+    in :meth:`_Run.intervals` before the row is written."""
     return {"mean": evaluation["mean"], "per_attribute": evaluation["per_attribute"],
-            "nll": evaluation["nll"], "ece": evaluation["ece"], "supervision": supervision}
+            "nll": evaluation["nll"], "ece": evaluation["ece"], "supervision": supervision,
+            "outcome": (evaluation["probs"] > 0.5, None)}
 
 
 def _mean_row(evaluations: Sequence[dict[str, Any]], supervision: str) -> dict[str, Any]:
@@ -479,7 +586,13 @@ def _mean_row(evaluations: Sequence[dict[str, Any]], supervision: str) -> dict[s
     return {"mean": float(np.mean(list(per.values()))), "per_attribute": per,
             "nll": float(np.mean([e["nll"] for e in evaluations])),
             "ece": float(np.mean([e["ece"] for e in evaluations])),
-            "std": float(np.std([e["mean"] for e in evaluations])), "supervision": supervision}
+            "std": _seed_std([e["mean"] for e in evaluations]), "supervision": supervision,
+            "outcome": (np.stack([e["probs"] > 0.5 for e in evaluations]), None)}
+
+
+def _seed_std(values: Sequence[float]) -> Optional[float]:
+    """Sample standard deviation (ddof = 1) over the budget draws; None for a single draw."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else None
 
 
 def _tau_label(tau: Any, chosen: Sequence[float]) -> Any:
