@@ -164,7 +164,15 @@ class MixtureRewardModel(nn.Module):
         save_pretrained(self, path)
 
     @classmethod
-    def from_pretrained(cls, path_or_hub_id: str, device: Optional[str] = None) -> "MixtureRewardModel":
-        """Rebuild a saved model from a local folder or a Hugging Face hub id."""
+    def from_pretrained(cls, path_or_hub_id: str, device: Optional[str] = None, *, revision: Optional[str] = None,
+                        token: Optional[str | bool] = None) -> "MixtureRewardModel":
+        """Rebuild a saved model from a local folder or a Hugging Face hub id (at ``revision``,
+        with ``token`` for a private repo)."""
         from micro_rm.model.pretrained import from_pretrained
-        return from_pretrained(path_or_hub_id, device=device)
+        return from_pretrained(path_or_hub_id, device=device, revision=revision, token=token)
+
+    def push_to_hub(self, repo_id: str, **kwargs) -> object:
+        """Upload this model to the Hugging Face Hub (see :func:`micro_rm.model.hub.push_to_hub`:
+        ``token``, ``revision``, ``private``, ``commit_message``, ``create_pr``, ``license``)."""
+        from micro_rm.model.hub import push_to_hub
+        return push_to_hub(self, repo_id, **kwargs)

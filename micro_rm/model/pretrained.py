@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import glob
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -27,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from micro_rm import __version__
 from micro_rm.errors import MicroRMError
+from micro_rm.model.card import model_card
 from micro_rm.model.mixture import MixtureConfig, MixtureRewardModel
 
 CONFIG_NAME = "config.json"
@@ -149,13 +149,15 @@ def check_destination(path: str | os.PathLike) -> Path:
     return path
 
 
-def from_pretrained(path_or_hub_id: str | os.PathLike, device: Optional[str] = None) -> MixtureRewardModel:
-    """Load a model folder, or download one from the Hugging Face hub (``owner/name``).
+def from_pretrained(path_or_hub_id: str | os.PathLike, device: Optional[str] = None, *,
+                    revision: Optional[str] = None, token: Optional[str | bool] = None) -> MixtureRewardModel:
+    """Load a model folder, or download one from the Hugging Face hub (``owner/name``, at
+    ``revision``: a branch, tag or commit; ``token`` for a private repo, default the login's).
 
     Every field of ``config.json`` is checked; a folder written by an incompatible (other major)
     micro-rm version is refused.
     """
-    folder = _resolve(str(path_or_hub_id))
+    folder = _resolve(str(path_or_hub_id), revision=revision, token=token)
     config_file, weights_file = folder / CONFIG_NAME, folder / WEIGHTS_NAME
     for file in (config_file, weights_file):
         if not file.is_file():
@@ -217,57 +219,10 @@ def export_scalar(model: MixtureRewardModel, path: str | os.PathLike, *,
     return scalar.eval()
 
 
-def model_card(config: MixtureConfig) -> str:
-    """The generated ``README.md`` of a model folder: what it is, its data, settings and metrics."""
-    fp = config.backbone
-    rows = lambda d: "\n".join(f"| `{k}` | {_fmt(v)} |" for k, v in d.items()) or "| (none) | |"  # noqa: E731
-    return f"""---
-library_name: micro-rm
-tags: [reward-model, rlhf, personalization, micro]
----
-
-# MiCRo reward model: `{config.variant}`, K = {config.num_heads}
-
-A mixture of {config.num_heads} Bradley–Terry reward head(s) on a frozen backbone, with a
-{'context-aware ' + config.router.upper() + ' router' if config.variant == 'micro' else config.variant + ' weighting'}
-(MiCRo, Shen et al., EMNLP 2025), written by micro-rm {config.version}.
-
-## Backbone and features
-- backbone: `{fp.get('name') or fp.get('spec', {}).get('name', 'unknown')}`; reward features d = {config.reward_dim},
-  router features d_r = {config.route_dim}
-- router input: `{config.feature.get('router_input', 'unknown')}`; context in reward features:
-  `{config.feature.get('context_in_reward', 'unknown')}`
-
-## Training data
-| field | value |
-|---|---|
-{rows(config.data)}
-
-## Settings
-| setting | value |
-|---|---|
-{rows(config.training)}
-
-## Metrics
-| metric | value |
-|---|---|
-{rows(config.metrics)}
-
-## Use
-```python
-from micro_rm.model import MixtureRewardModel
-model = MixtureRewardModel.from_pretrained("path/to/this/folder")
-p = model.predict_proba(chosen_features, rejected_features, route_features)  # Σ_k π_k σ(Δ_k)
-```
-or `micro-rm eval --model path/to/this/folder --data test.jsonl`.
-
-`score` (Σ_k π_k r_k, one number per response) ranks responses consistently with the mixture
-probability only when one head dominates the routing; compare pairs with `predict_proba`.
-"""
-
-
-def _resolve(path_or_hub_id: str) -> Path:
+def _resolve(path_or_hub_id: str, *, revision: Optional[str] = None, token: Optional[str | bool] = None) -> Path:
     path = Path(path_or_hub_id)
+    if revision is not None and path.exists():
+        raise MicroRMError(f"{path}: revision={revision!r} applies to hub ids only; this is a local folder")
     if not path.exists() and path.parent.is_dir():
         clean_stale_temps(path)     # a save killed between its two renames moved the model aside
     if path.is_dir():
@@ -279,11 +234,12 @@ def _resolve(path_or_hub_id: str) -> Path:
         raise MicroRMError(f"{path_or_hub_id}: no such model folder (and not a hub id like owner/name)")
     try:
         from huggingface_hub import snapshot_download
-        return Path(snapshot_download(repo_id=path_or_hub_id))
-    except Exception as exc:  # offline, unknown repo, auth: all mean "could not get it"
-        raise MicroRMError(f"{path_or_hub_id}: no such local folder, and downloading it from the Hugging "
-                           f"Face hub failed ({type(exc).__name__}); check the id and the network, "
-                           "or pass a local folder") from None
+        return Path(snapshot_download(repo_id=path_or_hub_id, revision=revision, token=token))
+    except Exception as exc:  # offline, unknown repo or revision, auth: all mean "could not get it"
+        at = f" at revision {revision!r}" if revision else ""
+        raise MicroRMError(f"{path_or_hub_id}: no such local folder, and downloading it{at} from the Hugging "
+                           f"Face hub failed ({type(exc).__name__}); check the id, the revision, the token "
+                           "and the network, or pass a local folder") from None
 
 
 def _check_version(version: str, where: Path) -> None:
@@ -303,8 +259,3 @@ def _json_default(value: Any) -> Any:
         return str(value)
     raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
 
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}" if math.isfinite(value) else str(value)
-    return f"`{json.dumps(value, default=_json_default)}`" if isinstance(value, (dict, list)) else str(value)
