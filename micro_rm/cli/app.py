@@ -32,6 +32,8 @@ app = typer.Typer(
 CACHE_HELP = "Feature cache folder (default: $MICRO_RM_CACHE or the user cache dir)."
 CACHE_ONLY_HELP = "Fail instead of encoding texts that are not in the cache yet."
 JSON_HELP = "Print one JSON object as the last line."
+HF_SPLIT_HELP = ("Split to read from a Hugging Face dataset (hub id or folder) with several, e.g. "
+                 "test_prefs (default: the only one, or train).")
 
 
 def field_docs(config_path: str) -> tuple[Callable[[str], str], Callable[[str], Any]]:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Optional
 
 import typer
 
-from micro_rm.cli.app import JSON_HELP, app, emit
+from micro_rm.cli.app import HF_SPLIT_HELP, JSON_HELP, app, emit
 
 data_app = typer.Typer(help="Build pair files from datasets, and inspect them.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -16,11 +17,12 @@ app.add_typer(data_app, name="data")
 @data_app.command("build")
 def build(
     name: str = typer.Argument(..., help="Builder name, e.g. dsp, hh-rlhf, helpsteer2, rpr, jsonl. "
-                                         "`micro-rm data build --list` shows them all."),
+                                         "`micro-rm data list` shows them all."),
     source: str = typer.Option(..., "--source", help="Where the raw data is: a file, a folder or a "
                                                       "Hugging Face hub id."),
     out: Path = typer.Option(..., "--out", help="Pair file to write (JSON lines)."),
     split: str = typer.Option("all", "--split", help="Canonical prompt-hash split: train, test or all."),
+    hf_split: Optional[str] = typer.Option(None, "--hf-split", help=HF_SPLIT_HELP),
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Log and skip bad rows instead of failing."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
@@ -31,13 +33,14 @@ def build(
     """
     from micro_rm.atomic import check_output_path
     from micro_rm.data.builders import build_pairs
-    from micro_rm.data.readers import write_pairs
+    from micro_rm.data.readers import hf_split_default, write_pairs
     from micro_rm.data.split import select_split
     from micro_rm.errors import MicroRMError
 
     check_output_path(out, "--out", folder=False)
     start = time.perf_counter()
-    records = build_pairs(name, source, skip_invalid=skip_invalid)
+    with hf_split_default(hf_split):
+        records = build_pairs(name, source, skip_invalid=skip_invalid)
     records = select_split(records, split)  # type: ignore[arg-type]
     if not records:
         raise MicroRMError(f"{source}: no pairs fall in split {split!r}; nothing written to {out}")
@@ -59,6 +62,7 @@ def list_builders(as_json: bool = typer.Option(False, "--json", help="Print one 
 @data_app.command("inspect")
 def inspect(
     path: Path = typer.Argument(..., help="A pair file (jsonl, json, parquet, csv) or dataset."),
+    hf_split: Optional[str] = typer.Option(None, "--hf-split", help=HF_SPLIT_HELP),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Summarise a pair file: pairs per attribute / context / user, lengths, duplicates, problems.
@@ -66,6 +70,8 @@ def inspect(
     Example: micro-rm data inspect dsp.jsonl
     """
     from micro_rm.data.inspect import format_summary, inspect_pairs
+    from micro_rm.data.readers import hf_split_default
 
-    summary = inspect_pairs(path)
+    with hf_split_default(hf_split):
+        summary = inspect_pairs(path)
     emit(summary, as_json, format_summary(summary))

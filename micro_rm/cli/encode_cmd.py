@@ -13,13 +13,14 @@ from typing import Optional
 
 import typer
 
-from micro_rm.cli.app import CACHE_HELP, JSON_HELP, app, emit
+from micro_rm.cli.app import CACHE_HELP, HF_SPLIT_HELP, JSON_HELP, app, emit
 
 
 @app.command("encode")
 def encode(
     data: str = typer.Option(..., "--data", help="Pair file (jsonl, json, parquet, csv), dataset "
                                                  "folder or Hugging Face hub id."),
+    hf_split: Optional[str] = typer.Option(None, "--hf-split", help=HF_SPLIT_HELP),
     backbone_name: str = typer.Option(..., "--backbone", help="Backbone: default, static, a "
                                       "Hugging Face model id or a local folder."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache", help=CACHE_HELP),
@@ -79,7 +80,7 @@ def encode(
 
     start = time.perf_counter()
     cache = FeatureCache(cache_dir, dtype=storage)
-    records = read_pairs(data, skip_invalid=skip_invalid)
+    records = read_pairs(data, skip_invalid=skip_invalid, hf_split=hf_split)
     dtype = resolve_dtype(dtype, backbone_name, device)
     group = init_group(device)
     is_main = group is None or group.is_main

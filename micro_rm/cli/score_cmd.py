@@ -7,9 +7,7 @@ from typing import Optional
 
 import typer
 
-from micro_rm.cli.app import CACHE_HELP, JSON_HELP, app, emit
-
-HF_SPLIT_HELP = "Split of a Hugging Face dataset (hub id or folder) with several, e.g. test_prefs."
+from micro_rm.cli.app import CACHE_HELP, HF_SPLIT_HELP, JSON_HELP, app, emit
 
 
 @app.command("score")

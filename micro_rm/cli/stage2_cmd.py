@@ -15,7 +15,7 @@ from typing import Optional
 
 import typer
 
-from micro_rm.cli.app import CACHE_HELP, CACHE_ONLY_HELP, JSON_HELP, app, emit, field_docs
+from micro_rm.cli.app import CACHE_HELP, CACHE_ONLY_HELP, HF_SPLIT_HELP, JSON_HELP, app, emit, field_docs
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ def adapt(
     data: str = typer.Option(..., "--data", help="Pairs with a `context` (jsonl, json, parquet, csv, "
                                                  "dataset folder or hub id); the budget is drawn "
                                                  "per attribute."),
+    hf_split: Optional[str] = typer.Option(None, "--hf-split", help=HF_SPLIT_HELP),
     out: Path = typer.Option(..., "--out", help="Folder for the adapted model."),
     budget: int = typer.Option(_default("budget"), "--budget", help=_help("budget")),
     tau: str = typer.Option(str(_default("tau")), "--tau", help=_help("tau")),
@@ -74,7 +75,7 @@ def adapt(
     start = time.perf_counter()
     model = MixtureRewardModel.from_pretrained(model_dir)
     check_adaptable(model)
-    records = read_pairs(data)
+    records = read_pairs(data, hf_split=hf_split)
     missing = [i for i, r in enumerate(records) if not r.get("context")]
     if missing:
         raise MicroRMError(f"{data}: {len(missing)} of {len(records)} pairs have no `context` (the "
@@ -111,6 +112,7 @@ def feedback(
     state: str = typer.Option(..., "--state", help=STATE_HELP),
     user: str = typer.Option(..., "--user", help="User id."),
     data: str = typer.Option(..., "--data", help="The user's labelled pairs (chosen = what they preferred)."),
+    hf_split: Optional[str] = typer.Option(None, "--hf-split", help=HF_SPLIT_HELP),
     eta: float = typer.Option(1.0, "--eta", help=ETA_HELP + " Only used for the printed weights."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache", help=CACHE_HELP),
     cache_only: bool = typer.Option(False, "--cache-only", help=CACHE_ONLY_HELP),
@@ -134,7 +136,7 @@ def feedback(
     check_user_id(user, "--user")
     model = MixtureRewardModel.from_pretrained(model_dir)
     # Read and score the pairs before the store opens: bad data must not create a state file.
-    records = read_pairs(data)
+    records = read_pairs(data, hf_split=hf_split)
     features = featurize_for(model, records, cache_dir, allow_encode=not cache_only)
     losses = pair_losses(model.head_probs(features.chosen, features.rejected))
     store = open_store(state, model_id=state_model_id(model), num_heads=model.config.num_heads)

@@ -12,7 +12,7 @@ from typing import Optional
 
 import typer
 
-from micro_rm.cli.app import CACHE_HELP, CACHE_ONLY_HELP, JSON_HELP, app, emit, field_docs
+from micro_rm.cli.app import CACHE_HELP, CACHE_ONLY_HELP, HF_SPLIT_HELP, JSON_HELP, app, emit, field_docs
 
 
 _help, _default = field_docs("micro_rm.train.config:Stage1Config")
@@ -22,6 +22,7 @@ _help, _default = field_docs("micro_rm.train.config:Stage1Config")
 def train(
     data: str = typer.Option(..., "--data", help="Training pair file (jsonl, json, parquet, csv), "
                                                  "dataset folder or Hugging Face hub id."),
+    hf_split: Optional[str] = typer.Option(None, "--hf-split", help=HF_SPLIT_HELP),
     backbone_name: str = typer.Option(..., "--backbone", help="Backbone: default, static, a Hugging "
                                       "Face model id or a local folder."),
     heads: int = typer.Option(..., "--heads", help=_help("heads")),
@@ -78,7 +79,7 @@ def train(
     from micro_rm.features.featurize import featurize
 
     start = time.perf_counter()
-    records = read_pairs(data)
+    records = read_pairs(data, hf_split=hf_split)
     backbone = load_backbone(backbone_name, max_length=max_length, device=device,
                              dtype=resolve_dtype(dtype, backbone_name, device))
     features, stats = featurize(records, backbone, FeatureCache(cache_dir), router_input=router_input,
@@ -103,6 +104,7 @@ def train(
 def evaluate(
     model_dir: str = typer.Option(..., "--model", help="Model folder (or Hugging Face hub id)."),
     data: str = typer.Option(..., "--data", help="Test pair file, dataset folder or hub id."),
+    hf_split: Optional[str] = typer.Option(None, "--hf-split", help=HF_SPLIT_HELP),
     cache_dir: Optional[Path] = typer.Option(None, "--cache", help=CACHE_HELP),
     cache_only: bool = typer.Option(False, "--cache-only", help=CACHE_ONLY_HELP),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write a report folder "
@@ -129,7 +131,7 @@ def evaluate(
         check_output_path(report, "--report", folder=True)
     start = time.perf_counter()
     model = MixtureRewardModel.from_pretrained(model_dir)
-    features = featurize_for(model, read_pairs(data), cache_dir, allow_encode=not cache_only)
+    features = featurize_for(model, read_pairs(data, hf_split=hf_split), cache_dir, allow_encode=not cache_only)
     probs = model.predict_proba(features.chosen, features.rejected, features.route)
     heads = head_attribute_matrix(model.head_probs(features.chosen, features.rejected), features.attributes)
     router = router_statistics(model.router_weights(features.route), features.attributes)

@@ -8,6 +8,8 @@ a Hugging Face hub id (through ``datasets``).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import csv
 import gzip
 import json
@@ -142,24 +144,69 @@ def _dataset_rows(source: str, split: str | None) -> Iterator[tuple[str, Any]]:
     except Exception as exc:
         raise MicroRMError(f"{source}: could not load as a Hugging Face dataset "
                            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
-    if isinstance(ds, datasets.DatasetDict):
+    yield from _hf_object_rows(ds, split, source)
+
+
+def _hf_object_rows(ds: Any, split: str | None, source: str) -> Iterator[tuple[str, Any]]:
+    """Rows of a ``datasets.Dataset``, or of one split of a ``DatasetDict``: ``split``, else
+    the only one, else ``train``; any other choice is ambiguous, and the error lists the splits
+    (ultrafeedback_binarized has train_prefs, test_prefs, train_gen ... and no train)."""
+    import datasets
+
+    if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         names = list(ds.keys())
-        name = split if split is not None else ("train" if "train" in names else names[0])
+        if split is not None:
+            name = split
+        elif len(names) == 1 or "train" in names:
+            name = names[0] if len(names) == 1 else "train"
+        else:
+            raise MicroRMError(f"{source}: has splits {', '.join(names)} and none is called train; "
+                               "choose one with --hf-split (hf_split= in Python)")
         if name not in ds:
-            raise MicroRMError(f"{source}: no split {name!r}; it has {', '.join(names)}")
-        ds = ds[name]
-        where = f"{source}[{name}]"
-    else:
-        where = source
+            raise MicroRMError(f"{source}: no split {name!r}; it has {', '.join(names)} (--hf-split)")
+        ds, source = ds[name], f"{source}[{name}]"
+    elif split is not None and getattr(ds, "split", None) is not None and str(ds.split) != split:
+        raise MicroRMError(f"{source}: is the {ds.split} split, not {split!r}")
     for i, row in enumerate(ds):
-        yield f"{where} row {i}", row
+        yield f"{source} row {i}", row
 
 
-def read_rows(source: str | os.PathLike, hf_split: str | None = None) -> Iterator[tuple[str, Any]]:
+# The split for reads that name none, set by ``hf_split_default`` around a builder: builders read
+# through ``read_rows(source)`` and keep their one-source signature.
+_SPLIT: contextvars.ContextVar[str | None] = contextvars.ContextVar("micro_rm_hf_split", default=None)
+
+
+@contextlib.contextmanager
+def hf_split_default(split: str | None) -> Iterator[None]:
+    """Within the block, Hugging Face datasets read without an explicit split use ``split``
+    (``micro-rm data build --hf-split``).
+
+    >>> with hf_split_default("test_prefs"):                                   # doctest: +SKIP
+    ...     pairs = build_pairs("preference", "HuggingFaceH4/ultrafeedback_binarized")
+    """
+    token = _SPLIT.set(split)
+    try:
+        yield
+    finally:
+        _SPLIT.reset(token)
+
+
+def _is_hf_dataset(source: Any) -> bool:
+    """True for a ``datasets`` Dataset / DatasetDict object (checked without importing datasets)."""
+    return type(source).__module__.split(".")[0] == "datasets"
+
+
+def read_rows(source: str | os.PathLike | Any, hf_split: str | None = None) -> Iterator[tuple[str, Any]]:
     """Yield ``(where, row)`` for every row of ``source``; ``where`` names file and line for errors.
 
-    ``hf_split`` picks the split of a Hugging Face dataset with several (default: ``train``).
+    ``source`` is a file, a dataset folder, a hub id, or a ``datasets.Dataset`` /
+    ``DatasetDict`` object. ``hf_split`` picks the split of a Hugging Face dataset with several
+    (default: the only one, or ``train``; otherwise the choice is an error listing the splits).
     """
+    hf_split = hf_split if hf_split is not None else _SPLIT.get()
+    if _is_hf_dataset(source):
+        yield from _hf_object_rows(source, hf_split, "dataset")
+        return
     path = Path(source)
     if path.is_file():
         fmt = _format_of(path)
@@ -183,11 +230,13 @@ def _looks_like_hub_id(source: str) -> bool:
         and not any(source.lower().endswith(s) for s in FILE_FORMATS)
 
 
-def read_pairs(source: str | os.PathLike, skip_invalid: bool = False,
+def read_pairs(source: str | os.PathLike | Any, skip_invalid: bool = False,
                hf_split: str | None = None) -> list[dict[str, Any]]:
-    """Read and validate pair records. A bad record raises, naming file, line and field;
-    with ``skip_invalid`` it is logged and skipped, and the count is logged at the end."""
+    """Read and validate pair records from a file, folder, hub id or ``datasets.Dataset``. A
+    bad record raises, naming file, line and field; with ``skip_invalid`` it is logged and
+    skipped, and the count is logged at the end."""
     records, skipped = [], 0
+    name = "dataset" if _is_hf_dataset(source) else source
     for where, row in read_rows(source, hf_split):
         try:
             records.append(normalize_pair(row, where))
@@ -197,9 +246,9 @@ def read_pairs(source: str | os.PathLike, skip_invalid: bool = False,
             skipped += 1
             logger.warning("skipped: %s", exc)
     if skipped:
-        logger.warning("%s: skipped %d invalid record(s) of %d", source, skipped, skipped + len(records))
+        logger.warning("%s: skipped %d invalid record(s) of %d", name, skipped, skipped + len(records))
     if not records:
-        raise MicroRMError(f"{source}: no valid pair records")
+        raise MicroRMError(f"{name}: no valid pair records")
     return records
 
 
