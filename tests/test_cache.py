@@ -245,16 +245,37 @@ RECORDS = [
 def test_featurize_aligns_rows_with_records(tmp_path):
     backbone = FakeBackbone()
     features, stats = featurize(RECORDS, backbone, FeatureCache(tmp_path), progress=False)
-    assert len(features) == 3 and features.route.shape == (3, 8)
+    assert len(features) == 3 and features.route.shape == (3, 16) and features.context_dim == 8
     assert features.prompts == ["Name a colour.", "Name a colour.", "user: Hi"]
     assert features.attributes == ["art", "sea", None]
     assert features.fingerprint == backbone.fingerprint()
     # ("Name a colour.", "Red.") is chosen in pair 0 and rejected in pair 1: one text, one vector
     np.testing.assert_array_equal(features.chosen[0], features.rejected[1])
-    assert stats.texts == 8 and stats.encoded == 8
+    # 5 reward texts; route: 2 prompts, 2 contexts and the empty context
+    assert stats.texts == 10 and stats.encoded == 10
+    prompt, context = backbone.encode([("Name a colour.", None), ("a painter", None)])
+    np.testing.assert_allclose(features.route[0], np.concatenate([prompt, context]), atol=1e-2)
+    np.testing.assert_array_equal(features.route[0, :8], features.route[1, :8])  # same prompt
+    assert not np.allclose(features.route[0], features.route[1])  # the context changes the route
+    assert not features.route[2, 8:].any()                         # no context: zeros
+
+
+def test_featurize_joint_layout_reads_context_and_prompt_as_one_text(tmp_path):
+    backbone = FakeBackbone()
+    features, _ = featurize(RECORDS, backbone, FeatureCache(tmp_path), context_encoding="joint",
+                            progress=False)
+    assert features.route.shape == (3, 8) and features.context_dim == 0
     expected = backbone.encode([("a painter\n\nName a colour.", None)])[0]
     np.testing.assert_allclose(features.route[0], expected, atol=1e-2)
-    assert not np.allclose(features.route[0], features.route[1])  # the context changes the route
+
+
+def test_featurize_out_folder_keeps_the_route_layout(tmp_path):
+    backbone = FakeBackbone()
+    in_ram, _ = featurize(RECORDS, backbone, FeatureCache(tmp_path / "c"), progress=False)
+    on_disk, _ = featurize(RECORDS, backbone, FeatureCache(tmp_path / "c"), progress=False,
+                           out=tmp_path / "f")
+    assert on_disk.context_dim == in_ram.context_dim == 8
+    np.testing.assert_allclose(np.asarray(on_disk.route, dtype=np.float32), in_ram.route, atol=1e-2)
 
 
 def test_featurize_router_input_prompt_and_context_in_reward(tmp_path):

@@ -35,8 +35,12 @@ class Backbone(Protocol):
         ...
 
     def route_item(self, prompt: Text, context: Optional[str] = None) -> Item:
-        """The item whose vector the router reads: (context ⊕ prompt), or the prompt alone."""
+        """The item of the prompt (context ⊕ prompt in the ``joint`` route layout) at the
+        router's input."""
         ...
+
+    # Optional: ``context_item(context) -> Item``, the context sentence on its own (the
+    # ``separate`` route layout); backbones without it encode the plain sentence.
 
     def token_lengths(self, items: Sequence[Item]) -> list[int]:
         """Token count of each item (for length-sorted batching)."""
@@ -56,10 +60,11 @@ class PairFeatures:
 
     chosen: np.ndarray                      # [N, d]   reward features of (prompt, chosen)
     rejected: np.ndarray                    # [N, d]   reward features of (prompt, rejected)
-    route: np.ndarray                       # [N, d_r] router features of (context ⊕ prompt) or prompt
+    route: np.ndarray                       # [N, d_r] router features (micro_rm.features.featurize)
     prompts: list[str]                      # [N] prompt keys, for validation splits by prompt
     attributes: list[Optional[str]] = field(default_factory=list)  # [N] for per-attribute reports
     fingerprint: dict[str, Any] = field(default_factory=dict)      # backbone that made them
+    context_dim: int = 0                    # width of emb(context) at the end of ``route``; 0: joint layout
 
     def __len__(self) -> int:
         return len(self.chosen)
@@ -72,5 +77,5 @@ class PairFeatures:
             route=np.asarray(self.route[index]),
             prompts=[self.prompts[i] for i in index],
             attributes=[self.attributes[i] for i in index] if self.attributes else [],
-            fingerprint=self.fingerprint,
+            fingerprint=self.fingerprint, context_dim=self.context_dim,
         )

@@ -1,9 +1,20 @@
 """Pair records → :class:`PairFeatures`: the three vectors a MiCRo model reads per pair.
 
 For each pair: ``chosen`` and ``rejected`` are the backbone's vectors of (prompt, response), with
-the context prepended to the prompt only under ``context_in_reward``; ``route`` is the vector of
-(context ⊕ prompt), or of the prompt alone (``router_input="prompt"``, or a record without a
-context). All items of all three roles go through one cache call, so a prompt shared by many
+the context prepended to the prompt only under ``context_in_reward``; ``route`` is what the router
+reads, in one of two layouts (``context_encoding``):
+
+``separate`` (the default)
+    [emb(prompt); emb(context)]: the context is encoded as a sentence of its own (a system
+    message for chat backbones), so the sentence encoder's paraphrase geometry survives; a record
+    without a context (or ``router_input="prompt"``) gets zeros in place of emb(context), which
+    the router reads as "nothing known about this user". Width 2d. A short context mean-pooled inside a long prompt is diluted, and a router over the
+    joint text memorises the few training sentences (METHOD.md, measured finding 3).
+``joint``
+    emb(context ⊕ prompt) as one text (the paper's, and models saved before the separate
+    layout). Width d.
+
+All items of all three roles go through one cache call, so a prompt or a context shared by many
 pairs is encoded once and batches are length-sorted across roles.
 """
 
@@ -21,41 +32,82 @@ from micro_rm.features.cache import EncodeStats, FeatureCache
 from micro_rm.features.store import FeatureWriter, load_features
 
 ROUTER_INPUTS = ("context", "prompt")
+CONTEXT_ENCODINGS = ("separate", "joint")
+NO_CONTEXT = ""  # the context item of a record without one (encoded, then zeroed by ``route_matrix``)
 OUT_CHUNK = 16_384  # pairs looked up and written at once by ``featurize(..., out=...)``
 
 
-def pair_items(record: dict[str, Any], backbone: Backbone, *, router_input: str = "context",
-               context_in_reward: bool = False) -> tuple[Item, Item, Item]:
-    """The (chosen, rejected, route) items of one normalised record.
+def context_item(backbone: Backbone, context: str) -> Item:
+    """The item of a context sentence on its own: the backbone's ``context_item`` (chat
+    backbones render it as a system message), else the plain sentence."""
+    make = getattr(backbone, "context_item", None)
+    return make(context) if make is not None else (context, None)
 
-    >>> pair_items({"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away.",
-    ...             "context": "a polite user"}, backbone)          # doctest: +SKIP
-    (('Hi', 'Hello!'), ('Hi', 'Go away.'), ('a polite user\\n\\nHi', None))
+
+def route_items(backbone: Backbone, prompt: Any, context: Optional[str], *,
+                context_encoding: str = "separate") -> list[Item]:
+    """The router's items of one prompt: [prompt, context] (``separate``) or [context ⊕ prompt]
+    (``joint``). Their vectors, concatenated in this order, are the route features; a batch of N
+    prompts therefore gives ``vectors.reshape(N, -1)``.
+
+    >>> route_items(backbone, "Hi", "Be brief.")                  # doctest: +SKIP
+    [('Hi', None), ('Be brief.', None)]
     """
-    context = record.get("context")
-    reward_context = context if context_in_reward else None
-    return (
-        backbone.reward_item(record["prompt"], record["chosen"], reward_context),
-        backbone.reward_item(record["prompt"], record["rejected"], reward_context),
-        backbone.route_item(record["prompt"], context if router_input == "context" else None),
-    )
+    if context_encoding == "joint":
+        return [backbone.route_item(prompt, context)]
+    return [backbone.route_item(prompt, None), context_item(backbone, context or NO_CONTEXT)]
+
+
+def route_matrix(vectors: np.ndarray, contexts: Sequence[Optional[str]], context_dim: int) -> np.ndarray:
+    """The route features [N, d_r] from the vectors of N pairs' route items (in the order of
+    :func:`route_items`): concatenated per pair, emb(context) zeroed where there is no context.
+
+    >>> route_matrix(np.ones((4, 2)), ["Be brief.", None], context_dim=2).tolist()
+    [[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 0.0, 0.0]]
+    """
+    route = np.array(vectors).reshape(len(contexts), -1)
+    if context_dim:
+        route[[not c for c in contexts], -context_dim:] = 0.0
+    return route
+
+
+def check_context_encoding(value: str) -> str:
+    if value not in CONTEXT_ENCODINGS:
+        raise MicroRMError(f"context_encoding must be one of {', '.join(CONTEXT_ENCODINGS)}, got {value!r}")
+    return value
+
+
+def context_width(backbone_dim: int, context_encoding: str) -> int:
+    """Width of emb(context) at the end of the route features: d (``separate``) or 0 (``joint``)."""
+    return backbone_dim if check_context_encoding(context_encoding) == "separate" else 0
 
 
 def record_items(records: Sequence[dict[str, Any]], backbone: Backbone, *,
-                 router_input: str = "context", context_in_reward: bool = False) -> list[Item]:
-    """The items of all pairs, role by role: N chosen, then N rejected, then N route items
-    (one list, so that one cache call deduplicates and length-sorts across roles)."""
+                 router_input: str = "context", context_in_reward: bool = False,
+                 context_encoding: str = "separate") -> list[Item]:
+    """The items of all pairs, role by role: N chosen, then N rejected, then the route items of
+    each pair in turn (one list, so that one cache call deduplicates and length-sorts across
+    roles). See the module docstring for what the roles hold."""
     if router_input not in ROUTER_INPUTS:
         raise MicroRMError(f"router_input must be one of {', '.join(ROUTER_INPUTS)}, "
                            f"got {router_input!r}")
-    triples = [pair_items(r, backbone, router_input=router_input,
-                          context_in_reward=context_in_reward) for r in records]
-    return [t[0] for t in triples] + [t[1] for t in triples] + [t[2] for t in triples]
+    check_context_encoding(context_encoding)
+    contexts = route_contexts(records, router_input)
+    reward_context = [r.get("context") if context_in_reward else None for r in records]
+    return ([backbone.reward_item(r["prompt"], r["chosen"], c) for r, c in zip(records, reward_context)]
+            + [backbone.reward_item(r["prompt"], r["rejected"], c) for r, c in zip(records, reward_context)]
+            + [item for r, c in zip(records, contexts)
+               for item in route_items(backbone, r["prompt"], c, context_encoding=context_encoding)])
+
+
+def route_contexts(records: Sequence[dict[str, Any]], router_input: str) -> list[Optional[str]]:
+    """The context each record's router reads: its own, or none under ``router_input="prompt"``."""
+    return [r.get("context") if router_input == "context" else None for r in records]
 
 
 def featurize(records: Sequence[dict[str, Any]], backbone: Backbone, cache: FeatureCache, *,
               router_input: str = "context", context_in_reward: bool = False,
-              batch_size: int = 32, tokens_per_batch: Optional[int] = None,
+              context_encoding: str = "separate", batch_size: int = 32, tokens_per_batch: Optional[int] = None,
               progress: bool = True, allow_encode: bool = True,
               out: Optional[str | os.PathLike] = None) -> tuple[PairFeatures, EncodeStats]:
     """Features of normalised pair records (see :func:`micro_rm.data.records.normalize_pair`).
@@ -65,9 +117,12 @@ def featurize(records: Sequence[dict[str, Any]], backbone: Backbone, cache: Feat
     records : pair records, e.g. from :func:`micro_rm.data.readers.read_pairs`.
     backbone : the frozen feature extractor.
     cache : where vectors are looked up and new ones stored.
-    router_input : ``"context"`` (the router reads context ⊕ prompt) or ``"prompt"``.
+    router_input : ``"context"`` (the router reads the context and the prompt) or ``"prompt"``
+        (the context is left out of the route features, as in the HelpSteer2 protocol's stage 1).
     context_in_reward : prepend the context to the prompt of the reward items too (the paper's
         RPR setting); say which one an experiment used.
+    context_encoding : the route layout, ``"separate"`` (default) or ``"joint"``; see the module
+        docstring.
     batch_size : texts per backbone call.
     tokens_per_batch : instead of ``batch_size``, fill each backbone call up to this many padded
         tokens (GPU runs; see :func:`micro_rm.features.cache.plan_batches`).
@@ -89,37 +144,45 @@ def featurize(records: Sequence[dict[str, Any]], backbone: Backbone, cache: Feat
         raise MicroRMError("no pair records to featurize")
     n = len(records)
     items = record_items(records, backbone, router_input=router_input,
-                         context_in_reward=context_in_reward)
+                         context_in_reward=context_in_reward, context_encoding=context_encoding)
     if out is not None:
         stats = cache.fill(items, backbone, batch_size=batch_size,
                            tokens_per_batch=tokens_per_batch, progress=progress,
                            allow_encode=allow_encode)
-        return _write_features(records, items, backbone, cache, out), stats
+        return _write_features(records, items, backbone, cache, out, router_input,
+                               context_width(backbone.dim, context_encoding)), stats
     vectors, stats = cache.get_or_encode(items, backbone, batch_size=batch_size,
                                          tokens_per_batch=tokens_per_batch,
                                          progress=progress, allow_encode=allow_encode)
+    context_dim = context_width(backbone.dim, context_encoding)
     features = PairFeatures(
-        chosen=vectors[:n], rejected=vectors[n:2 * n], route=vectors[2 * n:],
+        chosen=vectors[:n], rejected=vectors[n:2 * n],
+        route=route_matrix(vectors[2 * n:], route_contexts(records, router_input), context_dim),
         prompts=[prompt_key(r) for r in records],
         attributes=[r.get("attribute") for r in records],
-        fingerprint=backbone.fingerprint(),
+        fingerprint=backbone.fingerprint(), context_dim=context_dim,
     )
     return features, stats
 
 
 def _write_features(records: Sequence[dict[str, Any]], items: list[Item], backbone: Backbone,
-                    cache: FeatureCache, out: str | os.PathLike) -> PairFeatures:
+                    cache: FeatureCache, out: str | os.PathLike, router_input: str,
+                    context_dim: int) -> PairFeatures:
     """Copy the (cached) vectors of ``items`` into a features folder, ``OUT_CHUNK`` pairs at a
     time, in the storage dtype of the cache."""
     n = len(records)
+    per_route = (len(items) - 2 * n) // n                                 # route items per pair
+    contexts = route_contexts(records, router_input)
     fingerprint = backbone.fingerprint()
-    with FeatureWriter(out, pairs=n, reward_dim=backbone.dim, route_dim=backbone.dim,
-                       fingerprint=fingerprint, dtype=cache.dtype) as writer:
+    with FeatureWriter(out, pairs=n, reward_dim=backbone.dim, route_dim=backbone.dim * per_route,
+                       fingerprint=fingerprint, dtype=cache.dtype, context_dim=context_dim) as writer:
         for start in range(0, n, OUT_CHUNK):
-            rows = range(start, min(start + OUT_CHUNK, n))
-            chunk = [items[role * n + i] for role in range(3) for i in rows]
+            stop = min(start + OUT_CHUNK, n)
+            chunk = (items[start:stop] + items[n + start:n + stop]
+                     + items[2 * n + start * per_route:2 * n + stop * per_route])
             vectors, _ = cache.get_or_encode(chunk, backbone, progress=False, allow_encode=False)
-            chosen, rejected, route = np.split(vectors, 3)
-            writer.write(start, chosen, rejected, route)
+            m = stop - start
+            writer.write(start, vectors[:m], vectors[m:2 * m],
+                         route_matrix(vectors[2 * m:], contexts[start:stop], context_dim))
         writer.close([prompt_key(r) for r in records], [r.get("attribute") for r in records])
     return load_features(out)

@@ -66,7 +66,8 @@ class FeatureWriter:
     """
 
     def __init__(self, path: str | os.PathLike, *, pairs: int, reward_dim: int, route_dim: int,
-                 fingerprint: Optional[dict[str, Any]] = None, dtype: str = "float16"):
+                 fingerprint: Optional[dict[str, Any]] = None, dtype: str = "float16",
+                 context_dim: int = 0):
         if dtype not in STORAGE_DTYPES:
             raise MicroRMError(f"feature storage dtype must be one of {', '.join(STORAGE_DTYPES)}, "
                                f"got {dtype!r}")
@@ -75,6 +76,7 @@ class FeatureWriter:
         self.path = Path(path)
         self.pairs, self.dtype = pairs, dtype
         self.fingerprint = dict(fingerprint or {})
+        self.context_dim = context_dim
         self.tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.tmp")
         self.tmp.mkdir(parents=True)
         shapes = {"chosen": (pairs, reward_dim), "rejected": (pairs, reward_dim),
@@ -109,7 +111,7 @@ class FeatureWriter:
         (self.tmp / "attributes.json").write_text(json.dumps(list(attributes), ensure_ascii=False),
                                                   encoding="utf-8")
         meta = {"format": FORMAT, "version": VERSION, "pairs": self.pairs, "dtype": self.dtype,
-                "fingerprint": self.fingerprint}
+                "fingerprint": self.fingerprint, "context_dim": self.context_dim}
         (self.tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n",
                                             encoding="utf-8")
         if self.path.exists():
@@ -154,7 +156,7 @@ def save_features(features: PairFeatures, path: str | os.PathLike, *,
     n = len(features)
     with FeatureWriter(path, pairs=n, reward_dim=features.chosen.shape[1],
                        route_dim=features.route.shape[1], fingerprint=features.fingerprint,
-                       dtype=dtype) as writer:
+                       dtype=dtype, context_dim=features.context_dim) as writer:
         for start in range(0, n, CHUNK_ROWS):
             stop = start + CHUNK_ROWS
             writer.write(start, features.chosen[start:stop], features.rejected[start:stop],
@@ -188,7 +190,8 @@ def load_features(path: str | os.PathLike, *, mmap: bool = True) -> PairFeatures
         raise MicroRMError(f"{path}: the arrays and prompts do not all hold {n} rows; "
                            "write the folder again")
     return PairFeatures(**arrays, prompts=prompts, attributes=attributes,
-                        fingerprint=meta.get("fingerprint", {}))
+                        fingerprint=meta.get("fingerprint", {}),
+                        context_dim=meta.get("context_dim", 0))      # folders before it: joint layout
 
 
 def read_rows(array: np.ndarray, rows: np.ndarray, *, out: Optional[np.ndarray] = None,

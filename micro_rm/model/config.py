@@ -27,6 +27,11 @@ class MixtureConfig:
     variant: str = "micro"              # one of VARIANTS (see micro_rm.model.mixture)
     router: str = "mlp"                 # ``mlp``: d_r → hidden → K, ReLU (the paper's); ``linear``: d_r → K
     router_hidden: int = 128            # hidden units of the MLP router (the paper: 128)
+    context_dim: int = 0                # width of emb(context) at the end of the route features
+                                        # ("separate" layout: [emb(prompt); emb(context)]), read by
+                                        # the prototype branch; 0: one joint route vector
+    context_prototypes: int = 0         # number of prototype contexts of that branch
+    context_temperature: float = 0.02   # temperature of the attention over the prototypes (cosine)
     prior_scale: float = 1.0            # ``shared-base``: scale of the frozen prior heads, relative
                                         # to PyTorch's default Linear init U(±1/√d) (HyRe's prior)
     backbone: dict = field(default_factory=dict)   # fingerprint of the backbone; its "spec" rebuilds it
@@ -45,6 +50,15 @@ class MixtureConfig:
             raise MicroRMError(f"`variant` must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
         if self.router not in ROUTERS:
             raise MicroRMError(f"`router` must be one of {', '.join(ROUTERS)}, got {self.router!r}")
+        if isinstance(self.context_dim, bool) or not isinstance(self.context_dim, int) \
+                or not 0 <= self.context_dim < self.route_dim:
+            raise MicroRMError(f"`context_dim` must be an integer in [0, route_dim), got {self.context_dim!r}")
+        if isinstance(self.context_prototypes, bool) or not isinstance(self.context_prototypes, int) \
+                or self.context_prototypes < 0:
+            raise MicroRMError(f"`context_prototypes` must be an integer ≥ 0, got {self.context_prototypes!r}")
+        if isinstance(self.context_temperature, bool) or not isinstance(self.context_temperature, (int, float)) \
+                or not math.isfinite(self.context_temperature) or self.context_temperature <= 0:
+            raise MicroRMError(f"`context_temperature` must be a finite number > 0, got {self.context_temperature!r}")
         if self.variant == "single" and self.num_heads != 1:
             raise MicroRMError(f"`num_heads` must be 1 for variant 'single', got {self.num_heads}")
         if isinstance(self.prior_scale, bool) or not isinstance(self.prior_scale, (int, float)) \

@@ -41,6 +41,78 @@ INFERENCE_CHUNK = 65_536  # rows per forward pass at inference (bounded memory o
 
 
 
+def router_network(inputs: int, k: int, config: MixtureConfig) -> nn.Module:
+    """``mlp``: inputs → hidden → K with ReLU (the paper's); ``linear``: inputs → K."""
+    if config.router == "mlp":
+        return nn.Sequential(nn.Linear(inputs, config.router_hidden), nn.ReLU(),
+                             nn.Linear(config.router_hidden, k))
+    return nn.Linear(inputs, k)
+
+
+class ContextRouter(nn.Module):
+    """Router logits = g(emb(prompt)) + h(emb(context)) over the "separate" route layout
+    [emb(prompt); emb(context)], where h attends over prototype contexts:
+
+        h(c) = Σ_m softmax_m( cos(c, u_m) / T ) · a_m          (a zero c, "no context": h = a_null)
+
+    Why: a network over the joint (context ⊕ prompt) text, or over the concatenated vectors,
+    learns whatever separates the few training sentences, and a paraphrase then routes like
+    noise (METHOD.md, measured finding 3). Attention over the training contexts routes a new
+    phrasing like the training phrasings the sentence encoder puts nearest to it, whatever the
+    prompt; stage 2 adds the contexts of its budget as new prototypes. The prototypes u_m are
+    fixed (normalised) context embeddings; only their logits a_m, a_null and g are learned.
+    """
+
+    def __init__(self, config: MixtureConfig):
+        super().__init__()
+        k, m = config.num_heads, config.context_prototypes
+        self.context_dim, self.temperature = config.context_dim, config.context_temperature
+        self.prompt = router_network(config.route_dim - config.context_dim, k, config)
+        self.register_buffer("prototypes", torch.zeros(m, config.context_dim))   # [M, d_c], unit rows
+        self.prototype_logits = nn.Parameter(torch.zeros(m, k))                   # [M, K]
+        self.null_logits = nn.Parameter(torch.zeros(k))                          # [K]
+
+    def context_logits(self, context: torch.Tensor) -> torch.Tensor:
+        """h(c): [N, d_c] → [N, K]."""
+        norm = context.norm(dim=-1, keepdim=True)                                # [N, 1]
+        null = self.null_logits.expand(len(context), -1)
+        if len(self.prototypes) == 0:
+            return null
+        attention = torch.softmax(context / norm.clamp_min(1e-12) @ self.prototypes.T / self.temperature, -1)
+        return torch.where(norm > 0, attention @ self.prototype_logits, null)
+
+    def forward(self, route: torch.Tensor) -> torch.Tensor:
+        """[N, d_p + d_c] → logits [N, K]."""
+        prompt, context = route.split([route.shape[-1] - self.context_dim, self.context_dim], dim=-1)
+        return self.prompt(prompt) + self.context_logits(context)
+
+    @torch.no_grad()
+    def add_prototypes(self, contexts: torch.Tensor) -> int:
+        """Append the contexts [n, d_c] that are not prototypes yet; each new logit row starts at
+        the router's current h(c), so the function barely moves until it is trained. Returns how
+        many were added."""
+        unit = F.normalize(contexts[contexts.norm(dim=-1) > 0], dim=-1)
+        if len(self.prototypes):
+            unit = unit[(unit @ self.prototypes.T).max(-1).values < 1 - 1e-6]
+        unit = unique_rows(unit)
+        if len(unit) == 0:
+            return 0
+        start = self.context_logits(unit)
+        self.prototypes = torch.cat([self.prototypes, unit])
+        self.prototype_logits = nn.Parameter(torch.cat([self.prototype_logits.detach(), start]))
+        return len(unit)
+
+
+def unique_rows(vectors: torch.Tensor) -> torch.Tensor:
+    """The distinct rows of ``vectors`` [n, d], in order of first appearance."""
+    if len(vectors) == 0:
+        return vectors
+    _, inverse = torch.unique(vectors, dim=0, return_inverse=True)
+    first = torch.full((int(inverse.max()) + 1,), len(vectors), dtype=torch.long)
+    first = first.scatter_reduce(0, inverse, torch.arange(len(vectors)), reduce="amin")
+    return vectors[first.sort().values]
+
+
 class MixtureRewardModel(nn.Module):
     """K Bradley–Terry heads and a router; see the module docstring for the variants.
 
@@ -59,11 +131,10 @@ class MixtureRewardModel(nn.Module):
             prior = nn.Linear(d, k, bias=False).weight.detach() * config.prior_scale
             self.register_buffer("prior", prior)                # frozen, saved with the weights
         if config.variant == "micro":
-            if config.router == "mlp":
-                self.router = nn.Sequential(nn.Linear(config.route_dim, config.router_hidden), nn.ReLU(),
-                                            nn.Linear(config.router_hidden, k))
+            if config.context_dim:
+                self.router = ContextRouter(config)
             else:
-                self.router = nn.Linear(config.route_dim, k)
+                self.router = router_network(config.route_dim, k, config)
         if config.variant == "static":
             self.logits = nn.Parameter(torch.zeros(k))
 

@@ -54,6 +54,7 @@ def fit_stage1(features: PairFeatures, config: Stage1Config | None = None, *,
     rows = _Rows(features, config.device)
     optimizer = _adamw([p for p in model.parameters() if p.requires_grad], config)
     shuffle = torch.Generator().manual_seed(config.seed)
+    context_dim = model.config.context_dim if model.config.variant == "micro" else 0
     batch = config.batch_size * config.grad_accum
     block = batch * max(1, BLOCK_ROWS // batch)                         # a block is whole batches
     total = config.epochs * math.ceil(len(train_idx) / batch)
@@ -71,6 +72,8 @@ def fit_stage1(features: PairFeatures, config: Stage1Config | None = None, *,
                 for d, u in zip(diff.split(batch), route.split(batch)):
                     for group in optimizer.param_groups:
                         group["lr"] = config.lr * lr_at(step, total, warmup)
+                    if context_dim and config.context_dropout:
+                        u = drop_context(u, context_dim, config.context_dropout, shuffle)
                     loss = stage1_loss(model, d, u, config.alpha, config.balance)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
@@ -109,15 +112,60 @@ def stage1_loss(model: MixtureRewardModel, diff: torch.Tensor, route: torch.Tens
     return loss
 
 
+def drop_context(route: torch.Tensor, context_dim: int, rate: float, generator: torch.Generator) -> torch.Tensor:
+    """``route`` [B, d_r] with emb(context) zeroed ("no context") on a random ``rate`` of rows."""
+    drop = torch.rand(len(route), generator=generator) < rate                       # [B]
+    if not drop.any():
+        return route
+    route = route.clone()
+    route[drop.to(route.device), -context_dim:] = 0.0
+    return route
+
+
 def initial_model(features: PairFeatures, config: Stage1Config) -> MixtureRewardModel:
-    """The untrained model ``fit_stage1`` starts from (same seed, same weights)."""
+    """The untrained model ``fit_stage1`` starts from (same seed, same weights). A ``micro``
+    model on the separate route layout gets the training contexts as its router's prototypes."""
+    prototypes = None
+    if config.variant == "micro" and features.context_dim:
+        prototypes = context_prototypes(features.route, features.context_dim, config.max_prototypes, config.seed)
     model_config = MixtureConfig(num_heads=config.heads, reward_dim=features.chosen.shape[1],
                                  route_dim=features.route.shape[1], variant=config.variant,
                                  router=config.router, router_hidden=config.router_hidden,
+                                 context_dim=features.context_dim if config.variant == "micro" else 0,
+                                 context_prototypes=0 if prototypes is None else len(prototypes),
+                                 context_temperature=config.context_temperature,
                                  backbone=dict(features.fingerprint))
     with torch.random.fork_rng(devices=[]):                               # seed without touching global state
         torch.manual_seed(config.seed)
-        return MixtureRewardModel(model_config).to(config.device)
+        model = MixtureRewardModel(model_config)
+    if prototypes is not None:
+        model.router.prototypes.copy_(torch.from_numpy(prototypes))
+    return model.to(config.device)
+
+
+def context_prototypes(route: np.ndarray, context_dim: int, max_count: int, seed: int) -> np.ndarray:
+    """The distinct non-zero context embeddings of ``route`` [N, d_r], unit-normalised [M, d_c];
+    k-means centres (M = ``max_count``) when there are more (e.g. one persona per pair)."""
+    distinct: dict[bytes, np.ndarray] = {}
+    for start in range(0, len(route), BLOCK_ROWS):                       # memory-mapped safe
+        block = np.asarray(route[start:start + BLOCK_ROWS, -context_dim:], dtype=np.float32)
+        for row in block[np.linalg.norm(block, axis=1) > 0]:
+            distinct.setdefault(row.tobytes(), row)
+    if not distinct:
+        return np.zeros((0, context_dim), dtype=np.float32)
+    unit = np.stack(list(distinct.values()))
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    if len(unit) <= max_count:
+        return unit
+    rng = np.random.default_rng(seed)
+    centres = unit[rng.choice(len(unit), max_count, replace=False)]
+    for _ in range(10):                                                  # spherical k-means
+        nearest = (unit @ centres.T).argmax(1)
+        sums = np.zeros_like(centres)
+        np.add.at(sums, nearest, unit)
+        norms = np.linalg.norm(sums, axis=1, keepdims=True)
+        centres = np.where(norms > 0, sums / np.maximum(norms, 1e-12), centres)
+    return centres.astype(np.float32)
 
 
 @torch.no_grad()

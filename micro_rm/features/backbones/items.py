@@ -102,6 +102,18 @@ class ChatFormatter:
             return head, full[len(head):]
         return full, None
 
+    def context_item(self, context: str) -> Item:
+        """The context alone, in the message the reward items carry it in (system, or a user
+        turn for templates without a system role); the plain sentence if the template refuses
+        a conversation of one message."""
+        from jinja2.exceptions import TemplateError
+
+        role = "system" if self.system_role else "user"
+        try:
+            return self._render([{"role": role, "content": context}], add_generation_prompt=False), None
+        except TemplateError:
+            return context, None
+
     def route_item(self, prompt: Text, context: Optional[str] = None) -> Item:
         """The prompt up to the assistant header: the paper's "end of the prompt"."""
         messages = self._prompt_messages(prompt, context)

@@ -125,6 +125,9 @@ class TransformerBackbone:
             return self.chat.reward_item(prompt, response, context)
         return pair_reward_item(prompt, response, context)
 
+    def context_item(self, context: str) -> Item:
+        return self.chat.context_item(context) if self.chat else (context, None)
+
     def route_item(self, prompt: Text, context: Optional[str] = None) -> Item:
         if self.chat:
             return self.chat.route_item(prompt, context)
