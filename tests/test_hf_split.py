@@ -61,3 +61,20 @@ def test_commands_read_the_split_they_are_told(prefs, tmp_path, capsys):
     assert [json.loads(line)["prompt"] for line in pairs.read_text().splitlines()] == [r["prompt"] for r in rows("train")]
     assert main(["data", "inspect", str(folder), "--hf-split", "test_prefs", "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["pairs"] == 2
+
+
+def test_featurize_takes_a_dataset_of_records(prefs, tmp_path):
+    """A Dataset of pair records featurizes like the same records as a list (read_pairs first for
+    datasets in another schema, e.g. whole conversations without a prompt column)."""
+    import numpy as np
+
+    from micro_rm.features.backbones import load_backbone
+    from micro_rm.features.cache import FeatureCache
+    from micro_rm.features.featurize import featurize
+
+    _, dd = prefs
+    backbone, cache = load_backbone("static"), FeatureCache(tmp_path / "cache")
+    from_dataset, _ = featurize(dd["train_prefs"], backbone, cache, progress=False)
+    from_list, _ = featurize(read_pairs(dd["train_prefs"]), backbone, cache, progress=False)
+    for name in ("chosen", "rejected", "route"):
+        np.testing.assert_array_equal(getattr(from_dataset, name), getattr(from_list, name))
