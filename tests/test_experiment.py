@@ -271,3 +271,22 @@ def test_per_user_online_hedge(tmp_path):
     report = (folder / "report.md").read_text()
     for name, u in users.items():
         assert f"| {name} | {u['test_pairs']} | 16 | {u['before']:.3f} | {u['after']:.3f} |" in report
+
+
+def test_test_pairs_without_attribute_are_left_out_of_every_method(tmp_path):
+    """The bug: they formed a "(none)" group in some means and not in the oracle's."""
+    from micro_rm.data.builders import build_pairs
+    from micro_rm.data.readers import write_pairs
+    from micro_rm.experiment.runner import _Run
+
+    records = build_pairs("synthetic", "n_prompts=40,pairs_per_prompt=4")
+    for record in records[::5]:
+        record.pop("attribute")
+    write_pairs(records, tmp_path / "pairs.jsonl")
+    config = ExperimentConfig.from_dict({"data": {"builder": "jsonl", "source": "pairs.jsonl"},
+                                         "stage2": {"budget": 2}, "hyre": {"m": 2}, "budget_curve": {"budgets": [2]}})
+    config.path = str(tmp_path / "exp.yaml")
+    run = _Run(config, None, tmp_path / "out", None, False, None)
+    run.load_data()
+    assert run.test and all(r.get("attribute") for r in run.test)
+    assert any("test pairs without an `attribute` are left out" in note for note in run.notes)
