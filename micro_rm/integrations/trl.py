@@ -133,9 +133,9 @@ class MicroRMRewardFunction:
             # A sample without a user routes with the router alone: S = 0 leaves the prior unchanged.
             losses = np.stack([states[u] if u is not None else zero for u in users])
         reward_items = [self.scorer.reward_item(p, c, x) for p, c, x in zip(prompts, completions, contexts)]
-        route_items = [self.scorer.route_item(p, x) for p, x in zip(prompts, contexts)]
+        route_items = [item for p, x in zip(prompts, contexts) for item in self.scorer.route_items(p, x)]
         vectors = self.features.vectors(reward_items + route_items)
-        return self.scorer.routed(vectors[:n], vectors[n:], losses, self.eta)
+        return self.scorer.routed(vectors[:n], self.scorer.route_features(vectors[n:], contexts), losses, self.eta)
 
 
 def _column(values: Any, n: int, name: str, default: Any) -> list[Any]:

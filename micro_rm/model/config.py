@@ -70,6 +70,12 @@ class MixtureConfig:
         if not isinstance(self.version, str) or not self.version.split(".")[0].isdigit():
             raise MicroRMError(f"`version` must be a version string like '0.1.0', got {self.version!r}")
 
+    @property
+    def context_encoding(self) -> str:
+        """The route layout the model reads (micro_rm.features.featurize): ``separate`` when it has
+        a context width, else ``joint`` (models saved before the separate layout)."""
+        return "separate" if self.context_dim else "joint"
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -51,6 +51,7 @@ def featurize_for(model: MixtureRewardModel, records: Sequence[dict[str, Any]],
     features, _ = featurize(records, model_backbone(model), FeatureCache(cache_dir),
                             router_input=settings.get("router_input", "context"),
                             context_in_reward=bool(settings.get("context_in_reward", False)),
+                            context_encoding=model.config.context_encoding,
                             progress=progress, allow_encode=allow_encode)
     model.check_features(features)
     return features

@@ -198,8 +198,22 @@ class RewardScorer:
     def reward_item(self, prompt: Text, response: Text, context: Optional[str]) -> Item:
         return self.backbone.reward_item(prompt, response, context if self.context_in_reward else None)
 
-    def route_item(self, prompt: Text, context: Optional[str]) -> Item:
-        return self.backbone.route_item(prompt, context if self.router_input == "context" else None)
+    def route_items(self, prompt: Text, context: Optional[str]) -> list[Item]:
+        """The router's items of one prompt (1 or 2, see micro_rm.features.featurize.route_items);
+        turn their vectors into route features with :meth:`route_features`."""
+        from micro_rm.features.featurize import route_items
+
+        return route_items(self.backbone, prompt, self._context(context),
+                           context_encoding=self.model.config.context_encoding)
+
+    def route_features(self, vectors: np.ndarray, contexts: Sequence[Optional[str]]) -> np.ndarray:
+        """Route features [N, d_r] from the vectors of N prompts' :meth:`route_items`."""
+        from micro_rm.features.featurize import route_matrix
+
+        return route_matrix(vectors, [self._context(c) for c in contexts], self.model.config.context_dim)
+
+    def _context(self, context: Optional[str]) -> Optional[str]:
+        return context if self.router_input == "context" else None
 
     # math on vectors -----------------------------------------------------------------------
     def routed(self, reward_vectors: np.ndarray, route_vectors: np.ndarray,

@@ -131,7 +131,7 @@ def initial_model(features: PairFeatures, config: Stage1Config) -> MixtureReward
     model_config = MixtureConfig(num_heads=config.heads, reward_dim=features.chosen.shape[1],
                                  route_dim=features.route.shape[1], variant=config.variant,
                                  router=config.router, router_hidden=config.router_hidden,
-                                 context_dim=features.context_dim if config.variant == "micro" else 0,
+                                 context_dim=features.context_dim,
                                  context_prototypes=0 if prototypes is None else len(prototypes),
                                  context_temperature=config.context_temperature,
                                  backbone=dict(features.fingerprint))

@@ -78,11 +78,12 @@ def _answer(scorer: Any, settings: ServeSettings, records: list[dict[str, Any]],
     """The response: each user's state after the request, and the routed weights for its last
     pair. Built the same way for the first answer and for a replayed Idempotency-Key."""
     n = len(records)
+    routes = scorer.route_features(vectors[2 * n:], [r.get("context") for r in records])
     out = []
     for user in dict.fromkeys(users):
         last = max(i for i, u in enumerate(users) if u == user)
         num_feedback, loss = states[user]
-        routed = scorer.routed(vectors[last:last + 1], vectors[2 * n + last:2 * n + last + 1], loss, settings.eta)
+        routed = scorer.routed(vectors[last:last + 1], routes[last:last + 1], loss, settings.eta)
         out.append(UserWeights(user_id=user, num_feedback=num_feedback, cumulative_loss=loss.tolist(),
                                feedback_weights=feedback_weights(loss, settings.eta),
                                weights=routed.weights[0].tolist()))
@@ -130,7 +131,7 @@ async def feedback(body: Union[list[FeedbackItem], FeedbackItem], response: Resp
     vectors = await batcher.vectors(
         [scorer.reward_item(r["prompt"], r["chosen"], r.get("context")) for r in records]
         + [scorer.reward_item(r["prompt"], r["rejected"], r.get("context")) for r in records]
-        + [scorer.route_item(r["prompt"], r.get("context")) for r in records])
+        + [item for r in records for item in scorer.route_items(r["prompt"], r.get("context"))])
     if replayed is None:
         losses = scorer.feedback_losses(vectors[:n], vectors[n:2 * n])                   # [n, K]
         groups = {user: [i for i, u in enumerate(users) if u == user] for user in dict.fromkeys(users)}

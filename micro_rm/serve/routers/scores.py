@@ -34,8 +34,9 @@ async def score(body: ScoreRequest, principal: Optional[Principal] = Depends(sco
                                            *((f"responses[{i}]", r) for i, r in enumerate(responses))])
     loss, count = await user_loss(store, principal, body.user_id)
     items = [scorer.reward_item(prompt, r, body.context) for r in responses]
-    vectors = await batcher.vectors(items + [scorer.route_item(prompt, body.context)])
-    out = scorer.routed(vectors[:-1], vectors[-1:], loss, settings.eta)
+    vectors = await batcher.vectors(items + scorer.route_items(prompt, body.context))
+    n = len(items)
+    out = scorer.routed(vectors[:n], scorer.route_features(vectors[n:], [body.context]), loss, settings.eta)
     return ScoreResponse(
         scores=[ResponseScore(reward=r, head_rewards=h) for r, h in zip(out.rewards.tolist(),
                                                                           out.head_rewards.tolist())],
@@ -54,9 +55,9 @@ async def compare(body: CompareRequest, principal: Optional[Principal] = Depends
     loss, count = await user_loss(store, principal, body.user_id)
     vectors = await batcher.vectors([scorer.reward_item(prompt, a, body.context),
                                      scorer.reward_item(prompt, b, body.context),
-                                     scorer.route_item(prompt, body.context)])
+                                     *scorer.route_items(prompt, body.context)])
     head_probs = scorer.head_probs(vectors[0:1], vectors[1:2])[0]
-    out = scorer.routed(vectors[0:1], vectors[2:3], loss, settings.eta)
+    out = scorer.routed(vectors[0:1], scorer.route_features(vectors[2:], [body.context]), loss, settings.eta)
     return CompareResponse(p_a_beats_b=float(out.weights[0] @ head_probs), head_probs=head_probs.tolist(),
                            weights=out.weights[0].tolist(), prior_weights=out.prior[0].tolist(),
                            user_id=body.user_id, num_feedback=count)
@@ -170,10 +171,10 @@ async def get_reward(body: OpenRLHFRequest, principal: Optional[Principal] = Dep
     contexts = [c or None for c in contexts]
     loss = await users_loss(store, principal, users, from_labels)
     reward_items = [scorer.reward_item(p, r, c) for (p, r), c in zip(pairs, contexts)]
-    route_items = [scorer.route_item(p, c) for (p, _), c in zip(pairs, contexts)]
+    route_items = [item for (p, _), c in zip(pairs, contexts) for item in scorer.route_items(p, c)]
     vectors = await batcher.vectors(reward_items + route_items)
     n = len(pairs)
-    out = scorer.routed(vectors[:n], vectors[n:], loss, settings.eta)
+    out = scorer.routed(vectors[:n], scorer.route_features(vectors[n:], contexts), loss, settings.eta)
     rewards = out.rewards.tolist()
     return OpenRLHFResponse(rewards=rewards, scores=rewards, extra_logs=head_logs(out))
 
