@@ -71,6 +71,9 @@ def encode(
     if router_input not in ROUTER_INPUTS:
         raise MicroRMError(f"--router-input must be one of {', '.join(ROUTER_INPUTS)}, "
                            f"got {router_input!r}")
+    if out is not None:
+        from micro_rm.atomic import check_output_path
+        check_output_path(out, "--out", folder=True)
 
     from micro_rm.data.readers import read_pairs
     from micro_rm.features.backbones import load_backbone

@@ -71,9 +71,11 @@ def demo(
 
     Example: micro-rm demo --out runs/demo
     """
+    from micro_rm.atomic import check_output_path
     from micro_rm.eval.report import format_table, load_results
     from micro_rm.experiment.demo import run_demo
 
+    check_output_path(out, "--out", folder=True)    # before minutes of work
     folder = run_demo(out=out, backbone=backbone, prompts=prompts, cache=cache_dir, progress=not as_json,
                       command=_command("demo", out=out, backbone=None if backbone == "default" else backbone,
                                        prompts=prompts, cache=cache_dir))
