@@ -38,12 +38,15 @@ SECTION = "## Reliability (`benchmarks/reliability.py`)"
 PROMPT, GOOD, BAD = "How should I explain entropy?", "Count the microstates.", "lol idk"
 
 
+COUNTS = {"--trials": (20, "Repetitions of each scenario."),
+          "--clients": (4, "Concurrent clients."),
+          "--after": (20, "Requests each client sends after the revoking call returned.")}
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--trials", type=int, default=20, help="Repetitions of each scenario.")
-    parser.add_argument("--clients", type=int, default=4, help="Concurrent clients.")
-    parser.add_argument("--after", type=int, default=20, help="Requests each client sends after the "
-                        "revoking call returned.")
+    for flag, (default, text) in COUNTS.items():
+        parser.add_argument(flag, type=int, default=default, help=text)
     parser.add_argument("--write", action="store_true", help="Put the table into BENCHMARKS.md.")
     return parser
 
