@@ -7,16 +7,18 @@ Steps (METHOD.md, "Evaluation protocol"):
    stage-2 budget and the oracle come from ``eval_data``'s train split, and every method is
    evaluated on ``eval_data``'s test split; both default to ``data``).
 2. encode every text once through the feature cache.
-3. stage 1: each MiCRo variant of the protocol × regulariser grid, and the single-reward,
-   static-mixture and shared-base baselines (same K).
-4. stage 2: each variant's router adapted with B context pairs per attribute, over
-   ``budget_curve.seeds`` draws; ``micro`` is the variant picked by the config's rule (lowest
-   stage-1 validation NLL on held-out *train* prompts, or the first listed): no test label is
-   read to choose it.
-5. HyRe (shared-base heads) and MiCRo-HyRe (the chosen variant's stage-1 heads), m labelled
-   test pairs per attribute.
+3. stage 1: each MiCRo variant of the protocol × regulariser grid; ``micro`` is the variant
+   picked by the config's rule (lowest stage-1 validation NLL on held-out *train* prompts, or
+   the first listed): no test label is read to choose it.
+4. stage 2: the chosen variant's router adapted with B context pairs per attribute over
+   ``budget_curve.seeds`` draws (the other variants over one draw, for the grid's table).
+5. baselines (same K): single reward, static mixture, shared-base, and ``single-ctx`` /
+   ``static-ctx`` that see the context in their reward features (the information MiCRo's
+   router gets); HyRe (shared-base heads) and MiCRo-HyRe (the chosen variant's stage-1 heads),
+   m labelled test pairs per attribute drawn by prompt.
 6. oracle: one BT head per attribute trained on all of that attribute's train pairs.
-7. the budget curve over B × seeds, optional per-user online Hedge, and the report folder
+7. the budget curve over B × seeds, optional per-user online Hedge, 95% bootstrap intervals by
+   test prompt for every row and the paired differences of ``DIFFERENCES``, and the report folder
    (``results.json``, ``report.md``, PNGs) via :func:`micro_rm.eval.report.write_report`.
 
 >>> folder = run_experiment(ExperimentConfig.from_yaml("configs/demo.yaml"))  # doctest: +SKIP
