@@ -295,3 +295,31 @@ def test_a_kill_during_save_pretrained_leaves_a_loadable_model(tmp_path):
         MixtureRewardModel.from_pretrained(path)   # old or new, never nothing
     word_model().save_pretrained(path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_the_guarantees_hold_on_postgresql(tmp_path, postgres_url):
+    """The same SQL on PostgreSQL: epochs (with row locks), idempotency keys, final deletion."""
+    from micro_rm.online import FeedbackRequest, UserDeleted, open_store
+    from micro_rm.serve.app import create_app
+    from micro_rm.serve.scoring import RewardScorer
+    from micro_rm.serve.settings import ServeSettings
+
+    settings = ServeSettings(model="unused", state=postgres_url, admin_token=ADMIN, cache_dir=str(tmp_path / "f"))
+    with TestClient(create_app(settings, scorer=RewardScorer(word_model(), WordBackbone()))) as client:
+        token = new_user(client, "ana_1")
+        headers = {**bearer(token), "Idempotency-Key": "k"}
+        first, again = (client.post("/feedback", json=GOOD, headers=headers) for _ in range(2))
+        assert again.json() == first.json() and again.headers["Idempotent-Replayed"] == "true"
+        send = lambda: client.post("/feedback", json=GOOD, headers=bearer(token)).status_code  # noqa: E731
+        log, _ = run_storm(send, lambda: assert_ok(client.delete("/users/ana_1", headers=bearer(ADMIN))), 5)
+        assert {status for _, status in log} <= {200, 401, 409}
+        assert client.get("/users/ana_1", headers=bearer(ADMIN)).status_code == 404
+        assert client.post("/users/nobody/token", headers=bearer(ADMIN)).status_code == 404
+    store = open_store(postgres_url)
+    assert store.idempotent_result("user:ana_1", "k") is None and store.feedback_count("ana_1") == 0
+    epoch = store.epoch("bo")
+    store.apply_feedback("bo", [[0.1, 0.2]])
+    store.delete_user("bo")
+    with pytest.raises(UserDeleted):
+        store.apply_requests([FeedbackRequest([("bo", [[0.1, 0.2]], None)], {"bo": epoch})])
+    store.close()
