@@ -293,6 +293,10 @@ class _Run:
         if self.fair_rows():
             self.train_reward_ctx = feats(self.train, "context", context_in_reward=True)
             self.test_reward_ctx = feats(self.test, "context", context_in_reward=True)
+        else:
+            self.notes.append("No single-ctx / static-ctx rows: " + (
+                "every baseline already sees the context in its reward features (backbone.context_in_reward)."
+                if b.context_in_reward else "no train pair has a context, so they would repeat single / static."))
         self.encode_seconds, self.encoded = time.perf_counter() - start, encoded
         self.log(f"features: {encoded} texts encoded ({self.encode_seconds:.0f} s), the rest from the cache")
 
@@ -326,7 +330,8 @@ class _Run:
             stage2 = f"micro-stage1 + stage 2 on B = {budget} of the same train pairs / attribute (seen at stage 1)"
         else:
             source = f"{self.config.eval_data.builder}'s" if self.cross else "the"
-            stage2 = f"micro-stage1 + B = {budget} context pairs / attribute from {source} train split"
+            kind = "context pairs" if any(r.get("context") for r in self.pool) else "pairs (no context)"
+            stage2 = f"micro-stage1 + B = {budget} {kind} / attribute from {source} train split"
         return {"single": plain, "static": plain, "shared-base": plain,
                 "single-ctx": in_reward, "static-ctx": in_reward,
                 "hyre": f"{plain} + {m} labelled test pairs / attribute (scored on the other test prompts)",
@@ -524,7 +529,6 @@ class _Run:
                                           self.test_ctx.attributes)
         ordered = {name: methods[name] for name in PRIMARY_METHODS if name in methods}
         differences = self.intervals(ordered)
-        taus = Counter(t for v in [chosen] for t in v["taus"])
         name = config.data.builder + (f" → {config.eval_data.builder}" if self.cross else "")
         return {
             "title": config.title,
@@ -554,7 +558,7 @@ class _Run:
                                "oracle_mean_accuracy": heads["oracle_mean_accuracy"]},
             "router_weights": stage2_router["per_attribute"],
             "router": {"stage1": _router_summary(stage1_router), "stage2": _router_summary(stage2_router),
-                       "stage2_taus": {f"{t:g}": n for t, n in sorted(taus.items())}},
+                       "stage2_taus": _tau_counts(chosen["taus"])},
             "budget_curve": curve,
             "paper": dict(config.paper),
             "notes": self.notes + list(config.notes),
@@ -597,11 +601,23 @@ def _seed_std(values: Sequence[float]) -> Optional[float]:
     return float(np.std(values, ddof=1)) if len(values) > 1 else None
 
 
-def _tau_label(tau: Any, chosen: Sequence[float]) -> Any:
+def _tau_text(tau: float | str) -> str:
+    """A chosen τ as the report writes it: 0.001, 10, or a named choice such as "keep"."""
+    return f"{tau:g}" if isinstance(tau, (int, float)) else str(tau)
+
+
+def _tau_counts(chosen: Sequence[float | str]) -> dict[str, int]:
+    """How often each τ was chosen over the budget draws: numbers ascending, then named choices."""
+    counts = Counter(chosen)
+    order = sorted(counts, key=lambda t: (isinstance(t, str), str(t) if isinstance(t, str) else t))
+    return {_tau_text(t): counts[t] for t in order}
+
+
+def _tau_label(tau: Any, chosen: Sequence[float | str]) -> Any:
     if tau != "auto":
         return tau
-    common = Counter(chosen).most_common(1)[0][0]
-    return f"auto → {common:g}" if len(set(chosen)) == 1 else f"auto → {common:g} (mostly)"
+    common = _tau_text(Counter(chosen).most_common(1)[0][0])
+    return f"auto → {common}" if len(set(chosen)) == 1 else f"auto → {common} (mostly)"
 
 
 def _router_summary(stats: dict[str, Any]) -> dict[str, Any]:
