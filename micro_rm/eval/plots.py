@@ -136,7 +136,8 @@ def plot_budget_curve(results: dict, path: str | Path) -> Path:
     budgets, mean = curve["budgets"], curve["mean"]
     std = [s or 0.0 for s in curve.get("std") or [0.0] * len(mean)]   # None: one draw, no spread
     seeds = f" over {curve['seeds']} seeds" if curve.get("seeds") else ""
-    with _figure(path, _titled(results, f"Accuracy vs context budget (mean ± std{seeds})"),
+    spread = "sample std" if curve.get("std_ddof") == 1 else "std"
+    with _figure(path, _titled(results, f"Accuracy vs context budget (mean ± {spread}{seeds})"),
                  "budget B (context pairs per attribute)", "mean pairwise accuracy", (6.4, 4.2)) as (fig, ax):
         ax.plot(budgets, mean, marker="o", color="C0", label="MiCRo stage 2", zorder=10)
         ax.fill_between(budgets, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
