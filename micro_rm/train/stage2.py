@@ -1,22 +1,35 @@
 """Stage 2: context-aware router learning with Hedge targets (METHOD.md Eq. 5, Algorithm 1).
 
-The heads stay frozen; only the router f_ψ, which now reads (context ⊕ prompt), is fine-tuned
-on a small budget of context-annotated pairs. Once per epoch each pair gets a soft target
+The heads stay frozen; only the router learns, from a small budget of context-annotated pairs.
+Once per epoch each pair gets a soft target
 
-    ω_i = normalise( f_ψ(c_i ⊕ x_i) ⊙ exp(−L_i / τ) ),     L_ik = −log σ(Δ_ik)
+    ω_i = normalise( f_ψ(c_i, x_i) ⊙ exp(−L_i / τ) ),     L_ik = −log σ(Δ_ik)
 
 (the Hedge step, computed as a softmax in log space) and the router is distilled into the
 targets by cross-entropy over mini-batches. Small τ makes ω one-hot on each pair's lowest-loss
-head; large τ keeps ω at the router's own weights (nothing moves). At τ = 1, ω_ik is the
-posterior responsibility π_k σ(Δ_k) / Σ_j π_j σ(Δ_j) of head k for the observed label, so the
-loop is (generalised) EM on the router for the mixture likelihood; a tiny τ instead trains the
-router on each pair's noisy argmax head, which on pairs where several heads agree is arbitrary.
-``tau="auto"`` picks τ by k-fold cross-validation of the mixture NLL on the budget pairs
-themselves (no test labels): METHOD.md's reference measurements show the paper's τ = 1e-3 undoing
-a good stage-1 router.
+head; large τ keeps ω at the router's own weights. At τ = 1, ω_ik is the posterior responsibility
+of head k for the observed label, so the loop is (generalised) EM on the router.
+
+Two algorithms (``AdaptConfig.algorithm``):
+
+``safe`` (the default)
+    * "keep the stage-1 router" is a candidate beside every τ of the grid; k-fold
+      cross-validation by prompt on the budget pairs scores each candidate by the mixture NLL of
+      pairs its router did not adapt on, and an adapted router replaces the stage-1 one only when
+      its NLL is lower by more than one standard error of the paired difference. At small budgets
+      this keeps stage 1 unless the labels clearly say otherwise (METHOD.md, measured finding 2).
+    * plain SGD, so the step is proportional to the gradient, and the change follows τ: at large
+      τ the targets equal the router's weights, the gradient vanishes and nothing moves. (Adam
+      normalises the gradient, so even τ = 100 moved the router.)
+    * on the separate route layout only the router's context branch learns (the prototypes'
+      logits, and the logits of "no context"); the prompt branch keeps what stage 1 learned
+      from all the data. The budget's contexts become new prototypes.
+``paper``
+    The paper's Algorithm 1 as written: the whole router fine-tuned with AdamW for T epochs at the
+    given τ (or the τ of the grid with the lowest cross-validated NLL, ``tau="auto"``), no "keep".
 
 >>> rows = draw_budget(features.attributes, budget=50, seed=0)                  # doctest: +SKIP
->>> adapted, info = adapt_router(model, features.subset(rows), AdaptConfig(tau="auto"))  # doctest: +SKIP
+>>> adapted, info = adapt_router(model, features.subset(rows), AdaptConfig())   # doctest: +SKIP
 >>> info["tau"], info["cv_nll"]                                                # doctest: +SKIP
 
 Torch is imported inside the functions that need it, so the CLI's ``--help`` (which reads
@@ -45,38 +58,54 @@ if TYPE_CHECKING:
     from micro_rm.model.mixture import MixtureRewardModel
 
 
+ALGORITHMS = ("safe", "paper")
+TAU_MIN = 1e-8   # below this, exp(−L/τ) underflows for every head and the targets are undefined
+DEFAULT_LR = {"safe": 0.3, "paper": 3e-2}
+
+
 @dataclass
 class AdaptConfig:
     """Settings of stage 2. Each field's help is also the CLI's ``--help``."""
 
     budget: int = _help("Context-annotated pairs drawn per attribute (per context when no pair has "
                         "an attribute); the paper: 50.", 50)
+    algorithm: str = _help("safe: 'keep the stage-1 router' is a candidate beside each τ, chosen by "
+                           "cross-validation on held-out budget prompts with a one-standard-error "
+                           "margin; SGD, so the change follows τ; only the context branch learns. "
+                           "paper: Algorithm 1 as written (AdamW on the whole router, no keep).", "safe")
     tau: float | str = _help("Hedge temperature τ of the soft targets ω ∝ f_ψ·exp(−L/τ), a number "
-                             "> 0 (the paper: 1e-3; small τ = hard labels on each pair's best head, "
-                             "large τ = keep the stage-1 router), or 'auto': k-fold cross-validation "
-                             "of the mixture NLL on the budget pairs over tau_grid.", 1e-3)
+                             f"≥ {TAU_MIN:g} (the paper: 1e-3; small τ = hard labels on each pair's "
+                             "best head, large τ = keep the router), or 'auto': k-fold "
+                             "cross-validation of the mixture NLL on the budget pairs over tau_grid.",
+                             "auto")
     epochs: int = _help("Epochs T; the targets ω are recomputed with the current router once per "
                         "epoch (the paper: 10).", 10)
     batch_size: int = _help("Pairs per router update (the paper: 32).", 32)
-    lr: float = _help("Peak AdamW learning rate of the router, decayed linearly to 0. Higher than "
-                      "stage 1's 2e-3 because stage 2 takes only ~T·N/batch steps (70 for 4×50 "
-                      "pairs); 3e-2 was best of 3e-3…3e-2 on synthetic groups and on DSP.", 3e-2)
-    weight_decay: float = _help("AdamW weight decay of the router.", 0.0)
+    lr: Optional[float] = _help("Peak learning rate, decayed linearly to 0 (default: 1.0 for safe's "
+                                "SGD, 3e-2 for paper's AdamW, which takes only ~T·N/batch steps). No "
+                                "validation evidence backs either value beyond the budget-curve "
+                                "checks in tests; tau is what cross-validation chooses.", None)
+    weight_decay: float = _help("Weight decay of the router.", 0.0)
     seed: int = _help("Seed of the budget draw, the folds and the shuffling.", 0)
     tau_grid: tuple[float, ...] = _help("Candidate τ values for tau='auto'.",
-                                        (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0))
-    folds: int = _help("Folds (split by prompt) of the cross-validation for tau='auto'.", 5)
+                                        (1e-3, 1e-2, 1e-1, 1.0, 10.0))
+    folds: int = _help("Folds (split by prompt) of the cross-validation for tau='auto' and for "
+                       "safe's keep-or-adapt choice.", 5)
 
     def __post_init__(self) -> None:
         for name, low in (("budget", 1), ("epochs", 1), ("batch_size", 1), ("seed", 0), ("folds", 2)):
             _check_int(self, name, low)
+        if self.algorithm not in ALGORITHMS:
+            raise MicroRMError(f"`algorithm` must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}")
         if self.tau != "auto":
             self.tau = check_tau(self.tau)
+        if self.lr is None:
+            self.lr = DEFAULT_LR[self.algorithm]
         _check_float(self, "lr", 0.0, math.inf, open_low=True)
         _check_float(self, "weight_decay", 0.0, math.inf)
         grid = self.tau_grid
         if isinstance(grid, (str, bytes)) or not isinstance(grid, Sequence) or not grid:
-            raise MicroRMError(f"`tau_grid` must be a non-empty list of numbers > 0, got {grid!r}")
+            raise MicroRMError(f"`tau_grid` must be a non-empty list of numbers ≥ {TAU_MIN:g}, got {grid!r}")
         self.tau_grid = tuple(check_tau(t, "tau_grid") for t in grid)
 
     @classmethod
@@ -85,15 +114,16 @@ class AdaptConfig:
 
 
 def check_tau(tau: Any, name: str = "tau") -> float:
-    """``tau`` as a float, or :class:`MicroRMError` unless it is a finite number > 0.
+    """``tau`` as a float, or :class:`MicroRMError` unless it is a finite number ≥ ``TAU_MIN``
+    (smaller values make exp(−L/τ) underflow for every head, so the targets would be NaN).
 
     >>> check_tau(1e-3)
     0.001
     """
-    ok = not isinstance(tau, bool) and isinstance(tau, (int, float)) and math.isfinite(tau) and tau > 0
+    ok = not isinstance(tau, bool) and isinstance(tau, (int, float)) and math.isfinite(tau) and tau >= TAU_MIN
     if not ok:
-        raise MicroRMError(f"`{name}` must be a finite number > 0 (a Hedge temperature) or 'auto', "
-                           f"got {tau!r}; the paper uses 1e-3")
+        raise MicroRMError(f"`{name}` must be a finite number ≥ {TAU_MIN:g} (a Hedge temperature) or "
+                           f"'auto', got {tau!r}; the paper uses 1e-3")
     return float(tau)
 
 
@@ -108,7 +138,7 @@ def parse_tau(text: str) -> float | str:
     try:
         value = float(text)
     except ValueError:
-        raise MicroRMError(f"--tau must be a number > 0 or 'auto', got {text!r}") from None
+        raise MicroRMError(f"--tau must be a number ≥ {TAU_MIN:g} or 'auto', got {text!r}") from None
     return check_tau(value)
 
 
@@ -175,14 +205,14 @@ def hedge_targets(log_prior: "torch.Tensor", losses: "torch.Tensor", tau: float)
 
 def adapt_router(model: "MixtureRewardModel", features: "PairFeatures", config: AdaptConfig | None = None,
                  *, progress: bool = True) -> tuple["MixtureRewardModel", dict[str, Any]]:
-    """Algorithm 1 on every row of ``features`` (draw the budget first, :func:`draw_budget`).
+    """Stage 2 on every row of ``features`` (draw the budget first, :func:`draw_budget`).
 
-    ``features.route`` must be the router features of (context ⊕ prompt)
-    (``featurize(..., router_input="context")``). Returns a new model (the input is untouched)
-    whose heads are the input's and whose router is adapted, and ``info``: ``tau`` (the τ
-    used), ``cv_nll`` ({τ: cross-validated mixture NLL} for ``tau="auto"``, else None),
-    ``stage1_nll`` and ``nll`` (mixture NLL of the budget pairs before and after), ``epochs``
-    (one row per epoch), ``pairs`` and ``seconds``.
+    ``features.route`` must carry the contexts (``featurize(..., router_input="context")``).
+    Returns a new model (the input is untouched) whose heads are the input's, and ``info``:
+    ``tau`` (the τ used, or ``"keep"`` when safe stage 2 kept the stage-1 router), ``cv_nll``
+    ({candidate: cross-validated mixture NLL}, None without cross-validation), ``stage1_nll`` and
+    ``nll`` (mixture NLL of the budget pairs before and after), ``epochs`` (one row per epoch),
+    ``pairs`` and ``seconds``.
     """
     import torch
 
@@ -194,27 +224,32 @@ def adapt_router(model: "MixtureRewardModel", features: "PairFeatures", config: 
     model.check_features(features)
     start = time.perf_counter()
     device = model.heads.weight.device
-    adapted = copy.deepcopy(model)
     route = torch.as_tensor(np.asarray(features.route, dtype=np.float32), device=device)
     with torch.no_grad():                                                # heads are frozen: Δ is data
         diff = np.subtract(features.chosen, features.rejected, dtype=np.float32)
-        deltas = adapted.head_deltas(torch.as_tensor(diff, device=device))        # [N, K]
+        deltas = model.head_deltas(torch.as_tensor(diff, device=device))          # [N, K]
     with _small_tensor_cpu(str(device)):
-        stage1_nll = mixture_nll(adapted, route, deltas)
+        stage1_nll = mixture_nll(model, route, deltas)
         cv_nll = None
-        if config.tau == "auto":
-            cv_nll = cross_validate_tau(adapted, route, deltas, features.prompts, config, progress=progress)
-        tau = min(cv_nll, key=cv_nll.get) if cv_nll else config.tau
-        epochs = fit_router(adapted, route, deltas, tau, config, progress=progress)
-    info = {"tau": tau, "cv_nll": cv_nll, "stage1_nll": stage1_nll, "nll": epochs[-1]["nll"],
+        if config.algorithm == "safe" or config.tau == "auto":
+            cv_nll = cross_validate(model, route, deltas, features.prompts, config, progress=progress)
+        tau = choose_candidate(cv_nll, config) if cv_nll else config.tau
+        adapted, epochs = copy.deepcopy(model), []
+        if tau != KEEP:
+            epochs = fit_router(adapted, route, deltas, tau, config, progress=progress)
+    nll = epochs[-1]["nll"] if epochs else stage1_nll
+    info = {"tau": tau, "cv_nll": _plain(cv_nll), "stage1_nll": stage1_nll, "nll": nll,
             "epochs": epochs, "pairs": len(features), "seconds": time.perf_counter() - start}
     adapted.config.feature = {**adapted.config.feature, "router_input": "context"}
     adapted.config.training = {**adapted.config.training,
-                               "stage2": {**asdict(config), "tau_chosen": tau, "cv_nll": cv_nll}}
+                               "stage2": {**asdict(config), "tau_chosen": tau, "cv_nll": info["cv_nll"]}}
     adapted.config.data = {**adapted.config.data, "stage2_pairs": len(features)}
-    adapted.config.metrics = {**adapted.config.metrics, "stage2_budget_nll": info["nll"],
+    adapted.config.metrics = {**adapted.config.metrics, "stage2_budget_nll": nll,
                               "stage2_budget_nll_before": stage1_nll}
     return adapted.eval(), info
+
+
+KEEP = "keep"   # the safe candidate that leaves the stage-1 router as it is
 
 
 def check_adaptable(model: "MixtureRewardModel") -> None:
@@ -225,10 +260,20 @@ def check_adaptable(model: "MixtureRewardModel") -> None:
                            "ensemble has nothing to route); train stage 1 with --variant micro")
 
 
+def trainable_router_parameters(model: "MixtureRewardModel", algorithm: str) -> list:
+    """What stage 2 fits: the whole router (``paper``, or a joint-layout router), or only the
+    context branch of a separate-layout router (``safe``)."""
+    router = model.router
+    if algorithm == "safe" and model.config.context_dim:
+        return [router.prototype_logits, router.null_logits]
+    return list(router.parameters())
+
+
 def fit_router(model: "MixtureRewardModel", route: "torch.Tensor", deltas: "torch.Tensor", tau: float,
                config: AdaptConfig, *, progress: bool = False) -> list[dict[str, float]]:
     """Algorithm 1 in place on ``model``'s router: ``route`` [N, d_r], frozen head ``deltas`` [N, K].
-    Returns one row per epoch (epoch, ce, nll, seconds)."""
+    New contexts become prototypes first (separate layout). Returns one row per epoch (epoch,
+    ce, nll, seconds)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -236,8 +281,13 @@ def fit_router(model: "MixtureRewardModel", route: "torch.Tensor", deltas: "torc
     from micro_rm.train.schedule import lr_at
     from micro_rm.train.stage1 import _adamw
 
+    if model.config.context_dim and not len(model.router.prototypes):
+        model.router.add_prototypes(route[:, -model.config.context_dim:])
+        model.config.context_prototypes = len(model.router.prototypes)
     losses = bt_loss(deltas)                                             # L_ik = −log σ(Δ_ik), [N, K]
-    optimizer = _adamw(list(model.router.parameters()), config)
+    params = trainable_router_parameters(model, config.algorithm)
+    optimizer = (torch.optim.SGD(params, lr=config.lr, weight_decay=config.weight_decay)
+                 if config.algorithm == "safe" else _adamw(params, config))
     shuffle = torch.Generator().manual_seed(config.seed)
     steps_per_epoch = math.ceil(len(route) / config.batch_size)
     total, step, rows, start = config.epochs * steps_per_epoch, 0, [], time.perf_counter()
@@ -259,31 +309,69 @@ def fit_router(model: "MixtureRewardModel", route: "torch.Tensor", deltas: "torc
             step += 1
         rows.append({"epoch": epoch, "ce": ce_sum / len(route), "nll": mixture_nll(model, route, deltas),
                      "seconds": time.perf_counter() - start})
+    model.eval()
     return rows
 
 
-def cross_validate_tau(model: "MixtureRewardModel", route: "torch.Tensor", deltas: "torch.Tensor",
-                       prompts: Sequence[str], config: AdaptConfig, *, progress: bool = False
-                       ) -> dict[float, float]:
-    """{τ: mixture NLL of held-out pairs} over ``config.tau_grid``: ``config.folds`` folds split by
-    prompt, each fold's router adapted from ``model``'s on the other folds."""
+def cross_validate(model: "MixtureRewardModel", route: "torch.Tensor", deltas: "torch.Tensor",
+                   prompts: Sequence[str], config: AdaptConfig, *, progress: bool = False
+                   ) -> dict[Any, np.ndarray]:
+    """{candidate: mixture NLL of each budget pair when its fold was held out} [N], over the τ
+    of the grid (or ``config.tau`` when it is a number) and, for ``safe``, ``"keep"`` (the
+    stage-1 router's NLL). Folds split by prompt, so a held-out pair's prompt is new to the
+    adapted router."""
     import torch
     from tqdm.auto import tqdm
 
+    from micro_rm.model.losses import mixture_bt_loss
+
+    taus = config.tau_grid if config.tau == "auto" else (config.tau,)
     fold = prompt_folds(prompts, config.folds, config.seed)
-    total = {tau: 0.0 for tau in config.tau_grid}
-    bar = tqdm(total=len(config.tau_grid) * (fold.max() + 1), desc="choosing τ", unit="fit",
+    out: dict[Any, np.ndarray] = {tau: np.zeros(len(prompts)) for tau in taus}
+    with torch.no_grad():
+        if config.algorithm == "safe":
+            out[KEEP] = mixture_bt_loss(deltas, model.router_log_weights(route)).cpu().numpy()
+    bar = tqdm(total=len(taus) * (fold.max() + 1), desc="stage 2: cross-validation", unit="fit",
                disable=not progress, leave=False)
     with bar:
         for f in range(fold.max() + 1):
-            train, held = (torch.from_numpy(np.flatnonzero(fold != f)),
-                           torch.from_numpy(np.flatnonzero(fold == f)))
-            for tau in config.tau_grid:
+            train, held = (torch.from_numpy(np.flatnonzero(fold != f)).to(route.device),
+                           torch.from_numpy(np.flatnonzero(fold == f)).to(route.device))
+            for tau in taus:
                 candidate = copy.deepcopy(model)
                 fit_router(candidate, route[train], deltas[train], tau, config)
-                total[tau] += mixture_nll(candidate, route[held], deltas[held]) * len(held)
+                with torch.no_grad():
+                    out[tau][held.cpu().numpy()] = mixture_bt_loss(deltas[held], candidate.router_log_weights(route[held])
+                                                     ).cpu().numpy()
                 bar.update()
-    return {tau: nll_sum / len(prompts) for tau, nll_sum in total.items()}
+    return out
+
+
+def choose_candidate(per_pair_nll: dict[Any, np.ndarray], config: AdaptConfig) -> Any:
+    """The candidate with the lowest mean cross-validated NLL. For ``safe``, an adapted router
+    replaces ``"keep"`` only when its NLL is lower by more than one standard error of the paired
+    difference and it classifies at least as many held-out pairs correctly (p > 0.5 ⇔ NLL < log 2):
+    a better-calibrated router that ranks fewer pairs right is not an improvement to a user.
+
+    >>> choose_candidate({"keep": np.array([0.6, 0.6]), 1.0: np.array([0.5, 0.7])}, AdaptConfig())
+    'keep'
+    """
+    taus = [c for c in per_pair_nll if c != KEEP]
+    best = min(taus, key=lambda t: per_pair_nll[t].mean())
+    if KEEP not in per_pair_nll:
+        return best
+    keep, adapted = per_pair_nll[KEEP], per_pair_nll[best]
+    gain = keep - adapted                                               # > 0: adapting helps
+    standard_error = gain.std(ddof=1) / math.sqrt(len(gain)) if len(gain) > 1 else math.inf
+    correct_gain = int((adapted < math.log(2)).sum()) - int((keep < math.log(2)).sum())
+    return best if gain.mean() > standard_error and correct_gain >= 0 else KEEP
+
+
+def _plain(per_pair_nll: Optional[dict[Any, np.ndarray]]) -> Optional[dict[str, float]]:
+    """{candidate: mean NLL} for reports and config.json ("keep", "0.001", …)."""
+    if per_pair_nll is None:
+        return None
+    return {c if c == KEEP else f"{c:g}": float(v.mean()) for c, v in per_pair_nll.items()}
 
 
 def prompt_folds(prompts: Sequence[str], folds: int, seed: int) -> np.ndarray:
