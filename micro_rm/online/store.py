@@ -368,16 +368,22 @@ class _SqlStore:
         """Forget a user for good, in one transaction: state, feedback log, idempotency keys, and
         a new epoch so that feedback authorised before now is refused. The number of feedback
         rows it had, or None if it had no state."""
-        pattern = "%" + json.dumps(user_id).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         with self._transaction() as cur:
-            cur.execute(self._sql(BUMP_EPOCH_SQL), (user_id,))
-            had_state = self._select_user(cur, user_id, self._for_update) is not None
-            cur.execute(self._sql("DELETE FROM feedback WHERE user_id = ?"), (user_id,))
-            count = cur.rowcount or 0
-            cur.execute(self._sql("DELETE FROM users WHERE user_id = ?"), (user_id,))
-            cur.execute(self._sql("DELETE FROM idempotency_keys WHERE scope = ? OR users LIKE ? ESCAPE '\\'"),
-                        (f"user:{user_id}", pattern))
-        return count if had_state else None
+            state, count = self._forget(cur, user_id)
+        return count if state is not None else None
+
+    def _forget(self, cur: Any, user_id: str) -> tuple[UserState | None, int]:
+        """Inside a transaction: move the epoch, delete every row of the user; the state it had
+        and its number of feedback rows."""
+        pattern = "%" + json.dumps(user_id).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        cur.execute(self._sql(BUMP_EPOCH_SQL), (user_id,))
+        state = self._select_user(cur, user_id, self._for_update)
+        cur.execute(self._sql("DELETE FROM feedback WHERE user_id = ?"), (user_id,))
+        count = cur.rowcount or 0
+        cur.execute(self._sql("DELETE FROM users WHERE user_id = ?"), (user_id,))
+        cur.execute(self._sql("DELETE FROM idempotency_keys WHERE scope = ? OR users LIKE ? ESCAPE '\\'"),
+                    (f"user:{user_id}", pattern))
+        return state, count
 
     @staticmethod
     def _prepare(user_id: str, losses: Any, payloads: Sequence[Mapping[str, Any]] | None
@@ -402,13 +408,12 @@ class _SqlStore:
         raise self._unknown_user(user_id)
 
     def reset(self, user_id: str) -> UserState:
-        """Forget the user's state and feedback; returns the state as it was."""
+        """Forget the user's state and feedback (finally: see :meth:`delete_user`); returns the
+        state as it was, or raises for an unknown user (and changes nothing)."""
         with self._transaction() as cur:
-            state = self._select_user(cur, user_id, self._for_update)
+            state, _ = self._forget(cur, user_id)
             if state is None:
                 raise self._unknown_user(user_id)
-            cur.execute(self._sql("DELETE FROM feedback WHERE user_id = ?"), (user_id,))
-            cur.execute(self._sql("DELETE FROM users WHERE user_id = ?"), (user_id,))
         return state
 
     def list_users(self) -> list[str]:
