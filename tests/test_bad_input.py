@@ -118,6 +118,23 @@ def a_file(tmp: Path, name: str = "plain.txt") -> str:
     return write(tmp / name, "not a folder\n")
 
 
+def bad_cache(tmp: Path) -> str:
+    """A cache whose folder for the word backbone has a fingerprint.json that is not UTF-8."""
+    from micro_rm.features.backbones import fingerprint_id
+
+    folder = tmp / "cache" / fingerprint_id(WordBackbone().fingerprint())
+    folder.mkdir(parents=True)
+    write(folder / "fingerprint.json", b"\xff\xfe{}")
+    return str(tmp / "cache")
+
+
+def bad_model(tmp: Path) -> Path:
+    (tmp / "model").mkdir()
+    write(tmp / "model" / "config.json", b'{"num_heads": "\xff"}')
+    write(tmp / "model" / "model.safetensors", b"")
+    return tmp / "model"
+
+
 def train(tmp: Path, data: str, *extra: str) -> list[str]:
     return ["train", "--data", data, "--backbone", "fake-words", "--heads", "2", "--out", str(tmp / "out"),
             "--epochs", "1", *extra]
@@ -210,6 +227,10 @@ CLI_CASES = [
          r"feature cache \(--cache\) .*plain.txt: is a file"),
     Case("cache-under-a-file", lambda t, m: encode(pairs(t, GOOD_LINE), "--cache", a_file(t) + "/sub"),
          r"plain.txt is a file, so no folder can be made inside it"),
+    Case("cache-fingerprint-invalid-utf8", lambda t, m: encode(pairs(t, GOOD_LINE), "--cache", bad_cache(t)),
+         r"fingerprint.json: unreadable"),
+    Case("model-config-invalid-utf8", lambda t, m: evaluate(bad_model(t), pairs(t, GOOD_LINE)),
+         r"config.json: not valid JSON"),
     Case("eval-report-is-a-file", lambda t, m: evaluate(m, pairs(t, GOOD_LINE), "--report", a_file(t, "report")),
          r"--report .*report: is a file, but a folder is written there"),
     Case("experiment-out-is-a-file", lambda t, m: ["experiment", str(REPO / "configs" / "demo.yaml"), "--out",

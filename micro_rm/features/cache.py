@@ -147,7 +147,7 @@ class _Folder:
         if file.exists():
             try:
                 stored = json.loads(file.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError) as exc:
+            except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or UTF-8
                 raise MicroRMError(f"{file}: unreadable ({exc}); delete the folder {self.path} "
                                    "to encode again") from None
             if canonical_json(stored) != canonical_json(expected):
