@@ -16,6 +16,7 @@ from typing import Optional
 import typer
 
 from micro_rm.cli.app import CACHE_HELP, CACHE_ONLY_HELP, HF_SPLIT_HELP, JSON_HELP, app, emit, field_docs
+from micro_rm.online.hedge import DEFAULT_ETA
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +25,8 @@ app.add_typer(user_app, name="user")
 
 STATE_HELP = "Per-user state: a SQLite file (created on first feedback) or a postgresql:// URL."
 ETA_HELP = ("Hedge learning rate η > 0: after n pairs, two heads whose summed scaled losses differ "
-            "by Δ have their weight ratio moved by exp(−η·Δ) away from the router's.")
+            "by Δ have their weight ratio moved by exp(−η·Δ) away from the router's. The default, "
+            "log(1/p_min) = 4, is the exact Bayesian posterior over heads.")
 
 
 _help, _default = field_docs("micro_rm.train.stage2:AdaptConfig")
@@ -113,7 +115,7 @@ def feedback(
     user: str = typer.Option(..., "--user", help="User id."),
     data: str = typer.Option(..., "--data", help="The user's labelled pairs (chosen = what they preferred)."),
     hf_split: Optional[str] = typer.Option(None, "--hf-split", help=HF_SPLIT_HELP),
-    eta: float = typer.Option(1.0, "--eta", help=ETA_HELP + " Only used for the printed weights."),
+    eta: float = typer.Option(DEFAULT_ETA, "--eta", help=ETA_HELP + " Only used for the printed weights."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache", help=CACHE_HELP),
     cache_only: bool = typer.Option(False, "--cache-only", help=CACHE_ONLY_HELP),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
@@ -151,7 +153,7 @@ def feedback(
 def show(
     user: str = typer.Argument(..., help="User id."),
     state: str = typer.Option(..., "--state", help=STATE_HELP),
-    eta: float = typer.Option(1.0, "--eta", help=ETA_HELP),
+    eta: float = typer.Option(DEFAULT_ETA, "--eta", help=ETA_HELP),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """A user's feedback count, per-head cumulative loss S and Hedge factor normalise(exp(−η S)).

@@ -59,8 +59,10 @@ class DataConfig:
                         "helpsteer2, rpr, synthetic, jsonl (any pair file in the record schema), ….")
     source: str = _doc("File, folder or hub id given to the builder; `{data}/…` is the offline "
                        "data folder. For `synthetic`: `key=value,…` settings of the generator.", "")
-    contexts: dict = _doc("{attribute: sentence}: the context of pairs that have none (e.g. "
-                          "helpful / harmless for HH-RLHF). Pairs that carry a context keep it.",
+    contexts: dict = _doc("{attribute: sentence}, or {attribute: [phrasing, …]}: the context of "
+                          "pairs that have none (the first phrasing; e.g. helpful / harmless for "
+                          "HH-RLHF). Pairs that carry a context keep it. Lists are also the "
+                          "phrasings of the held-out-phrasing evaluation (`phrasings`).",
                           factory=dict)
     skip_invalid: bool = _doc("Log and skip invalid records instead of stopping.", False)
 
@@ -118,6 +120,8 @@ class Stage2Section:
     tau: Union[float, str] = _doc("Hedge temperature τ (the paper: 1e-3 HelpSteer2, 1e-4 RPR), or "
                                   "auto: chosen from tau_grid by k-fold CV of the mixture NLL on the "
                                   "budget pairs.", "auto")
+    algorithm: str = _doc("safe (keep-or-adapt by cross-validation, SGD; the default) or paper "
+                          "(Algorithm 1 as written); see micro_rm.train.stage2.", "safe")
     epochs: int = _doc("Epochs T of Algorithm 1 (the paper: 10).", 10)
     batch_size: int = _doc("Pairs per step (the paper: 32).", 32)
     lr: Optional[float] = _doc("Router learning rate (default: stage 2's).", None)
@@ -148,7 +152,26 @@ class UsersSection:
 
     enabled: bool = _doc("Measure it (needs `user_id` on the pairs).", False)
     feedback: int = _doc("Labelled train pairs per user fed to that user's Hedge state.", 32)
-    eta: float = _doc("Hedge learning rate η (micro_rm.online).", 1.0)
+    eta: float = _doc("Hedge learning rate η (micro_rm.online; default its DEFAULT_ETA = log(1/p_min) = 4, the exact posterior).", 4.0)
+
+
+@dataclass
+class PhrasingsSection:
+    """Held-out phrasings (micro_rm.experiment.phrasings); runs when `data.contexts` gives lists."""
+
+    train: int = _doc("Phrasings per attribute (the first ones listed) on the stage-1 training pairs.", 2)
+    adapt: int = _doc("The next phrasings: on the stage-2 budget pairs. The rest are test phrasings.", 2)
+    budgets: list = _doc("Stage-2 budgets B per attribute evaluated on the test phrasings.",
+                         factory=lambda: [10, 50])
+
+
+@dataclass
+class UserCurveSection:
+    """New users online (micro_rm.experiment.users): accuracy after n feedback pairs."""
+
+    enabled: bool = _doc("Measure it: each attribute is one user.", False)
+    seeds: int = _doc("Draws of each user's feedback.", 5)
+    eta: Optional[float] = _doc("Hedge η (default: the service's, micro_rm.online.DEFAULT_ETA).", None)
 
 
 @dataclass
@@ -169,6 +192,8 @@ class ExperimentConfig:
     oracle: bool = _doc("Train the oracle reference: one BT head per attribute on all of that "
                         "attribute's train pairs.", True)
     users: UsersSection = _doc("Per-user online Hedge.", factory=UsersSection)
+    phrasings: PhrasingsSection = _doc("Held-out phrasings.", factory=PhrasingsSection)
+    user_curve: UserCurveSection = _doc("New users' learning curve.", factory=UserCurveSection)
     paper: dict = _doc("{method: mean accuracy} reported by the paper, shown beside ours.", factory=dict)
     notes: list = _doc("Sentences added to the report's notes (analysis, caveats).", factory=list)
     seed: int = _doc("Seed of training and of the first budget draw.", 0)
@@ -233,6 +258,15 @@ class ExperimentConfig:
             raise bad("budget_curve.budgets", "a list of integers ≥ 1", self.budget_curve.budgets)
         if not (isinstance(self.users.eta, (int, float)) and self.users.eta > 0):
             raise bad("users.eta", "a number > 0", self.users.eta)
+        for attribute, value in self.data.contexts.items():
+            if isinstance(value, list) and (not value or not all(isinstance(p, str) and p.strip() for p in value)):
+                raise bad(f"data.contexts.{attribute}", "a sentence or a non-empty list of non-empty sentences", value)
+            if not isinstance(value, (str, list)):
+                raise bad(f"data.contexts.{attribute}", "a sentence or a list of phrasings", value)
+        for key in ("phrasings.train", "phrasings.adapt", "user_curve.seeds"):
+            section, name = key.split(".")
+            if getattr(getattr(self, section), name) < (0 if name == "adapt" else 1):
+                raise bad(key, "a positive integer", getattr(getattr(self, section), name))
         for name, value in self.paper.items():
             if not isinstance(value, (int, float)):
                 raise bad(f"paper.{name}", "a number (mean accuracy)", value)

@@ -75,7 +75,8 @@ def load_records(data: DataConfig, config_path: Optional[str]) -> list[dict[str,
                                f"of {data.builder} has")
         for record in records:
             if not record.get("context") and record.get("attribute") in data.contexts:
-                record["context"] = data.contexts[record["attribute"]]
+                context = data.contexts[record["attribute"]]
+                record["context"] = context[0] if isinstance(context, list) else context
     return records
 
 
@@ -153,7 +154,8 @@ class _Run:
         s2 = self.config.stage2
         extra = {k: v for k, v in (("lr", s2.lr), ("tau_grid", tuple(s2.tau_grid) if s2.tau_grid else None))
                  if v is not None}
-        return AdaptConfig(budget=budget, tau=s2.tau, epochs=s2.epochs, batch_size=s2.batch_size,
+        return AdaptConfig(budget=budget, algorithm=s2.algorithm, tau=s2.tau, epochs=s2.epochs,
+                           batch_size=s2.batch_size,
                            seed=seed, folds=s2.folds, **extra)
 
     def fit(self, features, variant: str, **overrides: Any):
@@ -201,6 +203,8 @@ class _Run:
         results = self.results(variants, chosen, methods, curve)
         if config.users.enabled:
             results["users"] = self.users(chosen)
+        with self.timed("curves"):
+            self.generalisation(results, chosen, methods)
         self.save_models(chosen)
         results["seconds"] = round(time.perf_counter() - self.start, 1)
         results["timing"] = {**{step: round(s, 1) for step, s in self.timing.items()},
@@ -284,6 +288,7 @@ class _Run:
             encoded += stats.encoded
             return features
 
+        self.feats = feats                        # later steps featurize new phrasings / views
         protocols = list(dict.fromkeys(v.protocol for v in self.config.stage1.variants))
         self.train_feats = {p: feats(self.train, p) for p in protocols}
         self.test_feats = {p: feats(self.test, p) for p in protocols}
@@ -458,6 +463,25 @@ class _Run:
         reference = {label: methods[name]["mean"] for label, name in names.items() if name in methods}
         return {"budgets": self.budgets, "mean": means, "std": stds, "std_ddof": 1, "seeds": len(self.seeds()),
                 "reference": reference}
+
+    def generalisation(self, results: dict[str, Any], chosen: dict[str, Any], methods: dict[str, Any]) -> None:
+        """Held-out phrasings and new users' learning curve (issue: personalization that generalizes)."""
+        from micro_rm.experiment.phrasings import phrasing_evaluation
+        from micro_rm.experiment.users import learning_curve
+        from micro_rm.online.hedge import DEFAULT_ETA
+
+        if any(isinstance(v, list) for v in self.config.data.contexts.values()):
+            results["phrasings"] = phrasing_evaluation(self, chosen, lambda rs: self.feats(rs, "context"))
+        curve = self.config.user_curve
+        if curve.enabled:
+            pool = {"context": self.pool_ctx, "no context": self.feats(self.pool, "prompt")}
+            test = {"context": self.test_ctx, "no context": self.feats(self.test, "prompt")}
+            results["user_curve"] = learning_curve(
+                chosen["model"], pool, test, eta=curve.eta or DEFAULT_ETA, seeds=curve.seeds,
+                seed=self.config.seed, oracle=methods.get("oracle", {}).get("mean"))
+            self.log("new users (no context, random): " + ", ".join(
+                f"n={n}: {m:.3f}" for n, m in zip(results["user_curve"]["n"],
+                                                  results["user_curve"]["curves"]["no context / random"]["mean"])))
 
     def users(self, chosen: dict[str, Any]) -> dict[str, Any]:
         """Per-user online Hedge: the chosen stage-1 model is shared; each user's state learns

@@ -40,9 +40,12 @@ import numpy as np
 from micro_rm.errors import MicroRMError
 
 DEFAULT_P_MIN = math.exp(-4.0)
-# One pair where a head is fully wrong and the others are right moves that head's weight by e^-1:
-# a handful of consistent labels overrides the router, one odd label does not.
-DEFAULT_ETA = 1.0
+# η = L_max = log(1/p_min) on the scaled loss is the exact Bayesian posterior over heads (the
+# clipped log-likelihood of the user's labels times the router's prior), so a user's few labels
+# count as much as the model believes them to. η = 1 trusted them 4× less and needed ~50 pairs
+# where the posterior needs ~5-10 (METHOD.md, measured finding 4). Temper it (smaller η) only
+# where validation says so.
+DEFAULT_ETA = math.log(1.0 / DEFAULT_P_MIN)
 
 
 def _f64(x: Any) -> np.ndarray:

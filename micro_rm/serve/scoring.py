@@ -26,7 +26,7 @@ import numpy as np
 
 from micro_rm.data.records import Text
 from micro_rm.features.base import Backbone, Item
-from micro_rm.online.hedge import DEFAULT_P_MIN, hedge_log_weights, pair_losses
+from micro_rm.online.hedge import DEFAULT_ETA, DEFAULT_P_MIN, hedge_log_weights, pair_losses
 from micro_rm.serve.worker import QueueWorker
 
 
@@ -217,7 +217,7 @@ class RewardScorer:
 
     # math on vectors -----------------------------------------------------------------------
     def routed(self, reward_vectors: np.ndarray, route_vectors: np.ndarray,
-               cumulative_loss: Optional[np.ndarray] = None, eta: float = 1.0) -> Routed:
+               cumulative_loss: Optional[np.ndarray] = None, eta: float = DEFAULT_ETA) -> Routed:
         """Rewards of N responses: ``reward_vectors`` [N, d], ``route_vectors`` [N, d_r] (or
         [1, d_r], shared), ``cumulative_loss`` None (router only), [K] or [N, K] (each row's user)."""
         import torch

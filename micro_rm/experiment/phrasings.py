@@ -1,0 +1,91 @@
+"""Held-out phrasings: does the router route a context it never saw like one with the same intent?
+
+A config may give several phrasings per attribute (``data.contexts: {academy: [p0, p1, …]}``).
+They are cut in three disjoint groups, in the order listed: the first ``phrasings.train`` are the
+contexts of the stage-1 training pairs (each pair gets one, by a hash of its prompt), the next
+``phrasings.adapt`` are the contexts of the stage-2 budget pairs, and the rest are the test
+phrasings, never seen in training. Accuracy on the test split is reported
+
+- with the training phrasings (what the canonical protocol measures),
+- zero-shot with each test phrasing (every test pair under every test phrasing, averaged),
+- after stage 2 with B budget pairs per attribute carrying the adapt phrasings, mean ± std over
+  seeds.
+
+Choices are made on the train split only: the held-out phrasings are read to report.
+
+>>> split_phrasings({"a": ["p0", "p1", "p2", "p3"]}, train=2, adapt=1)
+({'a': ['p0', 'p1']}, {'a': ['p2']}, {'a': ['p3']})
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from micro_rm.errors import MicroRMError
+
+Phrasings = dict[str, list[str]]
+
+
+def split_phrasings(contexts: dict[str, Any], train: int, adapt: int) -> tuple[Phrasings, Phrasings, Phrasings]:
+    """The (train, adapt, test) phrasings of each attribute that has a list of them."""
+    lists = {a: list(v) for a, v in contexts.items() if isinstance(v, list)}
+    short = sorted(a for a, v in lists.items() if len(v) < train + adapt + 1)
+    if short:
+        raise MicroRMError(f"phrasings: attribute(s) {', '.join(short)} need at least "
+                           f"{train + adapt + 1} phrasings (train {train} + adapt {adapt} + ≥ 1 test)")
+    return ({a: v[:train] for a, v in lists.items()}, {a: v[train:train + adapt] for a, v in lists.items()},
+            {a: v[train + adapt:] for a, v in lists.items()})
+
+
+def with_phrasings(records: Sequence[dict[str, Any]], phrasings: Phrasings, salt: str) -> list[dict[str, Any]]:
+    """Each record whose attribute has phrasings gets one of them as its context, chosen by a
+    hash of (salt, prompt, attribute), so a prompt keeps its phrasing across its pairs."""
+    out = []
+    for record in records:
+        options = phrasings.get(record.get("attribute"))
+        if options:
+            key = f"{salt}\n{record['prompt']}\n{record['attribute']}".encode("utf-8", "surrogatepass")
+            record = {**record, "context": options[int(hashlib.sha256(key).hexdigest()[:8], 16) % len(options)]}
+        out.append(record)
+    return out
+
+
+def phrasing_evaluation(run: Any, chosen: dict[str, Any], featurize: Callable[..., Any]) -> dict[str, Any]:
+    """Stage 1 trained with the training phrasings, evaluated on the test split with the training
+    and the held-out phrasings, then stage 2 from adapt-phrasing budgets. ``run`` is the
+    experiment (``_Run``): its splits, settings, ``fit``, ``evaluate`` and ``adapt_config``."""
+    from micro_rm.train.stage2 import adapt_router, draw_budget
+
+    section = run.config.phrasings
+    train_ph, adapt_ph, test_ph = split_phrasings(run.config.data.contexts, section.train, section.adapt)
+    attributes = [a for a in run.attributes if a in test_ph]
+    model, _ = run.fit(featurize(with_phrasings(run.train, train_ph, "train")), "micro",
+                       balance=chosen["balance"], alpha=chosen["alpha"])
+    test = [r for r in run.test if r.get("attribute") in test_ph]
+    seen = run.evaluate(model, featurize(with_phrasings(test, train_ph, "test")))["mean"]
+    held_features = [featurize([{**r, "context": test_ph[r["attribute"]][j % len(test_ph[r["attribute"]])]}
+                                for r in test])
+                     for j in range(max(len(v) for v in test_ph.values()))]
+    held = [run.evaluate(model, f)["mean"] for f in held_features]
+    pool = featurize(with_phrasings([r for r in run.pool if r.get("attribute") in adapt_ph], adapt_ph, "adapt"))
+    stage2 = {}
+    for budget in section.budgets:
+        means = []
+        for seed in run.seeds():
+            rows = draw_budget(pool.attributes, budget, seed)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                adapted, _ = adapt_router(model, pool.subset(rows), run.adapt_config(budget, seed), progress=False)
+            means.append(float(np.mean([run.evaluate(adapted, f)["mean"] for f in held_features])))
+        stage2[budget] = {"mean": float(np.mean(means)), "std": float(np.std(means, ddof=1)) if len(means) > 1 else 0.0}
+    zero_shot = float(np.mean(held))
+    run.log(f"phrasings: training {seen:.3f}, held-out {zero_shot:.3f} (ratio {zero_shot / seen:.3f}); "
+            + ", ".join(f"stage 2 B={b}: {v['mean']:.3f}" for b, v in stage2.items()))
+    return {"attributes": attributes, "train": train_ph, "adapt": adapt_ph, "test": test_ph,
+            "training_phrasings": seen, "heldout": zero_shot, "heldout_per_phrasing": held,
+            "ratio": zero_shot / seen, "stage2": {str(b): v for b, v in stage2.items()},
+            "seeds": len(run.seeds())}
