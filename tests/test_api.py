@@ -50,7 +50,8 @@ def test_adapt_moves_the_router_and_keeps_the_heads(data, tmp_path):
     train, _ = data
     rm = MiCRo(heads=4, backbone="static", cache_dir=tmp_path, epochs=5).fit(train, progress=False)
     before = {k: v.clone() for k, v in rm.model_.state_dict().items()}
-    assert rm.adapt(train, budget=10, tau=1e-3, progress=False) is rm and rm.adapt_info_["tau"] == 1e-3
+    assert rm.adapt(train, budget=10, tau=1e-3, algorithm="paper", progress=False) is rm   # paper: no "keep"
+    assert rm.adapt_info_["tau"] == 1e-3
     after = rm.model_.state_dict()
     assert all(after[k].equal(v) for k, v in before.items() if k.startswith("heads"))
     assert any(not after[k].equal(v) for k, v in before.items() if k.startswith("router"))
