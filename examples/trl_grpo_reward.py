@@ -1,6 +1,6 @@
 """GRPO with TRL, rewarded by a MiCRo model routed by each sample's context.
 
-    pip install trl                      # not a micro-rm dependency
+    pip install trl                      # or pip install -e ".[dev]"; micro-rm itself does not need it
     python examples/trl_grpo_reward.py --model runs/dsp --policy Qwen/Qwen2.5-0.5B-Instruct
 
 ``MicroRMRewardFunction`` has the signature GRPOTrainer expects of ``reward_funcs``
@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from micro_rm.integrations.trl import MicroRMRewardFunction
 
-    reward = MicroRMRewardFunction(args.model)            # per-sample context comes from the column
+    # per-sample context comes from the column; TRL logs the rewards as rewards/micro_rm/mean
+    reward = MicroRMRewardFunction(args.model, name="micro_rm")
     print("rewards of two toy completions:",
           reward([ROWS[0]["prompt"]] * 2, ["A hash table maps keys to buckets by a hash.", "lol"],
                  context=[ROWS[0]["context"]] * 2))

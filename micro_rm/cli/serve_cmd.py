@@ -40,7 +40,7 @@ def serve(
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level: critical, error, warning, info, debug or trace."),
 ) -> None:
     """Serve a model over HTTP: /score, /compare, /get_reward (OpenRLHF), /feedback (online
-    per-user Hedge), /users, /healthz, /metrics; OpenAPI docs at /docs.
+    per-user Hedge), /users, /healthz, /metrics (Prometheus), /stats (JSON); OpenAPI docs at /docs.
 
     Example: MICRO_RM_ADMIN_TOKEN=$(cat admin.token) micro-rm serve --model runs/dsp --state sqlite:///state.db
 
