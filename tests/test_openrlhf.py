@@ -166,3 +166,20 @@ def test_in_process_reward_func_matches_the_server(tmp_path, monkeypatch, scorer
     monkeypatch.setattr(common, "_loaded", {})
     with pytest.raises(MicroRMError, match="set \\$MICRO_RM_MODEL"):
         make_reward_func()
+
+
+def test_serve_warns_when_labels_are_read_but_the_client_would_get_401(tmp_path, monkeypatch, caplog):
+    import uvicorn
+
+    from micro_rm.cli.app import main
+
+    build_model().save_pretrained(tmp_path / "model")
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
+    state = f"sqlite:///{tmp_path / 's.db'}"
+    assert main(["serve", "--model", str(tmp_path / "model"), "--state", state, "--labels", "context"]) == 0
+    assert "--labels context without --anonymous-scoring" in caplog.text
+    caplog.clear()
+    assert main(["serve", "--model", str(tmp_path / "model"), "--state", state, "--labels", "context",
+                 "--anonymous-scoring"]) == 0
+    assert "without --anonymous-scoring" not in caplog.text
+    assert main(["serve", "--model", str(tmp_path / "model"), "--labels", "answer"]) == 2

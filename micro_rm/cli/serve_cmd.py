@@ -60,6 +60,11 @@ def serve(
                              cache_dir=str(cache_dir) if cache_dir else None, disk_cache=disk_cache,
                              lru_items=lru_items, batch_wait_ms=batch_wait_ms, max_batch_items=max_batch_items,
                              max_body_bytes=max_body_bytes, max_texts=max_texts, max_text_chars=max_text_chars)
+    if labels != "ignore" and not anonymous_scoring:
+        logging.getLogger("micro_rm.serve").warning(
+            "--labels %s without --anonymous-scoring: OpenRLHF's remote reward client sends no "
+            "token, so its requests will get 401 and train with reward None; add "
+            "--anonymous-scoring for it", labels)
     if host not in _LOOPBACK:
         logging.getLogger("micro_rm.serve").warning(
             "binding %s: the service is reachable from other machines; put TLS in front of it "
