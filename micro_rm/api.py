@@ -97,7 +97,7 @@ class MiCRo:
         chosen = [records[i] for i in draw_budget(records, config.budget, config.seed)]
         features, _ = featurize(chosen, model_backbone(model, device=self.device), FeatureCache(self.cache_dir),
                                 router_input="context", context_in_reward=self.context_in_reward,
-                                progress=progress)
+                                context_encoding=model.config.context_encoding, progress=progress)
         adapted, self.adapt_info_ = adapt_router(model, features, config, progress=progress)
         adapted.config.data = {**adapted.config.data, "stage2_source": _source_name(data)}
         self._set_model(adapted)
