@@ -198,9 +198,7 @@ def _main_section(results: dict) -> str:
                     + ([_acc(paper.get(name))] if paper else []) + [row.get("supervision", "")])
     parts = ["## Pairwise accuracy per attribute", _md_table(header, rows),
              f"Bold: best per column; {', '.join(sorted(REFERENCE_METHODS))} (trained with attribute labels) "
-             "is a reference and is not ranked."
-             + (" 95% CI: bootstrap over test prompts (1000 resamples of the prompts, not of the pairs; "
-                "methods averaged over budget or label draws are resampled as that average)." if ci else "")]
+             "is a reference and is not ranked." + (" " + _bootstrap_note(results) if ci else "")]
     paper_only = {k: v for k, v in paper.items() if k not in methods}
     if paper_only:
         parts.append("Paper numbers without a row here: "
@@ -230,6 +228,14 @@ def _header_section(results: dict) -> str:
     if results.get("settings"):
         lines.append("Settings: " + " · ".join(f"{k} = {_scalar(v)}" for k, v in results["settings"].items()) + ".")
     return "\n\n".join(lines)
+
+
+def _bootstrap_note(results: dict) -> str:
+    """How the intervals were made, from ``results["bootstrap"]`` when the run recorded it."""
+    boot = results.get("bootstrap") or {}
+    draws = f"{boot['resamples']} resamples of the {boot['unit']}s" if boot else "resampling test prompts"
+    return (f"95% CI: percentile bootstrap, {draws}, not of the pairs (pairs of one prompt are not "
+            "independent); a row averaged over budget or label draws is resampled as that average.")
 
 
 def _differences_section(results: dict) -> str:

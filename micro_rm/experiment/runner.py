@@ -541,6 +541,7 @@ class _Run:
         return differences
 
     def results(self, variants, chosen, methods, curve) -> dict[str, Any]:
+        from micro_rm.eval.bootstrap import LEVEL, RESAMPLES
         from micro_rm.eval.metrics import head_attribute_matrix, router_statistics
 
         config = self.config
@@ -567,6 +568,7 @@ class _Run:
                          "micro": f"{chosen['protocol']} / {chosen['balance']} (α={chosen['alpha']:g})"},
             "methods": ordered,
             "differences": differences,
+            "bootstrap": {"unit": "test prompt", "resamples": RESAMPLES, "level": LEVEL, "seed": config.seed},
             "variants": [{"protocol": v["protocol"], "balance": f"{v['balance']} (α={v['alpha']:g})",
                           "stage1": v["stage1_eval"]["mean"],
                           "stage2": float(np.mean([e["mean"] for e in v["stage2_evals"]])),
