@@ -29,7 +29,9 @@ class Stage1Config:
     router_hidden: int = _help("Hidden units of the MLP router.", 128)
     context_temperature: float = _help("Temperature of the router's attention over prototype "
                                        "contexts (cosine similarity / T); smaller routes a new "
-                                       "phrasing like its single nearest training phrasing.", 0.02)
+                                       "phrasing like its single nearest training phrasing. "
+                                       "0.05: best of 0.01 / 0.02 / 0.05 on held-out phrasings of "
+                                       "held-out train prompts (benchmarks/validate_defaults.py).", 0.05)
     max_prototypes: int = _help("At most this many prototype contexts (k-means centres of the "
                                 "training contexts when there are more distinct ones).", 512)
     context_dropout: float = _help("Fraction of training pairs whose context the router does not "

@@ -60,7 +60,7 @@ if TYPE_CHECKING:
 
 ALGORITHMS = ("safe", "paper")
 TAU_MIN = 1e-8   # below this, exp(−L/τ) underflows for every head and the targets are undefined
-DEFAULT_LR = {"safe": 0.3, "paper": 3e-2}
+DEFAULT_LR = {"safe": 1.0, "paper": 3e-2}
 
 
 @dataclass
@@ -82,9 +82,9 @@ class AdaptConfig:
                         "epoch (the paper: 10).", 10)
     batch_size: int = _help("Pairs per router update (the paper: 32).", 32)
     lr: Optional[float] = _help("Peak learning rate, decayed linearly to 0 (default: 1.0 for safe's "
-                                "SGD, 3e-2 for paper's AdamW, which takes only ~T·N/batch steps). No "
-                                "validation evidence backs either value beyond the budget-curve "
-                                "checks in tests; tau is what cross-validation chooses.", None)
+                                "SGD: best of 0.1 / 0.3 / 1.0 on held-out train prompts of DSP and HH, "
+                                "benchmarks/validate_defaults.py; 3e-2 for paper's AdamW, unvalidated).",
+                                None)
     weight_decay: float = _help("Weight decay of the router.", 0.0)
     seed: int = _help("Seed of the budget draw, the folds and the shuffling.", 0)
     tau_grid: tuple[float, ...] = _help("Candidate τ values for tau='auto'.",
