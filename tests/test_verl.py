@@ -68,3 +68,24 @@ def test_compute_score_errors_name_the_fix(model_env, monkeypatch):
     monkeypatch.setattr(common, "_loaded", {})
     with pytest.raises(MicroRMError, match="set \\$MICRO_RM_MODEL"):
         compute_score("dsp", GOOD, None, {"prompt": PROMPT})
+
+
+def test_the_call_verls_reward_managers_make(model_env, monkeypatch):
+    """NaiveRewardManager: keyword arguments, reward_kwargs (model=...) merged in, num_turns and
+    rollout_reward_scores added to extra_info; BatchRewardManager: the plural keywords."""
+    import importlib.util
+
+    import micro_rm.integrations.verl as verl_module
+    from micro_rm.integrations import common
+
+    spec = importlib.util.spec_from_file_location("custom_module_1", verl_module.__file__)  # a file path, as verl loads it
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.delenv("MICRO_RM_MODEL")
+    monkeypatch.setattr(common, "_loaded", {})
+    info = {"prompt": PROMPT, "context": "I am a child.", "index": 7, "num_turns": None, "rollout_reward_scores": {}}
+    one = module.compute_score(data_source="dsp", solution_str=GOOD, ground_truth=None, extra_info=dict(info),
+                               model=str(model_env / "model"))
+    batch = module.compute_score_batch(data_sources=["dsp"] * 2, solution_strs=[GOOD, BAD], ground_truths=[None] * 2,
+                                       extra_infos=[dict(info)] * 2, model=str(model_env / "model"))
+    assert batch[0]["score"] == pytest.approx(one["score"], rel=1e-5) and batch[1]["score"] != pytest.approx(one["score"])

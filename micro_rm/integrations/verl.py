@@ -10,8 +10,8 @@ the sample's ``context`` and ``user_id``. ``compute_score_batch`` serves verl's
 The model comes from ``reward_kwargs`` (``model=...``) or ``$MICRO_RM_MODEL``; it loads once
 per process. ``ground_truth`` and ``data_source`` are not used by a preference reward model.
 
-    # verl's config
-    custom_reward_function.path=$(python -c "import micro_rm.integrations.verl as m; print(m.__file__)")
+    # verl's config (verl also takes the file path of this module)
+    custom_reward_function.path=pkg://micro_rm.integrations.verl
     custom_reward_function.name=compute_score
     +custom_reward_function.reward_kwargs.model=runs/dsp
 
