@@ -133,7 +133,8 @@ class CompareResponse(BaseModel):
 
 
 class RewardRequest(BaseModel):
-    """OpenRLHF's remote reward request. Extra fields (``labels`` …) are accepted and ignored."""
+    """OpenRLHF's remote reward request; ``/get_reward`` extends it with ``labels``. Other extra
+    fields are accepted and ignored."""
 
     model_config = ConfigDict(extra="allow")
     query: list[str] = Field(min_length=1, description="prompt + response texts, as OpenRLHF sends them.")
