@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from micro_rm import __version__
 from micro_rm.errors import MicroRMError
@@ -78,6 +79,7 @@ def create_app(settings: ServeSettings, scorer: Optional[Any] = None) -> FastAPI
         app.include_router(module.router, responses=ERROR_RESPONSES)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(MicroRMError, _bad_input)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app
@@ -96,6 +98,19 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 
 _UNION_TAG = re.compile(r"str|int|float|bool|(list|dict)\[.*\]|[A-Z]\w*")
+
+
+# FastAPI's words when the body is not decodable JSON at all (invalid UTF-8, nested too deeply).
+_UNPARSED_BODY = "There was an error parsing the body"
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Every HTTP error as ``{"detail": ...}``; FastAPI's unparsable-body message also says why."""
+    detail = exc.detail
+    if exc.status_code == 400 and detail == _UNPARSED_BODY:
+        detail = ("request body: not readable JSON (invalid UTF-8, or nested too deeply); send a "
+                  "UTF-8 JSON object")
+    return JSONResponse(status_code=exc.status_code, content={"detail": detail}, headers=exc.headers)
 
 
 async def _bad_input(request: Request, exc: MicroRMError) -> JSONResponse:
