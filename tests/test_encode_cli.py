@@ -17,7 +17,7 @@ PAIRS = [
      "context": "a sailor", "attribute": "sea"},
     {"prompt": "Say hi.", "chosen": "Hello there!", "rejected": "Go away."},
 ]
-TEXTS = 8  # 5 distinct (prompt, response) items + 3 distinct routes
+TEXTS = 10  # 5 reward texts; route: 2 prompts, 2 contexts, the empty context (separate layout)
 
 
 @pytest.fixture(scope="module")
@@ -63,12 +63,12 @@ def test_encode_with_cache_option_and_settings(tmp_path, capsys, static_backbone
     base = ["encode", "--data", str(data), "--backbone", "static", "--cache", str(cache), "--json"]
     assert main(base + ["--router-input", "prompt"]) == 0
     by_prompt = last_json(capsys.readouterr().out)
-    assert by_prompt["texts"] == 7 and Path(by_prompt["cache"]).parent == cache  # 2 prompts
+    assert by_prompt["texts"] == 8 and Path(by_prompt["cache"]).parent == cache  # 2 prompts + empty context
     assert main(base + ["--context-in-reward", "--storage", "float32"]) == 0
     result = last_json(capsys.readouterr().out)
     assert result["storage"] == "float32" and result["context_in_reward"] is True
     assert main(["encode", "--data", str(data), "--backbone", "static", "--cache", str(cache)]) == 0
-    assert "8 unique texts" in capsys.readouterr().out
+    assert "10 unique texts" in capsys.readouterr().out
 
 
 def assert_refused(capsys, args, message: str, cache: Path) -> None:

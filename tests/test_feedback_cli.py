@@ -64,7 +64,7 @@ def test_adapt_learns_to_route_by_context(files, stage1, capsys, tmp_path):
                         "--tau", "auto", "--out", tmp_path / "adapted", "--json")
     assert code == 0
     assert result["pairs"] == 40 and result["pairs_per_group"] == {"brief": 20, "detailed": 20}
-    assert set(result["cv_nll"]) == {"0.0001", "0.001", "0.01", "0.1", "1.0", "10.0"}
+    assert set(result["cv_nll"]) == {"keep", "0.001", "0.01", "0.1", "1", "10"}
     assert result["tau"] == min((v, float(t)) for t, v in result["cv_nll"].items())[1]
     config = json.loads((tmp_path / "adapted" / "config.json").read_text())
     assert config["feature"]["router_input"] == "context" and config["training"]["stage2"]["budget"] == 20
@@ -80,9 +80,9 @@ def test_adapt_with_a_budget_larger_than_the_data_warns_and_uses_all(files, stag
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--tau", "0"], "`tau` must be a finite number > 0"),
-    (["--tau", "-1e-3"], "`tau` must be a finite number > 0"),
-    (["--tau", "hot"], "--tau must be a number > 0 or 'auto'"),
+    (["--tau", "0"], "`tau` must be a finite number ≥ 1e-08"),
+    (["--tau", "-1e-3"], "`tau` must be a finite number ≥ 1e-08"),
+    (["--tau", "hot"], "--tau must be a number ≥ 1e-08 or 'auto'"),
     (["--budget", "0"], "`budget` must be an integer ≥ 1"),
 ])
 def test_adapt_bad_settings_exit_2(files, stage1, capsys, tmp_path, argv, message):

@@ -46,9 +46,9 @@ def test_large_tau_keeps_the_prior():
 
 @pytest.mark.parametrize("tau", [0.0, -1e-3, float("nan"), float("inf"), True])
 def test_tau_must_be_positive(tau):
-    with pytest.raises(MicroRMError, match="`tau` must be a finite number > 0"):
+    with pytest.raises(MicroRMError, match="`tau` must be a finite number ≥ 1e-08"):
         AdaptConfig(tau=tau)
-    with pytest.raises(MicroRMError, match="`tau` must be a finite number > 0"):
+    with pytest.raises(MicroRMError, match="`tau` must be a finite number ≥ 1e-08"):
         hedge_targets(torch.zeros(1, 2), torch.zeros(1, 2), tau)
 
 
@@ -59,9 +59,9 @@ def test_tau_must_be_positive(tau):
     ({"batch_size": 1.5}, "`batch_size` must be an integer ≥ 1"),
     ({"lr": 0.0}, "`lr` must be a finite number"),
     ({"folds": 1}, "`folds` must be an integer ≥ 2"),
-    ({"tau": "sometimes"}, "`tau` must be a finite number > 0 .* or 'auto'"),
+    ({"tau": "sometimes"}, "`tau` must be a finite number ≥ 1e-08 .* or 'auto'"),
     ({"tau_grid": ()}, "`tau_grid` must be a non-empty list"),
-    ({"tau_grid": (1e-3, -1.0)}, "`tau_grid` must be a finite number > 0"),
+    ({"tau_grid": (1e-3, -1.0)}, "`tau_grid` must be a finite number ≥ 1e-08"),
 ])
 def test_bad_settings_name_the_field(kwargs, message):
     with pytest.raises(MicroRMError, match=message):
@@ -70,9 +70,9 @@ def test_bad_settings_name_the_field(kwargs, message):
 
 def test_parse_tau():
     assert parse_tau("1e-3") == 1e-3 and parse_tau(" AUTO ") == "auto"
-    with pytest.raises(MicroRMError, match="--tau must be a number > 0 or 'auto'"):
+    with pytest.raises(MicroRMError, match="--tau must be a number ≥ 1e-08 or 'auto'"):
         parse_tau("small")
-    with pytest.raises(MicroRMError, match="`tau` must be a finite number > 0"):
+    with pytest.raises(MicroRMError, match="`tau` must be a finite number ≥ 1e-08"):
         parse_tau("-1")
 
 
@@ -128,7 +128,7 @@ def test_a_model_without_a_router_cannot_be_adapted(variant):
 def test_adapting_trains_the_router_only_and_leaves_the_input_model_alone():
     model, features = _model(), _features()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    adapted, info = adapt_router(model, features, AdaptConfig(tau=0.1), progress=False)
+    adapted, info = adapt_router(model, features, AdaptConfig(tau=0.1, algorithm="paper"), progress=False)
     for name, value in model.state_dict().items():                      # the input is untouched
         torch.testing.assert_close(value, before[name], rtol=0, atol=0)
     torch.testing.assert_close(adapted.heads.weight, model.heads.weight, rtol=0, atol=0)   # frozen heads
@@ -143,19 +143,19 @@ def test_adapting_trains_the_router_only_and_leaves_the_input_model_alone():
 
 def test_adapting_is_deterministic_for_a_seed():
     model, features = _model(), _features()
-    first, _ = adapt_router(model, features, AdaptConfig(seed=3), progress=False)
-    second, _ = adapt_router(model, features, AdaptConfig(seed=3), progress=False)
-    other, _ = adapt_router(model, features, AdaptConfig(seed=4), progress=False)
+    first, _ = adapt_router(model, features, AdaptConfig(seed=3, algorithm="paper"), progress=False)
+    second, _ = adapt_router(model, features, AdaptConfig(seed=3, algorithm="paper"), progress=False)
+    other, _ = adapt_router(model, features, AdaptConfig(seed=4, algorithm="paper"), progress=False)
     for name, value in first.state_dict().items():
         torch.testing.assert_close(value, second.state_dict()[name], rtol=0, atol=0)
     assert not torch.equal(first.router[0].weight, other.router[0].weight)
 
 
 def test_tau_auto_reports_the_cross_validated_nll_of_every_tau_and_picks_the_lowest():
-    config = AdaptConfig(tau="auto", tau_grid=(1e-3, 1.0, 100.0), folds=3, epochs=3)
+    config = AdaptConfig(tau="auto", tau_grid=(1e-3, 1.0, 100.0), folds=3, epochs=3, algorithm="paper")
     _, info = adapt_router(_model(), _features(), config, progress=False)
-    assert set(info["cv_nll"]) == {1e-3, 1.0, 100.0}
-    assert info["tau"] == min(info["cv_nll"], key=info["cv_nll"].get)
+    assert set(info["cv_nll"]) == {"0.001", "1", "100"}
+    assert f"{info['tau']:g}" == min(info["cv_nll"], key=info["cv_nll"].get)
     assert all(math.isfinite(v) and v > 0 for v in info["cv_nll"].values())
 
 

@@ -91,7 +91,7 @@ def adapt(
     chosen = [records[i] for i in rows]
     features, _ = featurize(chosen, model_backbone(model), FeatureCache(cache_dir), router_input="context",
                             context_in_reward=bool(model.config.feature.get("context_in_reward", False)),
-                            allow_encode=not cache_only)
+                            context_encoding=model.config.context_encoding, allow_encode=not cache_only)
     adapted, info = adapt_router(model, features, config)
     adapted.config.data = {**adapted.config.data, "stage2_source": str(data)}
     adapted.save_pretrained(out)
@@ -102,9 +102,9 @@ def adapt(
               "budget_nll_before": info["stage1_nll"], "budget_nll_after": info["nll"],
               "adapt_seconds": round(info["seconds"], 3), "seconds": round(time.perf_counter() - start, 3)}
     cv = "" if info["cv_nll"] is None else " (chosen by cross-validation: " + ", ".join(
-        f"τ={t:g}: {v:.4f}" for t, v in info["cv_nll"].items()) + ")"
+        f"τ={t}: {v:.4f}" for t, v in info["cv_nll"].items()) + ")"
     emit(result, as_json,
-         f"adapted the router on {len(rows)} context pairs in {info['seconds']:.1f} s with τ={info['tau']:g}"
+         f"adapted the router on {len(rows)} context pairs in {info['seconds']:.1f} s with τ={_tau_text(info['tau'])}"
          f"{cv}\nbudget NLL {info['stage1_nll']:.4f} → {info['nll']:.4f}\nmodel: {out}")
 
 
@@ -205,3 +205,8 @@ def _user_summary(result: dict) -> str:
                      for k, (s, w) in enumerate(zip(result["cumulative_loss"], result["hedge_factor"])))
     return (f"user {result['user']!r}: {result['num_feedback']} feedback pair(s), η = {result['eta']:g} "
             f"(weights under a uniform router)\n{rows}")
+
+
+def _tau_text(tau) -> str:
+    """τ as printed: a number, or "keep" when safe stage 2 kept the stage-1 router."""
+    return f"{tau:g}" if isinstance(tau, (int, float)) else str(tau)

@@ -201,8 +201,13 @@ def export_scalar_cmd(
             raise MicroRMError(f"--weights must be comma-separated numbers, got {weights!r}") from None
         scalar = export_scalar(model, out, weights=values)
     else:
+        from micro_rm.features.featurize import route_items, route_matrix
+
+        # The router's input exactly as in training, for an empty prompt: the context as its own
+        # sentence (separate layout; a system message on chat backbones), or context ⊕ "" (joint).
         backbone = model_backbone(model)
-        route = backbone.encode([backbone.route_item(context)])[0]
+        items = route_items(backbone, "", context, context_encoding=model.config.context_encoding)
+        route = route_matrix(backbone.encode(items), [context], model.config.context_dim)[0]
         scalar = export_scalar(model, out, route=route, context=context)
     fixed = scalar.config.training["exported"]["weights"]
     emit({"out": str(out), "weights": fixed, "context": context}, as_json,

@@ -80,6 +80,52 @@ GROUPS = (
 )
 
 
+# Eight phrasings of each group's intent, the first being its training sentence (Group.context):
+# the held-out-phrasing evaluation of the demo (configs/demo.yaml, micro_rm.experiment.phrasings).
+PHRASINGS: dict[str, list[str]] = {
+    "concise": [
+        'I am busy: give me a short, casual answer with no lists and no fluff.',
+        'Short answers only.',
+        "Keep it brief and informal, please; I don't need bullet points.",
+        "I'm on my phone between meetings, so just give me the gist.",
+        'Answer in a sentence or two, like a friend texting back.',
+        'No padding, no lists: quick and plain.',
+        'As someone who hates long reads, I want the shortest casual reply possible.',
+        'Be quick and relaxed about it.',
+    ],
+    "expert": [
+        'I am an engineer; I want a long, formal, technical answer with structured bullet points.',
+        'Technical detail, please.',
+        'Give me an in-depth, rigorous breakdown organised as bullet points.',
+        "I'm a senior developer, so don't simplify: use the proper jargon and be thorough.",
+        'Write it like a formal technical specification.',
+        'Longer is better for me, as long as it is precise and structured.',
+        'Explain it the way you would to a room full of specialists.',
+        'Formal, detailed and technical.',
+    ],
+    "cautious": [
+        'I worry about risks; please be careful, formal and mention safety caveats.',
+        'Safety first.',
+        'Please point out anything that could go wrong before I try this.',
+        "I'm a nervous beginner, so warn me about the dangers.",
+        'Answer like a careful professional who always mentions precautions.',
+        'Be formal and include the relevant warnings and caveats.',
+        "I'd rather be safe than sorry, so flag every risk.",
+        'Mention the hazards, please.',
+    ],
+    "playful": [
+        'Keep it fun and light-hearted, make me laugh, skip the jargon.',
+        'Make me laugh.',
+        'I want a silly, cheerful answer with a joke or two.',
+        'Talk to me like a funny friend, not like a textbook.',
+        'Please be playful and casual; no technical terms.',
+        'Humour me! Keep the tone light.',
+        'Answer like a stand-up comedian would.',
+        'Be goofy about it.',
+    ],
+}
+
+
 def render_response(topic: str, style: tuple[int, ...], rng: random.Random) -> str:
     """Write one response to a prompt about ``topic`` with the given binary style vector."""
     long, bullets, formal, caveats, humour, technical = (bool(s) for s in style)

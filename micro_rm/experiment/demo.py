@@ -19,11 +19,14 @@ from typing import TYPE_CHECKING, Any, Optional
 if TYPE_CHECKING:
     from micro_rm.experiment.config import ExperimentConfig
 
+from micro_rm.data.synthetic import PHRASINGS
+
 DEMO_PROMPTS = 300
 DEMO_CONFIG: dict[str, Any] = {
     "title": "micro-rm demo: synthetic users with 4 conflicting tastes",
     "data": {"builder": "synthetic",
-             "source": f"n_prompts={DEMO_PROMPTS},pairs_per_prompt=8,responses_per_prompt=8,beta=3,seed=0"},
+             "source": f"n_prompts={DEMO_PROMPTS},pairs_per_prompt=8,responses_per_prompt=8,beta=3,seed=0",
+             "contexts": PHRASINGS},
     "backbone": {"name": "default"},
     # The context reaches the stage-1 router (the RPR protocol) and the load-balancing regulariser
     # lets heads specialise: METHOD.md's conclusions 1 and 2.
@@ -33,6 +36,8 @@ DEMO_CONFIG: dict[str, Any] = {
     "stage2": {"budget": 50, "tau": "auto"},
     "hyre": {"m": 16},
     "budget_curve": {"budgets": [5, 10, 20, 50, 100], "seeds": 5},
+    "phrasings": {"train": 2, "adapt": 2, "budgets": [10, 50]},
+    "user_curve": {"enabled": True, "seeds": 5},
 }
 
 
