@@ -39,6 +39,10 @@ class MixtureConfig:
     training: dict = field(default_factory=dict)   # the Stage1Config it was fitted with, or export info
     data: dict = field(default_factory=dict)       # what it was trained on (source, pairs)
     metrics: dict = field(default_factory=dict)    # losses / accuracies to show in the model card
+    masked_heads: list = field(default_factory=list)  # heads the router may never weight (``micro-rm
+                                                      # heads mask``); π renormalises over the rest
+    head_labels: list = field(default_factory=list)   # one short, editable description per head
+                                                      # (``micro-rm heads``), or empty
     version: str = __version__                     # micro-rm version that wrote it
 
     def __post_init__(self) -> None:
@@ -64,6 +68,16 @@ class MixtureConfig:
         if isinstance(self.prior_scale, bool) or not isinstance(self.prior_scale, (int, float)) \
                 or not math.isfinite(self.prior_scale) or self.prior_scale < 0:
             raise MicroRMError(f"`prior_scale` must be a finite number ≥ 0, got {self.prior_scale!r}")
+        masked = self.masked_heads
+        if not isinstance(masked, list) or any(isinstance(k, bool) or not isinstance(k, int)
+                                                or not 0 <= k < self.num_heads for k in masked) \
+                or len(set(masked)) != len(masked) or len(masked) >= self.num_heads:
+            raise MicroRMError(f"`masked_heads` must be distinct head indices in [0, {self.num_heads}) "
+                               f"that leave at least one head, got {masked!r}")
+        labels = self.head_labels
+        if not isinstance(labels, list) or (labels and (len(labels) != self.num_heads
+                                                        or not all(isinstance(t, str) for t in labels))):
+            raise MicroRMError(f"`head_labels` must be empty or {self.num_heads} strings, got {labels!r}")
         for name in ("backbone", "feature", "training", "data", "metrics"):
             if not isinstance(getattr(self, name), dict):
                 raise MicroRMError(f"`{name}` must be a JSON object, got {type(getattr(self, name)).__name__}")

@@ -25,7 +25,6 @@ Example
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Optional
 
 import numpy as np
@@ -38,6 +37,7 @@ from micro_rm.model.config import MixtureConfig
 from micro_rm.model.losses import mixture_bt_loss
 
 INFERENCE_CHUNK = 65_536  # rows per forward pass at inference (bounded memory on memory-mapped features)
+MASKED_LOGIT = -1e9       # router logit of a masked head (config.masked_heads)
 
 
 
@@ -155,13 +155,21 @@ class MixtureRewardModel(nn.Module):
         return F.linear(diff, self.head_weight())
 
     def router_log_weights(self, route: torch.Tensor) -> torch.Tensor:
-        """log π_k(x) of each pair: [N, d_r] → [N, K]. Each row is routed by its own features."""
+        """log π_k(x) of each pair: [N, d_r] → [N, K]. Each row is routed by its own features;
+        masked heads (``config.masked_heads``) get weight 0 and the rest renormalise."""
         n, k = route.shape[0], self.config.num_heads
         if self.config.variant == "micro":
-            return F.log_softmax(self.router(route), dim=-1)
-        if self.config.variant == "static":
-            return F.log_softmax(self.logits, dim=-1).expand(n, k)
-        return route.new_full((n, k), -math.log(k))            # single, shared-base: uniform
+            logits = self.router(route)
+        elif self.config.variant == "static":
+            logits = self.logits.expand(n, k)
+        else:
+            logits = route.new_zeros((n, k))                    # single, shared-base: uniform
+        if self.config.masked_heads:
+            # Finite, not −inf: π = exp(−1e9) is exactly 0, yet π·log π and the stage-2
+            # cross-entropy stay 0 instead of NaN, and no gradient reaches the masked logits.
+            masked = torch.tensor(self.config.masked_heads, device=logits.device)
+            logits = logits.index_fill(-1, masked, MASKED_LOGIT)
+        return F.log_softmax(logits, dim=-1)
 
     def log_likelihood(self, diff: torch.Tensor, route: torch.Tensor) -> torch.Tensor:
         """log P(a_w ≻ a_l | x) of each pair: [N, d], [N, d_r] → [N]."""
