@@ -1,0 +1,146 @@
+"""Merge heads that pick the same winner on (almost) every pair, then re-fit the router.
+
+A group of heads that agree on at least ``min_agreement`` of the pairs (every two of them:
+complete linkage, :func:`micro_rm.heads.agreement.agreement_clusters`) becomes one head: the
+router-usage-weighted mean of their weight vectors. The router starts from the old one with the
+group's probability mass summed (exact for free logits; for the output layer of the prompt
+network, the mean row plus log |group|), and is then re-fitted on the pairs with the stage-1
+objective while the heads stay frozen, keeping the epoch with the lowest validation NLL on
+held-out prompts.
+
+>>> merged, info = merge_heads(model, features, min_agreement=0.9)     # doctest: +SKIP
+>>> info["clusters"]                                                    # doctest: +SKIP
+[[0], [1, 4], [2], [3]]
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from micro_rm.errors import MicroRMError
+from micro_rm.features.base import PairFeatures
+from micro_rm.heads.agreement import agreement_clusters, agreement_matrix
+from micro_rm.heads.profile import head_deltas
+from micro_rm.model.config import MixtureConfig
+from micro_rm.model.mixture import ContextRouter, MixtureRewardModel
+from micro_rm.train.config import Stage1Config
+from micro_rm.train.stage1 import stage1_loss, validation_split
+
+
+def merge_heads(model: MixtureRewardModel, features: PairFeatures, min_agreement: float = 0.9, *,
+                epochs: int = 10, progress: bool = True) -> tuple[MixtureRewardModel, dict[str, Any]]:
+    """The model with each group of agreeing heads merged and its router re-fitted on
+    ``features`` (the training pairs), and a dict of what was done: ``clusters``, ``agreement``,
+    ``validation_nll`` before and after. With no group to merge, the model is returned as is."""
+    if not 0.5 <= min_agreement <= 1.0:
+        raise MicroRMError(f"--min-agreement must be in [0.5, 1], got {min_agreement}")
+    if model.config.variant not in ("micro", "static"):
+        raise MicroRMError(f"merging re-fits routing weights, which a {model.config.variant!r} model does "
+                           "not have; merge a micro or static model")
+    if model.config.masked_heads:
+        raise MicroRMError("the model has masked heads; merge the unmasked model, then mask the merged one")
+    agreement = agreement_matrix(head_deltas(model, features))
+    clusters = agreement_clusters(agreement, min_agreement)
+    info: dict[str, Any] = {"min_agreement": min_agreement, "agreement": agreement.round(4).tolist(),
+                            "clusters": clusters, "heads_before": model.config.num_heads,
+                            "heads_after": len(clusters)}
+    if len(clusters) == model.config.num_heads:
+        return model, info
+    usage = model.router_weights(features.route).mean(0)
+    merged = _merged_model(model, clusters, usage)
+    settings = {k: v for k, v in model.config.training.items() if k in Stage1Config.__dataclass_fields__}
+    config = Stage1Config(**{**settings, "heads": len(clusters), "epochs": epochs})
+    info["validation_nll_before"] = _refit_router(merged, features, config, progress, epochs=0)
+    info["validation_nll"] = _refit_router(merged, features, config, progress, epochs=epochs)
+    merged.config.training = {**model.config.training, "merge": {k: info[k] for k in ("min_agreement", "clusters")}}
+    return merged.eval(), info
+
+
+def _merged_model(model: MixtureRewardModel, clusters: list[list[int]], usage: np.ndarray) -> MixtureRewardModel:
+    """A model with one head per cluster: heads usage-weighted, router mass of a cluster summed."""
+    config = MixtureConfig.from_dict({**model.config.to_dict(), "num_heads": len(clusters), "head_labels": [],
+                                      "metrics": {}})
+    merged = MixtureRewardModel(config)
+    with torch.no_grad():
+        weight = model.head_weight()
+        for c, members in enumerate(clusters):
+            share = torch.as_tensor(usage[members], dtype=weight.dtype)
+            share = share / share.sum() if share.sum() > 0 else torch.full_like(share, 1 / len(members))
+            merged.heads.weight[c] = share @ weight[members]
+        if config.variant == "static":
+            merged.logits.copy_(_sum_mass(model.logits, clusters))
+        else:
+            old, new = model.router, merged.router
+            if isinstance(old, ContextRouter):
+                new.prototypes = old.prototypes.clone()
+                new.prototype_logits = nn.Parameter(_sum_mass(old.prototype_logits, clusters))
+                new.null_logits.copy_(_sum_mass(old.null_logits, clusters))
+                old, new = old.prompt, new.prompt
+            new.load_state_dict({k: v for k, v in old.state_dict().items() if k not in _output_keys(old)},
+                                strict=False)
+            _merge_output(_output_layer(old), _output_layer(new), clusters)
+    return merged
+
+
+def _sum_mass(logits: torch.Tensor, clusters: list[list[int]]) -> torch.Tensor:
+    """Logits [..., K] → [..., C]: a cluster's logit is the logsumexp of its members' (so its
+    softmax probability is their summed probability)."""
+    return torch.stack([torch.logsumexp(logits[..., members], dim=-1) for members in clusters], dim=-1)
+
+
+def _output_layer(network: nn.Module) -> nn.Linear:
+    return network[-1] if isinstance(network, nn.Sequential) else network
+
+
+def _output_keys(network: nn.Module) -> set[str]:
+    prefix = f"{len(network) - 1}." if isinstance(network, nn.Sequential) else ""
+    return {prefix + "weight", prefix + "bias"}
+
+
+def _merge_output(old: nn.Linear, new: nn.Linear, clusters: list[list[int]]) -> None:
+    """Output rows of a cluster: the mean row, bias + log |cluster| (equal member logits sum exactly)."""
+    for c, members in enumerate(clusters):
+        new.weight[c] = old.weight[members].mean(0)
+        new.bias[c] = old.bias[members].mean() + math.log(len(members))
+
+
+def _refit_router(model: MixtureRewardModel, features: PairFeatures, config: Stage1Config,
+                  progress: bool, *, epochs: int) -> float:
+    """Fit the router (heads frozen) on ``features`` with the stage-1 objective for ``epochs``,
+    keeping the epoch with the lowest validation NLL; returns that NLL (``epochs=0``: just measure)."""
+    train, held = validation_split(features.prompts, config.val_fraction)
+    if len(held) == 0:
+        held = train
+    diff = torch.from_numpy(np.asarray(features.chosen, dtype=np.float32) - np.asarray(features.rejected, dtype=np.float32))
+    route = torch.from_numpy(np.asarray(features.route, dtype=np.float32))
+    model.heads.weight.requires_grad_(False)
+
+    def held_nll() -> float:
+        with torch.no_grad():
+            return stage1_loss(model.eval(), diff[held], route[held], 0.0, config.balance).item()
+
+    best = (held_nll(), copy.deepcopy(model.state_dict()))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    shuffle = torch.Generator().manual_seed(config.seed)
+    for _ in tqdm(range(epochs), desc="re-fitting the router", unit="epoch", disable=not progress, leave=False):
+        model.train()
+        for batch in torch.from_numpy(train)[torch.randperm(len(train), generator=shuffle)].split(config.batch_size):
+            loss = stage1_loss(model, diff[batch], route[batch], config.alpha, config.balance)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        nll = held_nll()
+        if nll < best[0]:
+            best = (nll, copy.deepcopy(model.state_dict()))
+    model.load_state_dict(best[1])
+    model.heads.weight.requires_grad_(True)
+    return best[0]
+
