@@ -25,7 +25,10 @@ def train(
     hf_split: Optional[str] = typer.Option(None, "--hf-split", help=HF_SPLIT_HELP),
     backbone_name: str = typer.Option(..., "--backbone", help="Backbone: default, static, a Hugging "
                                       "Face model id or a local folder."),
-    heads: int = typer.Option(..., "--heads", help=_help("heads")),
+    heads: str = typer.Option(..., "--heads", help=_help("heads") + " auto: fit K = 1..--max-heads "
+                              "and keep the smallest K within one standard error of the lowest "
+                              "validation NLL (the curve is saved as heads_auto.png in --out)."),
+    max_heads: int = typer.Option(8, "--max-heads", help="Largest K tried by --heads auto."),
     out: Path = typer.Option(..., "--out", help="Model folder to write (config.json, "
                                                 "model.safetensors, README.md)."),
     variant: str = typer.Option(_default("variant"), "--variant", help=_help("variant")),
@@ -57,6 +60,7 @@ def train(
     Texts are encoded once into the feature cache; training reads only cached features.
 
     Example: micro-rm train --data dsp-train.jsonl --backbone static --heads 4 --out runs/dsp
+    (or --heads auto to choose K on held-out train prompts)
     """
     from micro_rm.errors import MicroRMError
     from micro_rm.features.featurize import ROUTER_INPUTS
@@ -65,7 +69,10 @@ def train(
     from micro_rm.train.stage1 import fit_stage1
 
     # Every cheap check first, so a typo fails before the backbone loads.
-    config = Stage1Config(heads=heads, variant=variant, alpha=alpha, balance=balance, router=router,
+    auto = heads == "auto"
+    if not auto and not heads.isdigit() or auto and max_heads < 1:
+        raise MicroRMError(f"--heads must be a number of heads or auto (with --max-heads ≥ 1), got {heads!r}")
+    config = Stage1Config(heads=1 if auto else int(heads), variant=variant, alpha=alpha, balance=balance, router=router,
                           epochs=epochs, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
                           val_fraction=val_fraction, seed=seed, device=device)
     if router_input not in ROUTER_INPUTS:
@@ -84,15 +91,25 @@ def train(
                              dtype=resolve_dtype(dtype, backbone_name, device))
     features, stats = featurize(records, backbone, FeatureCache(cache_dir), router_input=router_input,
                                 context_in_reward=context_in_reward)
-    model, history = fit_stage1(features, config)
+    if auto:
+        from micro_rm.train.select_k import select_heads
+        model, history, curve = select_heads(features, config, range(1, max_heads + 1))
+        model.config.metrics["heads_auto"] = curve
+        config.heads = curve["chosen"]
+    else:
+        model, history = fit_stage1(features, config)
     model.config.feature = {"router_input": router_input, "context_in_reward": context_in_reward}
     model.config.data = {"source": str(data), "pairs": len(records),
                          "attributes": sorted({a for a in features.attributes if a is not None})}
     model.save_pretrained(out)
+    if auto:
+        from micro_rm.train.select_k import plot_k_curve
+        plot_k_curve(curve, out / "heads_auto.png", title=str(data))
     result = {"out": str(out), "variant": config.variant, "heads": config.heads,
               "train_loss": history["train_loss"], "validation_loss": history["val_loss"],
               "best_epoch": history["best_epoch"], "pairs": history["pairs"],
               "encoded_texts": stats.encoded, "train_seconds": round(history["seconds"], 3),
+              **({"heads_auto": curve} if auto else {}),
               "seconds": round(time.perf_counter() - start, 3)}
     emit(result, as_json,
          f"trained {config.variant} (K={config.heads}) on {history['pairs']['train']} pairs in "
