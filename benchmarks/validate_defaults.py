@@ -1,11 +1,11 @@
 """Choose the router's defaults on validation data only: held-out *train* prompts and phrasings.
 
 The canonical train split is cut again by prompt (20 % held out, salted hash). Stage 1 trains on
-the rest with each attribute's first phrasing (configs/<name>.yaml, `data.contexts`); it is
-scored on the held-out prompts under phrasings 2–4, which it never saw (the test phrasings 5–8
-and the test split are not read). Stage 2 draws B pairs per attribute carrying phrasings 2–4 from
-the training prompts. Printed: validation accuracy per context temperature T (stage 1), and per
-stage-2 SGD learning rate at B = 10 and 50 (3 draws).
+the rest with each attribute's first two phrasings (configs/<name>.yaml, `data.contexts`, as the
+harness does); it is scored on the held-out prompts under phrasings 3–4 (the harness's adapt
+phrasings), which it never saw. The test phrasings 5–8 and the test split are not read. Stage 2 draws B pairs per attribute carrying phrasings 3–4 from
+the training prompts. Printed: validation accuracy per context temperature T (stage 1), and of
+stage 2 (safe and paper algorithms) at B = 10 and 50 (3 draws).
 
     python benchmarks/validate_defaults.py dsp        # needs ../shared/data (or $MICRO_RM_DATA)
 """
@@ -17,8 +17,8 @@ import warnings
 
 import numpy as np
 
-CANDIDATE_T = (0.01, 0.02, 0.05)
-CANDIDATE_LR = (0.1, 0.3, 1.0)
+CANDIDATE_T = (0.01, 0.02, 0.03, 0.05, 0.1)
+ALGORITHMS = ("safe", "paper")
 
 
 def main(name: str) -> None:
@@ -49,9 +49,9 @@ def main(name: str) -> None:
         probs = model.predict_proba(f.chosen, f.rejected, f.route)
         return pairwise_accuracy(probs, f.attributes)["mean_accuracy"]
 
-    stage1 = features(with_phrasings(train, {a: v[:1] for a, v in phrasings.items()}, "train"))
-    validation = [features([{**r, "context": phrasings[r["attribute"]][j]} for r in val]) for j in (1, 2, 3)]
-    pool = features(with_phrasings(train, {a: v[1:4] for a, v in phrasings.items()}, "adapt"))
+    stage1 = features(with_phrasings(train, {a: v[:2] for a, v in phrasings.items()}, "train"))
+    validation = [features([{**r, "context": phrasings[r["attribute"]][j]} for r in val]) for j in (2, 3)]
+    pool = features(with_phrasings(train, {a: v[2:4] for a, v in phrasings.items()}, "adapt"))
     heads = config.stage1.heads
     print(f"{name}: {len(train)} train / {len(val)} validation pairs (held-out train prompts)")
     print("| T | stage-1 accuracy, unseen phrasings |\n|---:|---:|")
@@ -62,13 +62,14 @@ def main(name: str) -> None:
         print(f"| {t:g} | {np.mean([accuracy(models[t], f) for f in validation]):.4f} |", flush=True)
     model = models[Stage1Config().context_temperature]
     base = np.mean([accuracy(model, f) for f in validation])
-    print(f"\nstage 2 at the default T (stage 1: {base:.4f})\n| lr | B | accuracy (3 draws) |\n|---:|---:|---:|")
-    for lr in CANDIDATE_LR:
+    print(f"\nstage 2 at the default T (stage 1: {base:.4f})\n| algorithm | B | accuracy (3 draws) |\n"
+          "|:---|---:|---:|")
+    for algorithm in ALGORITHMS:
         for budget in (10, 50):
             means = [np.mean([accuracy(adapt_router(model, pool.subset(draw_budget(pool.attributes, budget, s)),
-                                                    AdaptConfig(lr=lr, seed=s), progress=False)[0], f)
+                                                    AdaptConfig(algorithm=algorithm, seed=s), progress=False)[0], f)
                               for f in validation]) for s in range(3)]
-            print(f"| {lr:g} | {budget} | {np.mean(means):.4f} |", flush=True)
+            print(f"| {algorithm} | {budget} | {np.mean(means):.4f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -18,9 +18,11 @@ Two algorithms (``AdaptConfig.algorithm``):
       pairs its router did not adapt on, and an adapted router replaces the stage-1 one only when
       its NLL is lower by more than one standard error of the paired difference. At small budgets
       this keeps stage 1 unless the labels clearly say otherwise (METHOD.md, measured finding 2).
-    * plain SGD, so the step is proportional to the gradient, and the change follows τ: at large
-      τ the targets equal the router's weights, the gradient vanishes and nothing moves. (Adam
-      normalises the gradient, so even τ = 100 moved the router.)
+    * each epoch distils the router into the targets exactly (full batch, L-BFGS to convergence),
+      so an epoch is the mirror-descent step itself and the change follows τ: at large τ the
+      targets equal the router's weights and nothing moves. (The paper's mini-batch Adam
+      normalises the gradient, so even τ = 100 moved the router, and how far it moves depends
+      on the number of steps, not on τ.)
     * on the separate route layout only the router's context branch learns (the prototypes'
       logits, and the logits of "no context"); the prompt branch keeps what stage 1 learned
       from all the data. The budget's contexts become new prototypes.
@@ -60,7 +62,6 @@ if TYPE_CHECKING:
 
 ALGORITHMS = ("safe", "paper")
 TAU_MIN = 1e-8   # below this, exp(−L/τ) underflows for every head and the targets are undefined
-DEFAULT_LR = {"safe": 1.0, "paper": 3e-2}
 
 
 @dataclass
@@ -71,7 +72,8 @@ class AdaptConfig:
                         "an attribute); the paper: 50.", 50)
     algorithm: str = _help("safe: 'keep the stage-1 router' is a candidate beside each τ, chosen by "
                            "cross-validation on held-out budget prompts with a one-standard-error "
-                           "margin; SGD, so the change follows τ; only the context branch learns. "
+                           "margin; each epoch is an exact mirror-descent step, so the change follows "
+                           "τ; only the context branch learns. "
                            "paper: Algorithm 1 as written (AdamW on the whole router, no keep).", "safe")
     tau: float | str = _help("Hedge temperature τ of the soft targets ω ∝ f_ψ·exp(−L/τ), a number "
                              f"≥ {TAU_MIN:g} (the paper: 1e-3; small τ = hard labels on each pair's "
@@ -81,11 +83,11 @@ class AdaptConfig:
     epochs: int = _help("Epochs T; the targets ω are recomputed with the current router once per "
                         "epoch (the paper: 10).", 10)
     batch_size: int = _help("Pairs per router update (the paper: 32).", 32)
-    lr: Optional[float] = _help("Peak learning rate, decayed linearly to 0 (default: 1.0 for safe's "
-                                "SGD: best of 0.1 / 0.3 / 1.0 on held-out train prompts of DSP and HH, "
-                                "benchmarks/validate_defaults.py; 3e-2 for paper's AdamW, unvalidated).",
-                                None)
-    weight_decay: float = _help("Weight decay of the router.", 0.0)
+    lr: float = _help("Peak AdamW learning rate of the paper's algorithm, decayed linearly to 0 "
+                      "(safe distils each epoch exactly and has no learning rate). No validation "
+                      "evidence backs 3e-2; stage 2 takes only ~T·N/batch steps.", 3e-2)
+    weight_decay: float = _help("Weight decay (paper) / L2 penalty (safe) of the router's trained "
+                                "parameters.", 0.0)
     seed: int = _help("Seed of the budget draw, the folds and the shuffling.", 0)
     tau_grid: tuple[float, ...] = _help("Candidate τ values for tau='auto'.",
                                         (1e-3, 1e-2, 1e-1, 1.0, 10.0))
@@ -99,8 +101,6 @@ class AdaptConfig:
             raise MicroRMError(f"`algorithm` must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}")
         if self.tau != "auto":
             self.tau = check_tau(self.tau)
-        if self.lr is None:
-            self.lr = DEFAULT_LR[self.algorithm]
         _check_float(self, "lr", 0.0, math.inf, open_low=True)
         _check_float(self, "weight_decay", 0.0, math.inf)
         grid = self.tau_grid
@@ -270,47 +270,102 @@ def trainable_router_parameters(model: "MixtureRewardModel", algorithm: str) -> 
 
 
 def fit_router(model: "MixtureRewardModel", route: "torch.Tensor", deltas: "torch.Tensor", tau: float,
-               config: AdaptConfig, *, progress: bool = False) -> list[dict[str, float]]:
+               config: AdaptConfig, *, progress: bool = False, history: bool = True) -> list[dict[str, float]]:
     """Algorithm 1 in place on ``model``'s router: ``route`` [N, d_r], frozen head ``deltas`` [N, K].
-    New contexts become prototypes first (separate layout). Returns one row per epoch (epoch,
-    ce, nll, seconds)."""
+    New contexts become prototypes first (separate layout, when the router has none). Returns one
+    row per epoch (epoch, ce, nll, seconds; nll is NaN without ``history``)."""
     import torch
     from tqdm.auto import tqdm
 
     from micro_rm.model.losses import bt_loss
-    from micro_rm.train.schedule import lr_at
-    from micro_rm.train.stage1 import _adamw
 
     if model.config.context_dim and not len(model.router.prototypes):
-        model.router.add_prototypes(route[:, -model.config.context_dim:])
-        model.config.context_prototypes = len(model.router.prototypes)
+        add_budget_prototypes(model, route, config.seed)
     losses = bt_loss(deltas)                                             # L_ik = −log σ(Δ_ik), [N, K]
-    params = trainable_router_parameters(model, config.algorithm)
-    optimizer = (torch.optim.SGD(params, lr=config.lr, weight_decay=config.weight_decay)
-                 if config.algorithm == "safe" else _adamw(params, config))
-    shuffle = torch.Generator().manual_seed(config.seed)
-    steps_per_epoch = math.ceil(len(route) / config.batch_size)
-    total, step, rows, start = config.epochs * steps_per_epoch, 0, [], time.perf_counter()
+    distil = _exact_distillation if config.algorithm == "safe" else _adam_distillation(model, route, config)
+    rows, start = [], time.perf_counter()
     model.train()
     for epoch in tqdm(range(1, config.epochs + 1), desc=f"stage 2 (τ={tau:g})", unit="epoch",
                       disable=not progress, leave=False):
         with torch.no_grad():                                            # ω_i, held for the epoch
             targets = hedge_targets(model.router_log_weights(route), losses, tau)        # [N, K]
+        ce = distil(model, route, targets, config)
+        rows.append({"epoch": epoch, "ce": ce, "nll": mixture_nll(model, route, deltas) if history else math.nan,
+                     "seconds": time.perf_counter() - start})
+    model.eval()
+    return rows
+
+
+PAIRS_PER_PROTOTYPE = 10  # a new prototype's logits are estimated from about this many pairs at least
+
+
+def add_budget_prototypes(model: "MixtureRewardModel", route: "torch.Tensor", seed: int) -> None:
+    """Give a router without prototypes (stage 1 saw no context) the budget's contexts: their
+    spherical k-means centres, at most one per ``PAIRS_PER_PROTOTYPE`` pairs, so that a prototype
+    is not one pair's context (whose logits would just memorise that pair's label)."""
+    import torch
+
+    from micro_rm.train.stage1 import context_prototypes
+
+    width = model.config.context_dim
+    centres = context_prototypes(route.detach().cpu().numpy(), width,
+                                 max(1, len(route) // PAIRS_PER_PROTOTYPE), seed)
+    model.router.add_prototypes(torch.from_numpy(centres).to(route.device))
+    model.config.context_prototypes = len(model.router.prototypes)
+
+
+def _exact_distillation(model: "MixtureRewardModel", route: "torch.Tensor", targets: "torch.Tensor",
+                        config: AdaptConfig) -> float:
+    """One exact mirror-descent step (``safe``): fit the trainable router parameters to the
+    targets, full batch, with L-BFGS until it converges (at most ``DISTIL_ITERATIONS``). The step
+    is then the Hedge step itself, whose size τ sets; no learning rate normalises it away."""
+    import torch
+
+    params = trainable_router_parameters(model, "safe")
+    optimizer = torch.optim.LBFGS(params, lr=1.0, max_iter=DISTIL_ITERATIONS, line_search_fn="strong_wolfe")
+
+    def closure() -> "torch.Tensor":
+        optimizer.zero_grad(set_to_none=True)
+        ce = -(targets * model.router_log_weights(route)).sum(-1).mean()                # CE(ω, f_ψ)
+        if config.weight_decay:
+            ce = ce + config.weight_decay * sum((p ** 2).sum() for p in params) / 2
+        ce.backward()
+        return ce
+
+    return float(optimizer.step(closure).detach())
+
+
+DISTIL_ITERATIONS = 50  # L-BFGS iterations per epoch; the context branch's problem is convex
+
+
+def _adam_distillation(model: "MixtureRewardModel", route: "torch.Tensor", config: AdaptConfig):
+    """The paper's distillation step (``paper``): one pass of AdamW mini-batches per epoch over the
+    whole router, with a linearly decaying learning rate across the epochs."""
+    import torch
+
+    from micro_rm.train.schedule import lr_at
+    from micro_rm.train.stage1 import _adamw
+
+    optimizer = _adamw(trainable_router_parameters(model, "paper"), config)
+    shuffle = torch.Generator().manual_seed(config.seed)
+    total, step = config.epochs * math.ceil(len(route) / config.batch_size), 0
+
+    def distil(model: "MixtureRewardModel", route: "torch.Tensor", targets: "torch.Tensor",
+               config: AdaptConfig) -> float:
+        nonlocal step
         ce_sum = 0.0
         for batch in torch.randperm(len(route), generator=shuffle).split(config.batch_size):
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * lr_at(step, total, warmup=0)
-            log_f = model.router_log_weights(route[batch])                              # [b, K]
-            ce = -(targets[batch] * log_f).sum(-1).mean()                                # CE(ω, f_ψ)
+            ce = -(targets[batch] * model.router_log_weights(route[batch])).sum(-1).mean()
             optimizer.zero_grad(set_to_none=True)
             ce.backward()
             optimizer.step()
             ce_sum += ce.item() * len(batch)
             step += 1
-        rows.append({"epoch": epoch, "ce": ce_sum / len(route), "nll": mixture_nll(model, route, deltas),
-                     "seconds": time.perf_counter() - start})
-    model.eval()
-    return rows
+        return ce_sum / len(route)
+
+    return distil
 
 
 def cross_validate(model: "MixtureRewardModel", route: "torch.Tensor", deltas: "torch.Tensor",
@@ -339,7 +394,7 @@ def cross_validate(model: "MixtureRewardModel", route: "torch.Tensor", deltas: "
                            torch.from_numpy(np.flatnonzero(fold == f)).to(route.device))
             for tau in taus:
                 candidate = copy.deepcopy(model)
-                fit_router(candidate, route[train], deltas[train], tau, config)
+                fit_router(candidate, route[train], deltas[train], tau, config, history=False)
                 with torch.no_grad():
                     out[tau][held.cpu().numpy()] = mixture_bt_loss(deltas[held], candidate.router_log_weights(route[held])
                                                      ).cpu().numpy()
