@@ -151,3 +151,36 @@ def test_feedback_bad_input_exits_2(files, stage1, capsys, tmp_path):
     assert code == 2 and "unknown user 'nobody'" in out.err
     code, out = _run(capsys, "user", "show", "ana", "--state", tmp_path / "missing.db")
     assert code == 2 and "does not exist" in out.err
+
+
+def test_eval_as_a_user_routes_with_their_feedback(files, stage1, capsys, tmp_path):
+    """The stage-1 router reads the prompt only, so it cannot tell brief from detailed; a user
+    who labelled 20 brief pairs is evaluated with their Hedge weights, as the service scores."""
+    state = tmp_path / "state.db"
+    brief = [r for r in _records(40, 3) if r["attribute"] == "brief"]
+    write_pairs(brief, tmp_path / "ana.jsonl")
+    write_pairs([r for r in _records(100, 1) if r["attribute"] == "brief"], tmp_path / "ana-test.jsonl")
+    assert _run(capsys, "feedback", "--model", stage1, "--state", state, "--user", "ana",
+                "--data", tmp_path / "ana.jsonl")[0] == 0
+    code, router = _run(capsys, "eval", "--model", stage1, "--data", tmp_path / "ana-test.jsonl", "--json")
+    code, as_ana = _run(capsys, "eval", "--model", stage1, "--data", tmp_path / "ana-test.jsonl", "--json",
+                        "--state", state, "--user", "ana")
+    assert code == 0 and as_ana["user"] == "ana"
+    assert as_ana["mean_accuracy"] > 0.9 > router["mean_accuracy"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--user", "ana"], "--user and --state go together"),
+    (["--state", "STATE"], "--user and --state go together"),
+    (["--user", "nobody", "--state", "STATE"], "unknown user 'nobody'"),
+    (["--user", "ana", "--state", "MISSING"], "no such state file"),
+    (["--user", "", "--state", "STATE"], "--user '' is not a valid user id"),
+])
+def test_eval_as_a_user_bad_input_exits_2(files, stage1, capsys, tmp_path, argv, message):
+    state = tmp_path / "state.db"
+    assert _run(capsys, "feedback", "--model", stage1, "--state", state, "--user", "ana",
+                "--data", files / "test.jsonl")[0] == 0
+    argv = [str(state) if a == "STATE" else str(tmp_path / "missing.db") if a == "MISSING" else a for a in argv]
+    code, out = _run(capsys, "eval", "--model", stage1, "--data", files / "test.jsonl", *argv)
+    assert code == 2 and message in out.err and len(out.err.strip().splitlines()) == 1
+    assert not (tmp_path / "missing.db").exists()

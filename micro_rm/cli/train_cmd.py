@@ -13,6 +13,8 @@ from typing import Optional
 import typer
 
 from micro_rm.cli.app import CACHE_HELP, CACHE_ONLY_HELP, HF_SPLIT_HELP, JSON_HELP, app, emit, field_docs
+from micro_rm.errors import MicroRMError
+from micro_rm.online.hedge import DEFAULT_ETA
 
 
 _help, _default = field_docs("micro_rm.train.config:Stage1Config")
@@ -127,15 +129,23 @@ def evaluate(
     report: Optional[Path] = typer.Option(None, "--report", help="Also write a report folder "
                                           "(results.json, report.md, head × attribute and router "
                                           "heatmaps) here."),
+    state: Optional[str] = typer.Option(None, "--state", help="Per-user state (the service's or "
+                                        "`micro-rm feedback`'s --state) to evaluate as --user."),
+    user: Optional[str] = typer.Option(None, "--user", help="Evaluate as this user: the router's "
+                                       "weights sharpened by the user's feedback (online Hedge), "
+                                       "exactly as the service scores for them."),
+    eta: float = typer.Option(DEFAULT_ETA, "--eta", help="Hedge η for --user (the service's --eta)."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Routed pairwise accuracy per attribute (and its mean), every head per attribute, NLL,
     expected calibration error and router statistics (mean entropy, head usage, weights per
     attribute).
 
-    The backbone and feature settings come from the model's config.json.
+    The backbone and feature settings come from the model's config.json. With --state and --user
+    the routing is that user's: w = normalise(f_ψ(x, c) ⊙ exp(−η S_user)).
 
     Example: micro-rm eval --model runs/dsp/model --data dsp-test.jsonl --report runs/dsp-eval
+    Example: micro-rm eval --model runs/dsp/model --data ana-test.jsonl --state state.db --user ana
     """
     from micro_rm.data.readers import read_pairs
     from micro_rm.eval.metrics import (expected_calibration_error, head_attribute_matrix, nll,
@@ -146,15 +156,19 @@ def evaluate(
     if report is not None:  # before any work: a bad --report must not cost an evaluation
         from micro_rm.atomic import check_output_path
         check_output_path(report, "--report", folder=True)
+    if (state is None) != (user is None):
+        raise MicroRMError("--user and --state go together: evaluating as a user reads that user's "
+                           "state (pass both, or neither to evaluate the router alone)")
     start = time.perf_counter()
     model = MixtureRewardModel.from_pretrained(model_dir)
+    user_loss = None if user is None else user_cumulative_loss(model, state, user)
     features = featurize_for(model, read_pairs(data, hf_split=hf_split), cache_dir, allow_encode=not cache_only)
-    probs = model.predict_proba(features.chosen, features.rejected, features.route)
+    probs = routed_probabilities(model, features, user_loss, eta)
     heads = head_attribute_matrix(model.head_probs(features.chosen, features.rejected), features.attributes)
     router = router_statistics(model.router_weights(features.route), features.attributes)
     result = {**pairwise_accuracy(probs, features.attributes), "nll": nll(probs),
               "ece": expected_calibration_error(probs), "heads": heads, "router": router,
-              "model": model_dir, "data": data}
+              "model": model_dir, "data": data, **({"user": user, "state": state} if user else {})}
     lines = [f"{result['pairs']} pairs: mean accuracy {result['mean_accuracy']:.4f}, NLL {result['nll']:.4f}, "
              f"ECE {result['ece']:.4f}",
              *(f"  {name:24s} {acc:.4f}" for name, acc in result["per_attribute"].items()),
@@ -179,6 +193,35 @@ def evaluate(
         result["report"] = str(folder)
         lines.append(f"report: {folder / 'report.md'}")
     emit(result, as_json, "\n".join(lines))
+
+
+def user_cumulative_loss(model, state: str, user: str):
+    """The user's summed per-head losses S_user from an existing state store written for this
+    model's heads (a missing store, an unknown user or another model's store is an error)."""
+    from micro_rm.data.records import check_user_id
+    from micro_rm.online import open_store
+    from micro_rm.train.stage2 import state_model_id
+
+    check_user_id(user, "--user")
+    if "://" not in state and not Path(state).is_file():
+        raise MicroRMError(f"--state {state}: no such state file; a user's state is written by "
+                           "`micro-rm feedback` or the service")
+    with open_store(state, model_id=state_model_id(model), num_heads=model.config.num_heads) as store:
+        return store.get(user).cumulative_loss
+
+
+def routed_probabilities(model, features, cumulative_loss=None, eta: float = DEFAULT_ETA):
+    """P(chosen ≻ rejected) under the router, or under a user's Hedge weights (the service's
+    routing: micro_rm.online.hedge_log_weights on the router's log weights)."""
+    import numpy as np
+
+    from micro_rm.online import hedge_log_weights, validate_eta
+
+    if cumulative_loss is None:
+        return model.predict_proba(features.chosen, features.rejected, features.route)
+    log_prior = np.log(np.clip(model.router_weights(features.route).astype(np.float64), 1e-300, None))
+    weights = np.exp(hedge_log_weights(log_prior, cumulative_loss, validate_eta(eta)))
+    return (weights * model.head_probs(features.chosen, features.rejected)).sum(axis=1)
 
 
 @app.command("export-scalar")
