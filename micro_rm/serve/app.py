@@ -35,7 +35,7 @@ tokens; a user token reads and writes only that user's state and feedback."""
 def create_app(settings: ServeSettings, scorer: Optional[Any] = None) -> FastAPI:
     """The service for ``settings``. ``scorer`` (a loaded :class:`RewardScorer`) skips loading the
     model in ``lifespan``: the CLI loads it first to report errors, tests share one."""
-    from micro_rm.serve.routers import feedback, health, scores, users
+    from micro_rm.serve.routers import feedback, health, heads, scores, users
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -74,7 +74,7 @@ def create_app(settings: ServeSettings, scorer: Optional[Any] = None) -> FastAPI
     app.state.metrics = Metrics()
     from micro_rm.serve.schemas import ERROR_RESPONSES
 
-    for module in (scores, feedback, users, health):
+    for module in (scores, feedback, users, health, heads):
         # Every error answer is documented with the one shape it has (schemas.ErrorResponse).
         app.include_router(module.router, responses=ERROR_RESPONSES)
     app.add_exception_handler(RequestValidationError, _validation_error)
