@@ -107,7 +107,7 @@ def _spearman(deltas: np.ndarray, stats: np.ndarray, weights: np.ndarray) -> tup
         vy = (w @ y ** 2) / total - my ** 2
         with np.errstate(invalid="ignore", divide="ignore"):
             rho = cov / np.sqrt(vx[:, :, None] * vy[:, None, :])
-        return np.nan_to_num(rho, nan=0.0)
+        return np.where(np.isfinite(rho), np.clip(rho, -1.0, 1.0), 0.0)
 
     return weighted(np.ones((1, len(x))))[0], weighted(weights.astype(np.float64))
 

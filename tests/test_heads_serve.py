@@ -1,0 +1,24 @@
+"""``GET /heads`` and masked heads in the service, on the static backbone of test_serve."""
+
+from __future__ import annotations
+
+
+def test_service_lists_heads_and_never_routes_to_a_masked_one(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from micro_rm.heads.mask import mask_heads
+    from micro_rm.serve.app import create_app
+    from micro_rm.serve.scoring import RewardScorer
+    from test_serve import ADMIN, BAD, GOOD, PROMPT, bearer, build_model, make_settings, static_backbone
+
+    model = mask_heads(build_model(), [1])
+    model.config.head_labels = ["prefers the good answer", "prefers the bad answer"]
+    with TestClient(create_app(make_settings(tmp_path), scorer=RewardScorer(model, static_backbone()))) as client:
+        heads = client.get("/heads").json()
+        assert heads["masked_heads"] == [1]
+        assert [h["masked"] for h in heads["heads"]] == [False, True]
+        assert heads["heads"][1]["label"] == "prefers the bad answer"
+        score = client.post("/score", json={"prompt": PROMPT, "responses": [GOOD, BAD]}, headers=bearer(ADMIN)).json()
+        assert score["weights"] == [1.0, 0.0] and score["ranking"] == [0, 1]
+        compare = client.post("/compare", json={"prompt": PROMPT, "a": BAD, "b": GOOD}, headers=bearer(ADMIN)).json()
+        assert compare["weights"][1] == 0.0 and compare["p_a_beats_b"] < 0.5
