@@ -15,7 +15,7 @@ from micro_rm.heads.agreement import agreement_clusters, agreement_matrix
 from micro_rm.heads.audit import audit_heads, wilson_interval
 from micro_rm.heads.labels import save_labels
 from micro_rm.heads.mask import mask_heads
-from micro_rm.heads.merge import merge_heads
+from micro_rm.heads.merge import duplicate_head, merge_heads
 from micro_rm.heads.profile import profile_heads
 from micro_rm.heads.stats import STATISTIC_NAMES, response_statistics
 from micro_rm.model.config import MixtureConfig
@@ -193,27 +193,10 @@ def test_audit_flags_the_head_that_prefers_rejected_responses():
 
 
 # ----- merging ---------------------------------------------------------------------------------
-def _with_duplicate(model: MixtureRewardModel, head: int) -> MixtureRewardModel:
-    """``model`` with head ``head`` repeated as a last head (its router logit split in two)."""
-    import math
-
-    config = MixtureConfig.from_dict({**model.config.to_dict(), "num_heads": model.config.num_heads + 1})
-    bigger = MixtureRewardModel(config)
-    with torch.no_grad():
-        bigger.heads.weight.copy_(torch.cat([model.heads.weight, model.heads.weight[head:head + 1]]))
-        old, new = model.router[-1], bigger.router[-1]
-        bigger.router[0].load_state_dict(model.router[0].state_dict())
-        new.weight.copy_(torch.cat([old.weight, old.weight[head:head + 1]]))
-        bias = torch.cat([old.bias, old.bias[head:head + 1]])
-        bias[[head, -1]] -= math.log(2)
-        new.bias.copy_(bias)
-    return bigger.eval()
-
-
 def test_merging_a_duplicated_head_gives_back_k_heads_and_the_same_accuracy():
     features = group_features(4, seed=1)
     model, _ = fit_stage1(features, Stage1Config(heads=4, epochs=30, val_fraction=0.2), progress=False)
-    doubled = _with_duplicate(model, 1)
+    doubled = duplicate_head(model, 1)
     np.testing.assert_allclose(doubled.predict_proba(features.chosen, features.rejected, features.route),
                                model.predict_proba(features.chosen, features.rejected, features.route), atol=1e-5)
     merged, info = merge_heads(doubled, features, 0.9, progress=False)
@@ -251,3 +234,18 @@ def test_heads_auto_finds_the_number_of_groups_within_one(groups):
 def test_heads_auto_refuses_a_variant_without_k():
     with pytest.raises(MicroRMError, match="variant 'shared-base' has no K"):
         select_heads(group_features(2, 20), Stage1Config(variant="shared-base"))
+
+
+@pytest.mark.parametrize("settings", [{"context_dim": 2, "context_prototypes": 3}, {"router": "linear"},
+                                      {"variant": "static"}])
+def test_a_duplicated_head_predicts_exactly_as_the_original(settings):
+    torch.manual_seed(0)
+    model = MixtureRewardModel(MixtureConfig(num_heads=3, reward_dim=4, route_dim=5, **settings)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_()
+    x = np.random.default_rng(0).normal(size=(3, 8, 5)).astype(np.float32)
+    doubled = duplicate_head(model, 2)
+    assert doubled.config.num_heads == 4
+    np.testing.assert_allclose(doubled.predict_proba(x[0, :, :4], x[1, :, :4], x[2]),
+                               model.predict_proba(x[0, :, :4], x[1, :, :4], x[2]), atol=1e-5)

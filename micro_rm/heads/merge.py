@@ -63,6 +63,35 @@ def merge_heads(model: MixtureRewardModel, features: PairFeatures, min_agreement
     return merged.eval(), info
 
 
+
+def duplicate_head(model: MixtureRewardModel, head: int) -> MixtureRewardModel:
+    """A copy of ``model`` with head ``head`` repeated as a new last head, each copy routed half
+    the original's weight: the same predictions with one redundant head (what ``merge_heads``
+    should undo; used to check it)."""
+    if model.config.variant not in ("micro", "static") or model.config.masked_heads:
+        raise MicroRMError("duplicate_head needs an unmasked micro or static model")
+    k = model.config.num_heads
+    bigger = MixtureRewardModel(MixtureConfig.from_dict({**model.config.to_dict(), "num_heads": k + 1,
+                                                         "head_labels": []}))
+    index = [*range(k), head]
+    half = torch.zeros(k + 1)
+    half[[head, k]] = math.log(2.0)
+    with torch.no_grad():
+        bigger.heads.weight.copy_(model.head_weight()[index])
+        if model.config.variant == "static":
+            bigger.logits.copy_(model.logits[index] - half)
+            return bigger.eval()
+        old, new = model.router, bigger.router
+        if isinstance(old, ContextRouter):
+            new.prototypes = old.prototypes.clone()
+            new.prototype_logits = nn.Parameter(old.prototype_logits[:, index].clone())
+            new.null_logits.copy_(old.null_logits[index])
+            old, new = old.prompt, new.prompt
+        new.load_state_dict({k_: v for k_, v in old.state_dict().items() if k_ not in _output_keys(old)}, strict=False)
+        _output_layer(new).weight.copy_(_output_layer(old).weight[index])
+        _output_layer(new).bias.copy_(_output_layer(old).bias[index] - half)
+    return bigger.eval()
+
 def _merged_model(model: MixtureRewardModel, clusters: list[list[int]], usage: np.ndarray) -> MixtureRewardModel:
     """A model with one head per cluster: heads usage-weighted, router mass of a cluster summed."""
     config = MixtureConfig.from_dict({**model.config.to_dict(), "num_heads": len(clusters), "head_labels": [],
