@@ -86,6 +86,25 @@ class ContextRouter(nn.Module):
         prompt, context = route.split([route.shape[-1] - self.context_dim, self.context_dim], dim=-1)
         return self.prompt(prompt) + self.context_logits(context)
 
+    def context_branch_logits(self, route: torch.Tensor) -> Callable[[], torch.Tensor]:
+        """The router's logits of ``route`` [N, d_r] as a function of the context branch's
+        parameters alone: the prompt branch and the attention are computed once. Stage 2 trains
+        only those parameters, so its many full-batch steps skip the prompt MLP."""
+        prompt, context = route.split([route.shape[-1] - self.context_dim, self.context_dim], dim=-1)
+        with torch.no_grad():
+            fixed = self.prompt(prompt)                                                  # [N, K]
+            norm = context.norm(dim=-1, keepdim=True)
+            attention = (torch.softmax(context / norm.clamp_min(1e-12) @ self.prototypes.T / self.temperature, -1)
+                         if len(self.prototypes) else None)                              # [N, M]
+
+        def logits() -> torch.Tensor:
+            null = self.null_logits.expand(len(fixed), -1)
+            if attention is None:
+                return fixed + null
+            return fixed + torch.where(norm > 0, attention @ self.prototype_logits, null)
+
+        return logits
+
     @torch.no_grad()
     def add_prototypes(self, contexts: torch.Tensor) -> int:
         """Append the contexts [n, d_c] that are not prototypes yet; each new logit row starts at

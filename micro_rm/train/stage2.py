@@ -323,10 +323,14 @@ def _exact_distillation(model: "MixtureRewardModel", route: "torch.Tensor", targ
 
     params = trainable_router_parameters(model, "safe")
     optimizer = torch.optim.LBFGS(params, lr=1.0, max_iter=DISTIL_ITERATIONS, line_search_fn="strong_wolfe")
+    if model.config.context_dim:                     # only the context branch moves: precompute the rest
+        logits = model.router.context_branch_logits(route)
+    else:
+        logits = lambda: model.router(route)  # noqa: E731  (a joint-layout router trains whole)
 
     def closure() -> "torch.Tensor":
         optimizer.zero_grad(set_to_none=True)
-        ce = -(targets * model.router_log_weights(route)).sum(-1).mean()                # CE(ω, f_ψ)
+        ce = -(targets * torch.log_softmax(logits(), dim=-1)).sum(-1).mean()            # CE(ω, f_ψ)
         if config.weight_decay:
             ce = ce + config.weight_decay * sum((p ** 2).sum() for p in params) / 2
         ce.backward()
