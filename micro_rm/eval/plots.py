@@ -159,11 +159,56 @@ def plot_budget_curve(results: dict, path: str | Path) -> Path:
     return Path(path)
 
 
+def plot_phrasings(results: dict, path: str | Path) -> Path:
+    """Accuracy with the training phrasings, with each held-out phrasing zero-shot, and after
+    stage 2 from budgets carrying other phrasings: does a paraphrase route like the original?"""
+    p = results["phrasings"]
+    names = (["training\nphrasings"] + [f"held-out {j + 1}" for j in range(len(p["heldout_per_phrasing"]))]
+             + [f"held-out,\nstage 2 B={b}" for b in p["stage2"]])
+    values = [p["training_phrasings"], *p["heldout_per_phrasing"], *(v["mean"] for v in p["stage2"].values())]
+    colours = ["C0"] + ["C1"] * len(p["heldout_per_phrasing"]) + ["C2"] * len(p["stage2"])
+    with _figure(path, _titled(results, "Stage-1 accuracy by context phrasing"), "",
+                 "mean pairwise accuracy", (max(6.4, 0.9 * len(names)), 4.2)) as (fig, ax):
+        ax.bar(range(len(values)), values, color=colours)
+        ax.set_xticks(range(len(values)), names, fontsize=8)
+        low = min(values)
+        ax.set_ylim(max(0.0, low - 0.1), min(1.0, max(values) + 0.05))
+        for i, v in enumerate(values):
+            ax.text(i, v + 0.005, f"{v:.3f}", ha="center", fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    return Path(path)
+
+
+def plot_user_curve(results: dict, path: str | Path) -> Path:
+    """New users' accuracy against their number of feedback pairs (mean ± sample std over draws),
+    with and without a stated context, random against active selection, and the oracle."""
+    curve = results["user_curve"]
+    n = curve["n"]
+    x = [max(v, 0.5) for v in n]                                   # n = 0 on a log axis
+    with _figure(path, _titled(results, f"New users: accuracy vs feedback pairs (over {curve['seeds']} draws)"),
+                 "feedback pairs n (0 drawn at 0.5)", "mean pairwise accuracy", (6.4, 4.2)) as (fig, ax):
+        for i, (name, values) in enumerate(curve["curves"].items()):
+            mean, std = values["mean"], values["std"]
+            ax.plot(x, mean, marker="o", color=f"C{i}", linestyle="-" if "random" in name else "--", label=name)
+            ax.fill_between(x, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                            color=f"C{i}", alpha=0.15, linewidth=0)
+        if curve.get("oracle"):
+            ax.axhline(curve["oracle"], color="black", linestyle=":", label=f"oracle ({curve['oracle']:.3f})")
+        ax.set_xscale("log")
+        ax.set_xticks(x, [str(v) for v in n])
+        ax.minorticks_off()
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+    return Path(path)
+
+
 # Section of results.json → the function that draws it; the file is named after the section.
 PLOTS: dict[str, Callable[[dict, str | Path], Path]] = {
     "head_attribute": plot_head_attribute,
     "router_weights": plot_router_weights,
     "budget_curve": plot_budget_curve,
+    "phrasings": plot_phrasings,
+    "user_curve": plot_user_curve,
 }
 
 

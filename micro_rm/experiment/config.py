@@ -263,6 +263,12 @@ class ExperimentConfig:
                 raise bad(f"data.contexts.{attribute}", "a sentence or a non-empty list of non-empty sentences", value)
             if not isinstance(value, (str, list)):
                 raise bad(f"data.contexts.{attribute}", "a sentence or a list of phrasings", value)
+        needed = self.phrasings.train + self.phrasings.adapt + 1
+        for attribute, value in self.data.contexts.items():
+            if isinstance(value, list) and len(value) < needed:
+                raise bad(f"data.contexts.{attribute}", f"at least {needed} phrasings (phrasings.train "
+                          f"{self.phrasings.train} + phrasings.adapt {self.phrasings.adapt} + ≥ 1 to test), "
+                          "or one sentence", f"{len(value)} phrasing(s)")
         for key in ("phrasings.train", "phrasings.adapt", "user_curve.seeds"):
             section, name = key.split(".")
             if getattr(getattr(self, section), name) < (0 if name == "adapt" else 1):
