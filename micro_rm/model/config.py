@@ -31,7 +31,7 @@ class MixtureConfig:
                                         # ("separate" layout: [emb(prompt); emb(context)]), read by
                                         # the prototype branch; 0: one joint route vector
     context_prototypes: int = 0         # number of prototype contexts of that branch
-    context_temperature: float = 0.05   # temperature of the attention over the prototypes (cosine)
+    context_temperature: float = 0.1    # temperature of the attention over the prototypes (cosine)
     prior_scale: float = 1.0            # ``shared-base``: scale of the frozen prior heads, relative
                                         # to PyTorch's default Linear init U(±1/√d) (HyRe's prior)
     backbone: dict = field(default_factory=dict)   # fingerprint of the backbone; its "spec" rebuilds it
