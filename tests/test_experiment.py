@@ -193,11 +193,16 @@ def test_missing_config_file(tmp_path, capsys):
     assert code == 2 and "config file not found" in capsys.readouterr().err
 
 
-def test_budget_larger_than_data_is_an_error(tmp_path, capsys):
-    config = {**TINY, "stage2": {**TINY["stage2"], "budget": 100000}}
-    code, err = _run_cli(tmp_path, config, capsys)
-    assert code == 2 and len(err.splitlines()) == 1
-    assert "stage2.budget = 100000" in err and "lower stage2.budget" in err
+def test_budget_larger_than_data_uses_every_pair_like_adapt(tmp_path):
+    """One rule for `micro-rm adapt` and the experiment: a group smaller than the budget is used
+    whole, with a warning (and, here, a note in the report)."""
+    from micro_rm.experiment.runner import _Run
+
+    config = ExperimentConfig.from_dict({**TINY, "stage2": {**TINY["stage2"], "budget": 100000}})
+    run = _Run(config, None, tmp_path / "out", tmp_path / "cache", False, None)
+    with pytest.warns(UserWarning, match="stage2.budget = 100000 pairs per attribute is more than"):
+        run.load_data()
+    assert any("all of their train pairs are used" in note for note in run.notes)
 
 
 def test_unknown_builder(tmp_path, capsys):

@@ -116,7 +116,7 @@ class Stage2Section:
     """Stage 2: adapt the router to contexts from B labelled pairs per attribute (Algorithm 1)."""
 
     budget: int = _doc("B, context pairs per attribute drawn from the train split (the paper: 50). "
-                       "Larger than an attribute's train pairs is an error.", 50)
+                       "An attribute with fewer train pairs is used whole, with a warning (as `micro-rm adapt` does).", 50)
     tau: Union[float, str] = _doc("Hedge temperature τ (the paper: 1e-3 HelpSteer2, 1e-4 RPR), or "
                                   "auto: chosen from tau_grid by k-fold CV of the mixture NLL on the "
                                   "budget pairs.", "auto")

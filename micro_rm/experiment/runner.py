@@ -247,10 +247,13 @@ class _Run:
             raise MicroRMError(f"{where}: attribute(s) {', '.join(missing)} have test pairs but no train "
                                "pairs to draw the stage-2 budget from")
         smallest = min(self.attributes, key=lambda a: counts_pool[a])
-        if config.stage2.budget > counts_pool[smallest]:
-            raise MicroRMError(f"{where}: stage2.budget = {config.stage2.budget} pairs per attribute, but "
-                               f"attribute {smallest!r} has only {counts_pool[smallest]} train pairs; "
-                               f"lower stage2.budget to at most {counts_pool[smallest]}")
+        short = [a for a in self.attributes if counts_pool[a] < config.stage2.budget]
+        if short:   # the rule of `micro-rm adapt` (draw_budget): a smaller group is used whole
+            message = (f"stage2.budget = {config.stage2.budget} pairs per attribute is more than "
+                       + ", ".join(f"{a!r} ({counts_pool[a]})" for a in short)
+                       + " hold; all of their train pairs are used")
+            warnings.warn(message, stacklevel=3)
+            self.notes.append(message + ".")
         self.budgets = [b for b in config.budget_curve.budgets if b <= counts_pool[smallest]]
         skipped = [b for b in config.budget_curve.budgets if b > counts_pool[smallest]]
         if skipped:
