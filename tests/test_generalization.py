@@ -123,3 +123,35 @@ def test_hedge_posterior_matches_a_hand_computation():
     posterior = np.array([0.3 * 0.9 * 0.7, 0.7 * 0.4 * 0.2])
     np.testing.assert_allclose(weights, posterior / posterior.sum(), rtol=1e-9)
     assert DEFAULT_ETA == pytest.approx(math.log(1 / DEFAULT_P_MIN))
+
+
+def test_a_model_saved_before_the_separate_layout_loads_and_reads_joint_features(tmp_path):
+    """config.json written before `context_dim` existed: the model loads, says it reads the joint
+    layout, and scores exactly as before."""
+    import json
+
+    from micro_rm.model.config import MixtureConfig
+    from micro_rm.model.mixture import MixtureRewardModel
+
+    model = MixtureRewardModel(MixtureConfig(num_heads=2, reward_dim=4, route_dim=4))
+    model.save_pretrained(tmp_path / "old")
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    for key in ("context_dim", "context_prototypes", "context_temperature"):
+        config.pop(key)
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+    loaded = MixtureRewardModel.from_pretrained(str(tmp_path / "old"))
+    assert loaded.config.context_encoding == "joint"
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    np.testing.assert_allclose(loaded.predict_proba(x, -x, x), model.predict_proba(x, -x, x), rtol=1e-6)
+
+
+def test_a_separate_layout_model_round_trips_with_its_prototypes(tmp_path, synthetic):
+    train, test, backbone, cache = synthetic
+    features, _ = featurize(train[:200], backbone, cache, progress=False)
+    model, _ = fit_stage1(features, Stage1Config(heads=4, epochs=2), progress=False)
+    assert model.config.context_encoding == "separate" and model.config.context_prototypes == 4
+    model.save_pretrained(tmp_path / "new")
+    from micro_rm.model.mixture import MixtureRewardModel
+
+    loaded = MixtureRewardModel.from_pretrained(str(tmp_path / "new"))
+    np.testing.assert_array_equal(loaded.router_weights(features.route), model.router_weights(features.route))
