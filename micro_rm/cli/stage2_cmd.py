@@ -41,6 +41,7 @@ def adapt(
     hf_split: Optional[str] = typer.Option(None, "--hf-split", help=HF_SPLIT_HELP),
     out: Path = typer.Option(..., "--out", help="Folder for the adapted model."),
     budget: int = typer.Option(_default("budget"), "--budget", help=_help("budget")),
+    algorithm: str = typer.Option(_default("algorithm"), "--algorithm", help=_help("algorithm")),
     tau: str = typer.Option(str(_default("tau")), "--tau", help=_help("tau")),
     epochs: int = typer.Option(_default("epochs"), "--epochs", help=_help("epochs")),
     batch_size: int = typer.Option(_default("batch_size"), "--batch-size", help=_help("batch_size")),
@@ -51,10 +52,11 @@ def adapt(
     cache_only: bool = typer.Option(False, "--cache-only", help=CACHE_ONLY_HELP),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Stage 2: fine-tune the router on context + prompt from a budget of context pairs.
+    """Stage 2: adapt the router to contexts from a budget of context pairs.
 
     Algorithm 1: Hedge soft targets recomputed once per epoch, distilled into the router by
-    cross-entropy; the heads stay frozen.
+    cross-entropy; the heads stay frozen. The default (--algorithm safe) keeps the stage-1 router
+    unless cross-validation on held-out budget prompts shows that adapting helps.
 
     Example: micro-rm adapt --model runs/dsp --data dsp-train.jsonl --budget 50 --tau auto
     --out runs/dsp-adapted
@@ -63,8 +65,8 @@ def adapt(
     from micro_rm.model.pretrained import check_destination
     from micro_rm.train.stage2 import AdaptConfig, parse_tau
 
-    config = AdaptConfig(budget=budget, tau=parse_tau(tau), epochs=epochs, batch_size=batch_size,
-                         lr=lr, folds=folds, seed=seed)
+    config = AdaptConfig(budget=budget, algorithm=algorithm, tau=parse_tau(tau), epochs=epochs,
+                         batch_size=batch_size, lr=lr, folds=folds, seed=seed)
     check_destination(out)
 
     from micro_rm.data.readers import read_pairs
