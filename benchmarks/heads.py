@@ -25,7 +25,6 @@ from micro_rm.cli import main
 from micro_rm.data.readers import read_pairs, write_pairs
 from micro_rm.data.records import prompt_key
 from micro_rm.eval.bootstrap import PromptBootstrap, percentile_interval
-from micro_rm.heads.audit import audit_heads, audit_summary
 from micro_rm.heads.mask import mask_heads
 from micro_rm.heads.merge import duplicate_head
 from micro_rm.model.mixture import MixtureRewardModel
@@ -114,29 +113,29 @@ def style_check(profile_path: Path) -> dict[str, Any]:
 
 
 def hh(work: Path) -> None:
+    """K = 4 (the DSP setting) and K = 2, audited on harmless validation pairs; masking measured on test."""
     split_files(work, "hh-rlhf", "hh-rlhf")
-    model_dir = work / "hh-k4"
-    if not model_dir.exists():
-        cli("train", "--data", work / "hh-rlhf-train.jsonl", *TRAIN, "--heads", 4, "--out", model_dir)
     for split in ("val", "test"):
         rows = [r for r in read_pairs(str(work / f"hh-rlhf-{split}.jsonl")) if r.get("attribute") == "harmless"]
         write_pairs(rows, work / f"harmless-{split}.jsonl")
-    folder = RESULTS / "heads-hh"
-    cli("heads", "audit", model_dir, "--data", work / "harmless-val.jsonl", "--out", folder / "audit-validation.json")
-    cli("heads", "audit", model_dir, "--data", work / "harmless-test.jsonl", "--out", folder / "audit-test.json")
-    audit = json.loads((folder / "audit-validation.json").read_text())
-    # Mask the flagged heads; when none is flagged, the head most often preferring the rejected
-    # response on validation, as an exploratory check (it is not significant).
-    heads = audit["flagged"] or [max(audit["heads"], key=lambda h: h["rejected_rate"])["head"]]
-    model = MixtureRewardModel.from_pretrained(str(model_dir))
-    masked = mask_heads(MixtureRewardModel.from_pretrained(str(model_dir)), heads)
     test = read_pairs(str(work / "hh-rlhf-test.jsonl"))
-    result = {"masked_heads": heads, "flagged_on_validation": audit["flagged"],
-              "test_accuracy": {a: accuracy_with_intervals({"original": model, "masked": masked},
-                                                            [r for r in test if r["attribute"] == a])
-                                for a in ("harmless", "helpful")}}
-    write_json(folder / "masking.json", result)
-    print(audit_summary(audit))
+    for k in (4, 2):
+        model_dir, folder = work / f"hh-k{k}", RESULTS / "heads-hh" / f"k{k}"
+        if not model_dir.exists():
+            cli("train", "--data", work / "hh-rlhf-train.jsonl", *TRAIN, "--heads", k, "--out", model_dir)
+        cli("heads", "audit", model_dir, "--data", work / "harmless-val.jsonl", "--out", folder / "audit-validation.json")
+        cli("heads", "audit", model_dir, "--data", work / "harmless-test.jsonl", "--out", folder / "audit-test.json")
+        audit = json.loads((folder / "audit-validation.json").read_text())
+        # Mask the flagged heads; when none is flagged, the head most often preferring the rejected
+        # response on validation, as an exploratory check (it is not significant).
+        heads = audit["flagged"] or [max(audit["heads"], key=lambda h: h["rejected_rate"])["head"]]
+        model = MixtureRewardModel.from_pretrained(str(model_dir))
+        masked = mask_heads(MixtureRewardModel.from_pretrained(str(model_dir)), heads)
+        result = {"masked_heads": heads, "flagged_on_validation": audit["flagged"],
+                  "test_accuracy": {a: accuracy_with_intervals({"original": model, "masked": masked},
+                                                                [r for r in test if r["attribute"] == a])
+                                    for a in ("harmless", "helpful")}}
+        write_json(folder / "masking.json", result)
 
 
 def auto(work: Path) -> None:
