@@ -58,10 +58,12 @@ def profile_cmd(
     cache_only: bool = typer.Option(False, "--cache-only", help=CACHE_ONLY_HELP),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Describe each head: accuracy per attribute, the response statistics its reward follows
-    (length, readability, lists, hedging, refusals, sentiment, formality, prompt overlap, …),
-    the pairs where it disagrees most with the others, a head × head agreement matrix, and a
-    generated label, stored in the model's config.json.
+    """Describe each head and label it (the label is stored in the model's config.json).
+
+    The report gives each head's accuracy per attribute, the response statistics its reward
+    follows (length, readability, lists, hedging, refusals, sentiment, formality, prompt
+    overlap, …), the pairs where it disagrees most with the others and a head × head agreement
+    matrix.
 
     Example: micro-rm heads runs/dsp --data dsp-test.jsonl --report runs/dsp-heads
     """
@@ -114,8 +116,10 @@ def audit_cmd(
     cache_only: bool = typer.Option(False, "--cache-only", help=CACHE_ONLY_HELP),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Flag heads that prefer the rejected response of safety pairs significantly more often than
-    chance (one-sided binomial test, Wilson interval); mask a flagged head with `heads mask`.
+    """Flag heads that prefer the rejected response of safety pairs more often than chance.
+
+    One-sided binomial test against 1/2, Bonferroni over the heads, with a Wilson interval; mask
+    a flagged head with `micro-rm heads mask`.
 
     Example: micro-rm heads audit runs/hh --data hh-harmless.jsonl
     """
@@ -144,8 +148,9 @@ def mask_cmd(
     out: Path = typer.Option(..., "--out", help="Folder for the masked model."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Write a copy of the model whose router can never route to the given heads (their weight is
-    0 everywhere, the others renormalise); the service refuses to route to them too.
+    """Write a copy of the model whose router never routes to the given heads.
+
+    Their weight is 0 everywhere and the others renormalise; the service serves the same.
 
     Example: micro-rm heads mask runs/hh --head 1 --out runs/hh-masked
     """
@@ -174,8 +179,9 @@ def merge_cmd(
     cache_only: bool = typer.Option(False, "--cache-only", help=CACHE_ONLY_HELP),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Merge heads whose predictions agree above a threshold and re-fit the router on the train
-    pairs with the stage-1 objective (heads frozen).
+    """Merge heads whose predictions agree above a threshold; re-fit the router.
+
+    The router is re-fitted on the train pairs with the stage-1 objective, heads frozen.
 
     Example: micro-rm heads merge runs/dsp --data dsp-train.jsonl --min-agreement 0.9 --out runs/dsp-merged
     """

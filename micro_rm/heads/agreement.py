@@ -18,7 +18,9 @@ import numpy as np
 def agreement_matrix(deltas: np.ndarray) -> np.ndarray:
     """Fraction of pairs on which heads k and j pick the same winner: ``deltas`` [N, K] → [K, K]."""
     signs = np.sign(np.asarray(deltas, dtype=np.float64))                          # [N, K]
-    return (1.0 + signs.T @ signs / max(len(signs), 1)) / 2.0
+    agreement = (1.0 + signs.T @ signs / max(len(signs), 1)) / 2.0                 # a tie counts 1/2
+    np.fill_diagonal(agreement, 1.0)                                               # even on ties
+    return agreement
 
 
 def agreement_clusters(agreement: np.ndarray, min_agreement: float) -> list[list[int]]:

@@ -37,7 +37,7 @@ def head_deltas(model: MixtureRewardModel, features: PairFeatures) -> np.ndarray
 
 
 def profile_heads(model: MixtureRewardModel, features: PairFeatures, records: Sequence[dict[str, Any]], *,
-                  resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+                  resamples: int = 1000, seed: int = 0, progress: bool = True) -> dict[str, Any]:
     """The profile of every head on ``records`` (aligned with ``features``): a JSON-ready dict with
     ``accuracy`` (per attribute, with intervals), ``statistics`` (Spearman correlation of each
     head's reward difference with each statistic's difference, intervals, and how far each
@@ -48,10 +48,11 @@ def profile_heads(model: MixtureRewardModel, features: PairFeatures, records: Se
     deltas = head_deltas(model, features)                                             # [N, K]
     prompts = [prompt_key(r) for r in records]
     boot = PromptBootstrap(prompts, features.attributes, resamples=resamples, seed=seed)
-    stats = (response_statistics([render_text(r["chosen"]) for r in records], prompts)
-             - response_statistics([render_text(r["rejected"]) for r in records], prompts))   # [N, S]
+    texts = [render_text(r[side]) for side in ("chosen", "rejected") for r in records]
+    both = response_statistics(texts, prompts * 2, progress=progress)                  # [2N, S]
+    stats = both[:len(records)] - both[len(records):]                                 # [N, S]
     _, prompt_of = np.unique(np.asarray(prompts, dtype=object).astype(str), return_inverse=True)
-    rho, rho_samples = _spearman(deltas, stats, boot.counts[:, prompt_of])              # [K, S], [R, K, S]
+    rho, rho_samples = _spearman(deltas, stats, prompt_of, boot.counts)                # [K, S], [R, K, S]
     lead, lead_samples = _lead(rho), _lead(rho_samples)
     agreement = agreement_matrix(deltas)
     profile = {
@@ -93,23 +94,32 @@ def _ranks(x: np.ndarray) -> np.ndarray:
     return rankdata(x, axis=0)
 
 
-def _spearman(deltas: np.ndarray, stats: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _spearman(deltas: np.ndarray, stats: np.ndarray, prompt_of: np.ndarray,
+              counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Spearman correlation [K, S] of the columns of ``deltas`` [N, K] with those of ``stats``
-    [N, S], and its bootstrap draws [R, K, S] under the pair ``weights`` [R, N] (ranks are taken
-    once; a resample reweights them). A constant statistic correlates 0."""
-    x, y = _ranks(deltas), _ranks(stats)
+    [N, S], and its bootstrap draws [R, K, S] when prompt p is drawn ``counts[r, p]`` times
+    (``prompt_of`` [N]: each pair's prompt). Ranks are taken once and a draw reweights them;
+    moments are summed per prompt first, so memory grows with prompts, not pairs. A constant
+    statistic correlates 0."""
+    from scipy.sparse import csr_matrix
 
-    def weighted(w: np.ndarray) -> np.ndarray:                                        # [R, N] → [R, K, S]
-        total = w.sum(1, keepdims=True)
-        mx, my = (w @ x) / total, (w @ y) / total                                     # [R, K], [R, S]
-        cov = np.einsum("rn,nk,ns->rks", w, x, y) / total[:, :, None] - mx[:, :, None] * my[:, None, :]
-        vx = (w @ x ** 2) / total - mx ** 2
-        vy = (w @ y ** 2) / total - my ** 2
+    x, y = _ranks(deltas), _ranks(stats)                                              # [N, K], [N, S]
+    n, k = x.shape
+    member = csr_matrix((np.ones(n), (prompt_of, np.arange(n))), shape=(counts.shape[1], n))   # [P, N]
+    xy = np.hstack([member @ (x[:, [j]] * y) for j in range(k)])                     # [P, K·S]
+    moments = [member @ np.ones(n), member @ x, member @ y, member @ x ** 2, member @ y ** 2, xy]
+
+    def weighted(w: np.ndarray) -> np.ndarray:                                        # [R, P] → [R, K, S]
+        total, sx, sy, sxx, syy, sxy = (w @ m for m in moments)
+        total = total[:, None]
+        mx, my = sx / total, sy / total                                               # [R, K], [R, S]
+        cov = sxy.reshape(len(w), k, -1) / total[:, :, None] - mx[:, :, None] * my[:, None, :]
+        vx, vy = sxx / total - mx ** 2, syy / total - my ** 2
         with np.errstate(invalid="ignore", divide="ignore"):
             rho = cov / np.sqrt(vx[:, :, None] * vy[:, None, :])
         return np.where(np.isfinite(rho), np.clip(rho, -1.0, 1.0), 0.0)
 
-    return weighted(np.ones((1, len(x))))[0], weighted(weights.astype(np.float64))
+    return weighted(np.ones((1, counts.shape[1])))[0], weighted(counts)
 
 
 def _lead(rho: np.ndarray) -> np.ndarray:

@@ -96,13 +96,17 @@ STATISTICS = (
 STATISTIC_NAMES = tuple(s.name for s in STATISTICS)
 
 
-def response_statistics(responses: Sequence[str], prompts: Sequence[str]) -> np.ndarray:
+def response_statistics(responses: Sequence[str], prompts: Sequence[str], *, progress: bool = False) -> np.ndarray:
     """The statistics [N, S] (columns in ``STATISTIC_NAMES`` order) of N responses to their prompts.
 
     Each distinct (response, prompt) is measured once: preference data repeats responses."""
+    from tqdm.auto import tqdm
+
     if len(responses) != len(prompts):
         raise ValueError(f"{len(responses)} responses but {len(prompts)} prompts")
-    return np.array([_measure(r, p) for r, p in zip(responses, prompts)], dtype=np.float64).reshape(-1, len(STATISTICS))
+    rows = [_measure(r, p) for r, p in tqdm(zip(responses, prompts), total=len(prompts), unit="response",
+                                             desc="response statistics", disable=not progress, leave=False)]
+    return np.array(rows, dtype=np.float64).reshape(-1, len(STATISTICS))
 
 
 @lru_cache(maxsize=65_536)
