@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
@@ -21,9 +21,11 @@ async def user_loss(store: Any, principal: Optional[Principal], user_id: Optiona
     return state.cumulative_loss, state.num_feedback
 
 
-def feedback_weights(cumulative_loss: np.ndarray, eta: float) -> list[float]:
-    """normalise(exp(−η S)): a user's weights under a uniform prior."""
+def feedback_weights(cumulative_loss: np.ndarray, eta: float, masked: Sequence[int] = ()) -> list[float]:
+    """normalise(exp(−η S)): a user's weights under a uniform prior over the heads that are not
+    ``masked`` (a masked head's weight is 0)."""
     from micro_rm.online.hedge import hedge_log_weights
 
-    k = len(cumulative_loss)
-    return np.exp(hedge_log_weights(np.full(k, -np.log(k)), cumulative_loss, eta)).tolist()
+    log_prior = np.zeros(len(cumulative_loss))
+    log_prior[list(masked)] = -np.inf
+    return np.exp(hedge_log_weights(log_prior, cumulative_loss, eta)).tolist()

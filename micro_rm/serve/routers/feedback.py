@@ -85,7 +85,7 @@ def _answer(scorer: Any, settings: ServeSettings, records: list[dict[str, Any]],
         num_feedback, loss = states[user]
         routed = scorer.routed(vectors[last:last + 1], routes[last:last + 1], loss, settings.eta)
         out.append(UserWeights(user_id=user, num_feedback=num_feedback, cumulative_loss=loss.tolist(),
-                               feedback_weights=feedback_weights(loss, settings.eta),
+                               feedback_weights=feedback_weights(loss, settings.eta, scorer.model.config.masked_heads),
                                weights=routed.weights[0].tolist()))
     return FeedbackResponse(accepted=n, users=out)
 

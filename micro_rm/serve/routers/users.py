@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException, Path, status
 
 from micro_rm.serve.auth import Principal, check_acts_as, require_admin, require_principal
-from micro_rm.serve.deps import get_settings, get_store, get_token_store
+from micro_rm.serve.deps import get_scorer, get_settings, get_store, get_token_store
 from micro_rm.serve.routers.common import feedback_weights
 from micro_rm.data.records import USER_ID_PATTERN
 from micro_rm.serve.schemas import CreatedUser, CreateUserRequest, DeletedUser, UserInfo
@@ -50,7 +50,7 @@ def list_users(_: Principal = Depends(require_admin), tokens: Any = Depends(get_
 @router.get("/{user_id}", response_model=UserInfo)
 def get_user(user_id: str = UserPath, principal: Principal = Depends(require_principal),
              settings: ServeSettings = Depends(get_settings), store: Any = Depends(get_store),
-             tokens: Any = Depends(get_token_store)) -> UserInfo:
+             tokens: Any = Depends(get_token_store), scorer: Any = Depends(get_scorer)) -> UserInfo:
     """A user's Hedge state: S_u, the feedback count and the weights under a uniform prior."""
     check_acts_as(principal, user_id)
     has_token = tokens.exists(user_id)
@@ -59,7 +59,8 @@ def get_user(user_id: str = UserPath, principal: Principal = Depends(require_pri
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"unknown user {user_id!r}")
     return UserInfo(user_id=user_id, num_feedback=state.num_feedback,
                     cumulative_loss=state.cumulative_loss.tolist(),
-                    feedback_weights=feedback_weights(state.cumulative_loss, settings.eta),
+                    feedback_weights=feedback_weights(state.cumulative_loss, settings.eta,
+                                                     scorer.model.config.masked_heads),
                     has_token=has_token, model_id=store.model_id, eta=settings.eta)
 
 
