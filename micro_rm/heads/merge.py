@@ -31,7 +31,7 @@ from micro_rm.heads.profile import head_deltas
 from micro_rm.model.config import MixtureConfig
 from micro_rm.model.mixture import ContextRouter, MixtureRewardModel
 from micro_rm.train.config import Stage1Config
-from micro_rm.train.stage1 import stage1_loss, validation_split
+from micro_rm.train.stage1 import _small_tensor_cpu, stage1_loss, validation_split
 
 
 def merge_heads(model: MixtureRewardModel, features: PairFeatures, min_agreement: float = 0.9, *,
@@ -159,16 +159,17 @@ def _refit_router(model: MixtureRewardModel, features: PairFeatures, config: Sta
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     shuffle = torch.Generator().manual_seed(config.seed)
-    for _ in tqdm(range(epochs), desc="re-fitting the router", unit="epoch", disable=not progress, leave=False):
-        model.train()
-        for batch in torch.from_numpy(train)[torch.randperm(len(train), generator=shuffle)].split(config.batch_size):
-            loss = stage1_loss(model, diff[batch], route[batch], config.alpha, config.balance)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        nll = held_nll()
-        if nll < best[0]:
-            best = (nll, copy.deepcopy(model.state_dict()))
+    with _small_tensor_cpu("cpu"):          # one thread: many tiny steps (see stage 1)
+        for _ in tqdm(range(epochs), desc="re-fitting the router", unit="epoch", disable=not progress, leave=False):
+            model.train()
+            for batch in torch.from_numpy(train)[torch.randperm(len(train), generator=shuffle)].split(config.batch_size):
+                loss = stage1_loss(model, diff[batch], route[batch], config.alpha, config.balance)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            nll = held_nll()
+            if nll < best[0]:
+                best = (nll, copy.deepcopy(model.state_dict()))
     model.load_state_dict(best[1])
     model.heads.weight.requires_grad_(True)
     return best[0]
