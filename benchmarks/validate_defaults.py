@@ -3,8 +3,8 @@
 The canonical train split is cut again by prompt (20 % held out, salted hash). Stage 1 trains on
 the rest with each attribute's first two phrasings (configs/<name>.yaml, `data.contexts`, as the
 harness does); it is scored on the held-out prompts under phrasings 3–4 (the harness's adapt
-phrasings), which it never saw. The test phrasings 5–8 and the test split are not read. Stage 2 draws B pairs per attribute carrying phrasings 3–4 from
-the training prompts. Printed: validation accuracy per context temperature T (stage 1), and of
+phrasings), which it never saw. The test phrasings 5–8 and the test split are not read. Stage 2 draws B pairs per attribute carrying phrasing 3 from the
+training prompts and is scored under phrasing 4 (unseen by both stages). Printed: validation accuracy per context temperature T (stage 1), and of
 stage 2 (safe and paper algorithms) at B = 10 and 50 (3 draws).
 
     python benchmarks/validate_defaults.py dsp        # needs ../shared/data (or $MICRO_RM_DATA)
@@ -12,12 +12,13 @@ stage 2 (safe and paper algorithms) at B = 10 and 50 (3 draws).
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 
 import numpy as np
 
-CANDIDATE_T = (0.01, 0.02, 0.03, 0.05, 0.1)
+CANDIDATE_T = tuple(float(t) for t in os.environ.get("CANDIDATE_T", "0.01,0.02,0.05,0.1,0.2").split(","))
 ALGORITHMS = ("safe", "paper")
 
 
@@ -51,7 +52,7 @@ def main(name: str) -> None:
 
     stage1 = features(with_phrasings(train, {a: v[:2] for a, v in phrasings.items()}, "train"))
     validation = [features([{**r, "context": phrasings[r["attribute"]][j]} for r in val]) for j in (2, 3)]
-    pool = features(with_phrasings(train, {a: v[2:4] for a, v in phrasings.items()}, "adapt"))
+    pool = features(with_phrasings(train, {a: v[2:3] for a, v in phrasings.items()}, "adapt"))
     heads = config.stage1.heads
     print(f"{name}: {len(train)} train / {len(val)} validation pairs (held-out train prompts)")
     print("| T | stage-1 accuracy, unseen phrasings |\n|---:|---:|")
@@ -61,11 +62,12 @@ def main(name: str) -> None:
                                                        context_temperature=t), progress=False)
         print(f"| {t:g} | {np.mean([accuracy(models[t], f) for f in validation]):.4f} |", flush=True)
     model = models[Stage1Config().context_temperature]
+    validation = validation[1:]                                   # phrasing 4: new to stage 2 too
     base = np.mean([accuracy(model, f) for f in validation])
     print(f"\nstage 2 at the default T (stage 1: {base:.4f})\n| algorithm | B | accuracy (3 draws) |\n"
           "|:---|---:|---:|")
     for algorithm in ALGORITHMS:
-        for budget in (10, 50):
+        for budget in (10, 50, 200):
             means = [np.mean([accuracy(adapt_router(model, pool.subset(draw_budget(pool.attributes, budget, s)),
                                                     AdaptConfig(algorithm=algorithm, seed=s), progress=False)[0], f)
                               for f in validation]) for s in range(3)]

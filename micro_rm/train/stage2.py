@@ -41,6 +41,7 @@ Torch is imported inside the functions that need it, so the CLI's ``--help`` (wh
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import math
 import time
@@ -262,7 +263,8 @@ def check_adaptable(model: "MixtureRewardModel") -> None:
 
 def trainable_router_parameters(model: "MixtureRewardModel", algorithm: str) -> list:
     """What stage 2 fits: the whole router (``paper``, or a joint-layout router), or only the
-    context branch of a separate-layout router (``safe``)."""
+    context branch of a separate-layout router (``safe``; see :func:`budget_prototypes` for which
+    of its rows)."""
     router = model.router
     if algorithm == "safe" and model.config.context_dim:
         return [router.prototype_logits, router.null_logits]
@@ -279,10 +281,12 @@ def fit_router(model: "MixtureRewardModel", route: "torch.Tensor", deltas: "torc
 
     from micro_rm.model.losses import bt_loss
 
-    if model.config.context_dim and not len(model.router.prototypes):
-        add_budget_prototypes(model, route, config.seed)
+    spoken_for = budget_prototypes(model, route, config.seed) if model.config.context_dim else None
     losses = bt_loss(deltas)                                             # L_ik = −log σ(Δ_ik), [N, K]
-    distil = _exact_distillation if config.algorithm == "safe" else _adam_distillation(model, route, config)
+    if config.algorithm == "safe":
+        distil = functools.partial(_exact_distillation, rows=spoken_for)
+    else:
+        distil = _adam_distillation(model, route, config)
     rows, start = [], time.perf_counter()
     model.train()
     for epoch in tqdm(range(1, config.epochs + 1), desc=f"stage 2 (τ={tau:g})", unit="epoch",
@@ -299,29 +303,50 @@ def fit_router(model: "MixtureRewardModel", route: "torch.Tensor", deltas: "torc
 PAIRS_PER_PROTOTYPE = 10  # a new prototype's logits are estimated from about this many pairs at least
 
 
-def add_budget_prototypes(model: "MixtureRewardModel", route: "torch.Tensor", seed: int) -> None:
-    """Give a router without prototypes (stage 1 saw no context) the budget's contexts: their
-    spherical k-means centres, at most one per ``PAIRS_PER_PROTOTYPE`` pairs, so that a prototype
-    is not one pair's context (whose logits would just memorise that pair's label)."""
+def budget_prototypes(model: "MixtureRewardModel", route: "torch.Tensor", seed: int) -> "torch.Tensor":
+    """Make the budget's contexts prototypes of the router and return which prototypes the budget
+    speaks for (bool [M]): the existing ones equal to a budget context, and the new ones. A new
+    phrasing becomes a prototype of its own instead of re-training the logits of the training
+    phrasing it happens to be nearest to, which would move every user of that phrasing. Many
+    distinct new contexts (one per pair, e.g. personas) become spherical k-means centres, at most
+    one per ``PAIRS_PER_PROTOTYPE`` pairs, so that no prototype memorises one pair's label."""
     import torch
 
     from micro_rm.train.stage1 import context_prototypes
 
-    width = model.config.context_dim
-    centres = context_prototypes(route.detach().cpu().numpy(), width,
-                                 max(1, len(route) // PAIRS_PER_PROTOTYPE), seed)
-    model.router.add_prototypes(torch.from_numpy(centres).to(route.device))
-    model.config.context_prototypes = len(model.router.prototypes)
+    router, width = model.router, model.config.context_dim
+    context = route[:, -width:]
+    unit = torch.nn.functional.normalize(context[context.norm(dim=-1) > 0], dim=-1)
+    known = len(router.prototypes)
+    matched = torch.zeros(known, dtype=torch.bool, device=route.device)
+    new = unit
+    if known and len(unit):
+        similarity = unit @ router.prototypes.T                                          # [n, M]
+        matched = (similarity > 1 - 1e-6).any(dim=0)
+        new = unit[similarity.max(dim=-1).values <= 1 - 1e-6]
+    if len(new):
+        centres = context_prototypes(new.detach().cpu().numpy(), width,
+                                     max(1, len(new) // PAIRS_PER_PROTOTYPE), seed)
+        router.add_prototypes(torch.from_numpy(centres).to(route.device))
+        model.config.context_prototypes = len(router.prototypes)
+    added = torch.ones(len(router.prototypes) - known, dtype=torch.bool, device=route.device)
+    return torch.cat([matched, added])
 
 
 def _exact_distillation(model: "MixtureRewardModel", route: "torch.Tensor", targets: "torch.Tensor",
-                        config: AdaptConfig) -> float:
+                        config: AdaptConfig, rows: Optional["torch.Tensor"] = None) -> float:
     """One exact mirror-descent step (``safe``): fit the trainable router parameters to the
     targets, full batch, with L-BFGS until it converges (at most ``DISTIL_ITERATIONS``). The step
-    is then the Hedge step itself, whose size τ sets; no learning rate normalises it away."""
+    is then the Hedge step itself, whose size τ sets; no learning rate normalises it away. On the
+    separate layout only the prototype logits ``rows`` move (and "no context" only when the
+    budget has pairs without one)."""
     import torch
 
     params = trainable_router_parameters(model, "safe")
+    if rows is not None:
+        context = route[:, -model.config.context_dim:]
+        params = [model.router.prototype_logits] + ([model.router.null_logits]
+                                                    if bool((context.norm(dim=-1) == 0).any()) else [])
     optimizer = torch.optim.LBFGS(params, lr=1.0, max_iter=DISTIL_ITERATIONS, line_search_fn="strong_wolfe")
     if model.config.context_dim:                     # only the context branch moves: precompute the rest
         logits = model.router.context_branch_logits(route)
@@ -334,6 +359,8 @@ def _exact_distillation(model: "MixtureRewardModel", route: "torch.Tensor", targ
         if config.weight_decay:
             ce = ce + config.weight_decay * sum((p ** 2).sum() for p in params) / 2
         ce.backward()
+        if rows is not None:
+            model.router.prototype_logits.grad[~rows] = 0.0          # prototypes the budget is silent on
         return ce
 
     return float(optimizer.step(closure).detach())
