@@ -7,7 +7,7 @@ difference between two responses correlates with the statistic's difference
 VADER. The phrase lists are short and English: they are meant to be read, checked and extended.
 
 >>> row = response_statistics(["Sure! Here are 3 steps:\\n- plan\\n- act"], ["How do I start?"])[0]
->>> dict(zip(STATISTIC_NAMES, row.round(2)))["list_items"]
+>>> float(row[STATISTIC_NAMES.index("list_items")])
 2.0
 """
 
