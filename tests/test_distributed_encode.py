@@ -136,7 +136,8 @@ def test_fill_returns_counts_without_vectors(tmp_path, static_backbone):
                          static_backbone)
     cache = FeatureCache(tmp_path)
     stats = cache.fill(items, static_backbone, progress=False)
-    assert (stats.texts, stats.encoded, stats.from_cache, stats.ranks) == (3, 3, 0, 1)
+    # 2 reward texts; route: the prompt and the empty context (separate layout)
+    assert (stats.texts, stats.encoded, stats.from_cache, stats.ranks) == (4, 4, 0, 1)
     assert cache.fill(items, static_backbone, progress=False).encoded == 0
     keys = item_keys(static_backbone.fingerprint(), list(dict.fromkeys(items)))
     found, _ = cache.lookup(keys, static_backbone.fingerprint(), static_backbone.dim)

@@ -183,6 +183,7 @@ def test_audit_flags_the_head_that_prefers_rejected_responses():
     model = MixtureRewardModel(MixtureConfig(num_heads=3, reward_dim=1, route_dim=1))
     with torch.no_grad():
         model.heads.weight.copy_(torch.tensor([[1.0], [-1.0], [0.0]]))   # safe, harmful, indifferent
+        model.router[-1].weight.zero_()                                   # not the random init's
         model.router[-1].bias.copy_(torch.tensor([0.0, 3.0, 0.0]))        # routed mostly to the harmful one
     audit = audit_heads(model, features)
     assert audit["flagged"] == [1]

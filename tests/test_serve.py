@@ -17,7 +17,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from micro_rm.online.hedge import hedge_log_weights, pair_losses
+from micro_rm.online.hedge import DEFAULT_ETA, hedge_log_weights, pair_losses
 
 TESTS = Path(__file__).resolve().parent
 ADMIN = "admin-token-for-tests-0123456789"
@@ -93,7 +93,7 @@ def new_user(client, user_id: str) -> dict:
     return bearer(response.json()["token"])
 
 
-def expected_rewards(scorer, prompt, responses, context=None, loss=None, eta=1.0):
+def expected_rewards(scorer, prompt, responses, context=None, loss=None, eta=DEFAULT_ETA):
     b = scorer.backbone
     x = encode([b.reward_item(prompt, r) for r in responses])
     route = encode([b.route_item(prompt, context)])
@@ -108,7 +108,7 @@ def test_healthz_docs_and_openapi(service, scorer):
     client, _ = service
     health = client.get("/healthz").json()
     assert health == {"status": "ok", "model_id": scorer.model_id, "variant": "micro", "num_heads": K,
-                      "backbone": "static", "eta": 1.0}
+                      "backbone": "static", "eta": DEFAULT_ETA}
     assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/score", "/compare", "/get_reward", "/feedback", "/users", "/users/{user_id}",
@@ -186,7 +186,8 @@ def test_feedback_adds_each_heads_loss_to_the_users_state(service, scorer):
     state = batch.json()["users"][0]
     assert batch.json()["accepted"] == 3 and state["num_feedback"] == 4
     np.testing.assert_allclose(state["cumulative_loss"], 4 * loss, rtol=1e-6)
-    np.testing.assert_allclose(state["feedback_weights"], np.exp(hedge_log_weights(np.log([0.5, 0.5]), 4 * loss, 1.0)))
+    np.testing.assert_allclose(state["feedback_weights"],
+                               np.exp(hedge_log_weights(np.log([0.5, 0.5]), 4 * loss, DEFAULT_ETA)))
     # the admin writes for anyone, and must say for whom
     assert client.post("/feedback", json={"prompt": PROMPT, "chosen": GOOD, "rejected": BAD},
                        headers=bearer(ADMIN)).status_code == 422
