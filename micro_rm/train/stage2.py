@@ -300,16 +300,18 @@ def fit_router(model: "MixtureRewardModel", route: "torch.Tensor", deltas: "torc
     return rows
 
 
-PAIRS_PER_PROTOTYPE = 10  # a new prototype's logits are estimated from about this many pairs at least
+PAIRS_PER_PROTOTYPE = 10   # a cluster of rare contexts gets one prototype per this many pairs
+MIN_PAIRS_PER_CONTEXT = 3  # a context with at least this many budget pairs is a prototype of its own
 
 
 def budget_prototypes(model: "MixtureRewardModel", route: "torch.Tensor", seed: int) -> "torch.Tensor":
     """Make the budget's contexts prototypes of the router and return which prototypes the budget
     speaks for (bool [M]): the existing ones equal to a budget context, and the new ones. A new
     phrasing becomes a prototype of its own instead of re-training the logits of the training
-    phrasing it happens to be nearest to, which would move every user of that phrasing. Many
-    distinct new contexts (one per pair, e.g. personas) become spherical k-means centres, at most
-    one per ``PAIRS_PER_PROTOTYPE`` pairs, so that no prototype memorises one pair's label."""
+    phrasing it happens to be nearest to, which would move every user of that phrasing. A context
+    with at least ``MIN_PAIRS_PER_CONTEXT`` budget pairs is a prototype of its own; rarer ones
+    (one per pair, e.g. personas) become spherical k-means centres, at most one per
+    ``PAIRS_PER_PROTOTYPE`` pairs, so that no prototype memorises one pair's label."""
     import torch
 
     from micro_rm.train.stage1 import context_prototypes
@@ -325,9 +327,14 @@ def budget_prototypes(model: "MixtureRewardModel", route: "torch.Tensor", seed: 
         matched = (similarity > 1 - 1e-6).any(dim=0)
         new = unit[similarity.max(dim=-1).values <= 1 - 1e-6]
     if len(new):
-        centres = context_prototypes(new.detach().cpu().numpy(), width,
-                                     max(1, len(new) // PAIRS_PER_PROTOTYPE), seed)
-        router.add_prototypes(torch.from_numpy(centres).to(route.device))
+        distinct, counts = torch.unique(new, dim=0, return_counts=True)
+        frequent, rare = distinct[counts >= MIN_PAIRS_PER_CONTEXT], new[(counts < MIN_PAIRS_PER_CONTEXT)[
+            torch.unique(new, dim=0, return_inverse=True)[1]]]
+        if len(rare):                                    # e.g. one persona per pair: cluster them
+            centres = context_prototypes(rare.detach().cpu().numpy(), width,
+                                         max(1, len(rare) // PAIRS_PER_PROTOTYPE), seed)
+            frequent = torch.cat([frequent, torch.from_numpy(centres).to(route.device)])
+        router.add_prototypes(frequent)
         model.config.context_prototypes = len(router.prototypes)
     added = torch.ones(len(router.prototypes) - known, dtype=torch.bool, device=route.device)
     return torch.cat([matched, added])
