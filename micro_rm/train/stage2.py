@@ -373,7 +373,7 @@ def _exact_distillation(model: "MixtureRewardModel", route: "torch.Tensor", targ
     return float(optimizer.step(closure).detach())
 
 
-DISTIL_ITERATIONS = 50  # L-BFGS iterations per epoch; the context branch's problem is convex
+DISTIL_ITERATIONS = 20  # L-BFGS iterations per epoch (warm-started; the context branch's problem is convex)
 
 
 def _adam_distillation(model: "MixtureRewardModel", route: "torch.Tensor", config: AdaptConfig):
