@@ -99,9 +99,10 @@ class Stage1Section:
     heads: int = _doc("Number of heads K (the paper: 5 for HelpSteer2, 10 for RPR).", 4)
     variants: list = _doc("The MiCRo grid: a list of {protocol, balance, alpha}; each is trained and "
                           "reported (stage 1 and stage 2).", factory=lambda: [VariantConfig()])
-    select: str = _doc("Which variant becomes the `micro` row: validation (lowest stage-1 validation "
-                       "NLL on held-out train prompts; no test label is read) or first (the first "
-                       "listed, declared primary).", "validation")
+    select: str = _doc("Which variant becomes the `micro` row: validation (the first listed variant "
+                       "whose stage-1 validation NLL on held-out train prompts is within one standard "
+                       "error of the lowest; no test label is read) or first (the first listed, "
+                       "declared primary).", "validation")
     alpha: float = _doc("Regulariser weight α (the paper: 0.5).", 0.5)
     router: str = _doc("Router network: mlp (the paper's) or linear.", "mlp")
     epochs: int = _doc("Passes over the training pairs.", 30)

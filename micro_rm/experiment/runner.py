@@ -8,7 +8,8 @@ Steps (METHOD.md, "Evaluation protocol"):
    evaluated on ``eval_data``'s test split; both default to ``data``).
 2. encode every text once through the feature cache.
 3. stage 1: each MiCRo variant of the protocol × regulariser grid; ``micro`` is the variant
-   picked by the config's rule (lowest stage-1 validation NLL on held-out *train* prompts, or
+   picked by the config's rule (the first listed variant within one standard error of the lowest
+   stage-1 validation NLL on held-out *train* prompts, or
    the first listed): no test label is read to choose it.
 4. stage 2: the chosen variant's router adapted with B context pairs per attribute over
    ``budget_curve.seeds`` draws (the other variants over one draw, for the grid's table).
@@ -380,9 +381,10 @@ class _Run:
         rule = self.config.stage1.select
         usable = [v for v in variants if np.isfinite(v["val_nll"])]
         if rule == "validation" and usable:
-            chosen = min(usable, key=lambda v: v["val_nll"])
-            self.selection = ("lowest stage-1 validation NLL (mixture NLL on held-out train prompts, "
-                              "no test labels)")
+            chosen = self.within_one_standard_error(usable)
+            self.selection = ("the first listed variant whose stage-1 validation NLL (mixture NLL on "
+                              "held-out train prompts, no test labels) is within one standard error of "
+                              "the lowest, paired over the validation pairs")
         else:
             chosen = variants[0]
             self.selection = "the first variant listed in the config (declared primary)"
@@ -390,6 +392,31 @@ class _Run:
         self.notes.insert(0, f"`micro` = variant {chosen['protocol']} / {chosen['balance']} "
                              f"(α={chosen['alpha']:g}), chosen by {self.selection}.")
         return chosen
+
+    def within_one_standard_error(self, variants: list[dict[str, Any]]) -> dict[str, Any]:
+        """The first listed variant whose validation NLL is not worse than the lowest by more than
+        one standard error of the per-pair difference: NLL gaps of a few thousandths are noise
+        and must not overrule the declared order."""
+        import torch
+
+        from micro_rm.train.stage1 import validation_split
+
+        def per_pair(v: dict[str, Any]) -> np.ndarray:
+            features = self.train_feats[v["protocol"]]
+            held = validation_split(features.prompts, self.config.stage1.val_fraction)[1]
+            rows = features.subset(held)
+            with torch.no_grad():
+                diff = torch.as_tensor(np.asarray(rows.chosen - rows.rejected, dtype=np.float32))
+                route = torch.as_tensor(np.asarray(rows.route, dtype=np.float32))
+                return -v["model"].log_likelihood(diff.to(self.device), route.to(self.device)).cpu().numpy()
+
+        losses = [per_pair(v) for v in variants]
+        best = int(np.argmin([l.mean() for l in losses]))
+        for v, l in zip(variants, losses):
+            gap = l - losses[best]
+            if gap.mean() <= gap.std(ddof=1) / np.sqrt(len(gap)):
+                return v
+        return variants[best]  # pragma: no cover - the best variant's own gap is 0
 
     def baselines(self) -> dict[str, dict[str, Any]]:
         """single, static and shared-base on binary pairs; single-ctx and static-ctx with the context

@@ -366,8 +366,9 @@ def _exact_distillation(model: "MixtureRewardModel", route: "torch.Tensor", targ
         if config.weight_decay:
             ce = ce + config.weight_decay * sum((p ** 2).sum() for p in params) / 2
         ce.backward()
-        if rows is not None:
-            model.router.prototype_logits.grad[~rows] = 0.0          # prototypes the budget is silent on
+        grad = model.router.prototype_logits.grad if rows is not None else None
+        if grad is not None:
+            grad[~rows] = 0.0                                       # prototypes the budget is silent on
         return ce
 
     return float(optimizer.step(closure).detach())
