@@ -100,7 +100,8 @@ compare two responses with `rm.compare` (Σ_k w_k σ(r_k(a) − r_k(b))).
 - backbone: `{fp.get('name') or (fp.get('spec') or {}).get('name', 'unknown')}`; reward features
   d = {config.reward_dim}, router features d_r = {config.route_dim}
 - router input: `{config.feature.get('router_input', 'unknown')}`; context in reward features:
-  `{config.feature.get('context_in_reward', 'unknown')}`
+  `{config.feature.get('context_in_reward', 'unknown')}`; route layout `{config.context_encoding}`
+  ({config.context_prototypes} prototype contexts, temperature {config.context_temperature:g})
 
 ## Training data
 | field | value |
