@@ -2,10 +2,12 @@
 
 The canonical train split is cut again by prompt (20 % held out, salted hash). Stage 1 trains on
 the rest with each attribute's first two phrasings (configs/<name>.yaml, `data.contexts`, as the
-harness does); it is scored on the held-out prompts under phrasings 3–4 (the harness's adapt
-phrasings), which it never saw. The test phrasings 5–8 and the test split are not read. Stage 2 draws B pairs per attribute carrying phrasing 3 from the
-training prompts and is scored under phrasing 4 (unseen by both stages). Printed: validation accuracy per context temperature T (stage 1), and of
-stage 2 (safe and paper algorithms) at B = 10 and 50 (3 draws).
+harness does) and is scored on the held-out prompts under phrasings 3–4, which it never saw.
+Stage 2 draws B pairs per attribute carrying phrasing 3 from the training prompts and is scored
+under phrasing 4 (unseen by both stages). The test phrasings 5–8 and the test split are never
+read. Printed: validation accuracy per context temperature T and per context-dropout rate
+(stage 1), and of stage 2 (safe and paper algorithms) at B = 10, 50 and 200 (3 draws).
+`CANDIDATE_T=0.1 CANDIDATE_DROPOUT=0.1` restrict the grids.
 
     python benchmarks/validate_defaults.py dsp        # needs ../shared/data (or $MICRO_RM_DATA)
 """
@@ -19,6 +21,7 @@ import warnings
 import numpy as np
 
 CANDIDATE_T = tuple(float(t) for t in os.environ.get("CANDIDATE_T", "0.01,0.02,0.05,0.1,0.2").split(","))
+CANDIDATE_DROPOUT = tuple(float(r) for r in os.environ.get("CANDIDATE_DROPOUT", "0,0.1,0.3").split(","))
 ALGORITHMS = ("safe", "paper")
 
 
@@ -61,7 +64,14 @@ def main(name: str) -> None:
         models[t], _ = fit_stage1(stage1, Stage1Config(heads=heads, epochs=config.stage1.epochs,
                                                        context_temperature=t), progress=False)
         print(f"| {t:g} | {np.mean([accuracy(models[t], f) for f in validation]):.4f} |", flush=True)
-    model = models[Stage1Config().context_temperature]
+    default_t = Stage1Config().context_temperature
+    print("\n| context dropout (T default) | stage-1 accuracy, unseen phrasings |\n|---:|---:|")
+    for rate in CANDIDATE_DROPOUT:
+        dropped, _ = fit_stage1(stage1, Stage1Config(heads=heads, epochs=config.stage1.epochs,
+                                                     context_temperature=default_t, context_dropout=rate),
+                                progress=False)
+        print(f"| {rate:g} | {np.mean([accuracy(dropped, f) for f in validation]):.4f} |", flush=True)
+    model = models[default_t]
     validation = validation[1:]                                   # phrasing 4: new to stage 2 too
     base = np.mean([accuracy(model, f) for f in validation])
     print(f"\nstage 2 at the default T (stage 1: {base:.4f})\n| algorithm | B | accuracy (3 draws) |\n"
