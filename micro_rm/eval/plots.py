@@ -164,7 +164,7 @@ def plot_phrasings(results: dict, path: str | Path) -> Path:
     stage 2 from budgets carrying other phrasings: does a paraphrase route like the original?"""
     p = results["phrasings"]
     names = (["training\nphrasings"] + [f"held-out {j + 1}" for j in range(len(p["heldout_per_phrasing"]))]
-             + [f"held-out,\nstage 2 B={b}" for b in p["stage2"]])
+             + [f"held-out,\nstage 2,\nB = {b}" for b in p["stage2"]])
     values = [p["training_phrasings"], *p["heldout_per_phrasing"], *(v["mean"] for v in p["stage2"].values())]
     colours = ["C0"] + ["C1"] * len(p["heldout_per_phrasing"]) + ["C2"] * len(p["stage2"])
     with _figure(path, _titled(results, "Stage-1 accuracy by context phrasing"), "",
