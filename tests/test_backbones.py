@@ -139,6 +139,15 @@ def test_decoder_route_item_ends_at_the_assistant_header(llama_dir):
     assert text == "[CLS]system: Be brief.[SEP][CLS]user: Hi[SEP][CLS]assistant:"
 
 
+def test_decoder_separate_layout_encodes_the_context_as_its_system_message(llama_dir):
+    from micro_rm.features.featurize import route_items
+
+    backbone = load_backbone(str(llama_dir))
+    assert backbone.context_item("Be brief.") == ("[CLS]system: Be brief.[SEP]", None)
+    prompt, context = route_items(backbone, "Hi", "Be brief.")
+    assert prompt == ("[CLS]user: Hi[SEP][CLS]assistant:", None) and context == backbone.context_item("Be brief.")
+
+
 def test_template_without_system_role_gets_the_context_in_the_user_turn(tmp_path):
     backbone = load_backbone(str(_save_llama(tmp_path, NO_SYSTEM_TEMPLATE)))
     text, _ = backbone.route_item("Hi", context="Be brief.")
