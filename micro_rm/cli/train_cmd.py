@@ -42,6 +42,15 @@ def train(
                                      "(the HelpSteer2 protocol)."),
     context_in_reward: bool = typer.Option(False, "--context-in-reward", help="Prepend the context "
                                            "to the prompt of the reward features too."),
+    context_encoding: str = typer.Option("separate", "--context-encoding", help="Router input layout: "
+                                         "separate (the prompt's and the context's embeddings side by "
+                                         "side, prototype routing that generalises to new phrasings) "
+                                         "or joint (one embedding of context ⊕ prompt through the "
+                                         "MLP, the paper's)."),
+    context_temperature: float = typer.Option(_default("context_temperature"), "--context-temperature",
+                                              help=_help("context_temperature")),
+    context_dropout: float = typer.Option(_default("context_dropout"), "--context-dropout",
+                                          help=_help("context_dropout")),
     epochs: int = typer.Option(_default("epochs"), "--epochs", help=_help("epochs")),
     lr: float = typer.Option(_default("lr"), "--lr", help=_help("lr")),
     batch_size: int = typer.Option(_default("batch_size"), "--batch-size", help=_help("batch_size")),
@@ -65,7 +74,7 @@ def train(
     (or --heads auto to choose K on held-out train prompts)
     """
     from micro_rm.errors import MicroRMError
-    from micro_rm.features.featurize import ROUTER_INPUTS
+    from micro_rm.features.featurize import ROUTER_INPUTS, check_context_encoding
     from micro_rm.model.pretrained import check_destination
     from micro_rm.train.config import Stage1Config
     from micro_rm.train.stage1 import fit_stage1
@@ -76,9 +85,11 @@ def train(
         raise MicroRMError(f"--heads must be a number of heads or auto (with --max-heads ≥ 1), got {heads!r}")
     config = Stage1Config(heads=1 if auto else int(heads), variant=variant, alpha=alpha, balance=balance, router=router,
                           epochs=epochs, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
-                          val_fraction=val_fraction, seed=seed, device=device)
+                          val_fraction=val_fraction, seed=seed, device=device,
+                          context_temperature=context_temperature, context_dropout=context_dropout)
     if router_input not in ROUTER_INPUTS:
         raise MicroRMError(f"--router-input must be one of {', '.join(ROUTER_INPUTS)}, got {router_input!r}")
+    check_context_encoding(context_encoding)
     check_destination(out)
 
     from micro_rm.cli.encode_cmd import resolve_dtype
@@ -92,7 +103,7 @@ def train(
     backbone = load_backbone(backbone_name, max_length=max_length, device=device,
                              dtype=resolve_dtype(dtype, backbone_name, device))
     features, stats = featurize(records, backbone, FeatureCache(cache_dir), router_input=router_input,
-                                context_in_reward=context_in_reward)
+                                context_in_reward=context_in_reward, context_encoding=context_encoding)
     if auto:
         from micro_rm.train.select_k import select_heads
         model, history, curve = select_heads(features, config, range(1, max_heads + 1))
