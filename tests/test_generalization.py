@@ -56,14 +56,16 @@ def test_router_generalises_to_held_out_phrasings_and_the_joint_design_does_not(
     results = {}
     for encoding in ("separate", "joint"):
         features, _ = featurize(train, backbone, cache, context_encoding=encoding, progress=False)
-        model, _ = fit_stage1(features, Stage1Config(heads=4, epochs=30), progress=False)
+        # No context dropout: the joint layout has none, so the two designs see the same pairs.
+        model, _ = fit_stage1(features, Stage1Config(heads=4, epochs=30, context_dropout=0.0), progress=False)
         seen = _accuracy(model, featurize(test, backbone, cache, context_encoding=encoding, progress=False)[0])
         results[encoding] = seen, _held_out_accuracy(model, test, backbone, cache, encoding)
     seen, held = results["separate"]
     assert seen > 0.65                                 # it learned the groups at all (one head: ~0.55)
-    assert held >= 0.95 * seen                         # a paraphrase routes (nearly) like the training sentence
+    assert held >= 0.97 * seen                         # a paraphrase routes like the training sentence
     old_seen, old_held = results["joint"]
     assert old_held < 0.9 * old_seen                   # the old design memorised the sentences (0.84 here)
+    # (0.98 for the separate layout here)
     assert held > old_held + 0.03
 
 
