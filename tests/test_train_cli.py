@@ -135,6 +135,25 @@ def test_export_scalar_by_weights_and_by_context(files, capsys):
     assert json.loads((files / "c" / "config.json").read_text())["variant"] == "static"
 
 
+def test_export_scalar_weights_are_the_routers_on_the_training_format_input(files, capsys):
+    """Regression (issue: export-scalar passed the context as the prompt): the frozen weights
+    are the router's on the route features featurize builds for (prompt "", that context)."""
+    from micro_rm.features.featurize import route_items, route_matrix
+    from micro_rm.model.mixture import MixtureRewardModel
+    from micro_rm.model.text import model_backbone
+
+    assert _train(files, capsys)[0] == 0
+    context = "be brief please"
+    code, result = _run(capsys, "export-scalar", "--model", files / "model", "--out", files / "c",
+                        "--context", context, "--json")
+    model = MixtureRewardModel.from_pretrained(str(files / "model"))
+    backbone = model_backbone(model)
+    items = route_items(backbone, "", context, context_encoding=model.config.context_encoding)
+    route = route_matrix(backbone.encode(items), [context], model.config.context_dim)
+    assert model.config.context_encoding == "separate" and route.shape == (1, model.config.route_dim)
+    assert result["weights"] == pytest.approx(model.router_weights(route)[0].tolist(), abs=1e-6)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--heads", "0"], "`heads` must be an integer ≥ 1"),
     (["--alpha", "-1"], "`alpha` must be a finite number"),
