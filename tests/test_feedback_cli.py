@@ -184,3 +184,10 @@ def test_eval_as_a_user_bad_input_exits_2(files, stage1, capsys, tmp_path, argv,
     code, out = _run(capsys, "eval", "--model", stage1, "--data", files / "test.jsonl", *argv)
     assert code == 2 and message in out.err and len(out.err.strip().splitlines()) == 1
     assert not (tmp_path / "missing.db").exists()
+
+
+@pytest.mark.parametrize("command", ["show", "reset"])
+def test_user_commands_apply_the_user_id_rule(tmp_path, capsys, command):
+    code, out = _run(capsys, "user", command, "", "--state", tmp_path / "state.db")
+    assert code == 2 and "is not a valid user id" in out.err and len(out.err.strip().splitlines()) == 1
+    assert not (tmp_path / "state.db").exists()

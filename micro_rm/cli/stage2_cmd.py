@@ -162,8 +162,10 @@ def show(
 
     Example: micro-rm user show ana --state state.db
     """
+    from micro_rm.data.records import check_user_id
     from micro_rm.online import open_store, validate_eta
 
+    check_user_id(user, "user")
     eta = validate_eta(eta)
     with open_store(state) as store:
         result = _user_result(store.get(user), store.location, eta)
@@ -180,8 +182,10 @@ def reset(
 
     Example: micro-rm user reset ana --state state.db
     """
+    from micro_rm.data.records import check_user_id
     from micro_rm.online import open_store
 
+    check_user_id(user, "user")
     with open_store(state) as store:
         before = store.reset(user)
     emit({"user": user, "state": str(state), "reset": True, "num_feedback_before": before.num_feedback},
