@@ -86,24 +86,17 @@ class ContextRouter(nn.Module):
         prompt, context = route.split([route.shape[-1] - self.context_dim, self.context_dim], dim=-1)
         return self.prompt(prompt) + self.context_logits(context)
 
-    def context_branch_logits(self, route: torch.Tensor) -> Callable[[], torch.Tensor]:
-        """The router's logits of ``route`` [N, d_r] as a function of the context branch's
-        parameters alone: the prompt branch and the attention are computed once. Stage 2 trains
-        only those parameters, so its many full-batch steps skip the prompt MLP."""
+    @torch.no_grad()
+    def context_branch_inputs(self, route: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
+        """What the logits of ``route`` [N, d_r] need besides the context branch's parameters:
+        the prompt branch's logits [N, K], the attention over the prototypes [N, M] (None without
+        prototypes) and which rows have a context [N, 1]. Stage 2 trains only those parameters,
+        so its many full-batch steps compute these once (see :func:`context_branch_logits`)."""
         prompt, context = route.split([route.shape[-1] - self.context_dim, self.context_dim], dim=-1)
-        with torch.no_grad():
-            fixed = self.prompt(prompt)                                                  # [N, K]
-            norm = context.norm(dim=-1, keepdim=True)
-            attention = (torch.softmax(context / norm.clamp_min(1e-12) @ self.prototypes.T / self.temperature, -1)
-                         if len(self.prototypes) else None)                              # [N, M]
-
-        def logits() -> torch.Tensor:
-            null = self.null_logits.expand(len(fixed), -1)
-            if attention is None:
-                return fixed + null
-            return fixed + torch.where(norm > 0, attention @ self.prototype_logits, null)
-
-        return logits
+        norm = context.norm(dim=-1, keepdim=True)
+        attention = (torch.softmax(context / norm.clamp_min(1e-12) @ self.prototypes.T / self.temperature, -1)
+                     if len(self.prototypes) else None)
+        return self.prompt(prompt), attention, norm > 0
 
     @torch.no_grad()
     def add_prototypes(self, contexts: torch.Tensor) -> int:
@@ -130,6 +123,18 @@ def unique_rows(vectors: torch.Tensor) -> torch.Tensor:
     first = torch.full((int(inverse.max()) + 1,), len(vectors), dtype=torch.long)
     first = first.scatter_reduce(0, inverse, torch.arange(len(vectors)), reduce="amin")
     return vectors[first.sort().values]
+
+
+def context_branch_logits(inputs: tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor],
+                          prototype_logits: torch.Tensor, null_logits: torch.Tensor) -> torch.Tensor:
+    """Router logits from :meth:`ContextRouter.context_branch_inputs` and context-branch
+    parameters for C candidates at once: ``prototype_logits`` [C, M, K], ``null_logits`` [C, K]
+    → [C, N, K]."""
+    fixed, attention, known = inputs
+    null = null_logits[:, None, :].expand(-1, len(fixed), -1)
+    if attention is None:
+        return fixed + null
+    return fixed + torch.where(known, attention @ prototype_logits, null)
 
 
 class MixtureRewardModel(nn.Module):

@@ -41,7 +41,6 @@ Torch is imported inside the functions that need it, so the CLI's ``--help`` (wh
 from __future__ import annotations
 
 import copy
-import functools
 import hashlib
 import math
 import time
@@ -282,11 +281,14 @@ def fit_router(model: "MixtureRewardModel", route: "torch.Tensor", deltas: "torc
     from micro_rm.model.losses import bt_loss
 
     spoken_for = budget_prototypes(model, route, config.seed) if model.config.context_dim else None
+    if config.algorithm == "safe" and spoken_for is not None:
+        prototype_logits, null_logits, rows = fit_context_branch(model, route, deltas, [tau], config, spoken_for)
+        with torch.no_grad():
+            model.router.prototype_logits.copy_(prototype_logits[0])
+            model.router.null_logits.copy_(null_logits[0])
+        return [{**row, "ce": row["ce"][0], "nll": row["nll"][0] if history else math.nan} for row in rows]
     losses = bt_loss(deltas)                                             # L_ik = −log σ(Δ_ik), [N, K]
-    if config.algorithm == "safe":
-        distil = functools.partial(_exact_distillation, rows=spoken_for)
-    else:
-        distil = _adam_distillation(model, route, config)
+    distil = _exact_distillation if config.algorithm == "safe" else _adam_distillation(model, route, config)
     rows, start = [], time.perf_counter()
     model.train()
     for epoch in tqdm(range(1, config.epochs + 1), desc=f"stage 2 (τ={tau:g})", unit="epoch",
@@ -341,37 +343,72 @@ def budget_prototypes(model: "MixtureRewardModel", route: "torch.Tensor", seed: 
 
 
 def _exact_distillation(model: "MixtureRewardModel", route: "torch.Tensor", targets: "torch.Tensor",
-                        config: AdaptConfig, rows: Optional["torch.Tensor"] = None) -> float:
-    """One exact mirror-descent step (``safe``): fit the trainable router parameters to the
-    targets, full batch, with L-BFGS until it converges (at most ``DISTIL_ITERATIONS``). The step
-    is then the Hedge step itself, whose size τ sets; no learning rate normalises it away. On the
-    separate layout only the prototype logits ``rows`` move (and "no context" only when the
-    budget has pairs without one)."""
+                        config: AdaptConfig) -> float:
+    """One exact mirror-descent step (``safe`` on a joint-layout router, which trains whole): fit
+    the router to the targets, full batch, with L-BFGS (at most ``DISTIL_ITERATIONS``)."""
     import torch
 
     params = trainable_router_parameters(model, "safe")
-    if rows is not None:
-        context = route[:, -model.config.context_dim:]
-        params = [model.router.prototype_logits] + ([model.router.null_logits]
-                                                    if bool((context.norm(dim=-1) == 0).any()) else [])
     optimizer = torch.optim.LBFGS(params, lr=1.0, max_iter=DISTIL_ITERATIONS, line_search_fn="strong_wolfe")
-    if model.config.context_dim:                     # only the context branch moves: precompute the rest
-        logits = model.router.context_branch_logits(route)
-    else:
-        logits = lambda: model.router(route)  # noqa: E731  (a joint-layout router trains whole)
 
     def closure() -> "torch.Tensor":
         optimizer.zero_grad(set_to_none=True)
-        ce = -(targets * torch.log_softmax(logits(), dim=-1)).sum(-1).mean()            # CE(ω, f_ψ)
+        ce = -(targets * model.router_log_weights(route)).sum(-1).mean()                # CE(ω, f_ψ)
         if config.weight_decay:
             ce = ce + config.weight_decay * sum((p ** 2).sum() for p in params) / 2
         ce.backward()
-        grad = model.router.prototype_logits.grad if rows is not None else None
-        if grad is not None:
-            grad[~rows] = 0.0                                       # prototypes the budget is silent on
         return ce
 
     return float(optimizer.step(closure).detach())
+
+
+def fit_context_branch(model: "MixtureRewardModel", route: "torch.Tensor", deltas: "torch.Tensor",
+                       taus: Sequence[float], config: AdaptConfig, rows: "torch.Tensor"
+                       ) -> tuple["torch.Tensor", "torch.Tensor", list[dict[str, Any]]]:
+    """Safe stage 2 on a separate-layout router, for several τ at once: T epochs of Hedge targets,
+    each distilled exactly (full batch, L-BFGS to convergence) into the context branch, so that an
+    epoch is the mirror-descent step itself and its size is τ's; no learning rate normalises it
+    away. Only the prototype logits ``rows`` move (and "no context" only when the budget has pairs
+    without one); the candidates are independent, so one L-BFGS over the sum of their objectives
+    fits each. Returns the prototype logits [C, M, K], the no-context logits [C, K] and one row per
+    epoch (ce and mixture nll per candidate)."""
+    import torch
+
+    from micro_rm.model.losses import bt_loss, mixture_bt_loss
+    from micro_rm.model.mixture import context_branch_logits
+
+    router, c = model.router, len(taus)
+    inputs = router.context_branch_inputs(route)
+    prototype_logits = router.prototype_logits.detach().expand(c, -1, -1).clone().requires_grad_(True)
+    null_logits = router.null_logits.detach().expand(c, -1).clone().requires_grad_(True)
+    params = [prototype_logits] + ([null_logits] if not bool(inputs[2].all()) else [])
+    tau = torch.tensor([check_tau(t) for t in taus], dtype=route.dtype, device=route.device).view(c, 1, 1)
+    losses = bt_loss(deltas)                                             # L_ik = −log σ(Δ_ik), [N, K]
+    epochs, start = [], time.perf_counter()
+    for epoch in range(1, config.epochs + 1):
+        with torch.no_grad():                                            # ω_i per candidate, [C, N, K]
+            targets = torch.softmax(torch.log_softmax(context_branch_logits(inputs, prototype_logits, null_logits),
+                                                      dim=-1) - losses / tau, dim=-1)
+        optimizer = torch.optim.LBFGS(params, lr=1.0, max_iter=DISTIL_ITERATIONS, line_search_fn="strong_wolfe")
+
+        def closure() -> "torch.Tensor":
+            optimizer.zero_grad(set_to_none=True)
+            log_f = torch.log_softmax(context_branch_logits(inputs, prototype_logits, null_logits), dim=-1)
+            ce = -(targets * log_f).sum(-1).mean(-1).sum()              # Σ_candidates CE(ω, f_ψ)
+            if config.weight_decay:
+                ce = ce + config.weight_decay * sum((p ** 2).sum() for p in params) / 2
+            ce.backward()
+            if prototype_logits.grad is not None:
+                prototype_logits.grad[:, ~rows] = 0.0                   # prototypes the budget is silent on
+            return ce
+
+        optimizer.step(closure)
+        with torch.no_grad():
+            log_f = torch.log_softmax(context_branch_logits(inputs, prototype_logits, null_logits), dim=-1)
+            epochs.append({"epoch": epoch, "ce": (-(targets * log_f).sum(-1).mean(-1)).tolist(),
+                           "nll": [mixture_bt_loss(deltas, lf).mean().item() for lf in log_f],
+                           "seconds": time.perf_counter() - start})
+    return prototype_logits.detach(), null_logits.detach(), epochs
 
 
 DISTIL_ITERATIONS = 20  # L-BFGS iterations per epoch (warm-started; the context branch's problem is convex)
@@ -418,6 +455,7 @@ def cross_validate(model: "MixtureRewardModel", route: "torch.Tensor", deltas: "
     from tqdm.auto import tqdm
 
     from micro_rm.model.losses import mixture_bt_loss
+    from micro_rm.model.mixture import context_branch_logits
 
     taus = config.tau_grid if config.tau == "auto" else (config.tau,)
     fold = prompt_folds(prompts, config.folds, config.seed)
@@ -431,6 +469,17 @@ def cross_validate(model: "MixtureRewardModel", route: "torch.Tensor", deltas: "
         for f in range(fold.max() + 1):
             train, held = (torch.from_numpy(np.flatnonzero(fold != f)).to(route.device),
                            torch.from_numpy(np.flatnonzero(fold == f)).to(route.device))
+            if config.algorithm == "safe" and model.config.context_dim:      # every τ in one fit
+                candidate = copy.deepcopy(model)
+                rows = budget_prototypes(candidate, route[train], config.seed)
+                fitted = fit_context_branch(candidate, route[train], deltas[train], taus, config, rows)
+                with torch.no_grad():
+                    log_f = torch.log_softmax(context_branch_logits(
+                        candidate.router.context_branch_inputs(route[held]), *fitted[:2]), dim=-1)
+                for tau, lf in zip(taus, log_f):
+                    out[tau][held.cpu().numpy()] = mixture_bt_loss(deltas[held], lf).cpu().numpy()
+                bar.update(len(taus))
+                continue
             for tau in taus:
                 candidate = copy.deepcopy(model)
                 fit_router(candidate, route[train], deltas[train], tau, config, history=False)
