@@ -14,6 +14,7 @@ read. Printed: validation accuracy per context temperature T and per context-dro
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import warnings
@@ -22,7 +23,7 @@ import numpy as np
 
 CANDIDATE_T = tuple(float(t) for t in os.environ.get("CANDIDATE_T", "0.01,0.02,0.05,0.1,0.2").split(","))
 CANDIDATE_DROPOUT = tuple(float(r) for r in os.environ.get("CANDIDATE_DROPOUT", "0,0.1,0.3").split(","))
-ALGORITHMS = ("safe", "paper")
+ALGORITHMS = tuple(("safe", float(m)) for m in os.environ.get("KEEP_MARGINS", "1,2").split(",")) + (("paper", 0.0),)
 
 
 def main(name: str) -> None:
@@ -76,12 +77,14 @@ def main(name: str) -> None:
     base = np.mean([accuracy(model, f) for f in validation])
     print(f"\nstage 2 at the default T (stage 1: {base:.4f})\n| algorithm | B | accuracy (3 draws) |\n"
           "|:---|---:|---:|")
-    for algorithm in ALGORITHMS:
+    for algorithm, margin in ALGORITHMS:
         for budget in (10, 50, 200):
+            config = AdaptConfig(algorithm=algorithm, keep_margin=margin)
             means = [np.mean([accuracy(adapt_router(model, pool.subset(draw_budget(pool.attributes, budget, s)),
-                                                    AdaptConfig(algorithm=algorithm, seed=s), progress=False)[0], f)
+                                                    dataclasses.replace(config, seed=s), progress=False)[0], f)
                               for f in validation]) for s in range(3)]
-            print(f"| {algorithm} | {budget} | {np.mean(means):.4f} |", flush=True)
+            name = f"{algorithm} (keep margin {margin:g} SE)" if algorithm == "safe" else algorithm
+            print(f"| {name} | {budget} | {np.mean(means):.4f} |", flush=True)
 
 
 if __name__ == "__main__":

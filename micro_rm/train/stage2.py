@@ -93,6 +93,9 @@ class AdaptConfig:
                                         (1e-3, 1e-2, 1e-1, 1.0, 10.0))
     folds: int = _help("Folds (split by prompt) of the cross-validation for tau='auto' and for "
                        "safe's keep-or-adapt choice.", 5)
+    keep_margin: float = _help("safe: standard errors (of the paired per-pair difference) by which "
+                               "an adapted router's cross-validated NLL must beat keeping the "
+                               "stage-1 router.", 1.0)
 
     def __post_init__(self) -> None:
         for name, low in (("budget", 1), ("epochs", 1), ("batch_size", 1), ("seed", 0), ("folds", 2)):
@@ -103,6 +106,7 @@ class AdaptConfig:
             self.tau = check_tau(self.tau)
         _check_float(self, "lr", 0.0, math.inf, open_low=True)
         _check_float(self, "weight_decay", 0.0, math.inf)
+        _check_float(self, "keep_margin", 0.0, math.inf)
         grid = self.tau_grid
         if isinstance(grid, (str, bytes)) or not isinstance(grid, Sequence) or not grid:
             raise MicroRMError(f"`tau_grid` must be a non-empty list of numbers ≥ {TAU_MIN:g}, got {grid!r}")
@@ -507,7 +511,7 @@ def choose_candidate(per_pair_nll: dict[Any, np.ndarray], config: AdaptConfig) -
     gain = keep - adapted                                               # > 0: adapting helps
     standard_error = gain.std(ddof=1) / math.sqrt(len(gain)) if len(gain) > 1 else math.inf
     correct_gain = int((adapted < math.log(2)).sum()) - int((keep < math.log(2)).sum())
-    return best if gain.mean() > standard_error and correct_gain >= 0 else KEEP
+    return best if gain.mean() > config.keep_margin * standard_error and correct_gain >= 0 else KEEP
 
 
 def _plain(per_pair_nll: Optional[dict[Any, np.ndarray]]) -> Optional[dict[str, float]]:
