@@ -223,16 +223,15 @@ def user_cumulative_loss(model, state: str, user: str):
 
 def routed_probabilities(model, features, cumulative_loss=None, eta: float = DEFAULT_ETA):
     """P(chosen ≻ rejected) under the router, or under a user's Hedge weights (the service's
-    routing: micro_rm.online.hedge_log_weights on the router's log weights)."""
+    routing, :func:`micro_rm.online.hedge.routed_probabilities`)."""
     import numpy as np
 
-    from micro_rm.online import hedge_log_weights, validate_eta
+    from micro_rm.online.hedge import routed_probabilities as user_routed
 
     if cumulative_loss is None:
         return model.predict_proba(features.chosen, features.rejected, features.route)
     log_prior = np.log(np.clip(model.router_weights(features.route).astype(np.float64), 1e-300, None))
-    weights = np.exp(hedge_log_weights(log_prior, cumulative_loss, validate_eta(eta)))
-    return (weights * model.head_probs(features.chosen, features.rejected)).sum(axis=1)
+    return user_routed(log_prior, model.head_probs(features.chosen, features.rejected), cumulative_loss, eta)
 
 
 @app.command("export-scalar")

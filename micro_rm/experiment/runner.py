@@ -504,8 +504,13 @@ class _Run:
             results["phrasings"] = phrasing_evaluation(self, chosen, lambda rs: self.feats(rs, "context"))
         curve = self.config.user_curve
         if curve.enabled:
-            pool = {"context": self.pool_ctx, "no context": self.feats(self.pool, "prompt")}
-            test = {"context": self.test_ctx, "no context": self.feats(self.test, "prompt")}
+            # The prompt-protocol features are reused when a stage-1 variant already built them.
+            pool_prompt = None if self.cross else self.train_feats.get("prompt")
+            test_prompt = self.test_feats.get("prompt")
+            pool = {"context": self.pool_ctx,
+                    "no context": pool_prompt if pool_prompt is not None else self.feats(self.pool, "prompt")}
+            test = {"context": self.test_ctx,
+                    "no context": test_prompt if test_prompt is not None else self.feats(self.test, "prompt")}
             results["user_curve"] = learning_curve(
                 chosen["model"], pool, test, eta=curve.eta or DEFAULT_ETA, seeds=curve.seeds,
                 seed=self.config.seed, oracle=methods.get("oracle", {}).get("mean"))

@@ -26,10 +26,9 @@ N_FEEDBACK = (0, 1, 2, 5, 10, 20, 50)
 def user_accuracy(log_prior: np.ndarray, head_probs: np.ndarray, cumulative_loss: np.ndarray,
                   eta: float) -> float:
     """Accuracy on pairs [n] of the routed mixture with weights normalise(prior ⊙ exp(−η S))."""
-    from micro_rm.online.hedge import hedge_log_weights
+    from micro_rm.online.hedge import routed_probabilities
 
-    weights = np.exp(hedge_log_weights(log_prior, cumulative_loss, eta))
-    return float(((weights * head_probs).sum(axis=1) > 0.5).mean())
+    return float((routed_probabilities(log_prior, head_probs, cumulative_loss, eta) > 0.5).mean())
 
 
 def feedback_order(pool_probs: np.ndarray, pool_log_prior: np.ndarray, n: int, eta: float,

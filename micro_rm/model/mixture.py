@@ -72,14 +72,18 @@ class ContextRouter(nn.Module):
         self.prototype_logits = nn.Parameter(torch.zeros(m, k))                   # [M, K]
         self.null_logits = nn.Parameter(torch.zeros(k))                          # [K]
 
+    def attention(self, context: torch.Tensor) -> torch.Tensor:
+        """softmax_m(cos(c, u_m) / T) over the prototypes: [N, d_c] → [N, M]."""
+        norm = context.norm(dim=-1, keepdim=True)
+        return torch.softmax(context / norm.clamp_min(1e-12) @ self.prototypes.T / self.temperature, -1)
+
     def context_logits(self, context: torch.Tensor) -> torch.Tensor:
         """h(c): [N, d_c] → [N, K]."""
-        norm = context.norm(dim=-1, keepdim=True)                                # [N, 1]
         null = self.null_logits.expand(len(context), -1)
         if len(self.prototypes) == 0:
             return null
-        attention = torch.softmax(context / norm.clamp_min(1e-12) @ self.prototypes.T / self.temperature, -1)
-        return torch.where(norm > 0, attention @ self.prototype_logits, null)
+        known = context.norm(dim=-1, keepdim=True) > 0                           # [N, 1]
+        return torch.where(known, self.attention(context) @ self.prototype_logits, null)
 
     def forward(self, route: torch.Tensor) -> torch.Tensor:
         """[N, d_p + d_c] → logits [N, K]."""
@@ -93,10 +97,8 @@ class ContextRouter(nn.Module):
         prototypes) and which rows have a context [N, 1]. Stage 2 trains only those parameters,
         so its many full-batch steps compute these once (see :func:`context_branch_logits`)."""
         prompt, context = route.split([route.shape[-1] - self.context_dim, self.context_dim], dim=-1)
-        norm = context.norm(dim=-1, keepdim=True)
-        attention = (torch.softmax(context / norm.clamp_min(1e-12) @ self.prototypes.T / self.temperature, -1)
-                     if len(self.prototypes) else None)
-        return self.prompt(prompt), attention, norm > 0
+        attention = self.attention(context) if len(self.prototypes) else None
+        return self.prompt(prompt), attention, context.norm(dim=-1, keepdim=True) > 0
 
     @torch.no_grad()
     def add_prototypes(self, contexts: torch.Tensor) -> int:

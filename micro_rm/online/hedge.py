@@ -109,6 +109,18 @@ def hedge_log_weights(log_prior: Any, cumulative_loss: Any, eta: float) -> np.nd
     return logits - (top + np.log(np.exp(logits - top).sum(axis=-1, keepdims=True)))
 
 
+def routed_probabilities(log_prior: Any, head_probs: Any, cumulative_loss: Any, eta: float) -> np.ndarray:
+    """P(chosen ≻ rejected) of each pair under a user's weights normalise(prior ⊙ exp(−η S)):
+    ``log_prior`` [N, K] log router weights, ``head_probs`` [N, K] each head's σ(Δ), S [K] → [N].
+    How the service scores for a user, and how ``micro-rm eval --user`` and the harness evaluate.
+
+    >>> routed_probabilities(np.log([[0.5, 0.5]]), [[0.9, 0.2]], [0.0, math.log(3.0)], 1.0).round(3)
+    array([0.725])
+    """
+    weights = np.exp(hedge_log_weights(log_prior, cumulative_loss, validate_eta(eta)))
+    return (weights * _f64(head_probs)).sum(axis=-1)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class UserState:
     """One user's Hedge state for one model: summed per-head losses and a feedback count.

@@ -264,21 +264,13 @@ def check_adaptable(model: "MixtureRewardModel") -> None:
                            "ensemble has nothing to route); train stage 1 with --variant micro")
 
 
-def trainable_router_parameters(model: "MixtureRewardModel", algorithm: str) -> list:
-    """What stage 2 fits: the whole router (``paper``, or a joint-layout router), or only the
-    context branch of a separate-layout router (``safe``; see :func:`budget_prototypes` for which
-    of its rows)."""
-    router = model.router
-    if algorithm == "safe" and model.config.context_dim:
-        return [router.prototype_logits, router.null_logits]
-    return list(router.parameters())
-
-
 def fit_router(model: "MixtureRewardModel", route: "torch.Tensor", deltas: "torch.Tensor", tau: float,
                config: AdaptConfig, *, progress: bool = False, history: bool = True) -> list[dict[str, float]]:
     """Algorithm 1 in place on ``model``'s router: ``route`` [N, d_r], frozen head ``deltas`` [N, K].
-    New contexts become prototypes first (separate layout, when the router has none). Returns one
-    row per epoch (epoch, ce, nll, seconds; nll is NaN without ``history``)."""
+    On the separate layout the budget's contexts become prototypes first (:func:`budget_prototypes`)
+    and ``safe`` fits only the context branch (:func:`fit_context_branch`); otherwise the whole
+    router learns. Returns one row per epoch (epoch, ce, nll, seconds; nll is NaN without
+    ``history``)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -333,9 +325,9 @@ def budget_prototypes(model: "MixtureRewardModel", route: "torch.Tensor", seed: 
         matched = (similarity > 1 - 1e-6).any(dim=0)
         new = unit[similarity.max(dim=-1).values <= 1 - 1e-6]
     if len(new):
-        distinct, counts = torch.unique(new, dim=0, return_counts=True)
-        frequent, rare = distinct[counts >= MIN_PAIRS_PER_CONTEXT], new[(counts < MIN_PAIRS_PER_CONTEXT)[
-            torch.unique(new, dim=0, return_inverse=True)[1]]]
+        distinct, inverse, counts = torch.unique(new, dim=0, return_inverse=True, return_counts=True)
+        frequent = distinct[counts >= MIN_PAIRS_PER_CONTEXT]
+        rare = new[(counts < MIN_PAIRS_PER_CONTEXT)[inverse]]
         if len(rare):                                    # e.g. one persona per pair: cluster them
             centres = context_prototypes(rare.detach().cpu().numpy(), width,
                                          max(1, len(rare) // PAIRS_PER_PROTOTYPE), seed)
@@ -352,7 +344,7 @@ def _exact_distillation(model: "MixtureRewardModel", route: "torch.Tensor", targ
     the router to the targets, full batch, with L-BFGS (at most ``DISTIL_ITERATIONS``)."""
     import torch
 
-    params = trainable_router_parameters(model, "safe")
+    params = list(model.router.parameters())
     optimizer = torch.optim.LBFGS(params, lr=1.0, max_iter=DISTIL_ITERATIONS, line_search_fn="strong_wolfe")
 
     def closure() -> "torch.Tensor":
@@ -426,7 +418,7 @@ def _adam_distillation(model: "MixtureRewardModel", route: "torch.Tensor", confi
     from micro_rm.train.schedule import lr_at
     from micro_rm.train.stage1 import _adamw
 
-    optimizer = _adamw(trainable_router_parameters(model, "paper"), config)
+    optimizer = _adamw(list(model.router.parameters()), config)
     shuffle = torch.Generator().manual_seed(config.seed)
     total, step = config.epochs * math.ceil(len(route) / config.batch_size), 0
 
