@@ -2,12 +2,13 @@
 
 The canonical train split is cut again by prompt (20 % held out, salted hash). Stage 1 trains on
 the rest with each attribute's first two phrasings (configs/<name>.yaml, `data.contexts`, as the
-harness does) and is scored on the held-out prompts under phrasings 3–4, which it never saw.
-Stage 2 draws B pairs per attribute carrying phrasing 3 from the training prompts and is scored
-under phrasing 4 (unseen by both stages). The test phrasings 5–8 and the test split are never
-read. Printed: validation accuracy per context temperature T and per context-dropout rate
-(stage 1), and of stage 2 (safe and paper algorithms) at B = 10, 50 and 200 (3 draws).
-`CANDIDATE_T=0.1 CANDIDATE_DROPOUT=0.1` restrict the grids.
+harness does) and is scored on the held-out prompts under phrasings 3–4, which it never saw; each setting is trained with every seed of `SEEDS`
+(default 0,1,2) and printed as mean ± sd over seeds.
+Stage 2 takes the harness's shape one phrasing earlier: stage 1 trains with phrasing 1 only, the
+budget's B pairs per attribute carry phrasings 2–3 (training prompts), and accuracy is scored
+under phrasing 4, new to both stages. Rows: safe with each keep margin, and the paper's algorithm, at B = 10 and 50 (5 draws). The test phrasings 5–8 and the test split
+are never read. `CANDIDATE_T=0.1 CANDIDATE_DROPOUT=0.1 SEEDS=0 STAGE1=0` restrict the work
+(STAGE1=0 skips the stage-1 grids).
 
     python benchmarks/validate_defaults.py dsp        # needs ../shared/data (or $MICRO_RM_DATA)
 """
@@ -23,7 +24,9 @@ import numpy as np
 
 CANDIDATE_T = tuple(float(t) for t in os.environ.get("CANDIDATE_T", "0.01,0.02,0.05,0.1,0.2").split(","))
 CANDIDATE_DROPOUT = tuple(float(r) for r in os.environ.get("CANDIDATE_DROPOUT", "0,0.1,0.3").split(","))
-ALGORITHMS = tuple(("safe", float(m)) for m in os.environ.get("KEEP_MARGINS", "1,2").split(",")) + (("paper", 0.0),)
+SEEDS = tuple(int(s) for s in os.environ.get("SEEDS", "0,1,2").split(","))
+STAGE2 = tuple({"algorithm": "safe", "keep_margin": float(m)}
+               for m in os.environ.get("KEEP_MARGINS", "1,2").split(",")) + ({"algorithm": "paper"},)
 
 
 def main(name: str) -> None:
@@ -57,35 +60,35 @@ def main(name: str) -> None:
     stage1 = features(with_phrasings(train, {a: v[:2] for a, v in phrasings.items()}, "train"))
     validation = [features([{**r, "context": phrasings[r["attribute"]][j]} for r in val]) for j in (2, 3)]
     pool = features(with_phrasings(train, {a: v[2:3] for a, v in phrasings.items()}, "adapt"))
-    heads = config.stage1.heads
+    heads, epochs = config.stage1.heads, config.stage1.epochs
     print(f"{name}: {len(train)} train / {len(val)} validation pairs (held-out train prompts)")
-    print("| T | stage-1 accuracy, unseen phrasings |\n|---:|---:|")
-    models = {}
-    for t in CANDIDATE_T:
-        models[t], _ = fit_stage1(stage1, Stage1Config(heads=heads, epochs=config.stage1.epochs,
-                                                       context_temperature=t), progress=False)
-        print(f"| {t:g} | {np.mean([accuracy(models[t], f) for f in validation]):.4f} |", flush=True)
-    default_t = Stage1Config().context_temperature
-    print("\n| context dropout (T default) | stage-1 accuracy, unseen phrasings |\n|---:|---:|")
-    for rate in CANDIDATE_DROPOUT:
-        dropped, _ = fit_stage1(stage1, Stage1Config(heads=heads, epochs=config.stage1.epochs,
-                                                     context_temperature=default_t, context_dropout=rate),
-                                progress=False)
-        print(f"| {rate:g} | {np.mean([accuracy(dropped, f) for f in validation]):.4f} |", flush=True)
-    model = models[default_t]
-    validation = validation[1:]                                   # phrasing 4: new to stage 2 too
-    base = np.mean([accuracy(model, f) for f in validation])
-    print(f"\nstage 2 at the default T (stage 1: {base:.4f})\n| algorithm | B | accuracy (3 draws) |\n"
-          "|:---|---:|---:|")
-    for algorithm, margin in ALGORITHMS:
-        for budget in (10, 50, 200):
-            config = AdaptConfig(algorithm=algorithm, keep_margin=margin)
-            means = [np.mean([accuracy(adapt_router(model, pool.subset(draw_budget(pool.attributes, budget, s)),
-                                                    dataclasses.replace(config, seed=s), progress=False)[0], f)
-                              for f in validation]) for s in range(3)]
-            name = f"{algorithm} (keep margin {margin:g} SE)" if algorithm == "safe" else algorithm
-            print(f"| {name} | {budget} | {np.mean(means):.4f} |", flush=True)
 
+    def grid(title: str, values, settings) -> None:
+        print(f"| {title} | stage-1 accuracy, unseen phrasings (seeds {SEEDS}) |\n|---:|---:|")
+        for value in values:
+            scores = [np.mean([accuracy(fit_stage1(stage1, Stage1Config(heads=heads, epochs=epochs, seed=seed,
+                                                                          **settings(value)),
+                                                   progress=False)[0], f) for f in validation])
+                      for seed in SEEDS]
+            print(f"| {value:g} | {np.mean(scores):.4f} ± {np.std(scores):.4f} |", flush=True)
+
+    if os.environ.get("STAGE1", "1") != "0":
+        grid("T", CANDIDATE_T, lambda t: {"context_temperature": t})
+        grid("context dropout (T default)", CANDIDATE_DROPOUT, lambda rate: {"context_dropout": rate})
+    one = features(with_phrasings(train, {a: v[:1] for a, v in phrasings.items()}, "train"))
+    model, _ = fit_stage1(one, Stage1Config(heads=heads, epochs=epochs), progress=False)
+    pool = features(with_phrasings(train, {a: v[1:3] for a, v in phrasings.items()}, "adapt"))
+    validation = validation[1:]                                   # phrasing 4: new to both stages
+    base = np.mean([accuracy(model, f) for f in validation])
+    print(f"\nstage 2 (stage 1 on phrasing 1: {base:.4f})\n| algorithm | B | accuracy (5 draws) |\n"
+          "|:---|---:|---:|")
+    for settings in STAGE2:
+        for budget in (10, 50):
+            means = [np.mean([accuracy(adapt_router(model, pool.subset(draw_budget(pool.attributes, budget, s)),
+                                                    AdaptConfig(seed=s, **settings), progress=False)[0], f)
+                              for f in validation]) for s in range(5)]
+            label = ", ".join(f"{k} {v:g}" if isinstance(v, float) else str(v) for k, v in settings.items())
+            print(f"| {label} | {budget} | {np.mean(means):.4f} ± {np.std(means):.4f} |", flush=True)
 
 if __name__ == "__main__":
     main(sys.argv[1] if len(sys.argv) > 1 else "dsp")

@@ -254,10 +254,24 @@ def test_featurize_aligns_rows_with_records(tmp_path):
     # 5 reward texts; route: 2 prompts, 2 contexts and the empty context
     assert stats.texts == 10 and stats.encoded == 10
     prompt, context = backbone.encode([("Name a colour.", None), ("a painter", None)])
-    np.testing.assert_allclose(features.route[0], np.concatenate([prompt, context]), atol=1e-2)
+    unit = context / np.linalg.norm(context)                       # one view: the unit sentence vector
+    np.testing.assert_allclose(features.route[0], np.concatenate([prompt, unit]), atol=1e-2)
     np.testing.assert_array_equal(features.route[0, :8], features.route[1, :8])  # same prompt
     assert not np.allclose(features.route[0], features.route[1])  # the context changes the route
     assert not features.route[2, 8:].any()                         # no context: zeros
+
+
+def test_clauses_encoding_pools_the_unit_vectors_of_the_sentence_and_its_clauses(tmp_path):
+    backbone = FakeBackbone()
+    record = {**RECORDS[0], "context": "I paint landscapes; I sail boats, daily."}
+    features, _ = featurize([record], backbone, FeatureCache(tmp_path), progress=False)
+    views = backbone.encode([(v, None) for v in ("I paint landscapes; I sail boats, daily.",
+                                                 "I paint landscapes", "I sail boats")])
+    mean = (views / np.linalg.norm(views, axis=1, keepdims=True)).mean(0)
+    np.testing.assert_allclose(features.route[0, 8:], mean / np.linalg.norm(mean), atol=1e-2)
+    whole, _ = featurize([record], backbone, FeatureCache(tmp_path), context_encoding="separate", progress=False)
+    assert whole.context_encoding == "separate" and features.context_encoding == "clauses"
+    assert not np.allclose(whole.route[0, 8:], features.route[0, 8:], atol=1e-2)
 
 
 def test_featurize_joint_layout_reads_context_and_prompt_as_one_text(tmp_path):

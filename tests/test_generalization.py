@@ -138,7 +138,7 @@ def test_a_model_saved_before_the_separate_layout_loads_and_reads_joint_features
     model = MixtureRewardModel(MixtureConfig(num_heads=2, reward_dim=4, route_dim=4))
     model.save_pretrained(tmp_path / "old")
     config = json.loads((tmp_path / "old" / "config.json").read_text())
-    for key in ("context_dim", "context_prototypes", "context_temperature"):
+    for key in ("context_dim", "context_encoding", "context_prototypes", "context_temperature"):
         config.pop(key)
     (tmp_path / "old" / "config.json").write_text(json.dumps(config))
     loaded = MixtureRewardModel.from_pretrained(str(tmp_path / "old"))
@@ -151,9 +151,32 @@ def test_a_separate_layout_model_round_trips_with_its_prototypes(tmp_path, synth
     train, test, backbone, cache = synthetic
     features, _ = featurize(train[:200], backbone, cache, progress=False)
     model, _ = fit_stage1(features, Stage1Config(heads=4, epochs=2), progress=False)
-    assert model.config.context_encoding == "separate" and model.config.context_prototypes == 4
+    assert model.config.context_encoding == "clauses" and model.config.context_prototypes == 4
     model.save_pretrained(tmp_path / "new")
     from micro_rm.model.mixture import MixtureRewardModel
 
     loaded = MixtureRewardModel.from_pretrained(str(tmp_path / "new"))
     np.testing.assert_array_equal(loaded.router_weights(features.route), model.router_weights(features.route))
+
+
+def test_a_model_saved_before_the_clauses_encoding_reads_whole_sentence_contexts(tmp_path, synthetic):
+    """config.json with a context width but no `context_encoding` (saved before clause pooling):
+    it reads the whole-sentence layout it was trained on, and clause features are refused."""
+    import json
+
+    from micro_rm.errors import MicroRMError
+    from micro_rm.model.mixture import MixtureRewardModel
+
+    train, _, backbone, cache = synthetic
+    features, _ = featurize(train[:200], backbone, cache, context_encoding="separate", progress=False)
+    model, _ = fit_stage1(features, Stage1Config(heads=4, epochs=2), progress=False)
+    model.save_pretrained(tmp_path / "old")
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    config.pop("context_encoding")
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+    loaded = MixtureRewardModel.from_pretrained(str(tmp_path / "old"))
+    assert loaded.config.context_encoding == "separate"
+    loaded.check_features(features)
+    clauses, _ = featurize(train[:200], backbone, cache, progress=False)
+    with pytest.raises(MicroRMError, match="route layout 'clauses' but the model reads 'separate'"):
+        loaded.check_features(clauses)

@@ -143,14 +143,14 @@ def test_export_scalar_weights_are_the_routers_on_the_training_format_input(file
     from micro_rm.model.text import model_backbone
 
     assert _train(files, capsys)[0] == 0
-    context = "be brief please"
+    context = "be brief, in plain words"                               # two clauses: pooled views
     code, result = _run(capsys, "export-scalar", "--model", files / "model", "--out", files / "c",
                         "--context", context, "--json")
     model = MixtureRewardModel.from_pretrained(str(files / "model"))
     backbone = model_backbone(model)
     items = route_items(backbone, "", context, context_encoding=model.config.context_encoding)
-    route = route_matrix(backbone.encode(items), [context], model.config.context_dim)
-    assert model.config.context_encoding == "separate" and route.shape == (1, model.config.route_dim)
+    route = route_matrix(backbone.encode(items), [context], model.config.context_dim, model.config.context_encoding)
+    assert model.config.context_encoding == "clauses" and len(items) == 4 and route.shape == (1, model.config.route_dim)
     assert result["weights"] == pytest.approx(model.router_weights(route)[0].tolist(), abs=1e-6)
 
 

@@ -42,11 +42,13 @@ def train(
                                      "(the HelpSteer2 protocol)."),
     context_in_reward: bool = typer.Option(False, "--context-in-reward", help="Prepend the context "
                                            "to the prompt of the reward features too."),
-    context_encoding: str = typer.Option("separate", "--context-encoding", help="Router input layout: "
-                                         "separate (the prompt's and the context's embeddings side by "
-                                         "side, prototype routing that generalises to new phrasings) "
-                                         "or joint (one embedding of context ⊕ prompt through the "
-                                         "MLP, the paper's)."),
+    context_encoding: str = typer.Option("clauses", "--context-encoding", help="Router input layout: "
+                                         "clauses (the prompt's and the context's embeddings side by "
+                                         "side, the context's pooled over its clauses; prototype "
+                                         "routing that generalises to new phrasings), separate (the "
+                                         "same with the context's sentence embedding alone) or joint "
+                                         "(one embedding of context ⊕ prompt through the MLP, the "
+                                         "paper's)."),
     context_temperature: float = typer.Option(_default("context_temperature"), "--context-temperature",
                                               help=_help("context_temperature")),
     context_dropout: float = typer.Option(_default("context_dropout"), "--context-dropout",
@@ -277,7 +279,8 @@ def export_scalar_cmd(
         # sentence (separate layout; a system message on chat backbones), or context ⊕ "" (joint).
         backbone = model_backbone(model)
         items = route_items(backbone, "", context, context_encoding=model.config.context_encoding)
-        route = route_matrix(backbone.encode(items), [context], model.config.context_dim)[0]
+        route = route_matrix(backbone.encode(items), [context], model.config.context_dim,
+                             model.config.context_encoding)[0]
         scalar = export_scalar(model, out, route=route, context=context)
     fixed = scalar.config.training["exported"]["weights"]
     emit({"out": str(out), "weights": fixed, "context": context}, as_json,

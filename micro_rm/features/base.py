@@ -65,6 +65,11 @@ class PairFeatures:
     attributes: list[Optional[str]] = field(default_factory=list)  # [N] for per-attribute reports
     fingerprint: dict[str, Any] = field(default_factory=dict)      # backbone that made them
     context_dim: int = 0                    # width of emb(context) at the end of ``route``; 0: joint layout
+    context_encoding: str = ""              # route layout (featurize.CONTEXT_ENCODINGS); "" = from context_dim
+
+    def __post_init__(self) -> None:
+        if not self.context_encoding:       # features made before the name was recorded
+            self.context_encoding = "separate" if self.context_dim else "joint"
 
     def __len__(self) -> int:
         return len(self.chosen)
@@ -78,4 +83,5 @@ class PairFeatures:
             prompts=[self.prompts[i] for i in index],
             attributes=[self.attributes[i] for i in index] if self.attributes else [],
             fingerprint=self.fingerprint, context_dim=self.context_dim,
+            context_encoding=self.context_encoding,
         )

@@ -2,9 +2,16 @@
 
 For each pair: ``chosen`` and ``rejected`` are the backbone's vectors of (prompt, response), with
 the context prepended to the prompt only under ``context_in_reward``; ``route`` is what the router
-reads, in one of two layouts (``context_encoding``):
+reads, in one of three layouts (``context_encoding``):
 
-``separate`` (the default)
+``clauses`` (the default)
+    [emb(prompt); emb(context)] as in ``separate``, but emb(context) is the normalised mean of the
+    unit vectors of the sentence and of each of its clauses (cut at . , ; : ! ?, two words or
+    more). "I am a researcher; answer in a rigorous academic style" then sits nearer to "Academic
+    tone, please" than the whole sentence does, whose vector its framing ("I am a …") pulls
+    towards every other self-description; on held-out phrasings of train data the router routes
+    a new wording right more often (BENCHMARKS.md, "Router defaults chosen on validation").
+``separate``
     [emb(prompt); emb(context)]: the context is encoded as a sentence of its own (a system
     message for chat backbones), so the sentence encoder's paraphrase geometry survives; a record
     without a context (or ``router_input="prompt"``) gets zeros in place of emb(context), which
@@ -21,6 +28,8 @@ pairs is encoded once and batches are length-sorted across roles.
 from __future__ import annotations
 
 import os
+import re
+from functools import lru_cache
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -32,7 +41,8 @@ from micro_rm.features.cache import EncodeStats, FeatureCache
 from micro_rm.features.store import FeatureWriter, load_features
 
 ROUTER_INPUTS = ("context", "prompt")
-CONTEXT_ENCODINGS = ("separate", "joint")
+CONTEXT_ENCODINGS = ("clauses", "separate", "joint")
+CLAUSE_BREAK = re.compile(r"[.,;:!?]")
 NO_CONTEXT = ""  # the context item of a record without one (encoded, then zeroed by ``route_matrix``)
 OUT_CHUNK = 16_384  # pairs looked up and written at once by ``featurize(..., out=...)``
 
@@ -44,30 +54,64 @@ def context_item(backbone: Backbone, context: str) -> Item:
     return make(context) if make is not None else (context, None)
 
 
+@lru_cache(maxsize=65_536)
+def context_views(context: str) -> tuple[str, ...]:
+    """The sentences whose vectors make emb(context) under ``clauses``: the context itself, then
+    each distinct clause of two words or more that is not the whole context.
+
+    >>> context_views("I am a researcher; answer rigorously, please.")
+    ('I am a researcher; answer rigorously, please.', 'I am a researcher', 'answer rigorously')
+    >>> context_views("Be brief.")
+    ('Be brief.',)
+    """
+    whole = CLAUSE_BREAK.sub(" ", context).split()
+    clauses = (c.strip() for c in CLAUSE_BREAK.split(context))
+    return tuple(dict.fromkeys([context] + [c for c in clauses if len(c.split()) >= 2 and c.split() != whole]))
+
+
 def route_items(backbone: Backbone, prompt: Any, context: Optional[str], *,
-                context_encoding: str = "separate") -> list[Item]:
-    """The router's items of one prompt: [prompt, context] (``separate``) or [context ⊕ prompt]
-    (``joint``). Their vectors, concatenated in this order, are the route features; a batch of N
-    prompts therefore gives ``vectors.reshape(N, -1)``.
+                context_encoding: str = "clauses") -> list[Item]:
+    """The router's items of one prompt: [prompt, context] (``separate``), [prompt, each of
+    :func:`context_views`] (``clauses``) or [context ⊕ prompt] (``joint``). Their vectors in this
+    order, for N prompts one after another, make the route features (:func:`route_matrix`).
 
     >>> route_items(backbone, "Hi", "Be brief.")                  # doctest: +SKIP
     [('Hi', None), ('Be brief.', None)]
     """
     if context_encoding == "joint":
         return [backbone.route_item(prompt, context)]
-    return [backbone.route_item(prompt, None), context_item(backbone, context or NO_CONTEXT)]
+    views = context_views(context) if context and context_encoding == "clauses" else [context or NO_CONTEXT]
+    return [backbone.route_item(prompt, None)] + [context_item(backbone, v) for v in views]
 
 
-def route_matrix(vectors: np.ndarray, contexts: Sequence[Optional[str]], context_dim: int) -> np.ndarray:
+def route_matrix(vectors: np.ndarray, contexts: Sequence[Optional[str]], context_dim: int,
+                 context_encoding: str = "clauses") -> np.ndarray:
     """The route features [N, d_r] from the vectors of N pairs' route items (in the order of
-    :func:`route_items`): concatenated per pair, emb(context) zeroed where there is no context.
+    :func:`route_items`): per pair, emb(prompt) then emb(context) (the normalised mean of its
+    views' unit vectors under ``clauses``), zeroed where there is no context; ``joint``: the one
+    vector.
 
-    >>> route_matrix(np.ones((4, 2)), ["Be brief.", None], context_dim=2).tolist()
+    >>> route_matrix(np.ones((4, 2)), ["Be brief.", None], context_dim=2, context_encoding="separate").tolist()
     [[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 0.0, 0.0]]
     """
-    route = np.array(vectors).reshape(len(contexts), -1)
-    if context_dim:
-        route[[not c for c in contexts], -context_dim:] = 0.0
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if context_encoding != "clauses":
+        route = vectors.reshape(len(contexts), -1).copy()
+        if context_dim:
+            route[[not c for c in contexts], -context_dim:] = 0.0
+        return route
+    route, at = np.zeros((len(contexts), vectors.shape[1] + context_dim), dtype=np.float32), 0
+    for i, context in enumerate(contexts):
+        views = len(context_views(context)) if context else 1
+        route[i, :-context_dim] = vectors[at]
+        if context:
+            unit = vectors[at + 1:at + 1 + views]
+            mean = (unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)).mean(0)
+            route[i, -context_dim:] = mean / max(float(np.linalg.norm(mean)), 1e-12)
+        at += 1 + views
+    if at != len(vectors):
+        raise MicroRMError(f"route_matrix: {len(vectors)} vectors for {len(contexts)} pairs' route "
+                           f"items, expected {at}")
     return route
 
 
@@ -78,13 +122,14 @@ def check_context_encoding(value: str) -> str:
 
 
 def context_width(backbone_dim: int, context_encoding: str) -> int:
-    """Width of emb(context) at the end of the route features: d (``separate``) or 0 (``joint``)."""
-    return backbone_dim if check_context_encoding(context_encoding) == "separate" else 0
+    """Width of emb(context) at the end of the route features: d (``clauses``, ``separate``) or 0
+    (``joint``)."""
+    return 0 if check_context_encoding(context_encoding) == "joint" else backbone_dim
 
 
 def record_items(records: Sequence[dict[str, Any]], backbone: Backbone, *,
                  router_input: str = "context", context_in_reward: bool = False,
-                 context_encoding: str = "separate") -> list[Item]:
+                 context_encoding: str = "clauses") -> list[Item]:
     """The items of all pairs, role by role: N chosen, then N rejected, then the route items of
     each pair in turn (one list, so that one cache call deduplicates and length-sorts across
     roles). See the module docstring for what the roles hold."""
@@ -107,7 +152,7 @@ def route_contexts(records: Sequence[dict[str, Any]], router_input: str) -> list
 
 def featurize(records: Sequence[dict[str, Any]], backbone: Backbone, cache: FeatureCache, *,
               router_input: str = "context", context_in_reward: bool = False,
-              context_encoding: str = "separate", batch_size: int = 32, tokens_per_batch: Optional[int] = None,
+              context_encoding: str = "clauses", batch_size: int = 32, tokens_per_batch: Optional[int] = None,
               progress: bool = True, allow_encode: bool = True,
               out: Optional[str | os.PathLike] = None) -> tuple[PairFeatures, EncodeStats]:
     """Features of normalised pair records (see :func:`micro_rm.data.records.normalize_pair`).
@@ -121,8 +166,8 @@ def featurize(records: Sequence[dict[str, Any]], backbone: Backbone, cache: Feat
         (the context is left out of the route features, as in the HelpSteer2 protocol's stage 1).
     context_in_reward : prepend the context to the prompt of the reward items too (the paper's
         RPR setting); say which one an experiment used.
-    context_encoding : the route layout, ``"separate"`` (default) or ``"joint"``; see the module
-        docstring.
+    context_encoding : the route layout, ``"clauses"`` (default), ``"separate"`` or ``"joint"``;
+        see the module docstring.
     batch_size : texts per backbone call.
     tokens_per_batch : instead of ``batch_size``, fill each backbone call up to this many padded
         tokens (GPU runs; see :func:`micro_rm.features.cache.plan_batches`).
@@ -149,40 +194,43 @@ def featurize(records: Sequence[dict[str, Any]], backbone: Backbone, cache: Feat
         stats = cache.fill(items, backbone, batch_size=batch_size,
                            tokens_per_batch=tokens_per_batch, progress=progress,
                            allow_encode=allow_encode)
-        return _write_features(records, items, backbone, cache, out, router_input,
-                               context_width(backbone.dim, context_encoding)), stats
+        return _write_features(records, items, backbone, cache, out, router_input, context_encoding), stats
     vectors, stats = cache.get_or_encode(items, backbone, batch_size=batch_size,
                                          tokens_per_batch=tokens_per_batch,
                                          progress=progress, allow_encode=allow_encode)
     context_dim = context_width(backbone.dim, context_encoding)
+    route = route_matrix(vectors[2 * n:], route_contexts(records, router_input), context_dim, context_encoding)
     features = PairFeatures(
         chosen=vectors[:n], rejected=vectors[n:2 * n],
-        route=route_matrix(vectors[2 * n:], route_contexts(records, router_input), context_dim),
+        route=route.astype(cache.dtype).astype(np.float32),    # pooled in float32; stored like ``out``
         prompts=[prompt_key(r) for r in records],
         attributes=[r.get("attribute") for r in records],
-        fingerprint=backbone.fingerprint(), context_dim=context_dim,
+        fingerprint=backbone.fingerprint(), context_dim=context_dim, context_encoding=context_encoding,
     )
     return features, stats
 
 
 def _write_features(records: Sequence[dict[str, Any]], items: list[Item], backbone: Backbone,
                     cache: FeatureCache, out: str | os.PathLike, router_input: str,
-                    context_dim: int) -> PairFeatures:
+                    context_encoding: str) -> PairFeatures:
     """Copy the (cached) vectors of ``items`` into a features folder, ``OUT_CHUNK`` pairs at a
     time, in the storage dtype of the cache."""
     n = len(records)
-    per_route = (len(items) - 2 * n) // n                                 # route items per pair
     contexts = route_contexts(records, router_input)
+    context_dim = context_width(backbone.dim, context_encoding)
+    route_dim = backbone.dim if context_encoding == "joint" else backbone.dim + context_dim
+    ends = 2 * n + np.cumsum([len(route_items(backbone, r["prompt"], c, context_encoding=context_encoding))
+                              for r, c in zip(records, contexts)])       # where each pair's route items end
+    starts = np.concatenate([[2 * n], ends[:-1]])
     fingerprint = backbone.fingerprint()
-    with FeatureWriter(out, pairs=n, reward_dim=backbone.dim, route_dim=backbone.dim * per_route,
-                       fingerprint=fingerprint, dtype=cache.dtype, context_dim=context_dim) as writer:
+    with FeatureWriter(out, pairs=n, reward_dim=backbone.dim, route_dim=route_dim, fingerprint=fingerprint,
+                       dtype=cache.dtype, context_dim=context_dim, context_encoding=context_encoding) as writer:
         for start in range(0, n, OUT_CHUNK):
             stop = min(start + OUT_CHUNK, n)
-            chunk = (items[start:stop] + items[n + start:n + stop]
-                     + items[2 * n + start * per_route:2 * n + stop * per_route])
+            chunk = items[start:stop] + items[n + start:n + stop] + items[starts[start]:ends[stop - 1]]
             vectors, _ = cache.get_or_encode(chunk, backbone, progress=False, allow_encode=False)
             m = stop - start
             writer.write(start, vectors[:m], vectors[m:2 * m],
-                         route_matrix(vectors[2 * m:], contexts[start:stop], context_dim))
+                         route_matrix(vectors[2 * m:], contexts[start:stop], context_dim, context_encoding))
         writer.close([prompt_key(r) for r in records], [r.get("attribute") for r in records])
     return load_features(out)

@@ -67,7 +67,7 @@ class FeatureWriter:
 
     def __init__(self, path: str | os.PathLike, *, pairs: int, reward_dim: int, route_dim: int,
                  fingerprint: Optional[dict[str, Any]] = None, dtype: str = "float16",
-                 context_dim: int = 0):
+                 context_dim: int = 0, context_encoding: str = ""):
         if dtype not in STORAGE_DTYPES:
             raise MicroRMError(f"feature storage dtype must be one of {', '.join(STORAGE_DTYPES)}, "
                                f"got {dtype!r}")
@@ -77,6 +77,7 @@ class FeatureWriter:
         self.pairs, self.dtype = pairs, dtype
         self.fingerprint = dict(fingerprint or {})
         self.context_dim = context_dim
+        self.context_encoding = context_encoding or ("separate" if context_dim else "joint")
         self.tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.tmp")
         self.tmp.mkdir(parents=True)
         shapes = {"chosen": (pairs, reward_dim), "rejected": (pairs, reward_dim),
@@ -111,7 +112,8 @@ class FeatureWriter:
         (self.tmp / "attributes.json").write_text(json.dumps(list(attributes), ensure_ascii=False),
                                                   encoding="utf-8")
         meta = {"format": FORMAT, "version": VERSION, "pairs": self.pairs, "dtype": self.dtype,
-                "fingerprint": self.fingerprint, "context_dim": self.context_dim}
+                "fingerprint": self.fingerprint, "context_dim": self.context_dim,
+                "context_encoding": self.context_encoding}
         (self.tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n",
                                             encoding="utf-8")
         if self.path.exists():
@@ -156,7 +158,8 @@ def save_features(features: PairFeatures, path: str | os.PathLike, *,
     n = len(features)
     with FeatureWriter(path, pairs=n, reward_dim=features.chosen.shape[1],
                        route_dim=features.route.shape[1], fingerprint=features.fingerprint,
-                       dtype=dtype, context_dim=features.context_dim) as writer:
+                       dtype=dtype, context_dim=features.context_dim,
+                       context_encoding=features.context_encoding) as writer:
         for start in range(0, n, CHUNK_ROWS):
             stop = start + CHUNK_ROWS
             writer.write(start, features.chosen[start:stop], features.rejected[start:stop],
@@ -191,7 +194,8 @@ def load_features(path: str | os.PathLike, *, mmap: bool = True) -> PairFeatures
                            "write the folder again")
     return PairFeatures(**arrays, prompts=prompts, attributes=attributes,
                         fingerprint=meta.get("fingerprint", {}),
-                        context_dim=meta.get("context_dim", 0))      # folders before it: joint layout
+                        context_dim=meta.get("context_dim", 0),      # folders before it: joint layout
+                        context_encoding=meta.get("context_encoding", ""))
 
 
 def read_rows(array: np.ndarray, rows: np.ndarray, *, out: Optional[np.ndarray] = None,

@@ -30,6 +30,9 @@ class MixtureConfig:
     context_dim: int = 0                # width of emb(context) at the end of the route features
                                         # ("separate" layout: [emb(prompt); emb(context)]), read by
                                         # the prototype branch; 0: one joint route vector
+    context_encoding: str = ""          # how the route features were made (featurize.CONTEXT_ENCODINGS);
+                                        # "" (configs before it): "separate" with a context width,
+                                        # else "joint"
     context_prototypes: int = 0         # number of prototype contexts of that branch
     context_temperature: float = 0.1    # temperature of the attention over the prototypes (cosine)
     prior_scale: float = 1.0            # ``shared-base``: scale of the frozen prior heads, relative
@@ -60,6 +63,14 @@ class MixtureConfig:
         if isinstance(self.context_prototypes, bool) or not isinstance(self.context_prototypes, int) \
                 or self.context_prototypes < 0:
             raise MicroRMError(f"`context_prototypes` must be an integer ≥ 0, got {self.context_prototypes!r}")
+        if not self.context_encoding:
+            self.context_encoding = "separate" if self.context_dim else "joint"
+        from micro_rm.features.featurize import CONTEXT_ENCODINGS
+
+        if self.context_encoding not in CONTEXT_ENCODINGS or (self.context_encoding == "joint") != (not self.context_dim):
+            raise MicroRMError(f"`context_encoding` must be one of {', '.join(CONTEXT_ENCODINGS)}, 'joint' exactly "
+                               f"when context_dim is 0, got {self.context_encoding!r} with context_dim "
+                               f"{self.context_dim}")
         if isinstance(self.context_temperature, bool) or not isinstance(self.context_temperature, (int, float)) \
                 or not math.isfinite(self.context_temperature) or self.context_temperature <= 0:
             raise MicroRMError(f"`context_temperature` must be a finite number > 0, got {self.context_temperature!r}")
@@ -83,12 +94,6 @@ class MixtureConfig:
                 raise MicroRMError(f"`{name}` must be a JSON object, got {type(getattr(self, name)).__name__}")
         if not isinstance(self.version, str) or not self.version.split(".")[0].isdigit():
             raise MicroRMError(f"`version` must be a version string like '0.1.0', got {self.version!r}")
-
-    @property
-    def context_encoding(self) -> str:
-        """The route layout the model reads (micro_rm.features.featurize): ``separate`` when it has
-        a context width, else ``joint`` (models saved before the separate layout)."""
-        return "separate" if self.context_dim else "joint"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

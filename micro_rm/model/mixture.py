@@ -240,6 +240,10 @@ class MixtureRewardModel(nn.Module):
         """Refuse features made by another backbone or of the wrong width (``PairFeatures``)."""
         self._check(features.chosen, "features.chosen", self.config.reward_dim)
         self._check(features.route, "features.route", self.config.route_dim)
+        if features.context_encoding != self.config.context_encoding:
+            raise MicroRMError(f"features use the route layout {features.context_encoding!r} but the model reads "
+                               f"{self.config.context_encoding!r}; re-featurize the data with "
+                               f"--context-encoding {self.config.context_encoding}")
         mine, theirs = self.config.backbone, features.fingerprint
         if mine and theirs and mine != theirs:
             raise MicroRMError("features were made by a different backbone than the model's "

@@ -199,7 +199,7 @@ class RewardScorer:
         return self.backbone.reward_item(prompt, response, context if self.context_in_reward else None)
 
     def route_items(self, prompt: Text, context: Optional[str]) -> list[Item]:
-        """The router's items of one prompt (1 or 2, see micro_rm.features.featurize.route_items);
+        """The router's items of one prompt (see micro_rm.features.featurize.route_items);
         turn their vectors into route features with :meth:`route_features`."""
         from micro_rm.features.featurize import route_items
 
@@ -210,7 +210,8 @@ class RewardScorer:
         """Route features [N, d_r] from the vectors of N prompts' :meth:`route_items`."""
         from micro_rm.features.featurize import route_matrix
 
-        return route_matrix(vectors, [self._context(c) for c in contexts], self.model.config.context_dim)
+        return route_matrix(vectors, [self._context(c) for c in contexts], self.model.config.context_dim,
+                            self.model.config.context_encoding)
 
     def _context(self, context: Optional[str]) -> Optional[str]:
         return context if self.router_input == "context" else None

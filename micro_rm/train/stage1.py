@@ -132,6 +132,7 @@ def initial_model(features: PairFeatures, config: Stage1Config) -> MixtureReward
                                  route_dim=features.route.shape[1], variant=config.variant,
                                  router=config.router, router_hidden=config.router_hidden,
                                  context_dim=features.context_dim,
+                                 context_encoding=features.context_encoding,
                                  context_prototypes=0 if prototypes is None else len(prototypes),
                                  context_temperature=config.context_temperature,
                                  backbone=dict(features.fingerprint))
