@@ -4,9 +4,11 @@ The canonical train split is cut again by prompt (20 % held out, salted hash). S
 the rest with each attribute's first two phrasings (configs/<name>.yaml, `data.contexts`, as the
 harness does) and is scored on the held-out prompts under phrasings 3–4, which it never saw; each setting is trained with every seed of `SEEDS`
 (default 0,1,2) and printed as mean ± sd over seeds.
+The context encodings (`ENCODINGS`, default clauses,separate) are compared the same way.
 Stage 2 takes the harness's shape one phrasing earlier: stage 1 trains with phrasing 1 only, the
 budget's B pairs per attribute carry phrasings 2–3 (training prompts), and accuracy is scored
-under phrasing 4, new to both stages. Rows: safe with each keep margin, and the paper's algorithm, at B = 10 and 50 (5 draws). The test phrasings 5–8 and the test split
+under phrasing 4, new to both stages. Rows: safe with each fold rule (`heldout`) and keep margin,
+and the paper's algorithm, at B = 10 and 50 (5 draws). The test phrasings 5–8 and the test split
 are never read. `CANDIDATE_T=0.1 CANDIDATE_DROPOUT=0.1 SEEDS=0 STAGE1=0` restrict the work
 (STAGE1=0 skips the stage-1 grids).
 
@@ -24,9 +26,11 @@ import numpy as np
 
 CANDIDATE_T = tuple(float(t) for t in os.environ.get("CANDIDATE_T", "0.01,0.02,0.05,0.1,0.2").split(","))
 CANDIDATE_DROPOUT = tuple(float(r) for r in os.environ.get("CANDIDATE_DROPOUT", "0,0.1,0.3").split(","))
+ENCODINGS = tuple(os.environ.get("ENCODINGS", "clauses,separate").split(","))
 SEEDS = tuple(int(s) for s in os.environ.get("SEEDS", "0,1,2").split(","))
-STAGE2 = tuple({"algorithm": "safe", "keep_margin": float(m)}
-               for m in os.environ.get("KEEP_MARGINS", "1,2").split(",")) + ({"algorithm": "paper"},)
+STAGE2 = tuple({"algorithm": "safe", "heldout": h, "keep_margin": float(m)}
+               for m in os.environ.get("KEEP_MARGINS", "1,2").split(",")
+               for h in os.environ.get("HELDOUT", "phrasing,prompt").split(",")) + ({"algorithm": "paper"},)
 
 
 def main(name: str) -> None:
@@ -50,8 +54,8 @@ def main(name: str) -> None:
     train, val = [records[i] for i in keep], [records[i] for i in held]
     backbone, cache = load_backbone(config.backbone.name), FeatureCache()
 
-    def features(rows):
-        return featurize(rows, backbone, cache, progress=False)[0]
+    def features(rows, encoding: str = "clauses"):
+        return featurize(rows, backbone, cache, context_encoding=encoding, progress=False)[0]
 
     def accuracy(model, f) -> float:
         probs = model.predict_proba(f.chosen, f.rejected, f.route)
@@ -63,16 +67,23 @@ def main(name: str) -> None:
     heads, epochs = config.stage1.heads, config.stage1.epochs
     print(f"{name}: {len(train)} train / {len(val)} validation pairs (held-out train prompts)")
 
-    def grid(title: str, values, settings) -> None:
+    def grid(title: str, values, settings, data=lambda value: (stage1, validation)) -> None:
         print(f"| {title} | stage-1 accuracy, unseen phrasings (seeds {SEEDS}) |\n|---:|---:|")
         for value in values:
-            scores = [np.mean([accuracy(fit_stage1(stage1, Stage1Config(heads=heads, epochs=epochs, seed=seed,
-                                                                          **settings(value)),
-                                                   progress=False)[0], f) for f in validation])
+            train_features, validation_features = data(value)
+            scores = [np.mean([accuracy(fit_stage1(train_features, Stage1Config(heads=heads, epochs=epochs, seed=seed,
+                                                                                  **settings(value)),
+                                                   progress=False)[0], f) for f in validation_features])
                       for seed in SEEDS]
-            print(f"| {value:g} | {np.mean(scores):.4f} ± {np.std(scores):.4f} |", flush=True)
+            print(f"| {value:g} | {np.mean(scores):.4f} ± {np.std(scores):.4f} |" if isinstance(value, float)
+                  else f"| {value} | {np.mean(scores):.4f} ± {np.std(scores):.4f} |", flush=True)
 
     if os.environ.get("STAGE1", "1") != "0":
+        grid("context encoding", ENCODINGS, lambda encoding: {},
+             lambda encoding: (features(with_phrasings(train, {a: v[:2] for a, v in phrasings.items()}, "train"),
+                                        encoding),
+                               [features([{**r, "context": phrasings[r["attribute"]][j]} for r in val], encoding)
+                                for j in (2, 3)]))
         grid("T", CANDIDATE_T, lambda t: {"context_temperature": t})
         grid("context dropout (T default)", CANDIDATE_DROPOUT, lambda rate: {"context_dropout": rate})
     one = features(with_phrasings(train, {a: v[:1] for a, v in phrasings.items()}, "train"))

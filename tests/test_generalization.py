@@ -180,3 +180,29 @@ def test_a_model_saved_before_the_clauses_encoding_reads_whole_sentence_contexts
     clauses, _ = featurize(train[:200], backbone, cache, progress=False)
     with pytest.raises(MicroRMError, match="route layout 'clauses' but the model reads 'separate'"):
         loaded.check_features(clauses)
+
+
+def test_phrasing_folds_hold_out_whole_wordings_and_keep_a_sibling_wording_fitted():
+    import torch
+
+    from micro_rm.train.stage2 import phrasing_folds, prompt_folds
+
+    rng = np.random.default_rng(0)
+    wordings = torch.as_tensor(rng.normal(size=(6, 4)), dtype=torch.float32)  # 2 attributes × 3 wordings
+    which = rng.integers(0, 6, size=120)
+    attributes = ["a" if w < 3 else "b" for w in which]
+    contexts = torch.cat([wordings[which], torch.zeros(10, 4)])        # 10 rows without a context
+    attributes += [None] * 10
+    prompts = [f"p{i % 37}" for i in range(130)]
+    by_prompt = prompt_folds(prompts, 5, seed=0)
+    fold = phrasing_folds(by_prompt, attributes, contexts, folds=5)
+    np.testing.assert_array_equal(fold[120:], by_prompt[120:])          # no context: prompt folds
+    for w in range(6):                                                  # a wording is never split
+        assert len(set(fold[:120][which == w])) <= 1
+    for f in np.unique(fold[:120]):
+        for attribute in ("a", "b"):
+            held = {w for w in range(6) if (which == w).any() and fold[np.flatnonzero(which == w)[0]] == f
+                    and attributes[np.flatnonzero(which == w)[0]] == attribute}
+            fitted = {w for w in range(6) if (which == w).any() and fold[np.flatnonzero(which == w)[0]] != f
+                      and attributes[np.flatnonzero(which == w)[0]] == attribute}
+            assert not held or fitted                                   # a sibling wording stays fitted

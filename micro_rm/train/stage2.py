@@ -61,6 +61,7 @@ if TYPE_CHECKING:
 
 
 ALGORITHMS = ("safe", "paper")
+HELDOUT = ("phrasing", "prompt")
 TAU_MIN = 1e-8   # below this, exp(−L/τ) underflows for every head and the targets are undefined
 
 
@@ -91,8 +92,12 @@ class AdaptConfig:
     seed: int = _help("Seed of the budget draw, the folds and the shuffling.", 0)
     tau_grid: tuple[float, ...] = _help("Candidate τ values for tau='auto'.",
                                         (1e-3, 1e-2, 1e-1, 1.0, 10.0))
-    folds: int = _help("Folds (split by prompt) of the cross-validation for tau='auto' and for "
-                       "safe's keep-or-adapt choice.", 5)
+    folds: int = _help("Folds of the cross-validation for tau='auto' and for safe's keep-or-adapt "
+                       "choice.", 5)
+    heldout: str = _help("What a cross-validation fold holds out. phrasing: where an attribute's budget "
+                         "pairs carry several contexts (wordings of one preference), whole wordings, "
+                         "so a candidate must also route a wording it was not fitted on (separate "
+                         "context layouts only); prompts elsewhere. prompt: prompts only.", "phrasing")
     keep_margin: float = _help("safe: standard errors (of the paired per-pair difference) by which "
                                "an adapted router's cross-validated NLL must beat keeping the "
                                "stage-1 router.", 1.0)
@@ -100,6 +105,8 @@ class AdaptConfig:
     def __post_init__(self) -> None:
         for name, low in (("budget", 1), ("epochs", 1), ("batch_size", 1), ("seed", 0), ("folds", 2)):
             _check_int(self, name, low)
+        if self.heldout not in HELDOUT:
+            raise MicroRMError(f"`heldout` must be one of {', '.join(HELDOUT)}, got {self.heldout!r}")
         if self.algorithm not in ALGORITHMS:
             raise MicroRMError(f"`algorithm` must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}")
         if self.tau != "auto":
@@ -236,7 +243,8 @@ def adapt_router(model: "MixtureRewardModel", features: "PairFeatures", config: 
         stage1_nll = mixture_nll(model, route, deltas)
         cv_nll = None
         if config.algorithm == "safe" or config.tau == "auto":
-            cv_nll = cross_validate(model, route, deltas, features.prompts, config, progress=progress)
+            cv_nll = cross_validate(model, route, deltas, features.prompts, config, progress=progress,
+                                    attributes=features.attributes)
         tau = choose_candidate(cv_nll, config) if cv_nll else config.tau
         adapted, epochs = copy.deepcopy(model), []
         if tau != KEEP:
@@ -441,12 +449,12 @@ def _adam_distillation(model: "MixtureRewardModel", route: "torch.Tensor", confi
 
 
 def cross_validate(model: "MixtureRewardModel", route: "torch.Tensor", deltas: "torch.Tensor",
-                   prompts: Sequence[str], config: AdaptConfig, *, progress: bool = False
-                   ) -> dict[Any, np.ndarray]:
+                   prompts: Sequence[str], config: AdaptConfig, *, progress: bool = False,
+                   attributes: Optional[Sequence[Optional[str]]] = None) -> dict[Any, np.ndarray]:
     """{candidate: mixture NLL of each budget pair when its fold was held out} [N], over the τ
     of the grid (or ``config.tau`` when it is a number) and, for ``safe``, ``"keep"`` (the
     stage-1 router's NLL). Folds split by prompt, so a held-out pair's prompt is new to the
-    adapted router."""
+    adapted router, and by wording where :func:`phrasing_folds` applies (``config.heldout``)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -455,14 +463,17 @@ def cross_validate(model: "MixtureRewardModel", route: "torch.Tensor", deltas: "
 
     taus = config.tau_grid if config.tau == "auto" else (config.tau,)
     fold = prompt_folds(prompts, config.folds, config.seed)
+    width = model.config.context_dim
+    if config.heldout == "phrasing" and width and attributes:
+        fold = phrasing_folds(fold, attributes, route[:, -width:], config.folds)
     out: dict[Any, np.ndarray] = {tau: np.zeros(len(prompts)) for tau in taus}
     with torch.no_grad():
         if config.algorithm == "safe":
             out[KEEP] = mixture_bt_loss(deltas, model.router_log_weights(route)).cpu().numpy()
-    bar = tqdm(total=len(taus) * (fold.max() + 1), desc="stage 2: cross-validation", unit="fit",
+    bar = tqdm(total=len(taus) * len(np.unique(fold)), desc="stage 2: cross-validation", unit="fit",
                disable=not progress, leave=False)
     with bar:
-        for f in range(fold.max() + 1):
+        for f in np.unique(fold):
             train, held = (torch.from_numpy(np.flatnonzero(fold != f)).to(route.device),
                            torch.from_numpy(np.flatnonzero(fold == f)).to(route.device))
             if config.algorithm == "safe" and model.config.context_dim:      # every τ in one fit
@@ -523,6 +534,35 @@ def prompt_folds(prompts: Sequence[str], folds: int, seed: int) -> np.ndarray:
     order = np.random.default_rng(seed).permutation(len(distinct))
     fold_of = {distinct[i]: rank % min(folds, len(distinct)) for rank, i in enumerate(order)}
     return np.array([fold_of[p] for p in prompts])
+
+
+def phrasing_folds(fold: np.ndarray, attributes: Sequence[Optional[str]], contexts: "torch.Tensor",
+                   folds: int) -> np.ndarray:
+    """``fold`` (by prompt) with each attribute whose pairs carry several distinct contexts moved
+    to folds by context: its wordings take turns over the folds, so a held-out wording always
+    has a sibling wording of the same preference among the fitted ones. That is the case a user
+    meets who says the same thing in words no prototype holds. Rows without an attribute or a
+    context keep their prompt fold.
+
+    >>> import torch
+    >>> phrasing_folds(np.array([0, 1, 2, 0]), ["a", "a", "a", None],
+    ...                torch.tensor([[1.0, 0], [0, 1], [1, 0], [0, 0]]), folds=5).tolist()
+    [0, 1, 0, 0]
+    """
+    import torch
+
+    fold = fold.copy()
+    present = (contexts.norm(dim=-1) > 0).cpu().numpy()
+    wording = torch.unique(contexts, dim=0, return_inverse=True)[1].cpu().numpy()
+    for attribute in dict.fromkeys(a for a, p in zip(attributes, present) if a is not None and p):
+        rows = np.flatnonzero([a == attribute and p for a, p in zip(attributes, present)])
+        distinct = list(dict.fromkeys(wording[rows]))
+        if len(distinct) < 2:
+            continue
+        offset = int(hashlib.sha256(str(attribute).encode()).hexdigest()[:8], 16)
+        turn = {w: (offset + i) % folds for i, w in enumerate(distinct)}
+        fold[rows] = [turn[w] for w in wording[rows]]
+    return fold
 
 
 def mixture_nll(model: "MixtureRewardModel", route: "torch.Tensor", deltas: "torch.Tensor") -> float:
