@@ -47,6 +47,7 @@ def adapt(
     batch_size: int = typer.Option(_default("batch_size"), "--batch-size", help=_help("batch_size")),
     lr: float = typer.Option(_default("lr"), "--lr", help=_help("lr")),
     folds: int = typer.Option(_default("folds"), "--folds", help=_help("folds")),
+    heldout: str = typer.Option(_default("heldout"), "--heldout", help=_help("heldout")),
     seed: int = typer.Option(_default("seed"), "--seed", help=_help("seed")),
     cache_dir: Optional[Path] = typer.Option(None, "--cache", help=CACHE_HELP),
     cache_only: bool = typer.Option(False, "--cache-only", help=CACHE_ONLY_HELP),
@@ -56,7 +57,8 @@ def adapt(
 
     Algorithm 1: Hedge soft targets recomputed once per epoch, distilled into the router by
     cross-entropy; the heads stay frozen. The default (--algorithm safe) keeps the stage-1 router
-    unless cross-validation on held-out budget prompts shows that adapting helps.
+    unless cross-validation on held-out budget prompts (and held-out wordings, where an attribute's
+    budget has several) shows that adapting helps.
 
     Example: micro-rm adapt --model runs/dsp --data dsp-train.jsonl --budget 50 --tau auto
     --out runs/dsp-adapted
@@ -66,7 +68,7 @@ def adapt(
     from micro_rm.train.stage2 import AdaptConfig, parse_tau
 
     config = AdaptConfig(budget=budget, algorithm=algorithm, tau=parse_tau(tau), epochs=epochs,
-                         batch_size=batch_size, lr=lr, folds=folds, seed=seed)
+                         batch_size=batch_size, lr=lr, folds=folds, heldout=heldout, seed=seed)
     check_destination(out)
 
     from micro_rm.data.readers import read_pairs

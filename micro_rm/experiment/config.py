@@ -121,13 +121,15 @@ class Stage2Section:
     tau: Union[float, str] = _doc("Hedge temperature τ (the paper: 1e-3 HelpSteer2, 1e-4 RPR), or "
                                   "auto: chosen from tau_grid by k-fold CV of the mixture NLL on the "
                                   "budget pairs.", "auto")
-    algorithm: str = _doc("safe (keep-or-adapt by cross-validation, SGD; the default) or paper "
+    algorithm: str = _doc("safe (keep-or-adapt by cross-validation, exact mirror-descent steps; the default) or paper "
                           "(Algorithm 1 as written); see micro_rm.train.stage2.", "safe")
     epochs: int = _doc("Epochs T of Algorithm 1 (the paper: 10).", 10)
     batch_size: int = _doc("Pairs per step (the paper: 32).", 32)
     lr: Optional[float] = _doc("Router learning rate (default: stage 2's).", None)
     tau_grid: Optional[list] = _doc("Candidate τ for tau: auto (default: stage 2's grid).", None)
     folds: int = _doc("Folds of the τ cross-validation.", 5)
+    heldout: str = _doc("What a fold holds out: phrasing (whole wordings where an attribute's budget "
+                        "has several, prompts elsewhere; the default) or prompt.", "phrasing")
 
 
 @dataclass
@@ -251,6 +253,11 @@ class ExperimentConfig:
             value = getattr(getattr(self, section), name)
             if value < 1:
                 raise bad(key, "an integer ≥ 1", value)
+        from micro_rm.train.stage2 import ALGORITHMS, HELDOUT
+
+        for key, allowed in (("algorithm", ALGORITHMS), ("heldout", HELDOUT)):
+            if getattr(self.stage2, key) not in allowed:
+                raise bad(f"stage2.{key}", f"one of {', '.join(allowed)}", getattr(self.stage2, key))
         tau = self.stage2.tau
         if not (tau == "auto" or (isinstance(tau, (int, float)) and not isinstance(tau, bool)
                                   and math.isfinite(tau) and tau > 0)):

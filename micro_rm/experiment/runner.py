@@ -157,7 +157,7 @@ class _Run:
                  if v is not None}
         return AdaptConfig(budget=budget, algorithm=s2.algorithm, tau=s2.tau, epochs=s2.epochs,
                            batch_size=s2.batch_size,
-                           seed=seed, folds=s2.folds, **extra)
+                           seed=seed, folds=s2.folds, heldout=s2.heldout, **extra)
 
     def fit(self, features, variant: str, **overrides: Any):
         from micro_rm.train.stage1 import fit_stage1

@@ -34,7 +34,7 @@ class MixtureConfig:
                                         # "" (configs before it): "separate" with a context width,
                                         # else "joint"
     context_prototypes: int = 0         # number of prototype contexts of that branch
-    context_temperature: float = 0.1    # temperature of the attention over the prototypes (cosine)
+    context_temperature: float = 0.05   # temperature of the attention over the prototypes (cosine)
     prior_scale: float = 1.0            # ``shared-base``: scale of the frozen prior heads, relative
                                         # to PyTorch's default Linear init U(±1/√d) (HyRe's prior)
     backbone: dict = field(default_factory=dict)   # fingerprint of the backbone; its "spec" rebuilds it

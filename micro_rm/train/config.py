@@ -30,9 +30,9 @@ class Stage1Config:
     context_temperature: float = _help("Temperature of the router's attention over prototype "
                                        "contexts (cosine similarity / T); smaller routes a new "
                                        "phrasing like its single nearest training phrasing. "
-                                       "0.1: best of 0.01 / 0.02 / 0.05 / 0.1 / 0.2 on unseen phrasings "
-                                       "of held-out train prompts, DSP (HH: flat from 0.05 to 0.2); "
-                                       "benchmarks/validate_defaults.py.", 0.1)
+                                       "0.05: best of 0.02 / 0.03 / 0.05 / 0.1 / 0.2 with clause-pooled "
+                                       "contexts on unseen phrasings of held-out train prompts, DSP and "
+                                       "HH, 3 seeds; benchmarks/validate_defaults.py.", 0.05)
     max_prototypes: int = _help("At most this many prototype contexts (k-means centres of the "
                                 "training contexts when there are more distinct ones).", 512)
     context_dropout: float = _help("Fraction of training pairs whose context the router does not "
