@@ -245,7 +245,8 @@ def adapt_router(model: "MixtureRewardModel", features: "PairFeatures", config: 
         if config.algorithm == "safe" or config.tau == "auto":
             cv_nll = cross_validate(model, route, deltas, features.prompts, config, progress=progress,
                                     attributes=features.attributes)
-        tau = choose_candidate(cv_nll, config) if cv_nll else config.tau
+        clusters = cv_folds(model, route, features.prompts, features.attributes, config)[1]
+        tau = choose_candidate(cv_nll, config, clusters) if cv_nll else config.tau
         adapted, epochs = copy.deepcopy(model), []
         if tau != KEEP:
             epochs = fit_router(adapted, route, deltas, tau, config, progress=progress)
@@ -462,10 +463,7 @@ def cross_validate(model: "MixtureRewardModel", route: "torch.Tensor", deltas: "
     from micro_rm.model.mixture import context_branch_logits
 
     taus = config.tau_grid if config.tau == "auto" else (config.tau,)
-    fold = prompt_folds(prompts, config.folds, config.seed)
-    width = model.config.context_dim
-    if config.heldout == "phrasing" and width and attributes:
-        fold = phrasing_folds(fold, attributes, route[:, -width:], config.folds)
+    fold = cv_folds(model, route, prompts, attributes, config)[0]
     out: dict[Any, np.ndarray] = {tau: np.zeros(len(prompts)) for tau in taus}
     with torch.no_grad():
         if config.algorithm == "safe":
@@ -497,11 +495,15 @@ def cross_validate(model: "MixtureRewardModel", route: "torch.Tensor", deltas: "
     return out
 
 
-def choose_candidate(per_pair_nll: dict[Any, np.ndarray], config: AdaptConfig) -> Any:
+def choose_candidate(per_pair_nll: dict[Any, np.ndarray], config: AdaptConfig,
+                     clusters: Optional[Sequence[Any]] = None) -> Any:
     """The candidate with the lowest mean cross-validated NLL. For ``safe``, an adapted router
-    replaces ``"keep"`` only when its NLL is lower by more than one standard error of the paired
-    difference and it classifies at least as many held-out pairs correctly (p > 0.5 ⇔ NLL < log 2):
-    a better-calibrated router that ranks fewer pairs right is not an improvement to a user.
+    replaces ``"keep"`` only when its NLL is lower by more than ``keep_margin`` standard errors of
+    the paired difference and it classifies at least as many held-out pairs correctly (p > 0.5 ⇔
+    NLL < log 2): a better-calibrated router that ranks fewer pairs right is not an improvement
+    to a user. The standard error is clustered by what a fold holds out (``clusters``: the
+    prompt, or the wording, of each pair): pairs of one wording succeed or fail together, so
+    counting them as independent overstates the evidence of a few wordings.
 
     >>> choose_candidate({"keep": np.array([0.6, 0.6]), 1.0: np.array([0.5, 0.7])}, AdaptConfig())
     'keep'
@@ -512,9 +514,27 @@ def choose_candidate(per_pair_nll: dict[Any, np.ndarray], config: AdaptConfig) -
         return best
     keep, adapted = per_pair_nll[KEEP], per_pair_nll[best]
     gain = keep - adapted                                               # > 0: adapting helps
-    standard_error = gain.std(ddof=1) / math.sqrt(len(gain)) if len(gain) > 1 else math.inf
+    standard_error = clustered_standard_error(gain, np.arange(len(gain)) if clusters is None else clusters)
     correct_gain = int((adapted < math.log(2)).sum()) - int((keep < math.log(2)).sum())
     return best if gain.mean() > config.keep_margin * standard_error and correct_gain >= 0 else KEEP
+
+
+def clustered_standard_error(values: np.ndarray, clusters: Sequence[Any]) -> float:
+    """Standard error of ``values.mean()`` when rows of one cluster are not independent (the
+    cluster-robust sandwich estimate with the G / (G − 1) small-sample factor); one row per
+    cluster gives the usual s / √n. Infinite with fewer than two clusters.
+
+    >>> round(clustered_standard_error(np.array([1.0, 2.0, 3.0, 4.0]), [0, 1, 2, 3]), 4)
+    0.6455
+    >>> round(clustered_standard_error(np.array([1.0, 1.0, 4.0, 4.0]), ["a", "a", "b", "b"]), 4)
+    1.5
+    """
+    _, group = np.unique(np.asarray([str(c) for c in clusters]), return_inverse=True)
+    count = int(group.max()) + 1 if len(group) else 0
+    if count < 2:
+        return math.inf
+    sums = np.bincount(group, weights=values - values.mean(), minlength=count)
+    return math.sqrt(count / (count - 1) * (sums ** 2).sum()) / len(values)
 
 
 def _plain(per_pair_nll: Optional[dict[Any, np.ndarray]]) -> Optional[dict[str, float]]:
@@ -536,6 +556,33 @@ def prompt_folds(prompts: Sequence[str], folds: int, seed: int) -> np.ndarray:
     return np.array([fold_of[p] for p in prompts])
 
 
+def cv_folds(model: "MixtureRewardModel", route: "torch.Tensor", prompts: Sequence[str],
+             attributes: Optional[Sequence[Optional[str]]], config: AdaptConfig) -> tuple[np.ndarray, list[str]]:
+    """The fold of each budget row and the cluster it is held out with: its prompt, or its
+    wording where :func:`phrasing_folds` applies (``config.heldout``)."""
+    fold, clusters = prompt_folds(prompts, config.folds, config.seed), [f"prompt {p}" for p in prompts]
+    width = model.config.context_dim
+    if config.heldout == "phrasing" and width and attributes:
+        fold = phrasing_folds(fold, attributes, route[:, -width:], config.folds)
+        varied, wording = varied_wordings(attributes, route[:, -width:])
+        clusters = [f"wording {w}" if v else c for c, v, w in zip(clusters, varied, wording)]
+    return fold, clusters
+
+
+def varied_wordings(attributes: Sequence[Optional[str]], contexts: "torch.Tensor") -> tuple[np.ndarray, np.ndarray]:
+    """Which rows belong to an attribute whose rows carry several distinct contexts (bool [N]),
+    and each row's wording (an id of its context vector, [N])."""
+    import torch
+
+    present = (contexts.norm(dim=-1) > 0).cpu().numpy()
+    wording = torch.unique(contexts, dim=0, return_inverse=True)[1].cpu().numpy()
+    varied = np.zeros(len(wording), dtype=bool)
+    for attribute in dict.fromkeys(a for a, p in zip(attributes, present) if a is not None and p):
+        rows = np.flatnonzero([a == attribute and p for a, p in zip(attributes, present)])
+        varied[rows] = len(set(wording[rows])) > 1
+    return varied, wording
+
+
 def phrasing_folds(fold: np.ndarray, attributes: Sequence[Optional[str]], contexts: "torch.Tensor",
                    folds: int) -> np.ndarray:
     """``fold`` (by prompt) with each attribute whose pairs carry several distinct contexts moved
@@ -549,18 +596,12 @@ def phrasing_folds(fold: np.ndarray, attributes: Sequence[Optional[str]], contex
     ...                torch.tensor([[1.0, 0], [0, 1], [1, 0], [0, 0]]), folds=5).tolist()
     [0, 1, 0, 0]
     """
-    import torch
-
     fold = fold.copy()
-    present = (contexts.norm(dim=-1) > 0).cpu().numpy()
-    wording = torch.unique(contexts, dim=0, return_inverse=True)[1].cpu().numpy()
-    for attribute in dict.fromkeys(a for a, p in zip(attributes, present) if a is not None and p):
-        rows = np.flatnonzero([a == attribute and p for a, p in zip(attributes, present)])
-        distinct = list(dict.fromkeys(wording[rows]))
-        if len(distinct) < 2:
-            continue
+    varied, wording = varied_wordings(attributes, contexts)
+    for attribute in dict.fromkeys(a for a, v in zip(attributes, varied) if v):
+        rows = np.flatnonzero([a == attribute and v for a, v in zip(attributes, varied)])
         offset = int(hashlib.sha256(str(attribute).encode()).hexdigest()[:8], 16)
-        turn = {w: (offset + i) % folds for i, w in enumerate(distinct)}
+        turn = {w: (offset + i) % folds for i, w in enumerate(dict.fromkeys(wording[rows]))}
         fold[rows] = [turn[w] for w in wording[rows]]
     return fold
 
