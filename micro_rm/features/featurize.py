@@ -100,19 +100,20 @@ def route_matrix(vectors: np.ndarray, contexts: Sequence[Optional[str]], context
         if context_dim:
             route[[not c for c in contexts], -context_dim:] = 0.0
         return route
-    route, at = np.zeros((len(contexts), vectors.shape[1] + context_dim), dtype=np.float32), 0
-    for i, context in enumerate(contexts):
-        views = len(context_views(context)) if context else 1
-        route[i, :-context_dim] = vectors[at]
-        if context:
-            unit = vectors[at + 1:at + 1 + views]
-            mean = (unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)).mean(0)
-            route[i, -context_dim:] = mean / max(float(np.linalg.norm(mean)), 1e-12)
-        at += 1 + views
-    if at != len(vectors):
+    if not len(contexts):
+        return np.zeros((0, vectors.shape[1] + context_dim), dtype=np.float32)
+    views = np.array([len(context_views(c)) if c else 1 for c in contexts], dtype=np.int64)   # per pair
+    if int((1 + views).sum()) != len(vectors):
         raise MicroRMError(f"route_matrix: {len(vectors)} vectors for {len(contexts)} pairs' route "
-                           f"items, expected {at}")
-    return route
+                           f"items, expected {int((1 + views).sum())}")
+    first = np.concatenate([[0], np.cumsum(1 + views)[:-1]])                 # each pair's prompt row
+    rest = np.ones(len(vectors), dtype=bool)
+    rest[first] = False
+    unit = vectors[rest] / np.maximum(np.linalg.norm(vectors[rest], axis=1, keepdims=True), 1e-12)
+    mean = np.add.reduceat(unit, np.concatenate([[0], np.cumsum(views)[:-1]]), axis=0) / views[:, None]
+    mean /= np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
+    mean[[not c for c in contexts]] = 0.0
+    return np.concatenate([vectors[first], mean], axis=1).astype(np.float32)
 
 
 def check_context_encoding(value: str) -> str:
