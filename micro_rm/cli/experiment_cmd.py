@@ -62,7 +62,7 @@ def demo(
     backbone: str = typer.Option("default", "--backbone", help="Backbone (static: seconds instead of "
                                  "minutes, for a quick look or tests)."),
     prompts: Optional[int] = typer.Option(None, "--prompts", help="Synthetic prompts to generate "
-                                          "(default: about 3.5 minutes on 2 quiet CPU cores, 1 with a warm cache)."),
+                                          "(default: about 3 minutes on 2 quiet CPU cores, 1 with a warm cache)."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache", help="Feature cache folder."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:

@@ -3,7 +3,7 @@
 Four user groups (concise, expert, cautious, playful) with known, conflicting preferences over
 response styles; each group has a context sentence. The pooled labels are a true mixture, so a
 single reward model cannot fit them, while MiCRo's heads specialise and its router learns from
-the context which head a user wants. It takes about 3.5 minutes on 2 quiet CPU cores (2.5 of them
+the context which head a user wants. It takes about 3 minutes on 2 quiet CPU cores (2.3 of them
 encoding ~11,000 texts once; a rerun reads them from the feature cache and takes about one).
 
 ``DEMO_CONFIG`` is the config; ``configs/demo.yaml`` holds the same settings.
