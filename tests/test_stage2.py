@@ -166,6 +166,13 @@ def test_tau_auto_needs_two_prompts():
         adapt_router(_model(), features, AdaptConfig(tau="auto"), progress=False)
 
 
+def test_a_fixed_tau_without_cross_validation_takes_a_single_prompt():
+    features = _features()
+    features.prompts = ["same prompt"] * len(features)
+    _, info = adapt_router(_model(), features, AdaptConfig(tau=1e-3, algorithm="paper"), progress=False)
+    assert info["tau"] == 1e-3 and info["cv_nll"] is None
+
+
 def test_adapted_model_round_trips_through_save_pretrained(tmp_path):
     adapted, _ = adapt_router(_model(), _features(), AdaptConfig(epochs=2), progress=False)
     adapted.save_pretrained(tmp_path / "m")

@@ -98,9 +98,9 @@ class AdaptConfig:
                          "pairs carry several contexts (wordings of one preference), whole wordings, "
                          "so a candidate must also route a wording it was not fitted on (separate "
                          "context layouts only); prompts elsewhere. prompt: prompts only.", "phrasing")
-    keep_margin: float = _help("safe: standard errors (of the paired per-pair difference) by which "
-                               "an adapted router's cross-validated NLL must beat keeping the "
-                               "stage-1 router.", 1.0)
+    keep_margin: float = _help("safe: standard errors (of the paired difference, clustered by the "
+                               "held-out prompt or wording) by which an adapted router's "
+                               "cross-validated NLL must beat keeping the stage-1 router.", 1.0)
 
     def __post_init__(self) -> None:
         for name, low in (("budget", 1), ("epochs", 1), ("batch_size", 1), ("seed", 0), ("folds", 2)):
@@ -241,12 +241,12 @@ def adapt_router(model: "MixtureRewardModel", features: "PairFeatures", config: 
         deltas = model.head_deltas(torch.as_tensor(diff, device=device))          # [N, K]
     with _small_tensor_cpu(str(device)):
         stage1_nll = mixture_nll(model, route, deltas)
-        cv_nll = None
+        cv_nll, tau = None, config.tau
         if config.algorithm == "safe" or config.tau == "auto":
             cv_nll = cross_validate(model, route, deltas, features.prompts, config, progress=progress,
                                     attributes=features.attributes)
-        clusters = cv_folds(model, route, features.prompts, features.attributes, config)[1]
-        tau = choose_candidate(cv_nll, config, clusters) if cv_nll else config.tau
+            clusters = cv_folds(model, route, features.prompts, features.attributes, config)[1]
+            tau = choose_candidate(cv_nll, config, clusters)
         adapted, epochs = copy.deepcopy(model), []
         if tau != KEEP:
             epochs = fit_router(adapted, route, deltas, tau, config, progress=progress)
