@@ -178,3 +178,19 @@ def test_python_dash_m_runs_the_cli():
                           capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 0 and "--tokens-per-batch" in done.stdout
+
+
+def test_encode_out_records_the_context_encoding_and_refuses_an_unknown_one(tmp_path, capsys):
+    from micro_rm.features.store import load_features
+
+    data = pair_file(tmp_path / "pairs.jsonl", n=12)
+    out = tmp_path / "features"
+    assert main(["encode", "--data", str(data), "--backbone", "static", "--out", str(out),
+                 "--cache", str(tmp_path / "cache"), "--context-encoding", "separate", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["context_encoding"] == "separate"
+    assert load_features(out).context_encoding == "separate"
+    assert main(["encode", "--data", str(data), "--backbone", "static", "--out", str(tmp_path / "other"),
+                 "--cache", str(tmp_path / "cache"), "--context-encoding", "pooled"]) == 2
+    assert "context_encoding must be one of clauses, separate, joint" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
+

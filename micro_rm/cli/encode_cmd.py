@@ -39,6 +39,9 @@ def encode(
                                      "context (context + prompt) or prompt."),
     context_in_reward: bool = typer.Option(False, "--context-in-reward", help="Prepend the context "
                                            "to the prompt of the reward features too."),
+    context_encoding: str = typer.Option("clauses", "--context-encoding", help="Router input layout, "
+                                         "as `micro-rm train --context-encoding`: clauses, separate "
+                                         "or joint."),
     storage: str = typer.Option("float16", "--storage", help="Cache precision: float16 (half the "
                                 "disk) or float32 (exact)."),
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Log and skip bad records "
@@ -59,7 +62,7 @@ def encode(
     --backbone default --device cuda --tokens-per-batch 16384
     """
     from micro_rm.errors import MicroRMError
-    from micro_rm.features.featurize import ROUTER_INPUTS
+    from micro_rm.features.featurize import ROUTER_INPUTS, check_context_encoding
 
     # Cheap checks first, so a typo fails before the backbone loads.
     if max_length is not None and max_length <= 0:
@@ -71,6 +74,7 @@ def encode(
     if router_input not in ROUTER_INPUTS:
         raise MicroRMError(f"--router-input must be one of {', '.join(ROUTER_INPUTS)}, "
                            f"got {router_input!r}")
+    check_context_encoding(context_encoding)
     if out is not None:
         from micro_rm.atomic import check_output_path
         check_output_path(out, "--out", folder=True)
@@ -93,12 +97,12 @@ def encode(
                                  device=group.device(device) if group else device,
                                  batch_size=tokens_per_batch or batch_size)
         items = record_items(records, backbone, router_input=router_input,
-                             context_in_reward=context_in_reward)
+                             context_in_reward=context_in_reward, context_encoding=context_encoding)
         stats = cache.fill(items, backbone, batch_size=batch_size,
                            tokens_per_batch=tokens_per_batch, progress=is_main, group=group)
         if out is not None and is_main:  # every rank's shards are in: fill() waited for them
-            featurize(records, backbone, cache, router_input=router_input,
-                      context_in_reward=context_in_reward, allow_encode=False, out=out)
+            featurize(records, backbone, cache, router_input=router_input, context_in_reward=context_in_reward,
+                      context_encoding=context_encoding, allow_encode=False, out=out)
         if group is not None:
             group.barrier()  # no rank leaves (and tears the group down) while rank 0 writes
     finally:
@@ -109,7 +113,8 @@ def encode(
     folder = cache.folder(backbone.fingerprint())
     result = {**stats.as_dict(), "pairs": len(records), "backbone": backbone.name,
               "dim": backbone.dim, "dtype": dtype, "router_input": router_input,
-              "context_in_reward": context_in_reward, "storage": storage,
+              "context_in_reward": context_in_reward, "context_encoding": context_encoding,
+              "storage": storage,
               "cache": str(folder), "features": str(out) if out else None,
               "total_seconds": round(time.perf_counter() - start, 3)}
     rate = stats.encoded / stats.seconds if stats.seconds > 0 and stats.encoded else 0.0
