@@ -146,6 +146,8 @@ def test_decoder_separate_layout_encodes_the_context_as_its_system_message(llama
     assert backbone.context_item("Be brief.") == ("[CLS]system: Be brief.[SEP]", None)
     prompt, context = route_items(backbone, "Hi", "Be brief.")
     assert prompt == ("[CLS]user: Hi[SEP][CLS]assistant:", None) and context == backbone.context_item("Be brief.")
+    views = route_items(backbone, "Hi", "Be brief, use plain words.")[1:]      # clauses: each its own system message
+    assert views == [backbone.context_item(v) for v in ("Be brief, use plain words.", "Be brief", "use plain words")]
 
 
 def test_template_without_system_role_gets_the_context_in_the_user_turn(tmp_path):
