@@ -35,6 +35,47 @@ STAGE2 = tuple({"algorithm": "safe", "heldout": h, "keep_margin": float(m)}
                for m in os.environ.get("KEEP_MARGINS", "1,2").split(",")
                for h in os.environ.get("HELDOUT", "phrasing,prompt").split(",")) + ({"algorithm": "paper"},)
 
+# Validation-only wordings (never in configs/, never tested): with them, stage 2 is validated in
+# the harness's exact shape (stage 1 on phrasings 1–2, the budget on 3–4) on wordings new to both.
+VALIDATION_PHRASINGS = {
+    "dsp": {
+        "academy": ["Explain it as you would in a journal article.",
+                    "I teach at a university; precision and references matter to me.",
+                    "Formal, evidence-based and analytical, like a research report."],
+        "business": ["Bottom line first, then the action items.",
+                     "I'm a startup founder; tell me what pays off and what it costs.",
+                     "Treat me like a CEO who needs a practical recommendation."],
+        "entertainment": ["Spice it up with jokes and wild examples!",
+                          "I'm reading this for fun, so keep me amused.",
+                          "Write it like an upbeat YouTube host, full of energy."],
+        "literature": ["Paint it in words, as a poet might.",
+                       "I read novels all day; give me graceful, imaginative prose.",
+                       "Lyrical and descriptive, with a storyteller's touch."],
+    },
+    "hh": {
+        "helpful": ["Give me a full, practical answer that really solves my problem.",
+                    "I need specifics, not vague hints.",
+                    "Help me as much as you possibly can."],
+        "harmless": ["Stay ethical and never assist with anything risky or illegal.",
+                     "I'd rather you say no than say something harmful.",
+                     "Keep every answer safe for everyone."],
+    },
+    "demo": {
+        "concise": ["Two sentences max, casual tone.",
+                    "I'm in a hurry, so short and relaxed please.",
+                    "No bullet points, no padding, just the gist."],
+        "expert": ["I'm a specialist; go deep, formal and structured.",
+                   "Give me a thorough technical write-up with bullets.",
+                   "Detailed engineering-level explanation, please."],
+        "cautious": ["Warn me about the dangers first.",
+                     "I'm nervous about doing this wrong; flag every risk.",
+                     "Be careful and formal, and include safety warnings."],
+        "playful": ["Crack a joke or two while you explain.",
+                    "Keep it goofy and cheerful!",
+                    "I want a lighthearted, funny take on this."],
+    },
+}
+
 
 def main(name: str) -> None:
     from micro_rm.data.split import select_split
@@ -109,6 +150,25 @@ def main(name: str) -> None:
     for (i, budget), values in changes.items():
         label = ", ".join(f"{k} {v:g}" if isinstance(v, float) else str(v) for k, v in STAGE2[i].items())
         print(f"| {label} | {budget} | " + " | ".join(f"{v:+.2f}" for v in values) + f" | {np.mean(values):+.2f} |")
+    if name not in VALIDATION_PHRASINGS:
+        return
+    print("\nstage 2 in the harness's shape (stage 1 on phrasings 1–2, budget on 3–4), scored under 3 "
+          "validation-only wordings: change against stage 1 in points (5 budget draws)")
+    print("| algorithm | B | " + " | ".join(f"wording {j + 1}" for j in range(3)) + " | mean |\n|:---|---:|"
+          + "---:|" * 4)
+    model, _ = fit_stage1(default_data[0], Stage1Config(heads=heads, epochs=epochs), progress=False)
+    pool = features(with_phrasings(train, {a: v[2:4] for a, v in phrasings.items()}, "adapt"))
+    scored = [features([{**x, "context": VALIDATION_PHRASINGS[name][x["attribute"]][j]} for x in val])
+              for j in range(3)]
+    base = [accuracy(model, f) for f in scored]
+    for settings in STAGE2:
+        for budget in (10, 50):
+            adapted = [adapt_router(model, pool.subset(draw_budget(pool.attributes, budget, s)),
+                                    AdaptConfig(seed=s, **settings), progress=False)[0] for s in range(5)]
+            values = [100 * (np.mean([accuracy(m, f) for m in adapted]) - b) for f, b in zip(scored, base)]
+            label = ", ".join(f"{k} {v:g}" if isinstance(v, float) else str(v) for k, v in settings.items())
+            print(f"| {label} | {budget} | " + " | ".join(f"{v:+.2f}" for v in values)
+                  + f" | {np.mean(values):+.2f} |", flush=True)
 
 if __name__ == "__main__":
     main(sys.argv[1] if len(sys.argv) > 1 else "dsp")
