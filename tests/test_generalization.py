@@ -185,7 +185,7 @@ def test_a_model_saved_before_the_clauses_encoding_reads_whole_sentence_contexts
 def test_phrasing_folds_hold_out_whole_wordings_and_keep_a_sibling_wording_fitted():
     import torch
 
-    from micro_rm.train.stage2 import phrasing_folds, prompt_folds
+    from micro_rm.train.stage2 import phrasing_folds, prompt_folds, varied_wordings
 
     rng = np.random.default_rng(0)
     wordings = torch.as_tensor(rng.normal(size=(6, 4)), dtype=torch.float32)  # 2 attributes × 3 wordings
@@ -195,7 +195,7 @@ def test_phrasing_folds_hold_out_whole_wordings_and_keep_a_sibling_wording_fitte
     attributes += [None] * 10
     prompts = [f"p{i % 37}" for i in range(130)]
     by_prompt = prompt_folds(prompts, 5, seed=0)
-    fold = phrasing_folds(by_prompt, attributes, contexts, folds=5)
+    fold = phrasing_folds(by_prompt, attributes, *varied_wordings(attributes, contexts), folds=5)
     np.testing.assert_array_equal(fold[120:], by_prompt[120:])          # no context: prompt folds
     for w in range(6):                                                  # a wording is never split
         assert len(set(fold[:120][which == w])) <= 1

@@ -16,6 +16,13 @@ import numpy as np
 from micro_rm.data.records import Text
 
 Item = tuple[str, Optional[str]]
+CONTEXT_ENCODINGS = ("clauses", "separate", "joint")   # route layouts (micro_rm.features.featurize)
+
+
+def recorded_encoding(context_encoding: str, context_dim: int) -> str:
+    """The route layout of features or a model, also for those saved before its name was
+    recorded (``""``): whole-sentence contexts (``separate``) with a context width, else ``joint``."""
+    return context_encoding or ("separate" if context_dim else "joint")
 
 
 class Backbone(Protocol):
@@ -68,8 +75,7 @@ class PairFeatures:
     context_encoding: str = ""              # route layout (featurize.CONTEXT_ENCODINGS); "" = from context_dim
 
     def __post_init__(self) -> None:
-        if not self.context_encoding:       # features made before the name was recorded
-            self.context_encoding = "separate" if self.context_dim else "joint"
+        self.context_encoding = recorded_encoding(self.context_encoding, self.context_dim)
 
     def __len__(self) -> int:
         return len(self.chosen)

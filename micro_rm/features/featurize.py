@@ -36,12 +36,11 @@ import numpy as np
 
 from micro_rm.data.records import prompt_key
 from micro_rm.errors import MicroRMError
-from micro_rm.features.base import Backbone, Item, PairFeatures
+from micro_rm.features.base import CONTEXT_ENCODINGS, Backbone, Item, PairFeatures
 from micro_rm.features.cache import EncodeStats, FeatureCache
 from micro_rm.features.store import FeatureWriter, load_features
 
 ROUTER_INPUTS = ("context", "prompt")
-CONTEXT_ENCODINGS = ("clauses", "separate", "joint")
 CLAUSE_BREAK = re.compile(r"[.,;:!?]")
 NO_CONTEXT = ""  # the context item of a record without one (encoded, then zeroed by ``route_matrix``)
 OUT_CHUNK = 16_384  # pairs looked up and written at once by ``featurize(..., out=...)``
@@ -84,6 +83,17 @@ def route_items(backbone: Backbone, prompt: Any, context: Optional[str], *,
     return [backbone.route_item(prompt, None)] + [context_item(backbone, v) for v in views]
 
 
+def route_item_counts(contexts: Sequence[Optional[str]], context_encoding: str) -> np.ndarray:
+    """How many route items :func:`route_items` makes for each pair, from its context alone.
+
+    >>> route_item_counts(["Be brief, in plain words.", None], "clauses").tolist()
+    [4, 2]
+    """
+    if context_encoding != "clauses":
+        return np.full(len(contexts), 1 if context_encoding == "joint" else 2, dtype=np.int64)
+    return np.array([1 + (len(context_views(c)) if c else 1) for c in contexts], dtype=np.int64)
+
+
 def route_matrix(vectors: np.ndarray, contexts: Sequence[Optional[str]], context_dim: int,
                  context_encoding: str = "clauses") -> np.ndarray:
     """The route features [N, d_r] from the vectors of N pairs' route items (in the order of
@@ -102,11 +112,12 @@ def route_matrix(vectors: np.ndarray, contexts: Sequence[Optional[str]], context
         return route
     if not len(contexts):
         return np.zeros((0, vectors.shape[1] + context_dim), dtype=np.float32)
-    views = np.array([len(context_views(c)) if c else 1 for c in contexts], dtype=np.int64)   # per pair
-    if int((1 + views).sum()) != len(vectors):
+    counts = route_item_counts(contexts, context_encoding)
+    if int(counts.sum()) != len(vectors):
         raise MicroRMError(f"route_matrix: {len(vectors)} vectors for {len(contexts)} pairs' route "
-                           f"items, expected {int((1 + views).sum())}")
-    first = np.concatenate([[0], np.cumsum(1 + views)[:-1]])                 # each pair's prompt row
+                           f"items, expected {int(counts.sum())}")
+    views = counts - 1                                                       # context views per pair
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])                    # each pair's prompt row
     rest = np.ones(len(vectors), dtype=bool)
     rest[first] = False
     unit = vectors[rest] / np.maximum(np.linalg.norm(vectors[rest], axis=1, keepdims=True), 1e-12)
@@ -219,13 +230,12 @@ def _write_features(records: Sequence[dict[str, Any]], items: list[Item], backbo
     n = len(records)
     contexts = route_contexts(records, router_input)
     context_dim = context_width(backbone.dim, context_encoding)
-    route_dim = backbone.dim if context_encoding == "joint" else backbone.dim + context_dim
-    ends = 2 * n + np.cumsum([len(route_items(backbone, r["prompt"], c, context_encoding=context_encoding))
-                              for r, c in zip(records, contexts)])       # where each pair's route items end
+    ends = 2 * n + np.cumsum(route_item_counts(contexts, context_encoding))   # each pair's route items end
     starts = np.concatenate([[2 * n], ends[:-1]])
     fingerprint = backbone.fingerprint()
-    with FeatureWriter(out, pairs=n, reward_dim=backbone.dim, route_dim=route_dim, fingerprint=fingerprint,
-                       dtype=cache.dtype, context_dim=context_dim, context_encoding=context_encoding) as writer:
+    with FeatureWriter(out, pairs=n, reward_dim=backbone.dim, route_dim=backbone.dim + context_dim,
+                       fingerprint=fingerprint, dtype=cache.dtype, context_dim=context_dim,
+                       context_encoding=context_encoding) as writer:
         for start in range(0, n, OUT_CHUNK):
             stop = min(start + OUT_CHUNK, n)
             chunk = items[start:stop] + items[n + start:n + stop] + items[starts[start]:ends[stop - 1]]

@@ -32,7 +32,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from micro_rm.errors import MicroRMError
-from micro_rm.features.base import PairFeatures
+from micro_rm.features.base import PairFeatures, recorded_encoding
 
 __all__ = ["FeatureWriter", "load_features", "read_rows", "release_pages", "save_features"]
 
@@ -77,7 +77,7 @@ class FeatureWriter:
         self.pairs, self.dtype = pairs, dtype
         self.fingerprint = dict(fingerprint or {})
         self.context_dim = context_dim
-        self.context_encoding = context_encoding or ("separate" if context_dim else "joint")
+        self.context_encoding = recorded_encoding(context_encoding, context_dim)
         self.tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.tmp")
         self.tmp.mkdir(parents=True)
         shapes = {"chosen": (pairs, reward_dim), "rejected": (pairs, reward_dim),

@@ -63,10 +63,9 @@ class MixtureConfig:
         if isinstance(self.context_prototypes, bool) or not isinstance(self.context_prototypes, int) \
                 or self.context_prototypes < 0:
             raise MicroRMError(f"`context_prototypes` must be an integer ≥ 0, got {self.context_prototypes!r}")
-        if not self.context_encoding:
-            self.context_encoding = "separate" if self.context_dim else "joint"
-        from micro_rm.features.featurize import CONTEXT_ENCODINGS
+        from micro_rm.features.base import CONTEXT_ENCODINGS, recorded_encoding
 
+        self.context_encoding = recorded_encoding(self.context_encoding, self.context_dim)
         if self.context_encoding not in CONTEXT_ENCODINGS or (self.context_encoding == "joint") != (not self.context_dim):
             raise MicroRMError(f"`context_encoding` must be one of {', '.join(CONTEXT_ENCODINGS)}, 'joint' exactly "
                                f"when context_dim is 0, got {self.context_encoding!r} with context_dim "

@@ -243,9 +243,8 @@ def adapt_router(model: "MixtureRewardModel", features: "PairFeatures", config: 
         stage1_nll = mixture_nll(model, route, deltas)
         cv_nll, tau = None, config.tau
         if config.algorithm == "safe" or config.tau == "auto":
-            cv_nll = cross_validate(model, route, deltas, features.prompts, config, progress=progress,
-                                    attributes=features.attributes)
-            clusters = cv_folds(model, route, features.prompts, features.attributes, config)[1]
+            fold, clusters = cv_folds(model, route, features.prompts, features.attributes, config)
+            cv_nll = cross_validate(model, route, deltas, features.prompts, config, progress=progress, fold=fold)
             tau = choose_candidate(cv_nll, config, clusters)
         adapted, epochs = copy.deepcopy(model), []
         if tau != KEEP:
@@ -451,11 +450,11 @@ def _adam_distillation(model: "MixtureRewardModel", route: "torch.Tensor", confi
 
 def cross_validate(model: "MixtureRewardModel", route: "torch.Tensor", deltas: "torch.Tensor",
                    prompts: Sequence[str], config: AdaptConfig, *, progress: bool = False,
-                   attributes: Optional[Sequence[Optional[str]]] = None) -> dict[Any, np.ndarray]:
+                   fold: Optional[np.ndarray] = None) -> dict[Any, np.ndarray]:
     """{candidate: mixture NLL of each budget pair when its fold was held out} [N], over the τ
     of the grid (or ``config.tau`` when it is a number) and, for ``safe``, ``"keep"`` (the
-    stage-1 router's NLL). Folds split by prompt, so a held-out pair's prompt is new to the
-    adapted router, and by wording where :func:`phrasing_folds` applies (``config.heldout``)."""
+    stage-1 router's NLL). ``fold``: each row's fold (:func:`cv_folds`); by default folds split
+    by prompt, so a held-out pair's prompt is new to the adapted router."""
     import torch
     from tqdm.auto import tqdm
 
@@ -463,7 +462,8 @@ def cross_validate(model: "MixtureRewardModel", route: "torch.Tensor", deltas: "
     from micro_rm.model.mixture import context_branch_logits
 
     taus = config.tau_grid if config.tau == "auto" else (config.tau,)
-    fold = cv_folds(model, route, prompts, attributes, config)[0]
+    if fold is None:
+        fold = prompt_folds(prompts, config.folds, config.seed)
     out: dict[Any, np.ndarray] = {tau: np.zeros(len(prompts)) for tau in taus}
     with torch.no_grad():
         if config.algorithm == "safe":
@@ -563,8 +563,8 @@ def cv_folds(model: "MixtureRewardModel", route: "torch.Tensor", prompts: Sequen
     fold, clusters = prompt_folds(prompts, config.folds, config.seed), [f"prompt {p}" for p in prompts]
     width = model.config.context_dim
     if config.heldout == "phrasing" and width and attributes:
-        fold = phrasing_folds(fold, attributes, route[:, -width:], config.folds)
         varied, wording = varied_wordings(attributes, route[:, -width:])
+        fold = phrasing_folds(fold, attributes, varied, wording, config.folds)
         clusters = [f"wording {w}" if v else c for c, v, w in zip(clusters, varied, wording)]
     return fold, clusters
 
@@ -583,21 +583,19 @@ def varied_wordings(attributes: Sequence[Optional[str]], contexts: "torch.Tensor
     return varied, wording
 
 
-def phrasing_folds(fold: np.ndarray, attributes: Sequence[Optional[str]], contexts: "torch.Tensor",
-                   folds: int) -> np.ndarray:
+def phrasing_folds(fold: np.ndarray, attributes: Sequence[Optional[str]], varied: np.ndarray,
+                   wording: np.ndarray, folds: int) -> np.ndarray:
     """``fold`` (by prompt) with each attribute whose pairs carry several distinct contexts moved
-    to folds by context: its wordings take turns over the folds, so a held-out wording always
-    has a sibling wording of the same preference among the fitted ones. That is the case a user
-    meets who says the same thing in words no prototype holds. Rows without an attribute or a
-    context keep their prompt fold.
+    to folds by context (``varied`` and ``wording`` from :func:`varied_wordings`): its wordings
+    take turns over the folds, so a held-out wording always has a sibling wording of the same
+    preference among the fitted ones. That is the case a user meets who says the same thing in
+    words no prototype holds. Rows without an attribute or a context keep their prompt fold.
 
-    >>> import torch
     >>> phrasing_folds(np.array([0, 1, 2, 0]), ["a", "a", "a", None],
-    ...                torch.tensor([[1.0, 0], [0, 1], [1, 0], [0, 0]]), folds=5).tolist()
+    ...                np.array([True, True, True, False]), np.array([1, 2, 1, 0]), folds=5).tolist()
     [0, 1, 0, 0]
     """
     fold = fold.copy()
-    varied, wording = varied_wordings(attributes, contexts)
     for attribute in dict.fromkeys(a for a, v in zip(attributes, varied) if v):
         rows = np.flatnonzero([a == attribute and v for a, v in zip(attributes, varied)])
         offset = int(hashlib.sha256(str(attribute).encode()).hexdigest()[:8], 16)
