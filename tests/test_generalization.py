@@ -83,7 +83,7 @@ def test_safe_stage2_is_never_worse_than_keep_on_its_cross_validation_pairs(synt
     chosen = choose_candidate(nll, config)
     assert KEEP in nll and nll[chosen].mean() <= nll[KEEP].mean()
     adapted, info = adapt_router(model, budget, config, progress=False)
-    assert info["tau"] == chosen
+    assert ((info["update"], info["tau"]) if isinstance(chosen, tuple) else info["tau"]) == chosen
     if chosen == KEEP:                                 # keeping is exactly the stage-1 router
         np.testing.assert_array_equal(adapted.router_weights(budget.route), model.router_weights(budget.route))
 
@@ -115,6 +115,55 @@ def test_safe_stage2_change_follows_tau():
     assert moved(1e6, "safe") < 1e-4
     assert moved(1e-2, "safe") > 0.05
     assert moved(1e6, "paper") > 1e-3
+
+
+def test_contexts_update_is_hedge_over_the_known_routings_by_hand():
+    """A new wording near prototype 0 whose pairs say prototype 1's heads: its logits become the
+    posterior mixture of the known routings (prior = its stage-1 attention), by hand; the known
+    prototypes keep theirs; a huge τ keeps the zero-shot routing."""
+    import copy
+
+    import torch
+
+    from micro_rm.model.config import MixtureConfig
+    from micro_rm.model.mixture import MixtureRewardModel
+    from micro_rm.train.stage2 import fit_router
+
+    model = MixtureRewardModel(MixtureConfig(num_heads=2, reward_dim=2, route_dim=5, context_dim=3,
+                                             router="linear"))
+    router, temperature = model.router, model.config.context_temperature
+    with torch.no_grad():
+        for p in router.prompt.parameters():
+            p.zero_()                                                       # g(prompt) = 0
+        router.add_prototypes(torch.eye(3)[:2])
+        router.prototype_logits.copy_(torch.tensor([[2.0, -2.0], [-2.0, 2.0]]))
+    known = router.prototype_logits.detach().clone()
+    wording = np.array([0.9, 0.2, 0.3]) / np.linalg.norm([0.9, 0.2, 0.3])
+    route = torch.tensor(np.hstack([np.ones((4, 2)), np.tile(wording, (4, 1))]), dtype=torch.float32)
+    deltas = torch.tensor([[-1.0, 2.0], [-0.5, 1.0], [-2.0, 1.5], [0.5, 0.5]])
+
+    def sigmoid(x):
+        return 1 / (1 + np.exp(-x))
+
+    def softmax(x):
+        return np.exp(x - x.max()) / np.exp(x - x.max()).sum()
+
+    logits = known.numpy()
+    prototypes = np.vstack([np.eye(3)[:2], wording])
+    attention_to_new = softmax(prototypes @ wording / temperature)[2]        # every pair has the wording
+    losses = [[-np.log(softmax(logits[m]) @ sigmoid(d)) for m in range(2)] for d in deltas.numpy()]
+    prior = np.log(softmax(np.eye(3)[:2] @ wording / temperature))
+    for tau in (1.0, 0.1):
+        beta = softmax(prior - attention_to_new * np.sum(losses, axis=0) / tau)
+        adapted = copy.deepcopy(model)
+        fit_router(adapted, route, deltas, tau, AdaptConfig(tau=tau), update="contexts")
+        np.testing.assert_allclose(adapted.router.prototype_logits[2].detach().numpy(), beta @ logits, rtol=1e-4)
+        torch.testing.assert_close(adapted.router.prototype_logits[:2].detach(), known)
+    assert beta[1] > 0.5 > softmax(prior)[1]                   # at τ = 0.1 the labels overrule the prior
+    untouched = copy.deepcopy(model)
+    fit_router(untouched, route, deltas, 1e6, AdaptConfig(), update="contexts")
+    np.testing.assert_allclose(untouched.router.prototype_logits[2].detach().numpy(),
+                               softmax(prior) @ logits, rtol=1e-4)          # the zero-shot routing
 
 
 def test_hedge_posterior_matches_a_hand_computation():

@@ -48,6 +48,7 @@ def adapt(
     lr: float = typer.Option(_default("lr"), "--lr", help=_help("lr")),
     folds: int = typer.Option(_default("folds"), "--folds", help=_help("folds")),
     heldout: str = typer.Option(_default("heldout"), "--heldout", help=_help("heldout")),
+    update: str = typer.Option(_default("update"), "--update", help=_help("update")),
     seed: int = typer.Option(_default("seed"), "--seed", help=_help("seed")),
     cache_dir: Optional[Path] = typer.Option(None, "--cache", help=CACHE_HELP),
     cache_only: bool = typer.Option(False, "--cache-only", help=CACHE_ONLY_HELP),
@@ -68,7 +69,8 @@ def adapt(
     from micro_rm.train.stage2 import AdaptConfig, parse_tau
 
     config = AdaptConfig(budget=budget, algorithm=algorithm, tau=parse_tau(tau), epochs=epochs,
-                         batch_size=batch_size, lr=lr, folds=folds, heldout=heldout, seed=seed)
+                         batch_size=batch_size, lr=lr, folds=folds, heldout=heldout, update=update,
+                         seed=seed)
     check_destination(out)
 
     from micro_rm.data.readers import read_pairs
@@ -102,13 +104,13 @@ def adapt(
     groups = budget_groups(chosen)
     result = {"out": str(out), "pairs": len(rows),
               "pairs_per_group": {str(g): groups.count(g) for g in sorted(set(groups), key=str)},
-              "tau": info["tau"], "cv_nll": {str(t): v for t, v in (info["cv_nll"] or {}).items()} or None,
+              "tau": info["tau"], "update": info["update"], "cv_nll": {str(t): v for t, v in (info["cv_nll"] or {}).items()} or None,
               "budget_nll_before": info["stage1_nll"], "budget_nll_after": info["nll"],
               "adapt_seconds": round(info["seconds"], 3), "seconds": round(time.perf_counter() - start, 3)}
     cv = "" if info["cv_nll"] is None else " (chosen by cross-validation: " + ", ".join(
-        f"τ={t}: {v:.4f}" for t, v in info["cv_nll"].items()) + ")"
+        f"{t if t.startswith('contexts') else f'τ={t}'}: {v:.4f}" for t, v in info["cv_nll"].items()) + ")"
     emit(result, as_json,
-         f"adapted the router on {len(rows)} context pairs in {info['seconds']:.1f} s with τ={_tau_text(info['tau'])}"
+         f"adapted the router on {len(rows)} context pairs in {info['seconds']:.1f} s with {_candidate_text(info)}"
          f"{cv}\nbudget NLL {info['stage1_nll']:.4f} → {info['nll']:.4f}\nmodel: {out}")
 
 
@@ -215,6 +217,10 @@ def _user_summary(result: dict) -> str:
             f"(weights under a uniform router)\n{rows}")
 
 
-def _tau_text(tau) -> str:
-    """τ as printed: a number, or "keep" when safe stage 2 kept the stage-1 router."""
-    return f"{tau:g}" if isinstance(tau, (int, float)) else str(tau)
+def _candidate_text(info: dict) -> str:
+    """The chosen candidate as printed: "τ=0.1", "the contexts update at τ=1", or "keep"
+    (safe stage 2 kept the stage-1 router)."""
+    tau = info["tau"]
+    if not isinstance(tau, (int, float)):
+        return f"τ={tau}"
+    return f"the contexts update at τ={tau:g}" if info.get("update") == "contexts" else f"τ={tau:g}"

@@ -130,6 +130,8 @@ class Stage2Section:
     folds: int = _doc("Folds of the τ cross-validation.", 5)
     heldout: str = _doc("What a fold holds out: phrasing (whole wordings where an attribute's budget "
                         "has several, prompts elsewhere; the default) or prompt.", "phrasing")
+    update: str = _doc("What safe stage 2's candidates re-weight: heads, contexts (a new wording's "
+                       "Hedge over the routings stage 1 knows) or both (the default).", "both")
 
 
 @dataclass
@@ -253,9 +255,9 @@ class ExperimentConfig:
             value = getattr(getattr(self, section), name)
             if value < 1:
                 raise bad(key, "an integer ≥ 1", value)
-        from micro_rm.train.stage2 import ALGORITHMS, HELDOUT
+        from micro_rm.train.stage2 import ALGORITHMS, HELDOUT, UPDATES
 
-        for key, allowed in (("algorithm", ALGORITHMS), ("heldout", HELDOUT)):
+        for key, allowed in (("algorithm", ALGORITHMS), ("heldout", HELDOUT), ("update", UPDATES)):
             if getattr(self.stage2, key) not in allowed:
                 raise bad(f"stage2.{key}", f"one of {', '.join(allowed)}", getattr(self.stage2, key))
         tau = self.stage2.tau

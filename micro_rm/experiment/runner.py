@@ -157,7 +157,7 @@ class _Run:
                  if v is not None}
         return AdaptConfig(budget=budget, algorithm=s2.algorithm, tau=s2.tau, epochs=s2.epochs,
                            batch_size=s2.batch_size,
-                           seed=seed, folds=s2.folds, heldout=s2.heldout, **extra)
+                           seed=seed, folds=s2.folds, heldout=s2.heldout, update=s2.update, **extra)
 
     def fit(self, features, variant: str, **overrides: Any):
         from micro_rm.train.stage1 import fit_stage1
@@ -370,7 +370,7 @@ class _Run:
             seeds = self.seeds() if v is chosen else self.seeds()[:1]
             adapted = [self.adapt(v["model"], budget, seed) for seed in seeds]
             v["stage2_evals"] = [self.evaluate(model, self.test_ctx) for model, _ in adapted]
-            v["adapted"], v["taus"] = adapted[0][0], [info["tau"] for _, info in adapted]
+            v["adapted"], v["taus"] = adapted[0][0], [_chosen(info) for _, info in adapted]
             self.log(f"stage 2 micro ({v['protocol']}, {v['balance']}, α={v['alpha']:g}), B={budget}, "
                      f"{len(seeds)} draw(s): {np.mean([e['mean'] for e in v['stage2_evals']]):.3f}")
 
@@ -660,6 +660,14 @@ def _mean_row(evaluations: Sequence[dict[str, Any]], supervision: str) -> dict[s
 def _seed_std(values: Sequence[float]) -> Optional[float]:
     """Sample standard deviation (ddof = 1) over the budget draws; None for a single draw."""
     return float(np.std(values, ddof=1)) if len(values) > 1 else None
+
+
+def _chosen(info: dict[str, Any]) -> float | str:
+    """What stage 2 chose, as the report counts it: a τ of the heads update, "keep", or
+    "contexts τ"."""
+    from micro_rm.train.stage2 import candidate_name
+
+    return info["tau"] if info["update"] == "heads" else candidate_name((info["update"], info["tau"]))
 
 
 def _tau_text(tau: float | str) -> str:

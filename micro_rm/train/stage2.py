@@ -62,6 +62,7 @@ if TYPE_CHECKING:
 
 ALGORITHMS = ("safe", "paper")
 HELDOUT = ("phrasing", "prompt")
+UPDATES = ("heads", "contexts", "both")
 TAU_MIN = 1e-8   # below this, exp(−L/τ) underflows for every head and the targets are undefined
 
 
@@ -98,6 +99,11 @@ class AdaptConfig:
                          "pairs carry several contexts (wordings of one preference), whole wordings, "
                          "so a candidate must also route a wording it was not fitted on (separate "
                          "context layouts only); prompts elsewhere. prompt: prompts only.", "phrasing")
+    update: str = _help("safe, separate context layouts: what a candidate re-weights. heads: Hedge over "
+                        "the K heads for each context the budget speaks for (Eq. 5). contexts: Hedge "
+                        "over the routings of the contexts stage 1 knows, for each new wording of the "
+                        "budget (which known preference does it state?); a context stage 1 knew keeps "
+                        "its routing. both: candidates of each kind. Elsewhere: heads.", "both")
     keep_margin: float = _help("safe: standard errors (of the paired difference, clustered by the "
                                "held-out prompt or wording) by which an adapted router's "
                                "cross-validated NLL must beat keeping the stage-1 router.", 1.0)
@@ -107,6 +113,8 @@ class AdaptConfig:
             _check_int(self, name, low)
         if self.heldout not in HELDOUT:
             raise MicroRMError(f"`heldout` must be one of {', '.join(HELDOUT)}, got {self.heldout!r}")
+        if self.update not in UPDATES:
+            raise MicroRMError(f"`update` must be one of {', '.join(UPDATES)}, got {self.update!r}")
         if self.algorithm not in ALGORITHMS:
             raise MicroRMError(f"`algorithm` must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}")
         if self.tau != "auto":
@@ -241,20 +249,22 @@ def adapt_router(model: "MixtureRewardModel", features: "PairFeatures", config: 
         deltas = model.head_deltas(torch.as_tensor(diff, device=device))          # [N, K]
     with _small_tensor_cpu(str(device)):
         stage1_nll = mixture_nll(model, route, deltas)
-        cv_nll, tau = None, config.tau
+        cv_nll, candidate = None, config.tau
         if config.algorithm == "safe" or config.tau == "auto":
             fold, clusters = cv_folds(model, route, features.prompts, features.attributes, config)
             cv_nll = cross_validate(model, route, deltas, features.prompts, config, progress=progress, fold=fold)
-            tau = choose_candidate(cv_nll, config, clusters)
+            candidate = choose_candidate(cv_nll, config, clusters)
         adapted, epochs = copy.deepcopy(model), []
+        update, tau = candidate if isinstance(candidate, tuple) else ("heads", candidate)
         if tau != KEEP:
-            epochs = fit_router(adapted, route, deltas, tau, config, progress=progress)
+            epochs = fit_router(adapted, route, deltas, tau, config, progress=progress, update=update)
     nll = epochs[-1]["nll"] if epochs else stage1_nll
-    info = {"tau": tau, "cv_nll": _plain(cv_nll), "stage1_nll": stage1_nll, "nll": nll,
+    info = {"tau": tau, "update": update, "cv_nll": _plain(cv_nll), "stage1_nll": stage1_nll, "nll": nll,
             "epochs": epochs, "pairs": len(features), "seconds": time.perf_counter() - start}
     adapted.config.feature = {**adapted.config.feature, "router_input": "context"}
     adapted.config.training = {**adapted.config.training,
-                               "stage2": {**asdict(config), "tau_chosen": tau, "cv_nll": info["cv_nll"]}}
+                               "stage2": {**asdict(config), "tau_chosen": tau, "update_chosen": update,
+                                          "cv_nll": info["cv_nll"]}}
     adapted.config.data = {**adapted.config.data, "stage2_pairs": len(features)}
     adapted.config.metrics = {**adapted.config.metrics, "stage2_budget_nll": nll,
                               "stage2_budget_nll_before": stage1_nll}
@@ -273,18 +283,26 @@ def check_adaptable(model: "MixtureRewardModel") -> None:
 
 
 def fit_router(model: "MixtureRewardModel", route: "torch.Tensor", deltas: "torch.Tensor", tau: float,
-               config: AdaptConfig, *, progress: bool = False, history: bool = True) -> list[dict[str, float]]:
+               config: AdaptConfig, *, progress: bool = False, history: bool = True,
+               update: str = "heads") -> list[dict[str, float]]:
     """Algorithm 1 in place on ``model``'s router: ``route`` [N, d_r], frozen head ``deltas`` [N, K].
     On the separate layout the budget's contexts become prototypes first (:func:`budget_prototypes`)
-    and ``safe`` fits only the context branch (:func:`fit_context_branch`); otherwise the whole
-    router learns. Returns one row per epoch (epoch, ce, nll, seconds; nll is NaN without
-    ``history``)."""
+    and ``safe`` fits only the context branch (:func:`fit_context_branch`, or with ``update=
+    "contexts"`` :func:`known_routing_logits`); otherwise the whole router learns. Returns one row
+    per epoch (epoch, ce, nll, seconds; nll is NaN without ``history``)."""
     import torch
     from tqdm.auto import tqdm
 
     from micro_rm.model.losses import bt_loss
 
+    known = len(model.router.prototypes) if model.config.context_dim else 0
     spoken_for = budget_prototypes(model, route, config.seed) if model.config.context_dim else None
+    if update == "contexts" and known:
+        start = time.perf_counter()
+        with torch.no_grad():
+            model.router.prototype_logits[known:] = known_routing_logits(model, route, deltas, known, [tau])[0]
+        return [{"epoch": 1, "ce": math.nan, "nll": mixture_nll(model, route, deltas) if history else math.nan,
+                 "seconds": time.perf_counter() - start}]
     if config.algorithm == "safe" and spoken_for is not None:
         prototype_logits, null_logits, rows = fit_context_branch(model, route, deltas, [tau], config, spoken_for)
         with torch.no_grad():
@@ -344,6 +362,36 @@ def budget_prototypes(model: "MixtureRewardModel", route: "torch.Tensor", seed: 
         model.config.context_prototypes = len(router.prototypes)
     added = torch.ones(len(router.prototypes) - known, dtype=torch.bool, device=route.device)
     return torch.cat([matched, added])
+
+
+def known_routing_logits(model: "MixtureRewardModel", route: "torch.Tensor", deltas: "torch.Tensor",
+                         known: int, taus: Sequence[float]) -> "torch.Tensor":
+    """The logits of the budget's new prototypes (rows ``known:``) as Hedge over the routings of
+    the ``known`` prototypes stage 1 trained, for C values of τ at once: [C, M − known, K].
+
+        β_nm ∝ att_m(u_n) · exp(−Σ_i w_in L_i(m) / τ),   a_n = Σ_m β_nm a_m
+
+    where att(u_n) is the stage-1 attention of new wording u_n over the known prototypes (so large
+    τ keeps its zero-shot routing), L_i(m) the mixture NLL of budget pair i routed as prototype m,
+    and w_in the weight pair i's context gives u_n. At τ = 1 β is the posterior of "which known
+    preference does this wording state". Why: a few pairs per new wording cannot fit K free
+    logits that transfer to the next wording, but they can tell apart the few routings stage 1
+    learned, and the answer carries over to any wording near it."""
+    import torch
+
+    from micro_rm.model.losses import mixture_bt_loss
+
+    router = model.router
+    with torch.no_grad():
+        fixed, attention, has_context = router.context_branch_inputs(route)
+        routings = router.prototype_logits[:known]                                       # [Mk, K]
+        log_weights = torch.log_softmax(fixed[:, None, :] + routings[None], dim=-1)      # [N, Mk, K]
+        losses = mixture_bt_loss(deltas[:, None, :].expand_as(log_weights), log_weights)  # [N, Mk]
+        evidence = (attention[:, known:] * has_context).T @ losses                      # [Mn, Mk]
+        prior = torch.log_softmax(router.prototypes[known:] @ router.prototypes[:known].T
+                                  / router.temperature, dim=-1)                         # [Mn, Mk]
+        tau = torch.tensor([check_tau(t) for t in taus], dtype=route.dtype, device=route.device).view(-1, 1, 1)
+        return torch.softmax(prior - evidence / tau, dim=-1) @ routings                 # [C, Mn, K]
 
 
 def _exact_distillation(model: "MixtureRewardModel", route: "torch.Tensor", targets: "torch.Tensor",
@@ -464,12 +512,16 @@ def cross_validate(model: "MixtureRewardModel", route: "torch.Tensor", deltas: "
     taus = config.tau_grid if config.tau == "auto" else (config.tau,)
     if fold is None:
         fold = prompt_folds(prompts, config.folds, config.seed)
-    out: dict[Any, np.ndarray] = {tau: np.zeros(len(prompts)) for tau in taus}
+    known = len(model.router.prototypes) if config.algorithm == "safe" and model.config.context_dim else 0
+    kinds = ("heads", "contexts") if config.update == "both" else (config.update,)
+    heads = taus if "heads" in kinds or not known else ()
+    contexts = [("contexts", tau) for tau in taus] if "contexts" in kinds and known else []
+    out: dict[Any, np.ndarray] = {c: np.zeros(len(prompts)) for c in [*heads, *contexts]}
     with torch.no_grad():
         if config.algorithm == "safe":
             out[KEEP] = mixture_bt_loss(deltas, model.router_log_weights(route)).cpu().numpy()
-    bar = tqdm(total=len(taus) * len(np.unique(fold)), desc="stage 2: cross-validation", unit="fit",
-               disable=not progress, leave=False)
+    bar = tqdm(total=(len(heads) + len(contexts)) * len(np.unique(fold)), desc="stage 2: cross-validation",
+               unit="fit", disable=not progress, leave=False)
     with bar:
         for f in np.unique(fold):
             train, held = (torch.from_numpy(np.flatnonzero(fold != f)).to(route.device),
@@ -477,13 +529,19 @@ def cross_validate(model: "MixtureRewardModel", route: "torch.Tensor", deltas: "
             if config.algorithm == "safe" and model.config.context_dim:      # every τ in one fit
                 candidate = copy.deepcopy(model)
                 rows = budget_prototypes(candidate, route[train], config.seed)
-                fitted = fit_context_branch(candidate, route[train], deltas[train], taus, config, rows)
-                with torch.no_grad():
-                    log_f = torch.log_softmax(context_branch_logits(
-                        candidate.router.context_branch_inputs(route[held]), *fitted[:2]), dim=-1)
-                for tau, lf in zip(taus, log_f):
-                    out[tau][held.cpu().numpy()] = mixture_bt_loss(deltas[held], lf).cpu().numpy()
-                bar.update(len(taus))
+                inputs = candidate.router.context_branch_inputs(route[held])
+                fitted = [(heads, *fit_context_branch(candidate, route[train], deltas[train], heads, config, rows)[:2])
+                          ] if heads else []
+                if contexts:
+                    logits = candidate.router.prototype_logits.detach().expand(len(taus), -1, -1).clone()
+                    logits[:, known:] = known_routing_logits(candidate, route[train], deltas[train], known, taus)
+                    fitted.append((contexts, logits, candidate.router.null_logits.detach().expand(len(taus), -1)))
+                for names, prototype_logits, null_logits in fitted:
+                    with torch.no_grad():
+                        log_f = torch.log_softmax(context_branch_logits(inputs, prototype_logits, null_logits), dim=-1)
+                    for name, lf in zip(names, log_f):
+                        out[name][held.cpu().numpy()] = mixture_bt_loss(deltas[held], lf).cpu().numpy()
+                    bar.update(len(names))
                 continue
             for tau in taus:
                 candidate = copy.deepcopy(model)
@@ -541,7 +599,19 @@ def _plain(per_pair_nll: Optional[dict[Any, np.ndarray]]) -> Optional[dict[str, 
     """{candidate: mean NLL} for reports and config.json ("keep", "0.001", …)."""
     if per_pair_nll is None:
         return None
-    return {c if c == KEEP else f"{c:g}": float(v.mean()) for c, v in per_pair_nll.items()}
+    return {candidate_name(c): float(v.mean()) for c, v in per_pair_nll.items()}
+
+
+def candidate_name(candidate: Any) -> str:
+    """How a candidate is written: "keep", a τ of the heads update ("0.001"), or a τ of the
+    contexts update ("contexts 0.001").
+
+    >>> candidate_name(KEEP), candidate_name(1e-3), candidate_name(("contexts", 0.1))
+    ('keep', '0.001', 'contexts 0.1')
+    """
+    if isinstance(candidate, tuple):
+        return f"{candidate[0]} {candidate[1]:g}"
+    return candidate if candidate == KEEP else f"{candidate:g}"
 
 
 def prompt_folds(prompts: Sequence[str], folds: int, seed: int) -> np.ndarray:
