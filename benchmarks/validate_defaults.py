@@ -9,12 +9,13 @@ context-dropout rates.
 
 Stage 2 takes the harness's shape on phrasings 1–4, in 4 rotations: accuracy is scored under one
 of them, stage 1 trains with the next, and the budget's B pairs per attribute (training prompts)
-carry the other two, so the scored phrasing is new to both stages. Rows: safe with each fold rule
-(`HELDOUT`) and keep margin (`KEEP_MARGINS`), and the paper's algorithm, at B = 10 and 50 (5 draws
-each), as the change against stage 1 in points.
+carry the other two, so the scored phrasing is new to both stages. Rows: safe with each update
+(`UPDATES`), fold rule (`HELDOUT`) and keep margin (`KEEP_MARGINS`), and the paper's algorithm, at
+B = 10 and 50 (5 draws each), as the change against stage 1 in points.
 
 The test phrasings 5–8 and the test split are never read. `CANDIDATE_T=0.1 CANDIDATE_DROPOUT=0.1
-SEEDS=0 STAGE1=0` restrict the work (STAGE1=0 skips the stage-1 grids).
+SEEDS=0 STAGE1=0 UPDATES=both KEEP_MARGINS=1 HELDOUT=phrasing` restrict the work (STAGE1=0 skips
+the stage-1 grids).
 
     python benchmarks/validate_defaults.py dsp        # needs ../shared/data (or $MICRO_RM_DATA)
 """

@@ -26,6 +26,9 @@ Two algorithms (``AdaptConfig.algorithm``):
     * on the separate route layout only the router's context branch learns (the prototypes'
       logits, and the logits of "no context"); the prompt branch keeps what stage 1 learned
       from all the data. The budget's contexts become new prototypes.
+    * a new wording's prototype can also learn which routing stage 1 already knows it states
+      (``update="contexts"``: Hedge over the known prototypes, :func:`known_routing_logits`);
+      ``update="both"`` (the default) lets the cross-validation choose between the two kinds.
 ``paper``
     The paper's Algorithm 1 as written: the whole router fine-tuned with AdamW for T epochs at the
     given τ (or the τ of the grid with the lowest cross-validated NLL, ``tau="auto"``), no "keep".
