@@ -88,6 +88,25 @@ def test_safe_stage2_is_never_worse_than_keep_on_its_cross_validation_pairs(synt
         np.testing.assert_array_equal(adapted.router_weights(budget.route), model.router_weights(budget.route))
 
 
+def test_stage2_fits_and_scores_with_the_masked_heads_masked(synthetic):
+    """On a model with a masked head, a candidate that does not move the router (τ huge, the
+    budget in the training contexts) scores exactly as "keep": the cross-validation renormalises
+    over the routable heads, as routing does, and no candidate routes to the masked head."""
+    import torch
+
+    train, _, backbone, cache = synthetic
+    features, _ = featurize(train, backbone, cache, progress=False)
+    model, _ = fit_stage1(features, Stage1Config(heads=3, epochs=3), progress=False)
+    model.config.masked_heads = [int(np.argmax(model.router_weights(features.route).mean(0)))]
+    budget = features.subset(np.arange(0, len(features), 9))
+    route = torch.as_tensor(np.asarray(budget.route, dtype=np.float32))
+    deltas = model.head_deltas(torch.as_tensor(budget.chosen - budget.rejected)).detach()
+    nll = cross_validate(model, route, deltas, budget.prompts, AdaptConfig(tau=1e6))
+    np.testing.assert_allclose(nll[1e6], nll[KEEP], rtol=1e-5)
+    adapted, _ = adapt_router(model, budget, AdaptConfig(tau=1e-3, algorithm="safe"), progress=False)
+    assert adapted.router_weights(budget.route)[:, model.config.masked_heads].max() == 0
+
+
 def test_safe_stage2_change_follows_tau():
     """With SGD, a huge τ makes the targets equal the router's weights, so nothing moves; a
     small τ moves it. (Adam, `paper`, normalises the step and moves it at any τ.)"""

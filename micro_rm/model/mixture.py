@@ -129,7 +129,7 @@ def unique_rows(vectors: torch.Tensor) -> torch.Tensor:
 
 def context_branch_logits(inputs: tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor],
                           prototype_logits: torch.Tensor, null_logits: torch.Tensor) -> torch.Tensor:
-    """Router logits from :meth:`ContextRouter.context_branch_inputs` and context-branch
+    """Router logits from :meth:`MixtureRewardModel.context_branch_inputs` and context-branch
     parameters for C candidates at once: ``prototype_logits`` [C, M, K], ``null_logits`` [C, K]
     → [C, N, K]."""
     fixed, attention, known = inputs
@@ -196,6 +196,17 @@ class MixtureRewardModel(nn.Module):
             masked = torch.tensor(self.config.masked_heads, device=logits.device)
             logits = logits.index_fill(-1, masked, MASKED_LOGIT)
         return F.log_softmax(logits, dim=-1)
+
+    @torch.no_grad()
+    def context_branch_inputs(self, route: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
+        """:meth:`ContextRouter.context_branch_inputs` with the masked heads' fixed logits at
+        ``MASKED_LOGIT``, so that stage 2's fits and cross-validation renormalise over the heads
+        that may be routed, as :meth:`router_log_weights` does."""
+        fixed, attention, known = self.router.context_branch_inputs(route)
+        if self.config.masked_heads:
+            masked = torch.tensor(self.config.masked_heads, device=fixed.device)
+            fixed = fixed.index_fill(-1, masked, MASKED_LOGIT)
+        return fixed, attention, known
 
     def log_likelihood(self, diff: torch.Tensor, route: torch.Tensor) -> torch.Tensor:
         """log P(a_w ≻ a_l | x) of each pair: [N, d], [N, d_r] → [N]."""

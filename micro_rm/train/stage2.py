@@ -386,7 +386,7 @@ def known_routing_logits(model: "MixtureRewardModel", route: "torch.Tensor", del
 
     router = model.router
     with torch.no_grad():
-        fixed, attention, has_context = router.context_branch_inputs(route)
+        fixed, attention, has_context = model.context_branch_inputs(route)
         routings = router.prototype_logits[:known]                                       # [Mk, K]
         log_weights = torch.log_softmax(fixed[:, None, :] + routings[None], dim=-1)      # [N, Mk, K]
         losses = mixture_bt_loss(deltas[:, None, :].expand_as(log_weights), log_weights)  # [N, Mk]
@@ -433,7 +433,7 @@ def fit_context_branch(model: "MixtureRewardModel", route: "torch.Tensor", delta
     from micro_rm.model.mixture import context_branch_logits
 
     router, c = model.router, len(taus)
-    inputs = router.context_branch_inputs(route)
+    inputs = model.context_branch_inputs(route)
     prototype_logits = router.prototype_logits.detach().expand(c, -1, -1).clone().requires_grad_(True)
     null_logits = router.null_logits.detach().expand(c, -1).clone().requires_grad_(True)
     params = [prototype_logits] + ([null_logits] if not bool(inputs[2].all()) else [])
@@ -532,7 +532,7 @@ def cross_validate(model: "MixtureRewardModel", route: "torch.Tensor", deltas: "
             if config.algorithm == "safe" and model.config.context_dim:      # every τ in one fit
                 candidate = copy.deepcopy(model)
                 rows = budget_prototypes(candidate, route[train], config.seed)
-                inputs = candidate.router.context_branch_inputs(route[held])
+                inputs = candidate.context_branch_inputs(route[held])
                 fitted = [(heads, *fit_context_branch(candidate, route[train], deltas[train], heads, config, rows)[:2])
                           ] if heads else []
                 if contexts:
