@@ -597,7 +597,11 @@ class _Run:
                         **({"stage2_pool_pairs": len(self.pool)} if self.cross else {})},
             "settings": {"backbone": self.backbone_name, "heads": config.stage1.heads,
                          "stage1 epochs": config.stage1.epochs, "budget": config.stage2.budget,
-                         "tau": config.stage2.tau, "hyre_m": config.hyre.m,
+                         "tau": config.stage2.tau,
+                         "stage2": (f"{config.stage2.algorithm}, update {config.stage2.update}, folds hold out "
+                                    f"{config.stage2.heldout}" if config.stage2.algorithm == "safe"
+                                    else config.stage2.algorithm),
+                         "hyre_m": config.hyre.m,
                          "seeds": config.budget_curve.seeds,
                          "context_in_reward": config.backbone.context_in_reward,
                          "micro": f"{chosen['protocol']} / {chosen['balance']} (α={chosen['alpha']:g})"},
