@@ -416,7 +416,7 @@ class _Run:
             gap = l - losses[best]
             if gap.mean() <= gap.std(ddof=1) / np.sqrt(len(gap)):
                 return v
-        return variants[best]  # pragma: no cover - the best variant's own gap is 0
+        return variants[best]   # a single validation pair has no standard error
 
     def baselines(self) -> dict[str, dict[str, Any]]:
         """single, static and shared-base on binary pairs; single-ctx and static-ctx with the context

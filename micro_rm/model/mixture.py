@@ -190,12 +190,15 @@ class MixtureRewardModel(nn.Module):
             logits = self.logits.expand(n, k)
         else:
             logits = route.new_zeros((n, k))                    # single, shared-base: uniform
-        if self.config.masked_heads:
-            # Finite, not −inf: π = exp(−1e9) is exactly 0, yet π·log π and the stage-2
-            # cross-entropy stay 0 instead of NaN, and no gradient reaches the masked logits.
-            masked = torch.tensor(self.config.masked_heads, device=logits.device)
-            logits = logits.index_fill(-1, masked, MASKED_LOGIT)
-        return F.log_softmax(logits, dim=-1)
+        return F.log_softmax(self.mask_logits(logits), dim=-1)
+
+    def mask_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` [N, K] with the masked heads' (``config.masked_heads``) set to
+        ``MASKED_LOGIT``. Finite, not −inf: π = exp(−1e9) is exactly 0, yet π·log π and the
+        stage-2 cross-entropy stay 0 instead of NaN, and no gradient reaches the masked logits."""
+        if not self.config.masked_heads:
+            return logits
+        return logits.index_fill(-1, torch.tensor(self.config.masked_heads, device=logits.device), MASKED_LOGIT)
 
     @torch.no_grad()
     def context_branch_inputs(self, route: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
@@ -203,10 +206,7 @@ class MixtureRewardModel(nn.Module):
         ``MASKED_LOGIT``, so that stage 2's fits and cross-validation renormalise over the heads
         that may be routed, as :meth:`router_log_weights` does."""
         fixed, attention, known = self.router.context_branch_inputs(route)
-        if self.config.masked_heads:
-            masked = torch.tensor(self.config.masked_heads, device=fixed.device)
-            fixed = fixed.index_fill(-1, masked, MASKED_LOGIT)
-        return fixed, attention, known
+        return self.mask_logits(fixed), attention, known
 
     def log_likelihood(self, diff: torch.Tensor, route: torch.Tensor) -> torch.Tensor:
         """log P(a_w ≻ a_l | x) of each pair: [N, d], [N, d_r] → [N]."""
