@@ -11,11 +11,12 @@ Stage 2 takes the harness's shape on phrasings 1–4, in 4 rotations: accuracy i
 of them, stage 1 trains with the next, and the budget's B pairs per attribute (training prompts)
 carry the other two, so the scored phrasing is new to both stages. Rows: safe with each update
 (`UPDATES`), fold rule (`HELDOUT`) and keep margin (`KEEP_MARGINS`), and the paper's algorithm, at
-B = 10 and 50 (5 draws each), as the change against stage 1 in points.
+B = 10 and 50 (`DRAWS` budget draws each, default 20), as the change against stage 1 in points,
+mean ± standard error over the draws (5 draws proved too few to tell the variants apart).
 
 The test phrasings 5–8 and the test split are never read. `CANDIDATE_T=0.1 CANDIDATE_DROPOUT=0.1
-SEEDS=0 STAGE1=0 UPDATES=both KEEP_MARGINS=1 HELDOUT=phrasing` restrict the work (STAGE1=0 skips
-the stage-1 grids).
+SEEDS=0 STAGE1=0 UPDATES=both KEEP_MARGINS=1 HELDOUT=phrasing PAPER=0 DRAWS=5` restrict the work
+(STAGE1=0 skips the stage-1 grids, PAPER=0 the paper's algorithm).
 
     python benchmarks/validate_defaults.py dsp        # needs ../shared/data (or $MICRO_RM_DATA)
 """
@@ -32,10 +33,12 @@ CANDIDATE_T = tuple(float(t) for t in os.environ.get("CANDIDATE_T", "0.02,0.05,0
 CANDIDATE_DROPOUT = tuple(float(r) for r in os.environ.get("CANDIDATE_DROPOUT", "0,0.1,0.3").split(","))
 ENCODINGS = tuple(os.environ.get("ENCODINGS", "clauses,separate").split(","))
 SEEDS = tuple(int(s) for s in os.environ.get("SEEDS", "0,1,2").split(","))
+DRAWS = int(os.environ.get("DRAWS", "20"))
 STAGE2 = tuple({"algorithm": "safe", "update": u, "heldout": h, "keep_margin": float(m)}
                for u in os.environ.get("UPDATES", "heads,contexts,both").split(",")
                for m in os.environ.get("KEEP_MARGINS", "1,2").split(",")
-               for h in os.environ.get("HELDOUT", "phrasing,prompt").split(",")) + ({"algorithm": "paper"},)
+               for h in os.environ.get("HELDOUT", "phrasing,prompt").split(","))
+STAGE2 += ({"algorithm": "paper"},) if os.environ.get("PAPER", "1") != "0" else ()
 
 # Validation-only wordings (never in configs/, never tested): with them, stage 2 is validated in
 # the harness's exact shape (stage 1 on phrasings 1–2, the budget on 3–4) on wordings new to both.
@@ -131,7 +134,7 @@ def main(name: str) -> None:
         grid("context encoding", ENCODINGS, lambda encoding: {}, phrased)
         grid("T", CANDIDATE_T, lambda t: {"context_temperature": t})
         grid("context dropout (T default)", CANDIDATE_DROPOUT, lambda rate: {"context_dropout": rate})
-    print("\nstage 2: change against stage 1 in points, mean over the 4 rotations × 5 budget draws")
+    print(f"\nstage 2: change against stage 1 in points, mean ± s.e. over {DRAWS} budget draws per rotation")
     print("| algorithm | B | " + " | ".join(f"rotation {r + 1}" for r in range(4)) + " | mean |\n|:---|---:|"
           + "---:|" * 5)
     changes: dict = {}
@@ -145,17 +148,18 @@ def main(name: str) -> None:
         base = accuracy(model, scored)
         for i, settings in enumerate(STAGE2):
             for budget in (10, 50):
-                changes.setdefault((i, budget), []).append(100 * np.mean([
+                changes.setdefault((i, budget), []).append(100 * np.array([
                     accuracy(adapt_router(model, pool.subset(draw_budget(pool.attributes, budget, s)),
                                           AdaptConfig(seed=s, **settings), progress=False)[0], scored) - base
-                    for s in range(5)]))
+                    for s in range(DRAWS)]))
     for (i, budget), values in changes.items():
         label = ", ".join(f"{k} {v:g}" if isinstance(v, float) else str(v) for k, v in STAGE2[i].items())
-        print(f"| {label} | {budget} | " + " | ".join(f"{v:+.2f}" for v in values) + f" | {np.mean(values):+.2f} |")
+        print(f"| {label} | {budget} | " + " | ".join(_mean_se(v) for v in values)
+              + f" | {np.mean([v.mean() for v in values]):+.2f} |")
     if name not in VALIDATION_PHRASINGS:
         return
     print("\nstage 2 in the harness's shape (stage 1 on phrasings 1–2, budget on 3–4), scored under 3 "
-          "validation-only wordings: change against stage 1 in points (5 budget draws)")
+          f"validation-only wordings: change against stage 1 in points, mean ± s.e. over {DRAWS} budget draws")
     print("| algorithm | B | " + " | ".join(f"wording {j + 1}" for j in range(3)) + " | mean |\n|:---|---:|"
           + "---:|" * 4)
     model, _ = fit_stage1(default_data[0], Stage1Config(heads=heads, epochs=epochs), progress=False)
@@ -166,11 +170,17 @@ def main(name: str) -> None:
     for settings in STAGE2:
         for budget in (10, 50):
             adapted = [adapt_router(model, pool.subset(draw_budget(pool.attributes, budget, s)),
-                                    AdaptConfig(seed=s, **settings), progress=False)[0] for s in range(5)]
-            values = [100 * (np.mean([accuracy(m, f) for m in adapted]) - b) for f, b in zip(scored, base)]
+                                    AdaptConfig(seed=s, **settings), progress=False)[0] for s in range(DRAWS)]
+            values = [100 * (np.array([accuracy(m, f) for m in adapted]) - b) for f, b in zip(scored, base)]
             label = ", ".join(f"{k} {v:g}" if isinstance(v, float) else str(v) for k, v in settings.items())
-            print(f"| {label} | {budget} | " + " | ".join(f"{v:+.2f}" for v in values)
-                  + f" | {np.mean(values):+.2f} |", flush=True)
+            print(f"| {label} | {budget} | " + " | ".join(_mean_se(v) for v in values)
+                  + f" | {np.mean([v.mean() for v in values]):+.2f} |", flush=True)
+
+
+def _mean_se(values: np.ndarray) -> str:
+    """Mean ± standard error of per-draw changes."""
+    return f"{values.mean():+.2f} ± {values.std(ddof=1) / np.sqrt(len(values)):.2f}"
+
 
 if __name__ == "__main__":
     main(sys.argv[1] if len(sys.argv) > 1 else "dsp")
