@@ -33,7 +33,12 @@ CANDIDATE_T = tuple(float(t) for t in os.environ.get("CANDIDATE_T", "0.02,0.05,0
 CANDIDATE_DROPOUT = tuple(float(r) for r in os.environ.get("CANDIDATE_DROPOUT", "0,0.1,0.3").split(","))
 ENCODINGS = tuple(os.environ.get("ENCODINGS", "clauses,separate").split(","))
 SEEDS = tuple(int(s) for s in os.environ.get("SEEDS", "0,1,2").split(","))
-DRAWS = int(os.environ.get("DRAWS", "20"))
+DRAWS = os.environ.get("DRAWS", "20")
+if not DRAWS.isdigit() or int(DRAWS) < 2:
+    print(f"DRAWS must be an integer of at least 2 (a standard error needs two draws), got {DRAWS!r}",
+          file=sys.stderr)
+    sys.exit(2)
+DRAWS = int(DRAWS)
 STAGE2 = tuple({"algorithm": "safe", "update": u, "heldout": h, "keep_margin": float(m)}
                for u in os.environ.get("UPDATES", "heads,contexts,both").split(",")
                for m in os.environ.get("KEEP_MARGINS", "1,2").split(",")
