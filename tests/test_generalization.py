@@ -185,6 +185,41 @@ def test_contexts_update_is_hedge_over_the_known_routings_by_hand():
                                softmax(prior) @ logits, rtol=1e-4)          # the zero-shot routing
 
 
+def test_heads_update_is_hedge_on_the_mean_loss_of_a_context_by_hand():
+    """Ten pairs in one context: head 0 wins six of them by a hair, head 1 wins four by a lot, so
+    head 1 explains them better. The heads update is one Hedge step on the context's mean loss,
+    a ← a − L̄/τ (by hand), and at small τ routes the context to head 1. Eq. 5 per pair, whose
+    targets the old fit distilled, counts winners instead and gives head 0 the larger share."""
+    import copy
+
+    import torch
+
+    from micro_rm.model.config import MixtureConfig
+    from micro_rm.model.losses import bt_loss
+    from micro_rm.model.mixture import MixtureRewardModel
+    from micro_rm.train.stage2 import fit_router, hedge_targets
+
+    model = MixtureRewardModel(MixtureConfig(num_heads=2, reward_dim=2, route_dim=5, context_dim=3,
+                                             router="linear"))
+    with torch.no_grad():
+        for p in model.router.prompt.parameters():
+            p.zero_()                                                       # g(prompt) = 0
+        model.router.add_prototypes(torch.eye(3)[:1])
+        model.router.prototype_logits.copy_(torch.tensor([[0.5, -0.5]]))
+    route = torch.tensor(np.hstack([np.ones((10, 2)), np.tile(np.eye(3)[0], (10, 1))]), dtype=torch.float32)
+    deltas = torch.tensor([[0.2, 0.0]] * 6 + [[-3.0, 3.0]] * 4)
+    mean_loss = np.log1p(np.exp(-deltas.numpy())).mean(0)                  # −log σ(Δ), averaged
+    assert mean_loss[1] < mean_loss[0]
+    for tau in (10.0, 1.0, 0.01):
+        adapted = copy.deepcopy(model)
+        fit_router(adapted, route, deltas, tau, AdaptConfig(tau=tau), update="heads")
+        np.testing.assert_allclose(adapted.router.prototype_logits[0].detach().numpy(),
+                                   np.array([0.5, -0.5]) - mean_loss / tau, rtol=1e-5)
+    assert adapted.router_weights(route.numpy())[:, 1].min() > 0.99        # τ = 0.01: head 1
+    per_pair = hedge_targets(torch.zeros(10, 2), bt_loss(deltas), 0.01).mean(0)
+    assert per_pair[0] > 0.5                                                # counting picks head 0
+
+
 def test_hedge_posterior_matches_a_hand_computation():
     """η = L_max on the scaled loss is Bayes' rule: posterior ∝ prior × Π_t p_k(label_t)."""
     probs = np.array([[0.9, 0.4], [0.7, 0.2]])                        # 2 pairs, 2 heads

@@ -121,7 +121,7 @@ class Stage2Section:
     tau: Union[float, str] = _doc("Hedge temperature τ (the paper: 1e-3 HelpSteer2, 1e-4 RPR), or "
                                   "auto: chosen from tau_grid by k-fold CV of the mixture NLL on the "
                                   "budget pairs.", "auto")
-    algorithm: str = _doc("safe (keep-or-adapt by cross-validation, exact mirror-descent steps; the default) or paper "
+    algorithm: str = _doc("safe (keep-or-adapt by cross-validation, one Hedge step per context; the default) or paper "
                           "(Algorithm 1 as written); see micro_rm.train.stage2.", "safe")
     epochs: int = _doc("Epochs T of Algorithm 1 (the paper: 10).", 10)
     batch_size: int = _doc("Pairs per step (the paper: 32).", 32)

@@ -18,11 +18,13 @@ Two algorithms (``AdaptConfig.algorithm``):
       pairs its router did not adapt on, and an adapted router replaces the stage-1 one only when
       its NLL is lower by more than one standard error of the paired difference. At small budgets
       this keeps stage 1 unless the labels clearly say otherwise (METHOD.md, measured finding 2).
-    * each epoch distils the router into the targets exactly (full batch, L-BFGS to convergence),
-      so an epoch is the mirror-descent step itself and the change follows τ: at large τ the
-      targets equal the router's weights and nothing moves. (The paper's mini-batch Adam
+    * on the separate route layout each context the budget speaks for takes one Hedge step on
+      the mean loss of its pairs, a ← a − L̄/τ (:func:`hedge_context_branch`), so the change
+      follows τ and nothing else: at large τ nothing moves. (The paper's mini-batch Adam
       normalises the gradient, so even τ = 100 moved the router, and how far it moves depends
-      on the number of steps, not on τ.)
+      on the number of steps, not on τ. Eq. 5's per-pair targets at small τ count which head
+      wins each pair, not by how much.) A joint-layout router distils the targets of each epoch
+      exactly (full batch, L-BFGS), which is the mirror-descent step itself.
     * on the separate route layout only the router's context branch learns (the prototypes'
       logits, and the logits of "no context"); the prompt branch keeps what stage 1 learned
       from all the data. The budget's contexts become new prototypes.
@@ -77,8 +79,8 @@ class AdaptConfig:
                         "an attribute); the paper: 50.", 50)
     algorithm: str = _help("safe: 'keep the stage-1 router' is a candidate beside each τ, chosen by "
                            "cross-validation on held-out budget prompts with a one-standard-error "
-                           "margin; each epoch is an exact mirror-descent step, so the change follows "
-                           "τ; only the context branch learns. "
+                           "margin; one Hedge step per context on the mean loss of its pairs, so the "
+                           "change follows τ; only the context branch learns. "
                            "paper: Algorithm 1 as written (AdamW on the whole router, no keep).", "safe")
     tau: float | str = _help("Hedge temperature τ of the soft targets ω ∝ f_ψ·exp(−L/τ), a number "
                              f"≥ {TAU_MIN:g} (the paper: 1e-3; small τ = hard labels on each pair's "
@@ -86,13 +88,14 @@ class AdaptConfig:
                              "cross-validation of the mixture NLL on the budget pairs over tau_grid.",
                              "auto")
     epochs: int = _help("Epochs T; the targets ω are recomputed with the current router once per "
-                        "epoch (the paper: 10).", 10)
+                        "epoch (the paper: 10). Safe stage 2 on a separate-layout router takes a "
+                        "single Hedge step instead.", 10)
     batch_size: int = _help("Pairs per router update (the paper: 32).", 32)
     lr: float = _help("Peak AdamW learning rate of the paper's algorithm, decayed linearly to 0 "
-                      "(safe distils each epoch exactly and has no learning rate). No validation "
+                      "(safe has no learning rate). No validation "
                       "evidence backs 3e-2; stage 2 takes only ~T·N/batch steps.", 3e-2)
-    weight_decay: float = _help("Weight decay (paper) / L2 penalty (safe) of the router's trained "
-                                "parameters.", 0.0)
+    weight_decay: float = _help("Weight decay (paper) / L2 penalty (safe, joint-layout router) of "
+                                "the router's trained parameters.", 0.0)
     seed: int = _help("Seed of the budget draw, the folds and the shuffling.", 0)
     tau_grid: tuple[float, ...] = _help("Candidate τ values for tau='auto'.",
                                         (1e-3, 1e-2, 1e-1, 1.0, 10.0))
@@ -290,9 +293,10 @@ def fit_router(model: "MixtureRewardModel", route: "torch.Tensor", deltas: "torc
                update: str = "heads") -> list[dict[str, float]]:
     """Algorithm 1 in place on ``model``'s router: ``route`` [N, d_r], frozen head ``deltas`` [N, K].
     On the separate layout the budget's contexts become prototypes first (:func:`budget_prototypes`)
-    and ``safe`` fits only the context branch (:func:`fit_context_branch`, or with ``update=
-    "contexts"`` :func:`known_routing_logits`); otherwise the whole router learns. Returns one row
-    per epoch (epoch, ce, nll, seconds; nll is NaN without ``history``)."""
+    and ``safe`` takes one Hedge step on the context branch only (:func:`hedge_context_branch`, or
+    with ``update="contexts"`` :func:`known_routing_logits`); otherwise the whole router learns for
+    T epochs. Returns one row per epoch (epoch, ce, nll, seconds; nll is NaN without ``history``,
+    ce without a distillation)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -300,18 +304,17 @@ def fit_router(model: "MixtureRewardModel", route: "torch.Tensor", deltas: "torc
 
     known = len(model.router.prototypes) if model.config.context_dim else 0
     spoken_for = budget_prototypes(model, route, config.seed) if model.config.context_dim else None
-    if update == "contexts" and known:
+    if spoken_for is not None and config.algorithm == "safe":
         start = time.perf_counter()
         with torch.no_grad():
-            model.router.prototype_logits[known:] = known_routing_logits(model, route, deltas, known, [tau])[0]
+            if update == "contexts" and known:
+                model.router.prototype_logits[known:] = known_routing_logits(model, route, deltas, known, [tau])[0]
+            else:
+                prototype_logits, null_logits = hedge_context_branch(model, route, deltas, [tau], spoken_for)
+                model.router.prototype_logits.copy_(prototype_logits[0])
+                model.router.null_logits.copy_(null_logits[0])
         return [{"epoch": 1, "ce": math.nan, "nll": mixture_nll(model, route, deltas) if history else math.nan,
                  "seconds": time.perf_counter() - start}]
-    if config.algorithm == "safe" and spoken_for is not None:
-        prototype_logits, null_logits, rows = fit_context_branch(model, route, deltas, [tau], config, spoken_for)
-        with torch.no_grad():
-            model.router.prototype_logits.copy_(prototype_logits[0])
-            model.router.null_logits.copy_(null_logits[0])
-        return [{**row, "ce": row["ce"][0], "nll": row["nll"][0] if history else math.nan} for row in rows]
     losses = bt_loss(deltas)                                             # L_ik = −log σ(Δ_ik), [N, K]
     distil = _exact_distillation if config.algorithm == "safe" else _adam_distillation(model, route, config)
     rows, start = [], time.perf_counter()
@@ -417,56 +420,42 @@ def _exact_distillation(model: "MixtureRewardModel", route: "torch.Tensor", targ
     return float(optimizer.step(closure).detach())
 
 
-def fit_context_branch(model: "MixtureRewardModel", route: "torch.Tensor", deltas: "torch.Tensor",
-                       taus: Sequence[float], config: AdaptConfig, rows: "torch.Tensor"
-                       ) -> tuple["torch.Tensor", "torch.Tensor", list[dict[str, Any]]]:
-    """Safe stage 2 on a separate-layout router, for several τ at once: T epochs of Hedge targets,
-    each distilled exactly (full batch, L-BFGS to convergence) into the context branch, so that an
-    epoch is the mirror-descent step itself and its size is τ's; no learning rate normalises it
-    away. Only the prototype logits ``rows`` move (and "no context" only when the budget has pairs
-    without one); the candidates are independent, so one L-BFGS over the sum of their objectives
-    fits each. Returns the prototype logits [C, M, K], the no-context logits [C, K] and one row per
-    epoch (ce and mixture nll per candidate)."""
+def hedge_context_branch(model: "MixtureRewardModel", route: "torch.Tensor", deltas: "torch.Tensor",
+                         taus: Sequence[float], rows: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
+    """Safe stage 2 on a separate-layout router, for C values of τ at once: one Hedge step for each
+    context the budget speaks for, on the mean loss of its pairs,
+
+        a_m ← a_m − L̄_m / τ,   L̄_mk = Σ_i w_im L_ik / Σ_i w_im,   L_ik = −log σ(Δ_ik),
+
+    where w_im is the attention pair i's context gives prototype m; "no context" takes the same
+    step on the pairs without one. A pair routed by prototype m then gets f_ψ(x, c) ⊙ exp(−L̄_m/τ),
+    normalised: Eq. 5 with the evidence of all the context's pairs at once, so the change follows τ
+    and nothing else. Why not Eq. 5 per pair, distilled: at small τ each pair's target is one-hot on
+    its own best head, so the router learns the share of pairs each head wins rather than which head
+    explains them: on validation a head that won more of 10 pairs by a hair took an attribute from
+    the head with half its total loss (−29 points; BENCHMARKS.md). Only the prototypes ``rows``
+    move. Returns the prototype logits [C, M, K] and the no-context logits [C, K]."""
     import torch
 
-    from micro_rm.model.losses import bt_loss, mixture_bt_loss
-    from micro_rm.model.mixture import context_branch_logits
+    from micro_rm.model.losses import bt_loss
 
     router, c = model.router, len(taus)
-    inputs = model.context_branch_inputs(route)
-    prototype_logits = router.prototype_logits.detach().expand(c, -1, -1).clone().requires_grad_(True)
-    null_logits = router.null_logits.detach().expand(c, -1).clone().requires_grad_(True)
-    params = [prototype_logits] + ([null_logits] if not bool(inputs[2].all()) else [])
-    tau = torch.tensor([check_tau(t) for t in taus], dtype=route.dtype, device=route.device).view(c, 1, 1)
+    _, attention, has_context = model.context_branch_inputs(route)
     losses = bt_loss(deltas)                                             # L_ik = −log σ(Δ_ik), [N, K]
-    epochs, start = [], time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
-        with torch.no_grad():                                            # ω_i per candidate, [C, N, K]
-            targets = torch.softmax(torch.log_softmax(context_branch_logits(inputs, prototype_logits, null_logits),
-                                                      dim=-1) - losses / tau, dim=-1)
-        optimizer = torch.optim.LBFGS(params, lr=1.0, max_iter=DISTIL_ITERATIONS, line_search_fn="strong_wolfe")
-
-        def closure() -> "torch.Tensor":
-            optimizer.zero_grad(set_to_none=True)
-            log_f = torch.log_softmax(context_branch_logits(inputs, prototype_logits, null_logits), dim=-1)
-            ce = -(targets * log_f).sum(-1).mean(-1).sum()              # Σ_candidates CE(ω, f_ψ)
-            if config.weight_decay:
-                ce = ce + config.weight_decay * sum((p ** 2).sum() for p in params) / 2
-            ce.backward()
-            if prototype_logits.grad is not None:
-                prototype_logits.grad[:, ~rows] = 0.0                   # prototypes the budget is silent on
-            return ce
-
-        optimizer.step(closure)
-        with torch.no_grad():
-            log_f = torch.log_softmax(context_branch_logits(inputs, prototype_logits, null_logits), dim=-1)
-            epochs.append({"epoch": epoch, "ce": (-(targets * log_f).sum(-1).mean(-1)).tolist(),
-                           "nll": [mixture_bt_loss(deltas, lf).mean().item() for lf in log_f],
-                           "seconds": time.perf_counter() - start})
-    return prototype_logits.detach(), null_logits.detach(), epochs
+    step = 1 / torch.tensor([check_tau(t) for t in taus], dtype=route.dtype, device=route.device).view(c, 1, 1)
+    prototype_logits = router.prototype_logits.detach().expand(c, -1, -1).clone()
+    null_logits = router.null_logits.detach().expand(c, -1).clone()
+    if attention is not None:
+        weight = (attention * has_context)[:, rows]                                      # [N, M']
+        mean_loss = (weight.T @ losses) / weight.sum(0).clamp_min(1e-12)[:, None]       # [M', K]
+        prototype_logits[:, rows] -= step * mean_loss
+    without = ~has_context[:, 0]
+    if bool(without.any()):
+        null_logits -= step[:, :, 0] * losses[without].mean(0)
+    return prototype_logits, null_logits
 
 
-DISTIL_ITERATIONS = 20  # L-BFGS iterations per epoch (warm-started; the context branch's problem is convex)
+DISTIL_ITERATIONS = 20  # L-BFGS iterations per epoch of safe stage 2 on a joint-layout router
 
 
 def _adam_distillation(model: "MixtureRewardModel", route: "torch.Tensor", config: AdaptConfig):
@@ -533,7 +522,7 @@ def cross_validate(model: "MixtureRewardModel", route: "torch.Tensor", deltas: "
                 candidate = copy.deepcopy(model)
                 rows = budget_prototypes(candidate, route[train], config.seed)
                 inputs = candidate.context_branch_inputs(route[held])
-                fitted = [(heads, *fit_context_branch(candidate, route[train], deltas[train], heads, config, rows)[:2])
+                fitted = [(heads, *hedge_context_branch(candidate, route[train], deltas[train], heads, rows))
                           ] if heads else []
                 if contexts:
                     logits = candidate.router.prototype_logits.detach().expand(len(taus), -1, -1).clone()
