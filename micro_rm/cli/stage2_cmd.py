@@ -56,10 +56,11 @@ def adapt(
 ) -> None:
     """Stage 2: adapt the router to contexts from a budget of context pairs.
 
-    Algorithm 1: Hedge soft targets recomputed once per epoch, distilled into the router by
-    cross-entropy; the heads stay frozen. The default (--algorithm safe) keeps the stage-1 router
-    unless cross-validation on held-out budget prompts (and held-out wordings, where an attribute's
-    budget has several) shows that adapting helps.
+    Hedge on the router, the heads frozen. The default (--algorithm safe) takes one Hedge step per
+    context on the mean loss of its pairs, and keeps the stage-1 router unless cross-validation on
+    held-out budget prompts (and held-out wordings, where an attribute's budget has several) shows
+    that adapting helps. --algorithm paper is Algorithm 1 as written: soft targets recomputed once
+    per epoch, distilled into the whole router by AdamW.
 
     Example: micro-rm adapt --model runs/dsp --data dsp-train.jsonl --budget 50 --tau auto
     --out runs/dsp-adapted
