@@ -433,8 +433,8 @@ def hedge_context_branch(model: "MixtureRewardModel", route: "torch.Tensor", del
     and nothing else. Why not Eq. 5 per pair, distilled: at small τ each pair's target is one-hot on
     its own best head, so the router learns the share of pairs each head wins rather than which head
     explains them: on validation a head that won more of 10 pairs by a hair took an attribute from
-    the head with half its total loss (−29 points; BENCHMARKS.md). Only the prototypes ``rows``
-    move. Returns the prototype logits [C, M, K] and the no-context logits [C, K]."""
+    the head with half its total loss (−29 points on one wording; BENCHMARKS.md). Only the
+    prototypes ``rows`` move. Returns the prototype logits [C, M, K] and the no-context logits [C, K]."""
     import torch
 
     from micro_rm.model.losses import bt_loss
