@@ -108,8 +108,8 @@ def test_stage2_fits_and_scores_with_the_masked_heads_masked(synthetic):
 
 
 def test_safe_stage2_change_follows_tau():
-    """With SGD, a huge τ makes the targets equal the router's weights, so nothing moves; a
-    small τ moves it. (Adam, `paper`, normalises the step and moves it at any τ.)"""
+    """Safe's Hedge step is L̄/τ, so a huge τ moves nothing and a small τ moves the router.
+    (Adam, `paper`, normalises the step and moves it at any τ.)"""
     import copy
 
     import torch

@@ -106,10 +106,11 @@ class AdaptConfig:
                          "so a candidate must also route a wording it was not fitted on (separate "
                          "context layouts only); prompts elsewhere. prompt: prompts only.", "phrasing")
     update: str = _help("safe, separate context layouts: what a candidate re-weights. heads: Hedge over "
-                        "the K heads for each context the budget speaks for (Eq. 5). contexts: Hedge "
-                        "over the routings of the contexts stage 1 knows, for each new wording of the "
-                        "budget (which known preference does it state?); a context stage 1 knew keeps "
-                        "its routing. both: candidates of each kind. Elsewhere: heads.", "both")
+                        "the K heads for each context the budget speaks for, one step on the mean "
+                        "loss of its pairs. contexts: Hedge over the routings of the contexts stage 1 "
+                        "knows, for each new wording of the budget (which known preference does it "
+                        "state?); a context stage 1 knew keeps its routing. both: candidates of each "
+                        "kind. Elsewhere: heads.", "both")
     keep_margin: float = _help("safe: standard errors (of the paired difference, clustered by the "
                                "held-out prompt or wording) by which an adapted router's "
                                "cross-validated NLL must beat keeping the stage-1 router.", 1.0)
