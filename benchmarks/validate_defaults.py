@@ -10,12 +10,13 @@ context-dropout rates.
 Stage 2 takes the harness's shape on phrasings 1–4, in 4 rotations: accuracy is scored under one
 of them, stage 1 trains with the next, and the budget's B pairs per attribute (training prompts)
 carry the other two, so the scored phrasing is new to both stages. Rows: safe with each update
-(`UPDATES`), fold rule (`HELDOUT`) and keep margin (`KEEP_MARGINS`), and the paper's algorithm, at
+(`UPDATES`), kind of new wordings (`WORDINGS`), fold rule (`HELDOUT`) and keep margin
+(`KEEP_MARGINS`), and the paper's algorithm, at
 B = 10 and 50 (`DRAWS` budget draws each, default 20), as the change against stage 1 in points,
 mean ± standard error over the draws (5 draws proved too few to tell the variants apart).
 
 The test phrasings 5–8 and the test split are never read. `CANDIDATE_T=0.1 CANDIDATE_DROPOUT=0.1
-SEEDS=0 STAGE1=0 UPDATES=both KEEP_MARGINS=1 HELDOUT=phrasing PAPER=0 DRAWS=5` restrict the work
+SEEDS=0 STAGE1=0 UPDATES=both WORDINGS=both KEEP_MARGINS=1 HELDOUT=phrasing PAPER=0 DRAWS=5` restrict the work
 (STAGE1=0 skips the stage-1 grids, PAPER=0 the paper's algorithm).
 
     python benchmarks/validate_defaults.py dsp        # needs ../shared/data (or $MICRO_RM_DATA)
@@ -39,8 +40,9 @@ if not DRAWS.isdigit() or int(DRAWS) < 2:
           file=sys.stderr)
     sys.exit(2)
 DRAWS = int(DRAWS)
-STAGE2 = tuple({"algorithm": "safe", "update": u, "heldout": h, "keep_margin": float(m)}
+STAGE2 = tuple({"algorithm": "safe", "update": u, "wordings": w, "heldout": h, "keep_margin": float(m)}
                for u in os.environ.get("UPDATES", "heads,contexts,both").split(",")
+               for w in os.environ.get("WORDINGS", "prototypes,corrections,both").split(",")
                for m in os.environ.get("KEEP_MARGINS", "1,2").split(",")
                for h in os.environ.get("HELDOUT", "phrasing,prompt").split(","))
 STAGE2 += ({"algorithm": "paper"},) if os.environ.get("PAPER", "1") != "0" else ()

@@ -248,7 +248,7 @@ def test_tau_and_numbers_parse_like_yaml_writes_them():
     assert config.stage2.tau == 0.001
     with pytest.raises(MicroRMError, match="`stage2.tau` must be"):
         ExperimentConfig.from_dict({"data": {"builder": "synthetic"}, "stage2": {"tau": "often"}})
-    for key, value in (("heldout", "persona"), ("algorithm", "fast"), ("update", "prompts")):
+    for key, value in (("heldout", "persona"), ("algorithm", "fast"), ("update", "prompts"), ("wordings", "all")):
         with pytest.raises(MicroRMError, match=f"`stage2.{key}` must be one of"):
             ExperimentConfig.from_dict({"data": {"builder": "synthetic"}, "stage2": {key: value}})
     with pytest.raises(MicroRMError, match="missing key `data`"):

@@ -20,7 +20,7 @@ from micro_rm.features.cache import FeatureCache
 from micro_rm.features.featurize import featurize
 from micro_rm.online.hedge import DEFAULT_ETA, DEFAULT_P_MIN, UserState
 from micro_rm.train import Stage1Config, fit_stage1
-from micro_rm.train.stage2 import KEEP, AdaptConfig, adapt_router, choose_candidate, cross_validate
+from micro_rm.train.stage2 import KEEP, AdaptConfig, Candidate, adapt_router, choose_candidate, cross_validate
 
 # Same intent as each group's training sentence, other words (none is in the training data).
 HELD_OUT = {
@@ -83,7 +83,7 @@ def test_safe_stage2_is_never_worse_than_keep_on_its_cross_validation_pairs(synt
     chosen = choose_candidate(nll, config)
     assert KEEP in nll and nll[chosen].mean() <= nll[KEEP].mean()
     adapted, info = adapt_router(model, budget, config, progress=False)
-    assert ((info["update"], info["tau"]) if isinstance(chosen, tuple) else info["tau"]) == chosen
+    assert (info["tau"] if chosen == KEEP else (info["update"], info["tau"], info["wordings"])) == chosen
     if chosen == KEEP:                                 # keeping is exactly the stage-1 router
         np.testing.assert_array_equal(adapted.router_weights(budget.route), model.router_weights(budget.route))
 
@@ -102,7 +102,7 @@ def test_stage2_fits_and_scores_with_the_masked_heads_masked(synthetic):
     route = torch.as_tensor(np.asarray(budget.route, dtype=np.float32))
     deltas = model.head_deltas(torch.as_tensor(budget.chosen - budget.rejected)).detach()
     nll = cross_validate(model, route, deltas, budget.prompts, AdaptConfig(tau=1e6))
-    np.testing.assert_allclose(nll[1e6], nll[KEEP], rtol=1e-5)
+    np.testing.assert_allclose(nll[Candidate("heads", 1e6)], nll[KEEP], rtol=1e-5)
     adapted, _ = adapt_router(model, budget, AdaptConfig(tau=1e-3, algorithm="safe"), progress=False)
     assert adapted.router_weights(budget.route)[:, model.config.masked_heads].max() == 0
 
@@ -309,3 +309,127 @@ def test_phrasing_folds_hold_out_whole_wordings_and_keep_a_sibling_wording_fitte
             fitted = {w for w in range(6) if (which == w).any() and fold[np.flatnonzero(which == w)[0]] != f
                       and attributes[np.flatnonzero(which == w)[0]] == attribute}
             assert not held or fitted                                   # a sibling wording stays fitted
+
+
+def _two_prototype_router():
+    """A router whose prompt branch is 0 and whose two prototypes (e_0, e_1) route to head 0 and
+    head 1: [N, 2 + 3] route features, context last."""
+    import torch
+
+    from micro_rm.model.config import MixtureConfig
+    from micro_rm.model.mixture import MixtureRewardModel
+
+    model = MixtureRewardModel(MixtureConfig(num_heads=2, reward_dim=2, route_dim=5, context_dim=3,
+                                             router="linear"))
+    with torch.no_grad():
+        for p in model.router.prompt.parameters():
+            p.zero_()
+        model.router.add_prototypes(torch.eye(3)[:2])
+        model.router.prototype_logits.copy_(torch.tensor([[3.0, -3.0], [-3.0, 3.0]]))
+    model.config.context_prototypes = 2
+    return model
+
+
+def _contexts(*vectors) -> np.ndarray:
+    unit = np.array(vectors, dtype=np.float32)
+    return np.hstack([np.ones((len(unit), 2), dtype=np.float32), unit / np.linalg.norm(unit, axis=1, keepdims=True)])
+
+
+def test_a_correction_takes_no_attention_and_adds_its_change_by_its_share():
+    """A new wording added as a plain prototype moves the routing of contexts near the known
+    prototypes (it takes attention); added as a correction at δ = 0 it moves nothing. With δ set,
+    the wording itself routes by h + share · δ, and a context far from it keeps stage 1's routing."""
+    import copy
+
+    import torch
+
+    model = _two_prototype_router()
+    scored = _contexts([1, 0.3, 0.5], [0.3, 0.2, 1], [0, 1, 0.05])       # the last is far from e_2
+    before = model.router_weights(scored)
+    plain, corrected = copy.deepcopy(model), copy.deepcopy(model)
+    with torch.no_grad():
+        plain.router.add_prototypes(torch.tensor([[0.0, 0.0, 1.0]]))
+        corrected.router.add_prototypes(torch.tensor([[0.0, 0.0, 1.0]]), corrections=True)
+    assert np.abs(plain.router_weights(scored) - before).max() > 0.05
+    np.testing.assert_allclose(corrected.router_weights(scored), before, atol=1e-7)
+    with torch.no_grad():
+        corrected.router.prototype_logits[2] = torch.tensor([-5.0, 5.0])
+    own = torch.as_tensor(_contexts([0, 0, 1]))
+    share = corrected.router.attention(own[:, 2:])[0, 2]
+    assert share > 0.99
+    torch.testing.assert_close(corrected.router(own)[0], model.router(own)[0] + share * torch.tensor([-5.0, 5.0]))
+    np.testing.assert_allclose(corrected.router_weights(scored[2:]), before[2:], atol=1e-4)
+
+
+def test_stage2_with_corrections_at_a_huge_tau_leaves_every_routing_as_stage_1():
+    """The change follows τ: with new wordings as corrections, τ → ∞ leaves the routing of every
+    context as stage 1 had it, held-out wordings included; as plain prototypes it does not (the
+    new wordings take attention from the known ones)."""
+    import copy
+
+    import torch
+
+    from micro_rm.train.stage2 import fit_router
+
+    model = _two_prototype_router()
+    rng = np.random.default_rng(0)
+    budget = torch.as_tensor(np.repeat(_contexts([0.6, 0.1, 1], [0.1, 0.7, 1]), 10, axis=0))
+    deltas = torch.as_tensor(rng.normal(scale=2.0, size=(20, 2)), dtype=torch.float32)
+    scored = _contexts([1, 0.2, 0.8], [0.2, 1, 0.6], [1, 1, 1])
+    before = model.router_weights(scored)
+    moved = {}
+    for wordings in ("prototypes", "corrections"):
+        adapted = copy.deepcopy(model)
+        fit_router(adapted, budget, deltas, 1e6, AdaptConfig(tau=1e6), wordings=wordings)
+        assert len(adapted.router.prototypes) == 4
+        moved[wordings] = np.abs(adapted.router_weights(scored) - before).max()
+    assert moved["corrections"] < 1e-5 < 0.01 < moved["prototypes"]
+
+
+def test_a_model_with_corrections_round_trips(tmp_path):
+    """config.json records which prototypes are corrections; the loaded model routes the same."""
+    import torch
+
+    from micro_rm.model.mixture import MixtureRewardModel
+    from micro_rm.train.stage2 import fit_router
+
+    model = _two_prototype_router()
+    budget = torch.as_tensor(np.repeat(_contexts([0.6, 0.1, 1]), 10, axis=0))
+    deltas = torch.as_tensor(np.tile([[2.0, -2.0]], (10, 1)), dtype=torch.float32)
+    fit_router(model, budget, deltas, 0.1, AdaptConfig(tau=0.1), wordings="corrections")
+    assert model.config.context_corrections == [2]
+    model.save_pretrained(tmp_path / "m")
+    loaded = MixtureRewardModel.from_pretrained(str(tmp_path / "m"))
+    assert loaded.router.corrections.tolist() == [False, False, True]
+    scored = _contexts([0.6, 0.1, 1], [1, 0, 0.2], [0.1, 1, 0.3])
+    np.testing.assert_allclose(loaded.router_weights(scored), model.router_weights(scored), rtol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [[5], [0, 0], ["1"], [True], "0"])
+def test_context_corrections_must_name_distinct_prototypes(bad):
+    from micro_rm.errors import MicroRMError
+    from micro_rm.model.config import MixtureConfig
+
+    with pytest.raises(MicroRMError, match="context_corrections"):
+        MixtureConfig(num_heads=2, reward_dim=2, route_dim=5, context_dim=3, context_prototypes=3,
+                      context_corrections=bad)
+
+
+def test_cross_validation_offers_corrections_only_where_they_differ_from_prototypes():
+    """Candidates of both kinds of new wordings when the budget brings a wording the router does
+    not know; with only known contexts (the canonical protocol) corrections would be the same
+    candidates, so there are none."""
+    import torch
+
+    from micro_rm.train.stage2 import candidate_name
+
+    model = _two_prototype_router()
+    rng = np.random.default_rng(1)
+    deltas = torch.as_tensor(rng.normal(scale=2.0, size=(20, 2)), dtype=torch.float32)
+    prompts = [f"p{i}" for i in range(20)]
+    new = torch.as_tensor(np.repeat(_contexts([0.6, 0.1, 1], [0.1, 0.7, 1]), 10, axis=0))
+    known = torch.as_tensor(np.repeat(_contexts([1, 0, 0], [0, 1, 0]), 10, axis=0))
+    names = {label: {candidate_name(c) for c in cross_validate(model, route, deltas, prompts, AdaptConfig())}
+             for label, route in (("new", new), ("known", known))}
+    assert {"0.001", "contexts 0.1", "corrections 0.01", "contexts corrections 1"} <= names["new"]
+    assert not any("corrections" in name for name in names["known"]) and "0.001" in names["known"]

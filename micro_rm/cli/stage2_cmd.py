@@ -49,6 +49,7 @@ def adapt(
     folds: int = typer.Option(_default("folds"), "--folds", help=_help("folds")),
     heldout: str = typer.Option(_default("heldout"), "--heldout", help=_help("heldout")),
     update: str = typer.Option(_default("update"), "--update", help=_help("update")),
+    wordings: str = typer.Option(_default("wordings"), "--wordings", help=_help("wordings")),
     seed: int = typer.Option(_default("seed"), "--seed", help=_help("seed")),
     cache_dir: Optional[Path] = typer.Option(None, "--cache", help=CACHE_HELP),
     cache_only: bool = typer.Option(False, "--cache-only", help=CACHE_ONLY_HELP),
@@ -71,7 +72,7 @@ def adapt(
 
     config = AdaptConfig(budget=budget, algorithm=algorithm, tau=parse_tau(tau), epochs=epochs,
                          batch_size=batch_size, lr=lr, folds=folds, heldout=heldout, update=update,
-                         seed=seed)
+                         wordings=wordings, seed=seed)
     check_destination(out)
 
     from micro_rm.data.readers import read_pairs
@@ -105,11 +106,11 @@ def adapt(
     groups = budget_groups(chosen)
     result = {"out": str(out), "pairs": len(rows),
               "pairs_per_group": {str(g): groups.count(g) for g in sorted(set(groups), key=str)},
-              "tau": info["tau"], "update": info["update"], "cv_nll": {str(t): v for t, v in (info["cv_nll"] or {}).items()} or None,
+              "tau": info["tau"], "update": info["update"], "wordings": info["wordings"], "cv_nll": {str(t): v for t, v in (info["cv_nll"] or {}).items()} or None,
               "budget_nll_before": info["stage1_nll"], "budget_nll_after": info["nll"],
               "adapt_seconds": round(info["seconds"], 3), "seconds": round(time.perf_counter() - start, 3)}
     cv = "" if info["cv_nll"] is None else " (chosen by cross-validation: " + ", ".join(
-        f"{t if t.startswith('contexts') else f'τ={t}'}: {v:.4f}" for t, v in info["cv_nll"].items()) + ")"
+        f"{f'τ={t}' if t[:1].isdigit() else t}: {v:.4f}" for t, v in info["cv_nll"].items()) + ")"
     emit(result, as_json,
          f"adapted the router on {len(rows)} context pairs in {info['seconds']:.1f} s with {_candidate_text(info)}"
          f"{cv}\nbudget NLL {info['stage1_nll']:.4f} → {info['nll']:.4f}\nmodel: {out}")
@@ -219,9 +220,10 @@ def _user_summary(result: dict) -> str:
 
 
 def _candidate_text(info: dict) -> str:
-    """The chosen candidate as printed: "τ=0.1", "the contexts update at τ=1", or "keep"
-    (safe stage 2 kept the stage-1 router)."""
+    """The chosen candidate as printed: "τ=0.1", "the contexts update at τ=1", "τ=0.1, new
+    wordings as corrections", or "τ=keep" (safe stage 2 kept the stage-1 router)."""
     tau = info["tau"]
     if not isinstance(tau, (int, float)):
         return f"τ={tau}"
-    return f"the contexts update at τ={tau:g}" if info.get("update") == "contexts" else f"τ={tau:g}"
+    text = f"the contexts update at τ={tau:g}" if info.get("update") == "contexts" else f"τ={tau:g}"
+    return text + (", new wordings as corrections" if info.get("wordings") == "corrections" else "")

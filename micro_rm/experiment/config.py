@@ -132,6 +132,9 @@ class Stage2Section:
                         "has several, prompts elsewhere; the default) or prompt.", "phrasing")
     update: str = _doc("What safe stage 2's candidates re-weight: heads, contexts (a new wording's "
                        "Hedge over the routings stage 1 knows) or both (the default).", "both")
+    wordings: str = _doc("How safe stage 2 adds a wording stage 1 never saw: prototypes, corrections "
+                         "(added to stage 1's routing, taking no attention from its prototypes) or "
+                         "both (the default, chosen by cross-validation).", "both")
 
 
 @dataclass
@@ -255,9 +258,10 @@ class ExperimentConfig:
             value = getattr(getattr(self, section), name)
             if value < 1:
                 raise bad(key, "an integer ≥ 1", value)
-        from micro_rm.train.stage2 import ALGORITHMS, HELDOUT, UPDATES
+        from micro_rm.train.stage2 import ALGORITHMS, HELDOUT, UPDATES, WORDINGS
 
-        for key, allowed in (("algorithm", ALGORITHMS), ("heldout", HELDOUT), ("update", UPDATES)):
+        for key, allowed in (("algorithm", ALGORITHMS), ("heldout", HELDOUT), ("update", UPDATES),
+                             ("wordings", WORDINGS)):
             if getattr(self.stage2, key) not in allowed:
                 raise bad(f"stage2.{key}", f"one of {', '.join(allowed)}", getattr(self.stage2, key))
         tau = self.stage2.tau

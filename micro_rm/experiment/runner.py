@@ -157,7 +157,8 @@ class _Run:
                  if v is not None}
         return AdaptConfig(budget=budget, algorithm=s2.algorithm, tau=s2.tau, epochs=s2.epochs,
                            batch_size=s2.batch_size,
-                           seed=seed, folds=s2.folds, heldout=s2.heldout, update=s2.update, **extra)
+                           seed=seed, folds=s2.folds, heldout=s2.heldout, update=s2.update,
+                           wordings=s2.wordings, **extra)
 
     def fit(self, features, variant: str, **overrides: Any):
         from micro_rm.train.stage1 import fit_stage1
@@ -667,11 +668,14 @@ def _seed_std(values: Sequence[float]) -> Optional[float]:
 
 
 def _chosen(info: dict[str, Any]) -> float | str:
-    """What stage 2 chose, as the report counts it: a τ of the heads update, "keep", or
-    "contexts τ"."""
-    from micro_rm.train.stage2 import candidate_name
+    """What stage 2 chose, as the report counts it: a τ of the heads update, "keep", or a named
+    candidate such as "contexts 0.1" or "corrections 0.01"."""
+    from micro_rm.train.stage2 import KEEP, Candidate, candidate_name
 
-    return info["tau"] if info["update"] == "heads" else candidate_name((info["update"], info["tau"]))
+    if info["tau"] == KEEP:
+        return KEEP
+    chosen = Candidate(info["update"], info["tau"], info["wordings"])
+    return info["tau"] if chosen == Candidate("heads", info["tau"]) else candidate_name(chosen)
 
 
 def _tau_text(tau: float | str) -> str:

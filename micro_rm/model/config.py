@@ -34,6 +34,8 @@ class MixtureConfig:
                                         # "" (configs before it): "separate" with a context width,
                                         # else "joint"
     context_prototypes: int = 0         # number of prototype contexts of that branch
+    context_corrections: list = field(default_factory=list)  # indices of the prototypes that stage 2
+                                        # added as corrections (ContextRouter); [] before stage 2
     context_temperature: float = 0.05   # temperature of the attention over the prototypes (cosine)
     prior_scale: float = 1.0            # ``shared-base``: scale of the frozen prior heads, relative
                                         # to PyTorch's default Linear init U(±1/√d) (HyRe's prior)
@@ -63,6 +65,12 @@ class MixtureConfig:
         if isinstance(self.context_prototypes, bool) or not isinstance(self.context_prototypes, int) \
                 or self.context_prototypes < 0:
             raise MicroRMError(f"`context_prototypes` must be an integer ≥ 0, got {self.context_prototypes!r}")
+        corrections = self.context_corrections
+        if not isinstance(corrections, list) or len(set(map(str, corrections))) != len(corrections) or any(
+                isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.context_prototypes
+                for i in corrections):
+            raise MicroRMError("`context_corrections` must be a list of distinct prototype indices in "
+                               f"[0, context_prototypes = {self.context_prototypes}), got {corrections!r}")
         from micro_rm.features.base import CONTEXT_ENCODINGS, recorded_encoding
 
         self.context_encoding = recorded_encoding(self.context_encoding, self.context_dim)

@@ -25,6 +25,7 @@ Example
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional
 
 import numpy as np
@@ -59,8 +60,18 @@ class ContextRouter(nn.Module):
     learns whatever separates the few training sentences, and a paraphrase then routes like
     noise (METHOD.md, measured finding 3). Attention over the training contexts routes a new
     phrasing like the training phrasings the sentence encoder puts nearest to it, whatever the
-    prompt; stage 2 adds the contexts of its budget as new prototypes. The prototypes u_m are
-    fixed (normalised) context embeddings; only their logits a_m, a_null and g are learned.
+    prompt. The prototypes u_m are fixed (normalised) context embeddings; only their logits a_m,
+    a_null and g are learned.
+
+    Stage 2 adds the contexts of its budget as new prototypes, of one of two kinds. A plain
+    prototype joins the softmax above. A *correction* (``config.context_corrections``) does not
+    take attention from the others; its logits δ_n are added to theirs, by the share of attention
+    it would get:
+
+        h(c) = Σ_{m plain} softmax_{m plain}( cos(c, u_m) / T ) · a_m + Σ_{n corr} att_n(c) · δ_n
+
+    where att is the softmax over all prototypes. A correction starts at δ = 0, so adding it
+    changes no routing, and a context far from it keeps stage 1's routing whatever δ becomes.
     """
 
     def __init__(self, config: MixtureConfig):
@@ -71,11 +82,20 @@ class ContextRouter(nn.Module):
         self.register_buffer("prototypes", torch.zeros(m, config.context_dim))   # [M, d_c], unit rows
         self.prototype_logits = nn.Parameter(torch.zeros(m, k))                   # [M, K]
         self.null_logits = nn.Parameter(torch.zeros(k))                          # [K]
+        corrections = torch.zeros(m, dtype=torch.bool)
+        corrections[config.context_corrections] = True
+        self.register_buffer("corrections", corrections, persistent=False)      # [M], from the config
 
     def attention(self, context: torch.Tensor) -> torch.Tensor:
-        """softmax_m(cos(c, u_m) / T) over the prototypes: [N, d_c] → [N, M]."""
+        """The weight each prototype's logits get in h(c), [N, d_c] → [N, M]: softmax_m(cos(c, u_m) / T)
+        over the plain prototypes, and a correction's share of that softmax over all of them."""
         norm = context.norm(dim=-1, keepdim=True)
-        return torch.softmax(context / norm.clamp_min(1e-12) @ self.prototypes.T / self.temperature, -1)
+        similarity = context / norm.clamp_min(1e-12) @ self.prototypes.T / self.temperature
+        everyone = torch.softmax(similarity, -1)
+        if not bool(self.corrections.any()):
+            return everyone
+        plain = torch.softmax(similarity.masked_fill(self.corrections, -math.inf), -1)
+        return torch.where(self.corrections, everyone, plain)
 
     def context_logits(self, context: torch.Tensor) -> torch.Tensor:
         """h(c): [N, d_c] → [N, K]."""
@@ -101,19 +121,23 @@ class ContextRouter(nn.Module):
         return self.prompt(prompt), attention, context.norm(dim=-1, keepdim=True) > 0
 
     @torch.no_grad()
-    def add_prototypes(self, contexts: torch.Tensor) -> int:
-        """Append the contexts [n, d_c] that are not prototypes yet; each new logit row starts at
-        the router's current h(c), so the function barely moves until it is trained. Returns how
-        many were added."""
+    def add_prototypes(self, contexts: torch.Tensor, corrections: bool = False) -> int:
+        """Append the contexts [n, d_c] that are not prototypes yet, as plain prototypes whose
+        logits start at the router's current h(c) (so the function barely moves until they are
+        trained), or as ``corrections`` starting at δ = 0 (so it does not move at all; they need
+        a plain prototype to correct). Returns how many were added."""
         unit = F.normalize(contexts[contexts.norm(dim=-1) > 0], dim=-1)
         if len(self.prototypes):
             unit = unit[(unit @ self.prototypes.T).max(-1).values < 1 - 1e-6]
         unit = unique_rows(unit)
         if len(unit) == 0:
             return 0
-        start = self.context_logits(unit)
+        if corrections and bool(self.corrections.all()):
+            raise ValueError("a correction needs a plain prototype to correct; this router has none")
+        start = torch.zeros(len(unit), self.prototype_logits.shape[1]) if corrections else self.context_logits(unit)
         self.prototypes = torch.cat([self.prototypes, unit])
-        self.prototype_logits = nn.Parameter(torch.cat([self.prototype_logits.detach(), start]))
+        self.prototype_logits = nn.Parameter(torch.cat([self.prototype_logits.detach(), start.to(unit)]))
+        self.corrections = torch.cat([self.corrections, torch.full((len(unit),), corrections, device=unit.device)])
         return len(unit)
 
 

@@ -51,7 +51,7 @@ import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, fields
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -68,6 +68,7 @@ if TYPE_CHECKING:
 ALGORITHMS = ("safe", "paper")
 HELDOUT = ("phrasing", "prompt")
 UPDATES = ("heads", "contexts", "both")
+WORDINGS = ("prototypes", "corrections", "both")
 TAU_MIN = 1e-8   # below this, exp(−L/τ) underflows for every head and the targets are undefined
 
 
@@ -111,6 +112,12 @@ class AdaptConfig:
                         "knows, for each new wording of the budget (which known preference does it "
                         "state?); a context stage 1 knew keeps its routing. both: candidates of each "
                         "kind. Elsewhere: heads.", "both")
+    wordings: str = _help("safe, separate context layouts: how a wording the router never saw joins it. "
+                          "prototypes: a prototype of its own in the router's attention, so a context "
+                          "near it routes like it. corrections: a change added to the routing stage 1 "
+                          "gives a context, by the share of attention the wording would get; it takes "
+                          "no attention from stage 1's prototypes, so at large τ nothing moves. both: "
+                          "candidates of each kind. Elsewhere: prototypes.", "both")
     keep_margin: float = _help("safe: standard errors (of the paired difference, clustered by the "
                                "held-out prompt or wording) by which an adapted router's "
                                "cross-validated NLL must beat keeping the stage-1 router.", 1.0)
@@ -122,6 +129,8 @@ class AdaptConfig:
             raise MicroRMError(f"`heldout` must be one of {', '.join(HELDOUT)}, got {self.heldout!r}")
         if self.update not in UPDATES:
             raise MicroRMError(f"`update` must be one of {', '.join(UPDATES)}, got {self.update!r}")
+        if self.wordings not in WORDINGS:
+            raise MicroRMError(f"`wordings` must be one of {', '.join(WORDINGS)}, got {self.wordings!r}")
         if self.algorithm not in ALGORITHMS:
             raise MicroRMError(f"`algorithm` must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}")
         if self.tau != "auto":
@@ -235,7 +244,8 @@ def adapt_router(model: "MixtureRewardModel", features: "PairFeatures", config: 
 
     ``features.route`` must carry the contexts (``featurize(..., router_input="context")``).
     Returns a new model (the input is untouched) whose heads are the input's, and ``info``:
-    ``tau`` (the τ used, or ``"keep"`` when safe stage 2 kept the stage-1 router), ``cv_nll``
+    ``tau`` (the τ used, or ``"keep"`` when safe stage 2 kept the stage-1 router), ``update`` and
+    ``wordings`` (the chosen candidate's kind, see :class:`Candidate`), ``cv_nll``
     ({candidate: cross-validated mixture NLL}, None without cross-validation), ``stage1_nll`` and
     ``nll`` (mixture NLL of the budget pairs before and after), ``epochs`` (one row per epoch),
     ``pairs`` and ``seconds``.
@@ -256,22 +266,24 @@ def adapt_router(model: "MixtureRewardModel", features: "PairFeatures", config: 
         deltas = model.head_deltas(torch.as_tensor(diff, device=device))          # [N, K]
     with _small_tensor_cpu(str(device)):
         stage1_nll = mixture_nll(model, route, deltas)
-        cv_nll, candidate = None, config.tau
+        cv_nll, candidate = None, Candidate("heads", config.tau)
         if config.algorithm == "safe" or config.tau == "auto":
             fold, clusters = cv_folds(model, route, features.prompts, features.attributes, config)
             cv_nll = cross_validate(model, route, deltas, features.prompts, config, progress=progress, fold=fold)
             candidate = choose_candidate(cv_nll, config, clusters)
         adapted, epochs = copy.deepcopy(model), []
-        update, tau = candidate if isinstance(candidate, tuple) else ("heads", candidate)
+        update, tau, wordings = ("heads", KEEP, "prototypes") if candidate == KEEP else candidate
         if tau != KEEP:
-            epochs = fit_router(adapted, route, deltas, tau, config, progress=progress, update=update)
+            epochs = fit_router(adapted, route, deltas, tau, config, progress=progress, update=update,
+                                wordings=wordings)
     nll = epochs[-1]["nll"] if epochs else stage1_nll
-    info = {"tau": tau, "update": update, "cv_nll": _plain(cv_nll), "stage1_nll": stage1_nll, "nll": nll,
-            "epochs": epochs, "pairs": len(features), "seconds": time.perf_counter() - start}
+    info = {"tau": tau, "update": update, "wordings": wordings, "cv_nll": _plain(cv_nll),
+            "stage1_nll": stage1_nll, "nll": nll, "epochs": epochs, "pairs": len(features),
+            "seconds": time.perf_counter() - start}
     adapted.config.feature = {**adapted.config.feature, "router_input": "context"}
     adapted.config.training = {**adapted.config.training,
                                "stage2": {**asdict(config), "tau_chosen": tau, "update_chosen": update,
-                                          "cv_nll": info["cv_nll"]}}
+                                          "wordings_chosen": wordings, "cv_nll": info["cv_nll"]}}
     adapted.config.data = {**adapted.config.data, "stage2_pairs": len(features)}
     adapted.config.metrics = {**adapted.config.metrics, "stage2_budget_nll": nll,
                               "stage2_budget_nll_before": stage1_nll}
@@ -279,6 +291,16 @@ def adapt_router(model: "MixtureRewardModel", features: "PairFeatures", config: 
 
 
 KEEP = "keep"   # the safe candidate that leaves the stage-1 router as it is
+
+
+class Candidate(NamedTuple):
+    """An adapted router that stage 2 may choose: what it re-weights (``update``: heads or
+    contexts), at which τ, and how the budget's new wordings join the router (``wordings``:
+    prototypes or corrections; see :class:`~micro_rm.model.mixture.ContextRouter`)."""
+
+    update: str
+    tau: float
+    wordings: str = "prototypes"
 
 
 def check_adaptable(model: "MixtureRewardModel") -> None:
@@ -291,20 +313,21 @@ def check_adaptable(model: "MixtureRewardModel") -> None:
 
 def fit_router(model: "MixtureRewardModel", route: "torch.Tensor", deltas: "torch.Tensor", tau: float,
                config: AdaptConfig, *, progress: bool = False, history: bool = True,
-               update: str = "heads") -> list[dict[str, float]]:
+               update: str = "heads", wordings: str = "prototypes") -> list[dict[str, float]]:
     """Algorithm 1 in place on ``model``'s router: ``route`` [N, d_r], frozen head ``deltas`` [N, K].
-    On the separate layout the budget's contexts become prototypes first (:func:`budget_prototypes`)
-    and ``safe`` takes one Hedge step on the context branch only (:func:`hedge_context_branch`, or
-    with ``update="contexts"`` :func:`known_routing_logits`); otherwise the whole router learns for
-    T epochs. Returns one row per epoch (epoch, ce, nll, seconds; nll is NaN without ``history``,
-    ce without a distillation)."""
+    On the separate layout the budget's contexts become prototypes (or ``wordings="corrections"``)
+    first (:func:`budget_prototypes`) and ``safe`` takes one Hedge step on the context branch only
+    (:func:`hedge_context_branch`, or with ``update="contexts"`` :func:`known_routing_logits`);
+    otherwise the whole router learns for T epochs. Returns one row per epoch (epoch, ce, nll,
+    seconds; nll is NaN without ``history``, ce without a distillation)."""
     import torch
     from tqdm.auto import tqdm
 
     from micro_rm.model.losses import bt_loss
 
     known = len(model.router.prototypes) if model.config.context_dim else 0
-    spoken_for = budget_prototypes(model, route, config.seed) if model.config.context_dim else None
+    spoken_for = (budget_prototypes(model, route, config.seed, corrections=wordings == "corrections")
+                  if model.config.context_dim else None)
     if spoken_for is not None and config.algorithm == "safe":
         start = time.perf_counter()
         with torch.no_grad():
@@ -335,11 +358,13 @@ PAIRS_PER_PROTOTYPE = 10   # a cluster of rare contexts gets one prototype per t
 MIN_PAIRS_PER_CONTEXT = 3  # a context with at least this many budget pairs is a prototype of its own
 
 
-def budget_prototypes(model: "MixtureRewardModel", route: "torch.Tensor", seed: int) -> "torch.Tensor":
-    """Make the budget's contexts prototypes of the router and return which prototypes the budget
-    speaks for (bool [M]): the existing ones equal to a budget context, and the new ones. A new
-    phrasing becomes a prototype of its own instead of re-training the logits of the training
-    phrasing it happens to be nearest to, which would move every user of that phrasing. A context
+def budget_prototypes(model: "MixtureRewardModel", route: "torch.Tensor", seed: int,
+                      corrections: bool = False) -> "torch.Tensor":
+    """Make the budget's contexts prototypes (or ``corrections``) of the router and return which
+    prototypes the budget speaks for (bool [M]): the existing ones equal to a budget context, and
+    the new ones. A new phrasing becomes a prototype of its own instead of re-training the logits
+    of the training phrasing it happens to be nearest to, which would move every user of that
+    phrasing. A context
     with at least ``MIN_PAIRS_PER_CONTEXT`` budget pairs is a prototype of its own; rarer ones
     (one per pair, e.g. personas) become spherical k-means centres, at most one per
     ``PAIRS_PER_PROTOTYPE`` pairs, so that no prototype memorises one pair's label."""
@@ -365,8 +390,9 @@ def budget_prototypes(model: "MixtureRewardModel", route: "torch.Tensor", seed: 
             centres = context_prototypes(rare.detach().cpu().numpy(), width,
                                          max(1, len(rare) // PAIRS_PER_PROTOTYPE), seed)
             frequent = torch.cat([frequent, torch.from_numpy(centres).to(route.device)])
-        router.add_prototypes(frequent)
+        router.add_prototypes(frequent, corrections=corrections)
         model.config.context_prototypes = len(router.prototypes)
+        model.config.context_corrections = router.corrections.nonzero()[:, 0].tolist()
     added = torch.ones(len(router.prototypes) - known, dtype=torch.bool, device=route.device)
     return torch.cat([matched, added])
 
@@ -383,7 +409,9 @@ def known_routing_logits(model: "MixtureRewardModel", route: "torch.Tensor", del
     and w_in the weight pair i's context gives u_n. At τ = 1 β is the posterior of "which known
     preference does this wording state". Why: a few pairs per new wording cannot fit K free
     logits that transfer to the next wording, but they can tell apart the few routings stage 1
-    learned, and the answer carries over to any wording near it."""
+    learned, and the answer carries over to any wording near it. A new wording that is a
+    correction gets a_n minus the routing it has without one, so that it routes about as a_n; known
+    corrections (of an earlier stage 2) are not routings and take no part."""
     import torch
 
     from micro_rm.model.losses import mixture_bt_loss
@@ -391,14 +419,19 @@ def known_routing_logits(model: "MixtureRewardModel", route: "torch.Tensor", del
     router = model.router
     with torch.no_grad():
         fixed, attention, has_context = model.context_branch_inputs(route)
-        routings = router.prototype_logits[:known]                                       # [Mk, K]
+        plain = ~router.corrections[:known]
+        routings = router.prototype_logits[:known][plain]                                # [Mk, K]
         log_weights = torch.log_softmax(fixed[:, None, :] + routings[None], dim=-1)      # [N, Mk, K]
         losses = mixture_bt_loss(deltas[:, None, :].expand_as(log_weights), log_weights)  # [N, Mk]
         evidence = (attention[:, known:] * has_context).T @ losses                      # [Mn, Mk]
-        prior = torch.log_softmax(router.prototypes[known:] @ router.prototypes[:known].T
+        prior = torch.log_softmax(router.prototypes[known:] @ router.prototypes[:known][plain].T
                                   / router.temperature, dim=-1)                         # [Mn, Mk]
         tau = torch.tensor([check_tau(t) for t in taus], dtype=route.dtype, device=route.device).view(-1, 1, 1)
-        return torch.softmax(prior - evidence / tau, dim=-1) @ routings                 # [C, Mn, K]
+        logits = torch.softmax(prior - evidence / tau, dim=-1) @ routings               # [C, Mn, K]
+        new = router.corrections[known:]
+        if bool(new.any()):                 # corrections are still at δ = 0: h(u_n) is what they correct
+            logits[:, new] -= router.context_logits(router.prototypes[known:][new])
+        return logits
 
 
 def _exact_distillation(model: "MixtureRewardModel", route: "torch.Tensor", targets: "torch.Tensor",
@@ -493,9 +526,10 @@ def cross_validate(model: "MixtureRewardModel", route: "torch.Tensor", deltas: "
                    prompts: Sequence[str], config: AdaptConfig, *, progress: bool = False,
                    fold: Optional[np.ndarray] = None) -> dict[Any, np.ndarray]:
     """{candidate: mixture NLL of each budget pair when its fold was held out} [N], over the τ
-    of the grid (or ``config.tau`` when it is a number) and, for ``safe``, ``"keep"`` (the
-    stage-1 router's NLL). ``fold``: each row's fold (:func:`cv_folds`); by default folds split
-    by prompt, so a held-out pair's prompt is new to the adapted router."""
+    of the grid (or ``config.tau`` when it is a number), for ``safe`` on a separate layout each
+    kind of update and of new wordings (:class:`Candidate`), and ``"keep"`` (the stage-1 router's
+    NLL). ``fold``: each row's fold (:func:`cv_folds`); by default folds split by prompt, so a
+    held-out pair's prompt is new to the adapted router."""
     import torch
     from tqdm.auto import tqdm
 
@@ -505,45 +539,59 @@ def cross_validate(model: "MixtureRewardModel", route: "torch.Tensor", deltas: "
     taus = config.tau_grid if config.tau == "auto" else (config.tau,)
     if fold is None:
         fold = prompt_folds(prompts, config.folds, config.seed)
-    known = len(model.router.prototypes) if config.algorithm == "safe" and model.config.context_dim else 0
-    kinds = ("heads", "contexts") if config.update == "both" else (config.update,)
-    heads = taus if "heads" in kinds or not known else ()
-    contexts = [("contexts", tau) for tau in taus] if "contexts" in kinds and known else []
-    out: dict[Any, np.ndarray] = {c: np.zeros(len(prompts)) for c in [*heads, *contexts]}
+    separate = config.algorithm == "safe" and bool(model.config.context_dim)
+    known = len(model.router.prototypes) if separate else 0
+    updates = [u for u in (("heads", "contexts") if config.update == "both" else (config.update,))
+               if u == "heads" or known] or ["heads"]
+    wordings = [w for w in (("prototypes", "corrections") if config.wordings == "both" else (config.wordings,))
+                if w == "prototypes" or (separate and adds_wordings(model, route, config.seed))] or ["prototypes"]
+    kinds = [(u, w) for w in wordings for u in updates] if separate else [("heads", "prototypes")]
+    out: dict[Any, np.ndarray] = {Candidate(u, t, w): np.zeros(len(prompts)) for u, w in kinds for t in taus}
     with torch.no_grad():
         if config.algorithm == "safe":
             out[KEEP] = mixture_bt_loss(deltas, model.router_log_weights(route)).cpu().numpy()
-    bar = tqdm(total=(len(heads) + len(contexts)) * len(np.unique(fold)), desc="stage 2: cross-validation",
+    bar = tqdm(total=len(kinds) * len(taus) * len(np.unique(fold)), desc="stage 2: cross-validation",
                unit="fit", disable=not progress, leave=False)
     with bar:
         for f in np.unique(fold):
             train, held = (torch.from_numpy(np.flatnonzero(fold != f)).to(route.device),
                            torch.from_numpy(np.flatnonzero(fold == f)).to(route.device))
-            if config.algorithm == "safe" and model.config.context_dim:      # every τ in one fit
-                candidate = copy.deepcopy(model)
-                rows = budget_prototypes(candidate, route[train], config.seed)
-                inputs = candidate.context_branch_inputs(route[held])
-                fitted = [(heads, *hedge_context_branch(candidate, route[train], deltas[train], heads, rows))
-                          ] if heads else []
-                if contexts:
-                    logits = candidate.router.prototype_logits.detach().expand(len(taus), -1, -1).clone()
-                    logits[:, known:] = known_routing_logits(candidate, route[train], deltas[train], known, taus)
-                    fitted.append((contexts, logits, candidate.router.null_logits.detach().expand(len(taus), -1)))
-                for names, prototype_logits, null_logits in fitted:
-                    with torch.no_grad():
-                        log_f = torch.log_softmax(context_branch_logits(inputs, prototype_logits, null_logits), dim=-1)
-                    for name, lf in zip(names, log_f):
-                        out[name][held.cpu().numpy()] = mixture_bt_loss(deltas[held], lf).cpu().numpy()
-                    bar.update(len(names))
+            if separate:                                                     # every τ in one fit
+                for kind in wordings:
+                    candidate = copy.deepcopy(model)
+                    rows = budget_prototypes(candidate, route[train], config.seed, corrections=kind == "corrections")
+                    inputs = candidate.context_branch_inputs(route[held])
+                    for update in updates:
+                        if update == "contexts":
+                            logits = candidate.router.prototype_logits.detach().expand(len(taus), -1, -1).clone()
+                            logits[:, known:] = known_routing_logits(candidate, route[train], deltas[train], known, taus)
+                            null_logits = candidate.router.null_logits.detach().expand(len(taus), -1)
+                        else:
+                            logits, null_logits = hedge_context_branch(candidate, route[train], deltas[train], taus, rows)
+                        with torch.no_grad():
+                            log_f = torch.log_softmax(context_branch_logits(inputs, logits, null_logits), dim=-1)
+                        for tau, lf in zip(taus, log_f):
+                            out[Candidate(update, tau, kind)][held.cpu().numpy()] = mixture_bt_loss(deltas[held], lf).cpu().numpy()
+                        bar.update(len(taus))
                 continue
             for tau in taus:
                 candidate = copy.deepcopy(model)
                 fit_router(candidate, route[train], deltas[train], tau, config, history=False)
                 with torch.no_grad():
-                    out[tau][held.cpu().numpy()] = mixture_bt_loss(deltas[held], candidate.router_log_weights(route[held])
-                                                     ).cpu().numpy()
+                    out[Candidate("heads", tau)][held.cpu().numpy()] = mixture_bt_loss(
+                        deltas[held], candidate.router_log_weights(route[held])).cpu().numpy()
                 bar.update()
     return out
+
+
+def adds_wordings(model: "MixtureRewardModel", route: "torch.Tensor", seed: int) -> bool:
+    """Whether the budget brings a context the router has no prototype for, and the router has a
+    plain prototype such a wording could correct: only then is ``wordings="corrections"`` a
+    different candidate from ``"prototypes"``."""
+    router = model.router
+    if not bool((~router.corrections).any()):
+        return False
+    return bool(budget_prototypes(copy.deepcopy(model), route, seed)[len(router.prototypes):].any())
 
 
 def choose_candidate(per_pair_nll: dict[Any, np.ndarray], config: AdaptConfig,
@@ -556,7 +604,8 @@ def choose_candidate(per_pair_nll: dict[Any, np.ndarray], config: AdaptConfig,
     prompt, or the wording, of each pair): pairs of one wording succeed or fail together, so
     counting them as independent overstates the evidence of a few wordings.
 
-    >>> choose_candidate({"keep": np.array([0.6, 0.6]), 1.0: np.array([0.5, 0.7])}, AdaptConfig())
+    >>> choose_candidate({"keep": np.array([0.6, 0.6]), Candidate("heads", 1.0): np.array([0.5, 0.7])},
+    ...                  AdaptConfig())
     'keep'
     """
     taus = [c for c in per_pair_nll if c != KEEP]
@@ -589,22 +638,26 @@ def clustered_standard_error(values: np.ndarray, clusters: Sequence[Any]) -> flo
 
 
 def _plain(per_pair_nll: Optional[dict[Any, np.ndarray]]) -> Optional[dict[str, float]]:
-    """{candidate: mean NLL} for reports and config.json ("keep", "0.001", …)."""
+    """{candidate: mean NLL} for reports and config.json ("keep", "0.001", "contexts 0.1", …)."""
     if per_pair_nll is None:
         return None
     return {candidate_name(c): float(v.mean()) for c, v in per_pair_nll.items()}
 
 
 def candidate_name(candidate: Any) -> str:
-    """How a candidate is written: "keep", a τ of the heads update ("0.001"), or a τ of the
-    contexts update ("contexts 0.001").
+    """How a candidate is written: "keep", or its τ after the kinds that are not the first
+    (heads update, new wordings as prototypes): "0.001", "contexts 0.1", "corrections 0.01",
+    "contexts corrections 1".
 
-    >>> candidate_name(KEEP), candidate_name(1e-3), candidate_name(("contexts", 0.1))
+    >>> candidate_name(KEEP), candidate_name(Candidate("heads", 1e-3)), candidate_name(Candidate("contexts", 0.1))
     ('keep', '0.001', 'contexts 0.1')
+    >>> candidate_name(Candidate("heads", 0.01, "corrections"))
+    'corrections 0.01'
     """
-    if isinstance(candidate, tuple):
-        return f"{candidate[0]} {candidate[1]:g}"
-    return candidate if candidate == KEEP else f"{candidate:g}"
+    if candidate == KEEP:
+        return KEEP
+    kinds = [k for k, first in ((candidate.update, "heads"), (candidate.wordings, "prototypes")) if k != first]
+    return " ".join([*kinds, f"{candidate.tau:g}"])
 
 
 def prompt_folds(prompts: Sequence[str], folds: int, seed: int) -> np.ndarray:
