@@ -101,7 +101,7 @@ compare two responses with `rm.compare` (Σ_k w_k σ(r_k(a) − r_k(b))).
   d = {config.reward_dim}, router features d_r = {config.route_dim}
 - router input: `{config.feature.get('router_input', 'unknown')}`; context in reward features:
   `{config.feature.get('context_in_reward', 'unknown')}`; route layout `{config.context_encoding}`
-  ({config.context_prototypes} prototype contexts, temperature {config.context_temperature:g})
+  ({config.context_prototypes} prototype contexts{_corrections(config)}, temperature {config.context_temperature:g})
 
 ## Training data
 | field | value |
@@ -129,3 +129,10 @@ def _fmt(value: Any) -> str:
     if isinstance(value, (dict, list)):
         return f"`{json.dumps(value, default=str)}`"
     return str(value)
+
+
+def _corrections(config: MixtureConfig) -> str:
+    """The card's note on stage 2's corrections (ContextRouter), e.g. ", 8 of them corrections
+    added at stage 2"; empty when there are none."""
+    count = len(config.context_corrections)
+    return f", {count} of them corrections added at stage 2" if count else ""

@@ -31,6 +31,11 @@ Two algorithms (``AdaptConfig.algorithm``):
     * a new wording's prototype can also learn which routing stage 1 already knows it states
       (``update="contexts"``: Hedge over the known prototypes, :func:`known_routing_logits`);
       ``update="both"`` (the default) lets the cross-validation choose between the two kinds.
+    * a new wording joins the router as a plain prototype, which takes attention from the known
+      ones (so even at large τ it moves other contexts' routing), or as a correction, added to
+      stage 1's routing by the share of attention it would get (``wordings``; see
+      :class:`~micro_rm.model.mixture.ContextRouter`); ``wordings="both"`` (the default) makes
+      candidates of each kind.
 ``paper``
     The paper's Algorithm 1 as written: the whole router fine-tuned with AdamW for T epochs at the
     given τ (or the τ of the grid with the lowest cross-validated NLL, ``tau="auto"``), no "keep".
