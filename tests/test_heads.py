@@ -219,6 +219,28 @@ def test_merge_with_nothing_to_merge_keeps_the_model_and_refuses_masked_models()
         merge_heads(model, features, 0.2)
 
 
+def test_merging_keeps_a_correction_that_changes_nothing_changing_nothing():
+    """A stage-2 correction multiplies a head's weight by exp(δ); merged heads take the mean of
+    their factors, so a correction at δ = 0 still routes nothing differently after a merge."""
+    import copy
+
+    from micro_rm.heads.merge import _merged_model
+
+    model = MixtureRewardModel(MixtureConfig(num_heads=3, reward_dim=2, route_dim=5, context_dim=3))
+    with torch.no_grad():
+        model.router.add_prototypes(torch.eye(3)[:2])
+        model.router.prototype_logits.copy_(torch.tensor([[2.0, 0.0, -1.0], [-1.0, 1.0, 0.5]]))
+    model.config.context_prototypes = 2
+    corrected = copy.deepcopy(model)
+    with torch.no_grad():
+        corrected.router.add_prototypes(torch.tensor([[0.0, 0.0, 1.0]]), corrections=True)
+    corrected.config.context_prototypes, corrected.config.context_corrections = 3, [2]
+    route = np.random.default_rng(0).normal(size=(6, 5)).astype(np.float32)
+    clusters, usage = [[0, 2], [1]], np.array([0.5, 0.3, 0.2])
+    np.testing.assert_allclose(_merged_model(corrected, clusters, usage).router_weights(route),
+                               _merged_model(model, clusters, usage).router_weights(route), atol=1e-6)
+
+
 # ----- choosing K ------------------------------------------------------------------------------
 def test_one_standard_error_rule_prefers_the_smallest_k_near_the_best():
     assert one_standard_error([1, 2, 3, 4], [0.70, 0.55, 0.54, 0.53], [0.01, 0.01, 0.01, 0.02]) == 2

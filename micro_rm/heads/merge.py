@@ -109,7 +109,11 @@ def _merged_model(model: MixtureRewardModel, clusters: list[list[int]], usage: n
             old, new = model.router, merged.router
             if isinstance(old, ContextRouter):
                 new.prototypes = old.prototypes.clone()
-                new.prototype_logits = nn.Parameter(_sum_mass(old.prototype_logits, clusters))
+                logits = _sum_mass(old.prototype_logits, clusters)
+                # a correction multiplies a head's weight by exp(δ): a cluster's factor is the mean
+                # of its members' (no change stays no change), not their sum
+                logits[old.corrections] -= torch.log(torch.tensor([float(len(m)) for m in clusters]))
+                new.prototype_logits = nn.Parameter(logits)
                 new.null_logits.copy_(_sum_mass(old.null_logits, clusters))
                 old, new = old.prompt, new.prompt
             new.load_state_dict({k: v for k, v in old.state_dict().items() if k not in _output_keys(old)},
