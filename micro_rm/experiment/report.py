@@ -46,7 +46,7 @@ def extra_sections(results: dict) -> str:
         parts.append("## Router statistics (test pairs, `micro`)\n\n"
                      + _md_table(["router", "mean entropy (nats)", f"head usage (K = {heads})",
                                   "share of pairs whose top head is k"], rows)
-                     + ("\n\nstage-2 choice per budget draw (τ of the heads update, contexts τ, or keep): "
+                     + ("\n\nstage-2 choice per budget draw (τ of the heads update, contexts τ, corrections τ, or keep): "
                         + ", ".join(f"{t} ×{n}" for t, n in router["stage2_taus"].items()) + "."
                         if router.get("stage2_taus") else ""))
     users = results.get("users")

@@ -599,8 +599,9 @@ class _Run:
             "settings": {"backbone": self.backbone_name, "heads": config.stage1.heads,
                          "stage1 epochs": config.stage1.epochs, "budget": config.stage2.budget,
                          "tau": config.stage2.tau,
-                         "stage2": (f"{config.stage2.algorithm}, update {config.stage2.update}, folds hold out "
-                                    f"{config.stage2.heldout}" if config.stage2.algorithm == "safe"
+                         "stage2": (f"{config.stage2.algorithm}, update {config.stage2.update}, new wordings as "
+                                    f"{config.stage2.wordings}, folds hold out {config.stage2.heldout}"
+                                    if config.stage2.algorithm == "safe"
                                     else config.stage2.algorithm),
                          "hyre_m": config.hyre.m,
                          "seeds": config.budget_curve.seeds,
