@@ -369,10 +369,9 @@ def budget_prototypes(model: "MixtureRewardModel", route: "torch.Tensor", seed: 
     prototypes the budget speaks for (bool [M]): the existing ones equal to a budget context, and
     the new ones. A new phrasing becomes a prototype of its own instead of re-training the logits
     of the training phrasing it happens to be nearest to, which would move every user of that
-    phrasing. A context
-    with at least ``MIN_PAIRS_PER_CONTEXT`` budget pairs is a prototype of its own; rarer ones
-    (one per pair, e.g. personas) become spherical k-means centres, at most one per
-    ``PAIRS_PER_PROTOTYPE`` pairs, so that no prototype memorises one pair's label."""
+    phrasing. A context with at least ``MIN_PAIRS_PER_CONTEXT`` budget pairs is a prototype of
+    its own; rarer ones (one per pair, e.g. personas) become spherical k-means centres, at most
+    one per ``PAIRS_PER_PROTOTYPE`` pairs, so that no prototype memorises one pair's label."""
     import torch
 
     from micro_rm.train.stage1 import context_prototypes
