@@ -112,7 +112,7 @@ def _merged_model(model: MixtureRewardModel, clusters: list[list[int]], usage: n
                 logits = _sum_mass(old.prototype_logits, clusters)
                 # a correction multiplies a head's weight by exp(δ): a cluster's factor is the mean
                 # of its members' (no change stays no change), not their sum
-                logits[old.corrections] -= torch.log(torch.tensor([float(len(m)) for m in clusters]))
+                logits[old.corrections] -= torch.log(torch.tensor([float(len(m)) for m in clusters], device=logits.device))
                 new.prototype_logits = nn.Parameter(logits)
                 new.null_logits.copy_(_sum_mass(old.null_logits, clusters))
                 old, new = old.prompt, new.prompt

@@ -377,15 +377,8 @@ def budget_prototypes(model: "MixtureRewardModel", route: "torch.Tensor", seed: 
     from micro_rm.train.stage1 import context_prototypes
 
     router, width = model.router, model.config.context_dim
-    context = route[:, -width:]
-    unit = torch.nn.functional.normalize(context[context.norm(dim=-1) > 0], dim=-1)
     known = len(router.prototypes)
-    matched = torch.zeros(known, dtype=torch.bool, device=route.device)
-    new = unit
-    if known and len(unit):
-        similarity = unit @ router.prototypes.T                                          # [n, M]
-        matched = (similarity > 1 - 1e-6).any(dim=0)
-        new = unit[similarity.max(dim=-1).values <= 1 - 1e-6]
+    matched, new = unseen_contexts(model, route)
     if len(new):
         distinct, inverse, counts = torch.unique(new, dim=0, return_inverse=True, return_counts=True)
         frequent = distinct[counts >= MIN_PAIRS_PER_CONTEXT]
@@ -399,6 +392,20 @@ def budget_prototypes(model: "MixtureRewardModel", route: "torch.Tensor", seed: 
         model.config.context_corrections = router.corrections.nonzero()[:, 0].tolist()
     added = torch.ones(len(router.prototypes) - known, dtype=torch.bool, device=route.device)
     return torch.cat([matched, added])
+
+
+def unseen_contexts(model: "MixtureRewardModel", route: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
+    """Which prototypes equal one of ``route``'s contexts (bool [M]), and the contexts (unit
+    vectors, one per row that has a context) that equal none of them."""
+    import torch
+
+    router, width = model.router, model.config.context_dim
+    context = route[:, -width:]
+    unit = torch.nn.functional.normalize(context[context.norm(dim=-1) > 0], dim=-1)
+    if not len(router.prototypes) or not len(unit):
+        return torch.zeros(len(router.prototypes), dtype=torch.bool, device=route.device), unit
+    similarity = unit @ router.prototypes.T                                              # [n, M]
+    return (similarity > 1 - 1e-6).any(dim=0), unit[similarity.max(dim=-1).values <= 1 - 1e-6]
 
 
 def known_routing_logits(model: "MixtureRewardModel", route: "torch.Tensor", deltas: "torch.Tensor",
@@ -548,7 +555,7 @@ def cross_validate(model: "MixtureRewardModel", route: "torch.Tensor", deltas: "
     updates = [u for u in (("heads", "contexts") if config.update == "both" else (config.update,))
                if u == "heads" or known] or ["heads"]
     wordings = [w for w in (("prototypes", "corrections") if config.wordings == "both" else (config.wordings,))
-                if w == "prototypes" or (separate and adds_wordings(model, route, config.seed))] or ["prototypes"]
+                if w == "prototypes" or (separate and adds_wordings(model, route))] or ["prototypes"]
     kinds = [(u, w) for w in wordings for u in updates] if separate else [("heads", "prototypes")]
     out: dict[Any, np.ndarray] = {Candidate(u, t, w): np.zeros(len(prompts)) for u, w in kinds for t in taus}
     with torch.no_grad():
@@ -588,14 +595,11 @@ def cross_validate(model: "MixtureRewardModel", route: "torch.Tensor", deltas: "
     return out
 
 
-def adds_wordings(model: "MixtureRewardModel", route: "torch.Tensor", seed: int) -> bool:
+def adds_wordings(model: "MixtureRewardModel", route: "torch.Tensor") -> bool:
     """Whether the budget brings a context the router has no prototype for, and the router has a
     plain prototype such a wording could correct: only then is ``wordings="corrections"`` a
     different candidate from ``"prototypes"``."""
-    router = model.router
-    if not bool((~router.corrections).any()):
-        return False
-    return bool(budget_prototypes(copy.deepcopy(model), route, seed)[len(router.prototypes):].any())
+    return bool((~model.router.corrections).any()) and len(unseen_contexts(model, route)[1]) > 0
 
 
 def choose_candidate(per_pair_nll: dict[Any, np.ndarray], config: AdaptConfig,
