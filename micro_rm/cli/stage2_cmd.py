@@ -140,7 +140,7 @@ def feedback(
     from micro_rm.model.mixture import MixtureRewardModel
     from micro_rm.model.text import featurize_for
     from micro_rm.online import open_store, pair_losses, validate_eta
-    from micro_rm.train.stage2 import state_model_id
+    from micro_rm.online.identity import state_model_id
 
     eta = validate_eta(eta)
     check_user_id(user, "--user")

@@ -213,7 +213,7 @@ def user_cumulative_loss(model, state: str, user: str):
     model's heads (a missing store, an unknown user or another model's store is an error)."""
     from micro_rm.data.records import check_user_id
     from micro_rm.online import open_store
-    from micro_rm.train.stage2 import state_model_id
+    from micro_rm.online.identity import state_model_id
 
     check_user_id(user, "--user")
     if "://" not in state and not Path(state).is_file():

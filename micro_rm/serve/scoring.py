@@ -34,7 +34,7 @@ def model_state_id(model: Any) -> str:
     """The id the per-user state store is keyed on (the one ``micro-rm feedback`` uses, so the
     service and the CLI share a state file): backbone fingerprint, K and a hash of the heads.
     Users' losses depend only on the heads, so a router re-adapted at stage 2 keeps its users."""
-    from micro_rm.train.stage2 import state_model_id
+    from micro_rm.online.identity import state_model_id
 
     return state_model_id(model)
 

@@ -15,7 +15,6 @@ _EXPORTS = {
     "adapt_router": "micro_rm.train.stage2",
     "draw_budget": "micro_rm.train.stage2",
     "hedge_targets": "micro_rm.train.stage2",
-    "state_model_id": "micro_rm.train.stage2",
     "evaluate_hyre": "micro_rm.train.hyre",
     "hyre_weights": "micro_rm.train.hyre",
     "rank_queries": "micro_rm.train.active",

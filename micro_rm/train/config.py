@@ -110,3 +110,43 @@ def _check_choice(config: Stage1Config, name: str, choices: tuple[str, ...]) -> 
     value = getattr(config, name)
     if value not in choices:
         raise MicroRMError(f"`{name}` must be one of {', '.join(choices)}, got {value!r}")
+
+
+TAU_MIN = 1e-8   # below this, exp(−L/τ) underflows for every head and the targets are undefined
+
+
+@dataclass
+class AdaptConfig:
+    """Settings of stage 2 (``micro_rm.train.adapt``). Each field's help is also the CLI's ``--help``."""
+
+    budget: int = _help("Context-annotated pairs drawn per attribute (per context when no pair has "
+                        "an attribute); the paper: 50.", 50)
+    tau: float | str = _help("Hedge temperature τ, a number ≥ 1e-08 (the paper: 1e-3; small τ trusts "
+                             "the budget's labels, large τ keeps the stage-1 router), or 'auto': "
+                             "chosen with 'keep the stage-1 router' by k-fold cross-validation of the "
+                             "mixture NLL on the budget pairs.", "auto")
+    seed: int = _help("Seed of the budget draw and the folds.", 0)
+    folds: int = _help("Folds of the cross-validation that chooses τ and keep-or-adapt.", 5)
+
+    def __post_init__(self) -> None:
+        for name, low in (("budget", 1), ("seed", 0), ("folds", 2)):
+            _check_int(self, name, low)
+        if self.tau != "auto":
+            self.tau = check_tau(self.tau)
+
+    @classmethod
+    def help(cls, name: str) -> str:
+        return next(f.metadata["help"] for f in fields(cls) if f.name == name)
+
+
+def check_tau(tau: Any, name: str = "tau") -> float:
+    """``tau`` as a float, or :class:`MicroRMError` unless it is a finite number ≥ ``TAU_MIN``.
+
+    >>> check_tau(1e-3)
+    0.001
+    """
+    ok = not isinstance(tau, bool) and isinstance(tau, (int, float)) and math.isfinite(tau) and tau >= TAU_MIN
+    if not ok:
+        raise MicroRMError(f"`{name}` must be a finite number ≥ {TAU_MIN:g} (a Hedge temperature) or "
+                           f"'auto', got {tau!r}; the paper uses 1e-3")
+    return float(tau)
