@@ -18,8 +18,9 @@ import pytest
 
 from micro_rm.data.records import render_text
 from micro_rm.errors import MicroRMError
-from micro_rm.features.cache import FeatureCache, item_keys
+from micro_rm.features.cache import FeatureCache
 from micro_rm.features.featurize import featurize
+from micro_rm.features.shards import item_keys
 
 TESTS = Path(__file__).resolve().parent
 

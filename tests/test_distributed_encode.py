@@ -14,9 +14,11 @@ import pytest
 
 from micro_rm.cli import main
 from micro_rm.errors import MicroRMError
-from micro_rm.features.cache import FeatureCache, item_keys, plan_batches
+from micro_rm.features.batching import plan_batches
+from micro_rm.features.cache import FeatureCache
 from micro_rm.features.distributed import launch_env
 from micro_rm.features.featurize import record_items
+from micro_rm.features.shards import item_keys
 
 REPO = Path(__file__).resolve().parents[1]
 

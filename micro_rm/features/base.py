@@ -17,6 +17,7 @@ from micro_rm.data.records import Text
 
 Item = tuple[str, Optional[str]]
 CONTEXT_ENCODINGS = ("clauses", "separate", "joint")   # route layouts (micro_rm.features.featurize)
+STORAGE_DTYPES = ("float16", "float32")                # precisions of the cache and of features folders
 
 
 def recorded_encoding(context_encoding: str, context_dim: int) -> str:

@@ -182,7 +182,7 @@ def featurize(records: Sequence[dict[str, Any]], backbone: Backbone, cache: Feat
         see the module docstring.
     batch_size : texts per backbone call.
     tokens_per_batch : instead of ``batch_size``, fill each backbone call up to this many padded
-        tokens (GPU runs; see :func:`micro_rm.features.cache.plan_batches`).
+        tokens (GPU runs; see :func:`micro_rm.features.batching.plan_batches`).
     progress : show a progress bar while encoding.
     allow_encode : when false, a text missing from the cache is an error instead of encoded.
     out : write the features into this folder as fp16 ``.npy`` files (see

@@ -32,14 +32,13 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from micro_rm.errors import MicroRMError
-from micro_rm.features.base import PairFeatures, recorded_encoding
+from micro_rm.features.base import STORAGE_DTYPES, PairFeatures, recorded_encoding
 
 __all__ = ["FeatureWriter", "load_features", "read_rows", "release_pages", "save_features"]
 
 FORMAT = "micro-rm-pair-features"
 VERSION = 1
 ARRAYS = ("chosen", "rejected", "route")
-STORAGE_DTYPES = ("float16", "float32")
 CHUNK_ROWS = 65_536  # rows copied at once when saving a (possibly memory-mapped) source
 # Rows read from a memory-mapped file between two page releases. Each random row read maps its
 # 64 KiB neighbourhood (the kernel's fault-around), so this bounds the mapped pages per array

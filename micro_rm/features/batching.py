@@ -1,0 +1,45 @@
+"""The batching plan of an encode: which items share a backbone call, longest first."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+from micro_rm.errors import MicroRMError
+
+
+def check_batching(batch_size: int, tokens_per_batch: Optional[int]) -> None:
+    """Refuse a batch size or token budget below 1, naming the option."""
+    if batch_size < 1:
+        raise MicroRMError(f"--batch-size must be at least 1, got {batch_size}")
+    if tokens_per_batch is not None and tokens_per_batch < 1:
+        raise MicroRMError(f"--tokens-per-batch must be at least 1, got {tokens_per_batch}")
+
+
+def plan_batches(lengths: Sequence[int] | np.ndarray, *, batch_size: int = 32,
+                 tokens_per_batch: Optional[int] = None) -> list[np.ndarray]:
+    """Batches of item indices, longest items first: ``batch_size`` items each, or (with
+    ``tokens_per_batch``) as many items as fit ``tokens_per_batch`` padded tokens, i.e.
+    ``items × longest ≤ tokens_per_batch`` (an item longer than that gets a batch of its own).
+
+    Longest first: similar lengths share a batch (little padding), and a batch too big for
+    memory fails in the first seconds rather than at the end. A distributed encode deals these
+    same batches out to its ranks, so every vector is computed in exactly the batch a
+    one-process run would use.
+
+    >>> [b.tolist() for b in plan_batches([3, 9, 5, 1], batch_size=2)]
+    [[1, 2], [0, 3]]
+    >>> [b.tolist() for b in plan_batches([3, 9, 5, 1], tokens_per_batch=10)]
+    [[1], [2, 0], [3]]
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(-lengths, kind="stable")
+    if tokens_per_batch is None:
+        return [order[b:b + batch_size] for b in range(0, len(order), batch_size)]
+    batches, begin = [], 0
+    while begin < len(order):
+        size = max(1, tokens_per_batch // max(1, int(lengths[order[begin]])))
+        batches.append(order[begin:begin + size])
+        begin += size
+    return batches

@@ -1,0 +1,132 @@
+"""The index of one cache folder: which item keys its shards hold, and where.
+
+There is no index file: the index is rebuilt from the ``keys`` of the shards (see
+:mod:`micro_rm.features.shards`), so shards written by another process, or by a run that was
+killed, are found like any others. Vectors are memory-mapped and only the rows asked for are read.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from micro_rm.errors import MicroRMError
+from micro_rm.features.shards import SHARD_GLOB, Shard, check_fingerprint, write_shard
+from micro_rm.features.store import read_rows
+
+_STALE_TEMP_SECONDS = 3600.0  # a writer holds its temp file for the seconds one shard takes
+
+
+class CacheFolder:
+    """The shards of one backbone setting, and a sorted index over their keys.
+
+    The index sorts the first 8 bytes of every key (as uint64) and confirms the full 32 bytes
+    on a hit: about 50 bytes per cached item, where a dict of digests would take ~200.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.shards: list[Shard] = []
+        self._seen: set[str] = set()
+        self._dirty = True
+        self._sorted_prefix = np.empty(0, dtype=np.uint64)
+        self._order = np.empty(0, dtype=np.int64)
+        self._keys = np.empty((0, 32), dtype=np.uint8)
+        self._shard_of = np.empty(0, dtype=np.int32)
+        self._row_of = np.empty(0, dtype=np.int64)
+
+    def check_fingerprint(self, fingerprint: dict[str, Any], create: bool) -> bool:
+        """See :func:`micro_rm.features.shards.check_fingerprint`."""
+        return check_fingerprint(self.path, fingerprint, create)
+
+    def refresh(self) -> None:
+        """Pick up shards written since the last look (by this or another process)."""
+        if not self.path.is_dir():
+            return
+        now = time.time()
+        for tmp in self.path.glob(".*.tmp"):
+            try:  # a temp file this old belongs to a writer that died mid-shard
+                if now - tmp.stat().st_mtime > _STALE_TEMP_SECONDS:
+                    tmp.unlink()
+            except OSError:
+                pass
+        for path in sorted(self.path.glob(SHARD_GLOB)):
+            if path.name not in self._seen:
+                self.shards.append(Shard(path))
+                self._seen.add(path.name)
+                self._dirty = True
+
+    def _rebuild(self) -> None:
+        if not self._dirty:
+            return
+        sizes = [len(s.keys) for s in self.shards]
+        if self.shards:
+            self._keys = np.concatenate([s.keys for s in self.shards])
+            self._shard_of = np.repeat(np.arange(len(self.shards), dtype=np.int32), sizes)
+            self._row_of = np.concatenate([np.arange(n, dtype=np.int64) for n in sizes])
+        prefix = _prefix(self._keys)
+        self._order = np.argsort(prefix, kind="stable")
+        self._sorted_prefix = prefix[self._order]
+        self._dirty = False
+
+    def _locate(self, keys: np.ndarray) -> np.ndarray:
+        """Position of each key in ``self._keys``; -1 where it is not cached."""
+        self.refresh()
+        self._rebuild()
+        n = len(keys)
+        where = np.full(n, -1, dtype=np.int64)
+        if n == 0 or len(self._keys) == 0:
+            return where
+        query = _prefix(keys)
+        lo = np.searchsorted(self._sorted_prefix, query, side="left")
+        hi = np.searchsorted(self._sorted_prefix, query, side="right")
+        candidates = np.flatnonzero(hi > lo)
+        first = self._order[lo[candidates]]
+        same = (self._keys[first] == keys[candidates]).all(axis=1)
+        where[candidates[same]] = first[same]
+        # A prefix shared by several keys: a (rare) 64-bit prefix collision. Equal keys from
+        # two writers are harmless: the first candidate already matched.
+        for i in candidates[~same & (hi[candidates] - lo[candidates] > 1)]:
+            for pos in self._order[lo[i] + 1:hi[i]]:
+                if np.array_equal(self._keys[pos], keys[i]):
+                    where[i] = pos
+                    break
+        return where
+
+    def contains(self, keys: np.ndarray) -> np.ndarray:
+        """``found [n] bool``, without reading any vector."""
+        return self._locate(keys) >= 0
+
+    def lookup(self, keys: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(found [n] bool, vectors [n, dim] float32)``; rows not found are zero."""
+        where = self._locate(keys)
+        found = where >= 0
+        vectors = np.zeros((len(keys), dim), dtype=np.float32)
+        hits = np.flatnonzero(found)
+        shard_of = self._shard_of[where[hits]]
+        for s in np.unique(shard_of):
+            shard = self.shards[s]
+            if shard.shape[1] != dim:
+                raise MicroRMError(f"{shard.path}: vectors of dimension {shard.shape[1]}, the "
+                                   f"backbone gives {dim}; delete the folder {self.path}")
+            mine = hits[shard_of == s]
+            rows = self._row_of[where[mine]]
+            ascending = np.argsort(rows, kind="stable")   # file order; pages released as read
+            vectors[mine[ascending]] = read_rows(shard.vectors, rows[ascending])
+        return found, vectors
+
+    def write_shard(self, keys: np.ndarray, vectors: np.ndarray) -> Path:
+        """Write one shard (:func:`micro_rm.features.shards.write_shard`) and index it."""
+        path = write_shard(self.path, keys, vectors)
+        self.shards.append(Shard(path))
+        self._seen.add(path.name)
+        self._dirty = True
+        return path
+
+
+def _prefix(keys: np.ndarray) -> np.ndarray:
+    """First 8 bytes of each key as a big-endian uint64 (sorts like the bytes)."""
+    return np.ascontiguousarray(keys[:, :8]).view(">u8").ravel().astype(np.uint64)
