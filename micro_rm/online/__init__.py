@@ -12,15 +12,9 @@ from micro_rm.online.hedge import (
     tuned_eta,
     validate_eta,
 )
-from micro_rm.online.store import (
-    DuplicateKey,
-    FeedbackRequest,
-    PostgresUserStore,
-    StateStore,
-    UserDeleted,
-    UserStore,
-    open_store,
-)
+from micro_rm.online.engines import PostgresUserStore, UserStore
+from micro_rm.online.requests import DuplicateKey, FeedbackRequest, StateStore, UserDeleted
+from micro_rm.online.store import open_store
 
 __all__ = [
     "DEFAULT_ETA",

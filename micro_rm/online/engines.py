@@ -1,0 +1,123 @@
+"""The state store's engines: SQLite (a file; the default) and PostgreSQL (several replicas)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sqlite3
+import urllib.parse
+from pathlib import Path
+from typing import Any, Iterator
+
+from micro_rm.errors import MicroRMError
+from micro_rm.online.sql import SqlStore
+
+BUSY_TIMEOUT_MS = 30_000  # how long a writer waits for another's transaction before failing
+URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def sqlite_connect(path: str | os.PathLike) -> sqlite3.Connection:
+    """A connection in WAL mode that waits up to ``BUSY_TIMEOUT_MS`` for other writers, usable
+    from any thread, in autocommit mode: :func:`sqlite_transaction` issues BEGIN/COMMIT itself
+    (Python's implicit BEGIN is DEFERRED)."""
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                           check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    return conn
+
+
+@contextlib.contextmanager
+def sqlite_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Cursor]:
+    """A cursor inside one write transaction (``BEGIN IMMEDIATE``: the write lock is taken at
+    the start), committed on exit and rolled back on any exception."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn.cursor()
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+class UserStore(SqlStore):
+    """SQLite store at a path or ``sqlite:///PATH``: WAL mode, one ``BEGIN IMMEDIATE`` per write.
+
+    WAL lets readers (scoring) proceed while a writer commits; ``BEGIN IMMEDIATE`` takes the
+    write lock before the row is read, so two writers cannot both read the old S_u. Commits are
+    fsynced (SQLite's default ``synchronous=FULL``), so an acknowledged update survives a crash.
+    """
+
+    _kind = "state file"
+
+    def __init__(
+        self, state: str | os.PathLike, model_id: str | None = None, num_heads: int | None = None
+    ) -> None:
+        text = os.fspath(state)
+        match = URL_SCHEME.match(text)
+        if match and not text.startswith("sqlite:///"):
+            raise MicroRMError(
+                f"unsupported state URL {text!r}; use a path, sqlite:///PATH or postgresql://USER@HOST/DB"
+            )
+        path = text[len("sqlite:///"):] if match else text
+        if path in ("", ":memory:"):
+            raise MicroRMError(f"state {text!r} needs a file path: an in-memory database cannot be shared")
+        self.path = Path(path)
+        if model_id is None and not self.path.exists():
+            raise MicroRMError(
+                f"state file {path} does not exist; `micro-rm feedback --model DIR --state {path}` creates it"
+            )
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            super().__init__(path, model_id, num_heads)
+        except sqlite3.DatabaseError as err:
+            raise MicroRMError(f"state file {path} is not a readable SQLite database ({err})") from None
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite_connect(self.path)
+
+    def _transaction(self) -> contextlib.AbstractContextManager:
+        return sqlite_transaction(self._conn())
+
+
+class PostgresUserStore(SqlStore):
+    """PostgreSQL store for several service replicas (needs ``pip install 'psycopg[binary]'``).
+
+    The same SQL as SQLite; the write path is one transaction that inserts the user's row if
+    missing, then ``SELECT … FOR UPDATE`` locks it, so concurrent replicas serialise per user.
+    """
+
+    _kind = "state database"
+    _placeholder = "%s"
+    _id_column = "BIGSERIAL PRIMARY KEY"
+    _for_update = " FOR UPDATE"
+    _schema_lock = "SELECT pg_advisory_xact_lock(7310)"  # CREATE TABLE IF NOT EXISTS races otherwise
+
+    def __init__(self, url: str, model_id: str | None = None, num_heads: int | None = None) -> None:
+        try:
+            import psycopg
+        except ImportError:
+            raise MicroRMError(
+                "a postgresql:// state URL needs the psycopg package: pip install 'psycopg[binary]'"
+            ) from None
+        parts = urllib.parse.urlsplit(url)
+        self._url = urllib.parse.urlunsplit(parts._replace(scheme="postgresql"))  # drop "+driver"
+        if parts.password:
+            parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@"))
+        shown = urllib.parse.urlunsplit(parts)
+        try:
+            super().__init__(shown, model_id, num_heads)
+        except psycopg.OperationalError as err:
+            raise MicroRMError(f"cannot use state database {shown}: {err}") from None
+
+    def _connect(self) -> Any:
+        import psycopg
+
+        return psycopg.connect(self._url, autocommit=True)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        conn = self._conn()
+        with conn.transaction():
+            yield conn.cursor()

@@ -1,0 +1,83 @@
+"""What a per-user state store is asked and answers, whatever its engine.
+
+:class:`FeedbackRequest` is one service request (applied all or none); :class:`StaleRequest` and
+its subclasses say why one must not be applied; :class:`StateStore` is the protocol the CLI and
+the service use (:func:`micro_rm.online.store.open_store` returns one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Protocol, Sequence
+
+from micro_rm.errors import MicroRMError
+from micro_rm.online.hedge import UserState
+
+
+class StaleRequest(MicroRMError):
+    """A feedback request that must not be applied; ``index`` is its place in the group."""
+
+    def __init__(self, message: str, index: int = 0):
+        super().__init__(message)
+        self.index = index
+
+
+class UserDeleted(StaleRequest):
+    """The user was deleted (or its token revoked) after the request was authorised."""
+
+
+class DuplicateKey(StaleRequest):
+    """The request's Idempotency-Key was already used: it was applied once, by an earlier call."""
+
+
+@dataclasses.dataclass
+class FeedbackRequest:
+    """One service request: its ``(user_id, losses [n, K], payloads)`` batches, applied all or
+    none. ``epochs`` (user → epoch at authorisation) refuses the request if a user was deleted
+    since; ``key`` (scope, Idempotency-Key, request hash) records it so a retry applies nothing."""
+
+    batches: Sequence[tuple[str, Any, Sequence[Mapping[str, Any]] | None]]
+    epochs: Mapping[str, int] | None = None
+    key: tuple[str, str, str] | None = None
+
+
+@dataclasses.dataclass
+class IdempotentResult:
+    """What a stored Idempotency-Key holds: the body's hash and each user's state right after."""
+
+    request_sha256: str
+    states: dict[str, tuple[int, list[float]]]   # user → (num_feedback, cumulative_loss)
+
+
+class StateStore(Protocol):
+    """What the CLI and the service need from a state store, whatever the engine."""
+
+    location: str  # the path or the URL (password hidden), for messages
+    model_id: str
+    num_heads: int
+
+    def apply_feedback(
+        self, user_id: str, losses: Any, payloads: Sequence[Mapping[str, Any]] | None = None
+    ) -> UserState: ...
+
+    def apply_feedback_many(
+        self, batches: Sequence[tuple[str, Any, Sequence[Mapping[str, Any]] | None]]
+    ) -> list[UserState]: ...
+
+    def apply_requests(self, requests: Sequence[FeedbackRequest]) -> list[list[UserState]]: ...
+
+    def get(self, user_id: str, missing_ok: bool = False) -> UserState: ...
+
+    def epoch(self, user_id: str) -> int: ...
+
+    def idempotent_result(self, scope: str, key: str) -> IdempotentResult | None: ...
+
+    def delete_user(self, user_id: str) -> int | None: ...
+
+    def reset(self, user_id: str) -> UserState: ...
+
+    def list_users(self) -> list[str]: ...
+
+    def feedback_count(self, user_id: str | None = None) -> int: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,322 @@
+"""The state store's SQL, shared by the engines (:mod:`micro_rm.online.engines`).
+
+One feedback batch is one transaction: it locks the user's row, adds the batch's loss sums to
+S_u, appends one feedback row per pair and writes S_u back. Concurrent writers (threads of one
+service, several processes, several replicas on PostgreSQL) therefore never lose an update, and a
+writer killed half-way leaves the previous state and no orphan feedback rows.
+
+A store remembers the model (fingerprint and K) it was created for and refuses another one: the
+losses of one model's heads mean nothing to another's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import threading
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from micro_rm.errors import MicroRMError
+from micro_rm.online.hedge import UserState
+from micro_rm.online.requests import DuplicateKey, FeedbackRequest, IdempotentResult, UserDeleted
+
+SCHEMA_VERSION = "1"
+IDEMPOTENCY_TTL_SECONDS = 24 * 3600  # how long a repeated Idempotency-Key returns the first answer
+# A user's epoch goes up whenever the user is deleted or its token revoked or rotated. Feedback
+# carries the epoch it was authorised under, and the write transaction refuses it if the epoch
+# moved meanwhile: a deletion is final even for feedback already in flight. The token table
+# (micro_rm.serve.tokens) shares this table and this SQL.
+EPOCH_DDL = "CREATE TABLE IF NOT EXISTS user_epochs (user_id TEXT PRIMARY KEY, epoch INTEGER NOT NULL)"
+BUMP_EPOCH_SQL = ("INSERT INTO user_epochs (user_id, epoch) VALUES (?, 1) ON CONFLICT (user_id) "
+                  "DO UPDATE SET epoch = user_epochs.epoch + 1")
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat()
+
+
+class SqlStore:
+    """The store's SQL, shared by the engines; subclasses connect and open transactions."""
+
+    _kind = "state"  # how messages name the store
+    _placeholder = "?"
+    _id_column = "INTEGER PRIMARY KEY AUTOINCREMENT"
+    _for_update = ""  # row lock for the read-modify-write (PostgreSQL)
+    _schema_lock = ""  # serialises concurrent first opens (PostgreSQL)
+
+    def __init__(self, location: str, model_id: str | None, num_heads: int | None) -> None:
+        self.location = location
+        self._local = threading.local()  # one connection per thread: a transaction is per connection
+        self._lock = threading.Lock()
+        self._conns: list[tuple[int, Any]] = []
+        try:
+            self._check_model(model_id, num_heads)
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_model(self, model_id: str | None, num_heads: int | None) -> None:
+        """Create the tables and the model record on first use; refuse another model after."""
+        with self._transaction() as cur:
+            if self._schema_lock:
+                cur.execute(self._schema_lock)
+            for ddl in self._schema():
+                cur.execute(ddl)
+            meta = dict(cur.execute("SELECT key, value FROM meta").fetchall())
+            if not meta:
+                if model_id is None or num_heads is None:
+                    raise MicroRMError(
+                        f"{self._kind} {self.location} holds no micro-rm state yet; "
+                        f"`micro-rm feedback --model DIR --state {self.location}` creates it"
+                    )
+                meta = {"model_id": model_id, "num_heads": str(num_heads), "schema_version": SCHEMA_VERSION}
+                cur.executemany(self._sql("INSERT INTO meta (key, value) VALUES (?, ?)"), list(meta.items()))
+        self.model_id, self.num_heads = meta["model_id"], int(meta["num_heads"])
+        if model_id is not None and (model_id, num_heads) != (self.model_id, self.num_heads):
+            raise MicroRMError(
+                f"{self._kind} {self.location} was written for model {self.model_id} (K={self.num_heads}), "
+                f"not {model_id} (K={num_heads}); point --state at another file or database"
+            )
+
+    # --- engine hooks ---------------------------------------------------------------------
+    def _connect(self) -> Any:
+        raise NotImplementedError("subclasses open a DB-API connection in autocommit mode")
+
+    def _transaction(self) -> contextlib.AbstractContextManager:
+        raise NotImplementedError("subclasses yield a cursor inside one write transaction")
+
+    # --- shared SQL -----------------------------------------------------------------------
+    def _sql(self, text: str) -> str:
+        return text.replace("?", self._placeholder)
+
+    def _schema(self) -> list[str]:
+        return [
+            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS users (user_id TEXT PRIMARY KEY, model_id TEXT NOT NULL, "
+            "num_heads INTEGER NOT NULL, cumulative_loss TEXT NOT NULL, "
+            "num_feedback INTEGER NOT NULL, updated_at TEXT NOT NULL)",
+            f"CREATE TABLE IF NOT EXISTS feedback (id {self._id_column}, user_id TEXT NOT NULL, "
+            "created_at TEXT NOT NULL, payload TEXT NOT NULL, losses TEXT NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS feedback_user ON feedback (user_id)",
+            EPOCH_DDL,
+            "CREATE TABLE IF NOT EXISTS idempotency_keys (scope TEXT NOT NULL, key TEXT NOT NULL, "
+            "request_sha256 TEXT NOT NULL, users TEXT NOT NULL, states TEXT NOT NULL, "
+            "created_at TEXT NOT NULL, PRIMARY KEY (scope, key))",
+            "CREATE INDEX IF NOT EXISTS idempotency_age ON idempotency_keys (created_at)",
+        ]
+
+    def _conn(self) -> Any:
+        # A connection must not cross a fork, so a forked worker opens its own.
+        if getattr(self._local, "pid", None) != os.getpid():
+            self._local.conn, self._local.pid = self._connect(), os.getpid()
+            with self._lock:
+                self._conns.append((os.getpid(), self._local.conn))
+        return self._local.conn
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        return self._conn().execute(self._sql(sql), params).fetchall()
+
+    def _select_user(self, cur: Any, user_id: str, lock: str = "") -> UserState | None:
+        row = cur.execute(
+            self._sql("SELECT model_id, num_heads, cumulative_loss, num_feedback FROM users WHERE user_id = ?")
+            + lock,
+            (user_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        model_id, num_heads, loss_json, num_feedback = row
+        return UserState(user_id, int(num_heads), np.array(json.loads(loss_json), dtype=np.float64),
+                         int(num_feedback), model_id)
+
+    def _write_state(self, cur: Any, state: UserState) -> None:
+        # json.dumps writes the shortest repr of each float64, which reads back bit-exactly.
+        cur.execute(
+            self._sql("UPDATE users SET cumulative_loss = ?, num_feedback = ?, updated_at = ? WHERE user_id = ?"),
+            (json.dumps(state.cumulative_loss.tolist()), state.num_feedback, _now(), state.user_id),
+        )
+
+    def _unknown_user(self, user_id: str) -> MicroRMError:
+        users = self.list_users()
+        hint = f"known users: {', '.join(users[:5])}" if users else "it has no users yet, feedback creates them"
+        if len(users) > 5:
+            hint += f" and {len(users) - 5} more"
+        return MicroRMError(f"unknown user {user_id!r} in {self.location}; {hint}")
+
+    # --- public verbs ---------------------------------------------------------------------
+    def apply_feedback(
+        self, user_id: str, losses: Any, payloads: Sequence[Mapping[str, Any]] | None = None
+    ) -> UserState:
+        """Add N pairs' per-head losses [N, K] to the user's S_u and log them, atomically.
+
+        ``payloads`` (one JSON-able dict per pair: prompt, chosen, rejected, context …) are
+        stored beside each pair's losses. Returns the user's state after the update.
+        """
+        return self.apply_feedback_many([(user_id, losses, payloads)])[0]
+
+    def apply_feedback_many(self, batches: Sequence[tuple[str, Any, Sequence[Mapping[str, Any]] | None]]
+                            ) -> list[UserState]:
+        """Apply several ``(user_id, losses [N, K], payloads)`` batches in ONE transaction (one
+        fsync: the service's group commit). Each batch's returned state is the user's state right
+        after it, exactly as if the batches had been applied one by one in order."""
+        return self.apply_requests([FeedbackRequest(batches)])[0]
+
+    def apply_requests(self, requests: Sequence[FeedbackRequest]) -> list[list[UserState]]:
+        """Apply several requests in ONE transaction; each request's states, batch by batch.
+
+        Raises :class:`UserDeleted` or :class:`DuplicateKey` (with the request's ``index``) and
+        applies nothing if any request is stale: the caller drops that one and retries the rest.
+        """
+        prepared = [[(user_id, *self._prepare(user_id, losses, payloads))
+                     for user_id, losses, payloads in request.batches] for request in requests]
+        current: dict[str, UserState] = {}
+        out = []
+        with self._transaction() as cur:
+            if any(request.key for request in requests):
+                cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=IDEMPOTENCY_TTL_SECONDS)
+                cur.execute(self._sql("DELETE FROM idempotency_keys WHERE created_at < ?"), (cutoff.isoformat(),))
+            for index, (request, batches) in enumerate(zip(requests, prepared)):
+                self._check_epochs(cur, request.epochs or {}, index)
+                states = [self._apply_batch(cur, current, *batch) for batch in batches]
+                if request.key is not None:
+                    self._record_key(cur, request.key, {s.user_id: s for s in states}, index)
+                out.append(states)
+            for state in current.values():
+                self._write_state(cur, state)
+        return out
+
+    def _check_epochs(self, cur: Any, epochs: Mapping[str, int], index: int) -> None:
+        for user_id, expected in epochs.items():
+            # Lock the epoch row (created if missing) so a concurrent deletion waits for us or we
+            # for it (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises writers).
+            cur.execute(self._sql("INSERT INTO user_epochs (user_id, epoch) VALUES (?, 0) "
+                                  "ON CONFLICT (user_id) DO NOTHING"), (user_id,))
+            row = cur.execute(self._sql("SELECT epoch FROM user_epochs WHERE user_id = ?") + self._for_update,
+                              (user_id,)).fetchone()
+            if int(row[0]) != expected:
+                raise UserDeleted(f"user {user_id!r} was deleted, or its token revoked, while this "
+                                  "feedback was in flight; nothing was applied", index)
+
+    def _apply_batch(self, cur: Any, current: dict[str, UserState], user_id: str, losses: np.ndarray,
+                     payload_json: list[str]) -> UserState:
+        if user_id not in current:
+            cur.execute(
+                self._sql(
+                    "INSERT INTO users (user_id, model_id, num_heads, cumulative_loss, num_feedback, "
+                    "updated_at) VALUES (?, ?, ?, ?, 0, ?) ON CONFLICT (user_id) DO NOTHING"
+                ),
+                (user_id, self.model_id, self.num_heads, json.dumps([0.0] * self.num_heads), _now()),
+            )
+            current[user_id] = self._select_user(cur, user_id, self._for_update)
+        current[user_id] = current[user_id].add_losses(losses)
+        created = _now()
+        cur.executemany(
+            self._sql("INSERT INTO feedback (user_id, created_at, payload, losses) VALUES (?, ?, ?, ?)"),
+            [(user_id, created, p, json.dumps(row.tolist())) for p, row in zip(payload_json, losses)],
+        )
+        return current[user_id]
+
+    def _record_key(self, cur: Any, key: tuple[str, str, str], states: dict[str, UserState],
+                    index: int) -> None:
+        scope, name, digest = key
+        stored = {u: [s.num_feedback, s.cumulative_loss.tolist()] for u, s in states.items()}
+        cur.execute(self._sql("INSERT INTO idempotency_keys (scope, key, request_sha256, users, states, "
+                              "created_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (scope, key) DO NOTHING"),
+                    (scope, name, digest, json.dumps(sorted(states)), json.dumps(stored), _now()))
+        if (cur.rowcount or 0) == 0:
+            raise DuplicateKey(f"Idempotency-Key {name!r} was already used", index)
+
+    def idempotent_result(self, scope: str, key: str) -> IdempotentResult | None:
+        """The stored outcome of ``key`` (unexpired), or None if it was never used."""
+        cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=IDEMPOTENCY_TTL_SECONDS)
+        rows = self._query("SELECT request_sha256, states FROM idempotency_keys WHERE scope = ? AND key = ? "
+                           "AND created_at >= ?", (scope, key, cutoff.isoformat()))
+        if not rows:
+            return None
+        states = {u: (int(n), [float(x) for x in loss]) for u, (n, loss) in json.loads(rows[0][1]).items()}
+        return IdempotentResult(rows[0][0], states)
+
+    def epoch(self, user_id: str) -> int:
+        """The user's epoch now (0 if never deleted or revoked); feedback authorised now carries it."""
+        rows = self._query("SELECT epoch FROM user_epochs WHERE user_id = ?", (user_id,))
+        return int(rows[0][0]) if rows else 0
+
+    def delete_user(self, user_id: str) -> int | None:
+        """Forget a user for good, in one transaction: state, feedback log, idempotency keys, and
+        a new epoch so that feedback authorised before now is refused. The number of feedback
+        rows it had, or None if it had no state."""
+        with self._transaction() as cur:
+            state, count = self._forget(cur, user_id)
+        return count if state is not None else None
+
+    def _forget(self, cur: Any, user_id: str) -> tuple[UserState | None, int]:
+        """Inside a transaction: move the epoch, delete every row of the user; the state it had
+        and its number of feedback rows."""
+        pattern = "%" + json.dumps(user_id).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        cur.execute(self._sql(BUMP_EPOCH_SQL), (user_id,))
+        state = self._select_user(cur, user_id, self._for_update)
+        cur.execute(self._sql("DELETE FROM feedback WHERE user_id = ?"), (user_id,))
+        count = cur.rowcount or 0
+        cur.execute(self._sql("DELETE FROM users WHERE user_id = ?"), (user_id,))
+        cur.execute(self._sql("DELETE FROM idempotency_keys WHERE scope = ? OR users LIKE ? ESCAPE '\\'"),
+                    (f"user:{user_id}", pattern))
+        return state, count
+
+    @staticmethod
+    def _prepare(user_id: str, losses: Any, payloads: Sequence[Mapping[str, Any]] | None
+                 ) -> tuple[np.ndarray, list[str]]:
+        """Check one batch before any write: losses as float64 rows, payloads as JSON text."""
+        losses = np.asarray(losses, dtype=np.float64)
+        payloads = [{}] * len(losses) if payloads is None else list(payloads)
+        if len(payloads) != len(losses):
+            raise MicroRMError(f"got {len(losses)} loss rows but {len(payloads)} payloads for user {user_id!r}")
+        try:
+            return losses, [json.dumps(p) for p in payloads]
+        except TypeError as err:
+            raise MicroRMError(f"feedback payload for user {user_id!r} is not JSON-serialisable: {err}") from None
+
+    def get(self, user_id: str, missing_ok: bool = False) -> UserState:
+        """The user's state; a fresh zero state if unknown and ``missing_ok``, else an error."""
+        state = self._select_user(self._conn(), user_id)
+        if state is not None:
+            return state
+        if missing_ok:
+            return UserState.fresh(user_id, self.model_id, self.num_heads)
+        raise self._unknown_user(user_id)
+
+    def reset(self, user_id: str) -> UserState:
+        """Forget the user's state and feedback (finally: see :meth:`delete_user`); returns the
+        state as it was, or raises for an unknown user (and changes nothing)."""
+        with self._transaction() as cur:
+            state, _ = self._forget(cur, user_id)
+            if state is None:
+                raise self._unknown_user(user_id)
+        return state
+
+    def list_users(self) -> list[str]:
+        """All user ids with state, sorted."""
+        return [row[0] for row in self._query("SELECT user_id FROM users ORDER BY user_id")]
+
+    def feedback_count(self, user_id: str | None = None) -> int:
+        """Number of logged feedback pairs, of one user or of everyone."""
+        if user_id is None:
+            return int(self._query("SELECT COUNT(*) FROM feedback")[0][0])
+        return int(self._query("SELECT COUNT(*) FROM feedback WHERE user_id = ?", (user_id,))[0][0])
+
+    def close(self) -> None:
+        """Close every connection this process opened (from any thread)."""
+        with self._lock:
+            mine = [conn for pid, conn in self._conns if pid == os.getpid()]
+            self._conns = [(pid, conn) for pid, conn in self._conns if pid != os.getpid()]
+        for conn in mine:
+            conn.close()
+        self._local = threading.local()
+
+    def __enter__(self) -> "SqlStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
