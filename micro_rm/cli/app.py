@@ -6,7 +6,6 @@ imported inside each command, so ``micro-rm --help`` stays fast.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import json
 import logging
@@ -44,11 +43,16 @@ def field_docs(config_path: str) -> tuple[Callable[[str], str], Callable[[str], 
     >>> _default("alpha")
     0.5
     """
-    def field(name: str) -> dataclasses.Field:
-        module, cls = config_path.split(":")
-        return getattr(importlib.import_module(module), cls).__dataclass_fields__[name]
+    def field(name: str) -> tuple[str, Any]:
+        module, name_of_class = config_path.split(":")
+        cls = getattr(importlib.import_module(module), name_of_class)
+        if hasattr(cls, "__pydantic_fields__"):      # micro_rm.train.config's pydantic dataclasses
+            info = cls.__pydantic_fields__[name]
+            return info.description, info.default
+        info = cls.__dataclass_fields__[name]
+        return info.metadata["help"], info.default
 
-    return (lambda name: field(name).metadata["help"]), (lambda name: field(name).default)
+    return (lambda name: field(name)[0]), (lambda name: field(name)[1])
 
 
 def strict_json(value: Any) -> Any:
