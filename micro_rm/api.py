@@ -68,9 +68,7 @@ class MiCRo:
         backbone = load_backbone(self.backbone, device=self.device)
         features, _ = featurize(records, backbone, FeatureCache(self.cache_dir), router_input=self.router_input,
                                 context_in_reward=self.context_in_reward, progress=progress)
-        model, self.history_ = fit_stage1(features, config, progress=progress)
-        model.config.feature = {**model.config.feature, "router_input": self.router_input,
-                                "context_in_reward": self.context_in_reward}
+        model, self.history_ = fit_stage1(features, config, progress=progress)  # records the feature settings
         model.config.data = {"source": _source_name(data), "pairs": len(records),
                              "attributes": sorted({a for a in features.attributes if a is not None})}
         self._set_model(model)

@@ -193,6 +193,6 @@ def test_encode_out_records_the_context_encoding_and_refuses_an_unknown_one(tmp_
     assert load_features(out).context_encoding == "separate"
     assert main(["encode", "--data", str(data), "--backbone", "static", "--out", str(tmp_path / "other"),
                  "--cache", str(tmp_path / "cache"), "--context-encoding", "pooled"]) == 2
-    assert "context_encoding must be one of clauses, separate, joint" in capsys.readouterr().err
+    assert "--context-encoding must be one of clauses, separate, joint" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
 

@@ -8,6 +8,7 @@ nothing on stdout. See docs/scale-out.md.
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
@@ -62,19 +63,14 @@ def encode(
     --backbone default --device cuda --tokens-per-batch 16384
     """
     from micro_rm.errors import MicroRMError
-    from micro_rm.features.featurize import ROUTER_INPUTS, check_context_encoding
+    from micro_rm.features.base import FeatureSettings
+    from micro_rm.features.batching import check_batching
 
     # Cheap checks first, so a typo fails before the backbone loads.
     if max_length is not None and max_length <= 0:
         raise MicroRMError(f"--max-length must be a positive number of tokens, got {max_length}")
-    if batch_size < 1:
-        raise MicroRMError(f"--batch-size must be at least 1, got {batch_size}")
-    if tokens_per_batch is not None and tokens_per_batch < 1:
-        raise MicroRMError(f"--tokens-per-batch must be at least 1, got {tokens_per_batch}")
-    if router_input not in ROUTER_INPUTS:
-        raise MicroRMError(f"--router-input must be one of {', '.join(ROUTER_INPUTS)}, "
-                           f"got {router_input!r}")
-    check_context_encoding(context_encoding)
+    check_batching(batch_size, tokens_per_batch)
+    settings = FeatureSettings.from_options(router_input, context_in_reward, context_encoding)
     if out is not None:
         from micro_rm.atomic import check_output_path
         check_output_path(out, "--out", folder=True)
@@ -83,7 +79,7 @@ def encode(
     from micro_rm.features.backbones import load_backbone
     from micro_rm.features.cache import FeatureCache
     from micro_rm.features.distributed import init_group
-    from micro_rm.features.featurize import featurize, record_items
+    from micro_rm.features.featurize import encode_records, featurize
 
     start = time.perf_counter()
     cache = FeatureCache(cache_dir, dtype=storage)
@@ -96,13 +92,10 @@ def encode(
         backbone = load_backbone(backbone_name, max_length=max_length, dtype=dtype,
                                  device=group.device(device) if group else device,
                                  batch_size=tokens_per_batch or batch_size)
-        items = record_items(records, backbone, router_input=router_input,
-                             context_in_reward=context_in_reward, context_encoding=context_encoding)
-        stats = cache.fill(items, backbone, batch_size=batch_size,
-                           tokens_per_batch=tokens_per_batch, progress=is_main, group=group)
-        if out is not None and is_main:  # every rank's shards are in: fill() waited for them
-            featurize(records, backbone, cache, router_input=router_input, context_in_reward=context_in_reward,
-                      context_encoding=context_encoding, allow_encode=False, out=out)
+        stats = encode_records(records, backbone, cache, **asdict(settings), batch_size=batch_size,
+                               tokens_per_batch=tokens_per_batch, progress=is_main, group=group)
+        if out is not None and is_main:  # every rank's shards are in: encode_records waited for them
+            featurize(records, backbone, cache, **asdict(settings), allow_encode=False, out=out)
         if group is not None:
             group.barrier()  # no rank leaves (and tears the group down) while rank 0 writes
     finally:

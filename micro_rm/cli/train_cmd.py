@@ -7,6 +7,7 @@ and prints a summary (or one JSON object with ``--json``).
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
@@ -76,7 +77,7 @@ def train(
     (or --heads auto to choose K on held-out train prompts)
     """
     from micro_rm.errors import MicroRMError
-    from micro_rm.features.featurize import ROUTER_INPUTS, check_context_encoding
+    from micro_rm.features.base import FeatureSettings
     from micro_rm.model.pretrained import check_destination
     from micro_rm.train.config import Stage1Config
     from micro_rm.train.stage1 import fit_stage1
@@ -89,9 +90,7 @@ def train(
                           epochs=epochs, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
                           val_fraction=val_fraction, seed=seed, device=device,
                           context_temperature=context_temperature, context_dropout=context_dropout)
-    if router_input not in ROUTER_INPUTS:
-        raise MicroRMError(f"--router-input must be one of {', '.join(ROUTER_INPUTS)}, got {router_input!r}")
-    check_context_encoding(context_encoding)
+    settings = FeatureSettings.from_options(router_input, context_in_reward, context_encoding)
     check_destination(out)
 
     from micro_rm.cli.encode_cmd import resolve_dtype
@@ -104,8 +103,7 @@ def train(
     records = read_pairs(data, hf_split=hf_split)
     backbone = load_backbone(backbone_name, max_length=max_length, device=device,
                              dtype=resolve_dtype(dtype, backbone_name, device))
-    features, stats = featurize(records, backbone, FeatureCache(cache_dir), router_input=router_input,
-                                context_in_reward=context_in_reward, context_encoding=context_encoding)
+    features, stats = featurize(records, backbone, FeatureCache(cache_dir), **asdict(settings))
     if auto:
         from micro_rm.train.select_k import select_heads
         model, history, curve = select_heads(features, config, range(1, max_heads + 1))
@@ -113,7 +111,6 @@ def train(
         config.heads = curve["chosen"]
     else:
         model, history = fit_stage1(features, config)
-    model.config.feature = {"router_input": router_input, "context_in_reward": context_in_reward}
     model.config.data = {"source": str(data), "pairs": len(records),
                          "attributes": sorted({a for a in features.attributes if a is not None})}
     model.save_pretrained(out)
@@ -273,14 +270,17 @@ def export_scalar_cmd(
             raise MicroRMError(f"--weights must be comma-separated numbers, got {weights!r}") from None
         scalar = export_scalar(model, out, weights=values)
     else:
-        from micro_rm.features.featurize import route_items, route_matrix
+        from micro_rm.features.featurize import route_contexts, route_items, route_matrix
 
         # The router's input exactly as in training, for an empty prompt: the context as its own
-        # sentence (separate layout; a system message on chat backbones), or context ⊕ "" (joint).
+        # sentence (separate layout; a system message on chat backbones), or context ⊕ "" (joint);
+        # no context where the router was trained on the prompt alone.
+        settings = model.config.feature_settings()
         backbone = model_backbone(model)
-        items = route_items(backbone, "", context, context_encoding=model.config.context_encoding)
-        route = route_matrix(backbone.encode(items), [context], model.config.context_dim,
-                             model.config.context_encoding)[0]
+        contexts = route_contexts([{"context": context}], settings.router_input)
+        items = route_items(backbone, "", contexts[0], context_encoding=settings.context_encoding)
+        route = route_matrix(backbone.encode(items), contexts, model.config.context_dim,
+                             settings.context_encoding)[0]
         scalar = export_scalar(model, out, route=route, context=context)
     fixed = scalar.config.training["exported"]["weights"]
     emit({"out": str(out), "weights": fixed, "context": context}, as_json,

@@ -14,8 +14,10 @@ from typing import Any, Optional, Protocol, Sequence
 import numpy as np
 
 from micro_rm.data.records import Text
+from micro_rm.errors import MicroRMError
 
 Item = tuple[str, Optional[str]]
+ROUTER_INPUTS = ("context", "prompt")                  # what the router reads (micro_rm.features.featurize)
 CONTEXT_ENCODINGS = ("clauses", "separate", "joint")   # route layouts (micro_rm.features.featurize)
 STORAGE_DTYPES = ("float16", "float32")                # precisions of the cache and of features folders
 
@@ -24,6 +26,62 @@ def recorded_encoding(context_encoding: str, context_dim: int) -> str:
     """The route layout of features or a model, also for those saved before its name was
     recorded (``""``): whole-sentence contexts (``separate``) with a context width, else ``joint``."""
     return context_encoding or ("separate" if context_dim else "joint")
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    """How pair records become features, beside the backbone (whose fingerprint covers pooling,
+    max_length, dtype, chat template and revision). :func:`~micro_rm.features.featurize.featurize`
+    stamps them on the features it builds, ``fit_stage1`` records them in the model's config
+    (``feature`` and ``context_encoding``), and every reader of a model builds its features with
+    them (:func:`~micro_rm.model.text.featurize_for`, the scorer).
+
+    >>> FeatureSettings(context_in_reward=True).record()
+    {'router_input': 'context', 'context_in_reward': True}
+    """
+
+    router_input: str = "context"       # "context": the router reads context + prompt; "prompt": the prompt only
+    context_in_reward: bool = False     # the context is prepended to the prompt of the reward items too
+    context_encoding: str = "clauses"   # the route layout, one of CONTEXT_ENCODINGS
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("router_input", ROUTER_INPUTS), ("context_encoding", CONTEXT_ENCODINGS)):
+            if getattr(self, name) not in allowed:
+                raise MicroRMError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if not isinstance(self.context_in_reward, bool):
+            raise MicroRMError(f"context_in_reward must be true or false, got {self.context_in_reward!r}")
+
+    @classmethod
+    def from_options(cls, router_input: str, context_in_reward: bool, context_encoding: str) -> "FeatureSettings":
+        """The settings of the command-line options; a bad value names its option (``--router-input``)."""
+        return cls._named(lambda name: "--" + name.replace("_", "-"), router_input, context_in_reward,
+                          context_encoding)
+
+    @classmethod
+    def from_record(cls, feature: dict[str, Any], context_encoding: str) -> "FeatureSettings":
+        """The settings a model config recorded (``feature``, and its resolved ``context_encoding``).
+        A config saved before they were recorded (``{}``) reads as the defaults, the settings every
+        writer used then unless told otherwise; an unknown key or value is refused."""
+        unknown = sorted(set(feature) - {"router_input", "context_in_reward"})
+        if unknown:
+            raise MicroRMError(f"`feature` has unknown setting(s) {', '.join(map(repr, unknown))}; "
+                               "known: router_input, context_in_reward")
+        return cls._named(lambda name: f"`{name}`" if name == "context_encoding" else f"`feature.{name}`",
+                          feature.get("router_input", "context"), feature.get("context_in_reward", False),
+                          context_encoding)
+
+    @classmethod
+    def _named(cls, spell: Any, *values: Any) -> "FeatureSettings":
+        """``cls(*values)``; a refused value is named as ``spell(field name)``."""
+        try:
+            return cls(*values)
+        except MicroRMError as exc:
+            name, rest = str(exc).split(" ", 1)
+            raise MicroRMError(f"{spell(name)} {rest}") from None
+
+    def record(self) -> dict[str, Any]:
+        """What a model config's ``feature`` holds (the route layout has a field of its own)."""
+        return {"router_input": self.router_input, "context_in_reward": self.context_in_reward}
 
 
 class Backbone(Protocol):
@@ -74,9 +132,16 @@ class PairFeatures:
     fingerprint: dict[str, Any] = field(default_factory=dict)      # backbone that made them
     context_dim: int = 0                    # width of emb(context) at the end of ``route``; 0: joint layout
     context_encoding: str = ""              # route layout (featurize.CONTEXT_ENCODINGS); "" = from context_dim
+    router_input: str = "context"           # the rest of the FeatureSettings they were built with
+    context_in_reward: bool = False
 
     def __post_init__(self) -> None:
         self.context_encoding = recorded_encoding(self.context_encoding, self.context_dim)
+
+    @property
+    def settings(self) -> FeatureSettings:
+        """The feature settings these features were built with (set by ``featurize``)."""
+        return FeatureSettings(self.router_input, self.context_in_reward, self.context_encoding)
 
     def __len__(self) -> int:
         return len(self.chosen)
@@ -90,5 +155,6 @@ class PairFeatures:
             prompts=[self.prompts[i] for i in index],
             attributes=[self.attributes[i] for i in index] if self.attributes else [],
             fingerprint=self.fingerprint, context_dim=self.context_dim,
-            context_encoding=self.context_encoding,
+            context_encoding=self.context_encoding, router_input=self.router_input,
+            context_in_reward=self.context_in_reward,
         )

@@ -30,17 +30,19 @@ from __future__ import annotations
 import os
 import re
 from functools import lru_cache
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 
 from micro_rm.data.records import prompt_key
 from micro_rm.errors import MicroRMError
-from micro_rm.features.base import CONTEXT_ENCODINGS, Backbone, Item, PairFeatures
+from micro_rm.features.base import Backbone, FeatureSettings, Item, PairFeatures
 from micro_rm.features.cache import EncodeStats, FeatureCache
 from micro_rm.features.store import FeatureWriter, load_features
 
-ROUTER_INPUTS = ("context", "prompt")
+if TYPE_CHECKING:
+    from micro_rm.features.distributed import RankGroup
+
 CLAUSE_BREAK = re.compile(r"[.,;:!?]")
 NO_CONTEXT = ""  # the context item of a record without one (encoded, then zeroed by ``route_matrix``)
 OUT_CHUNK = 16_384  # pairs looked up and written at once by ``featurize(..., out=...)``
@@ -127,16 +129,10 @@ def route_matrix(vectors: np.ndarray, contexts: Sequence[Optional[str]], context
     return np.concatenate([vectors[first], mean], axis=1).astype(np.float32)
 
 
-def check_context_encoding(value: str) -> str:
-    if value not in CONTEXT_ENCODINGS:
-        raise MicroRMError(f"context_encoding must be one of {', '.join(CONTEXT_ENCODINGS)}, got {value!r}")
-    return value
-
-
 def context_width(backbone_dim: int, context_encoding: str) -> int:
     """Width of emb(context) at the end of the route features: d (``clauses``, ``separate``) or 0
     (``joint``)."""
-    return 0 if check_context_encoding(context_encoding) == "joint" else backbone_dim
+    return 0 if context_encoding == "joint" else backbone_dim
 
 
 def record_items(records: Sequence[dict[str, Any]], backbone: Backbone, *,
@@ -145,16 +141,13 @@ def record_items(records: Sequence[dict[str, Any]], backbone: Backbone, *,
     """The items of all pairs, role by role: N chosen, then N rejected, then the route items of
     each pair in turn (one list, so that one cache call deduplicates and length-sorts across
     roles). See the module docstring for what the roles hold."""
-    if router_input not in ROUTER_INPUTS:
-        raise MicroRMError(f"router_input must be one of {', '.join(ROUTER_INPUTS)}, "
-                           f"got {router_input!r}")
-    check_context_encoding(context_encoding)
+    settings = FeatureSettings(router_input, context_in_reward, context_encoding)   # checks the values
     contexts = route_contexts(records, router_input)
     reward_context = [r.get("context") if context_in_reward else None for r in records]
     return ([backbone.reward_item(r["prompt"], r["chosen"], c) for r, c in zip(records, reward_context)]
             + [backbone.reward_item(r["prompt"], r["rejected"], c) for r, c in zip(records, reward_context)]
             + [item for r, c in zip(records, contexts)
-               for item in route_items(backbone, r["prompt"], c, context_encoding=context_encoding)])
+               for item in route_items(backbone, r["prompt"], c, context_encoding=settings.context_encoding)])
 
 
 def route_contexts(records: Sequence[dict[str, Any]], router_input: str) -> list[Optional[str]]:
@@ -199,14 +192,14 @@ def featurize(records: Sequence[dict[str, Any]], backbone: Backbone, cache: Feat
     """
     if not records:
         raise MicroRMError("no pair records to featurize")
+    settings = FeatureSettings(router_input, context_in_reward, context_encoding)   # checks the values
     n = len(records)
     items = record_items(records, backbone, router_input=router_input,
                          context_in_reward=context_in_reward, context_encoding=context_encoding)
     if out is not None:
-        stats = cache.fill(items, backbone, batch_size=batch_size,
-                           tokens_per_batch=tokens_per_batch, progress=progress,
-                           allow_encode=allow_encode)
-        return _write_features(records, items, backbone, cache, out, router_input, context_encoding), stats
+        stats = cache.fill(items, backbone, batch_size=batch_size, tokens_per_batch=tokens_per_batch,
+                           progress=progress, allow_encode=allow_encode)
+        return _write_features(records, items, backbone, cache, out, settings), stats
     vectors, stats = cache.get_or_encode(items, backbone, batch_size=batch_size,
                                          tokens_per_batch=tokens_per_batch,
                                          progress=progress, allow_encode=allow_encode)
@@ -218,30 +211,48 @@ def featurize(records: Sequence[dict[str, Any]], backbone: Backbone, cache: Feat
         prompts=[prompt_key(r) for r in records],
         attributes=[r.get("attribute") for r in records],
         fingerprint=backbone.fingerprint(), context_dim=context_dim, context_encoding=context_encoding,
+        router_input=router_input, context_in_reward=context_in_reward,
     )
     return features, stats
 
 
+def encode_records(records: Sequence[dict[str, Any]], backbone: Backbone, cache: FeatureCache, *,
+                   router_input: str = "context", context_in_reward: bool = False,
+                   context_encoding: str = "clauses", batch_size: int = 32,
+                   tokens_per_batch: Optional[int] = None, progress: bool = True,
+                   group: Optional["RankGroup"] = None) -> EncodeStats:
+    """Encode into ``cache`` every item :func:`featurize` would read for ``records`` with these
+    settings, and build no features (memory stays at a shard, however many pairs): ``micro-rm
+    encode``. With ``group`` (the ranks of ``torchrun`` / ``accelerate launch``) every rank encodes
+    its share (:meth:`FeatureCache.fill`).
+
+    >>> encode_records(records, backbone, FeatureCache()).encoded          # doctest: +SKIP
+    5883
+    """
+    items = record_items(records, backbone, router_input=router_input,
+                         context_in_reward=context_in_reward, context_encoding=context_encoding)
+    return cache.fill(items, backbone, batch_size=batch_size, tokens_per_batch=tokens_per_batch,
+                      progress=progress, group=group)
+
+
 def _write_features(records: Sequence[dict[str, Any]], items: list[Item], backbone: Backbone,
-                    cache: FeatureCache, out: str | os.PathLike, router_input: str,
-                    context_encoding: str) -> PairFeatures:
+                    cache: FeatureCache, out: str | os.PathLike, settings: FeatureSettings) -> PairFeatures:
     """Copy the (cached) vectors of ``items`` into a features folder, ``OUT_CHUNK`` pairs at a
     time, in the storage dtype of the cache."""
-    n = len(records)
-    contexts = route_contexts(records, router_input)
-    context_dim = context_width(backbone.dim, context_encoding)
-    ends = 2 * n + np.cumsum(route_item_counts(contexts, context_encoding))   # each pair's route items end
+    n, encoding = len(records), settings.context_encoding
+    contexts = route_contexts(records, settings.router_input)
+    context_dim = context_width(backbone.dim, encoding)
+    ends = 2 * n + np.cumsum(route_item_counts(contexts, encoding))   # each pair's route items end
     starts = np.concatenate([[2 * n], ends[:-1]])
-    fingerprint = backbone.fingerprint()
     with FeatureWriter(out, pairs=n, reward_dim=backbone.dim, route_dim=backbone.dim + context_dim,
-                       fingerprint=fingerprint, dtype=cache.dtype, context_dim=context_dim,
-                       context_encoding=context_encoding) as writer:
+                       fingerprint=backbone.fingerprint(), dtype=cache.dtype, context_dim=context_dim,
+                       settings=settings) as writer:
         for start in range(0, n, OUT_CHUNK):
             stop = min(start + OUT_CHUNK, n)
             chunk = items[start:stop] + items[n + start:n + stop] + items[starts[start]:ends[stop - 1]]
             vectors, _ = cache.get_or_encode(chunk, backbone, progress=False, allow_encode=False)
             m = stop - start
             writer.write(start, vectors[:m], vectors[m:2 * m],
-                         route_matrix(vectors[2 * m:], contexts[start:stop], context_dim, context_encoding))
+                         route_matrix(vectors[2 * m:], contexts[start:stop], context_dim, encoding))
         writer.close([prompt_key(r) for r in records], [r.get("attribute") for r in records])
     return load_features(out)

@@ -4,7 +4,7 @@ A features folder holds what :class:`~micro_rm.features.base.PairFeatures` holds
 field, so that stage-1 training on hundreds of thousands of pairs reads only the rows of the
 current batch and needs memory proportional to the batch, not to the data set::
 
-    features/meta.json          format, version, pairs, dims, dtype, backbone fingerprint
+    features/meta.json          format, version, pairs, dtype, backbone fingerprint, feature settings
     features/chosen.npy         [N, d]    float16 (or float32)
     features/rejected.npy       [N, d]
     features/route.npy          [N, d_r]
@@ -32,7 +32,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from micro_rm.errors import MicroRMError
-from micro_rm.features.base import STORAGE_DTYPES, PairFeatures, recorded_encoding
+from micro_rm.features.base import STORAGE_DTYPES, FeatureSettings, PairFeatures, recorded_encoding
 
 __all__ = ["FeatureWriter", "load_features", "read_rows", "release_pages", "save_features"]
 
@@ -56,6 +56,9 @@ class FeatureWriter:
     reward_dim, route_dim : widths of ``chosen``/``rejected`` and of ``route``.
     fingerprint : the backbone setting that made the vectors.
     dtype : ``"float16"`` (default; half the disk and the page cache) or ``"float32"``.
+    context_dim : width of emb(context) at the end of ``route`` (0: the joint layout).
+    settings : the feature settings the rows were built with (default: the defaults, with the
+        route layout that ``context_dim`` implies).
 
     Examples
     --------
@@ -66,7 +69,7 @@ class FeatureWriter:
 
     def __init__(self, path: str | os.PathLike, *, pairs: int, reward_dim: int, route_dim: int,
                  fingerprint: Optional[dict[str, Any]] = None, dtype: str = "float16",
-                 context_dim: int = 0, context_encoding: str = ""):
+                 context_dim: int = 0, settings: Optional[FeatureSettings] = None):
         if dtype not in STORAGE_DTYPES:
             raise MicroRMError(f"feature storage dtype must be one of {', '.join(STORAGE_DTYPES)}, "
                                f"got {dtype!r}")
@@ -76,7 +79,7 @@ class FeatureWriter:
         self.pairs, self.dtype = pairs, dtype
         self.fingerprint = dict(fingerprint or {})
         self.context_dim = context_dim
-        self.context_encoding = recorded_encoding(context_encoding, context_dim)
+        self.settings = settings or FeatureSettings(context_encoding=recorded_encoding("", context_dim))
         self.tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.tmp")
         self.tmp.mkdir(parents=True)
         shapes = {"chosen": (pairs, reward_dim), "rejected": (pairs, reward_dim),
@@ -112,7 +115,7 @@ class FeatureWriter:
                                                   encoding="utf-8")
         meta = {"format": FORMAT, "version": VERSION, "pairs": self.pairs, "dtype": self.dtype,
                 "fingerprint": self.fingerprint, "context_dim": self.context_dim,
-                "context_encoding": self.context_encoding}
+                "context_encoding": self.settings.context_encoding, **self.settings.record()}
         (self.tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n",
                                             encoding="utf-8")
         if self.path.exists():
@@ -157,8 +160,7 @@ def save_features(features: PairFeatures, path: str | os.PathLike, *,
     n = len(features)
     with FeatureWriter(path, pairs=n, reward_dim=features.chosen.shape[1],
                        route_dim=features.route.shape[1], fingerprint=features.fingerprint,
-                       dtype=dtype, context_dim=features.context_dim,
-                       context_encoding=features.context_encoding) as writer:
+                       dtype=dtype, context_dim=features.context_dim, settings=features.settings) as writer:
         for start in range(0, n, CHUNK_ROWS):
             stop = start + CHUNK_ROWS
             writer.write(start, features.chosen[start:stop], features.rejected[start:stop],
@@ -194,7 +196,9 @@ def load_features(path: str | os.PathLike, *, mmap: bool = True) -> PairFeatures
     return PairFeatures(**arrays, prompts=prompts, attributes=attributes,
                         fingerprint=meta.get("fingerprint", {}),
                         context_dim=meta.get("context_dim", 0),      # folders before it: joint layout
-                        context_encoding=meta.get("context_encoding", ""))
+                        context_encoding=meta.get("context_encoding", ""),
+                        router_input=meta.get("router_input", "context"),              # folders before them:
+                        context_in_reward=meta.get("context_in_reward", False))        # the defaults
 
 
 def read_rows(array: np.ndarray, rows: np.ndarray, *, out: Optional[np.ndarray] = None,

@@ -60,6 +60,7 @@ def model_card(config: MixtureConfig, *, repo_id: Optional[str] = None, license:
     """The generated ``README.md`` of a model folder: Hub metadata, what it is, its data,
     settings, metrics and a text-in usage example."""
     fp = config.backbone or {}
+    settings = config.feature_settings()
     where = repo_id or "path/to/this/folder"
     weighting = ("context-aware " + config.router.upper() + " router" if config.variant == "micro"
                  else config.variant + " weighting")
@@ -99,8 +100,8 @@ compare two responses with `rm.compare` (Σ_k w_k σ(r_k(a) − r_k(b))).
 ## Backbone and features
 - backbone: `{fp.get('name') or (fp.get('spec') or {}).get('name', 'unknown')}`; reward features
   d = {config.reward_dim}, router features d_r = {config.route_dim}
-- router input: `{config.feature.get('router_input', 'unknown')}`; context in reward features:
-  `{config.feature.get('context_in_reward', 'unknown')}`; route layout `{config.context_encoding}`
+- router input: `{settings.router_input}`; context in reward features: `{settings.context_in_reward}`;
+  route layout `{settings.context_encoding}`
   ({config.context_prototypes} prototype contexts{_corrections(config)}, temperature {config.context_temperature:g})
 
 ## Training data

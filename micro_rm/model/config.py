@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from micro_rm import __version__
 from micro_rm.errors import MicroRMError
+
+if TYPE_CHECKING:
+    from micro_rm.features.base import FeatureSettings
 
 VARIANTS = ("micro", "single", "static", "shared-base")
 ROUTERS = ("mlp", "linear")
@@ -40,7 +43,8 @@ class MixtureConfig:
     prior_scale: float = 1.0            # ``shared-base``: scale of the frozen prior heads, relative
                                         # to PyTorch's default Linear init U(±1/√d) (HyRe's prior)
     backbone: dict = field(default_factory=dict)   # fingerprint of the backbone; its "spec" rebuilds it
-    feature: dict = field(default_factory=dict)    # router_input ("prompt"|"context"), context_in_reward
+    feature: dict = field(default_factory=dict)    # the FeatureSettings it was trained with (router_input,
+                                                   # context_in_reward), written by fit_stage1; {}: defaults
     training: dict = field(default_factory=dict)   # the Stage1Config it was fitted with, or export info
     data: dict = field(default_factory=dict)       # what it was trained on (source, pairs)
     metrics: dict = field(default_factory=dict)    # losses / accuracies to show in the model card
@@ -99,11 +103,19 @@ class MixtureConfig:
         for name in ("backbone", "feature", "training", "data", "metrics"):
             if not isinstance(getattr(self, name), dict):
                 raise MicroRMError(f"`{name}` must be a JSON object, got {type(getattr(self, name)).__name__}")
+        self.feature_settings()                     # an unknown feature setting is refused at load
         if not isinstance(self.version, str) or not self.version.split(".")[0].isdigit():
             raise MicroRMError(f"`version` must be a version string like '0.1.0', got {self.version!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def feature_settings(self) -> "FeatureSettings":
+        """The feature settings the model was trained with (``feature`` and ``context_encoding``);
+        a config saved before they were recorded reads as the defaults."""
+        from micro_rm.features.base import FeatureSettings
+
+        return FeatureSettings.from_record(self.feature, self.context_encoding)
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "config") -> "MixtureConfig":

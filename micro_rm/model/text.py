@@ -1,7 +1,8 @@
 """From pair records to a saved model's features: the backbone its config names, through the cache.
 
-A model folder records its backbone fingerprint (whose ``spec`` rebuilds the backbone) and its
-feature settings, so scoring new data needs no flags that could disagree with training.
+A model folder records its backbone fingerprint (whose ``spec`` rebuilds the backbone; it covers
+pooling, max_length, dtype, chat template and weights or revision) and its feature settings
+(``fit_stage1`` writes both), so scoring new data needs no flags that could disagree with training.
 
 >>> model = MixtureRewardModel.from_pretrained("runs/dsp")              # doctest: +SKIP
 >>> features = featurize_for(model, read_pairs("dsp-test.jsonl"))        # doctest: +SKIP
@@ -11,6 +12,7 @@ feature settings, so scoring new data needs no flags that could disagree with tr
 from __future__ import annotations
 
 import os
+from dataclasses import asdict
 from typing import Any, Optional, Sequence
 
 from micro_rm.errors import MicroRMError
@@ -41,17 +43,16 @@ def model_backbone(model: MixtureRewardModel, device: str = "cpu") -> Backbone:
 
 def featurize_for(model: MixtureRewardModel, records: Sequence[dict[str, Any]],
                   cache_dir: Optional[str | os.PathLike] = None, *, allow_encode: bool = True,
-                  progress: bool = True) -> PairFeatures:
-    """Features of ``records`` as ``model`` was trained to read them (backbone, router input,
-    context in reward), from the feature cache at ``cache_dir``, encoding what is missing."""
+                  progress: bool = True, device: str = "cpu") -> PairFeatures:
+    """Features of ``records`` as ``model`` was trained to read them: its backbone (fingerprint
+    checked) and every feature setting its config recorded (router input, context in reward, route
+    layout; :meth:`~micro_rm.model.config.MixtureConfig.feature_settings`), from the feature cache
+    at ``cache_dir``, encoding what is missing unless ``allow_encode`` is false."""
     from micro_rm.features.cache import FeatureCache
     from micro_rm.features.featurize import featurize
 
-    settings = model.config.feature
-    features, _ = featurize(records, model_backbone(model), FeatureCache(cache_dir),
-                            router_input=settings.get("router_input", "context"),
-                            context_in_reward=bool(settings.get("context_in_reward", False)),
-                            context_encoding=model.config.context_encoding,
-                            progress=progress, allow_encode=allow_encode)
+    features, _ = featurize(records, model_backbone(model, device=device), FeatureCache(cache_dir),
+                            **asdict(model.config.feature_settings()), progress=progress,
+                            allow_encode=allow_encode)
     model.check_features(features)
     return features

@@ -123,8 +123,10 @@ def drop_context(route: torch.Tensor, context_dim: int, rate: float, generator: 
 
 
 def initial_model(features: PairFeatures, config: Stage1Config) -> MixtureRewardModel:
-    """The untrained model ``fit_stage1`` starts from (same seed, same weights). A ``micro``
-    model on the separate route layout gets the training contexts as its router's prototypes."""
+    """The untrained model ``fit_stage1`` starts from (same seed, same weights). Its config records
+    the backbone and every feature setting of ``features``, so that a reader builds its features
+    the same way. A ``micro`` model on the separate route layout gets the training contexts as its
+    router's prototypes."""
     prototypes = None
     if config.variant == "micro" and features.context_dim:
         prototypes = context_prototypes(features.route, features.context_dim, config.max_prototypes, config.seed)
@@ -135,7 +137,7 @@ def initial_model(features: PairFeatures, config: Stage1Config) -> MixtureReward
                                  context_encoding=features.context_encoding,
                                  context_prototypes=0 if prototypes is None else len(prototypes),
                                  context_temperature=config.context_temperature,
-                                 backbone=dict(features.fingerprint))
+                                 backbone=dict(features.fingerprint), feature=features.settings.record())
     with torch.random.fork_rng(devices=[]):                               # seed without touching global state
         torch.manual_seed(config.seed)
         model = MixtureRewardModel(model_config)
