@@ -167,11 +167,11 @@ class MiCRo:
         return model
 
     def _reward(self) -> Any:
-        """The scorer (backbone rebuilt from the model's config), made on first use."""
+        """The scoring engine (backbone rebuilt from the model's config), made on first use."""
         if getattr(self, "_reward_fn", None) is None:
-            from micro_rm.integrations.trl import MicroRMRewardFunction
+            from micro_rm.scoring.engine import RewardEngine
 
-            self._reward_fn = MicroRMRewardFunction(self._fitted(), cache_dir=self.cache_dir, device=self.device)
+            self._reward_fn = RewardEngine(self._fitted(), cache_dir=self.cache_dir, device=self.device)
         return self._reward_fn
 
     def __repr__(self) -> str:

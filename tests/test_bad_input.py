@@ -323,7 +323,7 @@ def test_the_catalogue_covers_every_case_of_the_issue():
 def client(tmp_path_factory):
     """A service on the word model, with users ana (one feedback pair) and bo."""
     from micro_rm.serve.app import create_app
-    from micro_rm.serve.scoring import RewardScorer
+    from micro_rm.scoring.engine import RewardScorer
     from micro_rm.serve.settings import ServeSettings
 
     root = tmp_path_factory.mktemp("http-catalogue")

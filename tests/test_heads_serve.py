@@ -8,7 +8,7 @@ def test_service_lists_heads_and_never_routes_to_a_masked_one(tmp_path):
 
     from micro_rm.heads.mask import mask_heads
     from micro_rm.serve.app import create_app
-    from micro_rm.serve.scoring import RewardScorer
+    from micro_rm.scoring.engine import RewardScorer
     from test_serve import ADMIN, BAD, GOOD, PROMPT, bearer, build_model, make_settings, new_user, static_backbone
 
     model = mask_heads(build_model(), [1])

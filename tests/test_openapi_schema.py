@@ -29,7 +29,7 @@ EXAMPLES = int(os.environ.get("MICRO_RM_SCHEMATHESIS_EXAMPLES", 20))
 @pytest.fixture(scope="module")
 def api_schema(tmp_path_factory):
     from micro_rm.serve.app import create_app
-    from micro_rm.serve.scoring import RewardScorer
+    from micro_rm.scoring.engine import RewardScorer
     from micro_rm.serve.settings import ServeSettings
 
     root = tmp_path_factory.mktemp("schemathesis")

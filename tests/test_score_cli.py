@@ -57,9 +57,9 @@ def test_score_for_a_user_uses_their_online_weights(tmp_path, model_dir):
     data = write_jsonl(tmp_path / "in.jsonl", [{"prompt": PROMPT, "responses": [GOOD, BAD]}])
     state = f"sqlite:///{tmp_path / 'state.db'}"
     from micro_rm.online import open_store
-    from micro_rm.serve.scoring import model_state_id
+    from micro_rm.online.identity import state_model_id
 
-    with open_store(state, model_state_id(build_model()), 2) as store:
+    with open_store(state, state_model_id(build_model()), 2) as store:
         store.apply_feedback("ana", np.array([[1.0, 0.0]] * 5))   # head 0 (prefers GOOD) lost five times
     assert main(["score", "--model", str(model_dir), "--data", str(data), "--out", str(tmp_path / "ana.out"),
                  "--user", "ana", "--state", state]) == 0

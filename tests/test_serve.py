@@ -57,7 +57,7 @@ def build_model(seed: int = 0, split: tuple[str, str, str] = (PROMPT, GOOD, BAD)
 
 
 def build_scorer(seed: int = 0):
-    from micro_rm.serve.scoring import RewardScorer
+    from micro_rm.scoring.engine import RewardScorer
     return RewardScorer(build_model(seed), static_backbone())
 
 

@@ -18,7 +18,7 @@ def test_users_with_opposite_feedback_get_opposite_rankings_on_dsp(shared_data, 
     from micro_rm.features.cache import FeatureCache
     from micro_rm.features.featurize import featurize
     from micro_rm.serve.app import create_app
-    from micro_rm.serve.scoring import RewardScorer
+    from micro_rm.scoring.engine import RewardScorer
     from micro_rm.train.config import Stage1Config
     from micro_rm.train.stage1 import fit_stage1
 

@@ -42,11 +42,11 @@ def test_compute_score_reads_extra_info_and_matches_score(model_env):
 def test_compute_score_uses_the_users_state(model_env):
     from micro_rm.integrations.verl import compute_score
     from micro_rm.online import open_store
-    from micro_rm.serve.scoring import model_state_id
+    from micro_rm.online.identity import state_model_id
 
     state = f"sqlite:///{model_env / 'state.db'}"
     model = build_model()
-    with open_store(state, model_state_id(model), 2) as store:
+    with open_store(state, state_model_id(model), 2) as store:
         store.apply_feedback("ana", np.array([[1.0, 0.0]] * 5))          # head 0 lost five times
     info = {"prompt": PROMPT, "user_id": "ana"}
     ana = compute_score("dsp", GOOD, None, info, state=state)

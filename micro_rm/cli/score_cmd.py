@@ -36,7 +36,7 @@ def score(
     Example: micro-rm score --model runs/dsp --data candidates.jsonl --out scores.jsonl --context "I am a child."
     """
     from micro_rm.atomic import check_output_path
-    from micro_rm.score import score_file
+    from micro_rm.scoring.records import score_file
 
     check_output_path(out, "--out", folder=False)
     result = score_file(model, data, out, context=context, user_id=user, state=state, hf_split=hf_split,

@@ -74,7 +74,7 @@ def serve(
 
     from micro_rm.online import open_store
     from micro_rm.serve.app import create_app
-    from micro_rm.serve.scoring import RewardScorer
+    from micro_rm.scoring.engine import RewardScorer
 
     # Load and check everything before the server starts, so a bad --model, --state, --device
     # or --cache is one line here rather than a server that answers 500.

@@ -7,7 +7,7 @@ arguments: a ``context`` column routes each sample by its own context, a ``user_
 scores each sample with that user's adapted weights (needs ``state``); without a ``context``
 column, a conversational prompt's system message is the sample's context. Typed content blocks
 (``[{"type": "text", ...}]``) are read as their text and tool calls (``content: None``) as JSON.
-It returns the same numbers as the service's ``/score`` (both call :meth:`RewardScorer.routed`).
+It returns the same numbers as the service's ``/score`` (both go through :mod:`micro_rm.scoring`).
 It pickles, for TRL's async GRPO trainer. TRL itself is not imported here.
 
 >>> reward = MicroRMRewardFunction("runs/dsp", context="I am a researcher.")   # doctest: +SKIP
@@ -25,28 +25,17 @@ import numpy as np
 
 from micro_rm.data.records import Text
 from micro_rm.errors import MicroRMError
-from micro_rm.integrations.common import clean_text, per_sample, split_system
-from micro_rm.online.hedge import DEFAULT_ETA, validate_eta
+from micro_rm.online.hedge import DEFAULT_ETA
+from micro_rm.scoring.engine import RewardEngine
 
 
-class MicroRMRewardFunction:
-    """Routed MiCRo rewards for batches of (prompt, completion).
+class MicroRMRewardFunction(RewardEngine):
+    """Routed MiCRo rewards for batches of (prompt, completion), with TRL's calling convention.
 
-    Parameters
-    ----------
-    model_dir_or_model : a model folder (or hub id) or a loaded ``MixtureRewardModel``; its
-        backbone is rebuilt from its config.
-    context : a context for samples that bring none (a ``context`` column, or a system message
-        in a conversational prompt, overrides it per sample).
-    eta : Hedge learning rate for users' weights (see :mod:`micro_rm.online.hedge`).
-    state : the per-user state store (a URL/path like the service's ``--state``, or an open
-        store); needed only for a ``user_id`` column. Read-only here.
-    name : the key TRL logs this function's rewards under (``rewards/<name>``); give two
-        instances different names.
-    system_as_context : read a conversational prompt's leading system message as the sample's
-        context (and drop it from the prompt), unless a ``context`` column gives one.
-    cache_dir : feature cache folder (default: $MICRO_RM_CACHE or the user cache dir); None and
-        ``disk_cache=False`` keeps vectors in memory only.
+    Parameters are those of :class:`~micro_rm.scoring.engine.RewardEngine` (``context``,
+    ``eta``, ``state``, ``system_as_context``, ``cache_dir``, ``limits`` ...), plus ``name``:
+    the key TRL logs this function's rewards under (``rewards/<name>``); give two instances
+    different names.
 
     The function pickles (TRL's async GRPO sends it to a rollout process): the model travels,
     the backbone and the stores are rebuilt on the other side. A state store must then be given
@@ -54,28 +43,10 @@ class MicroRMRewardFunction:
     """
 
     def __init__(self, model_dir_or_model: Any, context: Optional[str] = None, eta: float = DEFAULT_ETA,
-                 state: Any = None, *, name: str = "micro_rm", system_as_context: bool = True,
-                 cache_dir: Optional[str | os.PathLike] = None, disk_cache: bool = True,
-                 device: str = "cpu", batch_size: int = 32, lru_items: int = 100_000):
-        from micro_rm.features.cache import FeatureCache
-        from micro_rm.serve.scoring import FeatureStore, RewardScorer
-
+                 state: Any = None, *, name: str = "micro_rm", **options: Any):
         if not isinstance(name, str) or not name:
             raise MicroRMError(f"name must be a non-empty string (TRL logs rewards/<name>), got {name!r}")
-        self.scorer = model_dir_or_model if isinstance(model_dir_or_model, RewardScorer) \
-            else RewardScorer.load(model_dir_or_model, device=device)
-        self.context = context or None
-        self.eta = validate_eta(eta)
-        self.system_as_context = system_as_context
-        self._state_arg = state
-        if state is not None and isinstance(state, (str, os.PathLike)):
-            from micro_rm.online import open_store
-            state = open_store(state, self.scorer.model_id, self.scorer.num_heads)
-        self.store = state
-        self._options = dict(cache_dir=cache_dir, disk_cache=disk_cache, device=device,
-                             batch_size=batch_size, lru_items=lru_items)
-        self.features = FeatureStore(self.scorer.backbone, FeatureCache(cache_dir) if disk_cache else None,
-                                     lru_items=lru_items, batch_size=batch_size)
+        super().__init__(model_dir_or_model, context, eta, state, **options)
         self.__name__ = name  # TRL logs each reward function under its __name__
 
     # pickling: locks, the backbone and database connections stay behind; the model travels.
@@ -105,37 +76,6 @@ class MicroRMRewardFunction:
         contexts = _column(kwargs.get("context"), n, "context", None)
         users = _column(kwargs.get("user_id"), n, "user_id", None)
         return self.routed(prompts, completions, contexts, users).rewards.tolist()
-
-    def routed(self, prompts: Sequence[Any], completions: Sequence[Any],
-               contexts: Optional[Sequence[Optional[str]]] = None,
-               users: Optional[Sequence[Optional[str]]] = None) -> Any:
-        """Rewards, per-head rewards and weights (a :class:`~micro_rm.serve.scoring.Routed`) of
-        each (prompt, completion), routed by its context (None: the system message, then the
-        default context) and weighted by its user's state (None: the router alone)."""
-        n = len(completions)
-        contexts = per_sample(contexts, n, "contexts")
-        users = per_sample(users, n, "user ids")
-        prompts = [clean_text(p, f"prompts[{i}]") for i, p in enumerate(prompts)]
-        completions = [clean_text(c, f"completions[{i}]") for i, c in enumerate(completions)]
-        if self.system_as_context:
-            for i, prompt in enumerate(prompts):
-                stripped, system = split_system(prompt)
-                if system is not None and contexts[i] is None:
-                    prompts[i], contexts[i] = stripped, system
-        contexts = [c or self.context for c in contexts]
-        losses = None
-        if any(u is not None for u in users):
-            if self.store is None:
-                raise MicroRMError("a `user_id` column needs the per-user state: pass "
-                                   "state='sqlite:///state.db' (the service's --state)")
-            states = {u: self.store.get(u, missing_ok=True).cumulative_loss for u in set(users) if u is not None}
-            zero = np.zeros(self.scorer.num_heads)
-            # A sample without a user routes with the router alone: S = 0 leaves the prior unchanged.
-            losses = np.stack([states[u] if u is not None else zero for u in users])
-        reward_items = [self.scorer.reward_item(p, c, x) for p, c, x in zip(prompts, completions, contexts)]
-        route_items = [item for p, x in zip(prompts, contexts) for item in self.scorer.route_items(p, x)]
-        vectors = self.features.vectors(reward_items + route_items)
-        return self.scorer.routed(vectors[:n], self.scorer.route_features(vectors[n:], contexts), losses, self.eta)
 
 
 def _column(values: Any, n: int, name: str, default: Any) -> list[Any]:

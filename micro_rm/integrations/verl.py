@@ -25,11 +25,12 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 from micro_rm.errors import MicroRMError
-from micro_rm.integrations.common import per_sample, shared_reward_function
+from micro_rm.integrations.common import shared_reward_function
 from micro_rm.integrations.openrlhf import head_logs
+from micro_rm.scoring.limits import per_sample
 
 PROMPT_KEYS = ("prompt", "question")   # where the prompt may sit in extra_info
-# reward_kwargs passed on to MicroRMRewardFunction; verl's own extras (return_dict ...) are dropped
+# reward_kwargs passed on to the RewardEngine; verl's own extras (return_dict ...) are dropped
 OPTIONS = ("state", "context", "eta", "cache_dir", "device")
 
 
@@ -58,7 +59,7 @@ def compute_score_batch(data_sources: Sequence[Any], solution_strs: Sequence[str
                         *, model: Optional[str] = None, **kwargs: Any) -> list[dict[str, float]]:
     """One dict per response: ``score`` (the routed reward), each head's reward and weight."""
     n = len(solution_strs)
-    rows = [_fields(info, f"extra_info[{i}]") for i, info in enumerate(per_sample(extra_infos, n, "extra_infos"))]
+    rows = [_fields(info, f"extra_info[{i}]") for i, info in enumerate(per_sample(extra_infos, n, "extra_infos", "solution_strs"))]
     scorer = shared_reward_function(model, **{k: kwargs[k] for k in OPTIONS if k in kwargs})
     out = scorer.routed([p for p, _, _ in rows], list(solution_strs), [c for _, c, _ in rows],
                         [u for _, _, u in rows])
@@ -73,7 +74,7 @@ def compute_score(data_source: Any, solution_str: str, ground_truth: Any = None,
     """verl's per-response reward: ``score`` plus each head's reward and weight (logged by verl).
 
     Extra keyword arguments from verl (``return_dict``, ``num_turns``, ...) are ignored;
-    ``model`` and the :class:`~micro_rm.integrations.trl.MicroRMRewardFunction` options
+    ``model`` and the :class:`~micro_rm.scoring.engine.RewardEngine` options
     (``state``, ``context``, ``eta``, ``cache_dir``, ``device``) may come from ``reward_kwargs``.
     """
     return compute_score_batch([data_source], [solution_str], [ground_truth], [extra_info], model=model,

@@ -1,17 +1,27 @@
-"""A background consumer for the service: an asyncio queue of ``(payload, future)`` requests,
-drained by one task that runs the blocking work in one dedicated thread.
+"""Feature vectors of items, shared by every scoring path: an in-memory LRU in front of the
+on-disk feature cache in front of the backbone (:class:`FeatureStore`), and, for the service, a
+micro-batcher that gathers the uncached items of concurrent requests into one backbone call
+(:class:`MicroBatcher`).
 
-:class:`~micro_rm.serve.scoring.MicroBatcher` (backbone calls) and
-:class:`~micro_rm.serve.writer.FeedbackWriter` (store commits) build on it: each decides in
-``_run`` how queued requests are grouped, and :meth:`QueueWorker._settle` hands every request of
-a group its own slice of the group's result, or the group's error.
+:class:`QueueWorker` is the background consumer both the batcher and the service's feedback
+writer build on: an asyncio queue of ``(payload, future)`` requests, drained by one task that
+runs the blocking work in one dedicated thread. Requests reach the batcher only after their own
+checks (:mod:`micro_rm.scoring.limits`); if a shared call still fails, each request is retried
+alone, so the error reaches only the request that causes it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from micro_rm.features.base import Backbone, Item
 
 
 class QueueWorker:
@@ -49,14 +59,14 @@ class QueueWorker:
         raise NotImplementedError("subclasses take requests from self._queue and call _settle")
 
     async def _settle(self, group: list[tuple[Sequence[Any], asyncio.Future]],
-                      fn: Callable[..., Sequence[Any]], *args: Any) -> bool:
+                      fn: Callable[..., Sequence[Any]], *args: Any, errors: bool = True) -> bool:
         """Run ``fn(*args)`` in the worker thread for a whole group of requests, then give each
         request the next ``len(payload)`` rows of the result (in queue order), or, if ``fn``
-        raised, the exception. Whether ``fn`` succeeded."""
+        raised and ``errors``, the exception. Whether ``fn`` succeeded."""
         try:
             result = await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
         except Exception as exc:
-            for _, future in group:
+            for _, future in group if errors else ():
                 if not future.done():
                     future.set_exception(exc)
             return False
@@ -66,3 +76,127 @@ class QueueWorker:
                 future.set_result(result[start:start + len(payload)])
             start += len(payload)
         return True
+
+
+# ----- features -----------------------------------------------------------------------------
+class FeatureStore:
+    """Vectors of items: an in-memory LRU in front of the on-disk :class:`FeatureCache`, in
+    front of the backbone. Thread-safe; the backbone runs one batch at a time."""
+
+    def __init__(self, backbone: Backbone, cache: Any = None, *, lru_items: int = 100_000,
+                 batch_size: int = 32):
+        self.backbone = backbone
+        self.cache = cache                      # a FeatureCache, or None for LRU only
+        self.lru_items = lru_items
+        self.batch_size = batch_size
+        self._lru: OrderedDict[Item, np.ndarray] = OrderedDict()
+        self._lru_lock = threading.Lock()
+        self._encode_lock = threading.Lock()
+        self.stats = {"lru_hits": 0, "lru_misses": 0, "encoded": 0, "from_disk_cache": 0,
+                      "encode_calls": 0, "encode_seconds": 0.0}
+
+    def lookup(self, items: Sequence[Item]) -> tuple[np.ndarray, list[int]]:
+        """``(vectors [n, dim], indices not in memory)``; missing rows are zero."""
+        out = np.zeros((len(items), self.backbone.dim), dtype=np.float32)
+        missing = []
+        with self._lru_lock:
+            for i, item in enumerate(items):
+                vector = self._lru.get(item)
+                if vector is None:
+                    missing.append(i)
+                else:
+                    self._lru.move_to_end(item)
+                    out[i] = vector
+            self.stats["lru_hits"] += len(items) - len(missing)
+            self.stats["lru_misses"] += len(missing)
+        return out, missing
+
+    def encode(self, items: Sequence[Item]) -> np.ndarray:
+        """Vectors of ``items`` from the disk cache or the backbone (not the LRU); fills the LRU."""
+        unique = list(dict.fromkeys(items))
+        start = time.perf_counter()
+        with self._encode_lock:
+            if self.cache is not None:
+                vectors, stats = self.cache.get_or_encode(unique, self.backbone,
+                                                          batch_size=self.batch_size, progress=False)
+                encoded, from_disk = stats.encoded, stats.from_cache
+            else:
+                vectors = np.concatenate([np.asarray(self.backbone.encode(unique[i:i + self.batch_size]),
+                                                     dtype=np.float32)
+                                          for i in range(0, len(unique), self.batch_size)])
+                encoded, from_disk = len(unique), 0
+        with self._lru_lock:
+            self.stats["encoded"] += encoded
+            self.stats["from_disk_cache"] += from_disk
+            self.stats["encode_calls"] += 1
+            self.stats["encode_seconds"] += time.perf_counter() - start
+            if self.lru_items:
+                for item, vector in zip(unique, vectors):
+                    self._lru[item] = vector
+                    self._lru.move_to_end(item)
+                while len(self._lru) > self.lru_items:
+                    self._lru.popitem(last=False)
+        position = {item: i for i, item in enumerate(unique)}
+        return vectors[[position[item] for item in items]]
+
+    def vectors(self, items: Sequence[Item]) -> np.ndarray:
+        """Vectors of ``items`` [n, dim], encoding only what no cache holds (synchronous)."""
+        out, missing = self.lookup(items)
+        if missing:
+            out[missing] = self.encode([items[i] for i in missing])
+        return out
+
+
+class MicroBatcher(QueueWorker):
+    """Gathers the uncached items of concurrent requests into one backbone call.
+
+    The first waiting request opens a batch; the batch closes after ``wait_ms`` or once it holds
+    ``max_items`` items, and runs in a worker thread while the next batch gathers. Items already
+    in memory never wait.
+    """
+
+    def __init__(self, features: FeatureStore, *, wait_ms: float = 2.0, max_items: int = 256):
+        super().__init__(thread_name="micro-rm-encode")
+        self.features = features
+        self.wait = wait_ms / 1000.0
+        self.max_items = max_items
+        self.stats = {"batches": 0, "batch_items": 0, "batch_requests": 0}
+
+    async def vectors(self, items: Sequence[Item]) -> np.ndarray:
+        out, missing = self.features.lookup(items)
+        if missing:
+            if self._queue is None:  # not started (no running lifespan): encode inline
+                out[missing] = self.features.encode([items[i] for i in missing])
+                return out
+            out[missing] = await self._submit([items[i] for i in missing])
+        return out
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            size = len(batch[0][0])
+            deadline = loop.time() + self.wait
+            while size < self.max_items:
+                try:
+                    if self._queue.empty():
+                        timeout = deadline - loop.time()
+                        if timeout <= 0:
+                            break
+                        request = await asyncio.wait_for(self._queue.get(), timeout)
+                    else:
+                        request = self._queue.get_nowait()
+                except asyncio.TimeoutError:
+                    break
+                batch.append(request)
+                size += len(request[0])
+            items = [item for request_items, _ in batch for item in request_items]
+            if await self._settle(batch, self.features.encode, items, errors=len(batch) == 1):
+                self.stats["batches"] += 1
+                self.stats["batch_items"] += len(items)
+                self.stats["batch_requests"] += len(batch)
+            elif len(batch) > 1:   # the shared call failed: each request alone, so only its cause fails
+                for request in batch:
+                    await self._settle([request], self.features.encode, list(request[0]))
+
+

@@ -12,8 +12,11 @@ input order: ``rewards`` (Σ_k w_k r_k per response), ``head_rewards`` (r_k per 
 ``weights`` (the w used), ``router_weights`` (the router's alone; differs from ``weights`` only
 for a user), plus the record's ``id``, ``context`` and ``user_id`` when given.
 
+Each record is checked alone (shape, then :mod:`micro_rm.scoring.limits`: at most
+``max_texts`` responses, every text, context and user id) before the model loads.
+
 >>> rows = [{"prompt": "Hi", "responses": ["Hello!", "Go away."], "context": "Be kind."}]
->>> next(score_records(rows, MicroRMRewardFunction("runs/dsp")))["rewards"]   # doctest: +SKIP
+>>> next(score_records(rows, RewardEngine("runs/dsp")))["rewards"]   # doctest: +SKIP
 [0.83, -0.41]
 """
 
@@ -24,13 +27,15 @@ import os
 from typing import Any, Iterable, Iterator, Optional
 
 from micro_rm.errors import MicroRMError
+from micro_rm.scoring.limits import (RequestRefused, ScoringLimits, check_context, check_count, check_text,
+                                     check_user)
 
 RESPONSE_FIELDS = ("responses", "response", "completion")
 CHUNK = 256   # responses scored per backbone round trip (and per progress-bar step)
 
 
-def score_item(row: Any, where: str) -> dict[str, Any]:
-    """The prompt, responses and routing of one record (validated; see the module docstring).
+def score_item(row: Any, where: str, limits: Optional[ScoringLimits] = None) -> dict[str, Any]:
+    """The prompt, responses and routing of one record (checked; see the module docstring).
 
     >>> score_item({"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away."}, "in.jsonl line 1")
     {'prompt': 'Hi', 'responses': ['Hello!', 'Go away.'], 'context': None, 'user_id': None, 'id': None}
@@ -50,12 +55,17 @@ def score_item(row: Any, where: str) -> dict[str, Any]:
     else:
         raise MicroRMError(f"{where}: no responses to score; give `responses` (a list), `response`, "
                            "`completion`, or `chosen` and `rejected`")
-    for name, kinds in (("context", str), ("user_id", str), ("id", (str, int))):
-        value = row.get(name)
-        if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
-            raise MicroRMError(f"{where}: `{name}` must be a string, got {type(value).__name__}")
-    return {"prompt": row["prompt"], "responses": responses, "context": row.get("context") or None,
-            "user_id": row.get("user_id") or None, "id": row.get("id")}
+    if row.get("id") is not None and (not isinstance(row["id"], (str, int)) or isinstance(row["id"], bool)):
+        raise MicroRMError(f"{where}: `id` must be a string, got {type(row['id']).__name__}")
+    limits = limits or ScoringLimits()
+    try:
+        check_count(len(responses), limits)
+        return {"prompt": check_text(row["prompt"], "prompt", limits),
+                "responses": [check_text(r, f"responses[{i}]", limits) for i, r in enumerate(responses)],
+                "context": check_context(row.get("context"), "context", limits),
+                "user_id": check_user(row.get("user_id"), "user_id"), "id": row.get("id")}
+    except RequestRefused as exc:
+        raise MicroRMError(f"{where}: {exc}") from None
 
 
 def score_records(rows: Iterable[Any], reward: Any, *, context: Optional[str] = None,
@@ -63,7 +73,7 @@ def score_records(rows: Iterable[Any], reward: Any, *, context: Optional[str] = 
                   total: Optional[int] = None) -> Iterator[dict[str, Any]]:
     """One result per record of ``rows`` (dicts, or ``(where, row)`` pairs from
     :func:`~micro_rm.data.readers.read_rows`), scored by ``reward`` (a
-    :class:`~micro_rm.integrations.trl.MicroRMRewardFunction`) ``CHUNK`` responses at a time."""
+    :class:`~micro_rm.scoring.engine.RewardEngine`) ``CHUNK`` responses at a time."""
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total, unit="record", desc="scoring", disable=not progress)
@@ -71,7 +81,7 @@ def score_records(rows: Iterable[Any], reward: Any, *, context: Optional[str] = 
     size = 0
     for i, row in enumerate(rows):
         where, row = row if isinstance(row, tuple) else (f"record {i}", row)
-        item = score_item(row, where)
+        item = score_item(row, where, reward.limits)
         item["context"] = item["context"] or context
         item["user_id"] = item["user_id"] or user_id
         chunk.append(item)
@@ -103,21 +113,23 @@ def _score_chunk(items: list[dict[str, Any]], reward: Any) -> Iterator[dict[str,
 def score_file(model: Any, data: str | os.PathLike, out: str | os.PathLike, *, context: Optional[str] = None,
                user_id: Optional[str] = None, state: Optional[str] = None, hf_split: Optional[str] = None,
                cache_dir: Optional[str | os.PathLike] = None, device: str = "cpu",
-               progress: bool = True) -> dict[str, Any]:
+               progress: bool = True, limits: Optional[ScoringLimits] = None) -> dict[str, Any]:
     """Score every record of ``data`` with ``model`` into the JSON-lines file ``out`` (written
     atomically: a failure leaves no partial file). Returns counts for a summary."""
     from micro_rm.atomic import atomic_open
     from micro_rm.data.readers import read_rows
-    from micro_rm.integrations.trl import MicroRMRewardFunction
+    from micro_rm.scoring.engine import RewardEngine
 
+    limits = limits or ScoringLimits()
+    context, user_id = check_context(context, "--context", limits), check_user(user_id, "--user")
     # Every record is checked before the model loads, so a bad line fails first and alone.
-    items = [score_item(row, where) for where, row in read_rows(data, hf_split)]
+    items = [score_item(row, where, limits) for where, row in read_rows(data, hf_split)]
     if not items:
         raise MicroRMError(f"{data}: no records to score")
     if state is None and (user_id or any(item["user_id"] for item in items)):
         raise MicroRMError("scoring for a user needs the per-user state: pass --state (the service's "
                            "or `micro-rm feedback`'s state, e.g. sqlite:///state.db)")
-    reward = MicroRMRewardFunction(model, state=state, cache_dir=cache_dir, device=device)
+    reward = RewardEngine(model, state=state, cache_dir=cache_dir, device=device, limits=limits)
     records = responses = 0
     with atomic_open(out) as fh:
         for result in score_records(items, reward, context=context, user_id=user_id, progress=progress,

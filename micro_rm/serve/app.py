@@ -41,7 +41,8 @@ def create_app(settings: ServeSettings, scorer: Optional[Any] = None) -> FastAPI
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from micro_rm.features.cache import FeatureCache
         from micro_rm.online import open_store
-        from micro_rm.serve.scoring import FeatureStore, MicroBatcher, RewardScorer
+        from micro_rm.scoring.engine import RewardScorer
+        from micro_rm.scoring.features import FeatureStore, MicroBatcher
         from micro_rm.serve.tokens import TokenStore
         from micro_rm.serve.writer import FeedbackWriter
 
@@ -114,7 +115,8 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 
 
 async def _bad_input(request: Request, exc: MicroRMError) -> JSONResponse:
-    return JSONResponse(status_code=422, content={"detail": str(exc)})
+    """A request refused by the scoring engine's checks: 413 (too many texts) or 422, one line."""
+    return JSONResponse(status_code=getattr(exc, "status", 422), content={"detail": str(exc)})
 
 
 class BodyLimitMiddleware:

@@ -29,9 +29,9 @@ get_store = _from_app_state(
 get_token_store = _from_app_state(
     "get_token_store", "tokens", "User id → token hash (:class:`micro_rm.serve.tokens.TokenStore`).")
 get_scorer = _from_app_state(
-    "get_scorer", "scorer", "The loaded model and backbone (:class:`micro_rm.serve.scoring.RewardScorer`).")
+    "get_scorer", "scorer", "The loaded model and backbone (:class:`micro_rm.scoring.engine.RewardScorer`).")
 get_batcher = _from_app_state(
-    "get_batcher", "batcher", "Features, micro-batched (:class:`micro_rm.serve.scoring.MicroBatcher`).")
+    "get_batcher", "batcher", "Features, micro-batched (:class:`micro_rm.scoring.features.MicroBatcher`).")
 get_writer = _from_app_state(
     "get_writer", "writer", "Group commit of feedback (:class:`micro_rm.serve.writer.FeedbackWriter`).")
 get_metrics = _from_app_state(

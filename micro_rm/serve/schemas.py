@@ -1,19 +1,16 @@
 """Request and response bodies of the service (pydantic), shown in the OpenAPI docs at ``/docs``.
 
 Texts are a string or a list of chat messages, as in the pair record. Size limits depend on the
-settings, so they are checked in the routers (:func:`check_texts`), not here.
+settings, so the scoring engine checks them per request (:mod:`micro_rm.scoring.limits`), not here.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Optional, Union
 
-from fastapi import HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
-from micro_rm.data.records import USER_ID_PATTERN, USER_ID_RULE, check_unicode
-from micro_rm.errors import InvalidRecord
-from micro_rm.serve.settings import ServeSettings
+from micro_rm.data.records import USER_ID_PATTERN, USER_ID_RULE
 
 UserId = Annotated[str, Field(pattern=USER_ID_PATTERN, description=USER_ID_RULE + ".",
                               examples=["ana"])]
@@ -36,31 +33,6 @@ Context = Annotated[str, Field(min_length=1, description="What is known of the u
 def as_text(value: TextIn) -> Any:
     """A request text as the backbones take it: a string or a list of message dicts."""
     return value if isinstance(value, str) else [m.model_dump() for m in value]
-
-
-def check_texts(settings: ServeSettings, count: int, texts: list[tuple[str, Any]]) -> None:
-    """413 if a request carries more than ``max_texts`` items, 422 if a text is too long or is
-    not valid Unicode (a lone surrogate escape, in a message's content or its role): the rule
-    of :func:`micro_rm.data.records.check_unicode`, shared with the CLI."""
-    if count > settings.max_texts:
-        raise HTTPException(413,
-                            detail=f"{count} texts in one request; the limit is {settings.max_texts} "
-                                   "(--max-texts): split the request")
-    for where, text in texts:
-        if text is None:
-            continue
-        parts = [(where, text)] if isinstance(text, str) else [
-            (f"{where}[{i}].{key}", m[key] if isinstance(m, dict) else getattr(m, key))
-            for i, m in enumerate(text) for key in ("role", "content")]
-        for field, part in parts:
-            if len(part) > settings.max_text_chars:
-                raise HTTPException(422,
-                                    detail=f"`{field}` has {len(part)} characters; the limit is "
-                                           f"{settings.max_text_chars} (--max-text-chars)")
-            try:
-                check_unicode(part, field)
-            except InvalidRecord as exc:
-                raise HTTPException(422, detail=str(exc)) from None
 
 
 # ----- errors -------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 from micro_rm.errors import MicroRMError
 from micro_rm.online.hedge import DEFAULT_ETA
+from micro_rm.scoring.limits import ScoringLimits
 
 ADMIN_TOKEN_ENV = "MICRO_RM_ADMIN_TOKEN"
 MIN_ADMIN_TOKEN_CHARS = 16
@@ -52,10 +53,11 @@ class ServeSettings:
                         "`context` and/or `user_id`).", "ignore")
     max_body_bytes: int = _help("Largest request body in bytes (larger: 413).", 16_000_000)
     max_texts: int = _help("Most texts per request: responses, queries or feedback pairs "
-                           "(more: 413).", 256)
+                           "(more: 413).", ScoringLimits.max_texts)
     max_text_chars: int = _help("Longest text (prompt, response, context) in characters "
                                 "(longer: 422); the default takes an 8k-token RLHF context "
-                                "(OpenRLHF's prompt + response) with room to spare.", 100_000)
+                                "(OpenRLHF's prompt + response) with room to spare.",
+                                ScoringLimits.max_text_chars)
     # features
     cache_dir: Optional[str] = _help("Feature cache folder (default: $MICRO_RM_CACHE or the user "
                                      "cache dir).", None)
@@ -74,7 +76,7 @@ class ServeSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise MicroRMError(f"--{name.replace('_', '-')} must be an integer ≥ {low}, got {value!r}")
-        from micro_rm.integrations.common import check_label_mode
+        from micro_rm.integrations.openrlhf import check_label_mode
         check_label_mode(self.labels, "--labels")
         if self.port > 65535:
             raise MicroRMError(f"--port must be at most 65535, got {self.port}")
@@ -87,6 +89,11 @@ class ServeSettings:
             raise MicroRMError(f"the admin token must have at least {MIN_ADMIN_TOKEN_CHARS} "
                                "characters; make one with `python -c \"import secrets; "
                                "print(secrets.token_urlsafe(32))\"`")
+
+    @property
+    def limits(self) -> ScoringLimits:
+        """The scoring engine's per-request limits, named by this service's flags in messages."""
+        return ScoringLimits(max_texts=self.max_texts, max_text_chars=self.max_text_chars, flags=True)
 
     @classmethod
     def help(cls, name: str) -> str:

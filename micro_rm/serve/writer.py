@@ -23,7 +23,7 @@ import numpy as np
 
 from micro_rm.online.hedge import UserState
 from micro_rm.online.store import FeedbackRequest, StaleRequest
-from micro_rm.serve.worker import QueueWorker
+from micro_rm.scoring.features import QueueWorker
 
 
 def apply_feedback_many(store: Any, batches: Sequence[tuple[str, np.ndarray, list[dict]]]) -> list[UserState]:

@@ -30,10 +30,11 @@ from starlette.concurrency import run_in_threadpool
 from micro_rm.data.records import normalize_pair
 from micro_rm.errors import InvalidRecord
 from micro_rm.online.store import DuplicateKey, FeedbackRequest, UserDeleted
+from micro_rm.scoring.limits import check_count, check_text
 from micro_rm.serve.auth import Principal, check_acts_as, require_principal
 from micro_rm.serve.deps import get_batcher, get_metrics, get_scorer, get_settings, get_store, get_writer
 from micro_rm.serve.routers.common import feedback_weights
-from micro_rm.serve.schemas import FeedbackItem, FeedbackResponse, UserWeights, as_text, check_texts
+from micro_rm.serve.schemas import FeedbackItem, FeedbackResponse, UserWeights, as_text
 from micro_rm.serve.settings import ServeSettings
 
 router = APIRouter(tags=["feedback"])
@@ -47,7 +48,7 @@ def _records(body: Union[list[FeedbackItem], FeedbackItem], principal: Principal
     items = body if isinstance(body, list) else [body]
     if not items:
         raise HTTPException(422, detail="no feedback pairs in the list")
-    check_texts(settings, len(items), [])
+    check_count(len(items), settings.limits)
     records, users = [], []
     for i, item in enumerate(items):
         where = f"feedback[{i}]" if isinstance(body, list) else "feedback"
@@ -61,7 +62,9 @@ def _records(body: Union[list[FeedbackItem], FeedbackItem], principal: Principal
             record = normalize_pair(raw, where=where)
         except InvalidRecord as exc:
             raise HTTPException(422, detail=str(exc).replace(CLI_HINT, "")) from None
-        check_texts(settings, len(items), [(f"{where}.{k}", v) for k, v in record.items()])
+        for key, value in record.items():
+            if value is not None:
+                check_text(value, f"{where}.{key}", settings.limits)
         records.append(record)
         users.append(user)
     return records, users

@@ -1,0 +1,228 @@
+"""The scoring engine: (texts, context, user state) → items → vectors → routed rewards.
+
+A response's reward for a user is
+
+    r(x, a) = Σ_k w_k r_k(x, a),   w = normalise( f_ψ(context ⊕ prompt) ⊙ exp(−η S_u) )
+
+(the router's weights are the prior, S_u the user's summed per-head losses; without a user, w is
+the router's). Every caller goes through :class:`RewardScorer`: the service's routes with
+vectors from the :class:`~micro_rm.scoring.features.MicroBatcher`, and everything in-process
+(``micro-rm score``, the TRL / OpenRLHF / verl adapters, :class:`micro_rm.MiCRo`) through
+:class:`RewardEngine`, which checks each call (:mod:`micro_rm.scoring.limits`) and reads vectors
+from a :class:`~micro_rm.scoring.features.FeatureStore`. So all of them return the same numbers.
+
+>>> engine = RewardEngine("runs/dsp", context="I am a child.")                   # doctest: +SKIP
+>>> engine.routed(["Hi"] * 2, ["Hello!", "Go away."]).rewards                     # doctest: +SKIP
+array([ 0.83, -0.41])
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from micro_rm.data.records import Text
+from micro_rm.errors import MicroRMError
+from micro_rm.features.base import Backbone, Item
+from micro_rm.online.hedge import DEFAULT_ETA, DEFAULT_P_MIN, hedge_log_weights, pair_losses, validate_eta
+from micro_rm.scoring.limits import (ScoringLimits, check_context, check_count, check_text, check_user,
+                                     per_sample, split_system)
+
+
+@dataclass
+class Routed:
+    """Rewards of N responses under per-response weights."""
+
+    rewards: np.ndarray        # [N]    Σ_k w_k r_k
+    head_rewards: np.ndarray   # [N, K] r_k
+    weights: np.ndarray        # [N, K] w used (router prior ⊙ Hedge, normalised)
+    prior: np.ndarray          # [N, K] the router's weights alone
+
+
+@dataclass
+class Samples:
+    """N checked (prompt, response) samples with each one's context and user id.
+    ``shared_route``: every sample has the same prompt and context, routed once (``/score``)."""
+
+    prompts: list[Text]
+    responses: list[Text]
+    contexts: list[Optional[str]]
+    users: list[Optional[str]]
+    shared_route: bool = False
+
+
+class RewardScorer:
+    """A loaded model with its backbone: builds items the way the model was trained, and
+    computes routed rewards, comparisons and feedback losses from vectors."""
+
+    def __init__(self, model: Any, backbone: Backbone):
+        from micro_rm.online.identity import state_model_id
+
+        self.model = model
+        self.backbone = backbone
+        settings = model.config.feature
+        self.router_input = settings.get("router_input", "context")
+        self.context_in_reward = bool(settings.get("context_in_reward", False))
+        self.model_id = state_model_id(model)
+        self.num_heads = model.config.num_heads
+
+    @classmethod
+    def load(cls, model_dir_or_model: Any, device: str = "cpu") -> "RewardScorer":
+        """From a model folder (or hub id) or a :class:`MixtureRewardModel`; rebuilds its backbone."""
+        from micro_rm.model.mixture import MixtureRewardModel
+        from micro_rm.model.text import model_backbone
+
+        model = model_dir_or_model
+        if not isinstance(model, MixtureRewardModel):
+            model = MixtureRewardModel.from_pretrained(str(model_dir_or_model), device=device)
+        return cls(model.eval(), model_backbone(model, device=device))
+
+    # items --------------------------------------------------------------------------------
+    def reward_item(self, prompt: Text, response: Text, context: Optional[str]) -> Item:
+        return self.backbone.reward_item(prompt, response, context if self.context_in_reward else None)
+
+    def route_items(self, prompt: Text, context: Optional[str]) -> list[Item]:
+        """The router's items of one prompt (see micro_rm.features.featurize.route_items);
+        turn their vectors into route features with :meth:`route_features`."""
+        from micro_rm.features.featurize import route_items
+
+        return route_items(self.backbone, prompt, self._context(context),
+                           context_encoding=self.model.config.context_encoding)
+
+    def route_features(self, vectors: np.ndarray, contexts: Sequence[Optional[str]]) -> np.ndarray:
+        """Route features [N, d_r] from the vectors of N prompts' :meth:`route_items`."""
+        from micro_rm.features.featurize import route_matrix
+
+        return route_matrix(vectors, [self._context(c) for c in contexts], self.model.config.context_dim,
+                            self.model.config.context_encoding)
+
+    def _context(self, context: Optional[str]) -> Optional[str]:
+        return context if self.router_input == "context" else None
+
+    def items(self, samples: Samples) -> list[Item]:
+        """Every item ``samples`` need: the N reward items, then the route items (of the first
+        sample only, with ``shared_route``). Their vectors go to :meth:`score`."""
+        reward = [self.reward_item(p, r, c) for p, r, c in zip(samples.prompts, samples.responses, samples.contexts)]
+        routes = range(1 if samples.shared_route else len(reward))
+        return reward + [item for i in routes for item in self.route_items(samples.prompts[i], samples.contexts[i])]
+
+    def score(self, samples: Samples, vectors: np.ndarray, cumulative_loss: Optional[np.ndarray] = None,
+              eta: float = DEFAULT_ETA) -> Routed:
+        """:meth:`routed` rewards of ``samples`` from the vectors of their :meth:`items`."""
+        n = len(samples.responses)
+        contexts = samples.contexts[:1] if samples.shared_route else samples.contexts
+        return self.routed(vectors[:n], self.route_features(vectors[n:], contexts), cumulative_loss, eta)
+
+    # math on vectors -----------------------------------------------------------------------
+    def routed(self, reward_vectors: np.ndarray, route_vectors: np.ndarray,
+               cumulative_loss: Optional[np.ndarray] = None, eta: float = DEFAULT_ETA) -> Routed:
+        """Rewards of N responses: ``reward_vectors`` [N, d], ``route_vectors`` [N, d_r] (or
+        [1, d_r], shared), ``cumulative_loss`` None (router only), [K] or [N, K] (each row's user)."""
+        import torch
+
+        head_rewards = self.model.rewards(reward_vectors).astype(np.float64)              # [N, K]
+        with torch.inference_mode():
+            route = torch.as_tensor(np.asarray(route_vectors, dtype=np.float32),
+                                    device=self.model.heads.weight.device)
+            log_prior = self.model.router_log_weights(route).double().cpu().numpy()         # [B, K]
+        log_prior = np.broadcast_to(log_prior, head_rewards.shape)
+        log_w = log_prior if cumulative_loss is None else hedge_log_weights(log_prior, cumulative_loss, eta)
+        weights = np.exp(log_w)
+        return Routed(rewards=(weights * head_rewards).sum(-1), head_rewards=head_rewards,
+                      weights=weights, prior=np.exp(log_prior))
+
+    def head_probs(self, a_vectors: np.ndarray, b_vectors: np.ndarray) -> np.ndarray:
+        """σ(r_k(a) − r_k(b)) per pair and head: [N, K] float64."""
+        return self.model.head_probs(a_vectors, b_vectors).astype(np.float64)
+
+    def feedback_losses(self, chosen_vectors: np.ndarray, rejected_vectors: np.ndarray,
+                        p_min: float = DEFAULT_P_MIN) -> np.ndarray:
+        """Each head's scaled loss on pairs labelled chosen ≻ rejected: [N, K] in [0, 1]."""
+        return pair_losses(self.head_probs(chosen_vectors, rejected_vectors), p_min)
+
+
+def user_losses(store: Any, users: Sequence[Optional[str]], num_heads: int) -> Optional[np.ndarray]:
+    """S_u of each sample's user [N, K] from the state ``store`` (a user without feedback, or a
+    sample without a user, has S = 0: the router's weights), or None when no sample names a user."""
+    if not any(users):
+        return None
+    states = {u: store.get(u, True).cumulative_loss for u in sorted({u for u in users if u})}
+    zero = np.zeros(num_heads)
+    return np.stack([states[u] if u else zero for u in users])
+
+
+class RewardEngine:
+    """Routed MiCRo rewards of (prompt, completion) batches in this process, for the CLI and the
+    RLHF adapters: each call is checked against ``limits``, then encoded through the feature
+    caches and scored by :class:`RewardScorer`.
+
+    Parameters
+    ----------
+    model_dir_or_model : a model folder (or hub id), a loaded ``MixtureRewardModel`` or a
+        :class:`RewardScorer`; the backbone is rebuilt from the model's config.
+    context : a context for samples that bring none.
+    eta : Hedge learning rate for users' weights (see :mod:`micro_rm.online.hedge`).
+    state : the per-user state store (a URL/path like the service's ``--state``, or an open
+        store); needed only for samples with a user. Read-only here.
+    system_as_context : read a conversational prompt's leading system message as the sample's
+        context (and drop it from the prompt), unless the sample brings a context.
+    cache_dir : feature cache folder (default: $MICRO_RM_CACHE or the user cache dir);
+        ``disk_cache=False`` keeps vectors in memory only.
+    limits : the :class:`~micro_rm.scoring.limits.ScoringLimits` of each call.
+    """
+
+    def __init__(self, model_dir_or_model: Any, context: Optional[str] = None, eta: float = DEFAULT_ETA,
+                 state: Any = None, *, system_as_context: bool = True,
+                 cache_dir: Optional[str | os.PathLike] = None, disk_cache: bool = True, device: str = "cpu",
+                 batch_size: int = 32, lru_items: int = 100_000, limits: Optional[ScoringLimits] = None):
+        from micro_rm.features.cache import FeatureCache
+        from micro_rm.scoring.features import FeatureStore
+
+        self.scorer = model_dir_or_model if isinstance(model_dir_or_model, RewardScorer) \
+            else RewardScorer.load(model_dir_or_model, device=device)
+        self.context = context or None
+        self.eta = validate_eta(eta)
+        self.system_as_context = system_as_context
+        self.limits = limits or ScoringLimits()
+        self._state_arg = state
+        if state is not None and isinstance(state, (str, os.PathLike)):
+            from micro_rm.online import open_store
+            state = open_store(state, self.scorer.model_id, self.scorer.num_heads)
+        self.store = state
+        self._options = dict(cache_dir=cache_dir, disk_cache=disk_cache, device=device,
+                             batch_size=batch_size, lru_items=lru_items, limits=limits)
+        self.features = FeatureStore(self.scorer.backbone, FeatureCache(cache_dir) if disk_cache else None,
+                                     lru_items=lru_items, batch_size=batch_size)
+
+    def routed(self, prompts: Sequence[Any], completions: Sequence[Any],
+               contexts: Optional[Sequence[Optional[str]]] = None,
+               users: Optional[Sequence[Optional[str]]] = None) -> Routed:
+        """Rewards, per-head rewards and weights of each (prompt, completion), routed by its
+        context (None: the system message, then the default context) and weighted by its user's
+        state (None: the router alone). Every field is checked first (``RequestRefused``)."""
+        n = len(completions)
+        check_count(n, self.limits, "max_batch")
+        if len(prompts) != n:
+            raise MicroRMError(f"got {len(prompts)} prompts and {n} completions; give one prompt per completion")
+        limits = self.limits
+        prompts = [check_text(p, f"prompts[{i}]", limits) for i, p in enumerate(prompts)]
+        completions = [check_text(c, f"completions[{i}]", limits) for i, c in enumerate(completions)]
+        contexts = [check_context(c, f"contexts[{i}]", limits)
+                    for i, c in enumerate(per_sample(contexts, n, "contexts", "completions"))]
+        users = [check_user(u, f"user_ids[{i}]") for i, u in enumerate(per_sample(users, n, "user ids", "completions"))]
+        if self.system_as_context:
+            for i, prompt in enumerate(prompts):
+                stripped, system = split_system(prompt)
+                if system is not None and contexts[i] is None:
+                    prompts[i], contexts[i] = stripped, system
+        samples = Samples(prompts, completions, [c or self.context for c in contexts], users)
+        losses = None
+        if any(users):
+            if self.store is None:
+                raise MicroRMError("a sample with a user id needs the per-user state: pass "
+                                   "state='sqlite:///state.db' (the service's --state)")
+            losses = user_losses(self.store, users, self.scorer.num_heads)
+        return self.scorer.score(samples, self.features.vectors(self.scorer.items(samples)), losses, self.eta)
