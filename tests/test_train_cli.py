@@ -189,3 +189,46 @@ def test_eval_of_a_model_from_another_major_version_exits_2(files, capsys):
     (files / "model" / "config.json").write_text(json.dumps({**config, "version": "9.0.0"}))
     code, out = _run(capsys, "eval", "--model", files / "model", "--data", files / "test.jsonl")
     assert code == 2 and "incompatible" in out.err
+
+
+def test_a_model_fitted_by_the_library_scores_as_the_cli_trained_one(files, capsys):
+    """Regression (issue 24): ``fit_stage1`` saved directly recorded no feature settings, so a
+    reader could not tell that the context was part of the reward input. Same data, settings and
+    seed: the same config.feature and the same scores through the one reader, featurize_for."""
+    from micro_rm.data.readers import read_pairs
+    from micro_rm.features.cache import FeatureCache
+    from micro_rm.features.featurize import featurize
+    from micro_rm.model.mixture import MixtureRewardModel
+    from micro_rm.model.text import featurize_for
+    from micro_rm.train.config import Stage1Config
+    from micro_rm.train.stage1 import fit_stage1
+
+    assert _train(files, capsys, "--context-in-reward", out="cli")[0] == 0
+    features, _ = featurize(read_pairs(files / "train.jsonl"), WordBackbone(), FeatureCache(files / "cache"),
+                            context_in_reward=True, progress=False)
+    fit_stage1(features, Stage1Config(heads=2, epochs=20, lr=0.02), progress=False)[0].save_pretrained(files / "lib")
+    cli, lib = (MixtureRewardModel.from_pretrained(str(files / name)) for name in ("cli", "lib"))
+    assert lib.config.feature == cli.config.feature == {"router_input": "context", "context_in_reward": True}
+    pairs = [{"prompt": "tell me about topic7", "chosen": "short topic7 answer", "context": "be brief please",
+              "rejected": "long detailed thorough topic7 answer with examples"}]
+    read = [featurize_for(model, pairs, files / "cache", progress=False) for model in (cli, lib)]
+    np.testing.assert_array_equal(read[0].chosen, read[1].chosen)
+    with_context, _ = featurize(pairs, WordBackbone(), FeatureCache(files / "cache"), context_in_reward=True)
+    np.testing.assert_array_equal(read[1].chosen, with_context.chosen)   # the context is in the reward input
+    scores = [model.predict_proba(f.chosen, f.rejected, f.route) for model, f in zip((cli, lib), read)]
+    np.testing.assert_array_equal(scores[0], scores[1])
+
+
+def test_a_model_saved_before_feature_settings_reads_as_the_defaults(files, capsys):
+    from micro_rm.features.base import FeatureSettings
+    from micro_rm.model.mixture import MixtureRewardModel
+
+    assert _train(files, capsys)[0] == 0
+    config = json.loads((files / "model" / "config.json").read_text())
+    (files / "model" / "config.json").write_text(json.dumps({**config, "feature": {}}))
+    model = MixtureRewardModel.from_pretrained(str(files / "model"))
+    assert model.config.feature_settings() == FeatureSettings()
+    (files / "model" / "config.json").write_text(json.dumps({**config, "feature": {"router_input": "persona"}}))
+    code, out = _run(capsys, "eval", "--model", files / "model", "--data", files / "test.jsonl")
+    assert code == 2 and "`feature.router_input` must be one of context, prompt, got 'persona'" in out.err
+    assert len(out.err.strip().splitlines()) == 1
