@@ -227,14 +227,11 @@ def test_merging_keeps_a_correction_that_changes_nothing_changing_nothing():
     from micro_rm.heads.merge import _merged_model
 
     model = MixtureRewardModel(MixtureConfig(num_heads=3, reward_dim=2, route_dim=5, context_dim=3))
-    with torch.no_grad():
-        model.router.add_prototypes(torch.eye(3)[:2])
-        model.router.prototype_logits.copy_(torch.tensor([[2.0, 0.0, -1.0], [-1.0, 1.0, 0.5]]))
-    model.config.context_prototypes = 2
+    model.router.add_prototypes(torch.eye(3)[:2], model.config)
+    model.router.set_context_logits(torch.tensor([[2.0, 0.0, -1.0], [-1.0, 1.0, 0.5]]))
     corrected = copy.deepcopy(model)
-    with torch.no_grad():
-        corrected.router.add_prototypes(torch.tensor([[0.0, 0.0, 1.0]]), corrections=True)
-    corrected.config.context_prototypes, corrected.config.context_corrections = 3, [2]
+    corrected.router.add_prototypes(torch.tensor([[0.0, 0.0, 1.0]]), corrected.config, corrections=True)
+    assert (corrected.config.context_prototypes, corrected.config.context_corrections) == (3, [2])
     route = np.random.default_rng(0).normal(size=(6, 5)).astype(np.float32)
     clusters, usage = [[0, 2], [1]], np.array([0.5, 0.3, 0.2])
     np.testing.assert_allclose(_merged_model(corrected, clusters, usage).router_weights(route),

@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn as nn
 from tqdm.auto import tqdm
 
 from micro_rm.errors import MicroRMError
@@ -29,7 +28,8 @@ from micro_rm.features.base import PairFeatures
 from micro_rm.heads.agreement import agreement_clusters, agreement_matrix
 from micro_rm.heads.profile import head_deltas
 from micro_rm.model.config import MixtureConfig
-from micro_rm.model.mixture import ContextRouter, MixtureRewardModel
+from micro_rm.model.mixture import MixtureRewardModel
+from micro_rm.model.router import ContextRouter, load_router, output_layer
 from micro_rm.train.config import Stage1Config
 from micro_rm.train.stage1 import _small_tensor_cpu, stage1_loss, validation_split
 
@@ -81,16 +81,13 @@ def duplicate_head(model: MixtureRewardModel, head: int) -> MixtureRewardModel:
         if model.config.variant == "static":
             bigger.logits.copy_(model.logits[index] - half)
             return bigger.eval()
-        old, new = model.router, bigger.router
-        if isinstance(old, ContextRouter):
-            new.prototypes = old.prototypes.clone()
-            new.prototype_logits = nn.Parameter(old.prototype_logits[:, index].clone())
-            new.null_logits.copy_(old.null_logits[index])
-            old, new = old.prompt, new.prompt
-        new.load_state_dict({k_: v for k_, v in old.state_dict().items() if k_ not in _output_keys(old)}, strict=False)
-        _output_layer(new).weight.copy_(_output_layer(old).weight[index])
-        _output_layer(new).bias.copy_(_output_layer(old).bias[index] - half)
+        old = model.router
+        output = output_layer(old)
+        context = ((old.prototype_logits[:, index].clone(), old.null_logits[index])
+                   if isinstance(old, ContextRouter) else ())
+        load_router(bigger.router, old, bigger.config, (output.weight[index], output.bias[index] - half), *context)
     return bigger.eval()
+
 
 def _merged_model(model: MixtureRewardModel, clusters: list[list[int]], usage: np.ndarray) -> MixtureRewardModel:
     """A model with one head per cluster: heads usage-weighted, router mass of a cluster summed."""
@@ -105,20 +102,16 @@ def _merged_model(model: MixtureRewardModel, clusters: list[list[int]], usage: n
             merged.heads.weight[c] = share @ weight[members]
         if config.variant == "static":
             merged.logits.copy_(_sum_mass(model.logits, clusters))
-        else:
-            old, new = model.router, merged.router
-            if isinstance(old, ContextRouter):
-                new.prototypes = old.prototypes.clone()
-                logits = _sum_mass(old.prototype_logits, clusters)
-                # a correction multiplies a head's weight by exp(δ): a cluster's factor is the mean
-                # of its members' (no change stays no change), not their sum
-                logits[old.corrections] -= torch.log(torch.tensor([float(len(m)) for m in clusters], device=logits.device))
-                new.prototype_logits = nn.Parameter(logits)
-                new.null_logits.copy_(_sum_mass(old.null_logits, clusters))
-                old, new = old.prompt, new.prompt
-            new.load_state_dict({k: v for k, v in old.state_dict().items() if k not in _output_keys(old)},
-                                strict=False)
-            _merge_output(_output_layer(old), _output_layer(new), clusters)
+            return merged
+        old, context = model.router, ()
+        if isinstance(old, ContextRouter):
+            logits = _sum_mass(old.prototype_logits, clusters)
+            # a correction multiplies a head's weight by exp(δ): a cluster's factor is the mean
+            # of its members' (no change stays no change), not their sum
+            logits[old.corrections] -= torch.log(torch.tensor([float(len(m)) for m in clusters], device=logits.device))
+            context = (logits, _sum_mass(old.null_logits, clusters))
+        output = output_layer(old)
+        load_router(merged.router, old, config, _merge_output(output, clusters), *context)
     return merged
 
 
@@ -128,20 +121,11 @@ def _sum_mass(logits: torch.Tensor, clusters: list[list[int]]) -> torch.Tensor:
     return torch.stack([torch.logsumexp(logits[..., members], dim=-1) for members in clusters], dim=-1)
 
 
-def _output_layer(network: nn.Module) -> nn.Linear:
-    return network[-1] if isinstance(network, nn.Sequential) else network
-
-
-def _output_keys(network: nn.Module) -> set[str]:
-    prefix = f"{len(network) - 1}." if isinstance(network, nn.Sequential) else ""
-    return {prefix + "weight", prefix + "bias"}
-
-
-def _merge_output(old: nn.Linear, new: nn.Linear, clusters: list[list[int]]) -> None:
+def _merge_output(old: "torch.nn.Linear", clusters: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Output rows of a cluster: the mean row, bias + log |cluster| (equal member logits sum exactly)."""
-    for c, members in enumerate(clusters):
-        new.weight[c] = old.weight[members].mean(0)
-        new.bias[c] = old.bias[members].mean() + math.log(len(members))
+    weight = torch.stack([old.weight[members].mean(0) for members in clusters])
+    bias = torch.stack([old.bias[members].mean() + math.log(len(members)) for members in clusters])
+    return weight, bias
 
 
 def _refit_router(model: MixtureRewardModel, features: PairFeatures, config: Stage1Config,

@@ -20,6 +20,8 @@ from typing import Any, Optional
 
 from micro_rm.errors import MicroRMError
 
+CARD_NAME = "README.md"   # the model card of a model folder
+
 
 def push_to_hub(model: Any, repo_id: str, *, token: Optional[str | bool] = None, revision: Optional[str] = None,
                 private: Optional[bool] = None, commit_message: str = "Upload MiCRo reward model",
@@ -31,13 +33,12 @@ def push_to_hub(model: Any, repo_id: str, *, token: Optional[str | bool] = None,
     from huggingface_hub import HfApi
 
     from micro_rm.model.card import hub_id, model_card
-    from micro_rm.model.pretrained import CARD_NAME, save_pretrained
 
     if hub_id(repo_id) is None:
         raise MicroRMError(f"repo_id {repo_id!r} is not a Hub repo id; use owner/name, e.g. me/micro-rm-dsp")
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory(prefix="micro-rm-push-") as tmp:
-        folder = save_pretrained(model, Path(tmp) / "model")
+        folder = model.save_pretrained(Path(tmp) / "model")
         (folder / CARD_NAME).write_text(model_card(model.config, repo_id=repo_id, license=license),
                                         encoding="utf-8")
         try:

@@ -25,7 +25,6 @@ Example
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Optional
 
 import numpy as np
@@ -36,140 +35,22 @@ import torch.nn.functional as F
 from micro_rm.errors import MicroRMError
 from micro_rm.model.config import MixtureConfig
 from micro_rm.model.losses import mixture_bt_loss
+from micro_rm.model.pretrained import PretrainedMixin
+from micro_rm.model.router import ContextRouter, router_network
 
 INFERENCE_CHUNK = 65_536  # rows per forward pass at inference (bounded memory on memory-mapped features)
 MASKED_LOGIT = -1e9       # router logit of a masked head (config.masked_heads)
 
 
 
-def router_network(inputs: int, k: int, config: MixtureConfig) -> nn.Module:
-    """``mlp``: inputs → hidden → K with ReLU (the paper's); ``linear``: inputs → K."""
-    if config.router == "mlp":
-        return nn.Sequential(nn.Linear(inputs, config.router_hidden), nn.ReLU(),
-                             nn.Linear(config.router_hidden, k))
-    return nn.Linear(inputs, k)
-
-
-class ContextRouter(nn.Module):
-    """Router logits = g(emb(prompt)) + h(emb(context)) over the "separate" route layout
-    [emb(prompt); emb(context)], where h attends over prototype contexts:
-
-        h(c) = Σ_m softmax_m( cos(c, u_m) / T ) · a_m          (a zero c, "no context": h = a_null)
-
-    Why: a network over the joint (context ⊕ prompt) text, or over the concatenated vectors,
-    learns whatever separates the few training sentences, and a paraphrase then routes like
-    noise (METHOD.md, measured finding 3). Attention over the training contexts routes a new
-    phrasing like the training phrasings the sentence encoder puts nearest to it, whatever the
-    prompt. The prototypes u_m are fixed (normalised) context embeddings; only their logits a_m,
-    a_null and g are learned.
-
-    Stage 2 adds the contexts of its budget as new prototypes, of one of two kinds. A plain
-    prototype joins the softmax above. A *correction* (``config.context_corrections``) does not
-    take attention from the others; its logits δ_n are added to theirs, by the share of attention
-    it would get:
-
-        h(c) = Σ_{m plain} softmax_{m plain}( cos(c, u_m) / T ) · a_m + Σ_{n corr} att_n(c) · δ_n
-
-    where att is the softmax over all prototypes. A correction starts at δ = 0, so adding it
-    changes no routing, and a context far from it keeps stage 1's routing whatever δ becomes.
-    """
-
-    def __init__(self, config: MixtureConfig):
-        super().__init__()
-        k, m = config.num_heads, config.context_prototypes
-        self.context_dim, self.temperature = config.context_dim, config.context_temperature
-        self.prompt = router_network(config.route_dim - config.context_dim, k, config)
-        self.register_buffer("prototypes", torch.zeros(m, config.context_dim))   # [M, d_c], unit rows
-        self.prototype_logits = nn.Parameter(torch.zeros(m, k))                   # [M, K]
-        self.null_logits = nn.Parameter(torch.zeros(k))                          # [K]
-        corrections = torch.zeros(m, dtype=torch.bool)
-        corrections[config.context_corrections] = True
-        self.register_buffer("corrections", corrections, persistent=False)      # [M], from the config
-
-    def attention(self, context: torch.Tensor) -> torch.Tensor:
-        """The weight each prototype's logits get in h(c), [N, d_c] → [N, M]: softmax_m(cos(c, u_m) / T)
-        over the plain prototypes, and a correction's share of that softmax over all of them."""
-        norm = context.norm(dim=-1, keepdim=True)
-        similarity = context / norm.clamp_min(1e-12) @ self.prototypes.T / self.temperature
-        everyone = torch.softmax(similarity, -1)
-        if not bool(self.corrections.any()):
-            return everyone
-        plain = torch.softmax(similarity.masked_fill(self.corrections, -math.inf), -1)
-        return torch.where(self.corrections, everyone, plain)
-
-    def context_logits(self, context: torch.Tensor) -> torch.Tensor:
-        """h(c): [N, d_c] → [N, K]."""
-        null = self.null_logits.expand(len(context), -1)
-        if len(self.prototypes) == 0:
-            return null
-        known = context.norm(dim=-1, keepdim=True) > 0                           # [N, 1]
-        return torch.where(known, self.attention(context) @ self.prototype_logits, null)
-
-    def forward(self, route: torch.Tensor) -> torch.Tensor:
-        """[N, d_p + d_c] → logits [N, K]."""
-        prompt, context = route.split([route.shape[-1] - self.context_dim, self.context_dim], dim=-1)
-        return self.prompt(prompt) + self.context_logits(context)
-
-    @torch.no_grad()
-    def context_branch_inputs(self, route: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
-        """What the logits of ``route`` [N, d_r] need besides the context branch's parameters:
-        the prompt branch's logits [N, K], the attention over the prototypes [N, M] (None without
-        prototypes) and which rows have a context [N, 1]. Stage 2 trains only those parameters,
-        so its many full-batch steps compute these once (see :func:`context_branch_logits`)."""
-        prompt, context = route.split([route.shape[-1] - self.context_dim, self.context_dim], dim=-1)
-        attention = self.attention(context) if len(self.prototypes) else None
-        return self.prompt(prompt), attention, context.norm(dim=-1, keepdim=True) > 0
-
-    @torch.no_grad()
-    def add_prototypes(self, contexts: torch.Tensor, corrections: bool = False) -> int:
-        """Append the contexts [n, d_c] that are not prototypes yet, as plain prototypes whose
-        logits start at the router's current h(c) (so the function barely moves until they are
-        trained), or as ``corrections`` starting at δ = 0 (so it does not move at all; they need
-        a plain prototype to correct). Returns how many were added."""
-        unit = F.normalize(contexts[contexts.norm(dim=-1) > 0], dim=-1)
-        if len(self.prototypes):
-            unit = unit[(unit @ self.prototypes.T).max(-1).values < 1 - 1e-6]
-        unit = unique_rows(unit)
-        if len(unit) == 0:
-            return 0
-        if corrections and bool(self.corrections.all()):
-            raise ValueError("a correction needs a plain prototype to correct; this router has none")
-        start = torch.zeros(len(unit), self.prototype_logits.shape[1]) if corrections else self.context_logits(unit)
-        self.prototypes = torch.cat([self.prototypes, unit])
-        self.prototype_logits = nn.Parameter(torch.cat([self.prototype_logits.detach(), start.to(unit)]))
-        self.corrections = torch.cat([self.corrections, torch.full((len(unit),), corrections, device=unit.device)])
-        return len(unit)
-
-
-def unique_rows(vectors: torch.Tensor) -> torch.Tensor:
-    """The distinct rows of ``vectors`` [n, d], in order of first appearance."""
-    if len(vectors) == 0:
-        return vectors
-    _, inverse = torch.unique(vectors, dim=0, return_inverse=True)
-    first = torch.full((int(inverse.max()) + 1,), len(vectors), dtype=torch.long)
-    first = first.scatter_reduce(0, inverse, torch.arange(len(vectors)), reduce="amin")
-    return vectors[first.sort().values]
-
-
-def context_branch_logits(inputs: tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor],
-                          prototype_logits: torch.Tensor, null_logits: torch.Tensor) -> torch.Tensor:
-    """Router logits from :meth:`MixtureRewardModel.context_branch_inputs` and context-branch
-    parameters for C candidates at once: ``prototype_logits`` [C, M, K], ``null_logits`` [C, K]
-    → [C, N, K]."""
-    fixed, attention, known = inputs
-    null = null_logits[:, None, :].expand(-1, len(fixed), -1)
-    if attention is None:
-        return fixed + null
-    return fixed + torch.where(known, attention @ prototype_logits, null)
-
-
-class MixtureRewardModel(nn.Module):
+class MixtureRewardModel(nn.Module, PretrainedMixin):
     """K Bradley–Terry heads and a router; see the module docstring for the variants.
 
     Tensor methods (``head_rewards``, ``head_deltas``, ``router_log_weights``, ``log_likelihood``)
     keep gradients and are what training uses. Array methods (``predict_proba``, ``head_probs``,
     ``router_weights``, ``rewards``, ``score``) accept numpy arrays (memory-mapped float16 is
-    fine), check dimensions and return float32 numpy arrays.
+    fine), check dimensions and return float32 numpy arrays. ``save_pretrained``,
+    ``from_pretrained`` and ``push_to_hub`` come from :class:`~micro_rm.model.pretrained.PretrainedMixin`.
     """
 
     def __init__(self, config: MixtureConfig):
@@ -301,22 +182,5 @@ class MixtureRewardModel(nn.Module):
                for i in range(0, max(len(arrays[0]), 1), INFERENCE_CHUNK)]
         return np.concatenate(out)
 
-    # ----- save / load --------------------------------------------------------------------------
-    def save_pretrained(self, path) -> None:
-        """Write ``config.json``, ``model.safetensors`` and a model card ``README.md`` (atomically)."""
-        from micro_rm.model.pretrained import save_pretrained
-        save_pretrained(self, path)
 
-    @classmethod
-    def from_pretrained(cls, path_or_hub_id: str, device: Optional[str] = None, *, revision: Optional[str] = None,
-                        token: Optional[str | bool] = None) -> "MixtureRewardModel":
-        """Rebuild a saved model from a local folder or a Hugging Face hub id (at ``revision``,
-        with ``token`` for a private repo)."""
-        from micro_rm.model.pretrained import from_pretrained
-        return from_pretrained(path_or_hub_id, device=device, revision=revision, token=token)
-
-    def push_to_hub(self, repo_id: str, **kwargs) -> object:
-        """Upload this model to the Hugging Face Hub (see :func:`micro_rm.model.hub.push_to_hub`:
-        ``token``, ``revision``, ``private``, ``commit_message``, ``create_pr``, ``license``)."""
-        from micro_rm.model.hub import push_to_hub
-        return push_to_hub(self, repo_id, **kwargs)
+from_pretrained = MixtureRewardModel.from_pretrained   # micro_rm.model.from_pretrained

@@ -4,6 +4,9 @@
 crash never leaves a half-written model. ``from_pretrained`` rebuilds the model from the folder
 alone (no flags to retype) and restores its predictions exactly.
 
+``MixtureRewardModel`` inherits its ``save_pretrained`` / ``from_pretrained`` / ``push_to_hub``
+from :class:`PretrainedMixin`, so this module never imports the model class (no import cycle).
+
 >>> model = MixtureRewardModel(MixtureConfig(num_heads=2, reward_dim=3, route_dim=3))
 >>> save_pretrained(model, "runs/demo")                        # doctest: +SKIP
 >>> MixtureRewardModel.from_pretrained("runs/demo")            # doctest: +SKIP
@@ -18,7 +21,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -27,14 +30,38 @@ from safetensors.torch import load_file, save_file
 from micro_rm import __version__
 from micro_rm.errors import MicroRMError
 from micro_rm.model.card import model_card
-from micro_rm.model.mixture import MixtureConfig, MixtureRewardModel
+from micro_rm.model.config import MixtureConfig
+from micro_rm.model.hub import CARD_NAME
+
+if TYPE_CHECKING:
+    from micro_rm.model.mixture import MixtureRewardModel
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-CARD_NAME = "README.md"
 
 
-def save_pretrained(model: MixtureRewardModel, path: str | os.PathLike) -> Path:
+class PretrainedMixin:
+    """The model folder verbs of :class:`~micro_rm.model.mixture.MixtureRewardModel`."""
+
+    def save_pretrained(self, path: str | os.PathLike) -> Path:
+        """Write ``config.json``, ``model.safetensors`` and a model card ``README.md`` (atomically)."""
+        return save_pretrained(self, path)
+
+    @classmethod
+    def from_pretrained(cls, path_or_hub_id: str | os.PathLike, device: Optional[str] = None, *,
+                        revision: Optional[str] = None, token: Optional[str | bool] = None):
+        """Rebuild a saved model from a local folder or a Hugging Face hub id (at ``revision``,
+        with ``token`` for a private repo); see :func:`load_pretrained`."""
+        return load_pretrained(cls, path_or_hub_id, device=device, revision=revision, token=token)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
+        """Upload this model to the Hugging Face Hub (see :func:`micro_rm.model.hub.push_to_hub`:
+        ``token``, ``revision``, ``private``, ``commit_message``, ``create_pr``, ``license``)."""
+        from micro_rm.model.hub import push_to_hub
+        return push_to_hub(self, repo_id, **kwargs)
+
+
+def save_pretrained(model: "MixtureRewardModel", path: str | os.PathLike) -> Path:
     """Write ``model`` into the folder ``path`` (created or replaced as a whole); returns it.
 
     An existing ``path`` is replaced only when it is empty or a model folder (it has a
@@ -149,8 +176,8 @@ def check_destination(path: str | os.PathLike) -> Path:
     return path
 
 
-def from_pretrained(path_or_hub_id: str | os.PathLike, device: Optional[str] = None, *,
-                    revision: Optional[str] = None, token: Optional[str | bool] = None) -> MixtureRewardModel:
+def load_pretrained(cls: type, path_or_hub_id: str | os.PathLike, device: Optional[str] = None, *,
+                    revision: Optional[str] = None, token: Optional[str | bool] = None) -> "MixtureRewardModel":
     """Load a model folder, or download one from the Hugging Face hub (``owner/name``, at
     ``revision``: a branch, tag or commit; ``token`` for a private repo, default the login's).
 
@@ -168,7 +195,7 @@ def from_pretrained(path_or_hub_id: str | os.PathLike, device: Optional[str] = N
         raise MicroRMError(f"{config_file}: not valid JSON ({exc})") from None
     if isinstance(data, dict) and isinstance(data.get("version"), str):
         _check_version(data["version"], config_file)
-    model = MixtureRewardModel(MixtureConfig.from_dict(data, where=str(config_file)))
+    model = cls(MixtureConfig.from_dict(data, where=str(config_file)))
     try:
         tensors = load_file(str(weights_file))
     except Exception as exc:  # safetensors raises its own error types for a corrupt file
@@ -186,9 +213,9 @@ def from_pretrained(path_or_hub_id: str | os.PathLike, device: Optional[str] = N
     return model.to(device or "cpu").eval()
 
 
-def export_scalar(model: MixtureRewardModel, path: str | os.PathLike, *,
+def export_scalar(model: "MixtureRewardModel", path: str | os.PathLike, *,
                   weights: Optional[Sequence[float]] = None, route: Optional[np.ndarray] = None,
-                  context: Optional[str] = None) -> MixtureRewardModel:
+                  context: Optional[str] = None) -> "MixtureRewardModel":
     """Save a copy of ``model`` with one fixed weight vector over its heads, for tools that want
     one reward per response (``score`` no longer needs router features).
 
@@ -211,7 +238,7 @@ def export_scalar(model: MixtureRewardModel, path: str | os.PathLike, *,
     exported = {"weights": w.tolist(), "context": context, "from_variant": model.config.variant}
     config = dataclasses.replace(model.config, variant="static", version=__version__,
                                  training={**model.config.training, "exported": exported})
-    scalar = MixtureRewardModel(config)
+    scalar = type(model)(config)
     with torch.no_grad(), np.errstate(divide="ignore"):
         scalar.heads.weight.copy_(model.head_weight())
         scalar.logits.copy_(torch.from_numpy(np.log(w)))        # log 0 = −inf: a head switched off

@@ -1,5 +1,6 @@
-"""Training on cached features: stage 1 (the mixture and its baselines), stage 2 (context-aware
-router learning with Hedge targets), HyRe test-time reweighting and active query selection.
+"""Training on cached features: stage 1 (the mixture and its baselines), stage 2 (``adapt``:
+context-aware router learning with Hedge steps; ``algorithm1``: the paper's Algorithm 1 as
+written), HyRe test-time reweighting and active query selection.
 
 Names load on first use, so importing the package (e.g. for the CLI's ``--help``) costs no torch.
 """
@@ -11,10 +12,12 @@ _EXPORTS = {
     "fit_stage1": "micro_rm.train.stage1",
     "stage1_loss": "micro_rm.train.stage1",
     "lr_at": "micro_rm.train.schedule",
-    "AdaptConfig": "micro_rm.train.stage2",
-    "adapt_router": "micro_rm.train.stage2",
-    "draw_budget": "micro_rm.train.stage2",
-    "hedge_targets": "micro_rm.train.stage2",
+    "AdaptConfig": "micro_rm.train.config",
+    "adapt": "micro_rm.train.adapt",
+    "adapt_from_records": "micro_rm.train.adapt",
+    "draw_budget": "micro_rm.train.adapt",
+    "algorithm1": "micro_rm.train.algorithm1",
+    "hedge_targets": "micro_rm.train.algorithm1",
     "evaluate_hyre": "micro_rm.train.hyre",
     "hyre_weights": "micro_rm.train.hyre",
     "rank_queries": "micro_rm.train.active",
