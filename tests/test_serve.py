@@ -587,3 +587,130 @@ def test_group_commit_gives_the_states_of_one_by_one_updates(tmp_path):
     for user in single.list_users():
         assert grouped.feedback_count(user) == single.feedback_count(user)
         np.testing.assert_array_equal(grouped.get(user).cumulative_loss, single.get(user).cumulative_loss)
+
+
+# ----- per-request isolation and limits on every path (issue 25, item 1) -----------------------
+def _concurrently(calls):
+    """Run the zero-argument ``calls`` in threads at once; their results in order."""
+    results = [None] * len(calls)
+    barrier = threading.Barrier(len(calls))
+
+    def run(i):
+        barrier.wait()
+        results[i] = calls[i]()
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def test_a_lone_surrogate_fails_alone_and_concurrent_requests_all_succeed(tmp_path, scorer):
+    """A prompt holding "\\ud800" used to give a 500 and poison the shared encode batch."""
+    from micro_rm.serve.app import create_app
+
+    bodies = [{"prompt": f"prompt {i}", "responses": [f"answer {i}", f"reply {i}"]} for i in range(16)]
+    bad = b'{"query": ["Hi\\ud800 there"], "prompts": ["Hi\\ud800"]}'
+    with TestClient(create_app(make_settings(tmp_path, batch_wait_ms=100.0), scorer=scorer)) as client:
+        calls = [lambda b=b: client.post("/score", json=b, headers=bearer(ADMIN)) for b in bodies]
+        calls.insert(5, lambda: client.post("/get_reward", content=bad,
+                                            headers={**bearer(ADMIN), "Content-Type": "application/json"}))
+        results = _concurrently(calls)
+        refused = results.pop(5)
+        assert refused.status_code == 422 and "`query[0]` is not valid Unicode" in refused.json()["detail"]
+        assert [r.status_code for r in results] == [200] * len(bodies)
+        for body, response in zip(bodies, results):
+            alone = client.post("/score", json=body, headers=bearer(ADMIN)).json()
+            assert [s["reward"] for s in response.json()["scores"]] == [s["reward"] for s in alone["scores"]]
+
+
+class _PoisonedBackbone:
+    """The static backbone, but encoding any batch holding "POISON" fails (a fault no check sees)."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def encode(self, items):
+        if any("POISON" in str(item) for item in items):
+            raise RuntimeError("backbone failure")
+        return self._inner.encode(items)
+
+
+def test_a_failed_shared_encode_fails_only_the_request_that_causes_it(tmp_path):
+    from micro_rm.scoring.engine import RewardScorer
+    from micro_rm.serve.app import create_app
+
+    poisoned = RewardScorer(build_model(), _PoisonedBackbone(static_backbone()))
+    settings = make_settings(tmp_path, batch_wait_ms=200.0, disk_cache=False)
+    bodies = [{"prompt": f"prompt {i}", "responses": [f"answer {i}"]} for i in range(8)]
+    bodies.append({"prompt": "POISON", "responses": ["x"]})
+    with TestClient(create_app(settings, scorer=poisoned), raise_server_exceptions=False) as client:
+        results = _concurrently([lambda b=b: client.post("/score", json=b, headers=bearer(ADMIN)) for b in bodies])
+        assert [r.status_code for r in results] == [200] * 8 + [500]
+        assert client.get("/stats").json()["features"]["retried_alone"] >= 2   # it did share a batch
+
+
+def test_an_oversized_prompt_is_refused_on_every_path(tmp_path, scorer, capsys):
+    """The limit on text length (ScoringLimits.max_text_chars) holds for /get_reward, /score,
+    `micro-rm score` and the TRL / OpenRLHF / verl adapters, before anything is encoded."""
+    from micro_rm.cli.app import main
+    from micro_rm.errors import MicroRMError
+    from micro_rm.integrations.openrlhf import make_reward_func
+    from micro_rm.integrations.trl import MicroRMRewardFunction
+    from micro_rm.scoring.limits import RequestRefused, ScoringLimits, TooManyTexts
+    from micro_rm.serve.app import create_app
+
+    long = "x" * 101
+    with TestClient(create_app(make_settings(tmp_path, max_text_chars=100), scorer=scorer)) as client:
+        out = client.post("/get_reward", json={"query": [long + GOOD], "prompts": [long]}, headers=bearer(ADMIN))
+        assert out.status_code == 422 and out.json()["detail"] == \
+            f"`query[0]` has {101 + len(GOOD)} characters; the limit is 100 (--max-text-chars)"
+        out = client.post("/get_reward", json={"query": ["Hi"], "prompts": [long]}, headers=bearer(ADMIN))
+        assert out.status_code == 422 and "`prompts[0]` has 101 characters" in out.json()["detail"]
+        out = client.post("/score", json={"prompt": long, "responses": [GOOD]}, headers=bearer(ADMIN))
+        assert out.status_code == 422 and "`prompt` has 101 characters" in out.json()["detail"]
+        out = client.post("/get_reward", json={"query": ["Hi"] * 3, "prompts": ["Hi"] * 3,
+                                               "labels": ["", "", "x" * 101]}, headers=bearer(ADMIN))
+        assert out.status_code == 200      # --labels ignore: labels carry nothing
+        assert client.get("/stats").json()["features"]["encoded"] == 2
+    with TestClient(create_app(make_settings(tmp_path, max_text_chars=100, labels="json", anonymous_scoring=True),
+                               scorer=scorer)) as client:
+        for label, field in (("x" * 101, "`labels[0]` has 101"), ({"context": long}, "`labels[0].context` has 101"),
+                             ({"user_id": "not an id!"}, "labels[0].user_id 'not an id!' is not a valid user id")):
+            out = client.post("/get_reward", json={"query": ["Hi"], "prompts": ["Hi"], "labels": [label]})
+            assert out.status_code == 422 and field in out.json()["detail"], out.text
+    huge = "x" * (ScoringLimits().max_text_chars + 1)
+    build_model().save_pretrained(tmp_path / "model")
+    (tmp_path / "in.jsonl").write_text(json.dumps({"prompt": PROMPT, "responses": [GOOD, huge]}) + "\n")
+    capsys.readouterr()
+    assert main(["score", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "in.jsonl"),
+                 "--out", str(tmp_path / "out.jsonl")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "line 1: `responses[1]` has 100001 characters" in err
+    assert not (tmp_path / "out.jsonl").exists()
+    reward = MicroRMRewardFunction(scorer, disk_cache=False)
+    with pytest.raises(RequestRefused, match=r"`prompts\[0\]` has 100001 characters; the limit is 100000 "
+                                             r"\(ScoringLimits.max_text_chars\)"):
+        reward([huge], [GOOD])
+    with pytest.raises(MicroRMError, match=r"`completions\[1\]` is not valid Unicode"):
+        reward([PROMPT] * 2, [GOOD, "\ud800"])
+    with pytest.raises(MicroRMError, match=r"`prompts\[0\]` has 100001 characters"):
+        make_reward_func(reward, labels="ignore")(["Hi"], [huge], None)
+    with pytest.raises(TooManyTexts, match=r"3 texts in one request; the limit is 2 \(ScoringLimits.max_batch\)"):
+        MicroRMRewardFunction(scorer, disk_cache=False, limits=ScoringLimits(max_batch=2))([PROMPT] * 3, [GOOD] * 3)
+    assert reward.features.stats["encoded"] == 0
+
+
+def test_verl_refuses_an_oversized_prompt(tmp_path, monkeypatch):
+    from micro_rm.errors import MicroRMError
+    from micro_rm.integrations import common
+    from micro_rm.integrations.verl import compute_score
+
+    build_model().save_pretrained(tmp_path / "model")
+    monkeypatch.setattr(common, "_loaded", {})
+    with pytest.raises(MicroRMError, match=r"`prompts\[0\]` has 100001 characters"):
+        compute_score("dsp", GOOD, None, {"prompt": "x" * 100_001}, model=str(tmp_path / "model"))

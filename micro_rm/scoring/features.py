@@ -160,7 +160,7 @@ class MicroBatcher(QueueWorker):
         self.features = features
         self.wait = wait_ms / 1000.0
         self.max_items = max_items
-        self.stats = {"batches": 0, "batch_items": 0, "batch_requests": 0}
+        self.stats = {"batches": 0, "batch_items": 0, "batch_requests": 0, "retried_alone": 0}
 
     async def vectors(self, items: Sequence[Item]) -> np.ndarray:
         out, missing = self.features.lookup(items)
@@ -196,6 +196,7 @@ class MicroBatcher(QueueWorker):
                 self.stats["batch_items"] += len(items)
                 self.stats["batch_requests"] += len(batch)
             elif len(batch) > 1:   # the shared call failed: each request alone, so only its cause fails
+                self.stats["retried_alone"] += len(batch)
                 for request in batch:
                     await self._settle([request], self.features.encode, list(request[0]))
 
