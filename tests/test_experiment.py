@@ -20,7 +20,7 @@ TINY = {
     "stage1": {"heads": 4, "epochs": 40, "lr": 0.02,
                "variants": [{"protocol": "context", "balance": "marginal"},
                             {"protocol": "prompt", "balance": "example"}]},
-    "stage2": {"budget": 8, "tau": "auto", "tau_grid": [0.01, 1.0], "folds": 2},
+    "stage2": {"budget": 8, "tau": "auto", "folds": 2},
     "hyre": {"m": 4},
     "budget_curve": {"budgets": [4, 8, 10000], "seeds": 2},
 }
@@ -94,8 +94,8 @@ def test_fair_rows_intervals_differences_and_timing(tiny_run):
     report = (out / "report.md").read_text()
     assert "## Paired differences" in report and "Time: encode" in report
     assert results["budget_curve"]["std_ddof"] == 1
-    assert results["settings"]["stage2"] == "safe, update both, new wordings as both, folds hold out phrasing"   # the defaults
-    assert "stage2 = safe, update both, new wordings as both, folds hold out phrasing" in report
+    assert results["settings"]["stage2"] == "adapt (τ and keep-or-adapt by 2-fold cross-validation)"
+    assert "stage2 = adapt (τ and keep-or-adapt by 2-fold cross-validation)" in report
 
 
 def test_micro_beats_single_on_mixed_groups(tiny_run):
@@ -158,10 +158,10 @@ def _run_cli(tmp_path, config: dict, capsys) -> tuple[int, str]:
 
 
 def test_unknown_key_names_its_path(tmp_path, capsys):
-    config = {**TINY, "stage2": {**TINY["stage2"], "tau_grdi": [1.0]}}
+    config = {**TINY, "stage2": {**TINY["stage2"], "fodls": 3}}
     code, err = _run_cli(tmp_path, config, capsys)
     assert code == 2 and len(err.splitlines()) == 1
-    assert "unknown key `stage2.tau_grdi`" in err and "tau_grid" in err
+    assert "unknown key `stage2.fodls`; stage2 accepts: budget, tau, folds" in err
 
 
 def test_unknown_key_in_a_variant(tmp_path, capsys):
@@ -198,12 +198,13 @@ def test_missing_config_file(tmp_path, capsys):
 def test_budget_larger_than_data_uses_every_pair_like_adapt(tmp_path):
     """One rule for `micro-rm adapt` and the experiment: a group smaller than the budget is used
     whole, with a warning (and, here, a note in the report)."""
-    from micro_rm.experiment.runner import _Run
+    from micro_rm.experiment.data import load_data
+    from micro_rm.experiment.state import Run
 
     config = ExperimentConfig.from_dict({**TINY, "stage2": {**TINY["stage2"], "budget": 100000}})
-    run = _Run(config, None, tmp_path / "out", tmp_path / "cache", False, None)
+    run = Run(config, out=tmp_path / "out", cache=tmp_path / "cache", progress=False)
     with pytest.warns(UserWarning, match="stage2.budget = 100000 pairs per attribute is more than"):
-        run.load_data()
+        load_data(run)
     assert any("all of their train pairs are used" in note for note in run.notes)
 
 
@@ -216,7 +217,7 @@ def test_generic_pair_file_source(tmp_path):
     """A config's data can be any pair file in the record schema (builder jsonl)."""
     from micro_rm.data.builders import build_pairs
     from micro_rm.data.readers import write_pairs
-    from micro_rm.experiment.runner import load_records
+    from micro_rm.experiment.data import load_records
 
     write_pairs(build_pairs("synthetic", "n_prompts=3,pairs_per_prompt=1"), tmp_path / "pairs.jsonl")
     config = ExperimentConfig.from_dict({"data": {"builder": "jsonl", "source": "pairs.jsonl"}})
@@ -226,7 +227,7 @@ def test_generic_pair_file_source(tmp_path):
 
 
 def test_contexts_fill_pairs_without_one():
-    from micro_rm.experiment.runner import load_records
+    from micro_rm.experiment.data import load_records
 
     data = ExperimentConfig.from_dict({"data": {"builder": "synthetic", "source": "n_prompts=2,pairs_per_prompt=1",
                                                 "contexts": {"concise": "ignored: pairs keep theirs"}}}).data
@@ -248,9 +249,9 @@ def test_tau_and_numbers_parse_like_yaml_writes_them():
     assert config.stage2.tau == 0.001
     with pytest.raises(MicroRMError, match="`stage2.tau` must be"):
         ExperimentConfig.from_dict({"data": {"builder": "synthetic"}, "stage2": {"tau": "often"}})
-    for key, value in (("heldout", "persona"), ("algorithm", "fast"), ("update", "prompts"), ("wordings", "all")):
-        with pytest.raises(MicroRMError, match=f"`stage2.{key}` must be one of"):
-            ExperimentConfig.from_dict({"data": {"builder": "synthetic"}, "stage2": {key: value}})
+    for key in ("algorithm", "heldout", "update", "wordings", "tau_grid", "lr", "epochs", "batch_size"):
+        with pytest.raises(MicroRMError, match=f"unknown key `stage2.{key}`; stage2 accepts: budget, tau, folds"):
+            ExperimentConfig.from_dict({"data": {"builder": "synthetic"}, "stage2": {key: 1}})
     with pytest.raises(MicroRMError, match="missing key `data`"):
         ExperimentConfig.from_dict({})
 
@@ -287,7 +288,8 @@ def test_test_pairs_without_attribute_are_left_out_of_every_method(tmp_path):
     """The bug: they formed a "(none)" group in some means and not in the oracle's."""
     from micro_rm.data.builders import build_pairs
     from micro_rm.data.readers import write_pairs
-    from micro_rm.experiment.runner import _Run
+    from micro_rm.experiment.data import load_data
+    from micro_rm.experiment.state import Run
 
     records = build_pairs("synthetic", "n_prompts=40,pairs_per_prompt=4")
     for record in records[::5]:
@@ -296,7 +298,7 @@ def test_test_pairs_without_attribute_are_left_out_of_every_method(tmp_path):
     config = ExperimentConfig.from_dict({"data": {"builder": "jsonl", "source": "pairs.jsonl"},
                                          "stage2": {"budget": 2}, "hyre": {"m": 2}, "budget_curve": {"budgets": [2]}})
     config.path = str(tmp_path / "exp.yaml")
-    run = _Run(config, None, tmp_path / "out", None, False, None)
-    run.load_data()
+    run = Run(config, out=tmp_path / "out", progress=False)
+    load_data(run)
     assert run.test and all(r.get("attribute") for r in run.test)
     assert any("test pairs without an `attribute` are left out" in note for note in run.notes)

@@ -1,23 +1,77 @@
-"""The shipped configs parse, and the paper's hub configs run on tiny files in the hub schema."""
+"""The shipped configs parse, a bad config is refused at load, and the paper's hub configs run on
+tiny files in the hub schema."""
 
 from __future__ import annotations
 
 import json
 import random
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 
+from micro_rm.cli.app import main
 from micro_rm.experiment.config import ExperimentConfig
 from micro_rm.experiment.runner import run_experiment
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+GOOD = {"data": {"builder": "synthetic", "source": "n_prompts=40,pairs_per_prompt=4"},
+        "backbone": {"name": "static"}}
 
 
-@pytest.mark.parametrize("name", ["dsp", "hh", "topicalchat", "pandalm-users", "helpsteer2", "rpr", "demo"])
-def test_shipped_config_parses(name):
-    config = ExperimentConfig.from_yaml(CONFIGS / f"{name}.yaml")
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_config_parses(path):
+    config = ExperimentConfig.from_yaml(path)
     assert config.stage1.variants and config.stage2.budget == 50
+
+
+@pytest.mark.parametrize("section, value, message", [
+    # the five of issue 24: each was accepted, or failed after ~45 s of work
+    ("stage2", {"folds": 1}, "`stage2.folds` must be an integer ≥ 2, got 1"),
+    ("stage2", {"tau": 1e-9}, "`stage2.tau` must be a finite number ≥ 1e-08 or 'auto', got 1e-09"),
+    ("stage2", {"tau_grid": [-1]}, "unknown key `stage2.tau_grid`; stage2 accepts: budget, tau, folds"),
+    ("stage2", {"lr": -1}, "unknown key `stage2.lr`; stage2 accepts: budget, tau, folds"),
+    ("stage1", {"alpha": -1}, r"`stage1.alpha` must be a finite number in [0.0, inf], got -1"),
+    # any other value out of range
+    ("stage1", {"variants": [{"alpha": -0.5}]}, "`stage1.variants[0].alpha` must be a finite number in [0.0, inf]"),
+    ("stage1", {"variants": []}, "`stage1.variants` must be a non-empty list"),
+    ("stage1", {"heads": 0}, "`stage1.heads` must be an integer ≥ 1, got 0"),
+    ("stage1", {"epochs": 2.5}, "`stage1.epochs` must be an integer ≥ 1, got 2.5"),
+    ("stage1", {"lr": 0}, "`stage1.lr` must be a finite number in (0.0, inf], got 0"),
+    ("stage1", {"val_fraction": 1.0}, "`stage1.val_fraction` must be a finite number in [0.0, 1.0), got 1.0"),
+    ("stage1", {"router": "gru"}, "`stage1.router` must be one of mlp, linear, got 'gru'"),
+    ("stage1", {"select": "best"}, "`stage1.select` must be one of validation, first, got 'best'"),
+    ("stage2", {"budget": 0}, "`stage2.budget` must be an integer ≥ 1, got 0"),
+    ("budget_curve", {"budgets": [5, 0]}, "`budget_curve.budgets[1]` must be an integer ≥ 1, got 0"),
+    ("budget_curve", {"seeds": 0}, "`budget_curve.seeds` must be an integer ≥ 1, got 0"),
+    ("users", {"eta": 0}, "`users.eta` must be a finite number in (0.0, inf], got 0"),
+    ("users", {"feedback": 0}, "`users.feedback` must be an integer ≥ 1, got 0"),
+    ("user_curve", {"seeds": 0}, "`user_curve.seeds` must be an integer ≥ 1, got 0"),
+    ("phrasings", {"train": 0}, "`phrasings.train` must be an integer ≥ 1, got 0"),
+    ("phrasings", {"adapt": -1}, "`phrasings.adapt` must be an integer ≥ 0, got -1"),
+    ("phrasings", {"budgets": [0]}, "`phrasings.budgets[0]` must be an integer ≥ 1, got 0"),
+    ("hyre", {"m": 0}, "`hyre.m` must be an integer ≥ 1, got 0"),
+    ("backbone", {"batch_size": 0}, "`backbone.batch_size` must be an integer ≥ 1, got 0"),
+    ("seed", -1, "`seed` must be an integer ≥ 0, got -1"),
+    ("oracle", "yes", "`oracle` must be true or false, got 'yes'"),
+    ("stage3", {}, "unknown key `stage3`; the top level accepts: data, title"),
+])
+def test_bad_config_exits_2_with_one_line_before_any_work(tmp_path, capsys, monkeypatch, section, value, message):
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was read before the config was checked")
+
+    monkeypatch.setattr("micro_rm.data.builders.build_pairs", no_data)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({**GOOD, section: value}), encoding="utf-8")
+    capsys.readouterr()
+    start = time.perf_counter()
+    code = main(["experiment", str(path), "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"error: {path}: ") and message in err
+    assert time.perf_counter() - start < 15
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()   # nothing encoded or written
 
 
 def test_paper_settings_in_hub_configs():

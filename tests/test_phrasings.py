@@ -17,7 +17,7 @@ RUN = {
              "contexts": PHRASINGS},
     "backbone": {"name": "static"},
     "stage1": {"heads": 4, "epochs": 20, "lr": 0.02, "variants": [{"protocol": "context", "balance": "marginal"}]},
-    "stage2": {"budget": 8, "tau_grid": [0.1, 1.0], "folds": 2},
+    "stage2": {"budget": 8, "folds": 2},
     "hyre": {"m": 4},
     "budget_curve": {"budgets": [8], "seeds": 2},
     "phrasings": {"train": 2, "adapt": 2, "budgets": [4]},

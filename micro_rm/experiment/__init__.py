@@ -11,7 +11,7 @@ from micro_rm._lazy import lazy_exports
 _EXPORTS = {
     "ExperimentConfig": "micro_rm.experiment.config",
     "run_experiment": "micro_rm.experiment.runner",
-    "load_records": "micro_rm.experiment.runner",
+    "load_records": "micro_rm.experiment.data",
     "write_experiment_report": "micro_rm.experiment.report",
     "run_demo": "micro_rm.experiment.demo",
 }

@@ -20,12 +20,12 @@ Choices are made on the train split only: the held-out phrasings are read to rep
 from __future__ import annotations
 
 import hashlib
-import warnings
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from micro_rm.errors import MicroRMError
+from micro_rm.experiment.state import Run
 
 Phrasings = dict[str, list[str]]
 
@@ -54,13 +54,16 @@ def with_phrasings(records: Sequence[dict[str, Any]], phrasings: Phrasings, salt
     return out
 
 
-def phrasing_evaluation(run: Any, chosen: dict[str, Any], featurize: Callable[..., Any]) -> dict[str, Any]:
-    """Stage 1 trained with the training phrasings, evaluated on the test split with the training
-    and the held-out phrasings, then stage 2 from adapt-phrasing budgets. ``run`` is the
-    experiment (``_Run``): its splits, settings, ``fit``, ``evaluate`` and ``adapt_config``."""
-    from micro_rm.train.stage2 import adapt_router, draw_budget
+def heldout_phrasings(run: Run) -> None:
+    """Step "held-out phrasings" (when ``data.contexts`` gives lists): stage 1 trained with the
+    training phrasings, evaluated on the test split with the training and the held-out phrasings,
+    then stage 2 from adapt-phrasing budgets."""
+    if not any(isinstance(v, list) for v in run.config.data.contexts.values()):
+        return
+    def featurize(records: list[dict[str, Any]]) -> Any:
+        return run.feats(records, "context")
 
-    section = run.config.phrasings
+    section, chosen = run.config.phrasings, run.chosen
     train_ph, adapt_ph, test_ph = split_phrasings(run.config.data.contexts, section.train, section.adapt)
     attributes = [a for a in run.attributes if a in test_ph]
     model, _ = run.fit(featurize(with_phrasings(run.train, train_ph, "train")), "micro",
@@ -76,16 +79,13 @@ def phrasing_evaluation(run: Any, chosen: dict[str, Any], featurize: Callable[..
     for budget in section.budgets:
         means = []
         for seed in run.seeds():
-            rows = draw_budget(pool.attributes, budget, seed)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                adapted, _ = adapt_router(model, pool.subset(rows), run.adapt_config(budget, seed), progress=False)
+            adapted, _ = run.adapt(model, budget, seed, pool=pool)
             means.append(float(np.mean([run.evaluate(adapted, f)["mean"] for f in held_features])))
         stage2[budget] = {"mean": float(np.mean(means)), "std": float(np.std(means, ddof=1)) if len(means) > 1 else 0.0}
     zero_shot = float(np.mean(held))
     run.log(f"phrasings: training {seen:.3f}, held-out {zero_shot:.3f} (ratio {zero_shot / seen:.3f}); "
             + ", ".join(f"stage 2 B={b}: {v['mean']:.3f}" for b, v in stage2.items()))
-    return {"attributes": attributes, "train": train_ph, "adapt": adapt_ph, "test": test_ph,
-            "training_phrasings": seen, "heldout": zero_shot, "heldout_per_phrasing": held,
-            "ratio": zero_shot / seen, "stage2": {str(b): v for b, v in stage2.items()},
-            "seeds": len(run.seeds())}
+    run.results["phrasings"] = {
+        "attributes": attributes, "train": train_ph, "adapt": adapt_ph, "test": test_ph,
+        "training_phrasings": seen, "heldout": zero_shot, "heldout_per_phrasing": held,
+        "ratio": zero_shot / seen, "stage2": {str(b): v for b, v in stage2.items()}, "seeds": len(run.seeds())}

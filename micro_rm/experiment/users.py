@@ -1,4 +1,10 @@
-"""New users online: accuracy against the number of feedback pairs (the learning curve).
+"""Users online: per-user Hedge for the pairs' own users, and new users' learning curve.
+
+``per_user_hedge`` (``users.enabled``, needs ``user_id`` on the pairs): the chosen stage-1 model is
+shared; each user's Hedge state learns from ``users.feedback`` of that user's train pairs, and
+accuracy on the user's test pairs is reported before and after.
+
+``new_users`` (``user_curve.enabled``): accuracy against the number of feedback pairs.
 
 Each attribute is one simulated user. The chosen stage-1 model is shared; a user starts from
 nothing (``UserState.fresh``) and gives n labelled pairs drawn from their attribute's train pairs,
@@ -19,6 +25,8 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import numpy as np
+
+from micro_rm.experiment.state import Run
 
 N_FEEDBACK = (0, 1, 2, 5, 10, 20, 50)
 
@@ -90,3 +98,57 @@ def learning_curve(model: Any, pool: dict[str, Any], test: dict[str, Any], *, et
                                               else [0.0] * len(n_feedback)}
     return {"n": list(n_feedback), "curves": kinds, "eta": eta, "seeds": seeds, "users": users,
             "oracle": oracle}
+
+
+def per_user_hedge(run: Run) -> None:
+    """Step "users" (when ``users.enabled``): before / after feedback per user, and the weights
+    each user's Hedge state settled on."""
+    from micro_rm.online import UserState
+
+    settings, chosen = run.config.users, run.chosen
+    if not settings.enabled:
+        return
+    model = chosen["model"]
+    test = run.test_feats[chosen["protocol"]]
+    test_users = np.array([r.get("user_id") or "" for r in run.test], dtype=object)
+    pool_users = np.array([r.get("user_id") or "" for r in run.pool], dtype=object)
+    pool = run.pool_ctx if run.cross or chosen["protocol"] == "context" else run.train_feats["prompt"]
+    rows, rng = {}, np.random.default_rng(run.config.seed)
+    for user in sorted(set(test_users) - {""}):
+        candidates = np.flatnonzero(pool_users == user)
+        feedback = rng.choice(candidates, size=min(settings.feedback, len(candidates)), replace=False)
+        fb = pool.subset(feedback)
+        state = UserState.fresh(user, model_id="experiment", num_heads=model.config.num_heads)
+        state = state.update(model.head_probs(fb.chosen, fb.rejected))
+        mine = test.subset(np.flatnonzero(test_users == user))
+        heads = model.head_probs(mine.chosen, mine.rejected)                 # [n, K]
+        prior = model.router_weights(mine.route)                             # [n, K]
+        after = (state.weights(np.log(np.clip(prior, 1e-30, 1.0)), settings.eta) * heads).sum(axis=1)
+        before = (prior * heads).sum(axis=1)
+        rows[user] = {"test_pairs": len(mine), "feedback_pairs": len(feedback),
+                      "before": float((before > 0.5).mean()), "after": float((after > 0.5).mean()),
+                      "head_weights": state.weights(np.zeros((1, model.config.num_heads)),
+                                                    settings.eta)[0].round(4).tolist()}
+    run.results["users"] = {"eta": settings.eta, "feedback": settings.feedback, "per_user": rows}
+
+
+def new_users(run: Run) -> None:
+    """Step "new users" (when ``user_curve.enabled``): :func:`learning_curve` of the chosen
+    stage-1 model, each attribute one user, with and without their context."""
+    from micro_rm.online.hedge import DEFAULT_ETA
+
+    curve = run.config.user_curve
+    if not curve.enabled:
+        return
+    # The prompt-protocol features are reused when a stage-1 variant already built them.
+    pool_prompt = None if run.cross else run.train_feats.get("prompt")
+    test_prompt = run.test_feats.get("prompt")
+    pool = {"context": run.pool_ctx,
+            "no context": pool_prompt if pool_prompt is not None else run.feats(run.pool, "prompt")}
+    test = {"context": run.test_ctx,
+            "no context": test_prompt if test_prompt is not None else run.feats(run.test, "prompt")}
+    result = learning_curve(run.chosen["model"], pool, test, eta=curve.eta or DEFAULT_ETA, seeds=curve.seeds,
+                            seed=run.config.seed, oracle=run.methods.get("oracle", {}).get("mean"))
+    run.results["user_curve"] = result
+    run.log("new users (no context, random): " + ", ".join(
+        f"n={n}: {m:.3f}" for n, m in zip(result["n"], result["curves"]["no context / random"]["mean"])))
