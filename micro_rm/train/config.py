@@ -153,10 +153,10 @@ def explain(exc: ValidationError, root: type, where: str = "") -> str:
         known = getattr(cls, "__pydantic_fields__", None)
         if known is None:                   # past the field: pydantic's tags for union members
             break
-        if part not in known or part == "path":
-            accepted = ", ".join(k for k in known if k != "path")
-            return (f"{prefix}unknown key `{_join(path, part)}`; {path or ('the top level' if where else root.__name__)} accepts: "
-                    f"{accepted}")
+        if part not in known:
+            section = path or ("the top level" if where else root.__name__)
+            accepted = ", ".join(k for k in known if k != "path")     # ExperimentConfig.path is no key
+            return f"{prefix}unknown key `{_join(path, part)}`; {section} accepts: {accepted}"
         info, path = known[part], _join(path, part)
         annotation = info.annotation
         allowed = (info.json_schema_extra or {}).get("allowed") or _allowed_text(annotation)
@@ -273,27 +273,3 @@ def check_tau(tau: Any, name: str = "tau") -> float:
 
 __all__ = ["AdaptConfig", "Stage1Config", "TAU_MIN", "check_tau", "config_class", "explain"]
 
-
-# ---------------------------------------------------------------------- TEMPORARY (issue 24)
-# train/stage2.py's old AdaptConfig still imports these; they go when its rewrite lands.
-
-def _help(text: str, default: Any) -> Any:
-    import dataclasses
-
-    return dataclasses.field(default=default, metadata={"help": text})
-
-
-def _check_int(config: Any, name: str, low: int) -> None:
-    value = getattr(config, name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise MicroRMError(f"`{name}` must be an integer ≥ {low}, got {value!r}")
-
-
-def _check_float(config: Any, name: str, low: float, high: float, *,
-                 open_low: bool = False, open_high: bool = False) -> None:
-    value = getattr(config, name)
-    ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-          and (value > low if open_low else value >= low) and (value < high if open_high else value <= high))
-    if not ok:
-        bounds = f"{'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
-        raise MicroRMError(f"`{name}` must be a finite number in {bounds}, got {value!r}")
