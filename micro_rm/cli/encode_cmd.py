@@ -14,7 +14,9 @@ from typing import Optional
 
 import typer
 
-from micro_rm.cli.app import CACHE_HELP, HF_SPLIT_HELP, JSON_HELP, app, emit
+from micro_rm.cli.app import CACHE_HELP, HF_SPLIT_HELP, JSON_HELP, app, emit, field_docs
+
+_feature_help, _feature_default = field_docs("micro_rm.features.base:FeatureSettings")
 
 
 @app.command("encode")
@@ -36,13 +38,12 @@ def encode(
                               "float32). Part of the cache key: train with the same one."),
     device: str = typer.Option("cpu", "--device", help="Torch device: cpu or cuda (under "
                                "torchrun, cuda means cuda:LOCAL_RANK)."),
-    router_input: str = typer.Option("context", "--router-input", help="What the router reads: "
-                                     "context (context + prompt) or prompt."),
-    context_in_reward: bool = typer.Option(False, "--context-in-reward", help="Prepend the context "
-                                           "to the prompt of the reward features too."),
-    context_encoding: str = typer.Option("clauses", "--context-encoding", help="Router input layout, "
-                                         "as `micro-rm train --context-encoding`: clauses, separate "
-                                         "or joint."),
+    router_input: str = typer.Option(_feature_default("router_input"), "--router-input",
+                                     help=_feature_help("router_input")),
+    context_in_reward: bool = typer.Option(_feature_default("context_in_reward"), "--context-in-reward",
+                                           help=_feature_help("context_in_reward")),
+    context_encoding: str = typer.Option(_feature_default("context_encoding"), "--context-encoding",
+                                         help=_feature_help("context_encoding")),
     storage: str = typer.Option("float16", "--storage", help="Cache precision: float16 (half the "
                                 "disk) or float32 (exact)."),
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Log and skip bad records "
@@ -79,7 +80,7 @@ def encode(
     from micro_rm.features.backbones import load_backbone
     from micro_rm.features.cache import FeatureCache
     from micro_rm.features.distributed import init_group
-    from micro_rm.features.featurize import encode_records, featurize
+    from micro_rm.features.featurize import featurize, record_items
 
     start = time.perf_counter()
     cache = FeatureCache(cache_dir, dtype=storage)
@@ -92,9 +93,9 @@ def encode(
         backbone = load_backbone(backbone_name, max_length=max_length, dtype=dtype,
                                  device=group.device(device) if group else device,
                                  batch_size=tokens_per_batch or batch_size)
-        stats = encode_records(records, backbone, cache, **asdict(settings), batch_size=batch_size,
-                               tokens_per_batch=tokens_per_batch, progress=is_main, group=group)
-        if out is not None and is_main:  # every rank's shards are in: encode_records waited for them
+        stats = cache.fill(record_items(records, backbone, **asdict(settings)), backbone, batch_size=batch_size,
+                           tokens_per_batch=tokens_per_batch, progress=is_main, group=group)
+        if out is not None and is_main:  # every rank's shards are in: fill() waited for them
             featurize(records, backbone, cache, **asdict(settings), allow_encode=False, out=out)
         if group is not None:
             group.barrier()  # no rank leaves (and tears the group down) while rank 0 writes

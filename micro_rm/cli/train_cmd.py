@@ -19,6 +19,7 @@ from micro_rm.online.hedge import DEFAULT_ETA
 
 
 _help, _default = field_docs("micro_rm.train.config:Stage1Config")
+_feature_help, _feature_default = field_docs("micro_rm.features.base:FeatureSettings")
 
 
 @app.command("train")
@@ -38,18 +39,12 @@ def train(
     alpha: float = typer.Option(_default("alpha"), "--alpha", help=_help("alpha")),
     balance: str = typer.Option(_default("balance"), "--balance", help=_help("balance")),
     router: str = typer.Option(_default("router"), "--router", help=_help("router")),
-    router_input: str = typer.Option("context", "--router-input", help="What the router reads: "
-                                     "context (context + prompt; the RPR protocol) or prompt "
-                                     "(the HelpSteer2 protocol)."),
-    context_in_reward: bool = typer.Option(False, "--context-in-reward", help="Prepend the context "
-                                           "to the prompt of the reward features too."),
-    context_encoding: str = typer.Option("clauses", "--context-encoding", help="Router input layout: "
-                                         "clauses (the prompt's and the context's embeddings side by "
-                                         "side, the context's pooled over its clauses; prototype "
-                                         "routing that generalises to new phrasings), separate (the "
-                                         "same with the context's sentence embedding alone) or joint "
-                                         "(one embedding of context ⊕ prompt through the MLP, the "
-                                         "paper's)."),
+    router_input: str = typer.Option(_feature_default("router_input"), "--router-input",
+                                     help=_feature_help("router_input")),
+    context_in_reward: bool = typer.Option(_feature_default("context_in_reward"), "--context-in-reward",
+                                           help=_feature_help("context_in_reward")),
+    context_encoding: str = typer.Option(_feature_default("context_encoding"), "--context-encoding",
+                                         help=_feature_help("context_encoding")),
     context_temperature: float = typer.Option(_default("context_temperature"), "--context-temperature",
                                               help=_help("context_temperature")),
     context_dropout: float = typer.Option(_default("context_dropout"), "--context-dropout",

@@ -40,9 +40,16 @@ class FeatureSettings:
     {'router_input': 'context', 'context_in_reward': True}
     """
 
-    router_input: str = "context"       # "context": the router reads context + prompt; "prompt": the prompt only
-    context_in_reward: bool = False     # the context is prepended to the prompt of the reward items too
-    context_encoding: str = "clauses"   # the route layout, one of CONTEXT_ENCODINGS
+    router_input: str = field(default="context", metadata={"help": (
+        "What the router reads: context (context + prompt; the RPR protocol) or prompt (the "
+        "HelpSteer2 protocol).")})
+    context_in_reward: bool = field(default=False, metadata={"help": (
+        "Prepend the context to the prompt of the reward features too (the paper's RPR setting).")})
+    context_encoding: str = field(default="clauses", metadata={"help": (
+        "Router input layout: clauses (the prompt's and the context's embeddings side by side, the "
+        "context's pooled over its clauses; prototype routing that generalises to new phrasings), "
+        "separate (the same with the context's sentence embedding alone) or joint (one embedding of "
+        "context ⊕ prompt through the MLP, the paper's).")})
 
     def __post_init__(self) -> None:
         for name, allowed in (("router_input", ROUTER_INPUTS), ("context_encoding", CONTEXT_ENCODINGS)):

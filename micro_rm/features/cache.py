@@ -28,7 +28,7 @@ from micro_rm.features.backbones import fingerprint_id
 from micro_rm.features.base import STORAGE_DTYPES, Backbone, Item
 from micro_rm.features.batching import check_batching, plan_batches
 from micro_rm.features.index import CacheFolder
-from micro_rm.features.shards import item_keys
+from micro_rm.features.shards import check_fingerprint, item_keys
 
 if TYPE_CHECKING:
     from micro_rm.features.distributed import RankGroup
@@ -100,7 +100,7 @@ class FeatureCache:
         path = self.folder(fingerprint)
         folder = self._folders.get(path.name) or CacheFolder(path)
         # Checked on every call: another process may have written the folder meanwhile.
-        if folder.check_fingerprint(fingerprint, create):
+        if check_fingerprint(path, fingerprint, create):
             self._folders[path.name] = folder
         return folder
 

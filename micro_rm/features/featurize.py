@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 import re
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -39,9 +39,6 @@ from micro_rm.errors import MicroRMError
 from micro_rm.features.base import Backbone, FeatureSettings, Item, PairFeatures
 from micro_rm.features.cache import EncodeStats, FeatureCache
 from micro_rm.features.store import FeatureWriter, load_features
-
-if TYPE_CHECKING:
-    from micro_rm.features.distributed import RankGroup
 
 CLAUSE_BREAK = re.compile(r"[.,;:!?]")
 NO_CONTEXT = ""  # the context item of a record without one (encoded, then zeroed by ``route_matrix``)
@@ -214,25 +211,6 @@ def featurize(records: Sequence[dict[str, Any]], backbone: Backbone, cache: Feat
         router_input=router_input, context_in_reward=context_in_reward,
     )
     return features, stats
-
-
-def encode_records(records: Sequence[dict[str, Any]], backbone: Backbone, cache: FeatureCache, *,
-                   router_input: str = "context", context_in_reward: bool = False,
-                   context_encoding: str = "clauses", batch_size: int = 32,
-                   tokens_per_batch: Optional[int] = None, progress: bool = True,
-                   group: Optional["RankGroup"] = None) -> EncodeStats:
-    """Encode into ``cache`` every item :func:`featurize` would read for ``records`` with these
-    settings, and build no features (memory stays at a shard, however many pairs): ``micro-rm
-    encode``. With ``group`` (the ranks of ``torchrun`` / ``accelerate launch``) every rank encodes
-    its share (:meth:`FeatureCache.fill`).
-
-    >>> encode_records(records, backbone, FeatureCache()).encoded          # doctest: +SKIP
-    5883
-    """
-    items = record_items(records, backbone, router_input=router_input,
-                         context_in_reward=context_in_reward, context_encoding=context_encoding)
-    return cache.fill(items, backbone, batch_size=batch_size, tokens_per_batch=tokens_per_batch,
-                      progress=progress, group=group)
 
 
 def _write_features(records: Sequence[dict[str, Any]], items: list[Item], backbone: Backbone,

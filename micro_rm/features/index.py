@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
-
 import numpy as np
 
 from micro_rm.errors import MicroRMError
-from micro_rm.features.shards import SHARD_GLOB, Shard, check_fingerprint, write_shard
+from micro_rm.features.shards import SHARD_GLOB, Shard, write_shard
 from micro_rm.features.store import read_rows
 
 _STALE_TEMP_SECONDS = 3600.0  # a writer holds its temp file for the seconds one shard takes
@@ -37,10 +35,6 @@ class CacheFolder:
         self._keys = np.empty((0, 32), dtype=np.uint8)
         self._shard_of = np.empty(0, dtype=np.int32)
         self._row_of = np.empty(0, dtype=np.int64)
-
-    def check_fingerprint(self, fingerprint: dict[str, Any], create: bool) -> bool:
-        """See :func:`micro_rm.features.shards.check_fingerprint`."""
-        return check_fingerprint(self.path, fingerprint, create)
 
     def refresh(self) -> None:
         """Pick up shards written since the last look (by this or another process)."""
