@@ -1,13 +1,8 @@
-"""Feature vectors of items, shared by every scoring path: an in-memory LRU in front of the
-on-disk feature cache in front of the backbone (:class:`FeatureStore`), and, for the service, a
-micro-batcher that gathers the uncached items of concurrent requests into one backbone call
-(:class:`MicroBatcher`).
-
-:class:`QueueWorker` is the background consumer both the batcher and the service's feedback
-writer build on: an asyncio queue of ``(payload, future)`` requests, drained by one task that
-runs the blocking work in one dedicated thread. Requests reach the batcher only after their own
-checks (:mod:`micro_rm.scoring.limits`); if a shared call still fails, each request is retried
-alone, so the error reaches only the request that causes it.
+"""Vectors of items: an in-memory LRU in front of the feature cache in front of the backbone
+(:class:`FeatureStore`); for the service, :class:`MicroBatcher` gathers the uncached items of
+concurrent, already checked requests into one backbone call (if that call fails, each request is
+retried alone). :class:`QueueWorker`, an asyncio queue drained in one thread, is the base of the
+batcher and of the service's feedback writer.
 """
 
 from __future__ import annotations

@@ -70,8 +70,9 @@ class ServeSettings:
     encode_batch_size: int = _help("Texts per backbone call inside one micro-batch.", 32)
 
     def __post_init__(self) -> None:
-        for name, low in (("port", 0), ("max_body_bytes", 1), ("max_texts", 1),
-                          ("max_text_chars", 1), ("lru_items", 0), ("max_batch_items", 1),
+        # The scoring engine's per-request limits, named by this service's flags in messages.
+        self.limits = ScoringLimits(max_texts=self.max_texts, max_text_chars=self.max_text_chars, flags=True)
+        for name, low in (("port", 0), ("max_body_bytes", 1), ("lru_items", 0), ("max_batch_items", 1),
                           ("encode_batch_size", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -89,11 +90,6 @@ class ServeSettings:
             raise MicroRMError(f"the admin token must have at least {MIN_ADMIN_TOKEN_CHARS} "
                                "characters; make one with `python -c \"import secrets; "
                                "print(secrets.token_urlsafe(32))\"`")
-
-    @property
-    def limits(self) -> ScoringLimits:
-        """The scoring engine's per-request limits, named by this service's flags in messages."""
-        return ScoringLimits(max_texts=self.max_texts, max_text_chars=self.max_text_chars, flags=True)
 
     @classmethod
     def help(cls, name: str) -> str:
