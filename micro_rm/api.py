@@ -5,7 +5,7 @@ It stores settings in ``__init__``; ``fit`` (stage 1) and ``adapt`` (stage 2) le
 ``self``; ``score`` and ``compare`` take text; ``save`` / ``load`` / ``push_to_hub`` use the model
 folder format. Underneath are the library's verbs with their default configs:
 :func:`~micro_rm.features.featurize.featurize`, :func:`~micro_rm.train.fit_stage1`,
-:func:`~micro_rm.train.adapt_router` and the service's scorer.
+:func:`~micro_rm.train.adapt.adapt` and the service's scorer.
 
 >>> from micro_rm import MiCRo
 >>> rm = MiCRo(heads=4, backbone="static").fit("dsp-train.jsonl")           # doctest: +SKIP
@@ -74,29 +74,19 @@ class MiCRo:
         self._set_model(model)
         return self
 
-    def adapt(self, data: Any, *, budget: int = 50, tau: float | str = "auto", hf_split: Optional[str] = None,
-              progress: bool = True, **options: Any) -> "MiCRo":
+    def adapt(self, data: Any, *, budget: int = 50, tau: float | str = "auto", folds: int = 5, seed: int = 0,
+              hf_split: Optional[str] = None, progress: bool = True) -> "MiCRo":
         """Stage 2: adapt the router from ``budget`` context pairs per attribute of ``data``
-        (records with a ``context``); ``options`` are other :class:`~micro_rm.train.AdaptConfig`
-        fields (``epochs``, ``lr``, ``folds``, ``seed``)."""
-        from micro_rm.features.cache import FeatureCache
-        from micro_rm.features.featurize import featurize
-        from micro_rm.model.text import model_backbone
-        from micro_rm.train.stage2 import AdaptConfig, adapt_router, check_adaptable, draw_budget
+        (records with a ``context``), the stage-1 router kept unless cross-validation shows that
+        adapting helps; see :class:`~micro_rm.train.AdaptConfig` and
+        :func:`~micro_rm.train.adapt.adapt_from_records`."""
+        from micro_rm.train.adapt import adapt_from_records
+        from micro_rm.train.config import AdaptConfig
 
-        model = self._fitted()
-        check_adaptable(model)
-        config = AdaptConfig(budget=budget, tau=tau, **options)
-        records = _records(data, hf_split)
-        missing = sum(1 for r in records if not r.get("context"))
-        if missing:
-            raise MicroRMError(f"{missing} of {len(records)} pairs have no `context`; stage 2 routes on "
-                               "context + prompt, so give every pair its context")
-        chosen = [records[i] for i in draw_budget(records, config.budget, config.seed)]
-        features, _ = featurize(chosen, model_backbone(model, device=self.device), FeatureCache(self.cache_dir),
-                                router_input="context", context_in_reward=self.context_in_reward,
-                                context_encoding=model.config.context_encoding, progress=progress)
-        adapted, self.adapt_info_ = adapt_router(model, features, config, progress=progress)
+        config = AdaptConfig(budget=budget, tau=tau, folds=folds, seed=seed)
+        adapted, self.adapt_info_ = adapt_from_records(self._fitted(), _records(data, hf_split), config,
+                                                       cache_dir=self.cache_dir, progress=progress,
+                                                       device=self.device)
         adapted.config.data = {**adapted.config.data, "stage2_source": _source_name(data)}
         self._set_model(adapted)
         return self

@@ -46,16 +46,32 @@ def test_fit_and_evaluate_are_the_library_verbs_with_default_configs(fitted, dat
     assert fitted.model_.config.data["pairs"] == len(train)
 
 
-def test_adapt_moves_the_router_and_keeps_the_heads(data, tmp_path):
+def test_adapt_is_draw_budget_featurize_and_adapt_by_hand(data, tmp_path):
+    """Two routes, one answer: MiCRo.adapt equals the library's verbs by hand, bit for bit."""
+    import torch
+
+    from micro_rm.features.backbones import load_backbone
+    from micro_rm.features.cache import FeatureCache
+    from micro_rm.features.featurize import featurize
+    from micro_rm.train import AdaptConfig, draw_budget
+    from micro_rm.train.adapt import adapt
+
     train, _ = data
-    rm = MiCRo(heads=4, backbone="static", cache_dir=tmp_path, epochs=5).fit(train, progress=False)
-    before = {k: v.clone() for k, v in rm.model_.state_dict().items()}
-    assert rm.adapt(train, budget=10, tau=1e-3, algorithm="paper", progress=False) is rm   # paper: no "keep"
-    assert rm.adapt_info_["tau"] == 1e-3
-    after = rm.model_.state_dict()
-    assert all(after[k].equal(v) for k, v in before.items() if k.startswith("heads"))
-    assert any(not after[k].equal(v) for k, v in before.items() if k.startswith("router"))
-    with pytest.raises(MicroRMError, match="have no `context`"):
+    rm = MiCRo(heads=4, backbone="static", cache_dir=tmp_path, router_input="prompt", epochs=5).fit(
+        train, progress=False)
+    stage1 = rm.model_
+    assert rm.adapt(train, budget=10, tau=1e-3, progress=False) is rm
+    chosen = [train[i] for i in draw_budget(train, budget=10, seed=0)]
+    features, _ = featurize(chosen, load_backbone("static"), FeatureCache(tmp_path), router_input="context",
+                            progress=False)                     # stage 2 routes on the context
+    by_hand, info = adapt(stage1, features, AdaptConfig(budget=10, tau=1e-3))
+    for name, value in by_hand.state_dict().items():
+        assert torch.equal(rm.model_.state_dict()[name], value), name
+    assert torch.equal(rm.model_.heads.weight, stage1.heads.weight)                    # frozen heads
+    assert rm.adapt_info_["cv_nll"] == info["cv_nll"] and rm.adapt_info_["tau"] == info["tau"]
+    assert sum(rm.adapt_info_["pairs_per_group"].values()) == len(chosen) == info["pairs"]
+    assert rm.model_.config.feature["router_input"] == "context"
+    with pytest.raises(MicroRMError, match=r"3 of 3 pairs have no `context` \(the first is record 1\)"):
         rm.adapt([{k: v for k, v in r.items() if k != "context"} for r in train[:3]], budget=1, progress=False)
 
 

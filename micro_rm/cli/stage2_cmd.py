@@ -29,7 +29,7 @@ ETA_HELP = ("Hedge learning rate η > 0: after n pairs, two heads whose summed s
             "log(1/p_min) = 4, is the exact Bayesian posterior over heads.")
 
 
-_help, _default = field_docs("micro_rm.train.stage2:AdaptConfig")
+_help, _default = field_docs("micro_rm.train.config:AdaptConfig")
 
 
 @app.command("adapt")
@@ -41,15 +41,8 @@ def adapt(
     hf_split: Optional[str] = typer.Option(None, "--hf-split", help=HF_SPLIT_HELP),
     out: Path = typer.Option(..., "--out", help="Folder for the adapted model."),
     budget: int = typer.Option(_default("budget"), "--budget", help=_help("budget")),
-    algorithm: str = typer.Option(_default("algorithm"), "--algorithm", help=_help("algorithm")),
     tau: str = typer.Option(str(_default("tau")), "--tau", help=_help("tau")),
-    epochs: int = typer.Option(_default("epochs"), "--epochs", help=_help("epochs")),
-    batch_size: int = typer.Option(_default("batch_size"), "--batch-size", help=_help("batch_size")),
-    lr: float = typer.Option(_default("lr"), "--lr", help=_help("lr")),
     folds: int = typer.Option(_default("folds"), "--folds", help=_help("folds")),
-    heldout: str = typer.Option(_default("heldout"), "--heldout", help=_help("heldout")),
-    update: str = typer.Option(_default("update"), "--update", help=_help("update")),
-    wordings: str = typer.Option(_default("wordings"), "--wordings", help=_help("wordings")),
     seed: int = typer.Option(_default("seed"), "--seed", help=_help("seed")),
     cache_dir: Optional[Path] = typer.Option(None, "--cache", help=CACHE_HELP),
     cache_only: bool = typer.Option(False, "--cache-only", help=CACHE_ONLY_HELP),
@@ -57,63 +50,45 @@ def adapt(
 ) -> None:
     """Stage 2: adapt the router to contexts from a budget of context pairs.
 
-    Hedge on the router, the heads frozen. The default (--algorithm safe) takes one Hedge step per
-    context on the mean loss of its pairs, and keeps the stage-1 router unless cross-validation on
-    held-out budget prompts (and held-out wordings, where an attribute's budget has several) shows
-    that adapting helps. --algorithm paper is Algorithm 1 as written: soft targets recomputed once
-    per epoch, distilled into the whole router by AdamW.
+    The heads stay frozen. Each context the budget speaks for takes one Hedge step on the mean
+    loss of its pairs, and the stage-1 router is kept unless cross-validation on held-out budget
+    prompts (and held-out wordings, where an attribute's budget has several) shows that adapting
+    helps (docs/personalization.md).
 
     Example: micro-rm adapt --model runs/dsp --data dsp-train.jsonl --budget 50 --tau auto
     --out runs/dsp-adapted
     """
-    from micro_rm.errors import MicroRMError
     from micro_rm.model.pretrained import check_destination
-    from micro_rm.train.stage2 import AdaptConfig, parse_tau
+    from micro_rm.train.config import AdaptConfig
 
-    config = AdaptConfig(budget=budget, algorithm=algorithm, tau=parse_tau(tau), epochs=epochs,
-                         batch_size=batch_size, lr=lr, folds=folds, heldout=heldout, update=update,
-                         wordings=wordings, seed=seed)
+    config = AdaptConfig(budget=budget, tau="auto" if tau.strip().lower() == "auto" else tau, folds=folds,
+                         seed=seed)
     check_destination(out)
 
     from micro_rm.data.readers import read_pairs
-    from micro_rm.features.cache import FeatureCache
-    from micro_rm.features.featurize import featurize
     from micro_rm.model.mixture import MixtureRewardModel
-    from micro_rm.model.text import model_backbone
-    from micro_rm.train.stage2 import adapt_router, budget_groups, check_adaptable, draw_budget
+    from micro_rm.train.adapt import adapt_from_records, check_adaptable
 
     start = time.perf_counter()
     model = MixtureRewardModel.from_pretrained(model_dir)
     check_adaptable(model)
     records = read_pairs(data, hf_split=hf_split)
-    missing = [i for i, r in enumerate(records) if not r.get("context")]
-    if missing:
-        raise MicroRMError(f"{data}: {len(missing)} of {len(records)} pairs have no `context` (the "
-                           f"first is record {missing[0] + 1}); stage 2 routes on context + prompt, "
-                           "so give every pair its context (e.g. the attribute's criterion sentence)")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        rows = draw_budget(records, config.budget, config.seed)
+        adapted, info = adapt_from_records(model, records, config, cache_dir=cache_dir, allow_encode=not cache_only)
     for warning in caught:
         logger.warning("%s", warning.message)
-    chosen = [records[i] for i in rows]
-    features, _ = featurize(chosen, model_backbone(model), FeatureCache(cache_dir), router_input="context",
-                            context_in_reward=bool(model.config.feature.get("context_in_reward", False)),
-                            context_encoding=model.config.context_encoding, allow_encode=not cache_only)
-    adapted, info = adapt_router(model, features, config)
     adapted.config.data = {**adapted.config.data, "stage2_source": str(data)}
     adapted.save_pretrained(out)
-    groups = budget_groups(chosen)
-    result = {"out": str(out), "pairs": len(rows),
-              "pairs_per_group": {str(g): groups.count(g) for g in sorted(set(groups), key=str)},
-              "tau": info["tau"], "update": info["update"], "wordings": info["wordings"], "cv_nll": {str(t): v for t, v in (info["cv_nll"] or {}).items()} or None,
+    result = {"out": str(out), "pairs": info["pairs"], "pairs_per_group": info["pairs_per_group"],
+              "tau": info["tau"], "update": info["update"], "wordings": info["wordings"], "cv_nll": info["cv_nll"],
               "budget_nll_before": info["stage1_nll"], "budget_nll_after": info["nll"],
               "adapt_seconds": round(info["seconds"], 3), "seconds": round(time.perf_counter() - start, 3)}
-    cv = "" if info["cv_nll"] is None else " (chosen by cross-validation: " + ", ".join(
-        f"{f'τ={t}' if t[:1].isdigit() else t}: {v:.4f}" for t, v in info["cv_nll"].items()) + ")"
+    cv = ", ".join(f"{f'τ={t}' if t[:1].isdigit() else t}: {v:.4f}" for t, v in info["cv_nll"].items())
     emit(result, as_json,
-         f"adapted the router on {len(rows)} context pairs in {info['seconds']:.1f} s with {_candidate_text(info)}"
-         f"{cv}\nbudget NLL {info['stage1_nll']:.4f} → {info['nll']:.4f}\nmodel: {out}")
+         f"adapted the router on {info['pairs']} context pairs in {info['seconds']:.1f} s with "
+         f"{_candidate_text(info)} (chosen by cross-validation: {cv})\n"
+         f"budget NLL {info['stage1_nll']:.4f} → {info['nll']:.4f}\nmodel: {out}")
 
 
 @app.command("feedback")
@@ -221,7 +196,7 @@ def _user_summary(result: dict) -> str:
 
 def _candidate_text(info: dict) -> str:
     """The chosen candidate as printed: "τ=0.1", "the contexts update at τ=1", "τ=0.1, new
-    wordings as corrections", or "τ=keep" (safe stage 2 kept the stage-1 router)."""
+    wordings as corrections", or "τ=keep" (stage 2 kept the stage-1 router)."""
     tau = info["tau"]
     if not isinstance(tau, (int, float)):
         return f"τ={tau}"

@@ -2,7 +2,9 @@
 context-aware router learning with Hedge steps; ``algorithm1``: the paper's Algorithm 1 as
 written), HyRe test-time reweighting and active query selection.
 
-Names load on first use, so importing the package (e.g. for the CLI's ``--help``) costs no torch.
+Stage 2's verbs are ``micro_rm.train.adapt.adapt`` and ``micro_rm.train.algorithm1.algorithm1``
+(a package attribute of the same name would be the module). Names load on first use, so
+importing the package (e.g. for the CLI's ``--help``) costs no torch.
 """
 
 from micro_rm._lazy import lazy_exports
@@ -13,10 +15,8 @@ _EXPORTS = {
     "stage1_loss": "micro_rm.train.stage1",
     "lr_at": "micro_rm.train.schedule",
     "AdaptConfig": "micro_rm.train.config",
-    "adapt": "micro_rm.train.adapt",
     "adapt_from_records": "micro_rm.train.adapt",
     "draw_budget": "micro_rm.train.adapt",
-    "algorithm1": "micro_rm.train.algorithm1",
     "hedge_targets": "micro_rm.train.algorithm1",
     "evaluate_hyre": "micro_rm.train.hyre",
     "hyre_weights": "micro_rm.train.hyre",

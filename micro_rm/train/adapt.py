@@ -86,11 +86,12 @@ def adapt(model: "MixtureRewardModel", features: "PairFeatures", config: Optiona
 
 def adapt_from_records(model: "MixtureRewardModel", records: Sequence[Mapping[str, Any]],
                        config: Optional[AdaptConfig] = None, *, cache_dir: Optional[str | os.PathLike] = None,
-                       allow_encode: bool = True, progress: bool = True) -> tuple["MixtureRewardModel", dict[str, Any]]:
+                       allow_encode: bool = True, progress: bool = True,
+                       device: str = "cpu") -> tuple["MixtureRewardModel", dict[str, Any]]:
     """Stage 2 from pair records with a ``context`` (what ``micro-rm adapt`` and ``MiCRo.adapt``
     run): draw the budget, featurize it as the model reads it (routed on the context, whatever
-    stage 1's router input was), through the feature cache at ``cache_dir``, and :func:`adapt`.
-    ``info`` also holds ``pairs_per_group`` ({group: budget pairs})."""
+    stage 1's router input was) with the backbone on ``device``, through the feature cache at
+    ``cache_dir``, and :func:`adapt`. ``info`` also holds ``pairs_per_group`` ({group: pairs})."""
     from micro_rm.model.text import featurize_for
 
     config = config or AdaptConfig()
@@ -103,7 +104,8 @@ def adapt_from_records(model: "MixtureRewardModel", records: Sequence[Mapping[st
     chosen = [records[i] for i in draw_budget(records, config.budget, config.seed)]
     on_context = copy.copy(model)                 # stage 2 always routes on the context
     on_context.config = dataclasses.replace(model.config, feature={**model.config.feature, "router_input": "context"})
-    features = featurize_for(on_context, chosen, cache_dir, allow_encode=allow_encode, progress=progress)
+    features = featurize_for(on_context, chosen, cache_dir, allow_encode=allow_encode, progress=progress,
+                             device=device)
     adapted, info = adapt(model, features, config, progress=progress)
     groups = budget_groups(chosen)
     info["pairs_per_group"] = {str(g): groups.count(g) for g in sorted(set(groups), key=str)}
