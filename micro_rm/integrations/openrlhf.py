@@ -132,7 +132,8 @@ def parse_request(query: Any, prompts: Any = None, labels: Any = None, *, mode: 
     carried = [label_fields(label, mode, f"labels[{i}]", limits)
                for i, label in enumerate(per_sample(labels, n, "labels"))]
     texts = [_string(q, f"query[{i}]", limits) for i, q in enumerate(query)]
-    contexts = [check_context(c, f"context[{i}]", limits) or lc for i, (c, (lc, _)) in enumerate(zip(contexts, carried))]
+    contexts = [check_context(c, f"context[{i}]", limits) or lc
+                for i, (c, (lc, _)) in enumerate(zip(contexts, carried))]
     users = [check_user(user_id, "user_id") or lu for _, lu in carried]
     from_labels = {lu for _, lu in carried if lu and not user_id}
     pairs, missed = [], []

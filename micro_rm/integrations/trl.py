@@ -71,8 +71,6 @@ class MicroRMRewardFunction(RewardEngine):
 
     def __call__(self, prompts: Sequence[Text], completions: Sequence[Text], **kwargs: Any) -> list[float]:
         n = len(completions)
-        if len(prompts) != n:
-            raise MicroRMError(f"got {len(prompts)} prompts and {n} completions; give one prompt per completion")
         contexts = _column(kwargs.get("context"), n, "context", None)
         users = _column(kwargs.get("user_id"), n, "user_id", None)
         return self.routed(prompts, completions, contexts, users).rewards.tolist()

@@ -59,7 +59,8 @@ def compute_score_batch(data_sources: Sequence[Any], solution_strs: Sequence[str
                         *, model: Optional[str] = None, **kwargs: Any) -> list[dict[str, float]]:
     """One dict per response: ``score`` (the routed reward), each head's reward and weight."""
     n = len(solution_strs)
-    rows = [_fields(info, f"extra_info[{i}]") for i, info in enumerate(per_sample(extra_infos, n, "extra_infos", "solution_strs"))]
+    infos = per_sample(extra_infos, n, "extra_infos", "solution_strs")
+    rows = [_fields(info, f"extra_info[{i}]") for i, info in enumerate(infos)]
     scorer = shared_reward_function(model, **{k: kwargs[k] for k in OPTIONS if k in kwargs})
     out = scorer.routed([p for p, _, _ in rows], list(solution_strs), [c for _, c, _ in rows],
                         [u for _, _, u in rows])

@@ -106,7 +106,8 @@ async def get_reward(body: OpenRLHFRequest, principal: Optional[Principal] = Dep
     for user in sorted({u for u in samples.users if u}):
         if principal is not None or user not in parsed.from_labels:
             check_acts_as(principal, user)
-    loss = await run_in_threadpool(user_losses, store, samples.users, scorer.num_heads) if any(samples.users) else None
+    loss = await run_in_threadpool(user_losses, store, samples.users, scorer.num_heads) \
+        if any(samples.users) else None
     out = scorer.score(samples, await batcher.vectors(scorer.items(samples)), loss, settings.eta)
     rewards = out.rewards.tolist()
     return OpenRLHFResponse(rewards=rewards, scores=rewards, extra_logs=head_logs(out))
