@@ -106,9 +106,7 @@ def encode(
         return
     folder = cache.folder(backbone.fingerprint())
     result = {**stats.as_dict(), "pairs": len(records), "backbone": backbone.name,
-              "dim": backbone.dim, "dtype": dtype, "router_input": router_input,
-              "context_in_reward": context_in_reward, "context_encoding": context_encoding,
-              "storage": storage,
+              "dim": backbone.dim, "dtype": dtype, **asdict(settings), "storage": storage,
               "cache": str(folder), "features": str(out) if out else None,
               "total_seconds": round(time.perf_counter() - start, 3)}
     rate = stats.encoded / stats.seconds if stats.seconds > 0 and stats.encoded else 0.0
