@@ -203,16 +203,16 @@ class RewardEngine:
         """Rewards, per-head rewards and weights of each (prompt, completion), routed by its
         context (None: the system message, then the default context) and weighted by its user's
         state (None: the router alone). Every field is checked first (``RequestRefused``)."""
-        n = len(completions)
-        check_count(n, self.limits, "max_batch")
+        n, limits = len(completions), self.limits
+        check_count(n, limits, "max_batch")
         if len(prompts) != n:
             raise MicroRMError(f"got {len(prompts)} prompts and {n} completions; give one prompt per completion")
-        limits = self.limits
         prompts = [check_text(p, f"prompts[{i}]", limits) for i, p in enumerate(prompts)]
         completions = [check_text(c, f"completions[{i}]", limits) for i, c in enumerate(completions)]
         contexts = [check_context(c, f"contexts[{i}]", limits)
                     for i, c in enumerate(per_sample(contexts, n, "contexts", "completions"))]
-        users = [check_user(u, f"user_ids[{i}]") for i, u in enumerate(per_sample(users, n, "user ids", "completions"))]
+        users = [check_user(u, f"user_ids[{i}]")
+                 for i, u in enumerate(per_sample(users, n, "user_ids", "completions"))]
         if self.system_as_context:
             for i, prompt in enumerate(prompts):
                 stripped, system = split_system(prompt)
