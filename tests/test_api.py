@@ -44,6 +44,8 @@ def test_fit_and_evaluate_are_the_library_verbs_with_default_configs(fitted, dat
     expected = pairwise_accuracy(by_hand.predict_proba(test_f.chosen, test_f.rejected, test_f.route), test_f.attributes)
     assert fitted.evaluate(test, progress=False)["mean_accuracy"] == pytest.approx(expected["mean_accuracy"])
     assert fitted.model_.config.data["pairs"] == len(train)
+    assert fitted.model_.config.feature == by_hand.config.feature == {"router_input": "context",
+                                                                      "context_in_reward": False}
 
 
 def test_adapt_is_draw_budget_featurize_and_adapt_by_hand(data, tmp_path):
