@@ -20,7 +20,9 @@ from micro_rm.features.cache import FeatureCache
 from micro_rm.features.featurize import featurize
 from micro_rm.online.hedge import DEFAULT_ETA, DEFAULT_P_MIN, UserState
 from micro_rm.train import Stage1Config, fit_stage1
-from micro_rm.train.stage2 import KEEP, AdaptConfig, Candidate, adapt_router, choose_candidate, cross_validate
+from micro_rm.train.adapt import adapt
+from micro_rm.train.config import AdaptConfig
+from micro_rm.train.selection import KEEP, Candidate, choose_candidate, cross_validate, cv_folds, fit_candidate
 
 # Same intent as each group's training sentence, other words (none is in the training data).
 HELD_OUT = {
@@ -78,11 +80,11 @@ def test_safe_stage2_is_never_worse_than_keep_on_its_cross_validation_pairs(synt
 
     route = torch.as_tensor(np.asarray(budget.route, dtype=np.float32))
     deltas = model.head_deltas(torch.as_tensor(budget.chosen - budget.rejected))
-    config = AdaptConfig()
-    nll = cross_validate(model, route, deltas.detach(), budget.prompts, config)
-    chosen = choose_candidate(nll, config)
+    fold, clusters = cv_folds(model, route, budget.prompts, budget.attributes, folds=5, seed=0)
+    nll = cross_validate(model, route, deltas.detach(), fold, tau="auto", seed=0)
+    chosen = choose_candidate(nll, clusters)
     assert KEEP in nll and nll[chosen].mean() <= nll[KEEP].mean()
-    adapted, info = adapt_router(model, budget, config, progress=False)
+    adapted, info = adapt(model, budget, AdaptConfig())
     assert (info["tau"] if chosen == KEEP else (info["update"], info["tau"], info["wordings"])) == chosen
     if chosen == KEEP:                                 # keeping is exactly the stage-1 router
         np.testing.assert_array_equal(adapted.router_weights(budget.route), model.router_weights(budget.route))
@@ -101,22 +103,21 @@ def test_stage2_fits_and_scores_with_the_masked_heads_masked(synthetic):
     budget = features.subset(np.arange(0, len(features), 9))
     route = torch.as_tensor(np.asarray(budget.route, dtype=np.float32))
     deltas = model.head_deltas(torch.as_tensor(budget.chosen - budget.rejected)).detach()
-    nll = cross_validate(model, route, deltas, budget.prompts, AdaptConfig(tau=1e6))
+    fold, _ = cv_folds(model, route, budget.prompts, budget.attributes, folds=5, seed=0)
+    nll = cross_validate(model, route, deltas, fold, tau=1e6, seed=0)
     np.testing.assert_allclose(nll[Candidate("heads", 1e6)], nll[KEEP], rtol=1e-5)
-    adapted, _ = adapt_router(model, budget, AdaptConfig(tau=1e-3, algorithm="safe"), progress=False)
+    adapted, _ = adapt(model, budget, AdaptConfig(tau=1e-3))
     assert adapted.router_weights(budget.route)[:, model.config.masked_heads].max() == 0
 
 
-def test_safe_stage2_change_follows_tau():
-    """Safe's Hedge step is L̄/τ, so a huge τ moves nothing and a small τ moves the router.
-    (Adam, `paper`, normalises the step and moves it at any τ.)"""
+def test_stage2_change_follows_tau():
+    """The Hedge step is L̄/τ, so a huge τ moves nothing and a small τ moves the router."""
     import copy
 
     import torch
 
     from micro_rm.model.config import MixtureConfig
     from micro_rm.model.mixture import MixtureRewardModel
-    from micro_rm.train.stage2 import fit_router
 
     rng = np.random.default_rng(0)
     n, d = 64, 6
@@ -126,14 +127,13 @@ def test_safe_stage2_change_follows_tau():
     model = MixtureRewardModel(MixtureConfig(num_heads=3, reward_dim=d, route_dim=2 * d, context_dim=d))
     before = model.router_log_weights(route).exp().detach()
 
-    def moved(tau: float, algorithm: str) -> float:
+    def moved(tau: float) -> float:
         candidate = copy.deepcopy(model)
-        fit_router(candidate, route, deltas, tau, AdaptConfig(tau=tau, algorithm=algorithm))
+        fit_candidate(candidate, route, deltas, Candidate("heads", tau), seed=0)
         return float((candidate.router_log_weights(route).exp().detach() - before).abs().max())
 
-    assert moved(1e6, "safe") < 1e-4
-    assert moved(1e-2, "safe") > 0.05
-    assert moved(1e6, "paper") > 1e-3
+    assert moved(1e6) < 1e-4
+    assert moved(1e-2) > 0.05
 
 
 def test_contexts_update_is_hedge_over_the_known_routings_by_hand():
@@ -146,7 +146,6 @@ def test_contexts_update_is_hedge_over_the_known_routings_by_hand():
 
     from micro_rm.model.config import MixtureConfig
     from micro_rm.model.mixture import MixtureRewardModel
-    from micro_rm.train.stage2 import fit_router
 
     model = MixtureRewardModel(MixtureConfig(num_heads=2, reward_dim=2, route_dim=5, context_dim=3,
                                              router="linear"))
@@ -154,8 +153,8 @@ def test_contexts_update_is_hedge_over_the_known_routings_by_hand():
     with torch.no_grad():
         for p in router.prompt.parameters():
             p.zero_()                                                       # g(prompt) = 0
-        router.add_prototypes(torch.eye(3)[:2])
-        router.prototype_logits.copy_(torch.tensor([[2.0, -2.0], [-2.0, 2.0]]))
+    router.add_prototypes(torch.eye(3)[:2], model.config)
+    router.set_context_logits(torch.tensor([[2.0, -2.0], [-2.0, 2.0]]))
     known = router.prototype_logits.detach().clone()
     wording = np.array([0.9, 0.2, 0.3]) / np.linalg.norm([0.9, 0.2, 0.3])
     route = torch.tensor(np.hstack([np.ones((4, 2)), np.tile(wording, (4, 1))]), dtype=torch.float32)
@@ -175,12 +174,12 @@ def test_contexts_update_is_hedge_over_the_known_routings_by_hand():
     for tau in (1.0, 0.1):
         beta = softmax(prior - attention_to_new * np.sum(losses, axis=0) / tau)
         adapted = copy.deepcopy(model)
-        fit_router(adapted, route, deltas, tau, AdaptConfig(tau=tau), update="contexts")
+        fit_candidate(adapted, route, deltas, Candidate("contexts", tau), seed=0)
         np.testing.assert_allclose(adapted.router.prototype_logits[2].detach().numpy(), beta @ logits, rtol=1e-4)
         torch.testing.assert_close(adapted.router.prototype_logits[:2].detach(), known)
     assert beta[1] > 0.5 > softmax(prior)[1]                   # at τ = 0.1 the labels overrule the prior
     untouched = copy.deepcopy(model)
-    fit_router(untouched, route, deltas, 1e6, AdaptConfig(), update="contexts")
+    fit_candidate(untouched, route, deltas, Candidate("contexts", 1e6), seed=0)
     np.testing.assert_allclose(untouched.router.prototype_logits[2].detach().numpy(),
                                softmax(prior) @ logits, rtol=1e-4)          # the zero-shot routing
 
@@ -197,22 +196,22 @@ def test_heads_update_is_hedge_on_the_mean_loss_of_a_context_by_hand():
     from micro_rm.model.config import MixtureConfig
     from micro_rm.model.losses import bt_loss
     from micro_rm.model.mixture import MixtureRewardModel
-    from micro_rm.train.stage2 import fit_router, hedge_targets
+    from micro_rm.train.algorithm1 import hedge_targets
 
     model = MixtureRewardModel(MixtureConfig(num_heads=2, reward_dim=2, route_dim=5, context_dim=3,
                                              router="linear"))
     with torch.no_grad():
         for p in model.router.prompt.parameters():
             p.zero_()                                                       # g(prompt) = 0
-        model.router.add_prototypes(torch.eye(3)[:1])
-        model.router.prototype_logits.copy_(torch.tensor([[0.5, -0.5]]))
+    model.router.add_prototypes(torch.eye(3)[:1], model.config)
+    model.router.set_context_logits(torch.tensor([[0.5, -0.5]]))
     route = torch.tensor(np.hstack([np.ones((10, 2)), np.tile(np.eye(3)[0], (10, 1))]), dtype=torch.float32)
     deltas = torch.tensor([[0.2, 0.0]] * 6 + [[-3.0, 3.0]] * 4)
     mean_loss = np.log1p(np.exp(-deltas.numpy())).mean(0)                  # −log σ(Δ), averaged
     assert mean_loss[1] < mean_loss[0]
     for tau in (10.0, 1.0, 0.01):
         adapted = copy.deepcopy(model)
-        fit_router(adapted, route, deltas, tau, AdaptConfig(tau=tau), update="heads")
+        fit_candidate(adapted, route, deltas, Candidate("heads", tau), seed=0)
         np.testing.assert_allclose(adapted.router.prototype_logits[0].detach().numpy(),
                                    np.array([0.5, -0.5]) - mean_loss / tau, rtol=1e-5)
     assert adapted.router_weights(route.numpy())[:, 1].min() > 0.99        # τ = 0.01: head 1
@@ -288,7 +287,7 @@ def test_a_model_saved_before_the_clauses_encoding_reads_whole_sentence_contexts
 def test_phrasing_folds_hold_out_whole_wordings_and_keep_a_sibling_wording_fitted():
     import torch
 
-    from micro_rm.train.stage2 import phrasing_folds, prompt_folds, varied_wordings
+    from micro_rm.train.selection import phrasing_folds, prompt_folds, varied_wordings
 
     rng = np.random.default_rng(0)
     wordings = torch.as_tensor(rng.normal(size=(6, 4)), dtype=torch.float32)  # 2 attributes × 3 wordings
@@ -324,9 +323,8 @@ def _two_prototype_router():
     with torch.no_grad():
         for p in model.router.prompt.parameters():
             p.zero_()
-        model.router.add_prototypes(torch.eye(3)[:2])
-        model.router.prototype_logits.copy_(torch.tensor([[3.0, -3.0], [-3.0, 3.0]]))
-    model.config.context_prototypes = 2
+    model.router.add_prototypes(torch.eye(3)[:2], model.config)
+    model.router.set_context_logits(torch.tensor([[3.0, -3.0], [-3.0, 3.0]]))
     return model
 
 
@@ -347,13 +345,12 @@ def test_a_correction_takes_no_attention_and_adds_its_change_by_its_share():
     scored = _contexts([1, 0.3, 0.5], [0.3, 0.2, 1], [0, 1, 0.05])       # the last is far from e_2
     before = model.router_weights(scored)
     plain, corrected = copy.deepcopy(model), copy.deepcopy(model)
-    with torch.no_grad():
-        plain.router.add_prototypes(torch.tensor([[0.0, 0.0, 1.0]]))
-        corrected.router.add_prototypes(torch.tensor([[0.0, 0.0, 1.0]]), corrections=True)
+    plain.router.add_prototypes(torch.tensor([[0.0, 0.0, 1.0]]), plain.config)
+    corrected.router.add_prototypes(torch.tensor([[0.0, 0.0, 1.0]]), corrected.config, corrections=True)
     assert np.abs(plain.router_weights(scored) - before).max() > 0.05
     np.testing.assert_allclose(corrected.router_weights(scored), before, atol=1e-7)
-    with torch.no_grad():
-        corrected.router.prototype_logits[2] = torch.tensor([-5.0, 5.0])
+    corrected.router.set_context_logits(torch.cat([corrected.router.prototype_logits[:2].detach(),
+                                                   torch.tensor([[-5.0, 5.0]])]))
     own = torch.as_tensor(_contexts([0, 0, 1]))
     share = corrected.router.attention(own[:, 2:])[0, 2]
     assert share > 0.99
@@ -369,8 +366,6 @@ def test_stage2_with_corrections_at_a_huge_tau_leaves_every_routing_as_stage_1()
 
     import torch
 
-    from micro_rm.train.stage2 import fit_router
-
     model = _two_prototype_router()
     rng = np.random.default_rng(0)
     budget = torch.as_tensor(np.repeat(_contexts([0.6, 0.1, 1], [0.1, 0.7, 1]), 10, axis=0))
@@ -380,7 +375,7 @@ def test_stage2_with_corrections_at_a_huge_tau_leaves_every_routing_as_stage_1()
     moved = {}
     for wordings in ("prototypes", "corrections"):
         adapted = copy.deepcopy(model)
-        fit_router(adapted, budget, deltas, 1e6, AdaptConfig(tau=1e6), wordings=wordings)
+        fit_candidate(adapted, budget, deltas, Candidate("heads", 1e6, wordings), seed=0)
         assert len(adapted.router.prototypes) == 4
         moved[wordings] = np.abs(adapted.router_weights(scored) - before).max()
     assert moved["corrections"] < 1e-5 < 0.01 < moved["prototypes"]
@@ -391,12 +386,11 @@ def test_a_model_with_corrections_round_trips(tmp_path):
     import torch
 
     from micro_rm.model.mixture import MixtureRewardModel
-    from micro_rm.train.stage2 import fit_router
 
     model = _two_prototype_router()
     budget = torch.as_tensor(np.repeat(_contexts([0.6, 0.1, 1]), 10, axis=0))
     deltas = torch.as_tensor(np.tile([[2.0, -2.0]], (10, 1)), dtype=torch.float32)
-    fit_router(model, budget, deltas, 0.1, AdaptConfig(tau=0.1), wordings="corrections")
+    fit_candidate(model, budget, deltas, Candidate("heads", 0.1, "corrections"), seed=0)
     assert model.config.context_corrections == [2]
     model.save_pretrained(tmp_path / "m")
     loaded = MixtureRewardModel.from_pretrained(str(tmp_path / "m"))
@@ -421,7 +415,7 @@ def test_cross_validation_offers_corrections_only_where_they_differ_from_prototy
     candidates, so there are none."""
     import torch
 
-    from micro_rm.train.stage2 import candidate_name
+    from micro_rm.train.selection import candidate_name, prompt_folds
 
     model = _two_prototype_router()
     rng = np.random.default_rng(1)
@@ -429,7 +423,8 @@ def test_cross_validation_offers_corrections_only_where_they_differ_from_prototy
     prompts = [f"p{i}" for i in range(20)]
     new = torch.as_tensor(np.repeat(_contexts([0.6, 0.1, 1], [0.1, 0.7, 1]), 10, axis=0))
     known = torch.as_tensor(np.repeat(_contexts([1, 0, 0], [0, 1, 0]), 10, axis=0))
-    names = {label: {candidate_name(c) for c in cross_validate(model, route, deltas, prompts, AdaptConfig())}
+    fold = prompt_folds(prompts, 5, seed=0)
+    names = {label: {candidate_name(c) for c in cross_validate(model, route, deltas, fold, tau="auto", seed=0)}
              for label, route in (("new", new), ("known", known))}
     assert {"0.001", "contexts 0.1", "corrections 0.01", "contexts corrections 1"} <= names["new"]
     assert not any("corrections" in name for name in names["known"]) and "0.001" in names["known"]

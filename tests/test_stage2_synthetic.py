@@ -14,9 +14,9 @@ reference point 1). Stage 2 gets B = 50 pairs per group with the context part fi
 scored on fresh prompts and fresh context draws.
 
 The oracle routes every test pair to the learned head that is best for its true group. Stage 2
-(safe, ``tau="auto"``) with B = 100 pairs per group must learn the contexts: beat stage 1 and
+(``tau="auto"``) with B = 100 pairs per group must learn the contexts: beat stage 1 and
 reach 95 % of the oracle. (At B = 50 the cross-validated gain is inside one standard error and
-safe stage 2 keeps stage 1: it never trades a sure stage-1 router for an unconfirmed one.) HyRe
+stage 2 keeps stage 1: it never trades a sure stage-1 router for an unconfirmed one.) HyRe
 with 16 labelled test pairs per group matches the oracle.
 """
 
@@ -28,7 +28,8 @@ import torch
 
 from micro_rm.eval.metrics import head_attribute_matrix, pairwise_accuracy
 from micro_rm.features.base import PairFeatures
-from micro_rm.train import AdaptConfig, Stage1Config, adapt_router, draw_budget, evaluate_hyre, fit_stage1
+from micro_rm.train import AdaptConfig, Stage1Config, draw_budget, evaluate_hyre, fit_stage1
+from micro_rm.train.adapt import adapt
 
 D, D_CONTEXT, D_PROMPT, K = 16, 8, 8, 3
 _directions, _ = torch.linalg.qr(torch.randn(D, K, generator=torch.Generator().manual_seed(0)))
@@ -70,11 +71,11 @@ def test_stage2_with_100_pairs_per_context_reaches_95_percent_of_the_oracle(sett
     stage1, budget, test = setting
     oracle = head_attribute_matrix(stage1.head_probs(test.chosen, test.rejected), test.attributes)
     assert sorted(oracle["best_head"].values()) == [0, 1, 2]             # the heads specialised
-    auto, info = adapt_router(stage1, budget, AdaptConfig(tau="auto"), progress=False)
-    paper, _ = adapt_router(stage1, budget, AdaptConfig(tau=1e-3), progress=False)
+    auto, info = adapt(stage1, budget, AdaptConfig(tau="auto"))
+    fixed, _ = adapt(stage1, budget, AdaptConfig(tau=1e-3))
     hyre = evaluate_hyre(stage1, test, m=16, seed=0)
     numbers = {"oracle": oracle["oracle_mean_accuracy"], "stage1": routed_accuracy(stage1, test),
-               "stage2_auto": routed_accuracy(auto, test), "stage2_tau_1e-3": routed_accuracy(paper, test),
+               "stage2_auto": routed_accuracy(auto, test), "stage2_tau_1e-3": routed_accuracy(fixed, test),
                "hyre_m16": hyre["mean_accuracy"], "tau_auto": info["tau"]}
     for name, value in numbers.items():
         record_property(name, value)
