@@ -94,8 +94,8 @@ def test_fair_rows_intervals_differences_and_timing(tiny_run):
     report = (out / "report.md").read_text()
     assert "## Paired differences" in report and "Time: encode" in report
     assert results["budget_curve"]["std_ddof"] == 1
-    assert results["settings"]["stage2"] == "adapt (τ and keep-or-adapt by 2-fold cross-validation)"
-    assert "stage2 = adapt (τ and keep-or-adapt by 2-fold cross-validation)" in report
+    assert results["settings"]["stage2"] == "adapt (candidates chosen by 2-fold cross-validation)"
+    assert "stage2 = adapt (candidates chosen by 2-fold cross-validation)" in report
 
 
 def test_micro_beats_single_on_mixed_groups(tiny_run):

@@ -57,7 +57,8 @@ def test_shipped_config_parses(path):
     ("oracle", "yes", "`oracle` must be true or false, got 'yes'"),
     ("stage3", {}, "unknown key `stage3`; the top level accepts: data, title"),
 ])
-def test_bad_config_exits_2_with_one_line_before_any_work(tmp_path, capsys, monkeypatch, section, value, message):
+def test_bad_config_exits_2_with_one_line_before_any_work(tmp_path, capsys, monkeypatch, section, value,
+                                                          message):
     def no_data(*args, **kwargs):
         raise AssertionError("the data was read before the config was checked")
 

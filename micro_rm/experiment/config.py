@@ -43,7 +43,7 @@ from pydantic import Field, ValidationError
 
 from micro_rm.errors import MicroRMError
 from micro_rm.train.config import (Alpha, Balance, BatchSize, Budget, Epochs, Folds, Heads, LearningRate,
-                                   Router, Seed, Tau, ValFraction, choice, config_class, explain, integer,
+                                   Router, Tau, ValFraction, choice, config_class, explain, integer,
                                    integers, number)
 
 PROTOCOLS = ("context", "prompt")   # what the stage-1 router reads: context ⊕ prompt, or the prompt
@@ -64,15 +64,15 @@ def _flag(help: str) -> Any:
 class DataConfig:
     """Where the pairs come from: a named builder and its source."""
 
-    builder: Annotated[str, Field(min_length=1, description="Builder name (`micro-rm data list`): dsp, "
-                                  "hh-rlhf, topicalchat, pandalm, helpsteer2, rpr, synthetic, jsonl (any "
-                                  "pair file in the record schema), ….", json_schema_extra={"allowed": "a builder name"})]
+    builder: Annotated[str, Field(min_length=1, json_schema_extra={"allowed": "a builder name"}, description=(
+        "Builder name (`micro-rm data list`): dsp, hh-rlhf, topicalchat, pandalm, helpsteer2, rpr, "
+        "synthetic, jsonl (any pair file in the record schema), …."))]
     source: Annotated[str, _doc("File, folder or hub id given to the builder; `{data}/…` is the offline "
                                 "data folder. For `synthetic`: `key=value,…` settings of the generator.")] = ""
-    contexts: dict = field(default_factory=dict, metadata={"help": (
+    contexts: Annotated[dict, _doc(
         "{attribute: sentence}, or {attribute: [phrasing, …]}: the context of pairs that have none (the "
         "first phrasing; e.g. helpful / harmless for HH-RLHF). Pairs that carry a context keep it. Lists "
-        "are also the phrasings of the held-out-phrasing evaluation (`phrasings`).")})
+        "are also the phrasings of the held-out-phrasing evaluation (`phrasings`).")] = field(default_factory=dict)
     skip_invalid: _flag("Log and skip invalid records instead of stopping.") = False
 
 
@@ -198,11 +198,11 @@ class ExperimentConfig:
     users: UsersSection = field(default_factory=UsersSection)
     phrasings: PhrasingsSection = field(default_factory=PhrasingsSection)
     user_curve: UserCurveSection = field(default_factory=UserCurveSection)
-    paper: dict = field(default_factory=dict, metadata={"help": "{method: mean accuracy} reported by the "
-                                                                "paper, shown beside ours."})
+    paper: Annotated[dict, _doc("{method: mean accuracy} reported by the paper, shown beside ours.")] = \
+        field(default_factory=dict)
     notes: Annotated[list[str], _doc("Sentences added to the report's notes (analysis, caveats).")] = \
         field(default_factory=list)
-    seed: Seed = 0
+    seed: integer(0, "Seed of training and of the first budget draw.") = 0
     path: Optional[str] = None    # the YAML file it was read from (set by from_yaml; not a key)
 
     @classmethod

@@ -43,7 +43,7 @@ def assemble_results(run: Run) -> None:
         "settings": {"backbone": run.backbone_name, "heads": config.stage1.heads,
                      "stage1 epochs": config.stage1.epochs, "budget": config.stage2.budget,
                      "tau": config.stage2.tau,
-                     "stage2": f"adapt (τ and keep-or-adapt by {config.stage2.folds}-fold cross-validation)",
+                     "stage2": f"adapt (candidates chosen by {config.stage2.folds}-fold cross-validation)",
                      "hyre_m": config.hyre.m,
                      "seeds": config.budget_curve.seeds,
                      "context_in_reward": config.backbone.context_in_reward,

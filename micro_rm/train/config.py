@@ -102,7 +102,6 @@ Tau = Annotated[Union[float, Literal["auto"]], BeforeValidator(_tau),
                          "'auto': chosen with 'keep the stage-1 router' by k-fold cross-validation of "
                          "the mixture NLL on the budget pairs.")]
 Folds = integer(2, "Folds of the cross-validation that chooses τ and keep-or-adapt.")
-Seed = integer(0, "Seed (same seed, same result).")
 
 
 # ---------------------------------------------------------------------- the config classes
