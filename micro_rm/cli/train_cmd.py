@@ -110,7 +110,6 @@ def train(
                          "attributes": sorted({a for a in features.attributes if a is not None})}
     model.save_pretrained(out)
     if auto:
-        from micro_rm.train.select_k import plot_k_curve
         plot_k_curve(curve, out / "heads_auto.png", title=str(data))
     result = {"out": str(out), "variant": config.variant, "heads": config.heads,
               "train_loss": history["train_loss"], "validation_loss": history["val_loss"],
@@ -122,6 +121,21 @@ def train(
          f"trained {config.variant} (K={config.heads}) on {history['pairs']['train']} pairs in "
          f"{history['seconds']:.1f} s: train loss {history['train_loss']:.4f}, validation loss "
          f"{history['val_loss']:.4f} (epoch {history['best_epoch']})\nmodel: {out}")
+
+
+def plot_k_curve(curve: dict, path: Path, title: str = "") -> Path:
+    """Validation NLL ± one standard error against K, the chosen K marked."""
+    from micro_rm.eval.plots import _figure
+
+    with _figure(path, "Choosing K: validation NLL ± 1 SE (over prompts)" + (f"\n{title}" if title else ""),
+                 "number of heads K", "validation NLL", (5.5, 3.8)) as (fig, ax):
+        ax.errorbar(curve["grid"], curve["nll"], yerr=curve["se"], marker="o", capsize=3, label="validation NLL")
+        best = curve["grid"].index(curve["best"])
+        ax.axhline(curve["nll"][best] + curve["se"][best], linestyle="--", color="grey", label="best + 1 SE")
+        ax.axvline(curve["chosen"], linestyle=":", color="red", label=f"chosen K = {curve['chosen']}")
+        ax.set_xticks(curve["grid"])
+        ax.legend()
+    return path
 
 
 @app.command("eval")

@@ -14,7 +14,6 @@ prompts (pairs of one prompt are not independent).
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -82,17 +81,3 @@ def select_heads(features: PairFeatures, config: Stage1Config, grid: Sequence[in
     model, history = fits[grid.index(chosen)]
     return model, history, curve
 
-
-def plot_k_curve(curve: dict[str, Any], path: str | Path, title: str = "") -> Path:
-    """Validation NLL ± one standard error against K, the chosen K marked."""
-    from micro_rm.eval.plots import _figure
-
-    with _figure(path, "Choosing K: validation NLL ± 1 SE (over prompts)" + (f"\n{title}" if title else ""),
-                 "number of heads K", "validation NLL", (5.5, 3.8)) as (fig, ax):
-        ax.errorbar(curve["grid"], curve["nll"], yerr=curve["se"], marker="o", capsize=3, label="validation NLL")
-        best = curve["grid"].index(curve["best"])
-        ax.axhline(curve["nll"][best] + curve["se"][best], linestyle="--", color="grey", label="best + 1 SE")
-        ax.axvline(curve["chosen"], linestyle=":", color="red", label=f"chosen K = {curve['chosen']}")
-        ax.set_xticks(curve["grid"])
-        ax.legend()
-    return Path(path)
