@@ -30,7 +30,7 @@ CLIENTS = 4
 @pytest.fixture
 def client(tmp_path):
     from micro_rm.serve.app import create_app
-    from micro_rm.serve.scoring import RewardScorer
+    from micro_rm.scoring.engine import RewardScorer
     from micro_rm.serve.settings import ServeSettings
 
     settings = ServeSettings(model="unused", state=f"sqlite:///{tmp_path / 'state.db'}", admin_token=ADMIN,
@@ -301,7 +301,7 @@ def test_the_guarantees_hold_on_postgresql(tmp_path, postgres_url):
     """The same SQL on PostgreSQL: epochs (with row locks), idempotency keys, final deletion."""
     from micro_rm.online import FeedbackRequest, UserDeleted, open_store
     from micro_rm.serve.app import create_app
-    from micro_rm.serve.scoring import RewardScorer
+    from micro_rm.scoring.engine import RewardScorer
     from micro_rm.serve.settings import ServeSettings
 
     settings = ServeSettings(model="unused", state=postgres_url, admin_token=ADMIN, cache_dir=str(tmp_path / "f"))
