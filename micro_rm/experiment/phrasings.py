@@ -24,19 +24,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from micro_rm.errors import MicroRMError
 from micro_rm.experiment.state import Run
 
 Phrasings = dict[str, list[str]]
 
 
 def split_phrasings(contexts: dict[str, Any], train: int, adapt: int) -> tuple[Phrasings, Phrasings, Phrasings]:
-    """The (train, adapt, test) phrasings of each attribute that has a list of them."""
+    """The (train, adapt, test) phrasings of each attribute that has a list of them (the config
+    checked at load that every list has at least ``train + adapt + 1``)."""
     lists = {a: list(v) for a, v in contexts.items() if isinstance(v, list)}
-    short = sorted(a for a, v in lists.items() if len(v) < train + adapt + 1)
-    if short:
-        raise MicroRMError(f"phrasings: attribute(s) {', '.join(short)} need at least "
-                           f"{train + adapt + 1} phrasings (train {train} + adapt {adapt} + ≥ 1 test)")
     return ({a: v[:train] for a, v in lists.items()}, {a: v[train:train + adapt] for a, v in lists.items()},
             {a: v[train + adapt:] for a, v in lists.items()})
 

@@ -44,7 +44,7 @@ class Run:
     backbone_name: str
     encoded: int                       # texts encoded (not read from the cache)
     encode_seconds: float
-    # stage 1 and 2 (micro_rm.experiment.variants, .adaptation)
+    # the steps after (micro_rm.experiment.variants, .adaptation, .baselines, .results)
     variants: list[dict[str, Any]]
     chosen: dict[str, Any]             # the variant that is the `micro` row
     selection: str
