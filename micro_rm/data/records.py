@@ -36,7 +36,6 @@ USER_ID_RULE = ("1-128 characters: letters, digits and . _ @ : - (starting with 
                 "digit)")
 TEXT_FIELDS = ("prompt", "chosen", "rejected")
 OPTIONAL_STR_FIELDS = ("context", "attribute", "user_id", "id")
-KNOWN_FIELDS = (*TEXT_FIELDS, *OPTIONAL_STR_FIELDS, "margin")
 
 
 class IdenticalPair(InvalidRecord):

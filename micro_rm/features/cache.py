@@ -25,6 +25,7 @@ import numpy as np
 from micro_rm.atomic import check_output_path
 from micro_rm.errors import MicroRMError
 from micro_rm.features.backbones import fingerprint_id
+from micro_rm.features.backbones.sources import user_cache
 from micro_rm.features.base import STORAGE_DTYPES, Backbone, Item
 from micro_rm.features.batching import check_batching, plan_batches
 from micro_rm.features.index import CacheFolder
@@ -50,12 +51,7 @@ class EncodeStats:
 
 def default_cache_root() -> Path:
     """``$MICRO_RM_CACHE``, else ``<user cache dir>/micro-rm/features``."""
-    env = os.environ.get("MICRO_RM_CACHE")
-    if env:
-        return Path(env)
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("micro-rm")) / "features"
+    return user_cache("MICRO_RM_CACHE", "features")
 
 
 class FeatureCache:

