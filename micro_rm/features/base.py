@@ -61,8 +61,8 @@ class FeatureSettings:
     @classmethod
     def from_options(cls, router_input: str, context_in_reward: bool, context_encoding: str) -> "FeatureSettings":
         """The settings of the command-line options; a bad value names its option (``--router-input``)."""
-        return cls._named(lambda name: "--" + name.replace("_", "-"), router_input, context_in_reward,
-                          context_encoding)
+        return cls._named(lambda name: "--" + name.replace("_", "-"), router_input=router_input,
+                          context_in_reward=context_in_reward, context_encoding=context_encoding)
 
     @classmethod
     def from_record(cls, feature: dict[str, Any], context_encoding: str) -> "FeatureSettings":
@@ -74,14 +74,13 @@ class FeatureSettings:
             raise MicroRMError(f"`feature` has unknown setting(s) {', '.join(map(repr, unknown))}; "
                                "known: router_input, context_in_reward")
         return cls._named(lambda name: f"`{name}`" if name == "context_encoding" else f"`feature.{name}`",
-                          feature.get("router_input", "context"), feature.get("context_in_reward", False),
-                          context_encoding)
+                          **feature, context_encoding=context_encoding)
 
     @classmethod
-    def _named(cls, spell: Any, *values: Any) -> "FeatureSettings":
-        """``cls(*values)``; a refused value is named as ``spell(field name)``."""
+    def _named(cls, spell: Any, **values: Any) -> "FeatureSettings":
+        """``cls(**values)``; a refused value is named as ``spell(field name)``."""
         try:
-            return cls(*values)
+            return cls(**values)
         except MicroRMError as exc:
             name, rest = str(exc).split(" ", 1)
             raise MicroRMError(f"{spell(name)} {rest}") from None
