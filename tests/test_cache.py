@@ -293,6 +293,25 @@ def test_featurize_out_folder_keeps_the_route_layout(tmp_path):
     np.testing.assert_allclose(np.asarray(on_disk.route, dtype=np.float32), in_ram.route, atol=1e-2)
 
 
+def test_features_carry_the_settings_they_were_built_with_into_a_folder_and_a_model(tmp_path):
+    from micro_rm.features.base import FeatureSettings
+    from micro_rm.features.store import load_features, save_features
+    from micro_rm.train.config import Stage1Config
+    from micro_rm.train.stage1 import fit_stage1
+
+    settings = FeatureSettings(router_input="prompt", context_in_reward=True, context_encoding="separate")
+    features, _ = featurize(RECORDS, FakeBackbone(), FeatureCache(tmp_path / "c"), progress=False,
+                            router_input="prompt", context_in_reward=True, context_encoding="separate")
+    written, _ = featurize(RECORDS, FakeBackbone(), FeatureCache(tmp_path / "c"), progress=False,
+                           router_input="prompt", context_in_reward=True, context_encoding="separate",
+                           out=tmp_path / "f")
+    save_features(features.subset([0, 1]), tmp_path / "g")
+    assert features.settings == written.settings == load_features(tmp_path / "g").settings == settings
+    model, _ = fit_stage1(features, Stage1Config(heads=2, epochs=1), progress=False)
+    assert model.config.feature_settings() == settings
+    assert model.config.feature == {"router_input": "prompt", "context_in_reward": True}
+
+
 def test_featurize_router_input_prompt_and_context_in_reward(tmp_path):
     backbone = FakeBackbone()
     cache = FeatureCache(tmp_path)
