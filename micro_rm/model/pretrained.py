@@ -7,7 +7,7 @@ alone (no flags to retype) and restores its predictions exactly.
 ``MixtureRewardModel`` inherits its ``save_pretrained`` / ``from_pretrained`` / ``push_to_hub``
 from :class:`PretrainedMixin`, so this module never imports the model class (no import cycle).
 
->>> model = MixtureRewardModel(MixtureConfig(num_heads=2, reward_dim=3, route_dim=3))
+>>> model = MixtureRewardModel(MixtureConfig(num_heads=2, reward_dim=3, route_dim=3))  # doctest: +SKIP
 >>> save_pretrained(model, "runs/demo")                        # doctest: +SKIP
 >>> MixtureRewardModel.from_pretrained("runs/demo")            # doctest: +SKIP
 """
