@@ -162,13 +162,13 @@ import time
 from pathlib import Path
 import numpy as np
 from micro_rm.online import open_store
-from micro_rm.online.sql import SqlStore
-write = SqlStore._write_state
+from micro_rm.online.sql import StateStore
+write = StateStore._write_state
 def write_then_hang(self, cur, state):
     write(self, cur, state)  # the new S_u and the feedback rows are written, not committed
     Path(sys.argv[2]).touch()
     time.sleep(60)
-SqlStore._write_state = write_then_hang
+StateStore._write_state = write_then_hang
 open_store(sys.argv[1], "fp-test", 3).apply_feedback("ana", np.ones((5, 3)))
 """
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from micro_rm.errors import MicroRMError
-from micro_rm.online.sql import SqlStore
+from micro_rm.online.sql import StateStore
 
 BUSY_TIMEOUT_MS = 30_000  # how long a writer waits for another's transaction before failing
 URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -41,7 +41,7 @@ def sqlite_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Cursor]:
         raise
 
 
-class UserStore(SqlStore):
+class UserStore(StateStore):
     """SQLite store at a path or ``sqlite:///PATH``: WAL mode, one ``BEGIN IMMEDIATE`` per write.
 
     WAL lets readers (scoring) proceed while a writer commits; ``BEGIN IMMEDIATE`` takes the
@@ -81,7 +81,7 @@ class UserStore(SqlStore):
         return sqlite_transaction(self._conn())
 
 
-class PostgresUserStore(SqlStore):
+class PostgresUserStore(StateStore):
     """PostgreSQL store for several service replicas (needs ``pip install 'psycopg[binary]'``).
 
     The same SQL as SQLite; the write path is one transaction that inserts the user's row if

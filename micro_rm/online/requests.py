@@ -1,17 +1,16 @@
 """What a per-user state store is asked and answers, whatever its engine.
 
 :class:`FeedbackRequest` is one service request (applied all or none); :class:`StaleRequest` and
-its subclasses say why one must not be applied; :class:`StateStore` is the protocol the CLI and
-the service use (:func:`micro_rm.online.store.open_store` returns one).
+its subclasses say why one must not be applied; :class:`IdempotentResult` is what a repeated
+Idempotency-Key returns.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Mapping, Sequence
 
 from micro_rm.errors import MicroRMError
-from micro_rm.online.hedge import UserState
 
 
 class StaleRequest(MicroRMError):
@@ -48,36 +47,3 @@ class IdempotentResult:
     request_sha256: str
     states: dict[str, tuple[int, list[float]]]   # user → (num_feedback, cumulative_loss)
 
-
-class StateStore(Protocol):
-    """What the CLI and the service need from a state store, whatever the engine."""
-
-    location: str  # the path or the URL (password hidden), for messages
-    model_id: str
-    num_heads: int
-
-    def apply_feedback(
-        self, user_id: str, losses: Any, payloads: Sequence[Mapping[str, Any]] | None = None
-    ) -> UserState: ...
-
-    def apply_feedback_many(
-        self, batches: Sequence[tuple[str, Any, Sequence[Mapping[str, Any]] | None]]
-    ) -> list[UserState]: ...
-
-    def apply_requests(self, requests: Sequence[FeedbackRequest]) -> list[list[UserState]]: ...
-
-    def get(self, user_id: str, missing_ok: bool = False) -> UserState: ...
-
-    def epoch(self, user_id: str) -> int: ...
-
-    def idempotent_result(self, scope: str, key: str) -> IdempotentResult | None: ...
-
-    def delete_user(self, user_id: str) -> int | None: ...
-
-    def reset(self, user_id: str) -> UserState: ...
-
-    def list_users(self) -> list[str]: ...
-
-    def feedback_count(self, user_id: str | None = None) -> int: ...
-
-    def close(self) -> None: ...

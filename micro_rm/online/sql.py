@@ -1,4 +1,4 @@
-"""The state store's SQL, shared by the engines (:mod:`micro_rm.online.engines`).
+"""The state store's SQL and verbs, shared by the engines (:mod:`micro_rm.online.engines`).
 
 One feedback batch is one transaction: it locks the user's row, adds the batch's loss sums to
 S_u, appends one feedback row per pair and writes S_u back. Concurrent writers (threads of one
@@ -39,8 +39,10 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat()
 
 
-class SqlStore:
-    """The store's SQL, shared by the engines; subclasses connect and open transactions."""
+class StateStore:
+    """A per-user state store: its SQL and its verbs, shared by the engines (what the CLI and the
+    service use, from :func:`micro_rm.online.store.open_store`); subclasses connect and open
+    transactions."""
 
     _kind = "state"  # how messages name the store
     _placeholder = "?"
@@ -315,7 +317,7 @@ class SqlStore:
             conn.close()
         self._local = threading.local()
 
-    def __enter__(self) -> "SqlStore":
+    def __enter__(self) -> "StateStore":
         return self
 
     def __exit__(self, *exc: object) -> None:

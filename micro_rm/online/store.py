@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 
 from micro_rm.online.engines import URL_SCHEME, PostgresUserStore, UserStore, sqlite_connect, sqlite_transaction
-from micro_rm.online.requests import DuplicateKey, FeedbackRequest, StaleRequest, StateStore, UserDeleted
-from micro_rm.online.sql import BUMP_EPOCH_SQL, EPOCH_DDL
+from micro_rm.online.requests import DuplicateKey, FeedbackRequest, StaleRequest, UserDeleted
+from micro_rm.online.sql import BUMP_EPOCH_SQL, EPOCH_DDL, StateStore
 
 # The serve layer imports these names from here (tokens, writer, routers.feedback); their homes
 # are the modules above.
