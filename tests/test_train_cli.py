@@ -51,7 +51,7 @@ class WordBackbone:
 def fake_backbone(monkeypatch):
     import micro_rm.features.backbones as backbones
 
-    def load_backbone(name, **kwargs):
+    def load_backbone(name, *, max_length=None, dtype="float32", device="cpu", pooling="auto", batch_size=32):
         if name != WordBackbone.name:
             raise AssertionError(f"unexpected backbone {name!r}")
         return WordBackbone()
@@ -219,7 +219,8 @@ def test_a_model_fitted_by_the_library_scores_as_the_cli_trained_one(files, caps
     np.testing.assert_array_equal(scores[0], scores[1])
 
 
-def test_a_model_saved_before_feature_settings_reads_as_the_defaults(files, capsys):
+def test_a_model_saved_before_feature_settings_reads_as_the_defaults_and_unknown_settings_are_refused(
+        files, capsys):
     from micro_rm.features.base import FeatureSettings
     from micro_rm.model.mixture import MixtureRewardModel
 
@@ -232,3 +233,7 @@ def test_a_model_saved_before_feature_settings_reads_as_the_defaults(files, caps
     code, out = _run(capsys, "eval", "--model", files / "model", "--data", files / "test.jsonl")
     assert code == 2 and "`feature.router_input` must be one of context, prompt, got 'persona'" in out.err
     assert len(out.err.strip().splitlines()) == 1
+    spec = {**config["backbone"]["spec"], "layers": 3}
+    (files / "model" / "config.json").write_text(json.dumps({**config, "backbone": {**config["backbone"], "spec": spec}}))
+    code, out = _run(capsys, "eval", "--model", files / "model", "--data", files / "test.jsonl")
+    assert code == 2 and "unknown backbone setting(s) 'layers' in `backbone.spec`" in out.err

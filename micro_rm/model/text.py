@@ -11,6 +11,7 @@ pooling, max_length, dtype, chat template and weights or revision) and its featu
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import asdict
 from typing import Any, Optional, Sequence
@@ -21,7 +22,9 @@ from micro_rm.model.mixture import MixtureRewardModel
 
 
 def model_backbone(model: MixtureRewardModel, device: str = "cpu") -> Backbone:
-    """Rebuild the backbone of ``model`` from its fingerprint and check it makes the same vectors."""
+    """Rebuild the backbone of ``model`` from its fingerprint's ``spec`` (every recorded setting:
+    name, max_length, dtype, pooling) and check that it makes the same vectors: the rebuilt
+    fingerprint (weights hash or revision, chat template, truncation …) must match the recorded one."""
     from micro_rm.features.backbones import load_backbone
 
     recorded = model.config.backbone
@@ -29,6 +32,11 @@ def model_backbone(model: MixtureRewardModel, device: str = "cpu") -> Backbone:
         raise MicroRMError("the model's config.json has no backbone spec (`backbone.spec`), so its "
                            "backbone cannot be rebuilt; featurize the data yourself and call "
                            "predict_proba on the features")
+    accepted = inspect.signature(load_backbone).parameters
+    unknown = sorted(set(recorded["spec"]) - set(accepted) - {"device"})
+    if unknown and not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+        raise MicroRMError(f"the model's config.json has unknown backbone setting(s) {', '.join(map(repr, unknown))} "
+                           "in `backbone.spec`; was it written by a newer micro-rm?")
     backbone = load_backbone(**{**recorded["spec"], "device": device})
     rebuilt = backbone.fingerprint()
     # A value unknown on one side (e.g. a hub revision looked up offline) is not a mismatch.
