@@ -233,7 +233,7 @@ def test_a_model_saved_before_feature_settings_reads_as_the_defaults_and_unknown
     code, out = _run(capsys, "eval", "--model", files / "model", "--data", files / "test.jsonl")
     assert code == 2 and "`feature.router_input` must be one of context, prompt, got 'persona'" in out.err
     assert len(out.err.strip().splitlines()) == 1
-    spec = {**config["backbone"]["spec"], "layers": 3}
-    (files / "model" / "config.json").write_text(json.dumps({**config, "backbone": {**config["backbone"], "spec": spec}}))
+    config["backbone"]["spec"]["layers"] = 3
+    (files / "model" / "config.json").write_text(json.dumps(config))
     code, out = _run(capsys, "eval", "--model", files / "model", "--data", files / "test.jsonl")
     assert code == 2 and "unknown backbone setting(s) 'layers' in `backbone.spec`" in out.err

@@ -17,6 +17,9 @@ import typer
 from micro_rm.cli.app import CACHE_HELP, HF_SPLIT_HELP, JSON_HELP, app, emit, field_docs
 
 _feature_help, _feature_default = field_docs("micro_rm.features.base:FeatureSettings")
+# --router-input, --context-in-reward, --context-encoding of `encode` and `train`, from FeatureSettings.
+FEATURE_OPTIONS = {name: typer.Option(_feature_default(name), "--" + name.replace("_", "-"), help=_feature_help(name))
+                   for name in ("router_input", "context_in_reward", "context_encoding")}
 
 
 @app.command("encode")
@@ -38,12 +41,9 @@ def encode(
                               "float32). Part of the cache key: train with the same one."),
     device: str = typer.Option("cpu", "--device", help="Torch device: cpu or cuda (under "
                                "torchrun, cuda means cuda:LOCAL_RANK)."),
-    router_input: str = typer.Option(_feature_default("router_input"), "--router-input",
-                                     help=_feature_help("router_input")),
-    context_in_reward: bool = typer.Option(_feature_default("context_in_reward"), "--context-in-reward",
-                                           help=_feature_help("context_in_reward")),
-    context_encoding: str = typer.Option(_feature_default("context_encoding"), "--context-encoding",
-                                         help=_feature_help("context_encoding")),
+    router_input: str = FEATURE_OPTIONS["router_input"],
+    context_in_reward: bool = FEATURE_OPTIONS["context_in_reward"],
+    context_encoding: str = FEATURE_OPTIONS["context_encoding"],
     storage: str = typer.Option("float16", "--storage", help="Cache precision: float16 (half the "
                                 "disk) or float32 (exact)."),
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Log and skip bad records "

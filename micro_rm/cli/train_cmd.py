@@ -14,12 +14,12 @@ from typing import Optional
 import typer
 
 from micro_rm.cli.app import CACHE_HELP, CACHE_ONLY_HELP, HF_SPLIT_HELP, JSON_HELP, app, emit, field_docs
+from micro_rm.cli.encode_cmd import FEATURE_OPTIONS
 from micro_rm.errors import MicroRMError
 from micro_rm.online.hedge import DEFAULT_ETA
 
 
 _help, _default = field_docs("micro_rm.train.config:Stage1Config")
-_feature_help, _feature_default = field_docs("micro_rm.features.base:FeatureSettings")
 
 
 @app.command("train")
@@ -39,12 +39,9 @@ def train(
     alpha: float = typer.Option(_default("alpha"), "--alpha", help=_help("alpha")),
     balance: str = typer.Option(_default("balance"), "--balance", help=_help("balance")),
     router: str = typer.Option(_default("router"), "--router", help=_help("router")),
-    router_input: str = typer.Option(_feature_default("router_input"), "--router-input",
-                                     help=_feature_help("router_input")),
-    context_in_reward: bool = typer.Option(_feature_default("context_in_reward"), "--context-in-reward",
-                                           help=_feature_help("context_in_reward")),
-    context_encoding: str = typer.Option(_feature_default("context_encoding"), "--context-encoding",
-                                         help=_feature_help("context_encoding")),
+    router_input: str = FEATURE_OPTIONS["router_input"],
+    context_in_reward: bool = FEATURE_OPTIONS["context_in_reward"],
+    context_encoding: str = FEATURE_OPTIONS["context_encoding"],
     context_temperature: float = typer.Option(_default("context_temperature"), "--context-temperature",
                                               help=_help("context_temperature")),
     context_dropout: float = typer.Option(_default("context_dropout"), "--context-dropout",
