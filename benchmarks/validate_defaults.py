@@ -90,7 +90,7 @@ def main(name: str) -> None:
     from micro_rm.eval import pairwise_accuracy
     from micro_rm.experiment.config import ExperimentConfig
     from micro_rm.experiment.phrasings import with_phrasings
-    from micro_rm.experiment.runner import load_records
+    from micro_rm.experiment.data import load_records
     from micro_rm.features.backbones import load_backbone
     from micro_rm.features.cache import FeatureCache
     from micro_rm.features.featurize import featurize

@@ -136,11 +136,10 @@ class MiCRo:
 
         model = MixtureRewardModel.from_pretrained(str(path_or_hub_id), device=device, revision=revision,
                                                    token=token)
-        feature = model.config.feature
+        settings = model.config.feature_settings()
         spec = (model.config.backbone or {}).get("spec") or {}
         rm = cls(heads=model.config.num_heads, backbone=spec.get("name", "unknown"),
-                 router_input=feature.get("router_input", "context"),
-                 context_in_reward=bool(feature.get("context_in_reward", False)), cache_dir=cache_dir,
+                 router_input=settings.router_input, context_in_reward=settings.context_in_reward, cache_dir=cache_dir,
                  device=device)
         rm._set_model(model)
         return rm

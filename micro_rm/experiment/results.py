@@ -99,10 +99,7 @@ def intervals(run: Run, methods: dict[str, dict[str, Any]]) -> list[dict[str, An
 def save_models(run: Run) -> None:
     """Step "save models": the chosen variant's stage-1 model and its seed-0 stage-2 model, for
     `micro-rm eval`."""
-    b = run.config.backbone
-    for name, model, router_input in (("model-stage1", run.chosen["model"], run.chosen["protocol"]),
-                                      ("model", run.chosen["adapted"], "context")):
-        model.config.feature = {"router_input": router_input, "context_in_reward": b.context_in_reward}
+    for name, model in (("model-stage1", run.chosen["model"]), ("model", run.chosen["adapted"])):
         model.config.data = {**model.config.data, "source": run.config.data.source or run.config.data.builder,
                              "pairs": len(run.train)}
         model.save_pretrained(run.out / name)

@@ -28,7 +28,7 @@ from typing import Any, Callable, NamedTuple, Optional
 from micro_rm.experiment.adaptation import adapt_variants, budget_curve, micro_rows
 from micro_rm.experiment.baselines import fit_baselines, hyre_rows, oracle_row, supervision_labels
 from micro_rm.experiment.config import ExperimentConfig
-from micro_rm.experiment.data import encode, load_data, load_records
+from micro_rm.experiment.data import encode, load_data
 from micro_rm.experiment.phrasings import heldout_phrasings
 from micro_rm.experiment.results import assemble_results, save_models, write_report
 from micro_rm.experiment.state import Run
@@ -79,4 +79,4 @@ def run_experiment(config: ExperimentConfig, *, backbone: Any = None, out: str |
     return run.folder
 
 
-__all__ = ["STEPS", "Step", "load_records", "run_experiment"]
+__all__ = ["STEPS", "Step", "run_experiment"]

@@ -134,6 +134,11 @@ class ContextRouter(nn.Module):
         return len(unit)
 
     @torch.no_grad()
+    def set_prototypes(self, prototypes: torch.Tensor) -> None:
+        """Place stage 1's training contexts [M, d_c] (unit vectors) in the slots the config sized."""
+        self.prototypes.copy_(prototypes)
+
+    @torch.no_grad()
     def set_context_logits(self, prototype_logits: torch.Tensor, null_logits: Optional[torch.Tensor] = None) -> None:
         """Overwrite the prototypes' logits [M, K] (and the no-context logits [K], if given): a
         stage-2 step."""

@@ -13,14 +13,8 @@ from __future__ import annotations
 
 import os
 
-from micro_rm.online.engines import URL_SCHEME, PostgresUserStore, UserStore, sqlite_connect, sqlite_transaction
-from micro_rm.online.requests import DuplicateKey, FeedbackRequest, StaleRequest, UserDeleted
-from micro_rm.online.sql import BUMP_EPOCH_SQL, EPOCH_DDL, StateStore
-
-# The serve layer imports these names from here (tokens, writer, routers.feedback); their homes
-# are the modules above.
-__all__ = ["BUMP_EPOCH_SQL", "EPOCH_DDL", "DuplicateKey", "FeedbackRequest", "PostgresUserStore", "StaleRequest",
-           "StateStore", "UserDeleted", "UserStore", "open_store", "sqlite_connect", "sqlite_transaction"]
+from micro_rm.online.engines import URL_SCHEME, PostgresUserStore, UserStore
+from micro_rm.online.sql import StateStore
 
 
 def open_store(

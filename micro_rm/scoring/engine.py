@@ -63,9 +63,9 @@ class RewardScorer:
 
         self.model = model
         self.backbone = backbone
-        settings = model.config.feature
-        self.router_input = settings.get("router_input", "context")
-        self.context_in_reward = bool(settings.get("context_in_reward", False))
+        settings = model.config.feature_settings()
+        self.router_input = settings.router_input
+        self.context_in_reward = settings.context_in_reward
         self.model_id = state_model_id(model)
         self.num_heads = model.config.num_heads
 

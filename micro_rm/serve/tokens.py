@@ -8,7 +8,7 @@ file or PostgreSQL database), so several replicas share users and tokens.
 Revocation is immediate on every replica: nothing is cached, each request reads the committed
 table (an indexed read, tens of microseconds on SQLite), so once ``revoke`` or a rotation has
 returned no request is accepted with the old token. Each change of a user's token also moves the
-user's epoch (:data:`micro_rm.online.store.EPOCH_DDL`) in the same transaction, and the lookup
+user's epoch (:data:`micro_rm.online.sql.EPOCH_DDL`) in the same transaction, and the lookup
 returns the epoch with the user: feedback authorised under an old token is refused at commit.
 
 >>> tokens = TokenStore("sqlite:///state.db")              # doctest: +SKIP
@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from micro_rm.errors import MicroRMError
-from micro_rm.online.store import BUMP_EPOCH_SQL, EPOCH_DDL, sqlite_connect, sqlite_transaction
+from micro_rm.online.engines import sqlite_connect, sqlite_transaction
+from micro_rm.online.sql import BUMP_EPOCH_SQL, EPOCH_DDL
 
 TOKEN_PREFIX = "mrm_"
 

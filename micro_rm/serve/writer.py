@@ -22,7 +22,7 @@ from typing import Any, Sequence, Union
 import numpy as np
 
 from micro_rm.online.hedge import UserState
-from micro_rm.online.store import FeedbackRequest, StaleRequest
+from micro_rm.online.requests import FeedbackRequest, StaleRequest
 from micro_rm.scoring.features import QueueWorker
 
 

@@ -142,7 +142,7 @@ def initial_model(features: PairFeatures, config: Stage1Config) -> MixtureReward
         torch.manual_seed(config.seed)
         model = MixtureRewardModel(model_config)
     if prototypes is not None:
-        model.router.prototypes.copy_(torch.from_numpy(prototypes))
+        model.router.set_prototypes(torch.from_numpy(prototypes))
     return model.to(config.device)
 
 

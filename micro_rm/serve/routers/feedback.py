@@ -29,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 
 from micro_rm.data.records import normalize_pair
 from micro_rm.errors import InvalidRecord
-from micro_rm.online.store import DuplicateKey, FeedbackRequest, UserDeleted
+from micro_rm.online.requests import DuplicateKey, FeedbackRequest, UserDeleted
 from micro_rm.scoring.limits import check_count, check_text
 from micro_rm.serve.auth import Principal, check_acts_as, require_principal
 from micro_rm.serve.deps import get_batcher, get_metrics, get_scorer, get_settings, get_store, get_writer
