@@ -9,7 +9,8 @@ accuracy on the user's test pairs is reported before and after.
 Each attribute is one simulated user. The chosen stage-1 model is shared; a user starts from
 nothing (``UserState.fresh``) and gives n labelled pairs drawn from their attribute's train pairs,
 either at random or proposed one at a time by active selection
-(:func:`micro_rm.train.active.rank_queries`, expected information gain). Their weights are the
+(:func:`micro_rm.train.active.best_queries`, expected information gain: the ranking ``suggest``
+offers in the service, the CLI and the API). Their weights are the
 router's prior sharpened by Hedge, w = normalise(f_ψ(x, c) ⊙ exp(−η S_u)); accuracy is measured on
 their attribute's test pairs. Two kinds of users:
 
@@ -41,11 +42,13 @@ def user_accuracy(log_prior: np.ndarray, head_probs: np.ndarray, cumulative_loss
 
 def feedback_order(pool_probs: np.ndarray, pool_log_prior: np.ndarray, n: int, eta: float,
                    rng: np.random.Generator, active: bool) -> list[int]:
-    """Indices of the first ``n`` pool pairs a user labels: random, or chosen one at a time by
-    expected information gain under the user's current weights (the label of a pair is revealed
-    only after it is chosen; the score is symmetric in the pair's orientation)."""
-    from micro_rm.online.hedge import hedge_log_weights, pair_losses
-    from micro_rm.train.active import rank_queries
+    """Indices of the first ``n`` pool pairs a user labels: random, or the loop a labelling tool
+    runs with the product's ranking (:func:`micro_rm.train.active.best_queries`, which
+    ``micro-rm suggest``, ``POST /users/{id}/queries`` and ``MiCRo.suggest`` call): ask for the
+    best pair under the user's current weights, reveal its label, add its losses, ask again (the
+    score is symmetric in the pair's orientation)."""
+    from micro_rm.online.hedge import pair_losses
+    from micro_rm.train.active import best_queries
 
     if not active:
         return rng.choice(len(pool_probs), size=min(n, len(pool_probs)), replace=False).tolist()
@@ -54,8 +57,7 @@ def feedback_order(pool_probs: np.ndarray, pool_log_prior: np.ndarray, n: int, e
     loss = np.zeros(pool_probs.shape[1])
     for _ in range(min(n, len(candidates))):
         left = np.setdiff1d(candidates, asked, assume_unique=True)
-        weights = np.exp(hedge_log_weights(pool_log_prior[left], loss, eta))
-        pick = int(left[rank_queries(pool_probs[left], weights, eta=eta)[0]])
+        pick = int(left[best_queries(pool_probs[left], pool_log_prior[left], loss, 1, eta=eta)[0][0]])
         asked.append(pick)
         loss = loss + pair_losses(pool_probs[pick:pick + 1])[0]
     return asked

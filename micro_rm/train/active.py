@@ -14,8 +14,13 @@ p_k = P_k(a ≻ b) of every candidate [N, K]:
     The weighted variance of the heads' probabilities Σ_k w_k (p_k − p̄)²: cheaper, and the
     same ranking in most pools.
 
->>> order = rank_queries(head_probs, state=state, log_prior=log_router_weights, eta=1.0)  # doctest: +SKIP
->>> ask_user(pool[order[:5]])                                                             # doctest: +SKIP
+:func:`best_queries` is what a user is asked: the k best candidates under their weights
+normalise(prior ⊙ exp(−η S_u)), with each one's gain. The service (``POST /users/{id}/queries``),
+``micro-rm suggest`` and ``MiCRo.suggest`` (all through :mod:`micro_rm.scoring.suggest`) and the
+harness's new-user curve (:mod:`micro_rm.experiment.users`) call it.
+
+>>> order, gains = best_queries(head_probs, log_router_weights, state.cumulative_loss, k=5)  # doctest: +SKIP
+>>> ask_user(pool[order])                                                                    # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from typing import Any, Optional
 import numpy as np
 
 from micro_rm.errors import MicroRMError
-from micro_rm.online.hedge import DEFAULT_ETA, DEFAULT_P_MIN, UserState, pair_losses, validate_eta
+from micro_rm.online.hedge import (DEFAULT_ETA, DEFAULT_P_MIN, UserState, hedge_log_weights, pair_losses,
+                                   validate_eta)
 
 METHODS = ("information", "disagreement")
 
@@ -46,7 +52,7 @@ def expected_information_gain(weights: np.ndarray, head_probs: np.ndarray, *, et
     """Expected drop of the entropy (nats) of the Hedge weights from each pair's label: [N].
 
     >>> expected_information_gain(np.array([0.5, 0.5]), np.array([[0.99, 0.01], [0.9, 0.9]])).round(3)
-    array([0.11, 0.  ])
+    array([0.602, 0.   ])
     """
     w, p = _check(weights, head_probs)
     eta = validate_eta(eta)
@@ -75,11 +81,35 @@ def rank_queries(head_probs: np.ndarray, weights: Optional[np.ndarray] = None, *
             raise MicroRMError("rank_queries: `state` needs `log_prior`, the router's log weights of "
                                "the candidates ([N, K] or [1, K]; np.log(1/K) for no router)")
         weights = state.weights(np.atleast_2d(log_prior), eta)
+    return np.argsort(-query_scores(weights, head_probs, eta=eta, method=method), kind="stable")
+
+
+def best_queries(head_probs: np.ndarray, log_prior: np.ndarray, cumulative_loss: Optional[np.ndarray], k: int,
+                 *, eta: float = DEFAULT_ETA, method: str = "information") -> tuple[np.ndarray, np.ndarray]:
+    """``(indices, scores)`` of the ``k`` most informative candidates, best first (ties keep the
+    pool order), for a user whose weights are normalise(prior ⊙ exp(−η S)): ``head_probs`` [N, K],
+    ``log_prior`` the router's log weights of the candidates [N, K] (or [1, K]),
+    ``cumulative_loss`` S [K] (None: a new user, the router's weights). ``k`` past N gives N.
+
+    >>> best_queries(np.array([[0.9, 0.9], [0.99, 0.01]]), np.log([[0.5, 0.5]]), None, 1)[0]
+    array([1])
+    """
+    log_prior = np.atleast_2d(np.asarray(log_prior, dtype=np.float64))
+    loss = np.zeros(log_prior.shape[1]) if cumulative_loss is None else cumulative_loss
+    weights = np.exp(hedge_log_weights(log_prior, loss, eta))
+    score = query_scores(weights, head_probs, eta=eta, method=method)
+    order = np.argsort(-score, kind="stable")[:max(int(k), 0)]
+    return order, score[order]
+
+
+def query_scores(weights: np.ndarray, head_probs: np.ndarray, *, eta: float = DEFAULT_ETA,
+                 method: str = "information") -> np.ndarray:
+    """Each candidate's score under ``method`` (see the module docstring): [N], higher is better."""
+    if method not in METHODS:
+        raise MicroRMError(f"`method` must be one of {', '.join(METHODS)}, got {method!r}")
     if method == "information":
-        score = expected_information_gain(weights, head_probs, eta=eta)
-    else:
-        score = weighted_disagreement(weights, head_probs)
-    return np.argsort(-score, kind="stable")
+        return expected_information_gain(weights, head_probs, eta=eta)
+    return weighted_disagreement(weights, head_probs)
 
 
 def _check(weights: Any, head_probs: Any) -> tuple[np.ndarray, np.ndarray]:
