@@ -70,3 +70,37 @@ def check_output_path(path: str | os.PathLike, option: str, *, folder: bool,
     if writable and not os.access(existing if existing.is_dir() else existing.parent, os.W_OK):
         raise MicroRMError(f"{option} {path}: {existing} is not writable; choose another path")
     return path
+
+
+def check_not_input(path: str | os.PathLike, option: str, inputs: dict[str, object], *,
+                    replaces_folder: bool = False) -> None:
+    """Refuse an output ``path`` that is one of the command's ``inputs`` (``{"--data": path}``;
+    a ``sqlite:///`` state URL counts as its file, other URLs and hub ids are skipped), so a
+    command never overwrites what it reads. With ``replaces_folder`` (an output folder that is
+    replaced as a whole) an input inside ``path`` is refused too.
+
+    >>> check_not_input("scores.jsonl", "--out", {"--data": "scores.jsonl"})  # doctest: +SKIP
+    Traceback (most recent call last):
+    micro_rm.errors.MicroRMError: --out scores.jsonl: is the --data input; ...
+    """
+    from micro_rm.errors import MicroRMError
+
+    def local(value: object) -> Path | None:
+        text = os.fspath(value)  # type: ignore[call-overload]
+        text = text[len("sqlite:///"):] if text.startswith("sqlite:///") else text
+        return None if "://" in text else Path(text)
+
+    out = local(path)
+    if out is None:
+        return
+    out = out.resolve()
+    for name, value in inputs.items():
+        source = None if value is None else local(value)
+        if source is None or not source.exists():
+            continue
+        source = source.resolve()
+        same = source == out or (out.exists() and os.path.samefile(source, out))
+        if same or (replaces_folder and out in source.parents):
+            where = "is" if same else "holds"
+            raise MicroRMError(f"{option} {path}: {where} the {name} input {value}, which writing there would "
+                               f"destroy; choose another {option}")

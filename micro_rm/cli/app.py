@@ -6,12 +6,14 @@ imported inside each command, so ``micro-rm --help`` stays fast.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import importlib
 import json
 import logging
 import math
 import sys
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import typer
 
@@ -80,6 +82,47 @@ def emit(result: dict[str, Any], as_json: bool, summary: str) -> None:
         print(summary)
 
 
+def check_range(value: float, option: str, low: float, high: float) -> None:
+    """Refuse a numeric option outside ``[low, high]``, naming the option and the range.
+
+    >>> check_range(4, "--max-heads", 1, 64)
+    """
+    from micro_rm.errors import MicroRMError
+
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
+        raise MicroRMError(f"{option} must be in [{low:g}, {high:g}], got {value}")
+
+
+@contextlib.contextmanager
+def state_errors(state: Any) -> Iterator[None]:
+    """Turn a damaged state database's errors (raised by the store while it is read) into one
+    line naming ``--state``."""
+    import sqlite3
+
+    from micro_rm.errors import MicroRMError
+
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        raise MicroRMError(f"--state {state}: not a readable micro-rm state database ({exc}); restore it "
+                           "from a backup, or point --state at another file") from None
+
+
+def check_finite_state(user_state: Any, state: Any) -> Any:
+    """``user_state`` if its cumulative losses are finite; a NaN or infinite S would route every
+    reward of that user to NaN, so it is refused with the command that clears it."""
+    import numpy as np
+
+    from micro_rm.errors import MicroRMError
+
+    loss = np.asarray(user_state.cumulative_loss, dtype=np.float64)
+    if not np.all(np.isfinite(loss)):
+        user = user_state.user_id
+        raise MicroRMError(f"--state {state}: user {user!r} has a non-finite cumulative loss "
+                           f"{loss.tolist()}; clear it with `micro-rm user reset {user} --state {state}`")
+    return user_state
+
+
 def _register_commands() -> None:
     """Import every ``micro_rm/cli/*_cmd.py`` module; each registers its commands on ``app``."""
     import pkgutil
@@ -95,20 +138,73 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the CLI on ``argv``; return the exit code (0 ok, 2 bad input, 1 unexpected failure)."""
     from micro_rm.errors import MicroRMError
 
+    import sqlite3
+
     _register_commands()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    args = list(argv) if argv is not None else sys.argv[1:]
     try:
         # standalone mode: typer/click print usage errors themselves and exit 2 (SystemExit)
-        app(args=list(argv) if argv is not None else None, prog_name="micro-rm")
+        app(args=args, prog_name="micro-rm")
     except MicroRMError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_hint_for(str(exc), args)}", file=sys.stderr)
         return 2
     except UnicodeError as exc:  # a text no reader decoded first: still bad input, not a crash
         print(f"error: input is not valid Unicode ({exc}); re-save it as UTF-8", file=sys.stderr)
         return 2
+    except sqlite3.DatabaseError as exc:  # a state store read outside state_errors
+        print(f"error: the state database (--state) is not readable ({exc})", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        return _os_error(exc)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     return 0
+
+
+_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+_DENIED = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _os_error(exc: OSError) -> int:
+    """One line for a failed read or write: exit 1 when the disk (or the file size limit) is full,
+    2 when a path may not be written or does not exist (bad input), else 1."""
+    where = exc.filename if exc.filename is not None else "output"
+    if exc.errno in _FULL:
+        print(f"error: {where}: no space left to write it ({exc.strerror}); nothing was kept; free some "
+              "space and run again", file=sys.stderr)
+        return 1
+    if exc.errno in _DENIED:
+        print(f"error: {where}: permission denied ({exc.strerror}); choose a path this user may write "
+              "(or read)", file=sys.stderr)
+        return 2
+    print(f"error: {where}: {exc.strerror or exc}", file=sys.stderr)
+    return 2 if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR) else 1
+
+
+SKIP_HINT = " or pass --skip-invalid"
+
+
+def _hint_for(message: str, args: list[str]) -> str:
+    """``message`` with the advice to pass --skip-invalid only where the command has that flag
+    (the readers' messages carry it for data build and encode; `experiment` sets it in its config)."""
+    if SKIP_HINT not in message:
+        return message
+    import click
+    import typer.main
+
+    command: Any = typer.main.get_command(app)
+    for token in args:
+        if not isinstance(command, click.Group):
+            break
+        if token.startswith("-"):
+            continue
+        command = command.commands.get(token) or command.commands.get("profile")  # heads MODEL = profile
+    if command is not None and any("--skip-invalid" in p.opts for p in getattr(command, "params", [])):
+        return message
+    if getattr(command, "name", None) == "experiment":
+        return message.replace(SKIP_HINT, " or set `skip_invalid: true` in the config's data section")
+    return message.replace(SKIP_HINT, "")
 
 
 def run() -> None:

@@ -31,13 +31,14 @@ def build(
     Example: micro-rm data build dsp --source ../shared/data/dsp-domain-specific-preference
     --out dsp.jsonl --split train
     """
-    from micro_rm.atomic import check_output_path
+    from micro_rm.atomic import check_not_input, check_output_path
     from micro_rm.data.builders import build_pairs
     from micro_rm.data.readers import hf_split_default, write_pairs
     from micro_rm.data.split import select_split
     from micro_rm.errors import MicroRMError
 
     check_output_path(out, "--out", folder=False)
+    check_not_input(out, "--out", {"--source": source})
     start = time.perf_counter()
     with hf_split_default(hf_split):
         records = build_pairs(name, source, skip_invalid=skip_invalid)

@@ -14,12 +14,14 @@ from typing import Optional
 
 import typer
 
-from micro_rm.cli.app import CACHE_HELP, HF_SPLIT_HELP, JSON_HELP, app, emit, field_docs
+from micro_rm.cli.app import CACHE_HELP, HF_SPLIT_HELP, JSON_HELP, app, check_range, emit, field_docs
 
 _feature_help, _feature_default = field_docs("micro_rm.features.base:FeatureSettings")
 # --router-input, --context-in-reward, --context-encoding of `encode` and `train`, from FeatureSettings.
 FEATURE_OPTIONS = {name: typer.Option(_feature_default(name), "--" + name.replace("_", "-"), help=_feature_help(name))
                    for name in ("router_input", "context_in_reward", "context_encoding")}
+MAX_BATCH = 65_536   # texts per backbone call (--batch-size)
+MAX_TOKENS = 1_000_000  # --max-length: far above any backbone's limit, yet a typo like 1e12 is refused
 
 
 @app.command("encode")
@@ -63,18 +65,23 @@ def encode(
     Several processes: torchrun --nproc_per_node=4 -m micro_rm.cli encode --data dsp.jsonl
     --backbone default --device cuda --tokens-per-batch 16384
     """
-    from micro_rm.errors import MicroRMError
     from micro_rm.features.base import FeatureSettings
     from micro_rm.features.batching import check_batching
+    from micro_rm.serve.settings import check_device
 
     # Cheap checks first, so a typo fails before the backbone loads.
-    if max_length is not None and max_length <= 0:
-        raise MicroRMError(f"--max-length must be a positive number of tokens, got {max_length}")
+    if max_length is not None:
+        check_range(max_length, "--max-length", 1, MAX_TOKENS)
     check_batching(batch_size, tokens_per_batch)
+    check_range(batch_size, "--batch-size", 1, MAX_BATCH)
+    if tokens_per_batch is not None:
+        check_range(tokens_per_batch, "--tokens-per-batch", 1, MAX_BATCH * MAX_TOKENS)
     settings = FeatureSettings.from_options(router_input, context_in_reward, context_encoding)
     if out is not None:
-        from micro_rm.atomic import check_output_path
+        from micro_rm.atomic import check_not_input, check_output_path
         check_output_path(out, "--out", folder=True)
+        check_not_input(out, "--out", {"--data": data, "--cache": cache_dir}, replaces_folder=True)
+    check_device(device)
 
     from micro_rm.data.readers import read_pairs
     from micro_rm.features.backbones import load_backbone

@@ -8,7 +8,10 @@ from typing import Optional
 
 import typer
 
-from micro_rm.cli.app import CACHE_HELP, JSON_HELP, app, emit
+from micro_rm.cli.app import CACHE_HELP, JSON_HELP, app, check_range, emit
+
+MAX_YAML_DEPTH = 32        # the deepest shipped config nests 3; PyYAML recurses once per level
+MAX_DEMO_PROMPTS = 100_000
 
 
 def _command(name: str, *args: object, **options: object) -> str:
@@ -40,11 +43,15 @@ def experiment(
     from micro_rm.data.readers import read_text
     from micro_rm.experiment.config import ExperimentConfig
 
+    from micro_rm.atomic import check_not_input
+
     if config_file.is_file():
-        read_text(config_file, "config")                # invalid UTF-8: one line naming the line
+        check_yaml_depth(read_text(config_file, "config"), config_file)  # invalid UTF-8: one line naming the line
     config = ExperimentConfig.from_yaml(config_file)   # a bad key fails before anything loads
     # The report folder is checked now, not after minutes of training.
-    check_output_path(out if out is not None else Path("runs") / config_file.stem, "--out", folder=True)
+    folder = out if out is not None else Path("runs") / config_file.stem
+    check_output_path(folder, "--out", folder=True)
+    check_not_input(folder, "--out", {"CONFIG.yaml": config_file, "--cache": cache_dir})
     from micro_rm.eval.report import format_table, load_results
     from micro_rm.experiment.runner import run_experiment
 
@@ -54,6 +61,30 @@ def experiment(
     emit({"report": str(folder), "seconds": results.get("seconds"),
           "methods": {k: v["mean"] for k, v in results["methods"].items()}}, as_json,
          f"{format_table(results)}\n\nreport: {folder / 'report.md'} (plots and results.json beside it)")
+
+
+def check_yaml_depth(text: str, path: Path, limit: int = MAX_YAML_DEPTH) -> None:
+    """Refuse YAML nested deeper than ``limit`` before parsing it: PyYAML builds nested values
+    recursively, so a deep file would end in a RecursionError. Its event stream is flat.
+
+    >>> check_yaml_depth("a: {b: [1]}", Path("exp.yaml"))
+    """
+    import yaml
+
+    from micro_rm.errors import MicroRMError
+
+    depth = 0
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                depth += 1
+                if depth > limit:
+                    raise MicroRMError(f"{path} line {event.start_mark.line + 1}: nested more than {limit} levels "
+                                       "deep; an experiment config needs a few")
+            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                depth -= 1
+    except yaml.YAMLError:
+        return  # from_yaml reports bad YAML with its line
 
 
 @app.command("demo")
@@ -76,6 +107,8 @@ def demo(
     from micro_rm.experiment.demo import run_demo
 
     check_output_path(out, "--out", folder=True)    # before minutes of work
+    if prompts is not None:
+        check_range(prompts, "--prompts", 20, MAX_DEMO_PROMPTS)
     folder = run_demo(out=out, backbone=backbone, prompts=prompts, cache=cache_dir, progress=not as_json,
                       command=_command("demo", out=out, backbone=None if backbone == "default" else backbone,
                                        prompts=prompts, cache=cache_dir))

@@ -11,7 +11,7 @@ from typing import Any, Optional
 import typer
 from typer.core import TyperGroup
 
-from micro_rm.cli.app import CACHE_HELP, CACHE_ONLY_HELP, HF_SPLIT_HELP, JSON_HELP, app, emit
+from micro_rm.cli.app import CACHE_HELP, CACHE_ONLY_HELP, HF_SPLIT_HELP, JSON_HELP, app, check_range, emit
 
 
 class _ProfileByDefault(TyperGroup):
@@ -30,6 +30,7 @@ heads_app = typer.Typer(cls=_ProfileByDefault, no_args_is_help=True,
 app.add_typer(heads_app, name="heads")
 
 MODEL_ARG = typer.Argument(..., help="Model folder (or Hugging Face hub id).", show_default=False)
+MAX_EPOCHS = 10_000  # heads merge --epochs: re-fitting the router converges in tens
 DATA_HELP = "Pair file (jsonl, json, parquet, csv), dataset folder or Hugging Face hub id."
 
 
@@ -67,12 +68,13 @@ def profile_cmd(
 
     Example: micro-rm heads runs/dsp --data dsp-test.jsonl --report runs/dsp-heads
     """
-    from micro_rm.atomic import check_output_path
+    from micro_rm.atomic import check_not_input, check_output_path
     from micro_rm.heads.labels import save_labels
     from micro_rm.heads.profile import profile_heads
     from micro_rm.heads.report import write_heads_report
 
     check_output_path(report, "--report", folder=True)
+    check_not_input(report, "--report", {"MODEL": model_dir, "--data": data})
     model, records, features = _load(model_dir, data, hf_split, cache_dir, cache_only)
     profile = profile_heads(model, features, records)
     stored = list(model.config.head_labels)
@@ -125,7 +127,7 @@ def audit_cmd(
     """
     import json
 
-    from micro_rm.atomic import atomic_open, check_output_path
+    from micro_rm.atomic import atomic_open, check_not_input, check_output_path
     from micro_rm.errors import MicroRMError
     from micro_rm.heads.audit import audit_heads, audit_summary
 
@@ -133,6 +135,7 @@ def audit_cmd(
         raise MicroRMError(f"--alpha must be in (0, 1), got {alpha}")
     if out is not None:
         check_output_path(out, "--out", folder=False)
+        check_not_input(out, "--out", {"MODEL": model_dir, "--data": data})
     model, _, features = _load(model_dir, data, hf_split, cache_dir, cache_only)
     audit = {"model": model_dir, "data": data, **audit_heads(model, features, alpha=alpha)}
     if out is not None:
@@ -154,11 +157,14 @@ def mask_cmd(
 
     Example: micro-rm heads mask runs/hh --head 1 --out runs/hh-masked
     """
+    from micro_rm.atomic import check_not_input, check_output_path
     from micro_rm.heads.mask import mask_heads
     from micro_rm.model.mixture import MixtureRewardModel
     from micro_rm.model.pretrained import check_destination
 
     check_destination(out)
+    check_output_path(out, "--out", folder=True)
+    check_not_input(out, "--out", {"MODEL": model_dir}, replaces_folder=True)
     model = mask_heads(MixtureRewardModel.from_pretrained(model_dir), head)
     model.save_pretrained(out)
     masked = model.config.masked_heads
@@ -185,13 +191,15 @@ def merge_cmd(
 
     Example: micro-rm heads merge runs/dsp --data dsp-train.jsonl --min-agreement 0.9 --out runs/dsp-merged
     """
-    from micro_rm.errors import MicroRMError
+    from micro_rm.atomic import check_not_input, check_output_path
     from micro_rm.heads.merge import merge_heads
     from micro_rm.model.pretrained import check_destination
 
-    if epochs < 1:
-        raise MicroRMError(f"--epochs must be ≥ 1, got {epochs}")
+    check_range(epochs, "--epochs", 1, MAX_EPOCHS)
+    check_range(min_agreement, "--min-agreement", 0.5, 1)     # merge_heads's range, before any encoding
     check_destination(out)
+    check_output_path(out, "--out", folder=True)
+    check_not_input(out, "--out", {"MODEL": model_dir, "--data": data, "--cache": cache_dir}, replaces_folder=True)
     model, _, features = _load(model_dir, data, hf_split, cache_dir, cache_only)
     merged, info = merge_heads(model, features, min_agreement, epochs=epochs)
     merged.save_pretrained(out)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from micro_rm.cli.app import app, field_docs
+from micro_rm.cli.app import app, field_docs, state_errors
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
@@ -83,5 +83,6 @@ def serve(
         from micro_rm.features.cache import FeatureCache
         FeatureCache(settings.cache_dir)
     scorer = RewardScorer.load(model, device=device)
-    open_store(state, scorer.model_id, scorer.num_heads).close()
+    with state_errors(state):
+        open_store(state, scorer.model_id, scorer.num_heads).close()
     uvicorn.run(create_app(settings, scorer=scorer), host=host, port=port, log_level=log_level)

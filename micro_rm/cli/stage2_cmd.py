@@ -15,7 +15,7 @@ from typing import Optional
 
 import typer
 
-from micro_rm.cli.app import CACHE_HELP, CACHE_ONLY_HELP, HF_SPLIT_HELP, JSON_HELP, app, emit, field_docs
+from micro_rm.cli.app import CACHE_HELP, CACHE_ONLY_HELP, HF_SPLIT_HELP, JSON_HELP, app, emit, field_docs, state_errors
 from micro_rm.online.hedge import DEFAULT_ETA
 
 logger = logging.getLogger(__name__)
@@ -58,12 +58,15 @@ def adapt(
     Example: micro-rm adapt --model runs/dsp --data dsp-train.jsonl --budget 50 --tau auto
     --out runs/dsp-adapted
     """
+    from micro_rm.atomic import check_not_input, check_output_path
     from micro_rm.model.pretrained import check_destination
     from micro_rm.train.config import AdaptConfig
 
     config = AdaptConfig(budget=budget, tau="auto" if tau.strip().lower() == "auto" else tau, folds=folds,
                          seed=seed)
     check_destination(out)
+    check_output_path(out, "--out", folder=True)
+    check_not_input(out, "--out", {"--model": model_dir, "--data": data, "--cache": cache_dir}, replaces_folder=True)
 
     from micro_rm.data.readers import read_pairs
     from micro_rm.model.mixture import MixtureRewardModel
@@ -117,15 +120,18 @@ def feedback(
     from micro_rm.online import open_store, pair_losses, validate_eta
     from micro_rm.online.identity import state_model_id
 
+    from micro_rm.atomic import check_not_input
+
     eta = validate_eta(eta)
     check_user_id(user, "--user")
+    check_not_input(state, "--state", {"--data": data, "--model": model_dir})
     model = MixtureRewardModel.from_pretrained(model_dir)
     # Read and score the pairs before the store opens: bad data must not create a state file.
     records = read_pairs(data, hf_split=hf_split)
     features = featurize_for(model, records, cache_dir, allow_encode=not cache_only)
     losses = pair_losses(model.head_probs(features.chosen, features.rejected))
-    store = open_store(state, model_id=state_model_id(model), num_heads=model.config.num_heads)
-    with store:
+    with state_errors(state), open_store(state, model_id=state_model_id(model),
+                                         num_heads=model.config.num_heads) as store:
         after = store.apply_feedback(user, losses, payloads=records)
         result = _user_result(after, store.location, eta)
     emit({**result, "added": len(records)}, as_json,
@@ -148,7 +154,7 @@ def show(
 
     check_user_id(user, "user")
     eta = validate_eta(eta)
-    with open_store(state) as store:
+    with state_errors(state), open_store(state) as store:
         result = _user_result(store.get(user), store.location, eta)
     emit(result, as_json, _user_summary(result))
 
@@ -167,7 +173,7 @@ def reset(
     from micro_rm.online import open_store
 
     check_user_id(user, "user")
-    with open_store(state) as store:
+    with state_errors(state), open_store(state) as store:
         before = store.reset(user)
     emit({"user": user, "state": str(state), "reset": True, "num_feedback_before": before.num_feedback},
          as_json, f"reset user {user!r} (forgot {before.num_feedback} feedback pair(s))")

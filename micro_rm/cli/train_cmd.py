@@ -13,13 +13,15 @@ from typing import Optional
 
 import typer
 
-from micro_rm.cli.app import CACHE_HELP, CACHE_ONLY_HELP, HF_SPLIT_HELP, JSON_HELP, app, emit, field_docs
-from micro_rm.cli.encode_cmd import FEATURE_OPTIONS
+from micro_rm.cli.app import (CACHE_HELP, CACHE_ONLY_HELP, HF_SPLIT_HELP, JSON_HELP, app, check_finite_state,
+                              check_range, emit, field_docs, state_errors)
+from micro_rm.cli.encode_cmd import FEATURE_OPTIONS, MAX_TOKENS
 from micro_rm.errors import MicroRMError
 from micro_rm.online.hedge import DEFAULT_ETA
 
 
 _help, _default = field_docs("micro_rm.train.config:Stage1Config")
+MAX_HEADS = 64       # --heads auto fits every K up to --max-heads: a bound keeps that run finite
 
 
 @app.command("train")
@@ -32,7 +34,7 @@ def train(
     heads: str = typer.Option(..., "--heads", help=_help("heads") + " auto: fit K = 1..--max-heads "
                               "and keep the smallest K within one standard error of the lowest "
                               "validation NLL (the curve is saved as heads_auto.png in --out)."),
-    max_heads: int = typer.Option(8, "--max-heads", help="Largest K tried by --heads auto."),
+    max_heads: int = typer.Option(8, "--max-heads", help=f"Largest K tried by --heads auto (1 to {MAX_HEADS})."),
     out: Path = typer.Option(..., "--out", help="Model folder to write (config.json, "
                                                 "model.safetensors, README.md)."),
     variant: str = typer.Option(_default("variant"), "--variant", help=_help("variant")),
@@ -68,22 +70,31 @@ def train(
     Example: micro-rm train --data dsp-train.jsonl --backbone static --heads 4 --out runs/dsp
     (or --heads auto to choose K on held-out train prompts)
     """
+    from micro_rm.atomic import check_not_input, check_output_path
     from micro_rm.errors import MicroRMError
     from micro_rm.features.base import FeatureSettings
     from micro_rm.model.pretrained import check_destination
+    from micro_rm.serve.settings import check_device
     from micro_rm.train.config import Stage1Config
     from micro_rm.train.stage1 import fit_stage1
 
     # Every cheap check first, so a typo fails before the backbone loads.
     auto = heads == "auto"
-    if not auto and not heads.isdigit() or auto and max_heads < 1:
-        raise MicroRMError(f"--heads must be a number of heads or auto (with --max-heads ≥ 1), got {heads!r}")
+    if not auto and not heads.isdigit():
+        raise MicroRMError(f"--heads must be a number of heads or auto, got {heads!r}")
+    if auto:
+        check_range(max_heads, "--max-heads", 1, MAX_HEADS)
+    if max_length is not None:
+        check_range(max_length, "--max-length", 1, MAX_TOKENS)
     config = Stage1Config(heads=1 if auto else int(heads), variant=variant, alpha=alpha, balance=balance, router=router,
                           epochs=epochs, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
                           val_fraction=val_fraction, seed=seed, device=device,
                           context_temperature=context_temperature, context_dropout=context_dropout)
     settings = FeatureSettings.from_options(router_input, context_in_reward, context_encoding)
     check_destination(out)
+    check_output_path(out, "--out", folder=True)
+    check_not_input(out, "--out", {"--data": data, "--cache": cache_dir}, replaces_folder=True)
+    check_device(device)
 
     from micro_rm.cli.encode_cmd import resolve_dtype
     from micro_rm.data.readers import read_pairs
@@ -169,9 +180,13 @@ def evaluate(
     from micro_rm.model.mixture import MixtureRewardModel
     from micro_rm.model.text import featurize_for
 
+    from micro_rm.online import validate_eta
+
     if report is not None:  # before any work: a bad --report must not cost an evaluation
-        from micro_rm.atomic import check_output_path
+        from micro_rm.atomic import check_not_input, check_output_path
         check_output_path(report, "--report", folder=True)
+        check_not_input(report, "--report", {"--model": model_dir, "--data": data, "--state": state})
+    eta = validate_eta(eta)
     if (state is None) != (user is None):
         raise MicroRMError("--user and --state go together: evaluating as a user reads that user's "
                            "state (pass both, or neither to evaluate the router alone)")
@@ -222,8 +237,9 @@ def user_cumulative_loss(model, state: str, user: str):
     if "://" not in state and not Path(state).is_file():
         raise MicroRMError(f"--state {state}: no such state file; a user's state is written by "
                            "`micro-rm feedback` or the service")
-    with open_store(state, model_id=state_model_id(model), num_heads=model.config.num_heads) as store:
-        return store.get(user).cumulative_loss
+    with state_errors(state), open_store(state, model_id=state_model_id(model),
+                                         num_heads=model.config.num_heads) as store:
+        return check_finite_state(store.get(user), state).cumulative_loss
 
 
 def routed_probabilities(model, features, cumulative_loss=None, eta: float = DEFAULT_ETA):
@@ -257,6 +273,7 @@ def export_scalar_cmd(
     """
     from micro_rm.errors import MicroRMError
     from micro_rm.model.mixture import MixtureRewardModel
+    from micro_rm.atomic import check_not_input, check_output_path
     from micro_rm.model.pretrained import check_destination, export_scalar
     from micro_rm.model.text import model_backbone
 
@@ -268,6 +285,8 @@ def export_scalar_cmd(
             raise MicroRMError("--context is empty; give the context sentence the router should read")
         check_unicode(context, "--context")
     check_destination(out)
+    check_output_path(out, "--out", folder=True)
+    check_not_input(out, "--out", {"--model": model_dir}, replaces_folder=True)
     model = MixtureRewardModel.from_pretrained(model_dir)
     if weights is not None:
         try:

@@ -209,8 +209,22 @@ def load_pretrained(cls: type, path_or_hub_id: str | os.PathLike, device: Option
         if tensor.shape != expected[name].shape:
             raise MicroRMError(f"{weights_file}: tensor `{name}` has shape {tuple(tensor.shape)}, but "
                                f"{config_file.name} implies {tuple(expected[name].shape)}")
+        _check_finite(name, tensor, weights_file)
     model.load_state_dict(tensors)
     return model.to(device or "cpu").eval()
+
+
+def _check_finite(name: str, tensor: torch.Tensor, weights_file: Path) -> None:
+    """Refuse a NaN or infinite parameter: it would turn every reward into NaN. The one exception
+    is −inf in ``logits``, a head that :func:`export_scalar` switched off (weight exactly 0)."""
+    if not tensor.is_floating_point():
+        return
+    bad = torch.isnan(tensor) | (tensor == float("inf"))
+    if name != "logits":
+        bad |= tensor == float("-inf")
+    if bool(bad.any()):
+        raise MicroRMError(f"{weights_file}: tensor `{name}` holds {int(bad.sum())} NaN or infinite "
+                           "value(s); the model is damaged: retrain it or restore the file")
 
 
 def export_scalar(model: "MixtureRewardModel", path: str | os.PathLike, *,
