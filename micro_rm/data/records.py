@@ -34,7 +34,6 @@ Text = Union[str, list[Message]]
 USER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}$"
 USER_ID_RULE = ("1-128 characters: letters, digits and . _ @ : - (starting with a letter or "
                 "digit)")
-TEXT_FIELDS = ("prompt", "chosen", "rejected")
 OPTIONAL_STR_FIELDS = ("context", "attribute", "user_id", "id")
 
 

@@ -6,19 +6,7 @@ K, α, router, epochs, learning rate, batch size and validation fraction; stage 
 folds) are the library's own definitions (``micro_rm.train.config``). A bad value or an unknown
 key anywhere is one error line that names its path (``stage2.folds``, ``stage2.tau_grdi``) and
 what is accepted, raised before any data is read or encoded (nanoGPT's configurator refuses
-unknown keys the same way).
-
-Example (``configs/dsp.yaml``, abridged)::
-
-    title: DSP (4 domains), default backbone
-    data: {builder: dsp, source: "{data}/dsp-domain-specific-preference"}
-    backbone: {name: default}
-    stage1:
-      heads: 4
-      variants:
-        - {protocol: context, balance: marginal}
-        - {protocol: prompt, balance: example}
-    stage2: {budget: 50, tau: auto}
+unknown keys the same way). The shipped examples are ``configs/*.yaml``.
 
 Data sources: ``{data}`` at the start of a source is the folder of the offline real datasets,
 ``$MICRO_RM_DATA`` when set, else ``../shared/data`` beside the repository that holds the config

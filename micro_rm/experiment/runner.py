@@ -1,20 +1,9 @@
 """The paper's protocol in one call: ``run_experiment(config)`` → a report folder.
 
 The protocol is ``STEPS``, run in order on one :class:`~micro_rm.experiment.state.Run`
-(METHOD.md, "Evaluation protocol"):
-
-1. data: build the pairs, fill missing contexts, take the canonical split by prompt (stage 1
-   trains on ``data``'s train split; the stage-2 budget and the oracle come from ``eval_data``'s
-   train split, and every method is evaluated on ``eval_data``'s test split; both default to
-   ``data``); encode every text once through the feature cache (``data``).
-2. stage 1: each MiCRo variant of the grid; ``micro`` is the variant picked by the config's rule,
-   with no test label read (``variants``).
-3. stage 2: the chosen variant's router adapted with B context pairs per attribute over
-   ``budget_curve.seeds`` draws, the other variants over one draw (``adaptation``).
-4. the baselines with the same K, HyRe and MiCRo-HyRe, the oracle (``baselines``).
-5. the budget curve (``adaptation``); results with 95% bootstrap intervals by test prompt
-   (``results``); per-user online Hedge and new users' curve (``users``); held-out phrasings
-   (``phrasings``); the models and the report folder (``results``).
+(METHOD.md, "Evaluation protocol"); each step's docstring says what it does. Stage 1 trains on
+``data``'s train split; the stage-2 budget and the oracle come from ``eval_data``'s train split,
+and every method is evaluated on ``eval_data``'s test split (both default to ``data``).
 
 >>> folder = run_experiment(ExperimentConfig.from_yaml("configs/demo.yaml"))  # doctest: +SKIP
 """

@@ -64,13 +64,6 @@ class FeatureCache:
         within fp16 precision) or ``"float32"`` (exact).
     shard_size : new vectors are flushed to a shard every ``shard_size`` items ...
     flush_seconds : ... or every ``flush_seconds``, so an interrupted run loses little.
-
-    Examples
-    --------
-    >>> cache = FeatureCache(tmp_dir, dtype="float32")              # doctest: +SKIP
-    >>> vectors, stats = cache.get_or_encode(items, backbone)        # doctest: +SKIP
-    >>> cache.get_or_encode(items, backbone)[1].encoded              # doctest: +SKIP
-    0
     """
 
     def __init__(self, root: str | os.PathLike | None = None, dtype: str = "float16", *,

@@ -164,12 +164,8 @@ def featurize(records: Sequence[dict[str, Any]], backbone: Backbone, cache: Feat
     records : pair records, e.g. from :func:`micro_rm.data.readers.read_pairs`.
     backbone : the frozen feature extractor.
     cache : where vectors are looked up and new ones stored.
-    router_input : ``"context"`` (the router reads the context and the prompt) or ``"prompt"``
-        (the context is left out of the route features, as in the HelpSteer2 protocol's stage 1).
-    context_in_reward : prepend the context to the prompt of the reward items too (the paper's
-        RPR setting); say which one an experiment used.
-    context_encoding : the route layout, ``"clauses"`` (default), ``"separate"`` or ``"joint"``;
-        see the module docstring.
+    router_input, context_in_reward, context_encoding : the
+        :class:`~micro_rm.features.base.FeatureSettings` (route layouts: the module docstring).
     batch_size : texts per backbone call.
     tokens_per_batch : instead of ``batch_size``, fill each backbone call up to this many padded
         tokens (GPU runs; see :func:`micro_rm.features.batching.plan_batches`).

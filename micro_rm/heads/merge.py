@@ -63,7 +63,6 @@ def merge_heads(model: MixtureRewardModel, features: PairFeatures, min_agreement
     return merged.eval(), info
 
 
-
 def duplicate_head(model: MixtureRewardModel, head: int) -> MixtureRewardModel:
     """A copy of ``model`` with head ``head`` repeated as a new last head, each copy routed half
     the original's weight: the same predictions with one redundant head (what ``merge_heads``

@@ -55,20 +55,17 @@ class MixtureConfig:
     version: str = __version__                     # micro-rm version that wrote it
 
     def __post_init__(self) -> None:
-        for name in ("num_heads", "reward_dim", "route_dim", "router_hidden"):
+        for name, low in (("num_heads", 1), ("reward_dim", 1), ("route_dim", 1), ("router_hidden", 1),
+                          ("context_dim", 0), ("context_prototypes", 0)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise MicroRMError(f"`{name}` must be an integer ≥ 1, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise MicroRMError(f"`{name}` must be an integer ≥ {low}, got {value!r}")
         if self.variant not in VARIANTS:
             raise MicroRMError(f"`variant` must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
         if self.router not in ROUTERS:
             raise MicroRMError(f"`router` must be one of {', '.join(ROUTERS)}, got {self.router!r}")
-        if isinstance(self.context_dim, bool) or not isinstance(self.context_dim, int) \
-                or not 0 <= self.context_dim < self.route_dim:
+        if self.context_dim >= self.route_dim:
             raise MicroRMError(f"`context_dim` must be an integer in [0, route_dim), got {self.context_dim!r}")
-        if isinstance(self.context_prototypes, bool) or not isinstance(self.context_prototypes, int) \
-                or self.context_prototypes < 0:
-            raise MicroRMError(f"`context_prototypes` must be an integer ≥ 0, got {self.context_prototypes!r}")
         corrections = self.context_corrections
         if not isinstance(corrections, list) or len(set(map(str, corrections))) != len(corrections) or any(
                 isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.context_prototypes
@@ -82,14 +79,13 @@ class MixtureConfig:
             raise MicroRMError(f"`context_encoding` must be one of {', '.join(CONTEXT_ENCODINGS)}, 'joint' exactly "
                                f"when context_dim is 0, got {self.context_encoding!r} with context_dim "
                                f"{self.context_dim}")
-        if isinstance(self.context_temperature, bool) or not isinstance(self.context_temperature, (int, float)) \
-                or not math.isfinite(self.context_temperature) or self.context_temperature <= 0:
-            raise MicroRMError(f"`context_temperature` must be a finite number > 0, got {self.context_temperature!r}")
+        for name, low, bound in (("context_temperature", 0, ">"), ("prior_scale", 0, "≥")):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or (value <= low if bound == ">" else value < low):
+                raise MicroRMError(f"`{name}` must be a finite number {bound} {low}, got {value!r}")
         if self.variant == "single" and self.num_heads != 1:
             raise MicroRMError(f"`num_heads` must be 1 for variant 'single', got {self.num_heads}")
-        if isinstance(self.prior_scale, bool) or not isinstance(self.prior_scale, (int, float)) \
-                or not math.isfinite(self.prior_scale) or self.prior_scale < 0:
-            raise MicroRMError(f"`prior_scale` must be a finite number ≥ 0, got {self.prior_scale!r}")
         masked = self.masked_heads
         if not isinstance(masked, list) or any(isinstance(k, bool) or not isinstance(k, int)
                                                 or not 0 <= k < self.num_heads for k in masked) \

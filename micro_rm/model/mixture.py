@@ -42,7 +42,6 @@ INFERENCE_CHUNK = 65_536  # rows per forward pass at inference (bounded memory o
 MASKED_LOGIT = -1e9       # router logit of a masked head (config.masked_heads)
 
 
-
 class MixtureRewardModel(nn.Module, PretrainedMixin):
     """K Bradley–Terry heads and a router; see the module docstring for the variants.
 

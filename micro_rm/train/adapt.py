@@ -142,8 +142,6 @@ def draw_budget(records_or_groups: Sequence[Any], budget: int, seed: int) -> np.
     >>> draw_budget(["a", "a", "a", "b"], budget=2, seed=0).tolist()     # doctest: +SKIP
     [0, 2, 3]
     """
-    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-        raise MicroRMError(f"`budget` must be an integer ≥ 1 (pairs per group), got {budget!r}")
     groups = list(records_or_groups)
     if groups and isinstance(groups[0], Mapping):
         groups = budget_groups(groups)

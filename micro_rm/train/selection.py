@@ -1,14 +1,8 @@
 """Stage 2's model selection: the candidate routers, how each is fitted, and the choice between
 them and "keep the stage-1 router" by cross-validation on the budget pairs (METHOD.md, measured
-finding 2: a stage 2 that cannot keep stage 1 removes information at small budgets).
-
-A candidate is a τ of :data:`TAU_GRID` (or the given τ) and, on the separate route layout, what
-it re-weights and how new wordings join the router (:class:`Candidate`). k-fold cross-validation
-holds out prompts, or whole wordings where an attribute's budget carries several
-(:func:`cv_folds`), and scores each candidate by the mixture NLL of the pairs its router did not
-adapt on. An adapted router replaces the stage-1 one only when its NLL is lower by more than one
-(clustered) standard error of the paired difference and it classifies at least as many held-out
-pairs correctly (:func:`choose_candidate`).
+finding 2: a stage 2 that cannot keep stage 1 removes information at small budgets). The steps
+are in :mod:`micro_rm.train.adapt`'s docstring; the rules in :class:`Candidate`,
+:func:`cv_folds` and :func:`choose_candidate`.
 
 >>> per_pair_nll = cross_validate(model, route, deltas, fold, tau="auto", seed=0)   # doctest: +SKIP
 >>> choose_candidate(per_pair_nll, clusters)                                       # doctest: +SKIP
@@ -30,7 +24,6 @@ from micro_rm.errors import MicroRMError
 from micro_rm.model.losses import bt_loss, mixture_bt_loss
 from micro_rm.model.router import context_branch_logits
 from micro_rm.train.algorithm1 import hedge_targets
-from micro_rm.train.config import check_tau
 
 if TYPE_CHECKING:
     from micro_rm.model.mixture import MixtureRewardModel
@@ -330,7 +323,7 @@ def hedge_context_branch(model: "MixtureRewardModel", route: torch.Tensor, delta
     router, c = model.router, len(taus)
     _, attention, has_context = model.context_branch_inputs(route)
     losses = bt_loss(deltas)                                             # L_ik = −log σ(Δ_ik), [N, K]
-    step = 1 / torch.tensor([check_tau(t) for t in taus], dtype=route.dtype, device=route.device).view(c, 1, 1)
+    step = 1 / torch.tensor(list(taus), dtype=route.dtype, device=route.device).view(c, 1, 1)
     prototype_logits = router.prototype_logits.detach().expand(c, -1, -1).clone()
     null_logits = router.null_logits.detach().expand(c, -1).clone()
     if attention is not None:
@@ -369,7 +362,7 @@ def known_routing_logits(model: "MixtureRewardModel", route: torch.Tensor, delta
     evidence = (attention[:, known:] * has_context).T @ losses                      # [Mn, Mk]
     prior = torch.log_softmax(router.prototypes[known:] @ router.prototypes[:known][plain].T
                               / router.temperature, dim=-1)                         # [Mn, Mk]
-    tau = torch.tensor([check_tau(t) for t in taus], dtype=route.dtype, device=route.device).view(-1, 1, 1)
+    tau = torch.tensor(list(taus), dtype=route.dtype, device=route.device).view(-1, 1, 1)
     logits = torch.softmax(prior - evidence / tau, dim=-1) @ routings               # [C, Mn, K]
     new = router.corrections[known:]
     if bool(new.any()):                 # corrections are still at δ = 0: h(u_n) is what they correct
