@@ -116,6 +116,22 @@ class MiCRo:
         margin = out.head_rewards[0] - out.head_rewards[1]
         return float(out.weights[0] @ (1.0 / (1.0 + np.exp(-margin))))
 
+    def suggest(self, user: Optional[str], pairs: Sequence[Any], k: int = 1, *, state: Any = None,
+                eta: Optional[float] = None) -> list[Any]:
+        """The ``k`` candidate pairs (dicts with ``prompt``, ``chosen``, ``rejected``, optional
+        ``context``) whose labels would teach most about ``user``, best first, as
+        ``Query(index, gain)``: the ranking of ``micro-rm suggest`` and the service's
+        ``POST /users/{id}/queries`` (:func:`micro_rm.scoring.suggest.suggest`). ``state`` is the
+        per-user state (path or URL), read only; without it, or for a user it does not know,
+        the router's weights are the start.
+
+        >>> [q.index for q in rm.suggest("ana", pool, k=2, state="state.db")]   # doctest: +SKIP
+        [17, 3]
+        """
+        from micro_rm.scoring.suggest import suggest
+
+        return suggest(self._reward(), pairs, k, user=user, state=state, eta=eta)
+
     # ----- saving --------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         """Write the model folder (config.json, model.safetensors, README.md model card)."""

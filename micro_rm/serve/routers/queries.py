@@ -1,0 +1,74 @@
+"""``POST /users/{user_id}/queries``: which of these candidate pairs should the user label next?
+
+The loop a labelling tool runs: ask for the best pairs here, have the user label them, send the
+labels to ``POST /feedback``, ask again. The ranking is :mod:`micro_rm.scoring.suggest` (the one
+``micro-rm suggest`` and ``MiCRo.suggest`` use): the expected information gain of each pair's
+label about the user's weights normalise(router prior ⊙ exp(−η S_u)). A user with no state yet
+(known only by id) starts from the router's weights on each pair's prompt (and context, if the
+pair has one). Nothing is written.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from fastapi import APIRouter, Depends, Path
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from micro_rm.data.records import USER_ID_PATTERN
+from micro_rm.scoring.suggest import check_pool, pool_items, rank_pool
+from micro_rm.serve.auth import Principal, check_acts_as, require_principal
+from micro_rm.serve.deps import get_batcher, get_scorer, get_settings, get_store
+from micro_rm.serve.schemas import Context, TextIn, as_text
+from micro_rm.serve.settings import ServeSettings
+
+router = APIRouter(prefix="/users", tags=["users"])
+
+
+class CandidatePair(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompt: Optional[TextIn] = Field(None, description="May be omitted when chosen/rejected are "
+                                     "whole conversations (their shared prefix is the prompt).")
+    chosen: TextIn = Field(description="One response (the order of the two means nothing here).")
+    rejected: TextIn = Field(description="The other response.")
+    context: Optional[Context] = None
+
+
+class QueriesRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    pairs: list[CandidatePair] = Field(description="The candidate pool (at most --max-texts pairs).",
+                                       examples=[[{"prompt": "Explain gravity.", "chosen": "Mass bends "
+                                                   "spacetime.", "rejected": "Things fall down, lol."}]])
+    k: int = Field(1, description="How many pairs to suggest (the whole pool if it has fewer).")
+
+
+class Suggested(BaseModel):
+    index: int = Field(description="Position of the pair in `pairs`.")
+    gain: float = Field(description="Expected drop (nats) of the entropy of the user's weights "
+                        "once they label this pair.")
+
+
+class QueriesResponse(BaseModel):
+    queries: list[Suggested] = Field(description="The k most informative pairs, best first.")
+    user_id: str
+    num_feedback: int = Field(description="Feedback pairs behind the user's weights (0: the router's).")
+
+
+@router.post("/{user_id}/queries", response_model=QueriesResponse)
+async def queries(body: QueriesRequest,
+                  user_id: str = Path(pattern=USER_ID_PATTERN, description="The user id."),
+                  principal: Principal = Depends(require_principal),
+                  settings: ServeSettings = Depends(get_settings), store: Any = Depends(get_store),
+                  scorer: Any = Depends(get_scorer), batcher: Any = Depends(get_batcher)) -> QueriesResponse:
+    """The `k` candidate pairs whose labels would teach most about this user, best first (the
+    user's token or the admin token). Label them, send them to `POST /feedback`, ask again."""
+    check_acts_as(principal, user_id)
+    pairs = [{"prompt": None if p.prompt is None else as_text(p.prompt), "chosen": as_text(p.chosen),
+              "rejected": as_text(p.rejected), "context": p.context} for p in body.pairs]
+    records, k = check_pool(pairs, body.k, settings.limits)
+    state = await run_in_threadpool(store.get, user_id, True)
+    vectors = await batcher.vectors(pool_items(scorer, records))
+    found = rank_pool(scorer, records, vectors, state.cumulative_loss, k, settings.eta)
+    return QueriesResponse(queries=[Suggested(index=q.index, gain=q.gain) for q in found],
+                           user_id=user_id, num_feedback=state.num_feedback)
