@@ -65,7 +65,6 @@ class RankGroup:
     rank: int
     world_size: int
     local_rank: int
-    backend: str
     owns: bool = False               # whether this process group was created here (close() ends it)
     cpu_group: Any = None            # gloo side group for Python objects when backend is nccl
 
@@ -78,12 +77,12 @@ class RankGroup:
         """This rank's device: ``cuda`` becomes ``cuda:<LOCAL_RANK>``, one GPU per process."""
         return f"cuda:{self.local_rank}" if device == "cuda" else device
 
-    def broadcast(self, value: Any, src: int = 0) -> Any:
-        """Rank ``src``'s ``value`` on every rank."""
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank."""
         import torch.distributed as dist
 
         box = [value]
-        dist.broadcast_object_list(box, src=src, group=self.cpu_group)
+        dist.broadcast_object_list(box, src=0, group=self.cpu_group)
         return box[0]
 
     def all_gather(self, value: Any) -> list[Any]:
@@ -136,7 +135,6 @@ def init_group(device: str = "cpu") -> Optional[RankGroup]:
     owns = not dist.is_initialized()
     if owns:
         dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=TIMEOUT)
-    backend = dist.get_backend()
-    cpu_group = dist.new_group(backend="gloo", timeout=TIMEOUT) if backend != "gloo" else None
+    cpu_group = dist.new_group(backend="gloo", timeout=TIMEOUT) if dist.get_backend() != "gloo" else None
     return RankGroup(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local,
-                     backend=backend, owns=owns, cpu_group=cpu_group)
+                     owns=owns, cpu_group=cpu_group)

@@ -76,4 +76,3 @@ def audit_summary(audit: dict[str, Any]) -> str:
                      + ("  FLAGGED" if h["flagged"] else "") + ("  (masked)" if h["masked"] else ""))
     lines.append("flagged heads: " + (", ".join(map(str, audit["flagged"])) if audit["flagged"] else "none"))
     return "\n".join(lines)
-

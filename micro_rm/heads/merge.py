@@ -1,12 +1,8 @@
 """Merge heads that pick the same winner on (almost) every pair, then re-fit the router.
 
 A group of heads that agree on at least ``min_agreement`` of the pairs (every two of them:
-complete linkage, :func:`micro_rm.heads.agreement.agreement_clusters`) becomes one head: the
-router-usage-weighted mean of their weight vectors. The router starts from the old one with the
-group's probability mass summed (exact for free logits; for the output layer of the prompt
-network, the mean row plus log |group|), and is then re-fitted on the pairs with the stage-1
-objective while the heads stay frozen, keeping the epoch with the lowest validation NLL on
-held-out prompts.
+complete linkage, :func:`micro_rm.heads.agreement.agreement_clusters`) becomes one head
+(:func:`_merged_model`), and the router is re-fitted with the heads frozen (:func:`_refit_router`).
 
 >>> merged, info = merge_heads(model, features, min_agreement=0.9)     # doctest: +SKIP
 >>> info["clusters"]                                                    # doctest: +SKIP
@@ -160,4 +156,3 @@ def _refit_router(model: MixtureRewardModel, features: PairFeatures, config: Sta
     model.load_state_dict(best[1])
     model.heads.weight.requires_grad_(True)
     return best[0]
-

@@ -80,4 +80,3 @@ def select_heads(features: PairFeatures, config: Stage1Config, grid: Sequence[in
              "rule": "smallest K within one standard error (over prompts) of the lowest validation NLL"}
     model, history = fits[grid.index(chosen)]
     return model, history, curve
-
