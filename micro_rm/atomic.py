@@ -96,10 +96,10 @@ def check_not_input(path: str | os.PathLike, option: str, inputs: dict[str, obje
     out = out.resolve()
     for name, value in inputs.items():
         source = None if value is None else local(value)
-        if source is None or not source.exists():
+        if source is None:
             continue
-        source = source.resolve()
-        same = source == out or (out.exists() and os.path.samefile(source, out))
+        source = source.resolve()      # a folder not made yet (a new --cache) counts too
+        same = source == out or (out.exists() and source.exists() and os.path.samefile(source, out))
         if same or (replaces_folder and out in source.parents):
             where = "is" if same else "holds"
             raise MicroRMError(f"{option} {path}: {where} the {name} input {value}, which writing there would "

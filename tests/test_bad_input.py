@@ -10,6 +10,7 @@ test_train_cli; the service runs on the same backbone through FastAPI's test cli
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -133,6 +134,50 @@ def bad_model(tmp: Path) -> Path:
     write(tmp / "model" / "config.json", b'{"num_heads": "\xff"}')
     write(tmp / "model" / "model.safetensors", b"")
     return tmp / "model"
+
+
+def damaged_model(tmp: Path, model: Path, value: float = float("nan"), tensor: str = "heads.weight") -> str:
+    """A copy of ``model`` with one parameter set to ``value`` (NaN or ±inf)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    copy = tmp / "damaged-model"
+    shutil.copytree(model, copy)
+    tensors = load_file(str(copy / "model.safetensors"))
+    tensors[tensor].view(-1)[0] = value
+    save_file(tensors, str(copy / "model.safetensors"))
+    return str(copy)
+
+
+def state_db(tmp: Path, model: Path, sql: str | None = None, corrupt: bool = False) -> str:
+    """A state file with user ana (one feedback pair, written by `micro-rm feedback`), then
+    changed by ``sql`` or with its pages after the first overwritten (``corrupt``)."""
+    import sqlite3
+
+    assert main(feedback(tmp, model, pairs(tmp, GOOD_LINE, name="ana.jsonl"))) == 0
+    path = tmp / "state.db"
+    if sql is not None:
+        with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+            conn.execute(sql)
+    if corrupt:
+        data = path.read_bytes()
+        path.write_bytes(data[:4096] + b"\xa5" * (len(data) - 4096))
+    return str(path)
+
+
+NAN_STATE = "UPDATE users SET cumulative_loss = '[NaN, 0.5]' WHERE user_id = 'ana'"
+SCHEMA_999 = "UPDATE meta SET value = '999' WHERE key = 'schema_version'"
+
+
+def score(tmp: Path, model: Path | str, *extra: str, data: str | None = None) -> list[str]:
+    return ["score", "--model", str(model), "--data", data or pairs(tmp, GOOD_LINE), "--out", str(tmp / "scores.jsonl"),
+            *extra]
+
+
+def deep_yaml(tmp: Path, block: bool = False) -> str:
+    text = ("a:\n" + "".join(" " * i + "b:\n" for i in range(1, 2000))) if block else "a: " + "[" * 100_000
+    return write(tmp / "deep.yaml", text)
 
 
 def train(tmp: Path, data: str, *extra: str) -> list[str]:
@@ -289,6 +334,99 @@ CLI_CASES = [
     Case("user-show-missing-state", lambda t, m: ["user", "show", "ana", "--state", str(t / "none.db")],
          r"state file .*none.db does not exist"),
     Case("missing-data-file", lambda t, m: train(t, str(t / "absent.jsonl")), r"absent.jsonl: no such file or folder"),
+    # issue 25, item 4: NaN / Inf parameters are refused at load; so is a user state holding NaN
+    Case("model-nan-eval", lambda t, m: evaluate(damaged_model(t, m), pairs(t, GOOD_LINE)),
+         r"damaged-model/model.safetensors: tensor `heads.weight` holds 1 NaN or infinite value"),
+    Case("model-inf-score", lambda t, m: score(t, damaged_model(t, m, float("inf"))),
+         r"damaged-model/model.safetensors: tensor `heads.weight` holds 1 NaN or infinite value"),
+    Case("model-nan-export-scalar", lambda t, m: ["export-scalar", "--model", damaged_model(t, m), "--out",
+                                                  str(t / "s"), "--weights", "1,1"], r"tensor `heads.weight` holds"),
+    Case("model-nan-heads-mask", lambda t, m: ["heads", "mask", damaged_model(t, m, float("-inf")), "--head", "0",
+                                               "--out", str(t / "masked")], r"tensor `heads.weight` holds"),
+    Case("state-nan-eval", lambda t, m: evaluate(m, pairs(t, GOOD_LINE), "--state", state_db(t, m, NAN_STATE),
+                                                 "--user", "ana"), r"user 'ana' .*state.db.*(non-)?finite"),
+    Case("state-nan-score", lambda t, m: score(t, m, "--state", state_db(t, m, NAN_STATE), "--user", "ana"),
+         r"user 'ana' .*state.db.*(non-)?finite"),
+    # item 5: a damaged or too new state database, in every command that opens it
+    *(Case(f"state-{kind}-{name}", lambda t, m, argv=argv, change=change: argv(t, m, state_db(t, m, **change)), message)
+      for kind, change, message in [("corrupt", {"corrupt": True}, r"state.db.*(not a readable|malformed)"),
+                                    ("version-999", {"sql": SCHEMA_999}, r"state.db.*999")]
+      for name, argv in [
+          ("eval", lambda t, m, s: evaluate(m, pairs(t, GOOD_LINE), "--state", s, "--user", "ana")),
+          ("score", lambda t, m, s: score(t, m, "--state", s, "--user", "ana")),
+          ("feedback", lambda t, m, s: feedback(t, m, pairs(t, GOOD_LINE))),
+          ("user-show", lambda t, m, s: ["user", "show", "ana", "--state", s]),
+          ("user-reset", lambda t, m, s: ["user", "reset", "ana", "--state", s]),
+      ]),
+    # item 6: an output that is one of the command's inputs
+    Case("score-out-is-data", lambda t, m: score(t, m, data=pairs(t, GOOD_LINE, name="scores.jsonl")),
+         r"--out .*scores.jsonl: is the --data input"),
+    Case("score-out-is-state", lambda t, m: ["score", "--model", str(m), "--data", pairs(t, GOOD_LINE), "--out",
+                                             state_db(t, m), "--state", f"sqlite:///{t / 'state.db'}", "--user", "ana"],
+         r"--out .*state.db: is the --state input"),
+    Case("build-out-is-source", lambda t, m: ["data", "build", "jsonl", "--source", pairs(t, GOOD_LINE), "--out",
+                                              str(t / "pairs.jsonl")], r"--out .*pairs.jsonl: is the --source input"),
+    Case("adapt-out-is-model", lambda t, m: ["adapt", "--model", str(m), "--data", pairs(t, GOOD_LINE), "--out", str(m)],
+         r"--out .*model: is the --model input"),
+    Case("mask-out-is-model", lambda t, m: ["heads", "mask", str(m), "--head", "0", "--out", str(m)],
+         r"--out .*model: is the MODEL input"),
+    Case("export-scalar-out-is-model", lambda t, m: ["export-scalar", "--model", str(m), "--out", str(m), "--weights",
+                                                     "1,1"], r"--out .*model: is the --model input"),
+    Case("train-out-holds-data", lambda t, m: train(t, pairs(t, GOOD_LINE, name="model.jsonl"), "--cache",
+                                                    str(t / "out")), r"--out .*out: is the --cache input"),
+    Case("encode-out-is-cache", lambda t, m: encode(pairs(t, GOOD_LINE), "--cache", str(t / "c"), "--out", str(t / "c")),
+         r"--out .*: is the --cache input"),
+    Case("eval-report-is-model", lambda t, m: evaluate(m, pairs(t, GOOD_LINE), "--report", str(m)),
+         r"--report .*model: is the --model input"),
+    Case("feedback-state-is-data", lambda t, m: ["feedback", "--model", str(m), "--state", pairs(t, GOOD_LINE),
+                                                 "--user", "ana", "--data", str(t / "pairs.jsonl")],
+         r"--state .*pairs.jsonl: is the --data input"),
+    Case("audit-out-is-data", lambda t, m: ["heads", "audit", str(m), "--data", pairs(t, GOOD_LINE), "--out",
+                                            str(t / "pairs.jsonl")], r"--out .*pairs.jsonl: is the --data input"),
+    Case("experiment-out-is-cache", lambda t, m: ["experiment", str(REPO / "configs" / "demo.yaml"), "--out",
+                                                  str(t / "c"), "--cache", str(t / "c")], r"--out .*c: is the --cache input"),
+    # item 6: devices
+    Case("encode-device-cuda-7", lambda t, m: encode(pairs(t, GOOD_LINE), "--device", "cuda:77"),
+         r"--device cuda:77: (CUDA is not available|this machine has \d+ CUDA device)"),
+    Case("train-device-cuda-7", lambda t, m: train(t, pairs(t, GOOD_LINE), "--device", "cuda:77"),
+         r"--device cuda:77: (CUDA is not available|this machine has \d+ CUDA device)"),
+    Case("score-device-cuda-7", lambda t, m: score(t, m, "--device", "cuda:77"),
+         r"--device cuda:77: (CUDA is not available|this machine has \d+ CUDA device)"),
+    Case("train-device-unknown", lambda t, m: train(t, pairs(t, GOOD_LINE), "--device", "gpu"),
+         r"--device 'gpu' is not a device; use cpu, cuda, cuda:N or mps"),
+    # item 6: YAML depth, numeric ranges
+    Case("experiment-yaml-deep-flow", lambda t, m: ["experiment", deep_yaml(t), "--out", str(t / "runs")],
+         r"deep.yaml line 1: nested more than 32 levels"),
+    Case("experiment-yaml-deep-block", lambda t, m: ["experiment", deep_yaml(t, block=True), "--out", str(t / "runs")],
+         r"deep.yaml line 3\d: nested more than 32 levels"),
+    Case("train-max-heads", lambda t, m: train(t, pairs(t, GOOD_LINE), "--heads", "auto", "--max-heads", "100000"),
+         r"--max-heads must be in \[1, 64\], got 100000"),
+    Case("train-max-length", lambda t, m: train(t, pairs(t, GOOD_LINE), "--max-length", "0"),
+         r"--max-length must be in \[1, 1e\+06\], got 0"),
+    Case("encode-max-length", lambda t, m: encode(pairs(t, GOOD_LINE), "--max-length", str(10 ** 12)),
+         r"--max-length must be in \[1, 1e\+06\]"),
+    Case("encode-batch-size-huge", lambda t, m: encode(pairs(t, GOOD_LINE), "--batch-size", str(10 ** 9)),
+         r"--batch-size must be in \[1, 65536\]"),
+    Case("encode-tokens-per-batch-huge", lambda t, m: encode(pairs(t, GOOD_LINE), "--tokens-per-batch", str(10 ** 15)),
+         r"--tokens-per-batch must be in \[1, "),
+    Case("merge-epochs-huge", lambda t, m: ["heads", "merge", str(m), "--data", pairs(t, GOOD_LINE), "--out",
+                                            str(t / "merged"), "--epochs", str(10 ** 9)], r"--epochs must be in \[1, 10000\]"),
+    Case("merge-min-agreement", lambda t, m: ["heads", "merge", str(m), "--data", pairs(t, GOOD_LINE), "--out",
+                                              str(t / "merged"), "--min-agreement", "2"],
+         r"--min-agreement must be in \[0.5, 1\], got 2"),
+    Case("demo-prompts-huge", lambda t, m: ["demo", "--out", str(t / "demo"), "--prompts", str(10 ** 9)],
+         r"--prompts must be in \[20, 100000\]"),
+    Case("eval-eta-nan", lambda t, m: evaluate(m, pairs(t, GOOD_LINE), "--eta", "nan"), r"--eta must be a finite number > 0"),
+    # item 6: a hint names only flags the command has
+    Case("hint-train", lambda t, m: train(t, pairs(t, record(chosen=" "))), r"`chosen` is empty; fix it$"),
+    Case("hint-eval", lambda t, m: evaluate(m, pairs(t, record(chosen=""))), r"`chosen` is empty; fix it$"),
+    Case("hint-feedback", lambda t, m: feedback(t, m, pairs(t, record(rejected=""))), r"`rejected` is empty; fix it$"),
+    Case("hint-adapt", lambda t, m: ["adapt", "--model", str(m), "--data", pairs(t, b'{"prompt": "p", "chosen": "a"}'),
+                                     "--out", str(t / "adapted")], r"missing field `rejected`; fix it$"),
+    Case("hint-heads", lambda t, m: ["heads", str(m), "--data", pairs(t, record(chosen="")), "--report", str(t / "r")],
+         r"`chosen` is empty; fix it$"),
+    Case("hint-encode-has-the-flag", lambda t, m: encode(pairs(t, record(chosen=""))),
+         r"`chosen` is empty; fix it or pass --skip-invalid$"),
 ]
 
 

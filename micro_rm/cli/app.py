@@ -108,19 +108,16 @@ def state_errors(state: Any) -> Iterator[None]:
                            "from a backup, or point --state at another file") from None
 
 
-def check_finite_state(user_state: Any, state: Any) -> Any:
-    """``user_state`` if its cumulative losses are finite; a NaN or infinite S would route every
-    reward of that user to NaN, so it is refused with the command that clears it."""
-    import numpy as np
+def check_state_exists(state: str, reader: str) -> None:
+    """Refuse a ``--state`` path that holds no state file: ``reader`` (a command that only reads a
+    user's state) must not create one."""
+    from pathlib import Path
 
     from micro_rm.errors import MicroRMError
 
-    loss = np.asarray(user_state.cumulative_loss, dtype=np.float64)
-    if not np.all(np.isfinite(loss)):
-        user = user_state.user_id
-        raise MicroRMError(f"--state {state}: user {user!r} has a non-finite cumulative loss "
-                           f"{loss.tolist()}; clear it with `micro-rm user reset {user} --state {state}`")
-    return user_state
+    if "://" not in state and not Path(state).is_file():
+        raise MicroRMError(f"--state {state}: no such state file; {reader} reads a user's state and never "
+                           "creates one (`micro-rm feedback` or the service writes it)")
 
 
 def _register_commands() -> None:
@@ -190,12 +187,11 @@ def _hint_for(message: str, args: list[str]) -> str:
     (the readers' messages carry it for data build and encode; `experiment` sets it in its config)."""
     if SKIP_HINT not in message:
         return message
-    import click
     import typer.main
 
     command: Any = typer.main.get_command(app)
     for token in args:
-        if not isinstance(command, click.Group):
+        if not hasattr(command, "commands"):     # a command, not a group: found it
             break
         if token.startswith("-"):
             continue

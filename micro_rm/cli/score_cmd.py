@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from micro_rm.cli.app import CACHE_HELP, HF_SPLIT_HELP, JSON_HELP, app, check_finite_state, emit, state_errors
+from micro_rm.cli.app import CACHE_HELP, HF_SPLIT_HELP, JSON_HELP, app, check_state_exists, emit, state_errors
 
 
 @app.command("score")
@@ -36,38 +36,22 @@ def score(
     Example: micro-rm score --model runs/dsp --data candidates.jsonl --out scores.jsonl --context "I am a child."
     """
     from micro_rm.atomic import check_not_input, check_output_path
-    from micro_rm.errors import MicroRMError
     from micro_rm.scoring.records import score_file
     from micro_rm.serve.settings import check_device
 
     check_output_path(out, "--out", folder=False)
     check_not_input(out, "--out", {"--data": data, "--state": state, "--model": model})
     check_device(device)
-    if state is None:
-        result = score_file(model, data, out, context=context, user_id=user, hf_split=hf_split,
-                            cache_dir=cache_dir, device=device)
-    else:
-        if "://" not in state and not Path(state).is_file():
-            raise MicroRMError(f"--state {state}: no such state file; scoring reads a user's state, it never "
-                               "creates one (`micro-rm feedback` or the service writes it)")
-        from micro_rm.model.mixture import MixtureRewardModel
-        from micro_rm.online import open_store
-        from micro_rm.online.identity import state_model_id
+    if state is not None:
+        check_state_exists(state, "score")
+        if user is not None:  # a damaged state is refused now, not after the backbone loaded
+            from micro_rm.online import open_store
 
-        heads = MixtureRewardModel.from_pretrained(model)
-        with state_errors(state), open_store(state, state_model_id(heads), heads.config.num_heads) as store:
-            result = score_file(model, data, out, context=context, user_id=user, state=_FiniteStates(store, state),
-                                hf_split=hf_split, cache_dir=cache_dir, device=device)
+            with state_errors(state), open_store(state) as store:
+                store.get(user, True)
+    with state_errors(state):
+        result = score_file(model, data, out, context=context, user_id=user, state=state, hf_split=hf_split,
+                            cache_dir=cache_dir, device=device)
     emit(result, as_json, f"scored {result['responses']} responses of {result['records']} records "
                           f"({result['encoded_texts']} texts encoded)\nscores: {out}")
 
-
-class _FiniteStates:
-    """The open state ``store``, read-only, refusing a user whose state is not finite (their
-    rewards would all be NaN)."""
-
-    def __init__(self, store, state: str) -> None:
-        self._store, self._state = store, state
-
-    def get(self, user_id: str, missing_ok: bool = False):
-        return check_finite_state(self._store.get(user_id, missing_ok), self._state)

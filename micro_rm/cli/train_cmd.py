@@ -13,8 +13,8 @@ from typing import Optional
 
 import typer
 
-from micro_rm.cli.app import (CACHE_HELP, CACHE_ONLY_HELP, HF_SPLIT_HELP, JSON_HELP, app, check_finite_state,
-                              check_range, emit, field_docs, state_errors)
+from micro_rm.cli.app import (CACHE_HELP, CACHE_ONLY_HELP, HF_SPLIT_HELP, JSON_HELP, app, check_range,
+                              check_state_exists, emit, field_docs, state_errors)
 from micro_rm.cli.encode_cmd import FEATURE_OPTIONS, MAX_TOKENS
 from micro_rm.errors import MicroRMError
 from micro_rm.online.hedge import DEFAULT_ETA
@@ -234,12 +234,10 @@ def user_cumulative_loss(model, state: str, user: str):
     from micro_rm.online.identity import state_model_id
 
     check_user_id(user, "--user")
-    if "://" not in state and not Path(state).is_file():
-        raise MicroRMError(f"--state {state}: no such state file; a user's state is written by "
-                           "`micro-rm feedback` or the service")
+    check_state_exists(state, "eval")
     with state_errors(state), open_store(state, model_id=state_model_id(model),
                                          num_heads=model.config.num_heads) as store:
-        return check_finite_state(store.get(user), state).cumulative_loss
+        return store.get(user).cumulative_loss      # the store refuses a non-finite state
 
 
 def routed_probabilities(model, features, cumulative_loss=None, eta: float = DEFAULT_ETA):
