@@ -16,5 +16,4 @@ _EXPORTS = {
     "run_demo": "micro_rm.experiment.demo",
 }
 __all__ = sorted(_EXPORTS)
-
 __getattr__ = lazy_exports("micro_rm.experiment", _EXPORTS)

@@ -12,7 +12,6 @@ _EXPORTS = {
     "mixture_bt_loss": "micro_rm.model.losses",
     "negative_entropy": "micro_rm.model.losses",
     "export_scalar": "micro_rm.model.pretrained",
-    "from_pretrained": "micro_rm.model.mixture",
     "save_pretrained": "micro_rm.model.pretrained",
     "featurize_for": "micro_rm.model.text",
 }

@@ -180,6 +180,3 @@ class MixtureRewardModel(nn.Module, PretrainedMixin):
                     for a in arrays)).cpu().numpy()
                for i in range(0, max(len(arrays[0]), 1), INFERENCE_CHUNK)]
         return np.concatenate(out)
-
-
-from_pretrained = MixtureRewardModel.from_pretrained   # micro_rm.model.from_pretrained

@@ -32,9 +32,8 @@ def model_backbone(model: MixtureRewardModel, device: str = "cpu") -> Backbone:
         raise MicroRMError("the model's config.json has no backbone spec (`backbone.spec`), so its "
                            "backbone cannot be rebuilt; featurize the data yourself and call "
                            "predict_proba on the features")
-    accepted = inspect.signature(load_backbone).parameters
-    unknown = sorted(set(recorded["spec"]) - set(accepted) - {"device"})
-    if unknown and not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+    unknown = sorted(set(recorded["spec"]) - set(inspect.signature(load_backbone).parameters) - {"device"})
+    if unknown:
         raise MicroRMError(f"the model's config.json has unknown backbone setting(s) {', '.join(map(repr, unknown))} "
                            "in `backbone.spec`; was it written by a newer micro-rm?")
     backbone = load_backbone(**{**recorded["spec"], "device": device})

@@ -152,11 +152,12 @@ def explain(exc: ValidationError, root: type, where: str = "") -> str:
         known = getattr(cls, "__pydantic_fields__", None)
         if known is None:                   # past the field: pydantic's tags for union members
             break
+        joined = f"{path}.{part}" if path else part
         if part not in known:
             section = path or ("the top level" if where else root.__name__)
             accepted = ", ".join(k for k in known if k != "path")     # ExperimentConfig.path is no key
-            return f"{prefix}unknown key `{_join(path, part)}`; {section} accepts: {accepted}"
-        info, path = known[part], _join(path, part)
+            return f"{prefix}unknown key `{joined}`; {section} accepts: {accepted}"
+        info, path = known[part], joined
         annotation = info.annotation
         allowed = (info.json_schema_extra or {}).get("allowed") or _allowed_text(annotation)
         cls = _nested_class(annotation)
@@ -166,10 +167,6 @@ def explain(exc: ValidationError, root: type, where: str = "") -> str:
         return f"{prefix}`{path}`: {error['ctx']['error']}"
     what = allowed or _BY_TYPE.get(error["type"], error["msg"][0].lower() + error["msg"][1:])
     return f"{prefix}`{path or 'the file'}` must be {what}, got {error['input']!r}"
-
-
-def _join(path: str, name: str) -> str:
-    return f"{path}.{name}" if path else name
 
 
 def _allowed_text(annotation: Any) -> Optional[str]:
