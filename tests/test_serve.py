@@ -205,7 +205,7 @@ def test_feedback_refuses_an_invalid_pair_with_its_field(service):
     client, _ = service
     ana = new_user(client, "ana")
     response = client.post("/feedback", json={"prompt": PROMPT, "chosen": " ", "rejected": BAD}, headers=ana)
-    assert response.status_code == 422 and response.json()["detail"] == "feedback: `chosen` is empty"
+    assert response.status_code == 422 and response.json()["detail"] == "feedback: `chosen` is empty; fix it"
     assert client.post("/feedback", json=[], headers=ana).status_code == 422
 
 
@@ -650,7 +650,9 @@ def test_a_failed_shared_encode_fails_only_the_request_that_causes_it(tmp_path):
     bodies.append({"prompt": "POISON", "responses": ["x"]})
     with TestClient(create_app(settings, scorer=poisoned), raise_server_exceptions=False) as client:
         results = _concurrently([lambda b=b: client.post("/score", json=b, headers=bearer(ADMIN)) for b in bodies])
-        assert [r.status_code for r in results] == [200] * 8 + [500]
+        assert [r.status_code for r in results] == [200] * 8 + [503]
+        assert "the backbone failed on this request's texts (RuntimeError: backbone failure)" \
+            in results[-1].json()["detail"]
         assert client.get("/stats").json()["features"]["retried_alone"] >= 2   # it did share a batch
 
 

@@ -13,7 +13,8 @@ from micro_rm.online.hedge import (
     validate_eta,
 )
 from micro_rm.online.engines import PostgresUserStore, UserStore
-from micro_rm.online.requests import DuplicateKey, FeedbackRequest, UserDeleted
+from micro_rm.online.requests import (DuplicateKey, FeedbackRequest, InvalidFeedback, StateInvalid,
+                                      StateUnavailable, UserDeleted)
 from micro_rm.online.sql import StateStore
 from micro_rm.online.store import open_store
 
@@ -22,8 +23,11 @@ __all__ = [
     "DEFAULT_P_MIN",
     "DuplicateKey",
     "FeedbackRequest",
+    "InvalidFeedback",
     "PostgresUserStore",
+    "StateInvalid",
     "StateStore",
+    "StateUnavailable",
     "UserDeleted",
     "UserState",
     "UserStore",

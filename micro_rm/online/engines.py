@@ -74,6 +74,9 @@ class UserStore(StateStore):
         except sqlite3.DatabaseError as err:
             raise MicroRMError(f"state file {path} is not a readable SQLite database ({err})") from None
 
+    def _db_errors(self) -> tuple[type[BaseException], ...]:
+        return (sqlite3.DatabaseError,)
+
     def _connect(self) -> sqlite3.Connection:
         return sqlite_connect(self.path)
 
@@ -110,6 +113,11 @@ class PostgresUserStore(StateStore):
             super().__init__(shown, model_id, num_heads)
         except psycopg.OperationalError as err:
             raise MicroRMError(f"cannot use state database {shown}: {err}") from None
+
+    def _db_errors(self) -> tuple[type[BaseException], ...]:
+        import psycopg
+
+        return (psycopg.Error,)
 
     def _connect(self) -> Any:
         import psycopg

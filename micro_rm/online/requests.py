@@ -2,7 +2,9 @@
 
 :class:`FeedbackRequest` is one service request (applied all or none); :class:`StaleRequest` and
 its subclasses say why one must not be applied; :class:`IdempotentResult` is what a repeated
-Idempotency-Key returns.
+Idempotency-Key returns. :class:`StateInvalid` and :class:`StateUnavailable` say why a store
+cannot answer (a damaged user state, a damaged or unreachable database); each error's
+``status`` is the service's answer.
 """
 
 from __future__ import annotations
@@ -29,6 +31,24 @@ class DuplicateKey(StaleRequest):
     """The request's Idempotency-Key was already used: it was applied once, by an earlier call."""
 
 
+class InvalidFeedback(StaleRequest):
+    """The request's losses are not finite, or would make a user's state non-finite (HTTP 422)."""
+
+    status = 422
+
+
+class StateInvalid(MicroRMError):
+    """A user's stored state is damaged (not K finite numbers): refused, never served (HTTP 409)."""
+
+    status = 409
+
+
+class StateUnavailable(MicroRMError):
+    """The state database cannot be read or written (damaged file, lost connection): HTTP 503."""
+
+    status = 503
+
+
 @dataclasses.dataclass
 class FeedbackRequest:
     """One service request: its ``(user_id, losses [n, K], payloads)`` batches, applied all or
@@ -42,8 +62,9 @@ class FeedbackRequest:
 
 @dataclasses.dataclass
 class IdempotentResult:
-    """What a stored Idempotency-Key holds: the body's hash and each user's state right after."""
+    """What a stored Idempotency-Key holds: the body's hash and each user's state right after
+    (None once a user it wrote to was deleted: the key stays used, its outcome is forgotten)."""
 
     request_sha256: str
-    states: dict[str, tuple[int, list[float]]]   # user → (num_feedback, cumulative_loss)
+    states: dict[str, tuple[int, list[float]]] | None   # user → (num_feedback, cumulative_loss)
 

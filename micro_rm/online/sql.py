@@ -13,30 +13,53 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import json
 import os
 import threading
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from micro_rm.errors import MicroRMError
 from micro_rm.online.hedge import UserState
-from micro_rm.online.requests import DuplicateKey, FeedbackRequest, IdempotentResult, UserDeleted
+from micro_rm.online.requests import (DuplicateKey, FeedbackRequest, IdempotentResult, InvalidFeedback,
+                                      StateInvalid, StateUnavailable, UserDeleted)
 
-SCHEMA_VERSION = "1"
+# Version 2 added the `deleted_users` tombstones (final deletion); a version-1 store is upgraded
+# in place on open (the table is new, nothing else changed). Any other version is refused.
+SCHEMA_VERSION = 2
+OLDEST_SCHEMA_VERSION = 1
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600  # how long a repeated Idempotency-Key returns the first answer
 # A user's epoch goes up whenever the user is deleted or its token revoked or rotated. Feedback
 # carries the epoch it was authorised under, and the write transaction refuses it if the epoch
 # moved meanwhile: a deletion is final even for feedback already in flight. The token table
 # (micro_rm.serve.tokens) shares this table and this SQL.
 EPOCH_DDL = "CREATE TABLE IF NOT EXISTS user_epochs (user_id TEXT PRIMARY KEY, epoch INTEGER NOT NULL)"
+# A deleted user keeps a tombstone until it is explicitly re-created (POST /users): no write, no
+# retry and no admin feedback brings its state back meanwhile.
+DELETED_DDL = "CREATE TABLE IF NOT EXISTS deleted_users (user_id TEXT PRIMARY KEY, deleted_at TEXT NOT NULL)"
 BUMP_EPOCH_SQL = ("INSERT INTO user_epochs (user_id, epoch) VALUES (?, 1) ON CONFLICT (user_id) "
                   "DO UPDATE SET epoch = user_epochs.epoch + 1")
 
 
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat()
+
+
+def _guarded(method: Callable) -> Callable:
+    """Turn the engine's own database errors (a damaged file, a lost connection) inside
+    ``method`` into :class:`StateUnavailable`: one line naming the store (CLI exit 2, HTTP 503)."""
+
+    @functools.wraps(method)
+    def wrapper(self: "StateStore", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except self._db_errors() as err:
+            raise StateUnavailable(f"{self._kind} {self.location} cannot be used: {err}; restore it "
+                                   "from a backup or point --state elsewhere") from None
+
+    return wrapper
 
 
 class StateStore:
@@ -75,8 +98,10 @@ class StateStore:
                         f"{self._kind} {self.location} holds no micro-rm state yet; "
                         f"`micro-rm feedback --model DIR --state {self.location}` creates it"
                     )
-                meta = {"model_id": model_id, "num_heads": str(num_heads), "schema_version": SCHEMA_VERSION}
+                meta = {"model_id": model_id, "num_heads": str(num_heads),
+                        "schema_version": str(SCHEMA_VERSION)}
                 cur.executemany(self._sql("INSERT INTO meta (key, value) VALUES (?, ?)"), list(meta.items()))
+            self._check_version(cur, meta.get("schema_version", "1"))
         self.model_id, self.num_heads = meta["model_id"], int(meta["num_heads"])
         if model_id is not None and (model_id, num_heads) != (self.model_id, self.num_heads):
             raise MicroRMError(
@@ -84,7 +109,19 @@ class StateStore:
                 f"not {model_id} (K={num_heads}); point --state at another file or database"
             )
 
+    def _check_version(self, cur: Any, found: str) -> None:
+        """Refuse a schema this code does not know; upgrade an older known one in place."""
+        if not (found.isdigit() and OLDEST_SCHEMA_VERSION <= int(found) <= SCHEMA_VERSION):
+            raise MicroRMError(f"{self._kind} {self.location} has schema_version {found!r}; this micro-rm "
+                               f"reads schema versions {OLDEST_SCHEMA_VERSION} to {SCHEMA_VERSION}")
+        if int(found) < SCHEMA_VERSION:     # the tables _schema() just created are the upgrade
+            cur.execute(self._sql("UPDATE meta SET value = ? WHERE key = 'schema_version'"), (str(SCHEMA_VERSION),))
+
     # --- engine hooks ---------------------------------------------------------------------
+    def _db_errors(self) -> tuple[type[BaseException], ...]:
+        """The engine's database error classes (turned into :class:`StateUnavailable`)."""
+        return ()
+
     def _connect(self) -> Any:
         raise NotImplementedError("subclasses open a DB-API connection in autocommit mode")
 
@@ -105,6 +142,7 @@ class StateStore:
             "created_at TEXT NOT NULL, payload TEXT NOT NULL, losses TEXT NOT NULL)",
             "CREATE INDEX IF NOT EXISTS feedback_user ON feedback (user_id)",
             EPOCH_DDL,
+            DELETED_DDL,
             "CREATE TABLE IF NOT EXISTS idempotency_keys (scope TEXT NOT NULL, key TEXT NOT NULL, "
             "request_sha256 TEXT NOT NULL, users TEXT NOT NULL, states TEXT NOT NULL, "
             "created_at TEXT NOT NULL, PRIMARY KEY (scope, key))",
@@ -122,7 +160,7 @@ class StateStore:
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         return self._conn().execute(self._sql(sql), params).fetchall()
 
-    def _select_user(self, cur: Any, user_id: str, lock: str = "") -> UserState | None:
+    def _select_user(self, cur: Any, user_id: str, lock: str = "", checked: bool = True) -> UserState | None:
         row = cur.execute(
             self._sql("SELECT model_id, num_heads, cumulative_loss, num_feedback FROM users WHERE user_id = ?")
             + lock,
@@ -131,8 +169,24 @@ class StateStore:
         if row is None:
             return None
         model_id, num_heads, loss_json, num_feedback = row
-        return UserState(user_id, int(num_heads), np.array(json.loads(loss_json), dtype=np.float64),
-                         int(num_feedback), model_id)
+        loss = np.array(json.loads(loss_json), dtype=np.float64)
+        if checked and (loss.shape != (int(num_heads),) or not np.isfinite(loss).all()):
+            raise StateInvalid(f"user {user_id!r} in {self.location} has a damaged state (S_u = {loss_json}, "
+                               f"not {num_heads} finite numbers); nothing was read or written. "
+                               f"`micro-rm user reset {user_id} --state {self.location}` forgets it")
+        return UserState(user_id, int(num_heads), loss, int(num_feedback), model_id)
+
+    @_guarded
+    def check_states(self) -> None:
+        """Refuse a store holding a user whose S_u is not finite (NaN or ±Infinity, as JSON
+        writes them): the service checks this at startup. One scan of the users table."""
+        rows = self._query("SELECT user_id FROM users WHERE cumulative_loss LIKE ? OR cumulative_loss LIKE ? "
+                           "ORDER BY user_id LIMIT 6", ("%NaN%", "%Infinity%"))
+        if rows:
+            users = ", ".join(repr(r[0]) for r in rows[:5]) + (" and more" if len(rows) > 5 else "")
+            raise StateInvalid(f"{self._kind} {self.location}: user(s) {users} have a non-finite state "
+                               "(NaN/Inf); `micro-rm user reset USER --state "
+                               f"{self.location}` forgets one")
 
     def _write_state(self, cur: Any, state: UserState) -> None:
         # json.dumps writes the shortest repr of each float64, which reads back bit-exactly.
@@ -166,14 +220,20 @@ class StateStore:
         after it, exactly as if the batches had been applied one by one in order."""
         return self.apply_requests([FeedbackRequest(batches)])[0]
 
+    @_guarded
     def apply_requests(self, requests: Sequence[FeedbackRequest]) -> list[list[UserState]]:
         """Apply several requests in ONE transaction; each request's states, batch by batch.
 
         Raises :class:`UserDeleted` or :class:`DuplicateKey` (with the request's ``index``) and
         applies nothing if any request is stale: the caller drops that one and retries the rest.
         """
-        prepared = [[(user_id, *self._prepare(user_id, losses, payloads))
-                     for user_id, losses, payloads in request.batches] for request in requests]
+        prepared = []
+        for index, request in enumerate(requests):
+            try:
+                prepared.append([(user_id, *self._prepare(user_id, losses, payloads))
+                                 for user_id, losses, payloads in request.batches])
+            except MicroRMError as err:
+                raise InvalidFeedback(str(err), index) from None
         current: dict[str, UserState] = {}
         out = []
         with self._transaction() as cur:
@@ -182,7 +242,7 @@ class StateStore:
                 cur.execute(self._sql("DELETE FROM idempotency_keys WHERE created_at < ?"), (cutoff.isoformat(),))
             for index, (request, batches) in enumerate(zip(requests, prepared)):
                 self._check_epochs(cur, request.epochs or {}, index)
-                states = [self._apply_batch(cur, current, *batch) for batch in batches]
+                states = [self._apply_batch(cur, current, *batch, index) for batch in batches]
                 if request.key is not None:
                     self._record_key(cur, request.key, {s.user_id: s for s in states}, index)
                 out.append(states)
@@ -203,8 +263,11 @@ class StateStore:
                                   "feedback was in flight; nothing was applied", index)
 
     def _apply_batch(self, cur: Any, current: dict[str, UserState], user_id: str, losses: np.ndarray,
-                     payload_json: list[str]) -> UserState:
+                     payload_json: list[str], index: int) -> UserState:
         if user_id not in current:
+            if cur.execute(self._sql("SELECT 1 FROM deleted_users WHERE user_id = ?"), (user_id,)).fetchone():
+                raise UserDeleted(f"user {user_id!r} was deleted, and deletion is final: nothing was applied; "
+                                  "POST /users re-creates it", index)
             cur.execute(
                 self._sql(
                     "INSERT INTO users (user_id, model_id, num_heads, cumulative_loss, num_feedback, "
@@ -212,8 +275,15 @@ class StateStore:
                 ),
                 (user_id, self.model_id, self.num_heads, json.dumps([0.0] * self.num_heads), _now()),
             )
-            current[user_id] = self._select_user(cur, user_id, self._for_update)
-        current[user_id] = current[user_id].add_losses(losses)
+            try:
+                current[user_id] = self._select_user(cur, user_id, self._for_update)
+            except StateInvalid as err:
+                raise InvalidFeedback(str(err), index) from None
+        after = current[user_id].add_losses(losses)
+        if not np.isfinite(after.cumulative_loss).all():
+            raise InvalidFeedback(f"feedback for user {user_id!r} would make its state non-finite; "
+                                  "nothing was applied", index)
+        current[user_id] = after
         created = _now()
         cur.executemany(
             self._sql("INSERT INTO feedback (user_id, created_at, payload, losses) VALUES (?, ?, ?, ?)"),
@@ -231,6 +301,7 @@ class StateStore:
         if (cur.rowcount or 0) == 0:
             raise DuplicateKey(f"Idempotency-Key {name!r} was already used", index)
 
+    @_guarded
     def idempotent_result(self, scope: str, key: str) -> IdempotentResult | None:
         """The stored outcome of ``key`` (unexpired), or None if it was never used."""
         cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=IDEMPOTENCY_TTL_SECONDS)
@@ -238,40 +309,61 @@ class StateStore:
                            "AND created_at >= ?", (scope, key, cutoff.isoformat()))
         if not rows:
             return None
-        states = {u: (int(n), [float(x) for x in loss]) for u, (n, loss) in json.loads(rows[0][1]).items()}
+        stored = json.loads(rows[0][1])     # null once a user it wrote to was deleted or reset
+        states = None if stored is None else {u: (int(n), [float(x) for x in loss]) for u, (n, loss) in stored.items()}
         return IdempotentResult(rows[0][0], states)
 
+    @_guarded
     def epoch(self, user_id: str) -> int:
         """The user's epoch now (0 if never deleted or revoked); feedback authorised now carries it."""
         rows = self._query("SELECT epoch FROM user_epochs WHERE user_id = ?", (user_id,))
         return int(rows[0][0]) if rows else 0
 
+    @_guarded
     def delete_user(self, user_id: str) -> int | None:
-        """Forget a user for good, in one transaction: state, feedback log, idempotency keys, and
-        a new epoch so that feedback authorised before now is refused. The number of feedback
-        rows it had, or None if it had no state."""
+        """Forget a user for good, in one transaction: state, feedback log, the outcome of its
+        idempotency keys, and a new epoch so that feedback authorised before now is refused. A
+        tombstone then refuses every later write for the user (feedback, admin feedback, a
+        retried Idempotency-Key) until :meth:`restore_user` (``POST /users``) re-creates it.
+        The number of feedback rows it had, or None if it had no state."""
         with self._transaction() as cur:
             state, count = self._forget(cur, user_id)
+            cur.execute(self._sql("INSERT INTO deleted_users (user_id, deleted_at) VALUES (?, ?) "
+                                  "ON CONFLICT (user_id) DO NOTHING"), (user_id, _now()))
         return count if state is not None else None
 
+    @_guarded
+    def restore_user(self, user_id: str) -> None:
+        """Lift a deleted user's tombstone: writes for it are accepted again, from a fresh state."""
+        with self._transaction() as cur:
+            cur.execute(self._sql("DELETE FROM deleted_users WHERE user_id = ?"), (user_id,))
+
+    @_guarded
+    def is_deleted(self, user_id: str) -> bool:
+        return bool(self._query("SELECT 1 FROM deleted_users WHERE user_id = ?", (user_id,)))
+
     def _forget(self, cur: Any, user_id: str) -> tuple[UserState | None, int]:
-        """Inside a transaction: move the epoch, delete every row of the user; the state it had
-        and its number of feedback rows."""
+        """Inside a transaction: move the epoch, delete every row of the user and the stored
+        outcome of each idempotency key that wrote to it (the key stays used: a retry applies
+        nothing); the state it had (checked or not) and its number of feedback rows."""
         pattern = "%" + json.dumps(user_id).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         cur.execute(self._sql(BUMP_EPOCH_SQL), (user_id,))
-        state = self._select_user(cur, user_id, self._for_update)
+        state = self._select_user(cur, user_id, self._for_update, checked=False)
         cur.execute(self._sql("DELETE FROM feedback WHERE user_id = ?"), (user_id,))
         count = cur.rowcount or 0
         cur.execute(self._sql("DELETE FROM users WHERE user_id = ?"), (user_id,))
-        cur.execute(self._sql("DELETE FROM idempotency_keys WHERE scope = ? OR users LIKE ? ESCAPE '\\'"),
-                    (f"user:{user_id}", pattern))
+        cur.execute(self._sql("UPDATE idempotency_keys SET states = 'null' WHERE scope = ? OR users LIKE ? "
+                              "ESCAPE '\\'"), (f"user:{user_id}", pattern))
         return state, count
 
-    @staticmethod
-    def _prepare(user_id: str, losses: Any, payloads: Sequence[Mapping[str, Any]] | None
+    def _prepare(self, user_id: str, losses: Any, payloads: Sequence[Mapping[str, Any]] | None
                  ) -> tuple[np.ndarray, list[str]]:
-        """Check one batch before any write: losses as float64 rows, payloads as JSON text."""
+        """Check one batch before any write: losses as finite float64 rows [n, K], payloads as
+        JSON text."""
         losses = np.asarray(losses, dtype=np.float64)
+        if losses.ndim != 2 or losses.shape[1] != self.num_heads or not np.isfinite(losses).all():
+            raise MicroRMError(f"losses for user {user_id!r} must be a finite [N, {self.num_heads}] array, "
+                               f"got shape {losses.shape}{'' if np.isfinite(losses).all() else ' with NaN/Inf'}")
         payloads = [{}] * len(losses) if payloads is None else list(payloads)
         if len(payloads) != len(losses):
             raise MicroRMError(f"got {len(losses)} loss rows but {len(payloads)} payloads for user {user_id!r}")
@@ -280,6 +372,7 @@ class StateStore:
         except TypeError as err:
             raise MicroRMError(f"feedback payload for user {user_id!r} is not JSON-serialisable: {err}") from None
 
+    @_guarded
     def get(self, user_id: str, missing_ok: bool = False) -> UserState:
         """The user's state; a fresh zero state if unknown and ``missing_ok``, else an error."""
         state = self._select_user(self._conn(), user_id)
@@ -289,6 +382,7 @@ class StateStore:
             return UserState.fresh(user_id, self.model_id, self.num_heads)
         raise self._unknown_user(user_id)
 
+    @_guarded
     def reset(self, user_id: str) -> UserState:
         """Forget the user's state and feedback (finally: see :meth:`delete_user`); returns the
         state as it was, or raises for an unknown user (and changes nothing)."""
@@ -298,10 +392,12 @@ class StateStore:
                 raise self._unknown_user(user_id)
         return state
 
+    @_guarded
     def list_users(self) -> list[str]:
         """All user ids with state, sorted."""
         return [row[0] for row in self._query("SELECT user_id FROM users ORDER BY user_id")]
 
+    @_guarded
     def feedback_count(self, user_id: str | None = None) -> int:
         """Number of logged feedback pairs, of one user or of everyone."""
         if user_id is None:

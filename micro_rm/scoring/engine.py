@@ -28,8 +28,8 @@ from micro_rm.data.records import Text
 from micro_rm.errors import MicroRMError
 from micro_rm.features.base import Backbone, Item
 from micro_rm.online.hedge import DEFAULT_ETA, DEFAULT_P_MIN, hedge_log_weights, pair_losses, validate_eta
-from micro_rm.scoring.limits import (ScoringLimits, check_context, check_count, check_text, check_user,
-                                     per_sample, split_system)
+from micro_rm.scoring.limits import (RequestRefused, ScoringLimits, check_context, check_count, check_text,
+                                     check_user, per_sample, split_system)
 
 
 @dataclass
@@ -76,7 +76,7 @@ class RewardScorer:
         from micro_rm.model.text import model_backbone
 
         model = model_dir_or_model
-        if not isinstance(model, MixtureRewardModel):
+        if not isinstance(model, MixtureRewardModel):   # refuses NaN/Inf weights, naming the file
             model = MixtureRewardModel.from_pretrained(str(model_dir_or_model), device=device)
         return cls(model.eval(), model_backbone(model, device=device))
 
@@ -131,8 +131,12 @@ class RewardScorer:
         log_prior = np.broadcast_to(log_prior, head_rewards.shape)
         log_w = log_prior if cumulative_loss is None else hedge_log_weights(log_prior, cumulative_loss, eta)
         weights = np.exp(log_w)
-        return Routed(rewards=(weights * head_rewards).sum(-1), head_rewards=head_rewards,
-                      weights=weights, prior=np.exp(log_prior))
+        rewards = (weights * head_rewards).sum(-1)
+        bad = np.flatnonzero(~np.isfinite(rewards))
+        if bad.size:   # a reward is a number or the request is refused, never NaN in an answer
+            raise RequestRefused(f"the model gave no finite reward for sample(s) {bad[:5].tolist()} (NaN/Inf in "
+                                 "their features, weights or the user's state); nothing was scored")
+        return Routed(rewards=rewards, head_rewards=head_rewards, weights=weights, prior=np.exp(log_prior))
 
     def head_probs(self, a_vectors: np.ndarray, b_vectors: np.ndarray) -> np.ndarray:
         """σ(r_k(a) − r_k(b)) per pair and head: [N, K] float64."""

@@ -16,7 +16,19 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from micro_rm.errors import MicroRMError
 from micro_rm.features.base import Backbone, Item
+
+
+class EncodeFailed(MicroRMError):
+    """The backbone failed on one request's texts, even alone (HTTP 503, naming the cause)."""
+
+    status = 503
+
+
+def item_chars(item: Item) -> int:
+    """The characters of an item's texts (text, optional pair text): its encoding cost."""
+    return sum(len(part) for part in item if isinstance(part, str))
 
 
 class QueueWorker:
@@ -148,22 +160,56 @@ class MicroBatcher(QueueWorker):
     The first waiting request opens a batch; the batch closes after ``wait_ms`` or once it holds
     ``max_items`` items, and runs in a worker thread while the next batch gathers. Items already
     in memory never wait.
+
+    Fair queueing: a request's items go to the queue in slices of at most ``max_items`` items
+    and ``max_chars`` characters, one slice at a time, so a request that arrives while a large
+    one is being encoded joins the queue between two of its slices: it waits for at most one
+    slice (one backbone call of at most ``max_items`` texts, ``max_chars`` characters or one
+    text), never for the whole large request. If the backbone fails on a request even alone,
+    that request gets :class:`EncodeFailed` (503); the others are answered.
     """
 
-    def __init__(self, features: FeatureStore, *, wait_ms: float = 2.0, max_items: int = 256):
+    def __init__(self, features: FeatureStore, *, wait_ms: float = 2.0, max_items: int = 256,
+                 max_chars: int = 200_000):
         super().__init__(thread_name="micro-rm-encode")
         self.features = features
         self.wait = wait_ms / 1000.0
         self.max_items = max_items
+        self.max_chars = max_chars
         self.stats = {"batches": 0, "batch_items": 0, "batch_requests": 0, "retried_alone": 0}
 
     async def vectors(self, items: Sequence[Item]) -> np.ndarray:
         out, missing = self.features.lookup(items)
-        if missing:
+        if not missing:
+            return out
+        wanted = [items[i] for i in missing]
+        try:
             if self._queue is None:  # not started (no running lifespan): encode inline
-                out[missing] = self.features.encode([items[i] for i in missing])
+                out[missing] = self.features.encode(wanted)
                 return out
-            out[missing] = await self._submit([items[i] for i in missing])
+            rows = []
+            for part in self.slices(wanted):
+                rows.append(await self._submit(part))
+            out[missing] = np.concatenate(rows)
+        except MicroRMError:
+            raise
+        except Exception as exc:
+            raise EncodeFailed(f"the backbone failed on this request's texts ({type(exc).__name__}: {exc}); "
+                               "concurrent requests were answered; retry, or report it if it persists") from exc
+        return out
+
+    def slices(self, items: Sequence[Item]) -> list[list[Item]]:
+        """``items`` cut into consecutive slices of at most ``max_items`` items and
+        ``max_chars`` characters (a longer item is a slice alone)."""
+        out: list[list[Item]] = [[]]
+        chars = 0
+        for item in items:
+            size = item_chars(item)
+            if out[-1] and (len(out[-1]) >= self.max_items or chars + size > self.max_chars):
+                out.append([])
+                chars = 0
+            out[-1].append(item)
+            chars += size
         return out
 
     async def _run(self) -> None:

@@ -7,9 +7,11 @@ and starts the micro-batcher (nothing happens at import).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
+import sqlite3
 from typing import Any, AsyncIterator, Optional
 
 from fastapi import FastAPI, Request
@@ -35,7 +37,7 @@ tokens; a user token reads and writes only that user's state and feedback."""
 def create_app(settings: ServeSettings, scorer: Optional[Any] = None) -> FastAPI:
     """The service for ``settings``. ``scorer`` (a loaded :class:`RewardScorer`) skips loading the
     model in ``lifespan``: the CLI loads it first to report errors, tests share one."""
-    from micro_rm.serve.routers import feedback, health, heads, scores, users
+    from micro_rm.serve.routers import feedback, health, heads, queries, scores, users
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -48,6 +50,11 @@ def create_app(settings: ServeSettings, scorer: Optional[Any] = None) -> FastAPI
 
         loaded = scorer or await run_in_threadpool(RewardScorer.load, settings.model, settings.device)
         store = open_store(settings.state, loaded.model_id, loaded.num_heads)
+        try:
+            store.check_states()      # a user state holding NaN/Inf refuses the start, naming it
+        except BaseException:
+            store.close()
+            raise
         tokens = TokenStore(settings.state)
         cache = FeatureCache(settings.cache_dir) if settings.disk_cache else None
         features = FeatureStore(loaded.backbone, cache, lru_items=settings.lru_items,
@@ -75,13 +82,15 @@ def create_app(settings: ServeSettings, scorer: Optional[Any] = None) -> FastAPI
     app.state.metrics = Metrics()
     from micro_rm.serve.schemas import ERROR_RESPONSES
 
-    for module in (scores, feedback, users, health, heads):
+    for module in (scores, feedback, users, queries, health, heads):
         # Every error answer is documented with the one shape it has (schemas.ErrorResponse).
         app.include_router(module.router, responses=ERROR_RESPONSES)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(MicroRMError, _bad_input)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_exception_handler(sqlite3.DatabaseError, _database_error)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
+                       timeout_s=settings.body_timeout_s)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app
 
@@ -115,16 +124,27 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 
 
 async def _bad_input(request: Request, exc: MicroRMError) -> JSONResponse:
-    """A request refused by the scoring engine's checks: 413 (too many texts) or 422, one line."""
+    """An error with its own ``status`` (413 too many texts, 409 a damaged user state, 503 the
+    state database or the backbone failed), else 422; one line."""
     return JSONResponse(status_code=getattr(exc, "status", 422), content={"detail": str(exc)})
 
 
-class BodyLimitMiddleware:
-    """413 for a request body over ``max_bytes``, whether or not it declares its length."""
+async def _database_error(request: Request, exc: sqlite3.DatabaseError) -> JSONResponse:
+    """A damaged state database met outside the state store (the token table): 503, one line."""
+    log.error("state database error: %s", exc)
+    return JSONResponse(status_code=503, content={"detail": f"the state database cannot be used: {exc}; "
+                                                            "the operator must restore it"})
 
-    def __init__(self, app: Any, max_bytes: int):
+
+class BodyLimitMiddleware:
+    """413 for a request body over ``max_bytes``, whether or not it declares its length; 408
+    (and the connection closed) for a body not fully received ``timeout_s`` after the request
+    began, so a client that stalls mid-upload holds its connection at most that long."""
+
+    def __init__(self, app: Any, max_bytes: int, timeout_s: float = 30.0):
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -144,8 +164,14 @@ class BodyLimitMiddleware:
         # Read the whole body (bounded) before the app sees it, so a chunked upload cannot
         # exceed the limit either; then hand it on in one piece.
         chunks, size, more = [], 0, True
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
         while more:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - asyncio.get_running_loop().time()))
+            except asyncio.TimeoutError:
+                await _reject(scope, receive, send, 408, f"request body not received within {self.timeout_s:g} s "
+                              "(--body-timeout-s); send it without pauses", close=True)
+                return
             if message["type"] == "http.disconnect":
                 return
             chunk = message.get("body", b"")
@@ -169,5 +195,6 @@ class BodyLimitMiddleware:
         return f"request body larger than {self.max_bytes} bytes (--max-body-bytes); split the request"
 
 
-async def _reject(scope: dict, receive: Any, send: Any, code: int, detail: str) -> None:
-    await JSONResponse(status_code=code, content={"detail": detail})(scope, receive, send)
+async def _reject(scope: dict, receive: Any, send: Any, code: int, detail: str, close: bool = False) -> None:
+    headers = {"Connection": "close"} if close else None
+    await JSONResponse(status_code=code, content={"detail": detail}, headers=headers)(scope, receive, send)

@@ -52,6 +52,9 @@ class ServeSettings:
                         "user_id (score with that user's weights) or json (an object with "
                         "`context` and/or `user_id`).", "ignore")
     max_body_bytes: int = _help("Largest request body in bytes (larger: 413).", 16_000_000)
+    body_timeout_s: float = _help("Longest time to receive a request body, from the request's "
+                                  "start; a client that stalls mid-upload gets 408 and its "
+                                  "connection is closed.", 30.0)
     max_texts: int = _help("Most texts per request: responses, queries or feedback pairs "
                            "(more: 413).", ScoringLimits.max_texts)
     max_text_chars: int = _help("Longest text (prompt, response, context) in characters "
@@ -84,6 +87,9 @@ class ServeSettings:
         if not (isinstance(self.batch_wait_ms, (int, float)) and math.isfinite(self.batch_wait_ms)
                 and 0 <= self.batch_wait_ms <= 1000):
             raise MicroRMError(f"--batch-wait-ms must lie in [0, 1000], got {self.batch_wait_ms!r}")
+        if not (isinstance(self.body_timeout_s, (int, float)) and math.isfinite(self.body_timeout_s)
+                and 0 < self.body_timeout_s <= 3600):
+            raise MicroRMError(f"--body-timeout-s must lie in (0, 3600], got {self.body_timeout_s!r}")
         from micro_rm.online.hedge import validate_eta
         self.eta = validate_eta(self.eta)
         if self.admin_token is not None and len(self.admin_token) < MIN_ADMIN_TOKEN_CHARS:

@@ -30,7 +30,7 @@ from typing import Any, Iterator, Optional
 
 from micro_rm.errors import MicroRMError
 from micro_rm.online.engines import sqlite_connect, sqlite_transaction
-from micro_rm.online.sql import BUMP_EPOCH_SQL, EPOCH_DDL
+from micro_rm.online.sql import BUMP_EPOCH_SQL, DELETED_DDL, EPOCH_DDL
 
 TOKEN_PREFIX = "mrm_"
 
@@ -73,6 +73,7 @@ class TokenStore:
             cur.execute("CREATE TABLE IF NOT EXISTS api_tokens (user_id TEXT PRIMARY KEY, "
                         "token_sha256 TEXT NOT NULL UNIQUE, created_at TEXT NOT NULL)")
             cur.execute(EPOCH_DDL)
+            cur.execute(DELETED_DDL)
 
     # --- connections ------------------------------------------------------------------------
     def _conn(self) -> Any:
@@ -105,7 +106,8 @@ class TokenStore:
         """A new token for ``user_id`` (returned once, only its hash is kept).
 
         Raises :class:`UserExists` if the user has a token and ``replace`` is false; with
-        ``replace`` the old token stops working (see :meth:`rotate`).
+        ``replace`` the old token stops working (see :meth:`rotate`). Creating a user lifts its
+        deletion tombstone, in the same transaction: it starts afresh.
         """
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         now = dt.datetime.now(dt.timezone.utc).isoformat()
@@ -122,6 +124,8 @@ class TokenStore:
             else:
                 cur.execute(self._sql("INSERT INTO api_tokens (user_id, token_sha256, created_at) "
                                       "VALUES (?, ?, ?)"), (user_id, hash_token(token), now))
+                # Creating a user is the one way back after a deletion (see StateStore.delete_user).
+                cur.execute(self._sql("DELETE FROM deleted_users WHERE user_id = ?"), (user_id,))
         return token
 
     def rotate(self, user_id: str) -> str:

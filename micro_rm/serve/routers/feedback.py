@@ -10,10 +10,15 @@ Two guarantees are checked inside that transaction, not before it:
 
 - a deleted user stays deleted: the request carries each user's epoch from when it was
   authorised, and is refused (409, nothing applied) if the user was deleted or its token
-  revoked or rotated since;
+  revoked or rotated since; a deleted user's tombstone refuses any later write (admin
+  feedback included) until ``POST /users`` re-creates it;
 - an optional ``Idempotency-Key`` header makes a retry safe: the key is stored with the
   request's outcome in the same transaction, and a repeated key applies nothing and returns the
-  first answer (rebuilt from the stored states; header ``Idempotent-Replayed: true``).
+  first answer (rebuilt from the stored states; header ``Idempotent-Replayed: true``), or 409
+  once a user it wrote to was deleted (exactly once, across deletions).
+
+Losses that are not finite (a backbone that gave NaN features) are refused alone (422) before
+the transaction, and a state that would stop being finite is never stored.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from micro_rm.serve.settings import ServeSettings
 
 router = APIRouter(tags=["feedback"])
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")  # visible ASCII, as in the IETF draft
-CLI_HINT = "; fix it or pass --skip-invalid"          # the CLI's advice; the service has no such flag
+CLI_HINT = " or pass --skip-invalid"                   # the CLI's advice; the service has no such flag
 
 
 def _records(body: Union[list[FeedbackItem], FeedbackItem], principal: Principal,
@@ -101,6 +106,9 @@ async def _replay(store: Any, scope: str, key: str, digest: str) -> Optional[dic
     if found.request_sha256 != digest:
         raise HTTPException(422, detail=f"Idempotency-Key {key!r} was already used with a different "
                                         "body; use a new key for a new request")
+    if found.states is None:
+        raise HTTPException(409, detail=f"Idempotency-Key {key!r} was applied to a user who has since been "
+                                        "deleted; nothing was applied again")
     return {u: (n, np.asarray(loss, dtype=np.float64)) for u, (n, loss) in found.states.items()}
 
 
