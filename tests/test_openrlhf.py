@@ -1,9 +1,12 @@
-"""OpenRLHF out of the box: its stock remote-RM client against `micro-rm serve` started as the
-README says, the labels → context / user mapping, OpenRLHF-length texts, a left-truncated prompt,
-and the in-process `reward_func` for `--remote_rm_url file.py`."""
+"""OpenRLHF out of the box, through OpenRLHF's own calling code (openrlhf 0.11.2, installed by
+`make install` without its GPU dependencies): its remote-reward client
+(`SingleTurnAgentExecutor` of `openrlhf/utils/agent.py`) against `micro-rm serve` started as the
+README says, and the same executor loading `reward_func.py` for the in-process route; the labels →
+context / user mapping, OpenRLHF-length texts and a left-truncated prompt."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -12,12 +15,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 from micro_rm.errors import MicroRMError
+from test_frameworks import framework
 from test_serve import ADMIN, BAD, GOOD, PROMPT, bearer, build_model, build_scorer, make_settings
 
 
@@ -26,13 +31,55 @@ def scorer():
     return build_scorer()
 
 
-def openrlhf_post(url: str, queries: list[str], prompts: list[str], labels: list) -> dict:
-    """What OpenRLHF's SingleTurnAgentExecutor._fetch_rewards_via_http sends: a JSON body with
-    `query`, `prompts` and `labels`, and no Authorization header."""
-    payload = json.dumps({"query": queries, "prompts": prompts, "labels": labels}).encode()
-    request = urllib.request.Request(url, data=payload, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=180) as response:
-        return json.loads(response.read())
+@pytest.fixture(scope="module")
+def agent():
+    """``openrlhf.utils.agent``: where OpenRLHF 0.11 fetches rewards (over HTTP or from a file)."""
+    return framework("openrlhf.utils.agent")
+
+
+def openrlhf_post(agent, url: str, queries: list[str], prompts: list[str], labels: list) -> dict:
+    """What OpenRLHF's own HTTP client gets back from ``url`` for one batch:
+    ``SingleTurnAgentExecutor._fetch_rewards_via_http`` (aiohttp, ``{"query", "prompts", "labels"}``,
+    no Authorization header; it retries 5 times, then raises)."""
+    executor = agent.SingleTurnAgentExecutor(remote_rm_url=[url])   # train_ppo_ray splits --reward.remote_url on ","
+    (out,) = asyncio.run(executor._fetch_rewards_via_http(queries, prompts, labels))
+    return out
+
+
+def byte_level_tokenizer():
+    """A byte-level BPE tokenizer (as Llama 3 / Qwen use) trained here on a few words, so that
+    decoding gives back the prompt exactly, offline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.train_from_iterator([PROMPT, GOOD, BAD], trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>")
+
+
+class Engine:
+    """The one stand-in: vLLM's engine, as ``SingleTurnAgentExecutor.execute`` awaits it (its
+    ``generate`` returns an output whose ``outputs[0]`` has ``token_ids``); it "generates" ``response``."""
+
+    def __init__(self, tokenizer, response: str):
+        self.ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+
+    async def generate(self, prompt_token_ids, sampling_params, multi_modal_data=None):
+        return SimpleNamespace(outputs=[SimpleNamespace(token_ids=self.ids, finish_reason="stop", logprobs=None)])
+
+
+def openrlhf_rollout(agent, remote_rm_url: str, prompt: str, label: str, response: str) -> dict:
+    """One single-turn rollout through ``SingleTurnAgentExecutor.execute``: it tokenizes the prompt,
+    "generates", decodes prompt + response into the query, fetches the reward from ``remote_rm_url``
+    (an HTTP URL, or a ``.py`` file whose ``reward_func`` it loads) and returns what the trainer reads."""
+    tokenizer = byte_level_tokenizer()
+    executor = agent.SingleTurnAgentExecutor(remote_rm_url=remote_rm_url.split(","))
+    params = SimpleNamespace(max_tokens=64, logprobs=None)
+    return asyncio.run(executor.execute(prompt, label, params, max_length=1024, hf_tokenizer=tokenizer,
+                                        llm_engine=Engine(tokenizer, response)))
 
 
 def _free_port() -> int:
@@ -72,10 +119,10 @@ def readme_server(tmp_path_factory):
         log.close()
 
 
-def test_openrlhf_client_payload_against_the_readme_server(readme_server):
+def test_openrlhfs_client_against_the_readme_server(agent, readme_server):
     url = readme_server + "/get_reward"
-    child = openrlhf_post(url, ["<s>" + PROMPT + GOOD], [PROMPT], ["I am a child."])
-    physicist = openrlhf_post(url, ["<s>" + PROMPT + GOOD], [PROMPT], ["I am a physicist."])
+    child = openrlhf_post(agent, url, ["<s>" + PROMPT + GOOD], [PROMPT], ["I am a child."])
+    physicist = openrlhf_post(agent, url, ["<s>" + PROMPT + GOOD], [PROMPT], ["I am a physicist."])
     for out in (child, physicist):
         assert out["rewards"] and all(isinstance(r, float) for r in out["rewards"])
         assert out["scores"] == out["rewards"]
@@ -83,19 +130,44 @@ def test_openrlhf_client_payload_against_the_readme_server(readme_server):
         assert out["extra_logs"]["head0_weight"][0] + out["extra_logs"]["head1_weight"][0] == pytest.approx(1.0)
     assert child["rewards"][0] != pytest.approx(physicist["rewards"][0], rel=1e-6)   # the label routes
     # a batch (older OpenRLHF clients) equals one-by-one requests
-    both = openrlhf_post(url, [PROMPT + GOOD] * 2, [PROMPT] * 2, ["I am a child.", "I am a physicist."])
+    both = openrlhf_post(agent, url, [PROMPT + GOOD] * 2, [PROMPT] * 2, ["I am a child.", "I am a physicist."])
     np.testing.assert_allclose(both["rewards"], child["rewards"] + physicist["rewards"], rtol=1e-5)
 
 
-def test_long_and_left_truncated_prompts_are_scored_not_refused(readme_server):
+def test_long_and_left_truncated_prompts_are_scored_not_refused(agent, readme_server):
     url = readme_server + "/get_reward"
     long_prompt = "Explain entropy. " * 1800                     # ~30,000 characters: an 8k-token context
-    out = openrlhf_post(url, [long_prompt + GOOD], [long_prompt], [""])
+    out = openrlhf_post(agent, url, [long_prompt + GOOD], [long_prompt], [""])
     assert len(out["rewards"]) == 1
-    truncated = openrlhf_post(url, [PROMPT[10:] + GOOD], [PROMPT], ["I am a child."])   # cut from the left
+    truncated = openrlhf_post(agent, url, [PROMPT[10:] + GOOD], [PROMPT], ["I am a child."])   # cut from the left
     assert len(truncated["rewards"]) == 1 and np.isfinite(truncated["rewards"][0])
     metrics = urllib.request.urlopen(readme_server + "/metrics").read().decode()
     assert "micro_rm_get_reward_prompt_not_found_total 1.0" in metrics
+
+
+def test_a_rollout_gets_the_same_reward_over_http_and_from_reward_func_py(agent, readme_server, tmp_path,
+                                                                           monkeypatch):
+    """OpenRLHF's whole single-turn path, both routes the README gives: ``--reward.remote_url``
+    the server's /get_reward, and ``--reward.remote_url reward_func.py``."""
+    from micro_rm.integrations import common
+
+    child = openrlhf_rollout(agent, readme_server + "/get_reward", PROMPT, "I am a child.", GOOD)
+    physicist = openrlhf_rollout(agent, readme_server + "/get_reward", PROMPT, "I am a physicist.", GOOD)
+    assert child["reward"] is not None, "OpenRLHF logs the error and trains with reward None"
+    assert child["scores"] == child["reward"] and len(child["reward"]) == 1
+    assert sorted(child["extra_logs"]) == ["head0_reward", "head0_weight", "head1_reward", "head1_weight"]
+    assert child["reward"][0] != pytest.approx(physicist["reward"][0], rel=1e-6)     # the label routes
+
+    build_model().save_pretrained(tmp_path / "model")   # the server's model
+    monkeypatch.setenv("MICRO_RM_MODEL", str(tmp_path / "model"))
+    monkeypatch.setenv("MICRO_RM_LABELS", "context")
+    monkeypatch.setattr(common, "_loaded", {})
+    (tmp_path / "reward_func.py").write_text("from micro_rm.integrations.openrlhf import reward_func\n")
+    local = openrlhf_rollout(agent, str(tmp_path / "reward_func.py"), PROMPT, "I am a child.", GOOD)
+    assert local["reward"] is not None
+    assert float(local["reward"][0]) == pytest.approx(child["reward"][0], rel=1e-5)
+    assert float(local["extra_logs"]["head1_weight"][0]) == pytest.approx(child["extra_logs"]["head1_weight"][0],
+                                                                          rel=1e-5)
 
 
 def test_labels_carry_a_user_or_json(tmp_path, scorer):

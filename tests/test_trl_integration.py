@@ -173,3 +173,24 @@ def test_grpo_trainer_runs_two_steps_with_the_reward_function(tmp_path, scorer, 
     logged = [h for h in trainer.state.log_history if "rewards/micro_rm_test/mean" in h]
     assert len(logged) == 2 and all(np.isfinite(h["rewards/micro_rm_test/mean"]) for h in logged)
     assert len(seen) == 2 and all(len(contexts) == 2 for _, _, contexts, _ in seen)  # the context column arrived
+
+
+@pytest.mark.trl
+def test_the_grpo_example_runs_as_written_on_cpu_offline(tmp_path):
+    """Regression (issue 26): examples/trl_grpo_reward.py raised on a CPU machine (no `use_cpu`)
+    and needed a Hub policy. Its defaults now train a toy local policy for 2 steps."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from test_serve import build_model
+
+    pytest.importorskip("trl")
+    build_model().save_pretrained(tmp_path / "model")
+    repo = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, "examples/trl_grpo_reward.py", "--model", str(tmp_path / "model"),
+                          "--out", str(tmp_path / "grpo")], cwd=repo, capture_output=True, text=True,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "2 GRPO steps; mean reward per step:" in run.stdout
