@@ -61,9 +61,7 @@ def assemble_results(run: Run) -> None:
                       "stage2_per_attribute": mean_row(v["stage2_evals"], "")["per_attribute"]}
                      for v in run.variants],
         "selection": run.selection,
-        "head_attribute": {"attributes": heads["attributes"], "accuracy": heads["accuracy"],
-                           "best_head": heads["best_head"],
-                           "oracle_mean_accuracy": heads["oracle_mean_accuracy"]},
+        "head_attribute": heads,
         "router_weights": stage2_router["per_attribute"],
         "router": {"stage1": _router_summary(stage1_router), "stage2": _router_summary(stage2_router),
                    "stage2_taus": _tau_counts(chosen["taus"])},

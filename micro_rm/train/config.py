@@ -203,16 +203,13 @@ class Stage1Config:
     router_hidden: integer(1, "Hidden units of the MLP router.") = 128
     context_temperature: number(0.0, math.inf, "Temperature of the router's attention over prototype "
                                 "contexts (cosine similarity / T); smaller routes a new phrasing like "
-                                "its single nearest training phrasing. 0.05: best of 0.02 / 0.03 / 0.05 "
-                                "/ 0.1 / 0.2 with clause-pooled contexts on unseen phrasings of held-out "
-                                "train prompts, DSP and HH, 3 seeds; benchmarks/validate_defaults.py.",
-                                open_low=True) = 0.05
+                                "its single nearest training phrasing. 0.05: chosen on validation "
+                                "(BENCHMARKS.md, router defaults).", open_low=True) = 0.05
     max_prototypes: integer(1, "At most this many prototype contexts (k-means centres of the training "
                             "contexts when there are more distinct ones).") = 512
     context_dropout: number(0.0, 1.0, "Fraction of training pairs whose context the router does not "
                             "see, so that 'no context' learns the population's routing (the prior of a "
-                            "new user). 0.3: best mean of 0 / 0.1 / 0.3 over DSP and HH on unseen "
-                            "phrasings of held-out train prompts (benchmarks/validate_defaults.py).",
+                            "new user). 0.3: chosen on validation (BENCHMARKS.md, router defaults).",
                             open_high=True) = 0.3
     # the objective
     alpha: Alpha = 0.5

@@ -9,11 +9,8 @@
    probability ``p(r) ∝ 1/r`` and its vector is multiplied by ``a / (a + p(r))``, so frequent
    tokens ("the", ".") weigh less in a mean. The vocabulary order stands in for the frequency
    rank (WordPiece vocabularies are built roughly in frequency order); special and ``[unused]``
-   tokens get weight 0. We chose ``a`` by how well static cosine similarities track the
-   teacher's (Spearman ρ over all pairs of 300 DSP texts, two random samples):
-   ``log(1 + r)`` weighting (model2vec's first recipe) 0.19/0.21, SIF ``a = 1e-4`` (model2vec's
-   default) 0.25/0.27, ``a = 1e-5`` 0.39/0.41, ``a = 3e-6`` 0.41/0.42 (``a = 1e-5`` without
-   the PCA: 0.19).
+   tokens get weight 0. ``a`` was chosen by how well static cosine similarities track the
+   teacher's (BENCHMARKS.md, "The static backbone's SIF weight").
 """
 
 from __future__ import annotations
