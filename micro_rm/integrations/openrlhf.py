@@ -1,8 +1,9 @@
-"""A MiCRo model as OpenRLHF's in-process reward function (``--remote_rm_url reward_func.py``).
+"""A MiCRo model as OpenRLHF's in-process reward function (``--reward.remote_url reward_func.py``).
 
-OpenRLHF loads the file given as ``--remote_rm_url`` when it ends in ``.py`` and calls its
-``reward_func(queries, prompts, labels)``: ``queries`` are the decoded prompt + response texts,
-``prompts`` the prompts, ``labels`` the dataset's ``--label_key`` column. It returns what
+OpenRLHF (0.10+; tested with 0.11.2) loads the file given as ``--reward.remote_url`` when it ends
+in ``.py`` and calls its ``reward_func(queries, prompts, labels)``: ``queries`` are the decoded
+prompt + response texts, ``prompts`` the prompts, ``labels`` the dataset's ``--data.label_key``
+column. It returns what
 OpenRLHF reads: ``rewards`` and ``scores`` (tensors) and ``extra_logs`` (each head's reward and
 weight per sample).
 
@@ -12,7 +13,7 @@ settings to the file: ``MICRO_RM_MODEL`` (model folder or hub id), ``MICRO_RM_LA
 ``MICRO_RM_STATE`` (per-user state for user labels) and ``MICRO_RM_CONTEXT`` (a context for
 samples without one). The model loads once per process.
 
-    # reward_func.py, given to OpenRLHF as --remote_rm_url reward_func.py
+    # reward_func.py, given to OpenRLHF as --reward.remote_url reward_func.py
     from micro_rm.integrations.openrlhf import reward_func
 
 >>> out = reward_func(["Hi!Hello."], ["Hi!"], ["I am a child."])     # doctest: +SKIP

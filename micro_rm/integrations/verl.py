@@ -1,19 +1,22 @@
-"""A MiCRo model as verl's custom reward function.
+"""A MiCRo model as verl's custom reward function (tested with verl 0.9.1).
 
-verl calls ``compute_score(data_source, solution_str, ground_truth, extra_info)`` once per
-response (``NaiveRewardManager``) and reads a number, or a dict whose ``score`` is the reward
-and whose other keys it logs. It passes no prompt, so the dataset's ``extra_info`` must carry
-it (``prompt``, or ``question`` as verl's example preprocessing scripts write it), and may carry
-the sample's ``context`` and ``user_id``. ``compute_score_batch`` serves verl's
-``BatchRewardManager`` (lists in, a list of dicts out) and encodes the batch in one go.
+verl's reward loop calls ``compute_score(data_source, solution_str, ground_truth, extra_info)``
+once per response (its ``naive`` reward manager, with keyword arguments, ``reward_kwargs`` merged
+in, ``num_turns`` and ``rollout_reward_scores`` added to ``extra_info``) and reads a number, or a
+dict whose ``score`` is the reward and whose other keys it logs. It passes no prompt, so the
+dataset's ``extra_info`` must carry it (``prompt``, or ``question`` as verl's example
+preprocessing scripts write it), and may carry the sample's ``context`` and ``user_id``.
+``compute_score_batch`` (lists in, a list of dicts out) encodes many responses in one go, for
+one's own batched calls.
 
 The model comes from ``reward_kwargs`` (``model=...``) or ``$MICRO_RM_MODEL``; it loads once
 per process. ``ground_truth`` and ``data_source`` are not used by a preference reward model.
 
-    # verl's config (verl also takes the file path of this module)
-    custom_reward_function.path=pkg://micro_rm.integrations.verl
-    custom_reward_function.name=compute_score
-    +custom_reward_function.reward_kwargs.model=runs/dsp
+    # verl's command line (verl also takes the file path of this module)
+    reward.reward_manager.name=naive
+    reward.custom_reward_function.path=pkg://micro_rm.integrations.verl
+    reward.custom_reward_function.name=compute_score
+    +reward.custom_reward_function.reward_kwargs.model=runs/dsp
 
 >>> compute_score("dsp", "Entropy counts microstates.", None,
 ...               {"prompt": "What is entropy?", "context": "I am a physicist."})  # doctest: +SKIP
