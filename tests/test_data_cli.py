@@ -80,6 +80,8 @@ def test_inspect_reports_counts_and_problems(tmp_path, capsys):
     assert summary["problems"]["count"] == 2
     assert "pairs.jsonl line 3: `chosen` and `rejected` are the same" in summary["problems"]["first"][0]
     assert "pairs.jsonl line 4: `chosen` is empty" in summary["problems"]["first"][1]
+    # issue 25: inspect has no --skip-invalid, so its problems do not advise it
+    assert not any("--skip-invalid" in p for p in summary["problems"]["first"])
 
     assert main(["data", "inspect", str(path)]) == 0
     report = capsys.readouterr().out

@@ -103,6 +103,8 @@ def state_errors(state: Any) -> Iterator[None]:
 
     try:
         yield
+    except sqlite3.OperationalError as exc:     # locked, disk full, I/O: the file may be sound
+        raise MicroRMError(f"--state {state}: the state database failed ({exc}); nothing was changed") from None
     except sqlite3.DatabaseError as exc:
         raise MicroRMError(f"--state {state}: not a readable micro-rm state database ({exc}); restore it "
                            "from a backup, or point --state at another file") from None
@@ -153,7 +155,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: the state database (--state) is not readable ({exc})", file=sys.stderr)
         return 2
     except OSError as exc:
-        return _os_error(exc)
+        return _os_error(exc, args)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     return 0
@@ -161,15 +163,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 _FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 _DENIED = (errno.EACCES, errno.EPERM, errno.EROFS)
+_OUTPUTS = ("--out", "--report", "--state")     # the options that name what a command writes
 
 
-def _os_error(exc: OSError) -> int:
+def _os_error(exc: OSError, args: list[str]) -> int:
     """One line for a failed read or write: exit 1 when the disk (or the file size limit) is full,
-    2 when a path may not be written or does not exist (bad input), else 1."""
-    where = exc.filename if exc.filename is not None else "output"
+    2 when a path may not be written or does not exist (bad input), else 1. A write names the
+    command's output option (the file written is a temporary one beside it)."""
+    output = next((f"{opt} {value}" for opt, value in zip(args, args[1:]) if opt in _OUTPUTS), None)
+    where = exc.filename if exc.filename is not None and exc.errno not in _FULL else output or exc.filename
     if exc.errno in _FULL:
-        print(f"error: {where}: no space left to write it ({exc.strerror}); nothing was kept; free some "
-              "space and run again", file=sys.stderr)
+        print(f"error: {where}: {exc.strerror} (the disk or the file size limit is full); nothing was kept; "
+              "free some space and run again", file=sys.stderr)
         return 1
     if exc.errno in _DENIED:
         print(f"error: {where}: permission denied ({exc.strerror}); choose a path this user may write "

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from micro_rm.cli.app import HF_SPLIT_HELP, JSON_HELP, app, emit
+from micro_rm.cli.app import HF_SPLIT_HELP, JSON_HELP, SKIP_HINT, app, emit
 
 data_app = typer.Typer(help="Build pair files from datasets, and inspect them.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -75,4 +75,7 @@ def inspect(
 
     with hf_split_default(hf_split):
         summary = inspect_pairs(path)
+    # The readers' advice names --skip-invalid, which inspect has no use for (it never stops).
+    problems = summary["problems"]
+    problems["first"] = [text.replace(SKIP_HINT, "") for text in problems["first"]]
     emit(summary, as_json, format_summary(summary))
