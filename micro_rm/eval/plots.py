@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from micro_rm.atomic import atomic_path
+from micro_rm.errors import MicroRMError
 
 DPI = 120
 # Dash patterns of the budget curve's reference lines, one per reference.
@@ -24,7 +25,10 @@ REFERENCE_DASHES = ("--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)))
 
 def _pyplot():
     """matplotlib's pyplot on the Agg backend: files only, safe on a headless machine."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:   # an optional dependency: `pip install micro-rm` alone has no plots
+        raise MicroRMError("the plots need the plot extra: pip install 'micro-rm[plot]'") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
