@@ -27,6 +27,7 @@ from test_train_cli import WordBackbone
 from micro_rm.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
+HAS_CUDA = __import__("torch").cuda.is_available()
 ADMIN = "admin-token-for-tests-0123456789"
 GOOD = {"prompt": "tell me about topic1", "chosen": "short topic1 answer",
         "rejected": "long detailed thorough topic1 answer", "context": "be brief please"}
@@ -392,6 +393,12 @@ CLI_CASES = [
          r"--device cuda:77: (CUDA is not available|this machine has \d+ CUDA device)"),
     Case("score-device-cuda-7", lambda t, m: score(t, m, "--device", "cuda:77"),
          r"--device cuda:77: (CUDA is not available|this machine has \d+ CUDA device)"),
+    *([Case("encode-device-cuda-absent", lambda t, m: encode(pairs(t, GOOD_LINE), "--device", "cuda"),
+            r"--device cuda: CUDA is not available on this machine; use --device cpu"),
+       Case("score-device-cuda-absent", lambda t, m: score(t, m, "--device", "cuda"),
+            r"--device cuda: CUDA is not available on this machine")] if not HAS_CUDA else []),
+    Case("serve-state-corrupt", lambda t, m: serve(m, "--state", state_db(t, m, corrupt=True)),
+         r"state.db.*(not a readable|malformed)"),
     Case("train-device-unknown", lambda t, m: train(t, pairs(t, GOOD_LINE), "--device", "gpu"),
          r"--device 'gpu' is not a device; use cpu, cuda, cuda:N or mps"),
     # item 6: YAML depth, numeric ranges

@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -69,3 +70,23 @@ def test_missing_file_and_unknown_format(tmp_path, capsys, source, message):
     assert main(["data", "build", "jsonl", "--source", str(tmp_path / source), "--out", str(out)]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+
+
+def test_readme_claim_bad_input_is_exit_code_2_from_the_real_process(tmp_path):
+    """README: "answers bad input with one line on stderr and exit code 2, writing nothing".
+    The catalogue (test_bad_input) calls ``main``; this runs the installed entry point's code
+    path (``python -m micro_rm`` → ``sys.exit(main())``), so the process exit status is what a
+    shell sees."""
+    assert "one line on stderr and\nexit code 2, writing nothing" in README
+    source = _lines(tmp_path / "bad.jsonl", [{"prompt": "p", "chosen": "", "rejected": "b"}])
+    for argv in (["data", "build", "jsonl", "--source", str(source), "--out", str(tmp_path / "out.jsonl")],
+                 ["train", "--data", str(source), "--backbone", "static", "--heads", "auto", "--max-heads", "100000",
+                  "--out", str(tmp_path / "model")]):
+        result = subprocess.run([sys.executable, "-m", "micro_rm", *argv], capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode == 2, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error: ")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl"]

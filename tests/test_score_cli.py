@@ -85,3 +85,26 @@ def test_score_bad_input_is_one_line_and_no_file(tmp_path, model_dir, capsys, ro
 def test_python_dash_m_micro_rm_runs_the_cli():
     result = subprocess.run([sys.executable, "-m", "micro_rm", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "Usage: micro-rm" in result.stdout and "score" in result.stdout
+
+
+def test_readme_claim_score_with_state_never_changes_the_state(tmp_path, model_dir, capsys):
+    """README / --state help: scoring reads users' weights and never changes the state. The state
+    folder is byte-identical afterwards (no new file: no -wal/-shm left, no new database), for a
+    known user, an unknown one and a record's own user_id; a missing state file is refused, not made."""
+    from micro_rm.online import open_store
+    from micro_rm.online.identity import state_model_id
+
+    folder = tmp_path / "state"
+    folder.mkdir()
+    with open_store(folder / "state.db", state_model_id(build_model()), 2) as store:
+        store.apply_feedback("ana", np.array([[1.0, 0.0]] * 5))
+    snapshot = {p.name: p.read_bytes() for p in folder.iterdir()}
+    data = write_jsonl(tmp_path / "in.jsonl", [{"prompt": PROMPT, "responses": [GOOD, BAD]},
+                                               {"prompt": PROMPT, "response": GOOD, "user_id": "bo"}])
+    for user in ("ana", "cy"):
+        assert main(["score", "--model", str(model_dir), "--data", str(data), "--out", str(tmp_path / "out.jsonl"),
+                     "--user", user, "--state", f"sqlite:///{folder / 'state.db'}"]) == 0
+        assert {p.name: p.read_bytes() for p in folder.iterdir()} == snapshot
+    assert main(["score", "--model", str(model_dir), "--data", str(data), "--out", str(tmp_path / "out.jsonl"),
+                 "--user", "ana", "--state", str(folder / "new.db")]) == 2
+    assert "--state" in capsys.readouterr().err and not (folder / "new.db").exists()

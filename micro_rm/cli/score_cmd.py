@@ -42,16 +42,22 @@ def score(
     check_output_path(out, "--out", folder=False)
     check_not_input(out, "--out", {"--data": data, "--state": state, "--model": model})
     check_device(device)
-    if state is not None:
-        check_state_exists(state, "score")
-        if user is not None:  # a damaged state is refused now, not after the backbone loaded
-            from micro_rm.online import open_store
-
-            with state_errors(state), open_store(state) as store:
-                store.get(user, True)
-    with state_errors(state):
-        result = score_file(model, data, out, context=context, user_id=user, state=state, hf_split=hf_split,
+    if state is None:
+        result = score_file(model, data, out, context=context, user_id=user, hf_split=hf_split,
                             cache_dir=cache_dir, device=device)
+    else:
+        from micro_rm.model.mixture import MixtureRewardModel
+        from micro_rm.online import open_store
+        from micro_rm.online.identity import state_model_id
+
+        check_state_exists(state, "score")
+        heads = MixtureRewardModel.from_pretrained(model, device=device)
+        # The store is opened (and closed) here, so no connection outlives the command.
+        with state_errors(state), open_store(state, state_model_id(heads), heads.config.num_heads) as store:
+            if user is not None:  # a damaged state is refused now, not after the backbone loaded
+                store.get(user, True)
+            result = score_file(heads, data, out, context=context, user_id=user, state=store, hf_split=hf_split,
+                                cache_dir=cache_dir, device=device)
     emit(result, as_json, f"scored {result['responses']} responses of {result['records']} records "
                           f"({result['encoded_texts']} texts encoded)\nscores: {out}")
 
