@@ -20,6 +20,8 @@ from types import ModuleType
 
 import pytest
 
+pytestmark = pytest.mark.frameworks
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 VERSIONS = {"openrlhf": "0.11.2", "verl": "0.9.1"}   # what `make install` installs and the README names
 

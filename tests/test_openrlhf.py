@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from types import SimpleNamespace
 
@@ -119,6 +118,7 @@ def readme_server(tmp_path_factory):
         log.close()
 
 
+@pytest.mark.frameworks
 def test_openrlhfs_client_against_the_readme_server(agent, readme_server):
     url = readme_server + "/get_reward"
     child = openrlhf_post(agent, url, ["<s>" + PROMPT + GOOD], [PROMPT], ["I am a child."])
@@ -134,6 +134,7 @@ def test_openrlhfs_client_against_the_readme_server(agent, readme_server):
     np.testing.assert_allclose(both["rewards"], child["rewards"] + physicist["rewards"], rtol=1e-5)
 
 
+@pytest.mark.frameworks
 def test_long_and_left_truncated_prompts_are_scored_not_refused(agent, readme_server):
     url = readme_server + "/get_reward"
     long_prompt = "Explain entropy. " * 1800                     # ~30,000 characters: an 8k-token context
@@ -145,6 +146,7 @@ def test_long_and_left_truncated_prompts_are_scored_not_refused(agent, readme_se
     assert "micro_rm_get_reward_prompt_not_found_total 1.0" in metrics
 
 
+@pytest.mark.frameworks
 def test_a_rollout_gets_the_same_reward_over_http_and_from_reward_func_py(agent, readme_server, tmp_path,
                                                                            monkeypatch):
     """OpenRLHF's whole single-turn path, both routes the README gives: ``--reward.remote_url``
