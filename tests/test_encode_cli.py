@@ -86,12 +86,12 @@ def test_missing_file(tmp_path, capsys):
                    "nope.jsonl: no such file", tmp_path)
 
 
-@pytest.mark.parametrize("value", ["0", "-3"])
-def test_max_length_must_be_positive(tmp_path, capsys, value):
+@pytest.mark.parametrize("value", ["0", "-3", "1000001"])
+def test_max_length_must_be_in_range(tmp_path, capsys, value):
     data = write_pairs(tmp_path / "pairs.jsonl")
     assert_refused(capsys, ["encode", "--data", str(data), "--backbone", "static",
                             "--max-length", value],
-                   f"--max-length must be a positive number of tokens, got {value}", tmp_path)
+                   f"--max-length must be in [1, 1000000], got {value}", tmp_path)
 
 
 def test_malformed_json_line(tmp_path, capsys):

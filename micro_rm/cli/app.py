@@ -90,7 +90,11 @@ def check_range(value: float, option: str, low: float, high: float) -> None:
     from micro_rm.errors import MicroRMError
 
     if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
-        raise MicroRMError(f"{option} must be in [{low:g}, {high:g}], got {value}")
+        raise MicroRMError(f"{option} must be in [{_plain(low)}, {_plain(high)}], got {value}")
+
+
+def _plain(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 @contextlib.contextmanager
