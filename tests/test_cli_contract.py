@@ -80,7 +80,7 @@ def test_readme_claim_bad_input_is_exit_code_2_from_the_real_process(tmp_path):
     The catalogue (test_bad_input) calls ``main``; this runs the installed entry point's code
     path (``python -m micro_rm`` → ``sys.exit(main())``), so the process exit status is what a
     shell sees."""
-    assert "one line on stderr and\nexit code 2, writing nothing" in README
+    assert "one line on stderr and exit code 2, writing nothing" in " ".join(README.split())
     source = _lines(tmp_path / "bad.jsonl", [{"prompt": "p", "chosen": "", "rejected": "b"}])
     for argv in (["data", "build", "jsonl", "--source", str(source), "--out", str(tmp_path / "out.jsonl")],
                  ["train", "--data", str(source), "--backbone", "static", "--heads", "auto", "--max-heads", "100000",

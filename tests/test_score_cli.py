@@ -88,12 +88,17 @@ def test_python_dash_m_micro_rm_runs_the_cli():
 
 
 def test_readme_claim_score_with_state_never_changes_the_state(tmp_path, model_dir, capsys):
-    """README / --state help: scoring reads users' weights and never changes the state. The state
+    """README ("the state is only read: it is byte-identical afterwards") and --state's help:
+    scoring reads users' weights and never changes the state. The state
     folder is byte-identical afterwards (no new file: no -wal/-shm left, no new database), for a
     known user, an unknown one and a record's own user_id; a missing state file is refused, not made."""
+    from pathlib import Path
+
     from micro_rm.online import open_store
     from micro_rm.online.identity import state_model_id
 
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    assert "the state is only read: it is byte-identical afterwards" in readme
     folder = tmp_path / "state"
     folder.mkdir()
     with open_store(folder / "state.db", state_model_id(build_model()), 2) as store:
