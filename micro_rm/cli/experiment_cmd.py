@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from micro_rm.cli.app import CACHE_HELP, JSON_HELP, app, check_range, emit
+from micro_rm.cli.app import CACHE_HELP, JSON_HELP, app, emit
 
 MAX_YAML_DEPTH = 32        # the deepest shipped config nests 3; PyYAML recurses once per level
 MAX_DEMO_PROMPTS = 100_000
@@ -107,8 +107,9 @@ def demo(
     from micro_rm.experiment.demo import run_demo
 
     check_output_path(out, "--out", folder=True)    # before minutes of work
-    if prompts is not None:
-        check_range(prompts, "--prompts", 20, MAX_DEMO_PROMPTS)
+    if prompts is not None and prompts > MAX_DEMO_PROMPTS:  # the least is demo_config's to say
+        from micro_rm.errors import MicroRMError
+        raise MicroRMError(f"--prompts must be at most {MAX_DEMO_PROMPTS}, got {prompts}")
     folder = run_demo(out=out, backbone=backbone, prompts=prompts, cache=cache_dir, progress=not as_json,
                       command=_command("demo", out=out, backbone=None if backbone == "default" else backbone,
                                        prompts=prompts, cache=cache_dir))
