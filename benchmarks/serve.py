@@ -10,7 +10,15 @@ whichever comes first. Scenarios:
 - ``/score`` cold: every request brings 3 texts never seen (2 responses + the route), so each
   runs the backbone (micro-batched across concurrent requests) and writes the disk cache;
 - ``/feedback``: one labelled pair per request on cached texts for 8 users, each a durable
-  (fsynced) SQLite update; and 8 pairs per request.
+  (fsynced) SQLite update; and 8 pairs per request;
+- ``/get_reward`` against the bare encoder (issue 25, item 8): ``--clients`` clients send
+  OpenRLHF requests of ``--queries`` never-seen queries each; the bare encoder is
+  ``backbone.encode`` of exactly the items the service encodes for the same number of queries
+  (each query's reward item and route items, longest first in batches of 32, as the feature
+  cache plans them), in this process while the server
+  idles. The two alternate ``--repeats`` times; the ratio of queries/s is reported per repeat
+  and as the median. Everything the service does besides the encoder's work (HTTP, JSON,
+  parsing and checks, batching waits, the feature cache, the mixture) is in the gap.
 
 for the ``static`` and ``default`` backbones. Models are untrained K = 4 MiCRo models (speed does
 not depend on the weights).
@@ -19,6 +27,7 @@ Usage::
 
     python benchmarks/serve.py                 # print the table
     python benchmarks/serve.py --write         # and put it into BENCHMARKS.md
+    python benchmarks/serve.py --only ratio --backbones default   # /get_reward vs the bare encoder
 """
 
 from __future__ import annotations
@@ -49,6 +58,12 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--requests", type=int, default=3000, help="Most requests of one scenario.")
     parser.add_argument("--cold-requests", type=int, default=400, help="Most requests of a cold scenario "
                         "(the default backbone encodes ~20-100 texts/s on 2 cores).")
+    parser.add_argument("--queries", type=int, default=8, help="Queries per /get_reward request (ratio).")
+    parser.add_argument("--ratio-requests", type=int, default=4, help="/get_reward requests per client and "
+                        "repeat (ratio).")
+    parser.add_argument("--repeats", type=int, default=3, help="Alternations of bare encoder and service (ratio).")
+    parser.add_argument("--only", choices=("all", "ratio", "table"), default="all",
+                        help="Run only the /get_reward ratio, or only the scenario table.")
     parser.add_argument("--write", action="store_true", help="Put the table into BENCHMARKS.md.")
     return parser
 
@@ -139,6 +154,85 @@ def load(url: str, path: str, make_body, token: str, clients: int, seconds: floa
             "p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99))}
 
 
+def fresh_queries(tag: str, n: int) -> tuple[list[str], list[str]]:
+    """``n`` OpenRLHF (query, prompt) texts never seen before (about 40 + 50 words each)."""
+    words = "the starter needs flour water warmth and time so feed it twice a day and watch the bubbles".split()
+    prompts, queries = [], []
+    for i in range(n):
+        prompt = f"Question {tag}-{i}: " + " ".join(words[(i + j) % len(words)] for j in range(40)) + "?"
+        response = f" Answer {tag}-{i}: " + " ".join(words[(3 * i + j) % len(words)] for j in range(50)) + "."
+        prompts.append(prompt)
+        queries.append(prompt + response)
+    return queries, prompts
+
+
+def bare_encoder(scorer, queries: list[str], prompts: list[str]) -> float:
+    """Seconds the backbone takes for the items the service encodes for these queries, in the
+    batches the feature cache plans (longest first, 32 per batch: the fastest way we know), in
+    a worker thread as the service runs it (torch in Python's main thread ran 1.2-2x slower
+    here on 2 busy cores)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(_bare_encode, scorer, queries, prompts).result()
+
+
+def _bare_encode(scorer, queries: list[str], prompts: list[str]) -> float:
+    from micro_rm.features.batching import plan_batches
+    from micro_rm.scoring.engine import Samples
+
+    items = [item for q, p in zip(queries, prompts)
+             for item in scorer.items(Samples([p], [q[len(p):]], [None], [None]))]
+    backbone = scorer.backbone
+    start = time.perf_counter()
+    for batch in plan_batches(backbone.token_lengths(items), batch_size=32):
+        backbone.encode([items[i] for i in batch])
+    return time.perf_counter() - start
+
+
+def get_reward_ratio(name: str, args) -> dict:
+    """Service /get_reward queries/s over bare-encoder queries/s, alternating, ``args.repeats`` times."""
+    from micro_rm.scoring.engine import RewardScorer
+
+    work = Path(tempfile.mkdtemp(prefix=f"serve-ratio-{name}-"))
+    build_model(name, work / "model")
+    scorer = RewardScorer.load(work / "model")
+    server = Server(work / "model", work)
+    per_repeat = args.clients * args.ratio_requests * args.queries
+    runs = []
+    try:
+        warm = fresh_queries("warm", args.queries)
+        load(server.url, "/get_reward", lambda i: {"query": warm[0], "prompts": warm[1]}, ADMIN, 1, 600, 2)
+        bare_encoder(scorer, *fresh_queries("warm-bare", args.queries))
+        for r in range(args.repeats):
+            bare_qps = per_repeat / bare_encoder(scorer, *fresh_queries(f"bare{r}", per_repeat))
+            bodies = [fresh_queries(f"svc{r}-{i}", args.queries) for i in range(args.clients * args.ratio_requests)]
+            out = load(server.url, "/get_reward", lambda i: {"query": bodies[i][0], "prompts": bodies[i][1]},
+                       ADMIN, args.clients, 3600, len(bodies))
+            service_qps = out["rps"] * args.queries
+            runs.append({"bare": bare_qps, "service": service_qps, "ratio": service_qps / bare_qps,
+                         "errors": out["errors"], "requests": out["requests"], "p50": out["p50"]})
+    finally:
+        server.stop()
+    return {"backbone": name, "runs": runs, "median": float(np.median([r["ratio"] for r in runs]))}
+
+
+def ratio_table(results: list[dict], args) -> list[str]:
+    lines = ["", f"`/get_reward` against the bare encoder: {args.clients} clients, {args.queries} new queries per "
+             f"request, {args.clients * args.ratio_requests * args.queries} queries per repeat; bare = "
+             "`backbone.encode` of the same items (longest first, batches of 32) in the benchmark process; the two "
+             f"alternate {args.repeats} times.", ""]
+    cells = []
+    for result in results:
+        for i, r in enumerate(result["runs"]):
+            cells.append((result["backbone"], i + 1, f"{r['bare']:,.1f}", f"{r['service']:,.1f}",
+                          f"{r['ratio']:.2f}", r["errors"], f"{r['p50']:.0f}"))
+        cells.append((result["backbone"], "**median**", "", "", f"**{result['median']:.2f}**",
+                      sum(r["errors"] for r in result["runs"]), ""))
+    return lines + markdown_table(["backbone", "repeat", "bare encoder queries/s", "/get_reward queries/s",
+                                   "ratio", "errors", "p50 ms"], cells, align="llrrrrr")
+
+
 def run_backbone(name: str, args, rows: list) -> None:
     import httpx
 
@@ -181,8 +275,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     rows: list = []
+    ratios = []
     for name in args.backbones.split(","):
-        run_backbone(name.strip(), args, rows)
+        if args.only != "ratio":
+            run_backbone(name.strip(), args, rows)
+        if args.only != "table":
+            ratios.append(get_reward_ratio(name.strip(), args))
     lines = [SECTION, "",
              f"{machine()}, {os.cpu_count()} CPU cores (server and load generator share them), torch "
              f"{torch.__version__}, uvicorn (h11, one process), SQLite WAL with fsync on every commit. Closed loop, "
@@ -196,8 +294,11 @@ def main(argv: list[str] | None = None) -> int:
         errors = f" ({r['errors']} errors)" if r["errors"] else ""
         cells.append((backbone, scenario, f"{r['requests']}{errors}", f"{r['rps']:,.0f}", updates,
                       f"{r['p50']:.1f}", f"{r['p99']:.1f}", goal))
-    lines += markdown_table(["backbone", "scenario", "requests", "req/s", "updates/s", "p50 ms", "p99 ms", "goal"],
-                            cells, align="llrrrrrl")
+    if cells:
+        lines += markdown_table(["backbone", "scenario", "requests", "req/s", "updates/s", "p50 ms", "p99 ms",
+                                 "goal"], cells, align="llrrrrrl")
+    if ratios:
+        lines += ratio_table(ratios, args)
     table = "\n".join(lines) + "\n"
     print(table)
     if args.write:

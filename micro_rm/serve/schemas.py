@@ -43,7 +43,7 @@ class ValidationProblem(BaseModel):
 
 
 class ErrorResponse(BaseModel):
-    """Every 4xx answer: ``detail`` is one line saying what is wrong, where, and the fix; a
+    """Every error answer (4xx, 503): ``detail`` is one line saying what is wrong, where, and the fix; a
     request that does not match the schema (422) lists each problem, with ``message`` naming
     the first in one line."""
 
@@ -57,10 +57,15 @@ ERROR_RESPONSES: dict[Union[int, str], dict[str, Any]] = {
         (401, "Missing or invalid bearer token."),
         (403, "The token may not act for this user, or the call needs the admin token."),
         (404, "Unknown user."),
-        (409, "Conflict: the user exists already, the user was deleted while the feedback was in "
-              "flight, or an Idempotency-Key is still being applied."),
+        (408, "The request body was not received within --body-timeout-s (the connection is closed)."),
+        (409, "Conflict: the user exists already; the user was deleted (deletion is final until POST "
+              "/users re-creates it); an Idempotency-Key wrote to a user since deleted or is still being "
+              "applied; or the user's stored state is damaged (not finite)."),
         (413, "Request body or text count over the limits."),
-        (422, "Invalid request: the detail names the field and the fix."),
+        (422, "Invalid request: the detail names the field and the fix (also: the model gave no finite "
+              "reward for a sample)."),
+        (503, "The state database cannot be used (damaged, unreachable), or the backbone failed on "
+              "this request's texts even alone; the detail names the cause."),
     )}
 
 
