@@ -49,17 +49,13 @@ class EncodeStats:
         return asdict(self)
 
 
-def default_cache_root() -> Path:
-    """``$MICRO_RM_CACHE``, else ``<user cache dir>/micro-rm/features``."""
-    return user_cache("MICRO_RM_CACHE", "features")
-
-
 class FeatureCache:
     """Backbone vectors on disk, keyed by (backbone fingerprint, item).
 
     Parameters
     ----------
-    root : folder holding one sub-folder per backbone setting (default: :func:`default_cache_root`).
+    root : folder holding one sub-folder per backbone setting (default: ``$MICRO_RM_CACHE``, else
+        ``<user cache dir>/micro-rm/features``).
     dtype : storage precision of new shards, ``"float16"`` (half the disk; vectors round-trip
         within fp16 precision) or ``"float32"`` (exact).
     shard_size : new vectors are flushed to a shard every ``shard_size`` items ...
@@ -74,7 +70,7 @@ class FeatureCache:
         if shard_size < 1:
             raise MicroRMError(f"shard_size must be at least 1, got {shard_size}")
         # A file in the way is refused here, not at the first write (a 500 in the service).
-        self.root = check_output_path(root if root is not None else default_cache_root(),
+        self.root = check_output_path(root if root is not None else user_cache("MICRO_RM_CACHE", "features"),
                                       "feature cache (--cache)", folder=True, writable=False)
         self.dtype = dtype
         self.shard_size = shard_size

@@ -88,12 +88,6 @@ def _accuracy(deltas: np.ndarray, attributes: Sequence[Any], boot: PromptBootstr
             "mean": np.round(np.mean(matrix["accuracy"], axis=1), 4).tolist(), "best_head": matrix["best_head"]}
 
 
-def _ranks(x: np.ndarray) -> np.ndarray:
-    from scipy.stats import rankdata
-
-    return rankdata(x, axis=0)
-
-
 def _spearman(deltas: np.ndarray, stats: np.ndarray, prompt_of: np.ndarray,
               counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Spearman correlation [K, S] of the columns of ``deltas`` [N, K] with those of ``stats``
@@ -102,8 +96,9 @@ def _spearman(deltas: np.ndarray, stats: np.ndarray, prompt_of: np.ndarray,
     moments are summed per prompt first, so memory grows with prompts, not pairs. A constant
     statistic correlates 0."""
     from scipy.sparse import csr_matrix
+    from scipy.stats import rankdata
 
-    x, y = _ranks(deltas), _ranks(stats)                                              # [N, K], [N, S]
+    x, y = rankdata(deltas, axis=0), rankdata(stats, axis=0)                          # [N, K], [N, S]
     n, k = x.shape
     member = csr_matrix((np.ones(n), (prompt_of, np.arange(n))), shape=(counts.shape[1], n))   # [P, N]
     xy = np.hstack([member @ (x[:, [j]] * y) for j in range(k)])                     # [P, K·S]

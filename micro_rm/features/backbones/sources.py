@@ -33,13 +33,6 @@ def user_cache(variable: str, name: str) -> Path:
     return Path(platformdirs.user_cache_dir("micro-rm")) / name
 
 
-def models_dir() -> Path:
-    """Folder for models micro-rm builds itself (the distilled ``static`` backbone):
-    ``$MICRO_RM_MODELS`` or the user cache, so a distillation is done once per machine, not once
-    per project or test run."""
-    return user_cache("MICRO_RM_MODELS", "models")
-
-
 @functools.lru_cache(maxsize=None)
 def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     # size and mtime are part of the key so that a rewritten file is hashed again.

@@ -3,7 +3,8 @@
 A text's vector is the mean of its tokens' rows (special tokens excluded), so encoding costs a
 tokenizer call and one ``embedding_bag``: about a thousand texts per second on two CPU cores,
 against about ten for the transformer it comes from. The table is built once (see
-:mod:`.distill`) and kept in :func:`.sources.models_dir`.
+:mod:`.distill`) and kept in ``$MICRO_RM_MODELS`` or the user cache, so a distillation is done
+once per machine, not once per project or test run.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from micro_rm.data.records import Text
 from micro_rm.features.base import Item
 from micro_rm.features.backbones.items import pair_reward_item, pair_route_item, tokenize_items
 from micro_rm.features.backbones.sources import (DEFAULT_MODEL_ID, default_model_dir,
-                                                 file_sha256, models_dir, weights_sha256)
+                                                 file_sha256, user_cache, weights_sha256)
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class StaticBackbone:
 def table_path(source_sha: str) -> Path:
     """Where the table distilled from weights ``source_sha`` with :data:`RECIPE` is kept."""
     recipe = RECIPE.replace("/", "-")
-    return models_dir() / f"static-minilm-{source_sha[:16]}-{recipe}.safetensors"
+    return user_cache("MICRO_RM_MODELS", "models") / f"static-minilm-{source_sha[:16]}-{recipe}.safetensors"
 
 
 def _distill_to(path: Path) -> None:
