@@ -118,7 +118,7 @@ def _measure(response: str, prompt: str) -> tuple[float, ...]:
     per100 = lambda count: 100.0 * count / n
     phrases = lambda lexicon: sum(text.count(f" {p} ") for p in lexicon)
     contractions = sum(("'" in w) for w in words)
-    syllables = sum(_syllables(w) for w in words if w[0].isalpha())
+    syllables = sum(len(_hyphenator().positions(w)) + 1 for w in words if w[0].isalpha())
     prompt_words = set(WORD.findall(prompt.lower()))
     distinct = set(words)
     values = {
@@ -133,7 +133,7 @@ def _measure(response: str, prompt: str) -> tuple[float, ...]:
         "questions": response.count("?") / sentences,
         "exclamations": response.count("!") / sentences,
         "hedging": per100(phrases(HEDGES)),
-        "sentiment": _sentiment(response),
+        "sentiment": float(_sentiment_model()(response)["compound"]),
         "formality": per100(phrases(CONNECTIVES) - phrases(INFORMAL) - contractions),
         "refusal": float(any(f" {p} " in text for p in REFUSALS)),
         "action": per100(phrases(ACTIONS)),
@@ -142,10 +142,6 @@ def _measure(response: str, prompt: str) -> tuple[float, ...]:
         "prompt_overlap": len(distinct & prompt_words) / max(len(distinct), 1),
     }
     return tuple(values[s.name] for s in STATISTICS)
-
-
-def _syllables(word: str) -> int:
-    return len(_hyphenator().positions(word)) + 1
 
 
 @lru_cache(maxsize=1)
@@ -160,7 +156,3 @@ def _sentiment_model() -> Callable[[str], dict]:
     from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
     return SentimentIntensityAnalyzer().polarity_scores
-
-
-def _sentiment(text: str) -> float:
-    return float(_sentiment_model()(text)["compound"])
