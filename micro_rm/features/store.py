@@ -109,10 +109,8 @@ class FeatureWriter:
         for array in self.arrays.values():
             array.flush()
         self.arrays.clear()
-        (self.tmp / "prompts.json").write_text(json.dumps(list(prompts), ensure_ascii=False),
-                                               encoding="utf-8")
-        (self.tmp / "attributes.json").write_text(json.dumps(list(attributes), ensure_ascii=False),
-                                                  encoding="utf-8")
+        for name, values in (("prompts", prompts), ("attributes", attributes)):
+            (self.tmp / f"{name}.json").write_text(json.dumps(list(values), ensure_ascii=False), encoding="utf-8")
         meta = {"format": FORMAT, "version": VERSION, "pairs": self.pairs, "dtype": self.dtype,
                 "fingerprint": self.fingerprint, "context_dim": self.context_dim,
                 "context_encoding": self.settings.context_encoding, **self.settings.record()}
