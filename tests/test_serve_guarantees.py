@@ -163,7 +163,7 @@ def test_a_stalled_upload_gets_408_and_its_connection_closed(tmp_path, scorer):
                 answer += chunk
         head, _, body = answer.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 408") and b"connection: close" in head.lower()
-        assert "not received within 0.5 s (--body-timeout-s)" in json.loads(body)["detail"]
+        assert "not received within 0.5 s (ServeSettings.body_timeout_s)" in json.loads(body)["detail"]
     finally:
         server.should_exit = True
         thread.join(60)
@@ -357,7 +357,11 @@ def test_a_damaged_state_database_is_a_503_with_json_detail_and_one_cli_line(tmp
             assert out.status_code == 503, out.text
             assert "state.db cannot be used: database disk image is malformed" in out.json()["detail"]
         assert client.get("/healthz").status_code == 200
-    for argv in (["user", "show", "u3"], ["user", "reset", "u3"]):
+    build_model().save_pretrained(tmp_path / "model")
+    (tmp_path / "in.jsonl").write_text(json.dumps({"prompt": PROMPT, "responses": [GOOD]}) + "\n")
+    score = ["score", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "in.jsonl"), "--out",
+             str(tmp_path / "out.jsonl"), "--user", "u3"]
+    for argv in (["user", "show", "u3"], ["user", "reset", "u3"], score):
         capsys.readouterr()
         assert main([*argv, "--state", str(tmp_path / "state.db")]) == 2
         err = capsys.readouterr().err.strip()

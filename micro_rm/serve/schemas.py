@@ -57,7 +57,7 @@ ERROR_RESPONSES: dict[Union[int, str], dict[str, Any]] = {
         (401, "Missing or invalid bearer token."),
         (403, "The token may not act for this user, or the call needs the admin token."),
         (404, "Unknown user."),
-        (408, "The request body was not received within --body-timeout-s (the connection is closed)."),
+        (408, "The request body was not received within the body timeout, 30 s by default (the connection is closed)."),
         (409, "Conflict: the user exists already; the user was deleted (deletion is final until POST "
               "/users re-creates it); an Idempotency-Key wrote to a user since deleted or is still being "
               "applied; or the user's stored state is damaged (not finite)."),
