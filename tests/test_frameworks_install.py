@@ -66,3 +66,14 @@ def test_plots_without_matplotlib_name_the_plot_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(MicroRMError, match=r"^the plots need the plot extra: pip install 'micro-rm\[plot\]'$"):
         _pyplot()
+
+
+def test_serve_without_the_service_stack_names_the_serve_extra(monkeypatch, tmp_path, capsys):
+    from micro_rm.cli import main
+
+    build_model().save_pretrained(tmp_path / "model")
+    monkeypatch.setitem(sys.modules, "uvicorn", None)
+    assert main(["serve", "--model", str(tmp_path / "model"), "--state", str(tmp_path / "state.db")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install 'micro-rm[serve]'" in err, err
+    assert not (tmp_path / "state.db").exists()

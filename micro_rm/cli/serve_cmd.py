@@ -70,10 +70,14 @@ def serve(
             "binding %s: the service is reachable from other machines; put TLS in front of it "
             "(bearer tokens travel in clear text over plain HTTP)", host)
 
-    import uvicorn
+    try:
+        import uvicorn
 
+        from micro_rm.serve.app import create_app
+    except ImportError as exc:
+        raise MicroRMError(f"micro-rm serve needs the service extra ({exc.name} is missing): "
+                           "pip install 'micro-rm[serve]'") from None
     from micro_rm.online import open_store
-    from micro_rm.serve.app import create_app
     from micro_rm.scoring.engine import RewardScorer
 
     # Load and check everything before the server starts, so a bad --model, --state, --device

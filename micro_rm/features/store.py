@@ -84,9 +84,13 @@ class FeatureWriter:
         self.tmp.mkdir(parents=True)
         shapes = {"chosen": (pairs, reward_dim), "rejected": (pairs, reward_dim),
                   "route": (pairs, route_dim)}
-        self.arrays = {name: np.lib.format.open_memmap(self.tmp / f"{name}.npy", mode="w+",
-                                                       dtype=np.dtype(dtype), shape=shape)
-                       for name, shape in shapes.items()}
+        try:
+            self.arrays = {name: np.lib.format.open_memmap(self.tmp / f"{name}.npy", mode="w+",
+                                                           dtype=np.dtype(dtype), shape=shape)
+                           for name, shape in shapes.items()}
+        except BaseException:                 # e.g. a full disk: leave no half-made folder behind
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
         self.closed = False
 
     def write(self, start: int, chosen: np.ndarray, rejected: np.ndarray, route: np.ndarray) -> None:
