@@ -1,8 +1,9 @@
 """Vectors of items: an in-memory LRU in front of the feature cache in front of the backbone
 (:class:`FeatureStore`); for the service, :class:`MicroBatcher` gathers the uncached items of
-concurrent, already checked requests into one backbone call (if that call fails, each request is
-retried alone). :class:`QueueWorker`, an asyncio queue drained in one thread, is the base of the
-batcher and of the service's feedback writer.
+concurrent, already checked requests into one backbone call, in slices so that a large request
+cannot hold small ones back (if a shared call fails, each request is retried alone, and one that
+fails again gets :class:`EncodeFailed`, 503). :class:`QueueWorker`, an asyncio queue drained in
+one thread, is the base of the batcher and of the service's feedback writer.
 """
 
 from __future__ import annotations
