@@ -250,21 +250,25 @@ class StateStore:
                 self._write_state(cur, state)
         return out
 
+    def _lock_epoch(self, cur: Any, user_id: str) -> int:
+        """Lock the user's epoch row (created if missing) so a concurrent deletion waits for us or
+        we for it (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises writers); its epoch."""
+        cur.execute(self._sql("INSERT INTO user_epochs (user_id, epoch) VALUES (?, 0) "
+                              "ON CONFLICT (user_id) DO NOTHING"), (user_id,))
+        return int(cur.execute(self._sql("SELECT epoch FROM user_epochs WHERE user_id = ?") + self._for_update,
+                               (user_id,)).fetchone()[0])
+
     def _check_epochs(self, cur: Any, epochs: Mapping[str, int], index: int) -> None:
         for user_id, expected in epochs.items():
-            # Lock the epoch row (created if missing) so a concurrent deletion waits for us or we
-            # for it (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises writers).
-            cur.execute(self._sql("INSERT INTO user_epochs (user_id, epoch) VALUES (?, 0) "
-                                  "ON CONFLICT (user_id) DO NOTHING"), (user_id,))
-            row = cur.execute(self._sql("SELECT epoch FROM user_epochs WHERE user_id = ?") + self._for_update,
-                              (user_id,)).fetchone()
-            if int(row[0]) != expected:
+            if self._lock_epoch(cur, user_id) != expected:
                 raise UserDeleted(f"user {user_id!r} was deleted, or its token revoked, while this "
                                   "feedback was in flight; nothing was applied", index)
 
     def _apply_batch(self, cur: Any, current: dict[str, UserState], user_id: str, losses: np.ndarray,
                      payload_json: list[str], index: int) -> UserState:
         if user_id not in current:
+            if self._for_update:       # a deletion committing now must not slip past the check below
+                self._lock_epoch(cur, user_id)
             if cur.execute(self._sql("SELECT 1 FROM deleted_users WHERE user_id = ?"), (user_id,)).fetchone():
                 raise UserDeleted(f"user {user_id!r} was deleted, and deletion is final: nothing was applied; "
                                   "POST /users re-creates it", index)
