@@ -85,7 +85,7 @@ def test_adapt_with_a_budget_larger_than_the_data_warns_and_uses_all(files, stag
     (["--tau", "-1e-3"], "`tau` must be a finite number ≥ 1e-08"),
     (["--tau", "hot"], "`tau` must be a finite number ≥ 1e-08 or 'auto', got 'hot'"),
     (["--folds", "1"], "`folds` must be"),
-    (["--budget", "0"], "`budget` must be an integer ≥ 1"),
+    (["--budget", "0"], "`budget` must be an integer in [1, 1,000,000]"),
 ])
 def test_adapt_bad_settings_exit_2(files, stage1, capsys, tmp_path, argv, message):
     code, out = _run(capsys, "adapt", "--model", stage1, "--data", files / "train.jsonl", "--out",

@@ -141,16 +141,16 @@ def test_lr_schedule_warms_up_then_decays_to_zero():
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("heads", 0, r"`heads` must be an integer ≥ 1, got 0"),
+    ("heads", 0, r"`heads` must be an integer in \[1, 64\], got 0"),
     ("alpha", -0.1, r"`alpha` must be a finite number in \[0.0, inf\], got -0.1"),
     ("alpha", float("nan"), r"`alpha` must be a finite number"),
     ("balance", "global", r"`balance` must be one of example, marginal, got 'global'"),
     ("variant", "moe", r"`variant` must be one of micro, single, static, shared-base"),
     ("router", "gru", r"`router` must be one of mlp, linear"),
-    ("epochs", 0, r"`epochs` must be an integer ≥ 1"),
+    ("epochs", 0, r"`epochs` must be an integer in \[1, 10,000\]"),
     ("lr", 0.0, r"`lr` must be a finite number in \(0.0, inf\]"),
-    ("batch_size", 0, r"`batch_size` must be an integer ≥ 1"),
-    ("grad_accum", 0, r"`grad_accum` must be an integer ≥ 1"),
+    ("batch_size", 0, r"`batch_size` must be an integer in \[1, 65,536\]"),
+    ("grad_accum", 0, r"`grad_accum` must be an integer in \[1, 1,024\]"),
     ("warmup_ratio", 1.0, r"`warmup_ratio` must be a finite number in \[0.0, 1.0\)"),
     ("val_fraction", 1.0, r"`val_fraction` must be a finite number in \[0.0, 1.0\)"),
 ])

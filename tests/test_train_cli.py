@@ -155,7 +155,7 @@ def test_export_scalar_weights_are_the_routers_on_the_training_format_input(file
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--heads", "0"], "`heads` must be an integer ≥ 1"),
+    (["--heads", "0"], "`heads` must be an integer in [1, 64]"),
     (["--alpha", "-1"], "`alpha` must be a finite number"),
     (["--balance", "global"], "`balance` must be one of example, marginal"),
     (["--router-input", "persona"], "--router-input must be one of context, prompt"),

@@ -31,7 +31,7 @@ from pydantic import Field, ValidationError
 
 from micro_rm.errors import MicroRMError
 from micro_rm.train.config import (Alpha, Balance, BatchSize, Budget, Epochs, Folds, Heads, LearningRate,
-                                   Router, Tau, ValFraction, choice, config_class, explain, integer,
+                                   Router, SEED_MAX, Tau, ValFraction, choice, config_class, explain, integer,
                                    integers, number)
 
 PROTOCOLS = ("context", "prompt")   # what the stage-1 router reads: context ⊕ prompt, or the prompt
@@ -69,8 +69,8 @@ class BackboneConfig:
     """The frozen feature extractor (`micro-rm encode --help`)."""
 
     name: Annotated[str, _doc("default (MiniLM), static, a Hugging Face model id or a local folder.")] = "default"
-    max_length: Optional[integer(1, "Tokens per item (default: the backbone's).")] = None
-    batch_size: integer(1, "Texts per backbone call.") = 32
+    max_length: Optional[integer(1, "Tokens per item (default: the backbone's).", 1_000_000)] = None
+    batch_size: integer(1, "Texts per backbone call.", 65_536) = 32
     device: Annotated[str, _doc("Torch device for encoding and training: cpu, cuda, mps, or auto (cuda "
                                 "when available, else cpu).")] = "cpu"
     context_in_reward: _flag("Prepend the context to the prompt of the reward features too (the "
@@ -133,7 +133,7 @@ class CurveSection:
 
     budgets: integers(1, "Budgets B per attribute; those above an attribute's train pairs are skipped "
                       "with a warning.") = field(default_factory=lambda: [5, 10, 20, 50, 100])
-    seeds: integer(1, "Draws of the budget per B; the `micro` row is their mean at stage2.budget.") = 5
+    seeds: integer(1, "Draws of the budget per B; the `micro` row is their mean at stage2.budget.", 1000) = 5
 
 
 @config_class
@@ -161,7 +161,7 @@ class UserCurveSection:
     """New users online (micro_rm.experiment.users): accuracy after n feedback pairs."""
 
     enabled: _flag("Measure it: each attribute is one user.") = False
-    seeds: integer(1, "Draws of each user's feedback.") = 5
+    seeds: integer(1, "Draws of each user's feedback.", 1000) = 5
     eta: Optional[number(0.0, math.inf, "Hedge η (default: the service's, micro_rm.online.DEFAULT_ETA).",
                          open_low=True)] = None
 
@@ -190,7 +190,7 @@ class ExperimentConfig:
         field(default_factory=dict)
     notes: Annotated[list[str], _doc("Sentences added to the report's notes (analysis, caveats).")] = \
         field(default_factory=list)
-    seed: integer(0, "Seed of training and of the first budget draw.") = 0
+    seed: integer(0, "Seed of training and of the first budget draw.", SEED_MAX) = 0
     path: Optional[str] = None    # the YAML file it was read from (set by from_yaml; not a key)
 
     @classmethod

@@ -50,9 +50,14 @@ def _number(value: Any) -> Any:
     return value
 
 
-def integer(low: int, help: str) -> Any:
-    """An ``int`` ≥ ``low`` (a bool or a float such as 2.0 is refused)."""
-    return Annotated[int, Field(strict=True, ge=low), _allowed(f"an integer ≥ {low}", help)]
+SEED_MAX = 2**32 - 1   # numpy's and torch's seeds both take any value up to here
+
+
+def integer(low: int, help: str, high: int | None = None) -> Any:
+    """An ``int`` in [low, high] (a bool or a float such as 2.0 is refused). ``high`` bounds what
+    would otherwise only fail later, out of memory or time (e.g. 100,000 heads)."""
+    text = f"an integer ≥ {low}" if high is None else f"an integer in [{low}, {high:,}]"
+    return Annotated[int, Field(strict=True, ge=low, le=high), _allowed(text, help)]
 
 
 def number(low: float, high: float, help: str, *, open_low: bool = False, open_high: bool = False) -> Any:
@@ -81,12 +86,12 @@ def _tau(value: Any) -> Any:
 
 
 # The fields shared by Stage1Config and the experiment's stage-1 section (defaults stay with each).
-Heads = integer(1, "Number of reward heads K (the paper: 5 for HelpSteer2, 10 for RPR).")
+Heads = integer(1, "Number of reward heads K (the paper: 5 for HelpSteer2, 10 for RPR).", 64)
 Router = choice(ROUTERS, "Router network: mlp (d_r → 128 → K, the paper's) or linear.")
 Alpha = number(0.0, math.inf, "Weight α of the router's negative-entropy regulariser (the paper: 0.5).")
-Epochs = integer(1, "Passes over the training pairs.")
+Epochs = integer(1, "Passes over the training pairs.", 10_000)
 LearningRate = number(0.0, math.inf, "Peak AdamW learning rate (the paper: 2e-3).", open_low=True)
-BatchSize = integer(1, "Pairs per micro-batch (the paper: 32 effective).")
+BatchSize = integer(1, "Pairs per micro-batch (the paper: 32 effective).", 65_536)
 ValFraction = number(0.0, 1.0, "Fraction of train prompts (by hash, deterministic) held out for "
                      "validation: early stopping (the epoch with the lowest validation loss is kept; "
                      "0: keep the last) and the harness's variant selection.", open_high=True)
@@ -94,14 +99,14 @@ Balance = choice(BALANCES, "marginal: entropy of the batch-mean routing (load ba
                  "specialise, the default); example: each pair's router entropy (the paper's).")
 # The fields shared by AdaptConfig and the experiment's stage-2 section.
 Budget = integer(1, "Context-annotated pairs drawn per attribute (per context when no pair has an "
-                 "attribute; the paper: 50). An attribute with fewer is used whole, with a warning.")
+                 "attribute; the paper: 50). An attribute with fewer is used whole, with a warning.", 1_000_000)
 Tau = Annotated[Union[float, Literal["auto"]], BeforeValidator(_tau),
                 _allowed(f"a finite number ≥ {TAU_MIN:g} or 'auto'",
                          f"Hedge temperature τ, a number ≥ {TAU_MIN:g} (the paper: 1e-3 HelpSteer2, 1e-4 "
                          "RPR; small τ trusts the budget's labels, large τ keeps the stage-1 router), or "
                          "'auto': chosen with 'keep the stage-1 router' by k-fold cross-validation of "
                          "the mixture NLL on the budget pairs.")]
-Folds = integer(2, "Folds of the cross-validation that chooses τ and keep-or-adapt.")
+Folds = integer(2, "Folds of the cross-validation that chooses τ and keep-or-adapt.", 100)
 
 
 # ---------------------------------------------------------------------- the config classes
@@ -200,13 +205,13 @@ class Stage1Config:
     variant: choice(VARIANTS, "micro (router), single (one BT head), static (K free weights, "
                     "MaxMin-RLHF) or shared-base (trainable + frozen prior heads, HyRe's ensemble).") = "micro"
     router: Router = "mlp"
-    router_hidden: integer(1, "Hidden units of the MLP router.") = 128
+    router_hidden: integer(1, "Hidden units of the MLP router.", 65_536) = 128
     context_temperature: number(0.0, math.inf, "Temperature of the router's attention over prototype "
                                 "contexts (cosine similarity / T); smaller routes a new phrasing like "
                                 "its single nearest training phrasing. 0.05: chosen on validation "
                                 "(BENCHMARKS.md, router defaults).", open_low=True) = 0.05
     max_prototypes: integer(1, "At most this many prototype contexts (k-means centres of the training "
-                            "contexts when there are more distinct ones).") = 512
+                            "contexts when there are more distinct ones).", 1_000_000) = 512
     context_dropout: number(0.0, 1.0, "Fraction of training pairs whose context the router does not "
                             "see, so that 'no context' learns the population's routing (the prior of a "
                             "new user). 0.3: chosen on validation (BENCHMARKS.md, router defaults).",
@@ -223,12 +228,12 @@ class Stage1Config:
     batch_size: BatchSize = 32
     grad_accum: integer(1, "Micro-batches per optimizer step (effective batch = batch_size × "
                         "grad_accum; the paper: 4 × 8). On cached features one step's micro-batches "
-                        "are computed in one pass.") = 1
+                        "are computed in one pass.", 1024) = 1
     warmup_ratio: number(0.0, 1.0, "Fraction of the steps spent warming the learning rate up; it then "
                          "decays linearly to 0.", open_high=True) = 0.05
     weight_decay: number(0.0, math.inf, "AdamW weight decay.") = 0.0
     val_fraction: ValFraction = 0.1
-    seed: integer(0, "Seed of the initialisation and the shuffling (same seed, same weights).") = 0
+    seed: integer(0, "Seed of the initialisation and the shuffling (same seed, same weights).", SEED_MAX) = 0
     device: Annotated[str, Field(description="Torch device: cpu, cuda, cuda:1, mps.")] = "cpu"
 
     @pydantic.model_validator(mode="after")
@@ -247,7 +252,7 @@ class AdaptConfig:
 
     budget: Budget = 50
     tau: Tau = "auto"
-    seed: integer(0, "Seed of the budget draw and the folds.") = 0
+    seed: integer(0, "Seed of the budget draw and the folds.", SEED_MAX) = 0
     folds: Folds = 5
 
 
