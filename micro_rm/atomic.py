@@ -4,9 +4,45 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
+import stat
 from pathlib import Path
 from typing import IO, Iterator
+
+_TRIES = 100
+
+
+def temp_file(folder: str | os.PathLike, prefix: str, suffix: str = ".tmp") -> Path:
+    """Create a new empty file with a random name in ``folder``; return its path.
+
+    Unlike ``tempfile.mkstemp`` (always 0600) it is created with mode 0666 less the umask, the
+    mode ``open(path, "w")`` gives, so the file renamed over a result has the usual permissions
+    (0644 under umask 022) and no process-wide umask has to be read or changed.
+
+    >>> temp_file("runs", ".scores.jsonl.")  # doctest: +SKIP
+    PosixPath('runs/.scores.jsonl.3f9a0c1d2e4b5a69.tmp')
+    """
+    for _ in range(_TRIES):
+        path = Path(folder) / f"{prefix}{secrets.token_hex(8)}{suffix}"
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name in {folder} after {_TRIES} tries")
+
+
+def temp_folder(folder: str | os.PathLike, prefix: str, suffix: str = ".tmp") -> Path:
+    """Create a new empty folder with a random name in ``folder``: mode 0777 less the umask (0755
+    under umask 022), where ``tempfile.mkdtemp`` makes 0700."""
+    for _ in range(_TRIES):
+        path = Path(folder) / f"{prefix}{secrets.token_hex(8)}{suffix}"
+        try:
+            os.mkdir(path, 0o777)
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name in {folder} after {_TRIES} tries")
 
 
 @contextlib.contextmanager
@@ -18,13 +54,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = temp_file(path.parent, prefix=f".{path.name}.")
+    mode = stat.S_IMODE(tmp.stat().st_mode)     # 0666 less the umask
     try:
         yield tmp
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, mode)     # a writer that replaced tmp (safetensors writes via a 0600 file) reset it
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -19,15 +19,15 @@ import glob
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from micro_rm import __version__
+from micro_rm.atomic import temp_folder
 from micro_rm.errors import MicroRMError
 from micro_rm.model.card import model_card
 from micro_rm.model.config import MixtureConfig
@@ -73,12 +73,13 @@ def save_pretrained(model: "MixtureRewardModel", path: str | os.PathLike) -> Pat
     path = check_destination(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
+    tmp = temp_folder(path.parent, prefix=f".{path.name}.{os.getpid()}.")   # 0755 under umask 022
     try:
         (tmp / CONFIG_NAME).write_text(json.dumps(model.config.to_dict(), indent=2, default=_json_default)
                                        + "\n", encoding="utf-8")
         tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "library": "micro-rm"})
+        # Bytes written here, not save_file: it writes through a 0600 temporary file, ignoring the umask.
+        (tmp / WEIGHTS_NAME).write_bytes(save(tensors, metadata={"format": "pt", "library": "micro-rm"}))
         (tmp / CARD_NAME).write_text(model_card(model.config), encoding="utf-8")
         for file in (tmp / CONFIG_NAME, tmp / WEIGHTS_NAME, tmp / CARD_NAME, tmp):
             _fsync(file)

@@ -9,6 +9,9 @@ once per machine, not once per project or test run.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import logging
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -21,7 +24,7 @@ from micro_rm.data.records import Text
 from micro_rm.features.base import Item
 from micro_rm.features.backbones.items import pair_reward_item, pair_route_item, tokenize_items
 from micro_rm.features.backbones.sources import (DEFAULT_MODEL_ID, default_model_dir,
-                                                 file_sha256, user_cache, weights_sha256)
+                                                 user_cache, weights_sha256)
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +82,33 @@ class StaticBackbone:
         return vectors.numpy()
 
 
+def content_sha256(table: np.ndarray, vocabulary: dict[str, int]) -> str:
+    """sha256 of what the backbone computes with: the table's values (float32, C order), its
+    shape and dtype, and the tokenizer's vocabulary. Unlike the file's bytes (whose safetensors
+    header orders its metadata differently from one process to the next), it is the same on
+    every machine and after every rebuild that gives the same values.
+
+    >>> content_sha256(np.zeros((2, 3), np.float32), {"a": 0, "b": 1})[:16]
+    '1b4a9ced0d65e479'
+    """
+    values = np.ascontiguousarray(table, dtype=np.float32)
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"shape": list(values.shape), "dtype": "float32",
+                              "vocabulary": sorted(vocabulary.items())}, separators=(",", ":")).encode())
+    digest.update(values.tobytes(order="C"))
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=4)
+def _read_table(path: str, size: int, mtime_ns: int, tokenizer_folder: str) -> tuple[np.ndarray, str]:
+    # size and mtime are part of the key so that a rebuilt table is read (and hashed) again.
+    from safetensors.numpy import load_file
+    from transformers import AutoTokenizer
+
+    table = load_file(path)["table"]
+    return table, content_sha256(table, AutoTokenizer.from_pretrained(tokenizer_folder).get_vocab())
+
+
 def table_path(source_sha: str) -> Path:
     """Where the table distilled from weights ``source_sha`` with :data:`RECIPE` is kept."""
     recipe = RECIPE.replace("/", "-")
@@ -101,8 +131,12 @@ def _distill_to(path: Path) -> None:
 
 
 def load_static(max_length: Optional[int]) -> StaticBackbone:
-    """The static backbone, distilling its table first if this machine has none yet."""
-    from safetensors.numpy import load_file
+    """The static backbone, distilling its table first if this machine has none yet.
+
+    Its identity names the table by :func:`content_sha256`. A model trained before that (its
+    ``table_sha256`` was the sha256 of the file, which differs between machines) is refused with a
+    message naming ``table_sha256``: retrain it; on static features that takes seconds.
+    """
     from transformers import AutoTokenizer
 
     folder = default_model_dir()
@@ -110,7 +144,9 @@ def load_static(max_length: Optional[int]) -> StaticBackbone:
     path = table_path(source["model.safetensors"])
     if not path.exists():
         _distill_to(path)
+    stat = path.stat()
+    table, table_sha = _read_table(str(path.resolve()), stat.st_size, stat.st_mtime_ns, str(folder))
     identity = {"source": DEFAULT_MODEL_ID, "source_weights_sha256": source, "recipe": RECIPE,
-                "table_sha256": file_sha256(path)}
-    return StaticBackbone(load_file(str(path))["table"], AutoTokenizer.from_pretrained(folder),
+                "table_sha256": table_sha}
+    return StaticBackbone(table, AutoTokenizer.from_pretrained(folder),
                           max_length=max_length or DEFAULT_MAX_LENGTH, identity=identity)
