@@ -36,3 +36,26 @@ def test_demo_prints_table_and_paths(tmp_path, capsys):
 def test_demo_too_small(tmp_path, capsys):
     assert main(["demo", "--backbone", "static", "--prompts", "5", "--out", str(tmp_path)]) == 2
     assert "--prompts must be at least 20" in capsys.readouterr().err
+
+
+def test_out_folder_holding_other_files_is_refused_and_left_untouched(tmp_path, capsys):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    for argv in (["demo", "--backbone", "static", "--prompts", "20", "--out", str(folder)],
+                 ["experiment", str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"),
+                  "--backbone", "static", "--out", str(folder)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "no micro-rm report wrote" in err and "--force" in err
+        assert [p.name for p in folder.iterdir()] == ["config.json"]
+
+
+def test_force_writes_and_a_folder_of_an_earlier_run_is_rewritten(tmp_path, capsys):
+    folder = tmp_path / "demo"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    argv = ["demo", "--backbone", "static", "--prompts", "20", "--out", str(folder), "--json"]
+    assert main([*argv, "--force"]) == 0
+    assert (folder / "results.json").is_file() and (folder / "notes.txt").read_text() == "mine"
+    assert main(argv) == 0          # its results.json marks it as a report folder

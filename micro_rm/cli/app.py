@@ -29,6 +29,17 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _global_options(
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Hide every progress bar (as does the "
+                               "environment variable TQDM_DISABLE=1); results and errors still print."),
+) -> None:
+    """Options that go before the command: ``micro-rm --quiet train ...``."""
+    import micro_rm.progress
+
+    micro_rm.progress.QUIET = quiet     # set on every run, so one quiet call does not outlive itself
+
+
 # Help texts shared by many commands' options.
 CACHE_HELP = "Feature cache folder (default: $MICRO_RM_CACHE or the user cache dir)."
 CACHE_ONLY_HELP = "Fail instead of encoding texts that are not in the cache yet."

@@ -12,6 +12,8 @@ from micro_rm.cli.app import CACHE_HELP, JSON_HELP, app, emit
 
 MAX_YAML_DEPTH = 32        # the deepest shipped config nests 3; PyYAML recurses once per level
 MAX_DEMO_PROMPTS = 100_000
+FORCE_HELP = ("Write into --out even when it holds files that no earlier report wrote (without it "
+              "such a folder is refused and left untouched).")
 
 
 def _command(name: str, *args: object, **options: object) -> str:
@@ -32,6 +34,7 @@ def experiment(
     cache_dir: Optional[Path] = typer.Option(None, "--cache", help=CACHE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (with `report`, the "
                                  "folder) as the last line."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Run the paper's whole protocol from a config: data → split → encode (cached) → stage 1
     (MiCRo grid, single, static, shared-base) → stage 2 → HyRe, MiCRo-HyRe → oracle → budget
@@ -55,7 +58,7 @@ def experiment(
     from micro_rm.eval.report import format_table, load_results
     from micro_rm.experiment.runner import run_experiment
 
-    folder = run_experiment(config, backbone=backbone, out=out, cache=cache_dir, progress=not as_json,
+    folder = run_experiment(config, backbone=backbone, out=out, cache=cache_dir, progress=not as_json, force=force,
                             command=_command("experiment", config_file, backbone=backbone, out=out, cache=cache_dir))
     results = load_results(folder)
     emit({"report": str(folder), "seconds": results.get("seconds"),
@@ -96,6 +99,7 @@ def demo(
                                           "(default: about 3 minutes on 2 quiet CPU cores, 1 with a warm cache)."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache", help="Feature cache folder."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """The whole method on built-in synthetic data (4 user groups with known preferences, no
     download): MiCRo against its baselines and the oracle, with a report and plots.
@@ -110,7 +114,7 @@ def demo(
     if prompts is not None and prompts > MAX_DEMO_PROMPTS:  # the least is demo_config's to say
         from micro_rm.errors import MicroRMError
         raise MicroRMError(f"--prompts must be at most {MAX_DEMO_PROMPTS}, got {prompts}")
-    folder = run_demo(out=out, backbone=backbone, prompts=prompts, cache=cache_dir, progress=not as_json,
+    folder = run_demo(out=out, backbone=backbone, prompts=prompts, cache=cache_dir, progress=not as_json, force=force,
                       command=_command("demo", out=out, backbone=None if backbone == "default" else backbone,
                                        prompts=prompts, cache=cache_dir))
     results = load_results(folder)

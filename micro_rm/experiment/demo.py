@@ -55,7 +55,8 @@ def demo_config(prompts: Optional[int] = None) -> "ExperimentConfig":
 
 
 def run_demo(*, out: str | os.PathLike = "runs/demo", backbone: str = "default", prompts: Optional[int] = None,
-             cache: Any = None, progress: bool = True, command: Optional[str] = None) -> Path:
+             cache: Any = None, progress: bool = True, command: Optional[str] = None,
+             force: bool = False) -> Path:
     """Run the demo experiment; return its report folder."""
     from micro_rm.experiment.runner import run_experiment
 
@@ -64,4 +65,4 @@ def run_demo(*, out: str | os.PathLike = "runs/demo", backbone: str = "default",
         config.stage2.budget, config.hyre.m = 10, 4
         config.budget_curve.budgets, config.budget_curve.seeds = [5, 10], 2
     return run_experiment(config, backbone=backbone, out=out, cache=cache, progress=progress,
-                          command=command or "micro-rm demo")
+                          command=command or "micro-rm demo", force=force)

@@ -54,14 +54,16 @@ STEPS = (
 
 def run_experiment(config: ExperimentConfig, *, backbone: Any = None, out: str | os.PathLike | None = None,
                    cache: str | os.PathLike | None = None, progress: bool = True,
-                   command: Optional[str] = None) -> Path:
+                   command: Optional[str] = None, force: bool = False) -> Path:
     """Run the whole protocol of ``config`` and write its report folder; return the folder.
 
     ``backbone`` overrides ``config.backbone.name`` (a name, or a loaded backbone); ``out`` is
     the report folder (default ``runs/<config file stem>``); ``cache`` the feature-cache folder
-    (default ``$MICRO_RM_CACHE`` or the user cache dir).
+    (default ``$MICRO_RM_CACHE`` or the user cache dir). A folder that holds files but no report
+    of an earlier run is refused unless ``force`` (:func:`check_report_folder`).
     """
     run = Run(config, backbone=backbone, out=out, cache=cache, progress=progress, command=command)
+    check_report_folder(run.out, force=force)
     for step in STEPS:
         with run.timed(step.timed):
             step.run(run)
@@ -69,3 +71,28 @@ def run_experiment(config: ExperimentConfig, *, backbone: Any = None, out: str |
 
 
 __all__ = ["STEPS", "Step", "run_experiment"]
+
+
+def check_report_folder(folder: str | os.PathLike, *, force: bool = False, option: str = "--out") -> None:
+    """Refuse to write a report into ``folder`` when it holds files that an earlier run did not
+    write: a run's folder is marked by its ``results.json`` (one that
+    :func:`~micro_rm.eval.report.load_results` reads), and only such a folder, an empty one or a
+    new one is rewritten. ``force`` writes anyway (files of the same names are replaced).
+
+    >>> check_report_folder("runs/a-model-folder")  # doctest: +SKIP
+    Traceback (most recent call last):
+    micro_rm.errors.MicroRMError: --out runs/a-model-folder: holds files that no micro-rm report wrote ...
+    """
+    from micro_rm.errors import MicroRMError
+    from micro_rm.eval.report import load_results
+
+    folder = Path(folder)
+    if force or not folder.is_dir() or not any(folder.iterdir()):
+        return
+    try:
+        load_results(folder)
+        return
+    except MicroRMError:
+        pass
+    raise MicroRMError(f"{option} {folder}: holds files that no micro-rm report wrote (no readable results.json), "
+                       "so writing there would mix them; choose an empty or new folder, or pass --force")

@@ -187,7 +187,7 @@ class FeatureCache:
                 batches: list[np.ndarray], backbone: Backbone, progress: bool) -> int:
         """Encode ``batches`` (index arrays into ``items``, all missing), flushing shards as it
         goes; returns the number of items encoded. Holds at most one shard's vectors."""
-        from tqdm.auto import tqdm
+        from micro_rm.progress import progress_bar
 
         storage = np.dtype(self.dtype)
         pending: list[tuple[np.ndarray, np.ndarray]] = []   # (rows, stored vectors), not in a shard yet
@@ -202,8 +202,8 @@ class FeatureCache:
                 pending.clear()
             last_flush = time.monotonic()
 
-        bar = tqdm(total=sum(len(b) for b in batches), desc="encoding", unit="text",
-                   disable=not progress, file=sys.stderr, dynamic_ncols=True)
+        bar = progress_bar(total=sum(len(b) for b in batches), desc="encoding", unit="text",
+                           enabled=progress, file=sys.stderr, dynamic_ncols=True)
         try:
             for rows in batches:
                 batch = np.asarray(backbone.encode([items[i] for i in rows]), dtype=np.float32)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from micro_rm.progress import progress_bar
 
 from micro_rm.errors import MicroRMError
 from micro_rm.features.base import PairFeatures
@@ -143,7 +143,7 @@ def _refit_router(model: MixtureRewardModel, features: PairFeatures, config: Sta
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     shuffle = torch.Generator().manual_seed(config.seed)
     with _small_tensor_cpu("cpu"):          # one thread: many tiny steps (see stage 1)
-        for _ in tqdm(range(epochs), desc="re-fitting the router", unit="epoch", disable=not progress, leave=False):
+        for _ in progress_bar(range(epochs), desc="re-fitting the router", unit="epoch", enabled=progress, leave=False):
             model.train()
             for batch in torch.from_numpy(train)[torch.randperm(len(train), generator=shuffle)].split(config.batch_size):
                 loss = stage1_loss(model, diff[batch], route[batch], config.alpha, config.balance)

@@ -100,12 +100,12 @@ def response_statistics(responses: Sequence[str], prompts: Sequence[str], *, pro
     """The statistics [N, S] (columns in ``STATISTIC_NAMES`` order) of N responses to their prompts.
 
     Each distinct (response, prompt) is measured once: preference data repeats responses."""
-    from tqdm.auto import tqdm
+    from micro_rm.progress import progress_bar
 
     if len(responses) != len(prompts):
         raise ValueError(f"{len(responses)} responses but {len(prompts)} prompts")
-    rows = [_measure(r, p) for r, p in tqdm(zip(responses, prompts), total=len(prompts), unit="response",
-                                             desc="response statistics", disable=not progress, leave=False)]
+    rows = [_measure(r, p) for r, p in progress_bar(zip(responses, prompts), total=len(prompts), unit="response",
+                                             desc="response statistics", enabled=progress, leave=False)]
     return np.array(rows, dtype=np.float64).reshape(-1, len(STATISTICS))
 
 

@@ -74,9 +74,9 @@ def score_records(rows: Iterable[Any], reward: Any, *, context: Optional[str] = 
     """One result per record of ``rows`` (dicts, or ``(where, row)`` pairs from
     :func:`~micro_rm.data.readers.read_rows`), scored by ``reward`` (a
     :class:`~micro_rm.scoring.engine.RewardEngine`) ``CHUNK`` responses at a time."""
-    from tqdm.auto import tqdm
+    from micro_rm.progress import progress_bar
 
-    bar = tqdm(total=total, unit="record", desc="scoring", disable=not progress)
+    bar = progress_bar(total=total, unit="record", desc="scoring", enabled=progress)
     chunk: list[dict[str, Any]] = []
     size = 0
     for i, row in enumerate(rows):

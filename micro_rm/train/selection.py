@@ -74,7 +74,7 @@ def cross_validate(model: "MixtureRewardModel", route: torch.Tensor, deltas: tor
     """{candidate: mixture NLL of each budget pair when its ``fold`` was held out} [N], over the
     τ of :data:`TAU_GRID` (or ``tau`` when it is a number), on a separate layout each kind of
     update and of new wordings, and, last, ``"keep"`` (the stage-1 router's NLL)."""
-    from tqdm.auto import tqdm
+    from micro_rm.progress import progress_bar
 
     taus = TAU_GRID if tau == "auto" else (tau,)
     separate = bool(model.config.context_dim)
@@ -85,8 +85,8 @@ def cross_validate(model: "MixtureRewardModel", route: torch.Tensor, deltas: tor
     out: dict[Any, np.ndarray] = {Candidate(u, t, w): np.zeros(len(route)) for u, w in kinds for t in taus}
     with torch.no_grad():
         out[KEEP] = mixture_bt_loss(deltas, model.router_log_weights(route)).cpu().numpy()
-    bar = tqdm(total=len(kinds) * len(taus) * len(np.unique(fold)), desc="stage 2: cross-validation",
-               unit="fit", disable=not progress, leave=False)
+    bar = progress_bar(total=len(kinds) * len(taus) * len(np.unique(fold)), desc="stage 2: cross-validation",
+                       unit="fit", enabled=progress, leave=False)
     with bar:
         for f in np.unique(fold):
             train, held = (torch.from_numpy(np.flatnonzero(fold != f)).to(route.device),
@@ -231,7 +231,7 @@ def fit_candidate(model: "MixtureRewardModel", route: torch.Tensor, deltas: torc
     (:func:`hedge_context_branch`, or for the contexts update :func:`known_routing_logits`); a
     joint-layout router takes ``EPOCHS`` exact mirror-descent steps (:func:`distil`). Returns one
     row per step (epoch, ce, nll, seconds; nll is NaN without ``history``, ce without a distillation)."""
-    from tqdm.auto import tqdm
+    from micro_rm.progress import progress_bar
 
     update, tau, wordings = candidate
     if model.config.context_dim:
@@ -250,7 +250,7 @@ def fit_candidate(model: "MixtureRewardModel", route: torch.Tensor, deltas: torc
     losses = bt_loss(deltas)                                             # L_ik = −log σ(Δ_ik), [N, K]
     rows, start = [], time.perf_counter()
     model.train()
-    for epoch in tqdm(range(1, EPOCHS + 1), desc=f"stage 2 (τ={tau:g})", unit="epoch", disable=not progress,
+    for epoch in progress_bar(range(1, EPOCHS + 1), desc=f"stage 2 (τ={tau:g})", unit="epoch", enabled=progress,
                       leave=False):
         with torch.no_grad():                                            # ω_i, held for the step
             targets = hedge_targets(model.router_log_weights(route), losses, tau)        # [N, K]

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from micro_rm.progress import progress_bar
 
 from micro_rm.errors import MicroRMError
 from micro_rm.features.base import PairFeatures
@@ -60,8 +60,8 @@ def fit_stage1(features: PairFeatures, config: Stage1Config | None = None, *,
     total = config.epochs * math.ceil(len(train_idx) / batch)
     warmup = round(config.warmup_ratio * total)
     epochs, best, step, start = [], None, 0, time.perf_counter()
-    bar = tqdm(total=total, desc=f"stage 1 ({config.variant}, K={model.config.num_heads})", unit="step",
-               disable=not progress, leave=False)
+    bar = progress_bar(total=total, desc=f"stage 1 ({config.variant}, K={model.config.num_heads})", unit="step",
+                       enabled=progress, leave=False)
     with _small_tensor_cpu(config.device), bar:
         for epoch in range(1, config.epochs + 1):
             model.train()

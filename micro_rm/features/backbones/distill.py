@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from micro_rm.progress import progress_bar
 
 SIF_A = 3e-6  # see the module docstring for how it was chosen
 
@@ -37,7 +37,7 @@ def embed_vocabulary(model: Any, tokenizer: Any, batch_size: int = 2048) -> np.n
     """The encoder's output for each token id in context ``[CLS] t [SEP]``: [V, hidden] float32."""
     size = len(tokenizer)
     out = np.zeros((size, model.config.hidden_size), dtype=np.float32)
-    for start in tqdm(range(0, size, batch_size), desc="distilling static backbone", unit="batch"):
+    for start in progress_bar(range(0, size, batch_size), desc="distilling static backbone", unit="batch"):
         ids = torch.arange(start, min(start + batch_size, size))
         input_ids = torch.stack([torch.full_like(ids, tokenizer.cls_token_id), ids,
                                  torch.full_like(ids, tokenizer.sep_token_id)], dim=1)  # [b, 3]

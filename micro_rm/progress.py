@@ -1,0 +1,35 @@
+"""Every progress bar of micro-rm comes from :func:`progress_bar`, so one switch silences them all.
+
+A bar is shown unless its caller passes ``enabled=False`` (``--json``, ``progress=False``), the
+command line has ``--quiet``, or the environment has ``TQDM_DISABLE=1`` (tqdm's own variable:
+an explicit ``disable=`` argument would override it, so it is read here).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable, Optional
+
+QUIET = False   # set by the CLI's global --quiet for the command it runs
+
+
+def bars_silenced() -> bool:
+    """True under ``--quiet`` or ``TQDM_DISABLE`` set to anything but ``""``, ``0`` or ``false``.
+
+    >>> os.environ["TQDM_DISABLE"] = "1"; bars_silenced()
+    True
+    >>> del os.environ["TQDM_DISABLE"]
+    """
+    return QUIET or os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false")
+
+
+def progress_bar(iterable: Optional[Iterable[Any]] = None, *, enabled: bool = True, **kwargs: Any) -> Any:
+    """A ``tqdm.auto`` bar over ``iterable`` (or a manual one with ``total=``), hidden when
+    ``enabled`` is false or bars are silenced (:func:`bars_silenced`).
+
+    >>> sum(progress_bar(range(3), enabled=False, desc="counting"))
+    3
+    """
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, disable=not enabled or bars_silenced(), **kwargs)
