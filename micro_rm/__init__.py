@@ -8,7 +8,15 @@ Importing the package is cheap: heavy modules (torch, transformers) load only wh
 function that needs them is called.
 """
 
+from typing import TYPE_CHECKING
+
 from micro_rm._lazy import lazy_exports
+
+if TYPE_CHECKING:   # what type checkers see; at run time __getattr__ imports these on first use
+    from micro_rm.api import MiCRo as MiCRo
+    from micro_rm.data.readers import read_pairs as read_pairs
+    from micro_rm.integrations.trl import MicroRMRewardFunction as MicroRMRewardFunction
+    from micro_rm.model.mixture import MixtureRewardModel as MixtureRewardModel
 
 __version__ = "0.1.0"
 
