@@ -24,6 +24,7 @@ install: $(BIN)/micro-rm
 
 demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/micro-rm demo
+	@echo "micro-rm is installed in $(BIN); to run it by name: source $(BIN)/activate"
 
 test: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q

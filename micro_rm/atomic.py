@@ -7,7 +7,7 @@ import os
 import secrets
 import stat
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Callable, Iterator
 
 _TRIES = 100
 
@@ -22,23 +22,21 @@ def temp_file(folder: str | os.PathLike, prefix: str, suffix: str = ".tmp") -> P
     >>> temp_file("runs", ".scores.jsonl.")  # doctest: +SKIP
     PosixPath('runs/.scores.jsonl.3f9a0c1d2e4b5a69.tmp')
     """
-    for _ in range(_TRIES):
-        path = Path(folder) / f"{prefix}{secrets.token_hex(8)}{suffix}"
-        try:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            return path
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"no free temporary name in {folder} after {_TRIES} tries")
+    return _create(folder, prefix, suffix, lambda path: os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                                                                         0o666)))
 
 
 def temp_folder(folder: str | os.PathLike, prefix: str, suffix: str = ".tmp") -> Path:
     """Create a new empty folder with a random name in ``folder``: mode 0777 less the umask (0755
     under umask 022), where ``tempfile.mkdtemp`` makes 0700."""
+    return _create(folder, prefix, suffix, lambda path: os.mkdir(path, 0o777))
+
+
+def _create(folder: str | os.PathLike, prefix: str, suffix: str, make: Callable[[Path], None]) -> Path:
     for _ in range(_TRIES):
         path = Path(folder) / f"{prefix}{secrets.token_hex(8)}{suffix}"
         try:
-            os.mkdir(path, 0o777)
+            make(path)
             return path
         except FileExistsError:
             continue

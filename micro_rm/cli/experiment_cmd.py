@@ -93,10 +93,10 @@ def check_yaml_depth(text: str, path: Path, limit: int = MAX_YAML_DEPTH) -> None
 @app.command("demo")
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Report folder."),
-    backbone: str = typer.Option("default", "--backbone", help="Backbone (static: seconds instead of "
-                                 "minutes, for a quick look or tests)."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="Backbone (default: static, under a "
+                                           "minute; `default` runs the MiniLM transformer itself, 1-3 minutes)."),
     prompts: Optional[int] = typer.Option(None, "--prompts", help="Synthetic prompts to generate "
-                                          "(default: about 3 minutes on 2 quiet CPU cores, 1 with a warm cache)."),
+                                          "(default 100: about a minute on 2 CPU cores from an empty feature cache)."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache", help="Feature cache folder."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
@@ -115,10 +115,32 @@ def demo(
         from micro_rm.errors import MicroRMError
         raise MicroRMError(f"--prompts must be at most {MAX_DEMO_PROMPTS}, got {prompts}")
     folder = run_demo(out=out, backbone=backbone, prompts=prompts, cache=cache_dir, progress=not as_json, force=force,
-                      command=_command("demo", out=out, backbone=None if backbone == "default" else backbone,
+                      command=_command("demo", out=out, backbone=backbone,
                                        prompts=prompts, cache=cache_dir))
     results = load_results(folder)
     emit({"report": str(folder), "seconds": results.get("seconds"),
           "methods": {k: v["mean"] for k, v in results["methods"].items()}}, as_json,
-         f"{format_table(results)}\n\nwall time {results.get('seconds', 0):.0f} s\n"
-         f"report: {folder / 'report.md'}\nplots:  {', '.join(str(p) for p in sorted(folder.glob('*.png')))}")
+         f"{format_table(results)}\n{new_user_line(results)}\nreport: {folder / 'report.md'}\n"
+         f"plots:  {', '.join(str(p) for p in sorted(folder.glob('*.png')))}\n"
+         f"done in {results.get('seconds', 0):.0f} s ({results.get('timing', {}).get('encode', 0):.0f} s of it "
+         "encoding texts, which a rerun reads from the feature cache)")
+
+
+def new_user_line(results: dict, labels: int = 5) -> str:
+    """One line on the new-user curve of ``results``: a user known only by id, with no labels
+    and after ``labels`` of them (empty when the run drew no curve).
+
+    >>> new_user_line({"user_curve": {"n": [0, 5], "curves": {"no context / random": {"mean": [0.55, 0.71]}}}})
+    '\\na new user known only by id: 0.550 with no labels, 0.710 after 5 (random pairs)\\n'
+    """
+    curve = results.get("user_curve") or {}
+    n = curve.get("n", [])
+    if 0 not in n or labels not in n:
+        return ""
+    parts = [f"{curve['curves'][name]['mean'][n.index(labels)]:.3f} after {labels} ({how} pairs)"
+             for name, how in (("no context / random", "random"), ("no context / active", "suggested"))
+             if name in curve.get("curves", {})]
+    if not parts:
+        return ""
+    start = next(iter(curve["curves"].values()))["mean"][n.index(0)]
+    return f"\na new user known only by id: {start:.3f} with no labels, {', '.join(parts)}\n"
