@@ -33,3 +33,12 @@ def progress_bar(iterable: Optional[Iterable[Any]] = None, *, enabled: bool = Tr
     from tqdm.auto import tqdm
 
     return tqdm(iterable, disable=not enabled or bars_silenced(), **kwargs)
+
+
+def silence_transformers_bars() -> None:
+    """Hide transformers' own bars ("Loading weights") too when bars are silenced; call it before
+    ``from_pretrained``. (It is a process-wide switch of transformers, so it is only ever turned off.)"""
+    if bars_silenced():
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()

@@ -120,9 +120,11 @@ def _distill_to(path: Path) -> None:
     from transformers import AutoModel, AutoTokenizer
 
     from micro_rm.features.backbones.distill import distill_static
+    from micro_rm.progress import silence_transformers_bars
 
-    log.warning("distilling the static backbone once into %s (about a minute)", path)
+    log.warning("distilling the static backbone once into %s (under a minute)", path)
     folder = default_model_dir()
+    silence_transformers_bars()
     model = AutoModel.from_pretrained(folder).eval()
     table = distill_static(model, AutoTokenizer.from_pretrained(folder), dim=STATIC_DIM)
     with atomic_path(path) as tmp:

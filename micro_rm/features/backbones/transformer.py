@@ -176,7 +176,10 @@ def load_transformer(source: str, *, name: str, identity: dict[str, Any],
     """
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+    from micro_rm.progress import silence_transformers_bars
+
     _check_device(device)
+    silence_transformers_bars()
     config = AutoConfig.from_pretrained(source)
     tokenizer = AutoTokenizer.from_pretrained(source)
     if not tokenizer.is_fast:
