@@ -396,6 +396,61 @@ def test_seen_texts_come_from_memory_then_from_the_disk_cache(tmp_path, scorer):
         assert stats["encoded"] == 0 and stats["from_disk_cache"] == 3 and restarted == fresh
 
 
+def today_rewards(tmp_path, scorer, settings, prompt, responses) -> list[float]:
+    """The rewards of one /score request computed the way the service did before its disk writes
+    moved off the request path: vectors written to a feature cache and read back."""
+    from micro_rm.features.cache import FeatureCache
+    from micro_rm.serve.routers.scores import one_prompt
+
+    samples = one_prompt(settings, prompt, responses, None, [f"responses[{i}]" for i in range(len(responses))])
+    vectors, _ = FeatureCache(tmp_path / "read-back").get_or_encode(scorer.items(samples), scorer.backbone,
+                                                                    progress=False)
+    return scorer.score(samples, vectors, None, settings.eta).rewards.tolist()
+
+
+def test_fresh_cached_and_restarted_answers_equal_the_read_back_route_bit_for_bit(tmp_path, scorer):
+    from micro_rm.serve.app import create_app
+
+    responses = ["A fresh answer nobody cached.", "Another one, with float16-unfriendly vectors."]
+    body = {"prompt": "A prompt seen for the first time?", "responses": responses}
+    settings = make_settings(tmp_path)
+    today = today_rewards(tmp_path, scorer, settings, body["prompt"], responses)
+    answers = []
+    with TestClient(create_app(settings, scorer=scorer)) as client:
+        answers.append(client.post("/score", json=body, headers=bearer(ADMIN)).json())   # encoded
+        answers.append(client.post("/score", json=body, headers=bearer(ADMIN)).json())   # the LRU
+    with TestClient(create_app(make_settings(tmp_path), scorer=scorer)) as client:      # the disk cache
+        answers.append(client.post("/score", json=body, headers=bearer(ADMIN)).json())
+        features = client.get("/stats").json()["features"]
+        assert features["from_disk_cache"] == 3 and features["encoded"] == 0
+    for answer in answers:
+        assert [s["reward"] for s in answer["scores"]] == today
+
+
+def test_a_failing_disk_cache_write_fails_no_request(tmp_path, scorer, monkeypatch, caplog):
+    from micro_rm.features import index
+    from micro_rm.serve.app import create_app
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    body = {"prompt": PROMPT, "responses": [GOOD, BAD]}
+    settings = make_settings(tmp_path)
+    today = today_rewards(tmp_path, scorer, settings, PROMPT, [GOOD, BAD])
+    monkeypatch.setattr(index, "write_shard", disk_full)
+    with TestClient(create_app(settings, scorer=scorer)) as client:
+        first = client.post("/score", json=body, headers=bearer(ADMIN))
+        other = client.post("/get_reward", json={"query": [PROMPT + " Something new."], "prompts": [PROMPT]},
+                            headers=bearer(ADMIN))
+        assert first.status_code == 200 and other.status_code == 200
+        assert [s["reward"] for s in first.json()["scores"]] == today
+        client.app.state.batcher.features.close()            # wait for the writer thread
+        features = client.get("/stats").json()["features"]
+        assert features["disk_cache_write_failures"] == features["encoded"] > 0
+        assert features["disk_cache_written"] == 0
+    assert any("No space left on device" in r.getMessage() for r in caplog.records)
+
+
 def test_metrics_count_requests_and_latencies(service):
     client, _ = service
     for _ in range(3):

@@ -3,7 +3,9 @@
 One folder per backbone setting, filled with shard files (the format: :mod:`micro_rm.features.shards`;
 the index over them: :mod:`micro_rm.features.index`). Missing items are encoded longest first, in the
 batches of :func:`micro_rm.features.batching.plan_batches`, and flushed to a new shard every
-``shard_size`` items or ``flush_seconds``, so an interrupted run keeps what it finished.
+``shard_size`` items or ``flush_seconds``, so an interrupted run keeps what it finished. The
+service encodes with :meth:`FeatureCache.encode` (nothing written) and stores the vectors later, in a
+:class:`ShardWriter` thread, off the request path.
 
 >>> cache = FeatureCache("features")                                 # doctest: +SKIP
 >>> vectors, stats = cache.get_or_encode([("Hi", "Hello!")], backbone)  # doctest: +SKIP
@@ -13,8 +15,10 @@ batches of :func:`micro_rm.features.batching.plan_batches`, and flushed to a new
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +37,8 @@ from micro_rm.features.shards import check_fingerprint, item_keys
 
 if TYPE_CHECKING:
     from micro_rm.features.distributed import RankGroup
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -76,6 +82,7 @@ class FeatureCache:
         self.shard_size = shard_size
         self.flush_seconds = flush_seconds
         self._folders: dict[str, CacheFolder] = {}
+        self._folders_lock = threading.Lock()   # the service's writer thread opens folders too
 
     def folder(self, fingerprint: dict[str, Any]) -> Path:
         """Where the vectors of this backbone setting live."""
@@ -83,11 +90,15 @@ class FeatureCache:
 
     def _open(self, fingerprint: dict[str, Any], create: bool) -> CacheFolder:
         path = self.folder(fingerprint)
-        folder = self._folders.get(path.name) or CacheFolder(path)
-        # Checked on every call: another process may have written the folder meanwhile.
-        if check_fingerprint(path, fingerprint, create):
-            self._folders[path.name] = folder
-        return folder
+        with self._folders_lock:
+            folder = self._folders.get(path.name)
+            if folder is not None:   # its fingerprint.json was checked; the folder name is its hash
+                return folder
+            folder = CacheFolder(path)
+            # Checked until it exists: another process may create the folder meanwhile.
+            if check_fingerprint(path, fingerprint, create):
+                self._folders[path.name] = folder
+            return folder
 
     def _prepare(self, items: Sequence[Item], backbone: Backbone, batch_size: int,
                  tokens_per_batch: Optional[int], allow_encode: bool
@@ -105,6 +116,24 @@ class FeatureCache:
         """Cached vectors for ``keys`` (from :func:`item_keys`): ``(found_mask, vectors)``,
         vectors float32 ``[n, dim]`` with zero rows where nothing was found."""
         return self._open(fingerprint, create=False).lookup(np.asarray(keys, np.uint8), dim)
+
+    def encode(self, items: Sequence[Item], backbone: Backbone, *, batch_size: int = 32,
+               tokens_per_batch: Optional[int] = None) -> np.ndarray:
+        """Vectors of ``items`` (all unique) as this cache stores them, ``[n, dim]`` in the storage
+        dtype, in the batches ``get_or_encode`` encodes them in; nothing is written (see
+        :meth:`write`). ``.astype(np.float32)`` gives exactly what a later cached read returns."""
+        check_batching(batch_size, tokens_per_batch)
+        batches = plan_batches(backbone.token_lengths(items), batch_size=batch_size,
+                               tokens_per_batch=tokens_per_batch)
+        out = np.empty((len(items), backbone.dim), dtype=self.dtype)
+        for rows in batches:
+            out[rows] = self._encode_batch([items[i] for i in rows], backbone)
+        return out
+
+    def write(self, fingerprint: dict[str, Any], keys: np.ndarray, vectors: np.ndarray) -> Path:
+        """Store ``vectors`` (from :meth:`encode`) under ``keys`` (from :func:`item_keys`) as one
+        new shard, written atomically; later lookups find them."""
+        return self._open(fingerprint, create=True).write_shard(keys, np.asarray(vectors, self.dtype))
 
     def get_or_encode(self, items: Sequence[Item], backbone: Backbone, *, batch_size: int = 32,
                       tokens_per_batch: Optional[int] = None, progress: bool = True,
@@ -189,7 +218,6 @@ class FeatureCache:
         goes; returns the number of items encoded. Holds at most one shard's vectors."""
         from micro_rm.progress import progress_bar
 
-        storage = np.dtype(self.dtype)
         pending: list[tuple[np.ndarray, np.ndarray]] = []   # (rows, stored vectors), not in a shard yet
         last_flush = time.monotonic()
         done = 0
@@ -206,18 +234,7 @@ class FeatureCache:
                            enabled=progress, file=sys.stderr, dynamic_ncols=True)
         try:
             for rows in batches:
-                batch = np.asarray(backbone.encode([items[i] for i in rows]), dtype=np.float32)
-                if batch.shape != (len(rows), backbone.dim):
-                    raise MicroRMError(f"backbone {backbone.name} returned vectors of shape "
-                                       f"{batch.shape} for a batch of {len(rows)}; expected "
-                                       f"({len(rows)}, {backbone.dim})")
-                with np.errstate(over="ignore"):  # overflow is reported just below
-                    stored = batch.astype(storage)
-                if not np.isfinite(stored).all():
-                    hint = (" in float16 storage; pass --storage float32"
-                            if np.isfinite(batch).all() else "")
-                    raise MicroRMError(f"backbone {backbone.name} gave non-finite vectors{hint}")
-                pending.append((rows, stored))
+                pending.append((rows, self._encode_batch([items[i] for i in rows], backbone)))
                 done += len(rows)
                 bar.update(len(rows))
                 if (sum(len(r) for r, _ in pending) >= self.shard_size
@@ -227,6 +244,130 @@ class FeatureCache:
             flush()  # keep finished work on Ctrl-C or a failing batch, too
             bar.close()
         return done
+
+    def _encode_batch(self, batch_items: list[Item], backbone: Backbone) -> np.ndarray:
+        """One backbone batch, rounded to the storage dtype; refuses a wrong shape or non-finite
+        vectors."""
+        batch = np.asarray(backbone.encode(batch_items), dtype=np.float32)
+        if batch.shape != (len(batch_items), backbone.dim):
+            raise MicroRMError(f"backbone {backbone.name} returned vectors of shape "
+                               f"{batch.shape} for a batch of {len(batch_items)}; expected "
+                               f"({len(batch_items)}, {backbone.dim})")
+        with np.errstate(over="ignore"):  # overflow is reported just below
+            stored = batch.astype(self.dtype)
+        if not np.isfinite(stored).all():
+            hint = (" in float16 storage; pass --storage float32"
+                    if np.isfinite(batch).all() else "")
+            raise MicroRMError(f"backbone {backbone.name} gave non-finite vectors{hint}")
+        return stored
+
+
+class ShardWriter:
+    """Writes vectors already encoded (:meth:`FeatureCache.encode`) to ``cache`` in a thread of
+    its own, so a caller never waits for the disk.
+
+    Whatever is queued while a shard is being written goes into the next shard, together. Until
+    written, queued vectors are found by :meth:`lookup`. The thread is not a daemon, so the
+    interpreter's exit waits for pending writes; :meth:`flush` waits for them explicitly. A
+    failed write is logged (once) and counted in ``stats``, never raised: those vectors are
+    encoded again when next asked for after a restart.
+
+    >>> writer = ShardWriter(cache, backbone.fingerprint())    # doctest: +SKIP
+    >>> writer.put(keys, cache.encode(items, backbone))        # doctest: +SKIP
+    >>> writer.flush()                                         # doctest: +SKIP
+    """
+
+    def __init__(self, cache: FeatureCache, fingerprint: dict[str, Any]):
+        self.cache = cache
+        self.fingerprint = fingerprint
+        self._queue: list[tuple[np.ndarray, np.ndarray]] = []
+        self._pending: dict[bytes, np.ndarray] = {}     # key -> stored vector, until written
+        self._writing = False                           # a shard is being written
+        self._alive = False                             # the thread runs
+        self._done = threading.Condition()
+        self._warned = False
+        self.stats = {"disk_cache_written": 0, "disk_cache_write_failures": 0}
+
+    def put(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        """Queue ``vectors`` [n, dim] (storage dtype) under ``keys`` [n, 32] for the next shard."""
+        if not len(keys):
+            return
+        with self._done:
+            self._queue.append((keys, vectors))
+            for key, vector in zip(keys, vectors):
+                self._pending[key.tobytes()] = vector
+            self._done.notify_all()
+            if self._alive:
+                return
+            self._alive = True
+        try:
+            threading.Thread(target=self._run, name="micro-rm-cache-writer").start()
+        except RuntimeError:   # no new threads at interpreter shutdown: write here
+            self._alive = False
+            self._drain()
+
+    def lookup(self, keys: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Fill ``out`` rows whose key is queued or being written; the mask of rows filled."""
+        found = np.zeros(len(keys), dtype=bool)
+        with self._done:
+            if not self._pending:
+                return found
+            for i, key in enumerate(keys):
+                vector = self._pending.get(key.tobytes())
+                if vector is not None:
+                    out[i] = vector
+                    found[i] = True
+        return found
+
+    def flush(self) -> None:
+        """Wait until everything queued so far is written (or has failed)."""
+        with self._done:
+            self._done.wait_for(lambda: not self._queue and not self._writing)
+
+    def _run(self) -> None:
+        # Stays _LINGER_SECONDS after the last write (starting a thread per shard cost ~2% of the
+        # service's encode thread), and ends at once when the main thread has ended.
+        while True:
+            with self._done:
+                idle_until = time.monotonic() + _LINGER_SECONDS
+                while not self._queue:
+                    left = idle_until - time.monotonic()
+                    if left <= 0 or not threading.main_thread().is_alive():
+                        self._alive = False
+                        return
+                    self._done.wait(min(left, 0.05))
+            self._drain()
+
+    def _drain(self) -> None:
+        """Write everything queued, one shard per round."""
+        while True:
+            with self._done:
+                if not self._queue:
+                    self._writing = False
+                    self._done.notify_all()
+                    return
+                work, self._queue = self._queue, []
+                self._writing = True
+            keys = np.concatenate([k for k, _ in work])
+            try:
+                self.cache.write(self.fingerprint, keys, np.concatenate([v for _, v in work]))
+                written, failed = len(keys), 0
+            except Exception as exc:  # a full or read-only disk must not fail any request
+                written, failed = 0, len(keys)
+                if not self._warned:
+                    self._warned = True
+                    log.warning("the feature cache at %s cannot be written (%s: %s); vectors are "
+                                "served from memory and encoded again after a restart; further "
+                                "failures are counted in /stats (disk_cache_write_failures)",
+                                self.cache.root, type(exc).__name__, exc)
+            with self._done:
+                self.stats["disk_cache_written"] += written
+                self.stats["disk_cache_write_failures"] += failed
+                for key in keys:
+                    self._pending.pop(key.tobytes(), None)
+
+
+_LINGER_SECONDS = 5.0
 
 
 def _missing_error(missing: int, unique: int, folder: CacheFolder) -> MicroRMError:

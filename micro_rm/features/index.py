@@ -7,8 +7,10 @@ killed, are found like any others. Vectors are memory-mapped and only the rows a
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
+
 import numpy as np
 
 from micro_rm.errors import MicroRMError
@@ -23,6 +25,7 @@ class CacheFolder:
 
     The index sorts the first 8 bytes of every key (as uint64) and confirms the full 32 bytes
     on a hit: about 50 bytes per cached item, where a dict of digests would take ~200.
+    Thread-safe: the service looks up vectors while its writer thread adds shards.
     """
 
     def __init__(self, path: Path):
@@ -35,6 +38,7 @@ class CacheFolder:
         self._keys = np.empty((0, 32), dtype=np.uint8)
         self._shard_of = np.empty(0, dtype=np.int32)
         self._row_of = np.empty(0, dtype=np.int64)
+        self._lock = threading.RLock()
 
     def refresh(self) -> None:
         """Pick up shards written since the last look (by this or another process)."""
@@ -48,22 +52,21 @@ class CacheFolder:
             except OSError:
                 pass
         for path in sorted(self.path.glob(SHARD_GLOB)):
-            if path.name not in self._seen:
-                self.shards.append(Shard(path))
-                self._seen.add(path.name)
-                self._dirty = True
+            with self._lock:
+                self._add(path)
+
+    def _add(self, path: Path, shard: "Shard | None" = None) -> None:
+        if path.name not in self._seen:
+            self.shards.append(shard or Shard(path))
+            self._seen.add(path.name)
+            self._dirty = True
 
     def _rebuild(self) -> None:
-        if not self._dirty:
-            return
-        sizes = [len(s.keys) for s in self.shards]
-        if self.shards:
-            self._keys = np.concatenate([s.keys for s in self.shards])
-            self._shard_of = np.repeat(np.arange(len(self.shards), dtype=np.int32), sizes)
-            self._row_of = np.concatenate([np.arange(n, dtype=np.int64) for n in sizes])
-        prefix = _prefix(self._keys)
-        self._order = np.argsort(prefix, kind="stable")
-        self._sorted_prefix = prefix[self._order]
+        if self._dirty:
+            self._install(_index(self.shards))
+
+    def _install(self, index: tuple[np.ndarray, ...]) -> None:
+        self._keys, self._shard_of, self._row_of, self._order, self._sorted_prefix = index
         self._dirty = False
 
     def _locate(self, keys: np.ndarray) -> np.ndarray:
@@ -92,10 +95,15 @@ class CacheFolder:
 
     def contains(self, keys: np.ndarray) -> np.ndarray:
         """``found [n] bool``, without reading any vector."""
-        return self._locate(keys) >= 0
+        with self._lock:
+            return self._locate(keys) >= 0
 
     def lookup(self, keys: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
         """``(found [n] bool, vectors [n, dim] float32)``; rows not found are zero."""
+        with self._lock:
+            return self._lookup(keys, dim)
+
+    def _lookup(self, keys: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
         where = self._locate(keys)
         found = where >= 0
         vectors = np.zeros((len(keys), dim), dtype=np.float32)
@@ -113,12 +121,31 @@ class CacheFolder:
         return found, vectors
 
     def write_shard(self, keys: np.ndarray, vectors: np.ndarray) -> Path:
-        """Write one shard (:func:`micro_rm.features.shards.write_shard`) and index it."""
+        """Write one shard (:func:`micro_rm.features.shards.write_shard`) and index it. Lookups
+        go on while the file is written; only indexing it waits for them."""
         path = write_shard(self.path, keys, vectors)
-        self.shards.append(Shard(path))
-        self._seen.add(path.name)
-        self._dirty = True
+        shard = Shard(path)
+        with self._lock:
+            self._add(path, shard)
+            shards = list(self.shards)
+        index = _index(shards)   # built here, so the next lookup need not (the service's writer thread)
+        with self._lock:
+            if self._dirty and len(self.shards) == len(shards):
+                self._install(index)
         return path
+
+
+def _index(shards: list[Shard]) -> tuple[np.ndarray, ...]:
+    """``(keys, shard_of, row_of, order, sorted_prefix)`` over ``shards``: every key, its shard and
+    row, and the order that sorts the keys' 8-byte prefixes."""
+    keys = np.concatenate([s.keys for s in shards]) if shards else np.empty((0, 32), dtype=np.uint8)
+    sizes = [len(s.keys) for s in shards]
+    shard_of = np.repeat(np.arange(len(shards), dtype=np.int32), sizes)
+    row_of = np.concatenate([np.arange(n, dtype=np.int64) for n in sizes]) if shards \
+        else np.empty(0, dtype=np.int64)
+    prefix = _prefix(keys)
+    order = np.argsort(prefix, kind="stable")
+    return keys, shard_of, row_of, order, prefix[order]
 
 
 def _prefix(keys: np.ndarray) -> np.ndarray:

@@ -13,12 +13,15 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import numpy as np
 
 from micro_rm.errors import MicroRMError
 from micro_rm.features.base import Backbone, Item
+
+if TYPE_CHECKING:
+    from micro_rm.features.cache import ShardWriter
 
 
 class EncodeFailed(MicroRMError):
@@ -89,19 +92,35 @@ class QueueWorker:
 # ----- features -----------------------------------------------------------------------------
 class FeatureStore:
     """Vectors of items: an in-memory LRU in front of the on-disk :class:`FeatureCache`, in
-    front of the backbone. Thread-safe; the backbone runs one batch at a time."""
+    front of the backbone. Thread-safe; the backbone runs one batch at a time.
+
+    New vectors are rounded to the cache's storage dtype, answered at once and written to the
+    cache by a :class:`~micro_rm.features.cache.ShardWriter` thread, so no caller waits for the
+    disk, and a fresh answer equals a cached one bit for bit. :meth:`close` waits for the
+    writes; a failed write is logged and counted (``disk_cache_write_failures``), never raised.
+    """
 
     def __init__(self, backbone: Backbone, cache: Any = None, *, lru_items: int = 100_000,
                  batch_size: int = 32):
+        from micro_rm.features.cache import ShardWriter
+
         self.backbone = backbone
         self.cache = cache                      # a FeatureCache, or None for LRU only
         self.lru_items = lru_items
         self.batch_size = batch_size
+        self._fingerprint: dict[str, Any] = backbone.fingerprint() if cache is not None else {}
+        self._writer: Optional[ShardWriter] = ShardWriter(cache, self._fingerprint) if cache is not None else None
         self._lru: OrderedDict[Item, np.ndarray] = OrderedDict()
         self._lru_lock = threading.Lock()
         self._encode_lock = threading.Lock()
-        self.stats = {"lru_hits": 0, "lru_misses": 0, "encoded": 0, "from_disk_cache": 0,
-                      "encode_calls": 0, "encode_seconds": 0.0}
+        self._counts = {"lru_hits": 0, "lru_misses": 0, "encoded": 0, "from_disk_cache": 0,
+                        "encode_calls": 0, "encode_seconds": 0.0}
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Counters: LRU hits and misses, items encoded or read from the disk cache, backbone
+        calls and seconds, and (with a disk cache) vectors written to it and failed writes."""
+        return {**self._counts, **(self._writer.stats if self._writer is not None else {})}
 
     def lookup(self, items: Sequence[Item]) -> tuple[np.ndarray, list[int]]:
         """``(vectors [n, dim], indices not in memory)``; missing rows are zero."""
@@ -115,8 +134,8 @@ class FeatureStore:
                 else:
                     self._lru.move_to_end(item)
                     out[i] = vector
-            self.stats["lru_hits"] += len(items) - len(missing)
-            self.stats["lru_misses"] += len(missing)
+            self._counts["lru_hits"] += len(items) - len(missing)
+            self._counts["lru_misses"] += len(missing)
         return out, missing
 
     def encode(self, items: Sequence[Item]) -> np.ndarray:
@@ -124,28 +143,48 @@ class FeatureStore:
         unique = list(dict.fromkeys(items))
         start = time.perf_counter()
         with self._encode_lock:
-            if self.cache is not None:
-                vectors, stats = self.cache.get_or_encode(unique, self.backbone,
-                                                          batch_size=self.batch_size, progress=False)
-                encoded, from_disk = stats.encoded, stats.from_cache
+            if self._writer is not None:
+                vectors, encoded = self._cached_or_encoded(unique, self._writer)
             else:
                 vectors = np.concatenate([np.asarray(self.backbone.encode(unique[i:i + self.batch_size]),
                                                      dtype=np.float32)
                                           for i in range(0, len(unique), self.batch_size)])
-                encoded, from_disk = len(unique), 0
+                encoded = len(unique)
         with self._lru_lock:
-            self.stats["encoded"] += encoded
-            self.stats["from_disk_cache"] += from_disk
-            self.stats["encode_calls"] += 1
-            self.stats["encode_seconds"] += time.perf_counter() - start
+            self._counts["encoded"] += encoded
+            self._counts["from_disk_cache"] += len(unique) - encoded
+            self._counts["encode_calls"] += 1
+            self._counts["encode_seconds"] += time.perf_counter() - start
             if self.lru_items:
                 for item, vector in zip(unique, vectors):
                     self._lru[item] = vector
                     self._lru.move_to_end(item)
                 while len(self._lru) > self.lru_items:
                     self._lru.popitem(last=False)
+        if len(unique) == len(items):
+            return vectors
         position = {item: i for i, item in enumerate(unique)}
         return vectors[[position[item] for item in items]]
+
+    def _cached_or_encoded(self, unique: list[Item], writer: "ShardWriter") -> tuple[np.ndarray, int]:
+        """Vectors of the ``unique`` items [n, dim] float32 (from the writer's queue, the disk
+        cache, or the backbone, rounded as the cache stores them) and how many were encoded.
+        The new ones go to the writer thread."""
+        from micro_rm.features.shards import item_keys
+
+        keys = item_keys(self._fingerprint, unique)
+        vectors = np.zeros((len(unique), self.backbone.dim), dtype=np.float32)
+        found = writer.lookup(keys, vectors)
+        rest = np.flatnonzero(~found)
+        if len(rest):
+            on_disk, vectors[rest] = self.cache.lookup(keys[rest], self._fingerprint, self.backbone.dim)
+            found[rest] = on_disk
+        missing = np.flatnonzero(~found)
+        if len(missing):
+            stored = self.cache.encode([unique[i] for i in missing], self.backbone, batch_size=self.batch_size)
+            vectors[missing] = stored            # fp16 -> fp32 is exact: what a cached read returns
+            writer.put(keys[missing], stored)
+        return vectors, len(missing)
 
     def vectors(self, items: Sequence[Item]) -> np.ndarray:
         """Vectors of ``items`` [n, dim], encoding only what no cache holds (synchronous)."""
@@ -153,6 +192,11 @@ class FeatureStore:
         if missing:
             out[missing] = self.encode([items[i] for i in missing])
         return out
+
+    def close(self) -> None:
+        """Wait until every new vector is in the disk cache (or its write has failed)."""
+        if self._writer is not None:
+            self._writer.flush()
 
 
 class MicroBatcher(QueueWorker):

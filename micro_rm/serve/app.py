@@ -73,6 +73,7 @@ def create_app(settings: ServeSettings, scorer: Optional[Any] = None) -> FastAPI
         finally:
             await writer.stop()
             await batcher.stop()
+            await run_in_threadpool(features.close)   # new vectors still queued for the disk cache
             store.close()
             tokens.close()
 
