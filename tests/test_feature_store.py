@@ -106,8 +106,29 @@ def test_vectors_waiting_for_the_disk_are_not_encoded_again(tmp_path):
     assert cache.writes == 1 and store.stats["disk_cache_written"] == 4
 
 
+def test_the_writer_waits_for_a_full_shard(tmp_path):
+    cache = BlockedCache(tmp_path, shard_size=3)
+    cache.release.set()
+    store = FeatureStore(FakeBackbone(), cache)
+    store.vectors(ITEMS[:2])
+    assert not cache.entered.is_set()         # 2 < shard_size: nothing written yet
+    store.vectors(ITEMS[2:])
+    assert cache.entered.wait(timeout=600)    # 4 >= shard_size: written without close (no hang)
+    store.close()
+    assert cache.writes == 1 and store.stats["disk_cache_written"] == 4
+
+
+def test_close_writes_what_is_queued(tmp_path):
+    cache = FeatureCache(tmp_path)            # shard_size 2048, flush_seconds 60
+    store = FeatureStore(FakeBackbone(), cache)
+    for item in ITEMS:
+        store.vectors([item])
+    store.close()
+    assert len(list(cache.folder(FakeBackbone().fingerprint()).glob("shard-*.safetensors"))) == 1
+
+
 def test_new_vectors_queued_during_a_write_go_into_one_next_shard(tmp_path):
-    cache = BlockedCache(tmp_path)
+    cache = BlockedCache(tmp_path, shard_size=1)
     store = FeatureStore(FakeBackbone(), cache, lru_items=0)
     store.vectors(ITEMS[:1])
     cache.entered.wait()                      # the first shard's write waits for release ...

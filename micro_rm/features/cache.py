@@ -266,11 +266,13 @@ class ShardWriter:
     """Writes vectors already encoded (:meth:`FeatureCache.encode`) to ``cache`` in a thread of
     its own, so a caller never waits for the disk.
 
-    Whatever is queued while a shard is being written goes into the next shard, together. Until
-    written, queued vectors are found by :meth:`lookup`. The thread is not a daemon, so the
-    interpreter's exit waits for pending writes; :meth:`flush` waits for them explicitly. A
-    failed write is logged (once) and counted in ``stats``, never raised: those vectors are
-    encoded again when next asked for after a restart.
+    Like :meth:`FeatureCache.get_or_encode`, it writes a shard once ``shard_size`` vectors are
+    queued or the oldest has waited ``flush_seconds`` (a long-running service makes a few large
+    shards, not one per request: every lookup lists the folder and indexes every shard). Until
+    written, queued vectors are found by :meth:`lookup`. :meth:`flush` writes what is queued and
+    waits; the thread is not a daemon and writes everything at once when the main thread ends,
+    so the interpreter's exit waits for pending writes. A failed write is logged (once) and
+    counted in ``stats``, never raised: those vectors are encoded again after a restart.
 
     >>> writer = ShardWriter(cache, backbone.fingerprint())    # doctest: +SKIP
     >>> writer.put(keys, cache.encode(items, backbone))        # doctest: +SKIP
@@ -281,8 +283,11 @@ class ShardWriter:
         self.cache = cache
         self.fingerprint = fingerprint
         self._queue: list[tuple[np.ndarray, np.ndarray]] = []
+        self._queued = 0                                # vectors in _queue
+        self._oldest = 0.0                              # when the oldest of them was queued
         self._pending: dict[bytes, np.ndarray] = {}     # key -> stored vector, until written
         self._writing = False                           # a shard is being written
+        self._flushing = 0                              # callers waiting in flush()
         self._alive = False                             # the thread runs
         self._done = threading.Condition()
         self._warned = False
@@ -293,7 +298,10 @@ class ShardWriter:
         if not len(keys):
             return
         with self._done:
+            if not self._queue:
+                self._oldest = time.monotonic()
             self._queue.append((keys, vectors))
+            self._queued += len(keys)
             for key, vector in zip(keys, vectors):
                 self._pending[key.tobytes()] = vector
             self._done.notify_all()
@@ -320,54 +328,66 @@ class ShardWriter:
         return found
 
     def flush(self) -> None:
-        """Wait until everything queued so far is written (or has failed)."""
+        """Write everything queued so far now, and wait until it is written (or has failed)."""
         with self._done:
-            self._done.wait_for(lambda: not self._queue and not self._writing)
+            self._flushing += 1
+            self._done.notify_all()
+            try:
+                self._done.wait_for(lambda: not self._queue and not self._writing)
+            finally:
+                self._flushing -= 1
+
+    def _due(self, now: float, ending: bool) -> bool:
+        return bool(self._queue) and (ending or self._flushing > 0 or self._queued >= self.cache.shard_size
+                                      or now - self._oldest >= self.cache.flush_seconds)
 
     def _run(self) -> None:
         # Stays _LINGER_SECONDS after the last write (starting a thread per shard cost ~2% of the
-        # service's encode thread), and ends at once when the main thread has ended.
+        # service's encode thread); writes everything and ends once the main thread has ended.
         while True:
             with self._done:
                 idle_until = time.monotonic() + _LINGER_SECONDS
-                while not self._queue:
-                    left = idle_until - time.monotonic()
-                    if left <= 0 or not threading.main_thread().is_alive():
+                while True:
+                    now, ending = time.monotonic(), not threading.main_thread().is_alive()
+                    if self._due(now, ending):
+                        break
+                    if not self._queue and (ending or now >= idle_until):
                         self._alive = False
                         return
-                    self._done.wait(min(left, 0.05))
+                    self._done.wait(_POLL_SECONDS)
             self._drain()
 
     def _drain(self) -> None:
-        """Write everything queued, one shard per round."""
-        while True:
-            with self._done:
-                if not self._queue:
-                    self._writing = False
-                    self._done.notify_all()
-                    return
-                work, self._queue = self._queue, []
-                self._writing = True
-            keys = np.concatenate([k for k, _ in work])
-            try:
+        """Write everything queued as one shard."""
+        with self._done:
+            work, self._queue, self._queued = self._queue, [], 0
+            self._writing = True
+        written = failed = 0
+        keys = np.concatenate([k for k, _ in work]) if work else np.empty((0, 32), dtype=np.uint8)
+        try:
+            if work:
                 self.cache.write(self.fingerprint, keys, np.concatenate([v for _, v in work]))
-                written, failed = len(keys), 0
-            except Exception as exc:  # a full or read-only disk must not fail any request
-                written, failed = 0, len(keys)
-                if not self._warned:
-                    self._warned = True
-                    log.warning("the feature cache at %s cannot be written (%s: %s); vectors are "
-                                "served from memory and encoded again after a restart; further "
-                                "failures are counted in /stats (disk_cache_write_failures)",
-                                self.cache.root, type(exc).__name__, exc)
+                written = len(keys)
+        except Exception as exc:  # a full or read-only disk must not fail any request
+            failed = len(keys)
+            if not self._warned:
+                self._warned = True
+                log.warning("the feature cache at %s cannot be written (%s: %s); vectors are "
+                            "served from memory and encoded again after a restart; further "
+                            "failures are counted in /stats (disk_cache_write_failures)",
+                            self.cache.root, type(exc).__name__, exc)
+        finally:
             with self._done:
                 self.stats["disk_cache_written"] += written
                 self.stats["disk_cache_write_failures"] += failed
                 for key in keys:
                     self._pending.pop(key.tobytes(), None)
+                self._writing = False
+                self._done.notify_all()
 
 
-_LINGER_SECONDS = 5.0
+_LINGER_SECONDS = 5.0   # how long the writer thread waits for more work before it ends
+_POLL_SECONDS = 0.05    # how often it looks at the clock and whether the main thread has ended
 
 
 def _missing_error(missing: int, unique: int, folder: CacheFolder) -> MicroRMError:
