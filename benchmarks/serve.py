@@ -8,7 +8,8 @@ whichever comes first. Scenarios:
 - ``/score`` cached: 2 responses per request from a fixed, pre-warmed set of 32 bodies (every
   text is in the in-memory LRU), with 1 client (latency) and with ``--clients`` (throughput);
 - ``/score`` cold: every request brings 3 texts never seen (2 responses + the route), so each
-  runs the backbone (micro-batched across concurrent requests) and writes the disk cache;
+  runs the backbone (micro-batched across concurrent requests) and queues its vectors for the
+  disk cache (written by a background thread);
 - ``/feedback``: one labelled pair per request on cached texts for 8 users, each a durable
   (fsynced) SQLite update; and 8 pairs per request;
 - ``/get_reward`` against the bare encoder (issue 25, item 8): ``--clients`` clients send
