@@ -11,7 +11,8 @@ import torch
 from micro_rm.errors import MicroRMError
 from micro_rm.features.base import PairFeatures
 from micro_rm.model import MixtureConfig, MixtureRewardModel
-from micro_rm.train.hyre import draw_labelled, evaluate_hyre, hyre_losses, hyre_weights
+from micro_rm.eval.hyre import evaluate_hyre
+from micro_rm.train.hyre import draw_labelled, hyre_losses, hyre_weights
 
 
 def test_weights_equal_the_brute_force_posterior():

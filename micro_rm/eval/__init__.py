@@ -9,6 +9,7 @@ from micro_rm._lazy import lazy_exports
 _EXPORTS = {
     "PromptBootstrap": "micro_rm.eval.bootstrap",
     "percentile_interval": "micro_rm.eval.bootstrap",
+    "evaluate_hyre": "micro_rm.eval.hyre",
     "expected_calibration_error": "micro_rm.eval.metrics",
     "head_attribute_matrix": "micro_rm.eval.metrics",
     "nll": "micro_rm.eval.metrics",

@@ -79,7 +79,7 @@ def fit_baselines(run: Run) -> None:
 
 def hyre_rows(run: Run) -> None:
     """Step "hyre": HyRe on the shared-base heads and on the chosen variant's stage-1 heads, over the seeds."""
-    from micro_rm.train.hyre import evaluate_hyre
+    from micro_rm.eval.hyre import evaluate_hyre
 
     m = run.config.hyre.m
     for name, model in (("hyre", run.shared), ("micro-hyre", run.chosen["model"])):

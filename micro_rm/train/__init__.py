@@ -18,7 +18,6 @@ _EXPORTS = {
     "adapt_from_records": "micro_rm.train.adapt",
     "draw_budget": "micro_rm.train.adapt",
     "hedge_targets": "micro_rm.train.algorithm1",
-    "evaluate_hyre": "micro_rm.train.hyre",
     "hyre_weights": "micro_rm.train.hyre",
     "rank_queries": "micro_rm.train.active",
 }
