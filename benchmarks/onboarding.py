@@ -1,7 +1,7 @@
 """Onboarding a new user on DSP: the suggest → label → feedback loop, run through the CLI.
 
 One model is trained on the DSP train split (``micro-rm train --backbone default --heads 4
---epochs 30``, the README's quick start and ``configs/dsp.yaml``; skipped with ``--model``).
+--epochs 30``, the settings of ``configs/dsp.yaml`` on the README's quick-start pairs; skipped with ``--model``).
 Each of the four domains is a new user known only by id: their pairs carry no context, so the
 router sees the prompt alone. Per seed, each user gets a candidate pool of ``--pool`` pairs drawn
 from their domain's train pairs, and labels pairs from it (the label is the pair record's: under
