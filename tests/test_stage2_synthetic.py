@@ -26,9 +26,9 @@ import numpy as np
 import pytest
 import torch
 
+from micro_rm.eval.hyre import evaluate_hyre
 from micro_rm.eval.metrics import head_attribute_matrix, pairwise_accuracy
 from micro_rm.features.base import PairFeatures
-from micro_rm.eval.hyre import evaluate_hyre
 from micro_rm.train import AdaptConfig, Stage1Config, draw_budget, fit_stage1
 from micro_rm.train.adapt import adapt
 
