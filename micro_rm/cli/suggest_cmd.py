@@ -43,17 +43,20 @@ def suggest(
     """
     import json
 
-    from micro_rm.atomic import atomic_open, check_output_path
+    from micro_rm.atomic import atomic_open, check_not_input, check_output_path
     from micro_rm.data.readers import read_pairs
     from micro_rm.data.records import check_user_id
     from micro_rm.online import validate_eta
     from micro_rm.scoring.engine import RewardEngine
     from micro_rm.scoring.suggest import suggest as rank
+    from micro_rm.serve.settings import check_device
 
     check_user_id(user, "--user")
     eta = validate_eta(eta)
+    check_device(device)
     if out is not None:
         check_output_path(out, "--out", folder=False)
+        check_not_input(out, "--out", {"--data": data, "--state": state, "--model": model_dir})
     records = read_pairs(data, hf_split=hf_split)
     engine = RewardEngine(model_dir, eta=eta, cache_dir=cache_dir, device=device)
     found = rank(engine, records, k, user=user, state=state)
