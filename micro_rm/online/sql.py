@@ -41,6 +41,7 @@ EPOCH_DDL = "CREATE TABLE IF NOT EXISTS user_epochs (user_id TEXT PRIMARY KEY, e
 DELETED_DDL = "CREATE TABLE IF NOT EXISTS deleted_users (user_id TEXT PRIMARY KEY, deleted_at TEXT NOT NULL)"
 BUMP_EPOCH_SQL = ("INSERT INTO user_epochs (user_id, epoch) VALUES (?, 1) ON CONFLICT (user_id) "
                   "DO UPDATE SET epoch = user_epochs.epoch + 1")
+LIFT_TOMBSTONE_SQL = "DELETE FROM deleted_users WHERE user_id = ?"   # POST /users, in the token's transaction
 
 
 def _now() -> str:
@@ -328,7 +329,8 @@ class StateStore:
         """Forget a user for good, in one transaction: state, feedback log, the outcome of its
         idempotency keys, and a new epoch so that feedback authorised before now is refused. A
         tombstone then refuses every later write for the user (feedback, admin feedback, a
-        retried Idempotency-Key) until :meth:`restore_user` (``POST /users``) re-creates it.
+        retried Idempotency-Key) until ``POST /users`` re-creates it (``TokenStore.create`` lifts the
+        tombstone with ``LIFT_TOMBSTONE_SQL`` in the token's transaction; :meth:`restore_user` here).
         The number of feedback rows it had, or None if it had no state."""
         with self._transaction() as cur:
             state, count = self._forget(cur, user_id)
@@ -340,7 +342,7 @@ class StateStore:
     def restore_user(self, user_id: str) -> None:
         """Lift a deleted user's tombstone: writes for it are accepted again, from a fresh state."""
         with self._transaction() as cur:
-            cur.execute(self._sql("DELETE FROM deleted_users WHERE user_id = ?"), (user_id,))
+            cur.execute(self._sql(LIFT_TOMBSTONE_SQL), (user_id,))
 
     @_guarded
     def is_deleted(self, user_id: str) -> bool:

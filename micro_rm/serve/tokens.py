@@ -30,7 +30,7 @@ from typing import Any, Iterator, Optional
 
 from micro_rm.errors import MicroRMError
 from micro_rm.online.engines import sqlite_connect, sqlite_transaction
-from micro_rm.online.sql import BUMP_EPOCH_SQL, DELETED_DDL, EPOCH_DDL
+from micro_rm.online.sql import BUMP_EPOCH_SQL, DELETED_DDL, EPOCH_DDL, LIFT_TOMBSTONE_SQL
 
 TOKEN_PREFIX = "mrm_"
 
@@ -125,7 +125,7 @@ class TokenStore:
                 cur.execute(self._sql("INSERT INTO api_tokens (user_id, token_sha256, created_at) "
                                       "VALUES (?, ?, ?)"), (user_id, hash_token(token), now))
                 # Creating a user is the one way back after a deletion (see StateStore.delete_user).
-                cur.execute(self._sql("DELETE FROM deleted_users WHERE user_id = ?"), (user_id,))
+                cur.execute(self._sql(LIFT_TOMBSTONE_SQL), (user_id,))
         return token
 
     def rotate(self, user_id: str) -> str:
