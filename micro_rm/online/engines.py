@@ -18,9 +18,8 @@ URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 def sqlite_connect(path: str | os.PathLike) -> sqlite3.Connection:
-    """A connection in WAL mode that waits up to ``BUSY_TIMEOUT_MS`` for other writers, usable
-    from any thread, in autocommit mode: :func:`sqlite_transaction` issues BEGIN/COMMIT itself
-    (Python's implicit BEGIN is DEFERRED)."""
+    """A WAL connection, usable from any thread, in autocommit mode: :func:`sqlite_transaction`
+    issues BEGIN IMMEDIATE itself (Python's implicit BEGIN is DEFERRED)."""
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                            check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -30,8 +29,7 @@ def sqlite_connect(path: str | os.PathLike) -> sqlite3.Connection:
 
 @contextlib.contextmanager
 def sqlite_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Cursor]:
-    """A cursor inside one write transaction (``BEGIN IMMEDIATE``: the write lock is taken at
-    the start), committed on exit and rolled back on any exception."""
+    """A cursor inside one ``BEGIN IMMEDIATE`` transaction, rolled back on any exception."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn.cursor()
@@ -42,12 +40,9 @@ def sqlite_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Cursor]:
 
 
 class UserStore(StateStore):
-    """SQLite store at a path or ``sqlite:///PATH``: WAL mode, one ``BEGIN IMMEDIATE`` per write.
-
-    WAL lets readers (scoring) proceed while a writer commits; ``BEGIN IMMEDIATE`` takes the
-    write lock before the row is read, so two writers cannot both read the old S_u. Commits are
-    fsynced (SQLite's default ``synchronous=FULL``), so an acknowledged update survives a crash.
-    """
+    """SQLite store at a path or ``sqlite:///PATH``. WAL lets scoring read while a writer commits;
+    ``BEGIN IMMEDIATE`` locks before S_u is read, so two writers cannot both read the old one;
+    commits are fsynced (``synchronous=FULL``), so an acknowledged update survives a crash."""
 
     _kind = "state file"
 
@@ -85,11 +80,8 @@ class UserStore(StateStore):
 
 
 class PostgresUserStore(StateStore):
-    """PostgreSQL store for several service replicas (needs ``pip install 'psycopg[binary]'``).
-
-    The same SQL as SQLite; the write path is one transaction that inserts the user's row if
-    missing, then ``SELECT … FOR UPDATE`` locks it, so concurrent replicas serialise per user.
-    """
+    """PostgreSQL store for several service replicas (needs ``pip install 'psycopg[binary]'``):
+    the same SQL, with ``SELECT … FOR UPDATE`` so that concurrent replicas serialise per user."""
 
     _kind = "state database"
     _placeholder = "%s"

@@ -1,32 +1,14 @@
 """Per-user online Hedge: route with the router as a prior, sharpened by each user's feedback.
 
-Each user u keeps S_u,k, the sum of head k's losses on that user's labelled pairs. Scoring for
-that user routes with
+Each user u keeps S_u,k, the sum of head k's losses on its labelled pairs, and is scored with
+w = normalise(f_ψ(x, c) ⊙ exp(−η · S_u)): Hedge with the router's weights as the prior, O(K)
+per update, and S_u plus a count is all the state there is.
 
-    w = normalise( f_ψ(x, c) ⊙ exp(−η · S_u) )
-
-which is Hedge (exponential weights) with the router's weights as the prior. An update costs
-O(K) per pair and the state is exact to persist: S_u and a count, nothing else.
-
-Why the loss is clipped and scaled. Hedge's guarantee needs per-round losses in [0, 1]: with a
-uniform prior, after T rounds its expected loss Σ_t w_t · ℓ_t is at most
-
-    min_k Σ_t ℓ_t,k + log K / η + η T / 8.
-
-The log-loss −log p of a pair is unbounded (a confident head that is wrong loses +∞), so we clip
-p to [p_min, 1] and divide by L_max = log(1 / p_min):
-
-    ℓ = min(−log p, L_max) / L_max   ∈ [0, 1].
-
-With the default p_min = e^-4 (≈ 0.018), a head that gives the observed label p = 0.5 loses
-0.17, and any head at or below p_min loses the full 1.
-
-What η means. After n pairs, two heads whose summed scaled losses differ by Δ have their weight
-ratio moved by exp(−η Δ) away from the router's ratio. Large η trusts a user's few labels over the
-router quickly; small η keeps the router in charge longer. For a known horizon T the bound above
-is smallest at η = sqrt(8 log K / T) (:func:`tuned_eta`).
-
-Everything here is numpy float64; torch tensors are accepted and converted.
+Hedge's regret bound, min_k Σ_t ℓ_t,k + log K / η + η T / 8, needs losses in [0, 1], but a
+wrong confident head's −log p is unbounded; so p is clipped to [p_min, 1] and the loss scaled,
+ℓ = min(−log p, L_max) / L_max with L_max = log(1 / p_min). Two heads whose S differ by Δ have
+their weight ratio moved by exp(−η Δ) from the router's: a large η trusts a user's few labels
+quickly. Everything is numpy float64; torch tensors are converted.
 """
 
 from __future__ import annotations
@@ -40,11 +22,8 @@ import numpy as np
 from micro_rm.errors import MicroRMError
 
 DEFAULT_P_MIN = math.exp(-4.0)
-# η = L_max = log(1/p_min) on the scaled loss is the exact Bayesian posterior over heads (the
-# clipped log-likelihood of the user's labels times the router's prior), so a user's few labels
-# count as much as the model believes them to. η = 1 trusted them 4× less and needed ~50 pairs
-# where the posterior needs ~5-10 (METHOD.md, measured finding 4). Temper it (smaller η) only
-# where validation says so.
+# η = L_max on the scaled loss is the exact Bayesian posterior over heads given the router's prior;
+# η = 1 trusted a user's labels 4× less (docs/personalization.md, finding 4).
 DEFAULT_ETA = math.log(1.0 / DEFAULT_P_MIN)
 
 
@@ -80,11 +59,10 @@ def tuned_eta(num_heads: int, horizon: int) -> float:
 
 
 def pair_losses(head_probs: Any, p_min: float = DEFAULT_P_MIN) -> np.ndarray:
-    """Scaled, clipped log-loss in [0, 1] of each head on each observed pair.
+    """Scaled, clipped log-loss min(−log p, L_max) / L_max in [0, 1] of each head on each pair.
 
-    ``head_probs[n, k]`` is the probability head k gave the label that was observed on pair n
-    (for a pair stored as chosen ≻ rejected: σ(r_k(chosen) − r_k(rejected))). The result has the
-    same shape: min(−log p, L_max) / L_max with L_max = log(1 / p_min).
+    ``head_probs[n, k]`` is the probability head k gave the label observed on pair n
+    (σ(r_k(chosen) − r_k(rejected))); the result has the same shape.
 
     >>> pair_losses([[1.0, math.exp(-2.0), 0.0]]).round(3)
     array([[0. , 0.5, 1. ]])
@@ -123,10 +101,8 @@ def routed_probabilities(log_prior: Any, head_probs: Any, cumulative_loss: Any, 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class UserState:
-    """One user's Hedge state for one model: summed per-head losses and a feedback count.
-
-    Immutable: :meth:`update` returns a new state, so a failed store write never leaves a
-    half-updated object behind.
+    """One user's Hedge state for one model: summed per-head losses and a feedback count; immutable,
+    so a failed store write never leaves a half-updated object behind.
 
     >>> s = UserState.fresh("ana", model_id="m1", num_heads=2).update([[0.9, 0.1]])
     >>> s.num_feedback, s.weights(np.log([[0.5, 0.5]]), eta=1.0).round(2)

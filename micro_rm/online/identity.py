@@ -10,9 +10,8 @@ if TYPE_CHECKING:
 
 
 def state_model_id(model: "MixtureRewardModel") -> str:
-    """The id a per-user state store is keyed on: the backbone fingerprint, K and a hash of the
-    effective head weights. A model adapted at stage 2 (same heads, new router) shares its
-    stage-1 model's user state; retrained heads or another backbone do not.
+    """The id a per-user state store is keyed on: a hash of the head weights and the backbone
+    fingerprint, and K. A stage-2 model (same heads, new router) shares its stage-1 users' state.
 
     >>> state_model_id(model)                                                # doctest: +SKIP
     'heads-3f1c9a0b2d4e5f60-k4'

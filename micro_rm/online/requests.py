@@ -1,11 +1,5 @@
-"""What a per-user state store is asked and answers, whatever its engine.
-
-:class:`FeedbackRequest` is one service request (applied all or none); :class:`StaleRequest` and
-its subclasses say why one must not be applied; :class:`IdempotentResult` is what a repeated
-Idempotency-Key returns. :class:`StateInvalid` and :class:`StateUnavailable` say why a store
-cannot answer (a damaged user state, a damaged or unreachable database); each error's
-``status`` is the service's answer.
-"""
+"""What a per-user state store is asked and answers, whatever its engine, and why it refuses
+(each error's ``status`` is the service's answer)."""
 
 from __future__ import annotations
 

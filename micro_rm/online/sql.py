@@ -1,12 +1,8 @@
 """The state store's SQL and verbs, shared by the engines (:mod:`micro_rm.online.engines`).
 
-One feedback batch is one transaction: it locks the user's row, adds the batch's loss sums to
-S_u, appends one feedback row per pair and writes S_u back. Concurrent writers (threads of one
-service, several processes, several replicas on PostgreSQL) therefore never lose an update, and a
-writer killed half-way leaves the previous state and no orphan feedback rows.
-
-A store remembers the model (fingerprint and K) it was created for and refuses another one: the
-losses of one model's heads mean nothing to another's.
+One feedback batch is one transaction (lock the user's row, add to S_u, log the pairs), so
+concurrent writers never lose an update and a killed writer leaves no orphan rows. A store refuses
+a model other than the one it was created for: one model's head losses mean nothing to another's.
 """
 
 from __future__ import annotations
@@ -31,10 +27,8 @@ from micro_rm.online.requests import (DuplicateKey, FeedbackRequest, IdempotentR
 SCHEMA_VERSION = 2
 OLDEST_SCHEMA_VERSION = 1
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600  # how long a repeated Idempotency-Key returns the first answer
-# A user's epoch goes up whenever the user is deleted or its token revoked or rotated. Feedback
-# carries the epoch it was authorised under, and the write transaction refuses it if the epoch
-# moved meanwhile: a deletion is final even for feedback already in flight. The token table
-# (micro_rm.serve.tokens) shares this table and this SQL.
+# A user's epoch goes up when it is deleted or its token revoked or rotated; feedback authorised
+# under an older epoch is refused at commit. micro_rm.serve.tokens shares this table and SQL.
 EPOCH_DDL = "CREATE TABLE IF NOT EXISTS user_epochs (user_id TEXT PRIMARY KEY, epoch INTEGER NOT NULL)"
 # A deleted user keeps a tombstone until it is explicitly re-created (POST /users): no write, no
 # retry and no admin feedback brings its state back meanwhile.
@@ -48,9 +42,13 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat()
 
 
+def _key_cutoff() -> str:
+    """The creation time before which an Idempotency-Key has expired."""
+    return (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=IDEMPOTENCY_TTL_SECONDS)).isoformat()
+
+
 def _guarded(method: Callable) -> Callable:
-    """Turn the engine's own database errors (a damaged file, a lost connection) inside
-    ``method`` into :class:`StateUnavailable`: one line naming the store (CLI exit 2, HTTP 503)."""
+    """Turn the engine's database errors into :class:`StateUnavailable` (CLI exit 2, HTTP 503)."""
 
     @functools.wraps(method)
     def wrapper(self: "StateStore", *args: Any, **kwargs: Any) -> Any:
@@ -64,9 +62,8 @@ def _guarded(method: Callable) -> Callable:
 
 
 class StateStore:
-    """A per-user state store: its SQL and its verbs, shared by the engines (what the CLI and the
-    service use, from :func:`micro_rm.online.store.open_store`); subclasses connect and open
-    transactions."""
+    """A per-user state store (from :func:`micro_rm.online.store.open_store`); the engine subclasses
+    connect and open transactions."""
 
     _kind = "state"  # how messages name the store
     _placeholder = "?"
@@ -120,7 +117,6 @@ class StateStore:
 
     # --- engine hooks ---------------------------------------------------------------------
     def _db_errors(self) -> tuple[type[BaseException], ...]:
-        """The engine's database error classes (turned into :class:`StateUnavailable`)."""
         return ()
 
     def _connect(self) -> Any:
@@ -179,8 +175,7 @@ class StateStore:
 
     @_guarded
     def check_states(self) -> None:
-        """Refuse a store holding a user whose S_u is not finite (NaN or ±Infinity, as JSON
-        writes them): the service checks this at startup. One scan of the users table."""
+        """Refuse a store holding a user whose S_u is NaN or ±Infinity (checked at service start)."""
         rows = self._query("SELECT user_id FROM users WHERE cumulative_loss LIKE ? OR cumulative_loss LIKE ? "
                            "ORDER BY user_id LIMIT 6", ("%NaN%", "%Infinity%"))
         if rows:
@@ -207,18 +202,14 @@ class StateStore:
     def apply_feedback(
         self, user_id: str, losses: Any, payloads: Sequence[Mapping[str, Any]] | None = None
     ) -> UserState:
-        """Add N pairs' per-head losses [N, K] to the user's S_u and log them, atomically.
-
-        ``payloads`` (one JSON-able dict per pair: prompt, chosen, rejected, context …) are
-        stored beside each pair's losses. Returns the user's state after the update.
-        """
+        """Add N pairs' per-head losses [N, K] to the user's S_u and log them (with one JSON-able
+        ``payloads`` dict per pair), atomically; the user's state after."""
         return self.apply_feedback_many([(user_id, losses, payloads)])[0]
 
     def apply_feedback_many(self, batches: Sequence[tuple[str, Any, Sequence[Mapping[str, Any]] | None]]
                             ) -> list[UserState]:
-        """Apply several ``(user_id, losses [N, K], payloads)`` batches in ONE transaction (one
-        fsync: the service's group commit). Each batch's returned state is the user's state right
-        after it, exactly as if the batches had been applied one by one in order."""
+        """Apply several ``(user_id, losses [N, K], payloads)`` batches in ONE transaction; each
+        batch's state is the user's right after it, as if applied one by one."""
         return self.apply_requests([FeedbackRequest(batches)])[0]
 
     @_guarded
@@ -239,8 +230,7 @@ class StateStore:
         out = []
         with self._transaction() as cur:
             if any(request.key for request in requests):
-                cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=IDEMPOTENCY_TTL_SECONDS)
-                cur.execute(self._sql("DELETE FROM idempotency_keys WHERE created_at < ?"), (cutoff.isoformat(),))
+                cur.execute(self._sql("DELETE FROM idempotency_keys WHERE created_at < ?"), (_key_cutoff(),))
             for index, (request, batches) in enumerate(zip(requests, prepared)):
                 self._check_epochs(cur, request.epochs or {}, index)
                 states = [self._apply_batch(cur, current, *batch, index) for batch in batches]
@@ -252,8 +242,8 @@ class StateStore:
         return out
 
     def _lock_epoch(self, cur: Any, user_id: str) -> int:
-        """Lock the user's epoch row (created if missing) so a concurrent deletion waits for us or
-        we for it (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises writers); its epoch."""
+        """The user's epoch, its row (created if missing) locked against a concurrent deletion
+        (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises writers)."""
         cur.execute(self._sql("INSERT INTO user_epochs (user_id, epoch) VALUES (?, 0) "
                               "ON CONFLICT (user_id) DO NOTHING"), (user_id,))
         return int(cur.execute(self._sql("SELECT epoch FROM user_epochs WHERE user_id = ?") + self._for_update,
@@ -309,9 +299,8 @@ class StateStore:
     @_guarded
     def idempotent_result(self, scope: str, key: str) -> IdempotentResult | None:
         """The stored outcome of ``key`` (unexpired), or None if it was never used."""
-        cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=IDEMPOTENCY_TTL_SECONDS)
         rows = self._query("SELECT request_sha256, states FROM idempotency_keys WHERE scope = ? AND key = ? "
-                           "AND created_at >= ?", (scope, key, cutoff.isoformat()))
+                           "AND created_at >= ?", (scope, key, _key_cutoff()))
         if not rows:
             return None
         stored = json.loads(rows[0][1])     # null once a user it wrote to was deleted or reset
@@ -326,12 +315,9 @@ class StateStore:
 
     @_guarded
     def delete_user(self, user_id: str) -> int | None:
-        """Forget a user for good, in one transaction: state, feedback log, the outcome of its
-        idempotency keys, and a new epoch so that feedback authorised before now is refused. A
-        tombstone then refuses every later write for the user (feedback, admin feedback, a
-        retried Idempotency-Key) until ``POST /users`` re-creates it (``TokenStore.create`` lifts the
-        tombstone with ``LIFT_TOMBSTONE_SQL`` in the token's transaction; :meth:`restore_user` here).
-        The number of feedback rows it had, or None if it had no state."""
+        """Forget a user for good, in one transaction (:meth:`_forget`), and leave a tombstone that
+        refuses every later write until ``POST /users`` lifts it (``TokenStore.create``, or
+        :meth:`restore_user`). The number of feedback rows it had, or None if it had no state."""
         with self._transaction() as cur:
             state, count = self._forget(cur, user_id)
             cur.execute(self._sql("INSERT INTO deleted_users (user_id, deleted_at) VALUES (?, ?) "
@@ -349,9 +335,8 @@ class StateStore:
         return bool(self._query("SELECT 1 FROM deleted_users WHERE user_id = ?", (user_id,)))
 
     def _forget(self, cur: Any, user_id: str) -> tuple[UserState | None, int]:
-        """Inside a transaction: move the epoch, delete every row of the user and the stored
-        outcome of each idempotency key that wrote to it (the key stays used: a retry applies
-        nothing); the state it had (checked or not) and its number of feedback rows."""
+        """Move the epoch, delete the user's rows and the outcome of each idempotency key that wrote
+        to it (the key stays used); the state it had (unchecked) and its number of feedback rows."""
         pattern = "%" + json.dumps(user_id).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         cur.execute(self._sql(BUMP_EPOCH_SQL), (user_id,))
         state = self._select_user(cur, user_id, self._for_update, checked=False)
@@ -364,8 +349,7 @@ class StateStore:
 
     def _prepare(self, user_id: str, losses: Any, payloads: Sequence[Mapping[str, Any]] | None
                  ) -> tuple[np.ndarray, list[str]]:
-        """Check one batch before any write: losses as finite float64 rows [n, K], payloads as
-        JSON text."""
+        """One batch checked before any write: finite float64 losses [n, K], payloads as JSON."""
         losses = np.asarray(losses, dtype=np.float64)
         if losses.ndim != 2 or losses.shape[1] != self.num_heads or not np.isfinite(losses).all():
             raise MicroRMError(f"losses for user {user_id!r} must be a finite [N, {self.num_heads}] array, "
@@ -390,8 +374,8 @@ class StateStore:
 
     @_guarded
     def reset(self, user_id: str) -> UserState:
-        """Forget the user's state and feedback (finally: see :meth:`delete_user`); returns the
-        state as it was, or raises for an unknown user (and changes nothing)."""
+        """Forget the user's state and feedback (see :meth:`_forget`); the state as it was. An
+        unknown user raises and changes nothing."""
         with self._transaction() as cur:
             state, _ = self._forget(cur, user_id)
             if state is None:

@@ -1,8 +1,6 @@
 """Durable per-user Hedge state and the feedback log: SQLite by default, PostgreSQL by URL.
 
-:func:`open_store` picks the engine from the address (:mod:`micro_rm.online.engines`); the SQL
-they share, one transaction per feedback batch, is :mod:`micro_rm.online.sql`; what a store is
-asked and answers is :mod:`micro_rm.online.requests`.
+The engines are :mod:`micro_rm.online.engines`, their shared SQL :mod:`micro_rm.online.sql`.
 
 >>> store = open_store("sqlite:///state.db", model_id="fp-1234", num_heads=4)  # doctest: +SKIP
 >>> store.apply_feedback("ana", pair_losses(head_probs)).num_feedback  # doctest: +SKIP
