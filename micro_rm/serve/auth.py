@@ -1,14 +1,7 @@
-"""Bearer-token auth: one admin token (from the settings) and one token per user (hashed in the
-state database).
-
-- the admin creates, lists and deletes users and may act for any user;
-- a user token reads and writes only its own state and feedback, and scores only as itself;
-- no token: 401 (scoring without a user may be opened with ``--anonymous-scoring``);
-  a valid token acting for someone else: 403.
-
-The dependencies are ``async`` (run inline, no thread-pool hop): a token check is a hash and one
-indexed read of the committed token table (:meth:`TokenStore.lookup`), never a cache, so a
-revoked or rotated token is refused by every replica as soon as the revoking call returns.
+"""Bearer-token auth: one admin token (from the settings), who may act for any user, and one token
+per user (:mod:`micro_rm.serve.tokens`), who may act only as itself. No token: 401 (unless
+``--anonymous-scoring``, for scoring without a user); a token acting for someone else: 403.
+The dependencies are ``async``: a check is one hash and one indexed read, no thread-pool hop.
 """
 
 from __future__ import annotations
@@ -28,15 +21,11 @@ _bearer = HTTPBearer(auto_error=False, description="An admin token or a user tok
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: the admin, or one user (with its epoch when the token was checked: feedback
-    is refused at commit if the user was deleted or its token changed since)."""
+    """Who is calling: the admin, or one user with its epoch when the token was checked."""
 
     user_id: Optional[str]
     admin: bool = False
     epoch: Optional[int] = None
-
-    def may_act_as(self, user_id: str) -> bool:
-        return self.admin or self.user_id == user_id
 
 
 def _unauthorized(detail: str) -> HTTPException:
@@ -87,7 +76,7 @@ def check_acts_as(principal: Optional[Principal], user_id: str) -> None:
     """403 unless ``principal`` may read or write ``user_id``'s state."""
     if principal is None:
         raise _unauthorized(f"user_id {user_id!r} needs that user's bearer token")
-    if not principal.may_act_as(user_id):
+    if not (principal.admin or principal.user_id == user_id):
         raise HTTPException(status.HTTP_403_FORBIDDEN,
                             detail=f"this token belongs to user {principal.user_id!r}; it may not "
                                    f"read or write user {user_id!r}")

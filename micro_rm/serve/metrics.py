@@ -1,9 +1,6 @@
-"""Request counts, latencies and counters of the service: Prometheus text at ``GET /metrics``
-(through ``prometheus-client``, one registry per app) and a JSON summary at ``GET /stats``.
-
-The JSON latency percentiles are over the last ``window`` requests of each route (a ring
-buffer), so they follow the recent load and memory stays bounded; Prometheus gets a histogram
-to aggregate across replicas as it likes.
+"""Request counts, latencies and counters of the service: Prometheus text at ``GET /metrics`` (one
+registry per app, a latency histogram to aggregate across replicas) and JSON at ``GET /stats``
+(latency percentiles over the last ``window`` requests of each route: bounded memory).
 """
 
 from __future__ import annotations

@@ -1,20 +1,12 @@
-"""Bearer tokens of the service's users: only a SHA-256 of each token is stored.
+"""Bearer tokens of the service's users, in the state database: only a SHA-256 of each is stored.
 
-Tokens are 256-bit random strings (``secrets.token_urlsafe(32)``), so a plain SHA-256 cannot be
-reversed by guessing, and checking one costs a hash and one indexed read on every request. The
-table ``api_tokens`` lives in the same database as the per-user state (the state store's SQLite
-file or PostgreSQL database), so several replicas share users and tokens.
-
-Revocation is immediate on every replica: nothing is cached, each request reads the committed
-table (an indexed read, tens of microseconds on SQLite), so once ``revoke`` or a rotation has
-returned no request is accepted with the old token. Each change of a user's token also moves the
-user's epoch (:data:`micro_rm.online.sql.EPOCH_DDL`) in the same transaction, and the lookup
-returns the epoch with the user: feedback authorised under an old token is refused at commit.
+Tokens are 256 random bits, so a plain SHA-256 cannot be reversed by guessing. Nothing is cached:
+each request reads the committed table, so a revoked or rotated token is refused by every replica
+once the call returns; each change also moves the user's epoch (:data:`micro_rm.online.sql.EPOCH_DDL`).
 
 >>> tokens = TokenStore("sqlite:///state.db")              # doctest: +SKIP
->>> token = tokens.create("ana")                            # doctest: +SKIP
->>> tokens.user_of(token)                                   # doctest: +SKIP
-'ana'
+>>> tokens.lookup(tokens.create("ana"))                     # doctest: +SKIP
+('ana', 0)
 """
 
 from __future__ import annotations
@@ -103,12 +95,9 @@ class TokenStore:
 
     # --- verbs ------------------------------------------------------------------------------
     def create(self, user_id: str, replace: bool = False) -> str:
-        """A new token for ``user_id`` (returned once, only its hash is kept).
-
-        Raises :class:`UserExists` if the user has a token and ``replace`` is false; with
-        ``replace`` the old token stops working (see :meth:`rotate`). Creating a user lifts its
-        deletion tombstone, in the same transaction: it starts afresh.
-        """
+        """A new token for ``user_id`` (returned once, only its hash is kept); with ``replace`` the
+        old one stops working, else :class:`UserExists` if there is one. Creating a user lifts its
+        deletion tombstone in the same transaction: it starts afresh."""
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         now = dt.datetime.now(dt.timezone.utc).isoformat()
         with self._transaction() as cur:
@@ -142,11 +131,6 @@ class TokenStore:
             self._sql("SELECT t.user_id, COALESCE(e.epoch, 0) FROM api_tokens t LEFT JOIN user_epochs e "
                       "ON e.user_id = t.user_id WHERE t.token_sha256 = ?"), (hash_token(token),)).fetchone()
         return None if row is None else (row[0], int(row[1]))
-
-    def user_of(self, token: str) -> Optional[str]:
-        """The user whose token this is, or None."""
-        found = self.lookup(token)
-        return None if found is None else found[0]
 
     def exists(self, user_id: str) -> bool:
         return self._conn().execute(self._sql("SELECT 1 FROM api_tokens WHERE user_id = ?"),

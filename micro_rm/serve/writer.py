@@ -1,17 +1,9 @@
 """Group commit for feedback: concurrent ``/feedback`` requests share one store transaction.
 
-A durable SQLite commit costs one fsync (several ms on ordinary disks), so one transaction per
-request caps the service at a few hundred updates per second whatever the CPU. The writer
-gathers the requests that arrive while the previous commit runs and writes them all in one
-transaction; each request is answered only after the commit that holds it, with the user's
-state right after its own rows (as if the requests had run one by one, in arrival order).
-
-A request that must not be applied (its user was deleted since it was authorised, or its
-Idempotency-Key was used already) makes the store refuse the whole transaction, naming that
-request; the writer drops it, answers it with that error, and commits the others.
-
-The one-transaction path is the SQL stores' ``apply_requests``; any other store (a test double)
-gets one ``apply_feedback`` call per batch.
+One fsync per request would cap the service at a few hundred updates per second, so the requests
+that arrive while a commit runs are written together in the next one. Each is answered after that
+commit, with its users' states as if the requests had run one by one; a stale request (deleted
+user, used Idempotency-Key) is dropped and answered with its error, and the others commit.
 """
 
 from __future__ import annotations
@@ -27,8 +19,8 @@ from micro_rm.scoring.features import QueueWorker
 
 
 def apply_feedback_many(store: Any, batches: Sequence[tuple[str, np.ndarray, list[dict]]]) -> list[UserState]:
-    """Apply several ``(user_id, losses [n, K], payloads)`` batches in one transaction when the
-    store can (the SQL stores' ``apply_feedback_many``); a test double gets one call per batch."""
+    """Apply ``(user_id, losses [n, K], payloads)`` batches in one transaction when the store can;
+    a test double gets one ``apply_feedback`` call per batch."""
     if hasattr(store, "apply_feedback_many"):
         return store.apply_feedback_many(batches)
     return [store.apply_feedback(user, losses, payloads) for user, losses, payloads in batches]

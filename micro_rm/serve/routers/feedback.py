@@ -1,24 +1,10 @@
 """``POST /feedback``: one labelled pair or a list of them → each user's updated Hedge state.
 
-For each pair, every head's probability of the observed label σ(r_k(chosen) − r_k(rejected))
-becomes a scaled loss in [0, 1] (:func:`micro_rm.online.pair_losses`); the pairs of one user are
-added to S_u in one store transaction (shared with the other requests waiting at that moment:
-group commit, see :mod:`micro_rm.serve.writer`), so concurrent requests (threads, processes,
-replicas) never lose an update.
-
-Two guarantees are checked inside that transaction, not before it:
-
-- a deleted user stays deleted: the request carries each user's epoch from when it was
-  authorised, and is refused (409, nothing applied) if the user was deleted or its token
-  revoked or rotated since; a deleted user's tombstone refuses any later write (admin
-  feedback included) until ``POST /users`` re-creates it;
-- an optional ``Idempotency-Key`` header makes a retry safe: the key is stored with the
-  request's outcome in the same transaction, and a repeated key applies nothing and returns the
-  first answer (rebuilt from the stored states; header ``Idempotent-Replayed: true``), or 409
-  once a user it wrote to was deleted (exactly once, across deletions).
-
-Losses that are not finite (a backbone that gave NaN features) are refused alone (422) before
-the transaction, and a state that would stop being finite is never stored.
+Each head's probability of the observed label becomes a scaled loss
+(:func:`micro_rm.online.pair_losses`), added to S_u in one store transaction shared with the
+requests waiting at that moment (:mod:`micro_rm.serve.writer`). Final deletion (the epoch
+carried since authorisation) and exactly-once ``Idempotency-Key`` retries are checked inside that
+transaction, not before it: docs/service.md, "Guarantees".
 """
 
 from __future__ import annotations
@@ -36,6 +22,7 @@ from micro_rm.data.records import normalize_pair
 from micro_rm.errors import InvalidRecord
 from micro_rm.online.requests import DuplicateKey, FeedbackRequest, UserDeleted
 from micro_rm.scoring.limits import check_count, check_text
+from micro_rm.scoring.suggest import pool_items
 from micro_rm.serve.auth import Principal, check_acts_as, require_principal
 from micro_rm.serve.deps import get_batcher, get_metrics, get_scorer, get_settings, get_store, get_writer
 from micro_rm.serve.routers.common import feedback_weights
@@ -139,10 +126,7 @@ async def feedback(body: Union[list[FeedbackItem], FeedbackItem], response: Resp
 
     n = len(records)
     replayed = await _replay(store, *key) if key else None
-    vectors = await batcher.vectors(
-        [scorer.reward_item(r["prompt"], r["chosen"], r.get("context")) for r in records]
-        + [scorer.reward_item(r["prompt"], r["rejected"], r.get("context")) for r in records]
-        + [item for r in records for item in scorer.route_items(r["prompt"], r.get("context"))])
+    vectors = await batcher.vectors(pool_items(scorer, records))
     if replayed is None:
         losses = scorer.feedback_losses(vectors[:n], vectors[n:2 * n])                   # [n, K]
         groups = {user: [i for i, u in enumerate(users) if u == user] for user in dict.fromkeys(users)}

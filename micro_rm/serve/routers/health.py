@@ -40,8 +40,7 @@ def stats(request: Request, metrics: Any = Depends(get_metrics), batcher: Any = 
     over the last 10,000 requests of each route, and the feature path: LRU hits, texts encoded,
     micro-batch sizes."""
     out = metrics.snapshot()
-    features = dict(batcher.features.stats)
-    features.update(batcher.stats)
+    features = {**batcher.features.stats, **batcher.stats}
     if batcher.stats["batches"]:
         features["mean_batch_items"] = batcher.stats["batch_items"] / batcher.stats["batches"]
         features["mean_batch_requests"] = batcher.stats["batch_requests"] / batcher.stats["batches"]

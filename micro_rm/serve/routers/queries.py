@@ -1,11 +1,6 @@
 """``POST /users/{user_id}/queries``: which of these candidate pairs should the user label next?
 
-The loop a labelling tool runs: ask for the best pairs here, have the user label them, send the
-labels to ``POST /feedback``, ask again. The ranking is :mod:`micro_rm.scoring.suggest` (the one
-``micro-rm suggest`` and ``MiCRo.suggest`` use): the expected information gain of each pair's
-label about the user's weights normalise(router prior ⊙ exp(−η S_u)). A user with no state yet
-(known only by id) starts from the router's weights on each pair's prompt (and context, if the
-pair has one). Nothing is written.
+The ranking of :mod:`micro_rm.scoring.suggest` (as ``micro-rm suggest``); nothing is written.
 """
 
 from __future__ import annotations
