@@ -1,11 +1,6 @@
-"""Share a model on the Hugging Face Hub, through ``huggingface_hub``'s ``HfApi``.
-
-``push_to_hub`` writes the same folder as ``save_pretrained`` (config.json, model.safetensors,
-a model card whose metadata names the repo) and uploads it as one commit; ``from_pretrained``
-downloads it back with ``snapshot_download`` at a ``revision``, with a ``token`` for private
-repos. Why not ``PyTorchModelHubMixin``: its ``from_pretrained`` would bypass the checks of our
-folder format (version, every config field, tensor shapes, the backbone fingerprint), and the
-folder it writes is the one we already write.
+"""Share a model on the Hugging Face Hub: ``push_to_hub`` uploads the ``save_pretrained`` folder
+as one commit; ``from_pretrained`` downloads it back. Not ``PyTorchModelHubMixin``: its
+``from_pretrained`` would bypass the checks of our folder format (version, config, shapes, backbone).
 
 >>> push_to_hub(model, "me/micro-rm-dsp", private=True)                 # doctest: +SKIP
 CommitInfo(commit_url='https://huggingface.co/me/micro-rm-dsp/commit/...', ...)

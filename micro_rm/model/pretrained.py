@@ -1,11 +1,8 @@
 """Hugging Face-style model folders: ``config.json`` + ``model.safetensors`` + a model card.
 
-``save_pretrained`` writes the whole folder beside its destination and renames it into place, so a
-crash never leaves a half-written model. ``from_pretrained`` rebuilds the model from the folder
-alone (no flags to retype) and restores its predictions exactly.
-
-``MixtureRewardModel`` inherits its ``save_pretrained`` / ``from_pretrained`` / ``push_to_hub``
-from :class:`PretrainedMixin`, so this module never imports the model class (no import cycle).
+``save_pretrained`` swaps a whole new folder into place, so a crash never leaves a half-written
+model; ``from_pretrained`` rebuilds the model from the folder alone. ``MixtureRewardModel`` gets
+these verbs from :class:`PretrainedMixin`, so this module never imports it (no import cycle).
 
 >>> model = MixtureRewardModel(MixtureConfig(num_heads=2, reward_dim=3, route_dim=3))  # doctest: +SKIP
 >>> save_pretrained(model, "runs/demo")                        # doctest: +SKIP
@@ -64,11 +61,10 @@ class PretrainedMixin:
 def save_pretrained(model: "MixtureRewardModel", path: str | os.PathLike) -> Path:
     """Write ``model`` into the folder ``path`` (created or replaced as a whole); returns it.
 
-    An existing ``path`` is replaced only when it is empty or a model folder (it has a
-    ``config.json``), so a mistyped ``--out`` cannot wipe unrelated files. Whenever the process
-    dies, ``path`` holds either the old model or the new one: the new folder is written and
-    fsynced beside it, then swapped in with one atomic rename (see :func:`_swap_in`). Temporary
-    folders left by a killed save are removed by the next save to the same place.
+    Only an empty folder or a model folder is replaced, so a mistyped ``--out`` wipes nothing else.
+    Whenever the process dies, ``path`` holds the old model or the new one: the new folder is
+    written and fsynced beside it, then swapped in (:func:`_swap_in`); the next save to the same
+    place removes what a killed save left.
     """
     path = check_destination(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -121,10 +117,8 @@ def _exchange(a: Path, b: Path) -> bool:
 def _swap_in(new: Path, path: Path) -> None:
     """Put the folder ``new`` at ``path``; the old ``path`` (if any) ends up at ``new``.
 
-    A folder cannot be renamed over a non-empty one, so an existing model is swapped with one
-    atomic exchange. Without it, the old folder is first renamed to a ``.old`` sibling: a kill
-    between the two renames leaves that sibling, which :func:`clean_stale_temps` (run by the
-    next save and by ``from_pretrained``) renames back.
+    An existing model is swapped with one atomic exchange; where that is missing, it is first
+    renamed to a ``.old`` sibling, which :func:`clean_stale_temps` renames back after a kill.
     """
     if not path.exists():
         os.replace(new, path)
@@ -164,7 +158,7 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass               # it exists, owned by another user
     return True
 
 
@@ -181,9 +175,7 @@ def load_pretrained(cls: type, path_or_hub_id: str | os.PathLike, device: Option
                     revision: Optional[str] = None, token: Optional[str | bool] = None) -> "MixtureRewardModel":
     """Load a model folder, or download one from the Hugging Face hub (``owner/name``, at
     ``revision``: a branch, tag or commit; ``token`` for a private repo, default the login's).
-
-    Every field of ``config.json`` is checked; a folder written by an incompatible (other major)
-    micro-rm version is refused.
+    Every field of ``config.json`` is checked, and another major micro-rm version is refused.
     """
     folder = _resolve(str(path_or_hub_id), revision=revision, token=token)
     config_file, weights_file = folder / CONFIG_NAME, folder / WEIGHTS_NAME
@@ -232,12 +224,10 @@ def export_scalar(model: "MixtureRewardModel", path: str | os.PathLike, *,
                   weights: Optional[Sequence[float]] = None, route: Optional[np.ndarray] = None,
                   context: Optional[str] = None) -> "MixtureRewardModel":
     """Save a copy of ``model`` with one fixed weight vector over its heads, for tools that want
-    one reward per response (``score`` no longer needs router features).
-
-    Give either ``weights`` (K non-negative numbers, normalised here) or ``route`` (one router
-    feature vector [d_r], e.g. of a context; the router's weights for it are frozen in).
-    ``context`` is only recorded in the config. The copy is a ``static`` model whose logits are
-    log w; ``shared-base`` priors are folded into the heads.
+    one reward per response: a ``static`` model with logits log w (``shared-base`` priors folded
+    into the heads). Give either ``weights`` (K non-negative numbers, normalised here) or
+    ``route`` (one router feature vector [d_r] whose routing is frozen in); ``context`` is only
+    recorded in the config.
     """
     k = model.config.num_heads
     if (weights is None) == (route is None):

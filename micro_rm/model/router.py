@@ -36,17 +36,14 @@ class ContextRouter(nn.Module):
 
         h(c) = Σ_m softmax_m( cos(c, u_m) / T ) · a_m          (a zero c, "no context": h = a_null)
 
-    Why: a network over the joint (context ⊕ prompt) text, or over the concatenated vectors,
-    learns whatever separates the few training sentences, and a paraphrase then routes like
-    noise (METHOD.md, measured finding 3). Attention over the training contexts routes a new
-    phrasing like the training phrasings the sentence encoder puts nearest to it, whatever the
-    prompt. The prototypes u_m are fixed (normalised) context embeddings; only their logits a_m,
-    a_null and g are learned.
+    Why: a network over the joint text, or the concatenated vectors, learns whatever separates
+    the few training sentences, and a paraphrase then routes like noise (METHOD.md, measured
+    finding 3); attention routes a new phrasing like its nearest training phrasings. The
+    prototypes u_m are fixed unit context embeddings; only a_m, a_null and g are learned.
 
-    Stage 2 adds the contexts of its budget as new prototypes, of one of two kinds. A plain
-    prototype joins the softmax above. A *correction* (``config.context_corrections``) does not
-    take attention from the others; its logits δ_n are added to theirs, by the share of attention
-    it would get:
+    Stage 2 adds its budget's contexts as plain prototypes (joining the softmax) or as
+    *corrections* (``config.context_corrections``), whose logits δ_n are added by the share of
+    attention they would get, taking none from the others:
 
         h(c) = Σ_{m plain} softmax_{m plain}( cos(c, u_m) / T ) · a_m + Σ_{n corr} att_n(c) · δ_n
 
@@ -92,10 +89,9 @@ class ContextRouter(nn.Module):
 
     @torch.no_grad()
     def context_branch_inputs(self, route: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
-        """What the logits of ``route`` [N, d_r] need besides the context branch's parameters:
-        the prompt branch's logits [N, K], the attention over the prototypes [N, M] (None without
-        prototypes) and which rows have a context [N, 1]. Stage 2 changes only those parameters,
-        so its candidates compute these once (see :func:`context_branch_logits`)."""
+        """What the logits of ``route`` [N, d_r] need besides the context branch's parameters (which
+        are all stage 2 changes): the prompt branch's logits [N, K], the attention [N, M] (None
+        without prototypes) and which rows have a context [N, 1]."""
         prompt, context = route.split([route.shape[-1] - self.context_dim, self.context_dim], dim=-1)
         attention = self.attention(context) if len(self.prototypes) else None
         return self.prompt(prompt), attention, context.norm(dim=-1, keepdim=True) > 0
@@ -114,10 +110,8 @@ class ContextRouter(nn.Module):
     @torch.no_grad()
     def add_prototypes(self, contexts: torch.Tensor, config: MixtureConfig, corrections: bool = False) -> int:
         """Append the contexts [n, d_c] that are not prototypes yet, as plain prototypes whose
-        logits start at the router's current h(c) (so the function barely moves until they are
-        trained), or as ``corrections`` starting at δ = 0 (so it does not move at all; they need
-        a plain prototype to correct), and record them in the model's ``config``. Returns how
-        many were added."""
+        logits start at the current h(c), or as ``corrections`` starting at δ = 0 (so routing
+        does not move), and record them in ``config``. Returns how many were added."""
         unit = F.normalize(contexts[contexts.norm(dim=-1) > 0], dim=-1)
         if len(self.prototypes):
             unit = unit[(unit @ self.prototypes.T).max(-1).values < SAME_CONTEXT]
@@ -164,10 +158,9 @@ class ContextRouter(nn.Module):
 @torch.no_grad()
 def load_router(new: nn.Module, old: nn.Module, config: MixtureConfig, output: tuple[torch.Tensor, torch.Tensor],
                 prototype_logits: Optional[torch.Tensor] = None, null_logits: Optional[torch.Tensor] = None) -> None:
-    """Write the router ``new`` (of the model whose config is ``config``, with another number of
-    heads) from ``old``: the prompt network's layers but the last as they are, the last layer's
-    ``output`` (weight, bias), and for a :class:`ContextRouter` old's prototypes with the given
-    logits. Heads merge and :func:`~micro_rm.heads.merge.duplicate_head` use it."""
+    """Write the router ``new`` (of ``config``, with another number of heads) from ``old``: the
+    prompt network but its last layer, which gets ``output`` (weight, bias), and for a
+    :class:`ContextRouter` old's prototypes with the given logits (heads merge, duplicate_head)."""
     if isinstance(old, ContextRouter):
         new.set_context_branch(old.prototypes.clone(), prototype_logits, null_logits, config)
         old, new = old.prompt, new.prompt

@@ -1,10 +1,8 @@
-"""Training on cached features: stage 1 (the mixture and its baselines), stage 2 (``adapt``:
-context-aware router learning with Hedge steps; ``algorithm1``: the paper's Algorithm 1 as
+"""Training on cached features: stage 1, stage 2 (``adapt``; ``algorithm1``, the paper's as
 written), HyRe test-time reweighting and active query selection.
 
-Stage 2's verbs are ``micro_rm.train.adapt.adapt`` and ``micro_rm.train.algorithm1.algorithm1``
-(a package attribute of the same name would be the module). Names load on first use, so
-importing the package (e.g. for the CLI's ``--help``) costs no torch.
+Stage 2's verbs live in their modules (``micro_rm.train.adapt.adapt``): a package attribute of the
+same name would be the module. Names load on first use, so ``--help`` imports no torch.
 """
 
 from micro_rm._lazy import lazy_exports

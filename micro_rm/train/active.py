@@ -1,26 +1,13 @@
 """Active query selection: which candidate pairs should a user label next (beyond the paper)?
 
-A user's routing weights w over the K heads (the router's prior sharpened by their feedback,
-:class:`micro_rm.online.UserState`) only move on pairs where the heads that still carry weight
-disagree. Two scores rank a pool of candidate pairs, given each head's probability
-p_k = P_k(a ≻ b) of every candidate [N, K]:
-
-``information`` (default)
-    The expected entropy reduction of the user's Hedge weights from the pair's label,
-    H(w) − [p̄ · H(w⁺) + (1 − p̄) · H(w⁻)], where p̄ = Σ_k w_k p_k is the predicted chance of
-    a ≻ b and w⁺ / w⁻ are the exact Hedge updates (same clipped, scaled loss and η as
-    :func:`micro_rm.online.pair_losses` / ``UserState.weights``) after either answer.
-``disagreement``
-    The weighted variance of the heads' probabilities Σ_k w_k (p_k − p̄)²: cheaper, and the
-    same ranking in most pools.
-
-:func:`best_queries` is what a user is asked: the k best candidates under their weights
-normalise(prior ⊙ exp(−η S_u)), with each one's gain. The service (``POST /users/{id}/queries``),
-``micro-rm suggest`` and ``MiCRo.suggest`` (all through :mod:`micro_rm.scoring.suggest`) and the
-harness's new-user curve (:mod:`micro_rm.experiment.users`) call it.
+A user's Hedge weights w over the K heads (:class:`micro_rm.online.UserState`) only move on pairs
+where the heads that still carry weight disagree. Given each head's P_k(a ≻ b) [N, K], a pool is
+ranked by ``information`` (default: the expected entropy drop of w from the pair's label, under
+the exact Hedge updates of :func:`micro_rm.online.pair_losses`) or ``disagreement`` (the
+weighted variance Σ_k w_k (p_k − p̄)²: cheaper, and the same ranking in most pools).
+:func:`best_queries` serves ``suggest`` (service, CLI, ``MiCRo``) and the harness's new-user curve.
 
 >>> order, gains = best_queries(head_probs, log_router_weights, state.cumulative_loss, k=5)  # doctest: +SKIP
->>> ask_user(pool[order])                                                                    # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -1,19 +1,12 @@
 """Stage 2: adapt the router to user contexts from a small budget of labelled pairs (METHOD.md,
-Stage 2). The heads stay frozen; only the router learns, and only when the budget shows it helps:
-
-1. every candidate router (each τ, and on the separate route layout each kind of update and of
-   new wordings; :mod:`micro_rm.train.selection`) is fitted on k − 1 folds of the budget and
-   scored by the mixture NLL of the held-out fold (held-out prompts, or whole held-out wordings);
-2. the best candidate replaces the stage-1 router only if it beats "keep" by more than one
-   standard error and ranks at least as many held-out pairs right;
-3. the chosen candidate is fitted on the whole budget: one Hedge step a ← a − L̄/τ per context
-   the budget speaks for (separate layout), or exact mirror-descent steps (joint layout).
-
-The paper's Algorithm 1 as written is :func:`micro_rm.train.algorithm1.algorithm1`.
+Stage 2). The heads stay frozen, and the router changes only when the budget shows it helps: each
+candidate router (:mod:`micro_rm.train.selection`) is cross-validated on the budget, the best
+replaces stage 1's only if it beats "keep" by one standard error and ranks as many held-out pairs
+right, and is then fitted on the whole budget. The paper's Algorithm 1 as written is
+:func:`micro_rm.train.algorithm1.algorithm1`.
 
 >>> rows = draw_budget(features.attributes, budget=50, seed=0)                  # doctest: +SKIP
 >>> adapted, info = adapt(model, features.subset(rows), AdaptConfig())          # doctest: +SKIP
->>> info["tau"], info["cv_nll"]                                                # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -134,10 +127,9 @@ def budget_groups(records: Sequence[Mapping[str, Any]]) -> list[Optional[str]]:
 def draw_budget(records_or_groups: Sequence[Any], budget: int, seed: int) -> np.ndarray:
     """Sorted row indices of ``budget`` rows per group, drawn with ``seed``.
 
-    ``records_or_groups`` is one group label (str or None) per row, or the pair records
-    themselves (grouped by :func:`budget_groups`). Each group's draw depends only on the seed
-    and the group's name and rows, so adding a group leaves the others' draws unchanged. A group
-    with fewer than ``budget`` rows is used whole, with a warning.
+    ``records_or_groups``: one group label (str or None) per row, or the pair records (grouped by
+    :func:`budget_groups`). A group's draw depends only on the seed, its name and its rows, so
+    adding a group leaves the others' draws alone. A smaller group is used whole, with a warning.
 
     >>> draw_budget(["a", "a", "a", "b"], budget=2, seed=0).tolist()     # doctest: +SKIP
     [0, 2, 3]

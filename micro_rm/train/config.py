@@ -1,12 +1,7 @@
-"""The settings of stage 1 (``Stage1Config``) and stage 2 (``AdaptConfig``), each field defined
-once: its type, its range and its help, which is also the CLI's ``--help``. The experiment
-config (``micro_rm.experiment.config``) nests the same definitions. Kept free of torch so that
-``micro-rm --help`` stays fast.
-
-Both are pydantic dataclasses: keyword construction, attribute access, ``dataclasses.asdict``
-and assignment work as for any dataclass, and every value is checked on construction and on
-assignment. A bad value or an unknown key is one :class:`MicroRMError` line that names the field
-and what it accepts.
+"""The settings of stage 1 (``Stage1Config``) and stage 2 (``AdaptConfig``): each field's type,
+range and help (also the CLI's ``--help``) defined once; ``micro_rm.experiment.config`` nests the
+same definitions. Pydantic dataclasses, checked on construction and assignment: a bad value or an
+unknown key is one :class:`MicroRMError` line. Free of torch, so ``micro-rm --help`` stays fast.
 
 >>> Stage1Config(heads=0)
 Traceback (most recent call last):
@@ -115,24 +110,17 @@ def config_class(cls: type) -> type:
     """``cls`` as a pydantic dataclass that refuses unknown keys, checks assignments too, and
     raises :class:`MicroRMError` (one line, see :func:`explain`) instead of pydantic's report."""
     cls = pydantic.dataclasses.dataclass(cls, config=ConfigDict(extra="forbid", validate_assignment=True))
-    init, setattr_ = cls.__init__, cls.__setattr__
 
-    @functools.wraps(init)
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        try:
-            init(self, *args, **kwargs)
-        except ValidationError as exc:
-            raise MicroRMError(explain(exc, type(self))) from None
+    def explained(method: Any) -> Any:
+        @functools.wraps(method)
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> None:
+            try:
+                method(self, *args, **kwargs)
+            except ValidationError as exc:
+                raise MicroRMError(explain(exc, type(self))) from None
+        return wrapper
 
-    @functools.wraps(setattr_)
-    def __setattr__(self: Any, name: str, value: Any) -> None:
-        try:
-            setattr_(self, name, value)
-        except ValidationError as exc:
-            raise MicroRMError(explain(exc, type(self))) from None
-
-    cls.__init__, cls.__setattr__ = __init__, __setattr__
-    cls.help = classmethod(lambda c, name: c.__pydantic_fields__[name].description or "")
+    cls.__init__, cls.__setattr__ = explained(cls.__init__), explained(cls.__setattr__)
     return cls
 
 

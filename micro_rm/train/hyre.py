@@ -1,15 +1,9 @@
 """HyRe: test-time reweighting of a model's heads from a few labelled pairs (METHOD.md baselines 4–5).
 
 Given m labelled pairs of one attribute, each head's weight is its likelihood of those labels,
-
-    w_k ∝ exp(−Σ_i L_ik),   L_ik = −log σ(Δ_ik)
-
-(a posterior over heads under a uniform prior), and the attribute's pairs of other prompts are
-scored with P = Σ_k w_k σ(Δ_k). On shared-base ensemble heads this is HyRe; on MiCRo's stage-1
-heads it is MiCRo-HyRe. Unlike stage 2 it needs labels from every test attribute and it ignores
-the router. The labelled pairs are drawn by prompt, so that no scored pair shares a prompt with
-a labelled one (pairs of one prompt are not independent evidence).
-
+w_k ∝ exp(−Σ_i L_ik) with L_ik = −log σ(Δ_ik), and the attribute's pairs of other prompts are
+scored with P = Σ_k w_k σ(Δ_k): HyRe on shared-base heads, MiCRo-HyRe on stage-1 heads. It ignores
+the router. Labelled pairs are drawn by prompt (pairs of one prompt are not independent evidence).
 Its accuracy on a test split is :func:`micro_rm.eval.hyre.evaluate_hyre`.
 """
 
@@ -36,10 +30,8 @@ def hyre_losses(deltas: np.ndarray) -> np.ndarray:
 
 
 def hyre_weights(deltas: np.ndarray) -> np.ndarray:
-    """Posterior weights over heads [K] from each head's margin Δ_ik on the labelled pairs [m, K]
-    (reward of the labelled winner minus the loser's).
-
-    A softmax of −Σ_i L_ik, so that many confident pairs cannot underflow.
+    """Posterior weights over heads [K] from each head's margin Δ_ik (winner − loser) on the
+    labelled pairs [m, K]: a softmax of −Σ_i L_ik, so that many confident pairs cannot underflow.
 
     >>> hyre_weights(np.log([[9.0, 1.0], [4.0, 1.0]])).round(3)      # σ = 0.9, 0.8 vs 0.5, 0.5
     array([0.742, 0.258])

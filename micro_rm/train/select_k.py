@@ -1,10 +1,7 @@
-"""Choose the number of heads K from data: fit a grid of K, keep the smallest K whose validation
-NLL is within one standard error of the best (the one-standard-error rule).
-
-Too small a K underfits; a larger K fits the training pairs at least as well but spends routing
-budget and makes heads harder to tell apart (METHOD.md). Validation pairs are the held-out train
-prompts of :func:`micro_rm.train.stage1.validation_split`, and the standard error is taken over
-prompts (pairs of one prompt are not independent).
+"""Choose the number of heads K from data: fit a grid of K and keep the smallest K whose validation
+NLL is within one standard error of the best (a larger K fits at least as well but spends routing
+budget; METHOD.md). Validation pairs are :func:`micro_rm.train.stage1.validation_split`'s held-out
+prompts, and the standard error is taken over prompts (pairs of one prompt are not independent).
 
 >>> model, history, curve = select_heads(features, Stage1Config(epochs=10), grid=range(1, 7))  # doctest: +SKIP
 >>> curve["chosen"], curve["nll"]                                                              # doctest: +SKIP

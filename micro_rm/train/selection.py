@@ -1,8 +1,6 @@
 """Stage 2's model selection: the candidate routers, how each is fitted, and the choice between
 them and "keep the stage-1 router" by cross-validation on the budget pairs (METHOD.md, measured
-finding 2: a stage 2 that cannot keep stage 1 removes information at small budgets). The steps
-are in :mod:`micro_rm.train.adapt`'s docstring; the rules in :class:`Candidate`,
-:func:`cv_folds` and :func:`choose_candidate`.
+finding 2: a stage 2 that cannot keep stage 1 removes information at small budgets).
 
 >>> per_pair_nll = cross_validate(model, route, deltas, fold, tau="auto", seed=0)   # doctest: +SKIP
 >>> choose_candidate(per_pair_nll, clusters)                                       # doctest: +SKIP
@@ -47,9 +45,8 @@ class Candidate(NamedTuple):
 
 
 def candidate_name(candidate: Any) -> str:
-    """How a candidate is written: "keep", or its τ after the kinds that are not the first
-    (heads update, new wordings as prototypes): "0.001", "contexts 0.1", "corrections 0.01",
-    "contexts corrections 1".
+    """How a candidate is written: "keep", or its τ after its kinds other than the defaults
+    (heads update, new wordings as prototypes).
 
     >>> candidate_name(KEEP), candidate_name(Candidate("heads", 1e-3)), candidate_name(Candidate("contexts", 0.1))
     ('keep', '0.001', 'contexts 0.1')
@@ -127,13 +124,11 @@ def adds_wordings(model: "MixtureRewardModel", route: torch.Tensor) -> bool:
 
 
 def choose_candidate(per_pair_nll: dict[Any, np.ndarray], clusters: Sequence[Any]) -> Any:
-    """The candidate with the lowest mean cross-validated NLL, if its NLL is lower than keeping
-    the stage-1 router's by more than one standard error of the paired difference and it
-    classifies at least as many held-out pairs correctly (p > 0.5 ⇔ NLL < log 2): a
-    better-calibrated router that ranks fewer pairs right is not an improvement to a user. Else
-    ``"keep"``. The standard error is clustered by what a fold holds out (``clusters``: the
-    prompt, or the wording, of each pair): pairs of one wording succeed or fail together, so
-    counting them as independent overstates the evidence of a few wordings.
+    """The candidate with the lowest mean cross-validated NLL if it beats keeping the stage-1
+    router by more than one standard error of the paired difference and ranks at least as many
+    held-out pairs right (p > 0.5 ⇔ NLL < log 2; better calibration that ranks fewer pairs right
+    does not help a user); else ``"keep"``. The standard error is clustered by what a fold holds
+    out (``clusters``: each pair's prompt or wording), as pairs of one wording fail together.
 
     >>> choose_candidate({"keep": np.array([0.6, 0.6]), Candidate("heads", 1.0): np.array([0.5, 0.7])}, [0, 1])
     'keep'
@@ -146,9 +141,8 @@ def choose_candidate(per_pair_nll: dict[Any, np.ndarray], clusters: Sequence[Any
 
 
 def clustered_standard_error(values: np.ndarray, clusters: Sequence[Any]) -> float:
-    """Standard error of ``values.mean()`` when rows of one cluster are not independent (the
-    cluster-robust sandwich estimate with the G / (G − 1) small-sample factor); one row per
-    cluster gives the usual s / √n. Infinite with fewer than two clusters.
+    """Cluster-robust (sandwich, G / (G − 1) factor) standard error of ``values.mean()``; one row
+    per cluster gives the usual s / √n. Infinite with fewer than two clusters.
 
     >>> round(clustered_standard_error(np.array([1.0, 2.0, 3.0, 4.0]), [0, 1, 2, 3]), 4)
     0.6455
@@ -204,10 +198,9 @@ def varied_wordings(attributes: Sequence[Optional[str]], contexts: torch.Tensor)
 def phrasing_folds(fold: np.ndarray, attributes: Sequence[Optional[str]], varied: np.ndarray,
                    wording: np.ndarray, folds: int) -> np.ndarray:
     """``fold`` (by prompt) with each attribute whose pairs carry several distinct contexts moved
-    to folds by context (``varied`` and ``wording`` from :func:`varied_wordings`): its wordings
-    take turns over the folds, so a held-out wording always has a sibling wording of the same
-    preference among the fitted ones. That is the case a user meets who says the same thing in
-    words no prototype holds. Rows without an attribute or a context keep their prompt fold.
+    to folds by context (``varied``, ``wording``: :func:`varied_wordings`), its wordings taking
+    turns, so a held-out wording has a sibling of the same preference among the fitted ones (a
+    user who says it in words no prototype holds). Other rows keep their prompt fold.
 
     >>> phrasing_folds(np.array([0, 1, 2, 0]), ["a", "a", "a", None],
     ...                np.array([True, True, True, False]), np.array([1, 2, 1, 0]), folds=5).tolist()
@@ -226,11 +219,10 @@ def phrasing_folds(fold: np.ndarray, attributes: Sequence[Optional[str]], varied
 def fit_candidate(model: "MixtureRewardModel", route: torch.Tensor, deltas: torch.Tensor, candidate: Candidate,
                   seed: int, *, progress: bool = False, history: bool = True) -> list[dict[str, float]]:
     """Adapt ``model``'s router in place to ``candidate`` on ``route`` [N, d_r] and the frozen
-    head ``deltas`` [N, K]. On the separate layout the budget's contexts join the router first
-    (:func:`budget_prototypes`) and only the context branch takes one Hedge step
-    (:func:`hedge_context_branch`, or for the contexts update :func:`known_routing_logits`); a
-    joint-layout router takes ``EPOCHS`` exact mirror-descent steps (:func:`distil`). Returns one
-    row per step (epoch, ce, nll, seconds; nll is NaN without ``history``, ce without a distillation)."""
+    head ``deltas`` [N, K]: on the separate layout, the budget's contexts join the router and the
+    context branch takes one Hedge step; a joint-layout router takes ``EPOCHS`` mirror-descent
+    steps (:func:`distil`). Returns one row per step (epoch, ce, nll, seconds; nll is NaN without
+    ``history``, ce without a distillation)."""
     from micro_rm.progress import progress_bar
 
     update, tau, wordings = candidate
@@ -279,13 +271,11 @@ def distil(model: "MixtureRewardModel", route: torch.Tensor, targets: torch.Tens
 
 def budget_prototypes(model: "MixtureRewardModel", route: torch.Tensor, seed: int,
                       corrections: bool = False) -> torch.Tensor:
-    """Make the budget's contexts prototypes (or ``corrections``) of the router and return which
-    prototypes the budget speaks for (bool [M]): the existing ones equal to a budget context, and
-    the new ones. A new phrasing becomes a prototype of its own instead of re-training the logits
-    of the training phrasing it happens to be nearest to, which would move every user of that
-    phrasing. A context with at least ``MIN_PAIRS_PER_CONTEXT`` budget pairs is a prototype of
-    its own; rarer ones (one per pair, e.g. personas) become spherical k-means centres, at most
-    one per ``PAIRS_PER_PROTOTYPE`` pairs, so that no prototype memorises one pair's label."""
+    """Make the budget's contexts prototypes (or ``corrections``) of the router; return which
+    prototypes the budget speaks for (bool [M]): those equal to a budget context, and the new ones.
+    A new phrasing gets its own prototype, so re-training it moves no user of its nearest training
+    phrasing. Rare contexts (e.g. one persona per pair) become k-means centres, one per
+    ``PAIRS_PER_PROTOTYPE`` pairs, so that no prototype memorises one pair's label."""
     from micro_rm.train.stage1 import context_prototypes
 
     router = model.router
@@ -313,13 +303,10 @@ def hedge_context_branch(model: "MixtureRewardModel", route: torch.Tensor, delta
         a_m ← a_m − L̄_m / τ,   L̄_mk = Σ_i w_im L_ik / Σ_i w_im,   L_ik = −log σ(Δ_ik),
 
     where w_im is the attention pair i's context gives prototype m; "no context" takes the same
-    step on the pairs without one. A pair routed by prototype m then gets f_ψ(x, c) ⊙ exp(−L̄_m/τ),
-    normalised: Eq. 5 with the evidence of all the context's pairs at once, so the change follows τ
-    and nothing else. Why not Eq. 5 per pair, distilled: at small τ each pair's target is one-hot on
-    its own best head, so the router learns the share of pairs each head wins rather than which head
-    explains them: on validation a head that won more of 10 pairs by a hair took an attribute from
-    the head with half its total loss (−29 points on one wording; BENCHMARKS.md). Returns the
-    prototype logits [C, M, K] and the no-context logits [C, K]."""
+    step on the pairs without one: Eq. 5 with all of a context's evidence at once. Why not Eq. 5
+    per pair, distilled: at small τ each target is one-hot on the pair's best head, so the router
+    learns the share of pairs each head wins rather than which head explains them (−29 points on
+    one wording; BENCHMARKS.md). Returns the prototype logits [C, M, K] and no-context logits [C, K]."""
     router, c = model.router, len(taus)
     _, attention, has_context = model.context_branch_inputs(route)
     losses = bt_loss(deltas)                                             # L_ik = −log σ(Δ_ik), [N, K]
@@ -345,14 +332,11 @@ def known_routing_logits(model: "MixtureRewardModel", route: torch.Tensor, delta
 
         β_nm ∝ att_m(u_n) · exp(−Σ_i w_in L_i(m) / τ),   a_n = Σ_m β_nm a_m
 
-    where att(u_n) is the stage-1 attention of new wording u_n over the known prototypes (so large
-    τ keeps its zero-shot routing), L_i(m) the mixture NLL of budget pair i routed as prototype m,
-    and w_in the weight pair i's context gives u_n. At τ = 1 β is the posterior of "which known
-    preference does this wording state". Why: a few pairs per new wording cannot fit K free
-    logits that transfer to the next wording, but they can tell apart the few routings stage 1
-    learned, and the answer carries over to any wording near it. A new wording that is a
-    correction gets a_n minus the routing it has without one, so that it routes about as a_n; known
-    corrections (of an earlier stage 2) are not routings and take no part."""
+    where att(u_n) is the stage-1 attention of new wording u_n over the known prototypes (large τ
+    keeps its zero-shot routing), L_i(m) the mixture NLL of pair i routed as prototype m, and w_in
+    the weight pair i's context gives u_n. Why: a few pairs per wording cannot fit K free logits
+    that transfer, but they can tell apart the few routings stage 1 learned. A correction gets
+    a_n minus its routing without one; known corrections are not routings and take no part."""
     router = model.router
     fixed, attention, has_context = model.context_branch_inputs(route)
     plain = ~router.corrections[:known]

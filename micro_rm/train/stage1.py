@@ -123,10 +123,9 @@ def drop_context(route: torch.Tensor, context_dim: int, rate: float, generator: 
 
 
 def initial_model(features: PairFeatures, config: Stage1Config) -> MixtureRewardModel:
-    """The untrained model ``fit_stage1`` starts from (same seed, same weights). Its config records
-    the backbone and every feature setting of ``features``, so that a reader builds its features
-    the same way. A ``micro`` model on the separate route layout gets the training contexts as its
-    router's prototypes."""
+    """The untrained model ``fit_stage1`` starts from (same seed, same weights), its config recording
+    the backbone and feature settings of ``features``; on the separate route layout a ``micro``
+    router gets the training contexts as its prototypes."""
     prototypes = None
     if config.variant == "micro" and features.context_dim:
         prototypes = context_prototypes(features.route, features.context_dim, config.max_prototypes, config.seed)
@@ -184,8 +183,7 @@ def validation_loss(model: MixtureRewardModel, rows: "_Rows", index: np.ndarray)
 
 def validation_split(prompts: list[str], fraction: float) -> tuple[np.ndarray, np.ndarray]:
     """Indices of the training and validation pairs: a prompt is held out when the hash of
-    ``"validation:" + prompt`` falls below ``fraction`` (salted, so it is independent of the
-    canonical train/test split, which hashes the bare prompt)."""
+    ``"validation:" + prompt`` falls below ``fraction`` (salted: independent of the train/test split)."""
     if fraction == 0:
         return np.arange(len(prompts)), np.zeros(0, dtype=np.int64)
     draw = {p: int(hashlib.sha256(f"validation:{p}".encode()).hexdigest()[:8], 16) / 2 ** 32
@@ -226,13 +224,9 @@ def check_features(features: PairFeatures) -> None:
 
 
 class _Rows:
-    """Gathers (chosen − rejected, route) rows as float32 tensors.
-
-    In-RAM arrays are converted once; memory-mapped (or other lazy) arrays are read and cast one
-    block at a time, so a float16 cache larger than RAM never becomes one float32 array. A block's
-    rows are read in file order (page-cache friendly) and its pages are then released, so the
-    process's resident memory stays at a few blocks however large the files are.
-    """
+    """Gathers (chosen − rejected, route) rows as float32 tensors. In-RAM arrays are converted once;
+    memory-mapped ones are read in file order and cast one block at a time, then their pages are
+    released, so a float16 cache larger than RAM never becomes one float32 array."""
 
     def __init__(self, features: PairFeatures, device: str):
         self.device = device
@@ -268,10 +262,9 @@ class _Rows:
 
 @contextlib.contextmanager
 def _small_tensor_cpu(device: str) -> Iterator[None]:
-    """CPU settings for many tiny steps, restored afterwards. One thread: thread hand-offs cost
-    more than they save on [32, 384] tensors, and collapse (10× slower, measured) when another
-    process holds a core. Flush denormals: Adam's second moments of barely-used router weights
-    decay into the denormal range, where CPU arithmetic is ~100× slower (a 1.4× slower step)."""
+    """CPU settings for many tiny steps, restored afterwards. One thread: hand-offs cost more than
+    they save on [32, 384] tensors (10× slower when another process holds a core). Flush
+    denormals: Adam's moments of barely-used router weights decay into them (a 1.4× slower step)."""
     threads = torch.get_num_threads()
     if device == "cpu":
         torch.set_num_threads(1)
