@@ -1,7 +1,7 @@
 """The typer application: assembles the command groups and turns our errors into exit code 2.
 
-Command modules import only typer at module level; the library (torch, transformers) is
-imported inside each command, so ``micro-rm --help`` stays fast.
+Command modules import only typer and torch-free helpers at module level; the library (torch,
+transformers) is imported inside each command, so ``micro-rm --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -12,10 +12,18 @@ import importlib
 import json
 import logging
 import math
+import pkgutil
+import sqlite3
 import sys
+from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import typer
+import typer.main
+
+import micro_rm.progress
+from micro_rm.atomic import check_not_input, check_output_path
+from micro_rm.errors import MicroRMError
 
 app = typer.Typer(
     name="micro-rm",
@@ -35,17 +43,7 @@ def _global_options(
                                "environment variable TQDM_DISABLE=1); results and errors still print."),
 ) -> None:
     """Options that go before the command: ``micro-rm --quiet train ...``."""
-    import micro_rm.progress
-
     micro_rm.progress.QUIET = quiet     # set on every run, so one quiet call does not outlive itself
-
-
-# Help texts shared by many commands' options.
-CACHE_HELP = "Feature cache folder (default: $MICRO_RM_CACHE or the user cache dir)."
-CACHE_ONLY_HELP = "Fail instead of encoding texts that are not in the cache yet."
-JSON_HELP = "Print one JSON object as the last line."
-HF_SPLIT_HELP = ("Split to read from a Hugging Face dataset (hub id or folder) with several, e.g. "
-                 "test_prefs (default: the only one, or train).")
 
 
 def field_docs(config_path: str) -> tuple[Callable[[str], str], Callable[[str], Any]]:
@@ -98,8 +96,6 @@ def check_range(value: float, option: str, low: float, high: float) -> None:
 
     >>> check_range(4, "--max-heads", 1, 64)
     """
-    from micro_rm.errors import MicroRMError
-
     if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
         raise MicroRMError(f"{option} must be in [{_plain(low)}, {_plain(high)}], got {value}")
 
@@ -108,14 +104,22 @@ def _plain(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
+def check_output(path: Any, option: str, inputs: dict[str, object], *, folder: bool,
+                 replaces_folder: bool = False, model: bool = False) -> None:
+    """Refuse, before any work, an output that cannot be written or would overwrite one of the
+    command's ``inputs``; a ``model`` folder must also be new, empty or a model folder."""
+    if model:
+        from micro_rm.model.pretrained import check_destination
+
+        check_destination(path)
+    check_output_path(path, option, folder=folder)
+    check_not_input(path, option, inputs, replaces_folder=replaces_folder or model)
+
+
 @contextlib.contextmanager
 def state_errors(state: Any) -> Iterator[None]:
     """Turn a damaged state database's errors (raised by the store while it is read) into one
     line naming ``--state``."""
-    import sqlite3
-
-    from micro_rm.errors import MicroRMError
-
     try:
         yield
     except sqlite3.OperationalError as exc:     # locked, disk full, I/O: the file may be sound
@@ -128,10 +132,6 @@ def state_errors(state: Any) -> Iterator[None]:
 def check_state_exists(state: str, reader: str) -> None:
     """Refuse a ``--state`` path that holds no state file: ``reader`` (a command that only reads a
     user's state) must not create one."""
-    from pathlib import Path
-
-    from micro_rm.errors import MicroRMError
-
     if "://" not in state and not Path(state).is_file():
         raise MicroRMError(f"--state {state}: no such state file; {reader} reads a user's state and never "
                            "creates one (`micro-rm feedback` or the service writes it)")
@@ -139,21 +139,13 @@ def check_state_exists(state: str, reader: str) -> None:
 
 def _register_commands() -> None:
     """Import every ``micro_rm/cli/*_cmd.py`` module; each registers its commands on ``app``."""
-    import pkgutil
-
-    import micro_rm.cli
-
-    for module in sorted(m.name for m in pkgutil.iter_modules(micro_rm.cli.__path__)):
+    for module in sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)])):
         if module.endswith("_cmd"):
             importlib.import_module(f"micro_rm.cli.{module}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the CLI on ``argv``; return the exit code (0 ok, 2 bad input, 1 unexpected failure)."""
-    from micro_rm.errors import MicroRMError
-
-    import sqlite3
-
     _register_commands()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     args = list(argv) if argv is not None else sys.argv[1:]
@@ -207,8 +199,6 @@ def _hint_for(message: str, args: list[str]) -> str:
     (the readers' messages carry it for data build and encode; `experiment` sets it in its config)."""
     if SKIP_HINT not in message:
         return message
-    import typer.main
-
     command: Any = typer.main.get_command(app)
     for token in args:
         if not hasattr(command, "commands"):     # a command, not a group: found it

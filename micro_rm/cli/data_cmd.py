@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
-
 import typer
 
-from micro_rm.cli.app import HF_SPLIT_HELP, JSON_HELP, SKIP_HINT, app, emit
+from micro_rm.cli.app import SKIP_HINT, app, check_output, emit
+from micro_rm.cli.options import HfSplit, JsonFlag
+from micro_rm.errors import MicroRMError
 
 data_app = typer.Typer(help="Build pair files from datasets, and inspect them.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -22,23 +22,20 @@ def build(
                                                       "Hugging Face hub id."),
     out: Path = typer.Option(..., "--out", help="Pair file to write (JSON lines)."),
     split: str = typer.Option("all", "--split", help="Canonical prompt-hash split: train, test or all."),
-    hf_split: Optional[str] = typer.Option(None, "--hf-split", help=HF_SPLIT_HELP),
+    hf_split: HfSplit = None,
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Log and skip bad rows instead of failing."),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    as_json: JsonFlag = False,
 ) -> None:
     """Build a pair file from a dataset.
 
     Example: micro-rm data build dsp --source ../shared/data/dsp-domain-specific-preference
     --out dsp.jsonl --split train
     """
-    from micro_rm.atomic import check_not_input, check_output_path
     from micro_rm.data.builders import build_pairs
     from micro_rm.data.readers import hf_split_default, write_pairs
     from micro_rm.data.split import select_split
-    from micro_rm.errors import MicroRMError
 
-    check_output_path(out, "--out", folder=False)
-    check_not_input(out, "--out", {"--source": source})
+    check_output(out, "--out", {"--source": source}, folder=False)
     start = time.perf_counter()
     with hf_split_default(hf_split):
         records = build_pairs(name, source, skip_invalid=skip_invalid)
@@ -63,8 +60,8 @@ def list_builders(as_json: bool = typer.Option(False, "--json", help="Print one 
 @data_app.command("inspect")
 def inspect(
     path: Path = typer.Argument(..., help="A pair file (jsonl, json, parquet, csv) or dataset."),
-    hf_split: Optional[str] = typer.Option(None, "--hf-split", help=HF_SPLIT_HELP),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    hf_split: HfSplit = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Summarise a pair file: pairs per attribute / context / user, lengths, duplicates, problems.
 

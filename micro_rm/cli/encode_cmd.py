@@ -14,7 +14,8 @@ from typing import Optional
 
 import typer
 
-from micro_rm.cli.app import CACHE_HELP, HF_SPLIT_HELP, JSON_HELP, app, check_range, emit, field_docs
+from micro_rm.cli.app import app, check_output, check_range, emit, field_docs
+from micro_rm.cli.options import BackboneName, CacheDir, HfSplit, JsonFlag, MaxLength
 
 _feature_help, _feature_default = field_docs("micro_rm.features.base:FeatureSettings")
 # --router-input, --context-in-reward, --context-encoding of `encode` and `train`, from FeatureSettings.
@@ -28,12 +29,10 @@ MAX_TOKENS = 1_000_000  # --max-length: far above any backbone's limit, yet a ty
 def encode(
     data: str = typer.Option(..., "--data", help="Pair file (jsonl, json, parquet, csv), dataset "
                                                  "folder or Hugging Face hub id."),
-    hf_split: Optional[str] = typer.Option(None, "--hf-split", help=HF_SPLIT_HELP),
-    backbone_name: str = typer.Option(..., "--backbone", help="Backbone: default, static, a "
-                                      "Hugging Face model id or a local folder."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache", help=CACHE_HELP),
-    max_length: Optional[int] = typer.Option(None, "--max-length", help="Truncate each item to "
-                                             "this many tokens (default: the backbone's limit)."),
+    hf_split: HfSplit = None,
+    backbone_name: BackboneName = ...,
+    cache_dir: CacheDir = None,
+    max_length: MaxLength = None,
     batch_size: int = typer.Option(32, "--batch-size", help="Texts per backbone call."),
     tokens_per_batch: Optional[int] = typer.Option(None, "--tokens-per-batch", help="Instead of "
                                                    "--batch-size, fill each backbone call up to this "
@@ -48,12 +47,11 @@ def encode(
     context_encoding: str = FEATURE_OPTIONS["context_encoding"],
     storage: str = typer.Option("float16", "--storage", help="Cache precision: float16 (half the "
                                 "disk) or float32 (exact)."),
-    skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Log and skip bad records "
-                                      "instead of failing."),
+    skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Log and skip bad records instead of failing."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the pair features to this "
                                        "folder as float16 .npy files that load memory-mapped "
                                        "(micro_rm.features.store.load_features)."),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    as_json: JsonFlag = False,
 ) -> None:
     """Encode every unique text of a pair file once into the feature cache.
 
@@ -78,9 +76,7 @@ def encode(
         check_range(tokens_per_batch, "--tokens-per-batch", 1, MAX_BATCH * MAX_TOKENS)
     settings = FeatureSettings.from_options(router_input, context_in_reward, context_encoding)
     if out is not None:
-        from micro_rm.atomic import check_not_input, check_output_path
-        check_output_path(out, "--out", folder=True)
-        check_not_input(out, "--out", {"--data": data, "--cache": cache_dir}, replaces_folder=True)
+        check_output(out, "--out", {"--data": data, "--cache": cache_dir}, folder=True, replaces_folder=True)
     check_device(device)
 
     from micro_rm.data.readers import read_pairs
@@ -125,13 +121,9 @@ def encode(
 
 
 def resolve_dtype(dtype: str, backbone_name: str, device: str) -> str:
-    """``--dtype auto``: bfloat16 for a decoder (last-token pooling) on CUDA, else float32.
-    Other values pass through (load_backbone checks them).
-
-    Decoder reward models are trained and served in bf16, and on a GPU bf16 halves the weights'
-    memory. Encoders and CPUs keep float32. The choice is part of the backbone fingerprint, so
-    bf16 vectors never stand in for float32 ones.
-    """
+    """``--dtype auto``: bfloat16 for a decoder (last-token pooling) on CUDA, where decoder reward
+    models are trained and served in bf16 at half the memory, else float32. Other values pass
+    through (load_backbone checks them); the dtype is part of the backbone fingerprint."""
     if dtype != "auto":
         return dtype
     from micro_rm.features.backbones import BUILTIN_BACKBONES

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
-from micro_rm.cli.app import CACHE_HELP, JSON_HELP, app, emit
+from micro_rm.atomic import check_output_path
+from micro_rm.cli.app import app, check_output, emit
+from micro_rm.cli.options import CacheDir, JsonFlag
+from micro_rm.errors import MicroRMError
 
 MAX_YAML_DEPTH = 32        # the deepest shipped config nests 3; PyYAML recurses once per level
 MAX_DEMO_PROMPTS = 100_000
-FORCE_HELP = ("Write into --out even when it holds files that no earlier report wrote (without it "
-              "such a folder is refused and left untouched).")
+Force = Annotated[bool, typer.Option("--force", help="Write into --out even when it holds files that no earlier "
+                                     "report wrote (without it such a folder is refused and left untouched).")]
 
 
 def _command(name: str, *args: object, **options: object) -> str:
@@ -31,10 +34,10 @@ def experiment(
     backbone: Optional[str] = typer.Option(None, "--backbone", help="Override the config's backbone: "
                                            "default, static, a Hugging Face model id or a local folder."),
     out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default: runs/<config name>)."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache", help=CACHE_HELP),
+    cache_dir: CacheDir = None,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (with `report`, the "
                                  "folder) as the last line."),
-    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    force: Force = False,
 ) -> None:
     """Run the paper's whole protocol from a config: data → split → encode (cached) → stage 1
     (MiCRo grid, single, static, shared-base) → stage 2 → HyRe, MiCRo-HyRe → oracle → budget
@@ -42,19 +45,15 @@ def experiment(
 
     Example: micro-rm experiment configs/dsp.yaml --out runs/dsp
     """
-    from micro_rm.atomic import check_output_path
     from micro_rm.data.readers import read_text
     from micro_rm.experiment.config import ExperimentConfig
-
-    from micro_rm.atomic import check_not_input
 
     if config_file.is_file():
         check_yaml_depth(read_text(config_file, "config"), config_file)  # invalid UTF-8: one line naming the line
     config = ExperimentConfig.from_yaml(config_file)   # a bad key fails before anything loads
     # The report folder is checked now, not after minutes of training.
     folder = out if out is not None else Path("runs") / config_file.stem
-    check_output_path(folder, "--out", folder=True)
-    check_not_input(folder, "--out", {"CONFIG.yaml": config_file, "--cache": cache_dir})
+    check_output(folder, "--out", {"CONFIG.yaml": config_file, "--cache": cache_dir}, folder=True)
     from micro_rm.eval.report import format_table, load_results
     from micro_rm.experiment.runner import run_experiment
 
@@ -73,8 +72,6 @@ def check_yaml_depth(text: str, path: Path, limit: int = MAX_YAML_DEPTH) -> None
     >>> check_yaml_depth("a: {b: [1]}", Path("exp.yaml"))
     """
     import yaml
-
-    from micro_rm.errors import MicroRMError
 
     depth = 0
     try:
@@ -97,22 +94,20 @@ def demo(
                                            "minute; `default` runs the MiniLM transformer itself, 1-3 minutes)."),
     prompts: Optional[int] = typer.Option(None, "--prompts", help="Synthetic prompts to generate "
                                           "(default 100: about a minute on 2 CPU cores from an empty feature cache)."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache", help="Feature cache folder."),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
-    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    cache_dir: CacheDir = None,
+    as_json: JsonFlag = False,
+    force: Force = False,
 ) -> None:
     """The whole method on built-in synthetic data (4 user groups with known preferences, no
     download): MiCRo against its baselines and the oracle, with a report and plots.
 
     Example: micro-rm demo --out runs/demo
     """
-    from micro_rm.atomic import check_output_path
     from micro_rm.eval.report import format_table, load_results
     from micro_rm.experiment.demo import run_demo
 
     check_output_path(out, "--out", folder=True)    # before minutes of work
     if prompts is not None and prompts > MAX_DEMO_PROMPTS:  # the least is demo_config's to say
-        from micro_rm.errors import MicroRMError
         raise MicroRMError(f"--prompts must be at most {MAX_DEMO_PROMPTS}, got {prompts}")
     folder = run_demo(out=out, backbone=backbone, prompts=prompts, cache=cache_dir, progress=not as_json, force=force,
                       command=_command("demo", out=out, backbone=backbone,

@@ -5,13 +5,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 from typer.core import TyperGroup
 
-from micro_rm.cli.app import CACHE_HELP, CACHE_ONLY_HELP, HF_SPLIT_HELP, JSON_HELP, app, check_range, emit
+from micro_rm.atomic import atomic_open
+from micro_rm.cli.app import app, check_output, check_range, emit
+from micro_rm.cli.options import CacheDir, CacheOnly, HfSplit, JsonFlag
+from micro_rm.errors import MicroRMError
 
 
 class _ProfileByDefault(TyperGroup):
@@ -51,13 +55,13 @@ def profile_cmd(
     model_dir: str = MODEL_ARG,
     data: str = typer.Option(..., "--data", help=DATA_HELP + " Held-out pairs describe the heads best."),
     report: Path = typer.Option(..., "--report", help="Folder for heads.json, report.md and the figures."),
-    hf_split: Optional[str] = typer.Option(None, "--hf-split", help=HF_SPLIT_HELP),
+    hf_split: HfSplit = None,
     relabel: bool = typer.Option(False, "--relabel", help="Overwrite the labels stored in the model's "
                                  "config.json (by default they are written only when it has none, so "
                                  "labels a person edited are kept)."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache", help=CACHE_HELP),
-    cache_only: bool = typer.Option(False, "--cache-only", help=CACHE_ONLY_HELP),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    cache_dir: CacheDir = None,
+    cache_only: CacheOnly = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Describe each head and label it (the label is stored in the model's config.json).
 
@@ -68,13 +72,11 @@ def profile_cmd(
 
     Example: micro-rm heads runs/dsp --data dsp-test.jsonl --report runs/dsp-heads
     """
-    from micro_rm.atomic import check_not_input, check_output_path
     from micro_rm.heads.labels import save_labels
     from micro_rm.heads.profile import profile_heads
     from micro_rm.heads.report import write_heads_report
 
-    check_output_path(report, "--report", folder=True)
-    check_not_input(report, "--report", {"MODEL": model_dir, "--data": data})
+    check_output(report, "--report", {"MODEL": model_dir, "--data": data}, folder=True)
     model, records, features = _load(model_dir, data, hf_split, cache_dir, cache_only)
     profile = profile_heads(model, features, records)
     stored = list(model.config.head_labels)
@@ -93,7 +95,7 @@ def label_cmd(
     model_dir: str = MODEL_ARG,
     head: int = typer.Option(..., "--head", help="Index of the head to label."),
     text: str = typer.Option(..., "--text", help="The label, one line (e.g. 'prefers short, formal answers')."),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    as_json: JsonFlag = False,
 ) -> None:
     """Set one head's label in the model's config.json.
 
@@ -113,10 +115,10 @@ def audit_cmd(
     alpha: float = typer.Option(0.05, "--alpha", help="Significance level of the test, Bonferroni-"
                                 "corrected over the heads."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the audit as JSON here."),
-    hf_split: Optional[str] = typer.Option(None, "--hf-split", help=HF_SPLIT_HELP),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache", help=CACHE_HELP),
-    cache_only: bool = typer.Option(False, "--cache-only", help=CACHE_ONLY_HELP),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    hf_split: HfSplit = None,
+    cache_dir: CacheDir = None,
+    cache_only: CacheOnly = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Flag heads that prefer the rejected response of safety pairs more often than chance.
 
@@ -125,17 +127,12 @@ def audit_cmd(
 
     Example: micro-rm heads audit runs/hh --data hh-harmless.jsonl
     """
-    import json
-
-    from micro_rm.atomic import atomic_open, check_not_input, check_output_path
-    from micro_rm.errors import MicroRMError
     from micro_rm.heads.audit import audit_heads, audit_summary
 
     if not 0 < alpha < 1:
         raise MicroRMError(f"--alpha must be in (0, 1), got {alpha}")
     if out is not None:
-        check_output_path(out, "--out", folder=False)
-        check_not_input(out, "--out", {"MODEL": model_dir, "--data": data})
+        check_output(out, "--out", {"MODEL": model_dir, "--data": data}, folder=False)
     model, _, features = _load(model_dir, data, hf_split, cache_dir, cache_only)
     audit = {"model": model_dir, "data": data, **audit_heads(model, features, alpha=alpha)}
     if out is not None:
@@ -149,7 +146,7 @@ def mask_cmd(
     model_dir: str = MODEL_ARG,
     head: list[int] = typer.Option(..., "--head", help="Head to mask (repeat for several)."),
     out: Path = typer.Option(..., "--out", help="Folder for the masked model."),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    as_json: JsonFlag = False,
 ) -> None:
     """Write a copy of the model whose router never routes to the given heads.
 
@@ -157,14 +154,10 @@ def mask_cmd(
 
     Example: micro-rm heads mask runs/hh --head 1 --out runs/hh-masked
     """
-    from micro_rm.atomic import check_not_input, check_output_path
     from micro_rm.heads.mask import mask_heads
     from micro_rm.model.mixture import MixtureRewardModel
-    from micro_rm.model.pretrained import check_destination
 
-    check_destination(out)
-    check_output_path(out, "--out", folder=True)
-    check_not_input(out, "--out", {"MODEL": model_dir}, replaces_folder=True)
+    check_output(out, "--out", {"MODEL": model_dir}, folder=True, model=True)
     model = mask_heads(MixtureRewardModel.from_pretrained(model_dir), head)
     model.save_pretrained(out)
     masked = model.config.masked_heads
@@ -180,10 +173,10 @@ def merge_cmd(
     min_agreement: float = typer.Option(0.9, "--min-agreement", help="Merge heads that pick the same "
                                         "winner on at least this share of the pairs (every two of a group)."),
     epochs: int = typer.Option(10, "--epochs", help="Epochs of re-fitting the router (heads frozen)."),
-    hf_split: Optional[str] = typer.Option(None, "--hf-split", help=HF_SPLIT_HELP),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache", help=CACHE_HELP),
-    cache_only: bool = typer.Option(False, "--cache-only", help=CACHE_ONLY_HELP),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    hf_split: HfSplit = None,
+    cache_dir: CacheDir = None,
+    cache_only: CacheOnly = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Merge heads whose predictions agree above a threshold; re-fit the router.
 
@@ -191,15 +184,11 @@ def merge_cmd(
 
     Example: micro-rm heads merge runs/dsp --data dsp-train.jsonl --min-agreement 0.9 --out runs/dsp-merged
     """
-    from micro_rm.atomic import check_not_input, check_output_path
     from micro_rm.heads.merge import merge_heads
-    from micro_rm.model.pretrained import check_destination
 
     check_range(epochs, "--epochs", 1, MAX_EPOCHS)
     check_range(min_agreement, "--min-agreement", 0.5, 1)     # merge_heads's range, before any encoding
-    check_destination(out)
-    check_output_path(out, "--out", folder=True)
-    check_not_input(out, "--out", {"MODEL": model_dir, "--data": data, "--cache": cache_dir}, replaces_folder=True)
+    check_output(out, "--out", {"MODEL": model_dir, "--data": data, "--cache": cache_dir}, folder=True, model=True)
     model, _, features = _load(model_dir, data, hf_split, cache_dir, cache_only)
     merged, info = merge_heads(model, features, min_agreement, epochs=epochs)
     merged.save_pretrained(out)

@@ -7,12 +7,13 @@ from typing import Optional
 
 import typer
 
-from micro_rm.cli.app import CACHE_HELP, HF_SPLIT_HELP, JSON_HELP, app, check_state_exists, emit, state_errors
+from micro_rm.cli.app import app, check_output, check_state_exists, emit, state_errors
+from micro_rm.cli.options import CacheDir, Device, HfSplit, JsonFlag, ModelDir
 
 
 @app.command("score")
 def score(
-    model: str = typer.Option(..., "--model", help="Model folder (or Hugging Face hub id)."),
+    model: ModelDir = ...,
     data: str = typer.Option(..., "--data", help="Records with `prompt` and `responses` (a list), "
                                                  "`response`/`completion`, or `chosen` and `rejected`: "
                                                  "jsonl, json, parquet, csv, dataset folder or hub id."),
@@ -25,22 +26,20 @@ def score(
     state: Optional[str] = typer.Option(None, "--state", help="Per-user state (sqlite:///state.db or "
                                         "a postgresql:// URL), as written by `micro-rm serve` or "
                                         "`micro-rm feedback`; its weights are read, never changed."),
-    hf_split: Optional[str] = typer.Option(None, "--hf-split", help=HF_SPLIT_HELP),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache", help=CACHE_HELP),
-    device: str = typer.Option("cpu", "--device", help="Torch device of the backbone: cpu, cuda, mps."),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    hf_split: HfSplit = None,
+    cache_dir: CacheDir = None,
+    device: Device = "cpu",
+    as_json: JsonFlag = False,
 ) -> None:
     """The routed reward of every response in a file, with each head's reward and the weights
     used (the user's, with --user), one JSON line per input record.
 
     Example: micro-rm score --model runs/dsp --data candidates.jsonl --out scores.jsonl --context "I am a child."
     """
-    from micro_rm.atomic import check_not_input, check_output_path
     from micro_rm.scoring.records import score_file
     from micro_rm.serve.settings import check_device
 
-    check_output_path(out, "--out", folder=False)
-    check_not_input(out, "--out", {"--data": data, "--state": state, "--model": model})
+    check_output(out, "--out", {"--data": data, "--state": state, "--model": model}, folder=False)
     check_device(device)
     if state is None:
         result = score_file(model, data, out, context=context, user_id=user, hf_split=hf_split,
@@ -60,4 +59,3 @@ def score(
                                 cache_dir=cache_dir, device=device)
     emit(result, as_json, f"scored {result['responses']} responses of {result['records']} records "
                           f"({result['encoded_texts']} texts encoded)\nscores: {out}")
-

@@ -1,9 +1,5 @@
 """``micro-rm adapt`` (stage 2), ``micro-rm feedback`` and ``micro-rm user show|reset`` (per-user
-online Hedge state).
-
-Each command parses its options, calls the library and prints a summary (or one JSON object with
-``--json``).
-"""
+online Hedge state)."""
 
 from __future__ import annotations
 
@@ -11,11 +7,13 @@ import logging
 import time
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Annotated
 
 import typer
 
-from micro_rm.cli.app import CACHE_HELP, CACHE_ONLY_HELP, HF_SPLIT_HELP, JSON_HELP, app, emit, field_docs, state_errors
+from micro_rm.cli.app import app, check_output, emit, field_docs, state_errors
+from micro_rm.cli.options import CacheDir, CacheOnly, HfSplit, JsonFlag
+from micro_rm.data.records import check_user_id
 from micro_rm.online.hedge import DEFAULT_ETA
 
 logger = logging.getLogger(__name__)
@@ -23,12 +21,12 @@ logger = logging.getLogger(__name__)
 user_app = typer.Typer(help="Show or reset a user's online Hedge state.", no_args_is_help=True)
 app.add_typer(user_app, name="user")
 
-STATE_HELP = "Per-user state: a SQLite file (created on first feedback) or a postgresql:// URL."
+State = Annotated[str, typer.Option(
+    "--state", help="Per-user state: a SQLite file (created on first feedback) or a postgresql:// URL.")]
+UserId = Annotated[str, typer.Argument(help="User id.")]
 ETA_HELP = ("Hedge learning rate η > 0: after n pairs, two heads whose summed scaled losses differ "
             "by Δ have their weight ratio moved by exp(−η·Δ) away from the router's. The default, "
             "log(1/p_min) = 4, is the exact Bayesian posterior over heads.")
-
-
 _help, _default = field_docs("micro_rm.train.config:AdaptConfig")
 
 
@@ -38,15 +36,15 @@ def adapt(
     data: str = typer.Option(..., "--data", help="Pairs with a `context` (jsonl, json, parquet, csv, "
                                                  "dataset folder or hub id); the budget is drawn "
                                                  "per attribute."),
-    hf_split: Optional[str] = typer.Option(None, "--hf-split", help=HF_SPLIT_HELP),
+    hf_split: HfSplit = None,
     out: Path = typer.Option(..., "--out", help="Folder for the adapted model."),
     budget: int = typer.Option(_default("budget"), "--budget", help=_help("budget")),
     tau: str = typer.Option(str(_default("tau")), "--tau", help=_help("tau")),
     folds: int = typer.Option(_default("folds"), "--folds", help=_help("folds")),
     seed: int = typer.Option(_default("seed"), "--seed", help=_help("seed")),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache", help=CACHE_HELP),
-    cache_only: bool = typer.Option(False, "--cache-only", help=CACHE_ONLY_HELP),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    cache_dir: CacheDir = None,
+    cache_only: CacheOnly = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Stage 2: adapt the router to contexts from a budget of context pairs.
 
@@ -58,16 +56,11 @@ def adapt(
     Example: micro-rm adapt --model runs/dsp --data dsp-train.jsonl --budget 50 --tau auto
     --out runs/dsp-adapted
     """
-    from micro_rm.atomic import check_not_input, check_output_path
-    from micro_rm.model.pretrained import check_destination
     from micro_rm.train.config import AdaptConfig
 
     config = AdaptConfig(budget=budget, tau="auto" if tau.strip().lower() == "auto" else tau, folds=folds,
                          seed=seed)
-    check_destination(out)
-    check_output_path(out, "--out", folder=True)
-    check_not_input(out, "--out", {"--model": model_dir, "--data": data, "--cache": cache_dir}, replaces_folder=True)
-
+    check_output(out, "--out", {"--model": model_dir, "--data": data, "--cache": cache_dir}, folder=True, model=True)
     from micro_rm.data.readers import read_pairs
     from micro_rm.model.mixture import MixtureRewardModel
     from micro_rm.train.adapt import adapt_from_records, check_adaptable
@@ -97,14 +90,14 @@ def adapt(
 @app.command("feedback")
 def feedback(
     model_dir: str = typer.Option(..., "--model", help="Model folder whose heads score the pairs."),
-    state: str = typer.Option(..., "--state", help=STATE_HELP),
+    state: State = ...,
     user: str = typer.Option(..., "--user", help="User id."),
     data: str = typer.Option(..., "--data", help="The user's labelled pairs (chosen = what they preferred)."),
-    hf_split: Optional[str] = typer.Option(None, "--hf-split", help=HF_SPLIT_HELP),
+    hf_split: HfSplit = None,
     eta: float = typer.Option(DEFAULT_ETA, "--eta", help=ETA_HELP + " Only used for the printed weights."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache", help=CACHE_HELP),
-    cache_only: bool = typer.Option(False, "--cache-only", help=CACHE_ONLY_HELP),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    cache_dir: CacheDir = None,
+    cache_only: CacheOnly = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Add a user's labelled pairs to their online Hedge state, in one transaction.
 
@@ -113,14 +106,12 @@ def feedback(
 
     Example: micro-rm feedback --model runs/dsp --state state.db --user ana --data ana.jsonl
     """
+    from micro_rm.atomic import check_not_input
     from micro_rm.data.readers import read_pairs
-    from micro_rm.data.records import check_user_id
     from micro_rm.model.mixture import MixtureRewardModel
     from micro_rm.model.text import featurize_for
     from micro_rm.online import open_store, pair_losses, validate_eta
     from micro_rm.online.identity import state_model_id
-
-    from micro_rm.atomic import check_not_input
 
     eta = validate_eta(eta)
     check_user_id(user, "--user")
@@ -140,16 +131,15 @@ def feedback(
 
 @user_app.command("show")
 def show(
-    user: str = typer.Argument(..., help="User id."),
-    state: str = typer.Option(..., "--state", help=STATE_HELP),
+    user: UserId = ...,
+    state: State = ...,
     eta: float = typer.Option(DEFAULT_ETA, "--eta", help=ETA_HELP),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    as_json: JsonFlag = False,
 ) -> None:
     """A user's feedback count, per-head cumulative loss S and Hedge factor normalise(exp(−η S)).
 
     Example: micro-rm user show ana --state state.db
     """
-    from micro_rm.data.records import check_user_id
     from micro_rm.online import open_store, validate_eta
 
     check_user_id(user, "user")
@@ -161,15 +151,14 @@ def show(
 
 @user_app.command("reset")
 def reset(
-    user: str = typer.Argument(..., help="User id."),
-    state: str = typer.Option(..., "--state", help=STATE_HELP),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    user: UserId = ...,
+    state: State = ...,
+    as_json: JsonFlag = False,
 ) -> None:
     """Forget a user's state and feedback log (their routing returns to the router's).
 
     Example: micro-rm user reset ana --state state.db
     """
-    from micro_rm.data.records import check_user_id
     from micro_rm.online import open_store
 
     check_user_id(user, "user")

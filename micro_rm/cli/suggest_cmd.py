@@ -3,18 +3,21 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from micro_rm.cli.app import CACHE_HELP, HF_SPLIT_HELP, JSON_HELP, app, emit
+from micro_rm.atomic import atomic_open
+from micro_rm.cli.app import app, check_output, emit
+from micro_rm.cli.options import CacheDir, Device, HfSplit, JsonFlag, ModelDir
 from micro_rm.online.hedge import DEFAULT_ETA
 
 
 @app.command("suggest")
 def suggest(
-    model_dir: str = typer.Option(..., "--model", help="Model folder (or Hugging Face hub id)."),
+    model_dir: ModelDir = ...,
     user: str = typer.Option(..., "--user", help="User id: their feedback so far sharpens the router's weights."),
     data: str = typer.Option(..., "--data", help="Candidate pairs (jsonl, json, parquet, csv, dataset "
                                                  "folder or hub id) with `prompt`, `chosen`, `rejected` "
@@ -27,10 +30,10 @@ def suggest(
     out: Optional[Path] = typer.Option(None, "--out", help="JSON-lines file to write: the k pairs, best "
                                        "first, each with its `index` in --data and its `gain`."),
     eta: float = typer.Option(DEFAULT_ETA, "--eta", help="Hedge η of the user's weights (the service's --eta)."),
-    hf_split: Optional[str] = typer.Option(None, "--hf-split", help=HF_SPLIT_HELP),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache", help=CACHE_HELP),
-    device: str = typer.Option("cpu", "--device", help="Torch device of the backbone: cpu, cuda, mps."),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    hf_split: HfSplit = None,
+    cache_dir: CacheDir = None,
+    device: Device = "cpu",
+    as_json: JsonFlag = False,
 ) -> None:
     """The k candidate pairs whose labels would teach most about a user, best first.
 
@@ -41,9 +44,6 @@ def suggest(
     Example: micro-rm suggest --model runs/dsp --state state.db --user ana --data candidates.jsonl
     --k 5 --out ask-ana.jsonl
     """
-    import json
-
-    from micro_rm.atomic import atomic_open, check_not_input, check_output_path
     from micro_rm.data.readers import read_pairs
     from micro_rm.data.records import check_user_id
     from micro_rm.online import validate_eta
@@ -55,8 +55,7 @@ def suggest(
     eta = validate_eta(eta)
     check_device(device)
     if out is not None:
-        check_output_path(out, "--out", folder=False)
-        check_not_input(out, "--out", {"--data": data, "--state": state, "--model": model_dir})
+        check_output(out, "--out", {"--data": data, "--state": state, "--model": model_dir}, folder=False)
     records = read_pairs(data, hf_split=hf_split)
     engine = RewardEngine(model_dir, eta=eta, cache_dir=cache_dir, device=device)
     found = rank(engine, records, k, user=user, state=state)

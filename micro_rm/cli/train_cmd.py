@@ -1,8 +1,4 @@
-"""``micro-rm train``, ``micro-rm eval`` and ``micro-rm export-scalar``.
-
-Each command parses its options into the library's config, calls one library function per step
-and prints a summary (or one JSON object with ``--json``).
-"""
+"""``micro-rm train``, ``micro-rm eval`` and ``micro-rm export-scalar``."""
 
 from __future__ import annotations
 
@@ -13,12 +9,11 @@ from typing import Optional
 
 import typer
 
-from micro_rm.cli.app import (CACHE_HELP, CACHE_ONLY_HELP, HF_SPLIT_HELP, JSON_HELP, app, check_range,
-                              check_state_exists, emit, field_docs, state_errors)
+from micro_rm.cli.app import app, check_output, check_range, check_state_exists, emit, field_docs, state_errors
 from micro_rm.cli.encode_cmd import FEATURE_OPTIONS, MAX_TOKENS
+from micro_rm.cli.options import BackboneName, CacheDir, CacheOnly, HfSplit, JsonFlag, MaxLength, ModelDir
 from micro_rm.errors import MicroRMError
 from micro_rm.online.hedge import DEFAULT_ETA
-
 
 _help, _default = field_docs("micro_rm.train.config:Stage1Config")
 MAX_HEADS = 64       # --heads auto fits every K up to --max-heads: a bound keeps that run finite
@@ -28,9 +23,8 @@ MAX_HEADS = 64       # --heads auto fits every K up to --max-heads: a bound keep
 def train(
     data: str = typer.Option(..., "--data", help="Training pair file (jsonl, json, parquet, csv), "
                                                  "dataset folder or Hugging Face hub id."),
-    hf_split: Optional[str] = typer.Option(None, "--hf-split", help=HF_SPLIT_HELP),
-    backbone_name: str = typer.Option(..., "--backbone", help="Backbone: default, static, a Hugging "
-                                      "Face model id or a local folder."),
+    hf_split: HfSplit = None,
+    backbone_name: BackboneName = ...,
     heads: str = typer.Option(..., "--heads", help=_help("heads") + " auto: fit K = 1..--max-heads "
                               "and keep the smallest K within one standard error of the lowest "
                               "validation NLL (the curve is saved as heads_auto.png in --out)."),
@@ -55,13 +49,12 @@ def train(
     val_fraction: float = typer.Option(_default("val_fraction"), "--val-fraction", help=_help("val_fraction")),
     seed: int = typer.Option(_default("seed"), "--seed", help=_help("seed")),
     device: str = typer.Option(_default("device"), "--device", help=_help("device")),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache", help=CACHE_HELP),
-    max_length: Optional[int] = typer.Option(None, "--max-length", help="Truncate each item to "
-                                             "this many tokens (default: the backbone's limit)."),
+    cache_dir: CacheDir = None,
+    max_length: MaxLength = None,
     dtype: str = typer.Option("float32", "--dtype", help="Backbone compute dtype (part of the cache "
                               "key, so use the one the features were encoded with): float32, "
                               "bfloat16, float16 or auto (bfloat16 for a decoder on CUDA)."),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    as_json: JsonFlag = False,
 ) -> None:
     """Fit stage 1 (the mixture of heads and its router, or a baseline) on a pair file.
 
@@ -70,10 +63,7 @@ def train(
     Example: micro-rm train --data dsp-train.jsonl --backbone static --heads 4 --out runs/dsp
     (or --heads auto to choose K on held-out train prompts)
     """
-    from micro_rm.atomic import check_not_input, check_output_path
-    from micro_rm.errors import MicroRMError
     from micro_rm.features.base import FeatureSettings
-    from micro_rm.model.pretrained import check_destination
     from micro_rm.serve.settings import check_device
     from micro_rm.train.config import Stage1Config
     from micro_rm.train.stage1 import fit_stage1
@@ -91,9 +81,7 @@ def train(
                           val_fraction=val_fraction, seed=seed, device=device,
                           context_temperature=context_temperature, context_dropout=context_dropout)
     settings = FeatureSettings.from_options(router_input, context_in_reward, context_encoding)
-    check_destination(out)
-    check_output_path(out, "--out", folder=True)
-    check_not_input(out, "--out", {"--data": data, "--cache": cache_dir}, replaces_folder=True)
+    check_output(out, "--out", {"--data": data, "--cache": cache_dir}, folder=True, model=True)
     check_device(device)
 
     from micro_rm.cli.encode_cmd import resolve_dtype
@@ -148,11 +136,11 @@ def plot_k_curve(curve: dict, path: Path, title: str = "") -> Path:
 
 @app.command("eval")
 def evaluate(
-    model_dir: str = typer.Option(..., "--model", help="Model folder (or Hugging Face hub id)."),
+    model_dir: ModelDir = ...,
     data: str = typer.Option(..., "--data", help="Test pair file, dataset folder or hub id."),
-    hf_split: Optional[str] = typer.Option(None, "--hf-split", help=HF_SPLIT_HELP),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache", help=CACHE_HELP),
-    cache_only: bool = typer.Option(False, "--cache-only", help=CACHE_ONLY_HELP),
+    hf_split: HfSplit = None,
+    cache_dir: CacheDir = None,
+    cache_only: CacheOnly = False,
     report: Optional[Path] = typer.Option(None, "--report", help="Also write a report folder "
                                           "(results.json, report.md, head × attribute and router "
                                           "heatmaps) here."),
@@ -162,7 +150,7 @@ def evaluate(
                                        "weights sharpened by the user's feedback (online Hedge), "
                                        "exactly as the service scores for them."),
     eta: float = typer.Option(DEFAULT_ETA, "--eta", help="Hedge η for --user (the service's --eta)."),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    as_json: JsonFlag = False,
 ) -> None:
     """Routed pairwise accuracy per attribute (and its mean), every head per attribute, NLL,
     expected calibration error and router statistics (mean entropy, head usage, weights per
@@ -179,13 +167,10 @@ def evaluate(
                                        pairwise_accuracy, router_statistics)
     from micro_rm.model.mixture import MixtureRewardModel
     from micro_rm.model.text import featurize_for
-
     from micro_rm.online import validate_eta
 
     if report is not None:  # before any work: a bad --report must not cost an evaluation
-        from micro_rm.atomic import check_not_input, check_output_path
-        check_output_path(report, "--report", folder=True)
-        check_not_input(report, "--report", {"--model": model_dir, "--data": data, "--state": state})
+        check_output(report, "--report", {"--model": model_dir, "--data": data, "--state": state}, folder=True)
     eta = validate_eta(eta)
     if (state is None) != (user is None):
         raise MicroRMError("--user and --state go together: evaluating as a user reads that user's "
@@ -255,24 +240,22 @@ def routed_probabilities(model, features, cumulative_loss=None, eta: float = DEF
 
 @app.command("export-scalar")
 def export_scalar_cmd(
-    model_dir: str = typer.Option(..., "--model", help="Model folder (or Hugging Face hub id)."),
+    model_dir: ModelDir = ...,
     out: Path = typer.Option(..., "--out", help="Folder for the single-reward model."),
     context: Optional[str] = typer.Option(None, "--context", help="Text the router reads (a context "
                                           "sentence, optionally with a typical prompt); its routing "
                                           "weights are frozen in."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Comma-separated weights, one per "
                                           "head, e.g. 0.5,0.5,0,0 (normalised)."),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    as_json: JsonFlag = False,
 ) -> None:
     """Write a copy of a model with one fixed weight vector over its heads, for tools that want
     one reward per response (score = Σ_k w_k r_k).
 
     Example: micro-rm export-scalar --model runs/dsp --out runs/dsp-concise --context "Be concise."
     """
-    from micro_rm.errors import MicroRMError
     from micro_rm.model.mixture import MixtureRewardModel
-    from micro_rm.atomic import check_not_input, check_output_path
-    from micro_rm.model.pretrained import check_destination, export_scalar
+    from micro_rm.model.pretrained import export_scalar
     from micro_rm.model.text import model_backbone
 
     if (context is None) == (weights is None):
@@ -282,9 +265,7 @@ def export_scalar_cmd(
         if not context.strip():
             raise MicroRMError("--context is empty; give the context sentence the router should read")
         check_unicode(context, "--context")
-    check_destination(out)
-    check_output_path(out, "--out", folder=True)
-    check_not_input(out, "--out", {"--model": model_dir}, replaces_folder=True)
+    check_output(out, "--out", {"--model": model_dir}, folder=True, model=True)
     model = MixtureRewardModel.from_pretrained(model_dir)
     if weights is not None:
         try:

@@ -1,0 +1,21 @@
+"""Options that several commands share, declared once: ``as_json: JsonFlag = False``."""
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line.")]
+HfSplit = Annotated[Optional[str], typer.Option("--hf-split", help=(
+    "Split to read from a Hugging Face dataset (hub id or folder) with several, e.g. test_prefs "
+    "(default: the only one, or train)."))]
+CacheDir = Annotated[Optional[Path], typer.Option(
+    "--cache", help="Feature cache folder (default: $MICRO_RM_CACHE or the user cache dir).")]
+CacheOnly = Annotated[bool, typer.Option(
+    "--cache-only", help="Fail instead of encoding texts that are not in the cache yet.")]
+ModelDir = Annotated[str, typer.Option("--model", help="Model folder (or Hugging Face hub id).")]
+Device = Annotated[str, typer.Option("--device", help="Torch device of the backbone: cpu, cuda, mps.")]
+BackboneName = Annotated[str, typer.Option(
+    "--backbone", help="Backbone: default, static, a Hugging Face model id or a local folder.")]
+MaxLength = Annotated[Optional[int], typer.Option(
+    "--max-length", help="Truncate each item to this many tokens (default: the backbone's limit).")]
