@@ -1,10 +1,8 @@
 """What a scoring request may hold, checked per request before it joins a shared encode batch.
 
-Every path (the service's routes, ``micro-rm score``, the TRL / OpenRLHF / verl adapters) checks
-each text, context and user id of a request here, alone, so a bad request fails alone: with a
-:class:`RequestRefused` (HTTP 422) or :class:`TooManyTexts` (HTTP 413) whose message names the
-field and its index, and a :class:`~micro_rm.errors.MicroRMError` (exit 2) on the CLI. Nothing
-heavy is imported (the CLI builds ``--help`` from :class:`ScoringLimits`).
+Every path (the service, ``micro-rm score``, the TRL / OpenRLHF / verl adapters) checks each
+request here, alone, so a bad request fails alone with a message naming the field and its index.
+Nothing heavy is imported (the CLI's ``--help`` reads :class:`ScoringLimits`).
 
 >>> check_text("Hi", "prompt", ScoringLimits())
 'Hi'
@@ -34,14 +32,12 @@ class TooManyTexts(RequestRefused):
 
 @dataclass(frozen=True)
 class ScoringLimits:
-    """Size limits of one scoring request; one object, applied on every path.
+    """Size limits of one scoring request, applied on every path.
 
     ``max_texts``: most texts (responses, queries, feedback pairs) in one HTTP request or one
-    record of ``micro-rm score``. ``max_text_chars``: longest text, context or label, in
-    characters; the default takes an 8k-token RLHF context (OpenRLHF's prompt + response) with
-    room to spare. ``max_batch``: most samples in one in-process adapter call (TRL, OpenRLHF,
-    verl), a guard far above any trainer's batch. ``flags``: name the limits by the service's
-    command-line flags (``--max-texts``) in messages, else by this class's fields.
+    ``micro-rm score`` record. ``max_text_chars``: longest text, context or label (the default
+    takes an 8k-token RLHF context with room to spare). ``max_batch``: most samples in one
+    in-process adapter call. ``flags``: name the limits by the service's flags in messages.
     """
 
     max_texts: int = 256

@@ -1,19 +1,9 @@
 """Offline batch scoring: the routed reward of every response in a file (``micro-rm score``).
 
-A record is a prompt with its responses, in any of three shapes (the first that fits wins):
-
-- ``{"prompt": ..., "responses": [r1, r2, ...]}`` (best-of-n candidates),
-- ``{"prompt": ..., "response": r}`` or ``{"prompt": ..., "completion": r}`` (one response),
-- ``{"prompt": ..., "chosen": a, "rejected": b}`` (a pair record: both are scored, chosen first).
-
-Texts are strings or chat messages; ``context`` and ``user_id`` fields route the record (the
-command's ``--context`` / ``--user`` fill in when a record has none). Each output line holds, in
-input order: ``rewards`` (Σ_k w_k r_k per response), ``head_rewards`` (r_k per response),
-``weights`` (the w used), ``router_weights`` (the router's alone; differs from ``weights`` only
-for a user), plus the record's ``id``, ``context`` and ``user_id`` when given.
-
-Each record is checked alone (shape, then :mod:`micro_rm.scoring.limits`: at most
-``max_texts`` responses, every text, context and user id) before the model loads.
+A record holds a ``prompt`` and, the first that fits, ``responses`` (a list), ``response`` or
+``completion`` (one), or ``chosen`` and ``rejected`` (both, chosen first); ``context`` and
+``user_id`` route it. Each record is checked alone before the model loads. The output lines are
+described in the README ("micro-rm score").
 
 >>> rows = [{"prompt": "Hi", "responses": ["Hello!", "Go away."], "context": "Be kind."}]
 >>> next(score_records(rows, RewardEngine("runs/dsp")))["rewards"]   # doctest: +SKIP
@@ -30,12 +20,11 @@ from micro_rm.errors import MicroRMError
 from micro_rm.scoring.limits import (RequestRefused, ScoringLimits, check_context, check_count, check_text,
                                      check_user)
 
-RESPONSE_FIELDS = ("responses", "response", "completion")
 CHUNK = 256   # responses scored per backbone round trip (and per progress-bar step)
 
 
 def score_item(row: Any, where: str, limits: Optional[ScoringLimits] = None) -> dict[str, Any]:
-    """The prompt, responses and routing of one record (checked; see the module docstring).
+    """The prompt, responses and routing of one record, checked (shape, then the limits).
 
     >>> score_item({"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away."}, "in.jsonl line 1")
     {'prompt': 'Hi', 'responses': ['Hello!', 'Go away.'], 'context': None, 'user_id': None, 'id': None}

@@ -1,15 +1,9 @@
 """Which candidate pairs should a user label next? The ranking behind ``POST /users/{id}/queries``,
-``micro-rm suggest`` and ``MiCRo.suggest``.
+``micro-rm suggest`` and ``MiCRo.suggest``: suggest, the user labels, feedback, suggest again.
 
-A candidate is a prompt and two responses (which one is called ``chosen`` means nothing here:
-the gain is the same either way). The user's weights over the heads are the router's prior on
-the candidate's prompt (and context, if it has one) sharpened by their feedback,
-w = normalise(f_ψ(x, c) ⊙ exp(−η S_u)); a user without feedback has the router's weights. Each
-candidate's ``gain`` is the expected drop (nats) of the entropy of those weights once the user
-labels it (:func:`micro_rm.train.active.best_queries`, which the harness's new-user curve also
-calls); the ``k`` best come back, best first.
-
-The loop a labelling tool runs: suggest → the user labels the pairs → feedback → suggest again.
+A candidate is a prompt and two responses (in either order). Its ``gain`` is the expected drop
+(nats) of the entropy of the user's weights normalise(f_ψ(x, c) ⊙ exp(−η S_u)) once labelled
+(:func:`micro_rm.train.active.best_queries`, as the harness's new-user curve).
 
 >>> suggest("runs/dsp", pool, k=2)                            # doctest: +SKIP
 [Query(index=17, gain=0.2134), Query(index=3, gain=0.1871)]
@@ -42,10 +36,9 @@ class Query:
 
 def check_pool(pairs: Any, k: Any, limits: ScoringLimits, limit: str = "max_texts",
                where: str = "pairs") -> tuple[list[dict[str, Any]], int]:
-    """``(records, k)``: each candidate checked alone (the pair rule of
-    :func:`~micro_rm.data.records.normalize_pair`, then every text against ``limits``), so a bad
-    candidate is refused with its field and index. An empty pool or a ``k`` below 1 is a 422, a
-    pool over ``limits.<limit>`` a 413; ``k`` past the pool's size returns the whole pool.
+    """``(records, k)``: each candidate checked alone (:func:`~micro_rm.data.records.normalize_pair`,
+    then ``limits``), so a bad one is refused with its field and index. An empty pool or ``k`` < 1
+    is a 422, a pool over ``limits.<limit>`` a 413; ``k`` is capped at the pool's size.
 
     >>> check_pool([{"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away."}], 3, ScoringLimits())
     ([{'prompt': 'Hi', 'chosen': 'Hello!', 'rejected': 'Go away.'}], 1)
@@ -78,8 +71,8 @@ def check_pool(pairs: Any, k: Any, limits: ScoringLimits, limit: str = "max_text
 
 
 def pool_items(scorer: Any, records: Sequence[Mapping[str, Any]]) -> list[Item]:
-    """The items whose vectors :func:`rank_pool` needs: every candidate's first response, then
-    every second response, then the route items of each candidate's prompt and context."""
+    """The items of :func:`rank_pool` (and ``POST /feedback``): every pair's first response, then
+    every second response, then the route items of each pair's prompt and context."""
     return ([scorer.reward_item(r["prompt"], r["chosen"], r.get("context")) for r in records]
             + [scorer.reward_item(r["prompt"], r["rejected"], r.get("context")) for r in records]
             + [item for r in records for item in scorer.route_items(r["prompt"], r.get("context"))])
@@ -101,9 +94,8 @@ def rank_pool(scorer: Any, records: Sequence[Mapping[str, Any]], vectors: np.nda
 
 
 def existing_store(state: Optional[str | os.PathLike], scorer: Any) -> Any:
-    """The state store at ``state`` opened for ``scorer``'s model, or None when ``state`` is
-    None or names a SQLite file that does not exist yet (nothing is created: every user then
-    starts from the router). A store written for another model is refused."""
+    """The state store at ``state`` opened for ``scorer``'s model, or None when ``state`` is None
+    or a SQLite file that does not exist (nothing is created: every user starts from the router)."""
     from micro_rm.online import open_store
     from micro_rm.online.engines import URL_SCHEME
 
