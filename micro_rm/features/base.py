@@ -1,14 +1,12 @@
 """Contracts shared by backbones, the feature cache and everything that trains on features.
 
-An *item* is what a backbone encodes into one vector: a pair of strings ``(first, second)``
-(encoders: prompt and response as a text pair) or ``(text, None)`` (router inputs, decoders
-after the chat template). Items are already formatted; the cache keys on
-``(backbone fingerprint, item)``.
+An *item* is what a backbone encodes into one vector, already formatted: a text pair
+``(first, second)`` or ``(text, None)``. The cache keys on ``(backbone fingerprint, item)``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional, Protocol, Sequence
 
 import numpy as np
@@ -30,11 +28,9 @@ def recorded_encoding(context_encoding: str, context_dim: int) -> str:
 
 @dataclass(frozen=True)
 class FeatureSettings:
-    """How pair records become features, beside the backbone (whose fingerprint covers pooling,
-    max_length, dtype, chat template and revision). :func:`~micro_rm.features.featurize.featurize`
-    stamps them on the features it builds, ``fit_stage1`` records them in the model's config
-    (``feature`` and ``context_encoding``), and every reader of a model builds its features with
-    them (:func:`~micro_rm.model.text.featurize_for`, the scorer).
+    """How pair records become features, beside the backbone's fingerprint. ``featurize`` stamps
+    them on its features, ``fit_stage1`` records them in the model's config, and every reader of a
+    model builds its features with them.
 
     >>> FeatureSettings(context_in_reward=True).record()
     {'router_input': 'context', 'context_in_reward': True}
@@ -66,9 +62,8 @@ class FeatureSettings:
 
     @classmethod
     def from_record(cls, feature: dict[str, Any], context_encoding: str) -> "FeatureSettings":
-        """The settings a model config recorded (``feature``, and its resolved ``context_encoding``).
-        A config saved before they were recorded (``{}``) reads as the defaults, the settings every
-        writer used then unless told otherwise; an unknown key or value is refused."""
+        """The settings a model config recorded (``feature``, and its resolved ``context_encoding``);
+        ``{}`` (configs saved before they were) reads as the defaults."""
         unknown = sorted(set(feature) - {"router_input", "context_in_reward"})
         if unknown:
             raise MicroRMError(f"`feature` has unknown setting(s) {', '.join(map(repr, unknown))}; "
@@ -97,18 +92,15 @@ class Backbone(Protocol):
     dim: int
 
     def fingerprint(self) -> dict[str, Any]:
-        """Everything that changes the vectors: model id/path, weights hash or revision, pooling,
-        max_length, chat template, normalisation. JSON-serialisable."""
+        """Everything that changes the vectors (weights, pooling, max_length, ...), as JSON."""
         ...
 
     def reward_item(self, prompt: Text, response: Text, context: Optional[str] = None) -> Item:
-        """The item whose vector a reward head reads. ``context`` is prepended to the prompt
-        only when the user asks for ``--context-in-reward``."""
+        """The item whose vector a reward head reads (``context`` only under ``--context-in-reward``)."""
         ...
 
     def route_item(self, prompt: Text, context: Optional[str] = None) -> Item:
-        """The item of the prompt (context ⊕ prompt in the ``joint`` route layout) at the
-        router's input."""
+        """The router's item of the prompt (context ⊕ prompt in the ``joint`` layout)."""
         ...
 
     # Optional: ``context_item(context) -> Item``, the context sentence on its own (the
@@ -125,10 +117,7 @@ class Backbone(Protocol):
 
 @dataclass
 class PairFeatures:
-    """Cached features of N preference pairs, aligned row by row with the pair records.
-
-    Arrays may be memory-mapped float16; consumers cast per batch.
-    """
+    """Features of N preference pairs, row by row; arrays may be memory-mapped float16."""
 
     chosen: np.ndarray                      # [N, d]   reward features of (prompt, chosen)
     rejected: np.ndarray                    # [N, d]   reward features of (prompt, rejected)
@@ -155,12 +144,6 @@ class PairFeatures:
     def subset(self, index: Sequence[int] | np.ndarray) -> "PairFeatures":
         """Rows ``index`` (materialised in RAM)."""
         index = np.asarray(index, dtype=np.int64)
-        return PairFeatures(
-            chosen=np.asarray(self.chosen[index]), rejected=np.asarray(self.rejected[index]),
-            route=np.asarray(self.route[index]),
-            prompts=[self.prompts[i] for i in index],
-            attributes=[self.attributes[i] for i in index] if self.attributes else [],
-            fingerprint=self.fingerprint, context_dim=self.context_dim,
-            context_encoding=self.context_encoding, router_input=self.router_input,
-            context_in_reward=self.context_in_reward,
-        )
+        return replace(self, chosen=np.asarray(self.chosen[index]), rejected=np.asarray(self.rejected[index]),
+                       route=np.asarray(self.route[index]), prompts=[self.prompts[i] for i in index],
+                       attributes=[self.attributes[i] for i in index] if self.attributes else [])

@@ -1,11 +1,9 @@
 """The feature cache: every unique item is encoded once per backbone setting and kept on disk.
 
-One folder per backbone setting, filled with shard files (the format: :mod:`micro_rm.features.shards`;
-the index over them: :mod:`micro_rm.features.index`). Missing items are encoded longest first, in the
-batches of :func:`micro_rm.features.batching.plan_batches`, and flushed to a new shard every
-``shard_size`` items or ``flush_seconds``, so an interrupted run keeps what it finished. The
-service encodes with :meth:`FeatureCache.encode` (nothing written) and stores the vectors later, in a
-:class:`ShardWriter` thread, off the request path.
+Shards: :mod:`micro_rm.features.shards`; their index: :mod:`micro_rm.features.index`. New vectors
+are flushed to a shard every ``shard_size`` items or ``flush_seconds``, so an interrupted run keeps
+what it finished. The service encodes with :meth:`FeatureCache.encode` and stores the vectors
+later, in a :class:`ShardWriter` thread, off the request path.
 
 >>> cache = FeatureCache("features")                                 # doctest: +SKIP
 >>> vectors, stats = cache.get_or_encode([("Hi", "Hello!")], backbone)  # doctest: +SKIP
@@ -58,14 +56,9 @@ class EncodeStats:
 class FeatureCache:
     """Backbone vectors on disk, keyed by (backbone fingerprint, item).
 
-    Parameters
-    ----------
-    root : folder holding one sub-folder per backbone setting (default: ``$MICRO_RM_CACHE``, else
-        ``<user cache dir>/micro-rm/features``).
-    dtype : storage precision of new shards, ``"float16"`` (half the disk; vectors round-trip
-        within fp16 precision) or ``"float32"`` (exact).
-    shard_size : new vectors are flushed to a shard every ``shard_size`` items ...
-    flush_seconds : ... or every ``flush_seconds``, so an interrupted run loses little.
+    ``root`` holds one folder per backbone setting (default: ``$MICRO_RM_CACHE``, else
+    ``<user cache dir>/micro-rm/features``); ``dtype`` is the precision of new shards,
+    ``"float16"`` (half the disk) or ``"float32"`` (exact).
     """
 
     def __init__(self, root: str | os.PathLike | None = None, dtype: str = "float16", *,
@@ -103,8 +96,7 @@ class FeatureCache:
     def _prepare(self, items: Sequence[Item], backbone: Backbone, batch_size: int,
                  tokens_per_batch: Optional[int], allow_encode: bool
                  ) -> tuple[CacheFolder, list[Item], np.ndarray]:
-        """What ``get_or_encode`` and ``fill`` start from: the backbone's folder, the unique
-        ``items`` in first-seen order and their keys (after checking the batching options)."""
+        """The backbone's folder, the unique ``items`` in first-seen order and their keys."""
         check_batching(batch_size, tokens_per_batch)
         fingerprint = backbone.fingerprint()
         folder = self._open(fingerprint, create=allow_encode)
@@ -119,9 +111,8 @@ class FeatureCache:
 
     def encode(self, items: Sequence[Item], backbone: Backbone, *, batch_size: int = 32,
                tokens_per_batch: Optional[int] = None) -> np.ndarray:
-        """Vectors of ``items`` (all unique) as this cache stores them, ``[n, dim]`` in the storage
-        dtype, in the batches ``get_or_encode`` encodes them in; nothing is written (see
-        :meth:`write`). ``.astype(np.float32)`` gives exactly what a later cached read returns."""
+        """Vectors of unique ``items`` as this cache would store them (``[n, dim]``, storage dtype,
+        the batches of ``get_or_encode``), without writing them (see :meth:`write`)."""
         check_batching(batch_size, tokens_per_batch)
         batches = plan_batches(backbone.token_lengths(items), batch_size=batch_size,
                                tokens_per_batch=tokens_per_batch)
@@ -131,20 +122,15 @@ class FeatureCache:
         return out
 
     def write(self, fingerprint: dict[str, Any], keys: np.ndarray, vectors: np.ndarray) -> Path:
-        """Store ``vectors`` (from :meth:`encode`) under ``keys`` (from :func:`item_keys`) as one
-        new shard, written atomically; later lookups find them."""
+        """Store ``vectors`` (from :meth:`encode`) under ``keys`` as one new shard, atomically."""
         return self._open(fingerprint, create=True).write_shard(keys, np.asarray(vectors, self.dtype))
 
     def get_or_encode(self, items: Sequence[Item], backbone: Backbone, *, batch_size: int = 32,
                       tokens_per_batch: Optional[int] = None, progress: bool = True,
                       allow_encode: bool = True) -> tuple[np.ndarray, "EncodeStats"]:
-        """Vectors of ``items`` (float32 ``[len(items), dim]``, duplicates included), encoding
-        only the unique items that are not cached yet, longest first, in the batches of
-        :func:`plan_batches`.
-
-        Vectors come back as stored (fp16-rounded with ``dtype="float16"``), so a fresh and a
-        cached call return the same numbers. With ``allow_encode=False`` a missing item is an
-        error that says how to fill the cache.
+        """Vectors of ``items`` (float32 ``[len(items), dim]``), encoding the unique items not
+        cached yet. They come back as stored (fp16-rounded), so a fresh and a cached call return
+        the same numbers. With ``allow_encode=False`` a missing item is an error.
         """
         start = time.perf_counter()
         folder, unique, keys = self._prepare(items, backbone, batch_size, tokens_per_batch, allow_encode)
@@ -172,15 +158,12 @@ class FeatureCache:
     def fill(self, items: Sequence[Item], backbone: Backbone, *, batch_size: int = 32,
              tokens_per_batch: Optional[int] = None, progress: bool = True,
              allow_encode: bool = True, group: Optional["RankGroup"] = None) -> "EncodeStats":
-        """Encode the unique ``items`` that are not cached yet; return what was done, not the
-        vectors (memory stays proportional to a shard, however many items there are).
+        """Encode the unique ``items`` not cached yet; return the stats, not the vectors (memory
+        stays proportional to a shard).
 
-        With ``group`` (the ranks of a ``torchrun`` / ``accelerate launch`` job, from
-        :func:`micro_rm.features.distributed.init_group`), every rank calls ``fill`` with the same
-        items: rank 0's list of missing items is shared, the ranks measure its token lengths a
-        slice each, every rank plans the same :func:`plan_batches` and encodes every
-        ``world_size``-th batch into shards of its own. The stats count the whole job, and the
-        cache ends up with the same vectors under the same keys as a one-process run.
+        With ``group`` (from :func:`~micro_rm.features.distributed.init_group`), every rank calls
+        ``fill`` with the same items and encodes every ``world_size``-th batch of the same plan;
+        the cache ends up as after a one-process run.
 
         >>> cache.fill(items, backbone).encoded                   # doctest: +SKIP
         5883
@@ -214,8 +197,8 @@ class FeatureCache:
 
     def _encode(self, folder: CacheFolder, items: list[Item], keys: np.ndarray,
                 batches: list[np.ndarray], backbone: Backbone, progress: bool) -> int:
-        """Encode ``batches`` (index arrays into ``items``, all missing), flushing shards as it
-        goes; returns the number of items encoded. Holds at most one shard's vectors."""
+        """Encode ``batches`` (index arrays into ``items``), flushing shards as it goes; returns
+        the number of items encoded."""
         from micro_rm.progress import progress_bar
 
         pending: list[tuple[np.ndarray, np.ndarray]] = []   # (rows, stored vectors), not in a shard yet
@@ -246,8 +229,7 @@ class FeatureCache:
         return done
 
     def _encode_batch(self, batch_items: list[Item], backbone: Backbone) -> np.ndarray:
-        """One backbone batch, rounded to the storage dtype; refuses a wrong shape or non-finite
-        vectors."""
+        """One backbone batch in the storage dtype; refuses a wrong shape or non-finite vectors."""
         batch = np.asarray(backbone.encode(batch_items), dtype=np.float32)
         if batch.shape != (len(batch_items), backbone.dim):
             raise MicroRMError(f"backbone {backbone.name} returned vectors of shape "
@@ -263,16 +245,13 @@ class FeatureCache:
 
 
 class ShardWriter:
-    """Writes vectors already encoded (:meth:`FeatureCache.encode`) to ``cache`` in a thread of
-    its own, so a caller never waits for the disk.
+    """Writes encoded vectors (:meth:`FeatureCache.encode`) to ``cache`` in a thread of its own,
+    so a caller never waits for the disk.
 
-    Like :meth:`FeatureCache.get_or_encode`, it writes a shard once ``shard_size`` vectors are
-    queued or the oldest has waited ``flush_seconds`` (a long-running service makes a few large
-    shards, not one per request: every lookup lists the folder and indexes every shard). Until
-    written, queued vectors are found by :meth:`lookup`. :meth:`flush` writes what is queued and
-    waits; the thread is not a daemon and writes everything at once when the main thread ends,
-    so the interpreter's exit waits for pending writes. A failed write is logged (once) and
-    counted in ``stats``, never raised: those vectors are encoded again after a restart.
+    A shard is written once ``shard_size`` vectors are queued or the oldest has waited
+    ``flush_seconds`` (few large shards: every lookup indexes every shard); until then
+    :meth:`lookup` finds them. The thread is not a daemon, so exit waits for pending writes. A
+    failed write is logged once and counted in ``stats``, never raised.
 
     >>> writer = ShardWriter(cache, backbone.fingerprint())    # doctest: +SKIP
     >>> writer.put(keys, cache.encode(items, backbone))        # doctest: +SKIP

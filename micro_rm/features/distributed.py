@@ -1,13 +1,9 @@
-"""Data-parallel feature extraction under ``torchrun`` / ``accelerate launch``.
+"""Data-parallel feature extraction under ``torchrun`` / ``accelerate launch`` (docs/scale-out.md).
 
-The launchers start one process per rank and describe the job in the environment (``RANK``,
-``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``). :func:`init_group` reads it and
-joins the process group (``gloo`` on CPU; ``nccl`` on GPU, with a ``gloo`` side group for the
-few small Python objects the ranks exchange). :meth:`FeatureCache.fill
-<micro_rm.features.cache.FeatureCache.fill>` then splits the work: every rank encodes every
-``world_size``-th length-sorted batch of the missing texts into shards of its own in the shared
-cache folder. No index file is merged: the index is the set of shards, so shards written by a
-killed rank are reused on restart like any others.
+:func:`init_group` joins the process group the launcher describes; :meth:`FeatureCache.fill
+<micro_rm.features.cache.FeatureCache.fill>` then has every rank encode every ``world_size``-th
+batch into shards of its own. No index is merged (the index is the set of shards), so shards of a
+killed rank are reused on restart.
 
 >>> group = init_group("cpu")                     # None outside a launcher  # doctest: +SKIP
 >>> stats = cache.fill(items, backbone, group=group)                       # doctest: +SKIP
@@ -25,9 +21,8 @@ from micro_rm.errors import MicroRMError
 
 __all__ = ["RankGroup", "init_group", "launch_env"]
 
-# How long a rank waits for the others at a collective. Ranks meet twice: after measuring the
-# token lengths and after encoding; the shares are balanced, so the wait is the spread of the
-# ranks' finishing times, not the length of the job.
+# How long a rank waits for the others at a collective: the spread of balanced shares' finishing
+# times, not the length of the job.
 TIMEOUT = timedelta(hours=2)
 
 
@@ -80,7 +75,6 @@ class RankGroup:
     def broadcast(self, value: Any) -> Any:
         """Rank 0's ``value`` on every rank."""
         import torch.distributed as dist
-
         box = [value]
         dist.broadcast_object_list(box, src=0, group=self.cpu_group)
         return box[0]
@@ -88,7 +82,6 @@ class RankGroup:
     def all_gather(self, value: Any) -> list[Any]:
         """Every rank's ``value``, in rank order."""
         import torch.distributed as dist
-
         out: list[Any] = [None] * self.world_size
         dist.all_gather_object(out, value, group=self.cpu_group)
         return out
@@ -99,13 +92,11 @@ class RankGroup:
 
     def barrier(self) -> None:
         import torch.distributed as dist
-
         dist.barrier(group=self.cpu_group)
 
     def close(self) -> None:
         """Leave the process group if :func:`init_group` created it."""
         import torch.distributed as dist
-
         if self.owns and dist.is_initialized():
             dist.destroy_process_group()
             self.owns = False
@@ -114,9 +105,8 @@ class RankGroup:
 def init_group(device: str = "cpu") -> Optional[RankGroup]:
     """Join the process group a launcher described, or return None for a single process.
 
-    ``gloo`` on CPU; on ``cuda``, ``nccl`` with this process bound to GPU ``LOCAL_RANK`` (and a
-    ``gloo`` side group, since the ranks exchange Python objects, not tensors). A process group
-    that already exists (``accelerate``, a caller's own) is used as it is.
+    ``gloo`` on CPU; on ``cuda``, ``nccl`` on GPU ``LOCAL_RANK`` plus a ``gloo`` side group for the
+    Python objects the ranks exchange. A process group that already exists is used as it is.
     """
     env = launch_env()
     if env is None:

@@ -1,28 +1,18 @@
 """Pair records → :class:`PairFeatures`: the three vectors a MiCRo model reads per pair.
 
-For each pair: ``chosen`` and ``rejected`` are the backbone's vectors of (prompt, response), with
-the context prepended to the prompt only under ``context_in_reward``; ``route`` is what the router
-reads, in one of three layouts (``context_encoding``):
+``chosen`` and ``rejected`` are the backbone's vectors of (prompt, response), with the context
+before the prompt only under ``context_in_reward``; ``route`` is what the router reads, in one of
+three layouts (``context_encoding``; why: docs/personalization.md):
 
-``clauses`` (the default)
-    [emb(prompt); emb(context)] as in ``separate``, but emb(context) is the normalised mean of the
-    unit vectors of the sentence and of each of its clauses (cut at . , ; : ! ?, two words or
-    more). "I am a researcher; answer in a rigorous academic style" then sits nearer to "Academic
-    tone, please" than the whole sentence does, whose vector its framing ("I am a …") pulls
-    towards every other self-description; on held-out phrasings of train data the router routes
-    a new wording right more often (BENCHMARKS.md, "Router defaults chosen on validation").
-``separate``
-    [emb(prompt); emb(context)]: the context is encoded as a sentence of its own (a system
-    message for chat backbones), so the sentence encoder's paraphrase geometry survives; a record
-    without a context (or ``router_input="prompt"``) gets zeros in place of emb(context), which
-    the router reads as "nothing known about this user". Width 2d. A short context mean-pooled inside a long prompt is diluted, and a router over the
-    joint text memorises the few training sentences (METHOD.md, measured finding 3).
-``joint``
-    emb(context ⊕ prompt) as one text (the paper's, and models saved before the separate
-    layout). Width d.
+- ``clauses`` (default): [emb(prompt); emb(context)], emb(context) the normalised mean of the unit
+  vectors of the sentence and of each of its clauses (:func:`context_views`). Width 2d.
+- ``separate``: [emb(prompt); emb(context)], the context encoded as a sentence of its own (a system
+  message for chat backbones). Width 2d. A pair without a context (or ``router_input="prompt"``)
+  gets zeros for emb(context) in both layouts: "nothing known about this user".
+- ``joint``: emb(context ⊕ prompt) as one text (the paper's). Width d.
 
-All items of all three roles go through one cache call, so a prompt or a context shared by many
-pairs is encoded once and batches are length-sorted across roles.
+All items of all roles go through one cache call, so a prompt or a context shared by many pairs is
+encoded once.
 """
 
 from __future__ import annotations
@@ -46,8 +36,7 @@ OUT_CHUNK = 16_384  # pairs looked up and written at once by ``featurize(..., ou
 
 
 def context_item(backbone: Backbone, context: str) -> Item:
-    """The item of a context sentence on its own: the backbone's ``context_item`` (chat
-    backbones render it as a system message), else the plain sentence."""
+    """The item of a context sentence alone: the backbone's ``context_item``, else the sentence."""
     make = getattr(backbone, "context_item", None)
     return make(context) if make is not None else (context, None)
 
@@ -70,8 +59,7 @@ def context_views(context: str) -> tuple[str, ...]:
 def route_items(backbone: Backbone, prompt: Any, context: Optional[str], *,
                 context_encoding: str = "clauses") -> list[Item]:
     """The router's items of one prompt: [prompt, context] (``separate``), [prompt, each of
-    :func:`context_views`] (``clauses``) or [context ⊕ prompt] (``joint``). Their vectors in this
-    order, for N prompts one after another, make the route features (:func:`route_matrix`).
+    :func:`context_views`] (``clauses``) or [context ⊕ prompt] (``joint``).
 
     >>> route_items(backbone, "Hi", "Be brief.")                  # doctest: +SKIP
     [('Hi', None), ('Be brief.', None)]
@@ -96,9 +84,7 @@ def route_item_counts(contexts: Sequence[Optional[str]], context_encoding: str) 
 def route_matrix(vectors: np.ndarray, contexts: Sequence[Optional[str]], context_dim: int,
                  context_encoding: str = "clauses") -> np.ndarray:
     """The route features [N, d_r] from the vectors of N pairs' route items (in the order of
-    :func:`route_items`): per pair, emb(prompt) then emb(context) (the normalised mean of its
-    views' unit vectors under ``clauses``), zeroed where there is no context; ``joint``: the one
-    vector.
+    :func:`route_items`, pair after pair).
 
     >>> route_matrix(np.ones((4, 2)), ["Be brief.", None], context_dim=2, context_encoding="separate").tolist()
     [[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 0.0, 0.0]]
@@ -135,9 +121,7 @@ def context_width(backbone_dim: int, context_encoding: str) -> int:
 def record_items(records: Sequence[dict[str, Any]], backbone: Backbone, *,
                  router_input: str = "context", context_in_reward: bool = False,
                  context_encoding: str = "clauses") -> list[Item]:
-    """The items of all pairs, role by role: N chosen, then N rejected, then the route items of
-    each pair in turn (one list, so that one cache call deduplicates and length-sorts across
-    roles). See the module docstring for what the roles hold."""
+    """The items of all pairs: N chosen, then N rejected, then the route items of each pair."""
     settings = FeatureSettings(router_input, context_in_reward, context_encoding)   # checks the values
     contexts = route_contexts(records, router_input)
     reward_context = [r.get("context") if context_in_reward else None for r in records]
@@ -157,26 +141,12 @@ def featurize(records: Sequence[dict[str, Any]], backbone: Backbone, cache: Feat
               context_encoding: str = "clauses", batch_size: int = 32, tokens_per_batch: Optional[int] = None,
               progress: bool = True, allow_encode: bool = True,
               out: Optional[str | os.PathLike] = None) -> tuple[PairFeatures, EncodeStats]:
-    """Features of normalised pair records (see :func:`micro_rm.data.records.normalize_pair`).
+    """Features of normalised pair records, built with the given
+    :class:`~micro_rm.features.base.FeatureSettings`; batching options as in
+    :func:`~micro_rm.features.batching.plan_batches`. With ``out`` the features are written to
+    that folder (:mod:`micro_rm.features.store`) and come back memory-mapped, with memory bounded
+    by a chunk of pairs; without it they are float32 in RAM.
 
-    Parameters
-    ----------
-    records : pair records, e.g. from :func:`micro_rm.data.readers.read_pairs`.
-    backbone : the frozen feature extractor.
-    cache : where vectors are looked up and new ones stored.
-    router_input, context_in_reward, context_encoding : the
-        :class:`~micro_rm.features.base.FeatureSettings` (route layouts: the module docstring).
-    batch_size : texts per backbone call.
-    tokens_per_batch : instead of ``batch_size``, fill each backbone call up to this many padded
-        tokens (GPU runs; see :func:`micro_rm.features.batching.plan_batches`).
-    progress : show a progress bar while encoding.
-    allow_encode : when false, a text missing from the cache is an error instead of encoded.
-    out : write the features into this folder as fp16 ``.npy`` files (see
-        :mod:`micro_rm.features.store`) and return them memory-mapped; memory stays bounded by
-        a chunk of pairs, however many there are. Without ``out`` the arrays are float32 in RAM.
-
-    Examples
-    --------
     >>> records = build_pairs("dsp", "../shared/data/dsp-domain-specific-preference")  # doctest: +SKIP
     >>> backbone = load_backbone("default")                                 # doctest: +SKIP
     >>> features, stats = featurize(records, backbone, FeatureCache())     # doctest: +SKIP
@@ -211,8 +181,7 @@ def featurize(records: Sequence[dict[str, Any]], backbone: Backbone, cache: Feat
 
 def _write_features(records: Sequence[dict[str, Any]], items: list[Item], backbone: Backbone,
                     cache: FeatureCache, out: str | os.PathLike, settings: FeatureSettings) -> PairFeatures:
-    """Copy the (cached) vectors of ``items`` into a features folder, ``OUT_CHUNK`` pairs at a
-    time, in the storage dtype of the cache."""
+    """Copy the cached vectors of ``items`` into a features folder, ``OUT_CHUNK`` pairs at a time."""
     n, encoding = len(records), settings.context_encoding
     contexts = route_contexts(records, settings.router_input)
     context_dim = context_width(backbone.dim, encoding)

@@ -1,9 +1,5 @@
-"""The index of one cache folder: which item keys its shards hold, and where.
-
-There is no index file: the index is rebuilt from the ``keys`` of the shards (see
-:mod:`micro_rm.features.shards`), so shards written by another process, or by a run that was
-killed, are found like any others. Vectors are memory-mapped and only the rows asked for are read.
-"""
+"""The index of one cache folder, rebuilt from the ``keys`` of its shards (no index file), so
+shards written by another process or a killed run are found like any others."""
 
 from __future__ import annotations
 
@@ -61,10 +57,6 @@ class CacheFolder:
             self._seen.add(path.name)
             self._dirty = True
 
-    def _rebuild(self) -> None:
-        if self._dirty:
-            self._install(_index(self.shards))
-
     def _install(self, index: tuple[np.ndarray, ...]) -> None:
         self._keys, self._shard_of, self._row_of, self._order, self._sorted_prefix = index
         self._dirty = False
@@ -72,7 +64,8 @@ class CacheFolder:
     def _locate(self, keys: np.ndarray) -> np.ndarray:
         """Position of each key in ``self._keys``; -1 where it is not cached."""
         self.refresh()
-        self._rebuild()
+        if self._dirty:
+            self._install(_index(self.shards))
         n = len(keys)
         where = np.full(n, -1, dtype=np.int64)
         if n == 0 or len(self._keys) == 0:
@@ -101,28 +94,24 @@ class CacheFolder:
     def lookup(self, keys: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
         """``(found [n] bool, vectors [n, dim] float32)``; rows not found are zero."""
         with self._lock:
-            return self._lookup(keys, dim)
-
-    def _lookup(self, keys: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
-        where = self._locate(keys)
-        found = where >= 0
-        vectors = np.zeros((len(keys), dim), dtype=np.float32)
-        hits = np.flatnonzero(found)
-        shard_of = self._shard_of[where[hits]]
-        for s in np.unique(shard_of):
-            shard = self.shards[s]
-            if shard.shape[1] != dim:
-                raise MicroRMError(f"{shard.path}: vectors of dimension {shard.shape[1]}, the "
-                                   f"backbone gives {dim}; delete the folder {self.path}")
-            mine = hits[shard_of == s]
-            rows = self._row_of[where[mine]]
-            ascending = np.argsort(rows, kind="stable")   # file order; pages released as read
-            vectors[mine[ascending]] = read_rows(shard.vectors, rows[ascending])
-        return found, vectors
+            where = self._locate(keys)
+            found = where >= 0
+            vectors = np.zeros((len(keys), dim), dtype=np.float32)
+            hits = np.flatnonzero(found)
+            shard_of = self._shard_of[where[hits]]
+            for s in np.unique(shard_of):
+                shard = self.shards[s]
+                if shard.shape[1] != dim:
+                    raise MicroRMError(f"{shard.path}: vectors of dimension {shard.shape[1]}, the "
+                                       f"backbone gives {dim}; delete the folder {self.path}")
+                mine = hits[shard_of == s]
+                rows = self._row_of[where[mine]]
+                ascending = np.argsort(rows, kind="stable")   # file order; pages released as read
+                vectors[mine[ascending]] = read_rows(shard.vectors, rows[ascending])
+            return found, vectors
 
     def write_shard(self, keys: np.ndarray, vectors: np.ndarray) -> Path:
-        """Write one shard (:func:`micro_rm.features.shards.write_shard`) and index it. Lookups
-        go on while the file is written; only indexing it waits for them."""
+        """Write one shard and index it; lookups go on while the file is written."""
         path = write_shard(self.path, keys, vectors)
         shard = Shard(path)
         with self._lock:

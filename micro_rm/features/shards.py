@@ -1,16 +1,9 @@
 """The feature cache's on-disk format: item keys and shard files.
 
-One folder per backbone setting (so two settings can never read each other's vectors)::
-
-    root/<fingerprint_id>/fingerprint.json              the backbone setting, checked on open
-    root/<fingerprint_id>/shard-<time>-<pid>-<rand>.safetensors
-                                                        keys    uint8 [n, 32]  sha256 digests
-                                                        vectors fp16/fp32 [n, d]
-
-The key of an item is ``sha256(canonical JSON of the fingerprint, item)``. A shard is written to
-a temporary name and renamed into place, so a killed run keeps every finished shard and never
-leaves a half-written one; shard names are unique per writer, so several processes (the ranks of
-a distributed encode) can fill one folder at the same time.
+One folder per backbone setting, ``root/<fingerprint_id>/``, holding ``fingerprint.json`` (checked
+on open) and ``shard-<time>-<pid>-<rand>.safetensors`` files (``keys`` uint8 [n, 32], ``vectors``
+[n, d]). A shard is written under a temporary name and renamed into place, and its name is unique
+per writer, so several processes can fill one folder and a killed run leaves no half shard.
 """
 
 from __future__ import annotations
@@ -55,8 +48,7 @@ def item_keys(fingerprint: dict[str, Any], items: Sequence[Item]) -> np.ndarray:
 
 
 def check_fingerprint(folder: Path, fingerprint: dict[str, Any], create: bool) -> bool:
-    """Refuse a folder written by another setting; write its ``fingerprint.json`` if asked.
-    Returns whether the folder exists."""
+    """Whether the folder exists; refuses one written by another setting, creates it if asked."""
     file = folder / "fingerprint.json"
     expected = json.loads(canonical_json(fingerprint))
     if file.exists():
@@ -92,7 +84,6 @@ class Shard:
 
     def __init__(self, path: Path):
         from safetensors import safe_open
-
         self.path = path
         try:
             with safe_open(str(path), framework="numpy") as fh:
@@ -121,7 +112,6 @@ class Shard:
 def write_shard(folder: Path, keys: np.ndarray, vectors: np.ndarray) -> Path:
     """Write one shard into ``folder`` atomically, under a name no other writer can pick."""
     from safetensors.numpy import save_file
-
     path = folder / f"shard-{time.time_ns():x}-{os.getpid()}-{secrets.token_hex(4)}.safetensors"
     with atomic_path(path) as tmp:
         save_file({"keys": np.ascontiguousarray(keys, dtype=np.uint8),

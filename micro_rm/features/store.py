@@ -1,22 +1,10 @@
-"""Pair features on disk: fp16 ``.npy`` arrays that load memory-mapped.
-
-A features folder holds what :class:`~micro_rm.features.base.PairFeatures` holds, one file per
-field, so that stage-1 training on hundreds of thousands of pairs reads only the rows of the
-current batch and needs memory proportional to the batch, not to the data set::
-
-    features/meta.json          format, version, pairs, dtype, backbone fingerprint, feature settings
-    features/chosen.npy         [N, d]    float16 (or float32)
-    features/rejected.npy       [N, d]
-    features/route.npy          [N, d_r]
-    features/prompts.json       [N] prompt keys (validation split by prompt)
-    features/attributes.json    [N] attribute or null
-
-The folder is written under a temporary name and renamed into place, so a killed writer never
-leaves a folder that loads.
+"""Pair features on disk: one ``.npy`` array (fp16 by default) per field of
+:class:`~micro_rm.features.base.PairFeatures`, loaded memory-mapped, so training reads only the
+rows of the current batch (layout: docs/scale-out.md). A folder is written under a temporary name
+and renamed into place, so a killed writer never leaves a folder that loads.
 
 >>> save_features(features, "dsp-features")                  # doctest: +SKIP
->>> mapped = load_features("dsp-features")                   # np.memmap arrays, float16
->>> model, history = fit_stage1(mapped, Stage1Config())      # doctest: +SKIP
+>>> mapped = load_features("dsp-features")                   # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -47,21 +35,10 @@ PAGE_ROWS = 1024
 
 
 class FeatureWriter:
-    """Fills a features folder a slice of rows at a time; :meth:`close` makes it appear.
+    """Fills a features folder a slice of rows at a time; :meth:`close` makes it appear (replacing
+    one at ``path``). ``reward_dim`` / ``route_dim`` are the widths of ``chosen`` and ``route``;
+    ``settings`` defaults to the defaults with the route layout ``context_dim`` implies.
 
-    Parameters
-    ----------
-    path : the folder to create (an existing one is replaced only on :meth:`close`).
-    pairs : number of rows N.
-    reward_dim, route_dim : widths of ``chosen``/``rejected`` and of ``route``.
-    fingerprint : the backbone setting that made the vectors.
-    dtype : ``"float16"`` (default; half the disk and the page cache) or ``"float32"``.
-    context_dim : width of emb(context) at the end of ``route`` (0: the joint layout).
-    settings : the feature settings the rows were built with (default: the defaults, with the
-        route layout that ``context_dim`` implies).
-
-    Examples
-    --------
     >>> with FeatureWriter("out", pairs=2, reward_dim=4, route_dim=4) as w:   # doctest: +SKIP
     ...     w.write(0, chosen, rejected, route)
     ...     w.close(prompts=["p", "q"])
@@ -155,10 +132,8 @@ def _check_replaceable(path: Path) -> None:
 
 def save_features(features: PairFeatures, path: str | os.PathLike, *,
                   dtype: str = "float16") -> Path:
-    """Write ``features`` into the folder ``path`` (replacing a features folder there).
-
-    Rows are copied ``CHUNK_ROWS`` at a time, so a memory-mapped source is never read whole.
-    """
+    """Write ``features`` into the folder ``path``, ``CHUNK_ROWS`` rows at a time (a
+    memory-mapped source is never read whole)."""
     n = len(features)
     with FeatureWriter(path, pairs=n, reward_dim=features.chosen.shape[1],
                        route_dim=features.route.shape[1], fingerprint=features.fingerprint,
@@ -171,8 +146,7 @@ def save_features(features: PairFeatures, path: str | os.PathLike, *,
 
 
 def load_features(path: str | os.PathLike, *, mmap: bool = True) -> PairFeatures:
-    """Read a features folder; with ``mmap=True`` (default) the arrays are read-only
-    ``np.memmap`` views of the files and nothing is loaded until rows are indexed.
+    """Read a features folder; with ``mmap=True`` the arrays are read-only ``np.memmap`` views.
 
     >>> load_features("dsp-features").chosen.dtype               # doctest: +SKIP
     dtype('float16')
@@ -228,11 +202,9 @@ def read_rows(array: np.ndarray, rows: np.ndarray, *, out: Optional[np.ndarray] 
 def release_pages(*arrays: np.ndarray) -> None:
     """Drop the pages of memory-mapped ``arrays`` from this process's resident set.
 
-    Pages of a file mapping stay resident (and count in RSS) once read, so one epoch over a
-    2.3 GB feature file would otherwise grow the process by 2.3 GB. ``MADV_DONTNEED`` on a shared
-    file mapping only unmaps them: the data stays in the OS page cache, the next read of a row is
-    a cheap minor fault. Copy-on-write maps (``mode="c"``) are left alone, as their private
-    changes would be lost; so is anything that is not an ``np.memmap``.
+    Pages read stay in RSS, so one epoch over a 2.3 GB file would grow the process by 2.3 GB;
+    ``MADV_DONTNEED`` unmaps them and the data stays in the page cache. Copy-on-write maps (their
+    private changes would be lost) and anything but an ``np.memmap`` are left alone.
     """
     for array in arrays:
         handle = getattr(array, "_mmap", None)

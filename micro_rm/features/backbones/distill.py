@@ -1,16 +1,11 @@
 """Distil a transformer encoder into a static token-embedding table (the model2vec recipe).
 
-1. Every vocabulary token ``t`` is run through the encoder alone, as ``[CLS] t [SEP]``; its
-   vector is the output at ``t``'s position, which is the mean over the non-special tokens,
-   the same pool the static backbone applies to a text.
-2. PCA to ``dim`` dimensions, fitted on the regular tokens (not on special or ``[unused]`` ones,
-   which never occur in text), with a fixed sign per component so the table is reproducible.
-3. SIF weighting with a Zipf frequency model: the token of frequency rank ``r`` (1-based) gets
-   probability ``p(r) ∝ 1/r`` and its vector is multiplied by ``a / (a + p(r))``, so frequent
-   tokens ("the", ".") weigh less in a mean. The vocabulary order stands in for the frequency
-   rank (WordPiece vocabularies are built roughly in frequency order); special and ``[unused]``
-   tokens get weight 0. ``a`` was chosen by how well static cosine similarities track the
-   teacher's (BENCHMARKS.md, "The static backbone's SIF weight").
+1. Each vocabulary token ``t`` is encoded alone as ``[CLS] t [SEP]``; its vector is the output at
+   ``t`` (the mean over non-special tokens, the pool the static backbone applies).
+2. PCA to ``dim`` dimensions, fitted on the tokens that occur in text, signs fixed.
+3. SIF weighting ``a / (a + p(r))`` with Zipf ``p(r) ∝ 1/r``, the vocabulary order standing in for
+   the frequency rank (WordPiece vocabularies are roughly in frequency order), so frequent tokens
+   weigh less in a mean. ``a``: BENCHMARKS.md, "The static backbone's SIF weight".
 """
 
 from __future__ import annotations
@@ -21,7 +16,7 @@ import numpy as np
 import torch
 from micro_rm.progress import progress_bar
 
-SIF_A = 3e-6  # see the module docstring for how it was chosen
+SIF_A = 3e-6
 
 
 def regular_token_ids(tokenizer: Any) -> np.ndarray:
@@ -48,11 +43,8 @@ def embed_vocabulary(model: Any, tokenizer: Any, batch_size: int = 2048) -> np.n
 
 
 def pca(vectors: np.ndarray, fit_rows: np.ndarray, dim: int) -> np.ndarray:
-    """Project all ``vectors`` on the top ``dim`` principal axes of ``vectors[fit_rows]``.
-
-    Each axis is signed so that its largest-magnitude loading is positive (SVD signs are
-    arbitrary otherwise).
-    """
+    """Project all ``vectors`` on the top ``dim`` principal axes of ``vectors[fit_rows]``, each
+    signed so that its largest loading is positive (SVD signs are arbitrary)."""
     fit = vectors[fit_rows].astype(np.float64)
     mean = fit.mean(axis=0)
     _, _, vt = np.linalg.svd(fit - mean, full_matrices=False)

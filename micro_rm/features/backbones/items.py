@@ -1,15 +1,12 @@
 """How (prompt, response, context) becomes an item, and how items become token ids.
 
-Two formats:
+- **pair** (encoders, the static backbone): ``(prompt, response)`` as a text pair; router items
+  are ``(prompt, None)``.
+- **chat** (decoders with a chat template): the template is applied here, so the strings carry
+  the special tokens. A reward item is still split in two, ``(prompt, the rest)``, so that
+  ``longest_first`` truncation protects the response.
 
-- **pair** (encoders, the static backbone): ``(prompt, response)`` as a text pair, the
-  tokenizer adds its own special tokens; router items are ``(prompt, None)``.
-- **chat** (decoders with a chat template): the template is applied here, so the strings
-  already carry the special tokens and are tokenized with ``add_special_tokens=False``. A reward
-  item is still split in two, ``(prompt with the generation prompt, the rest)``, so that the
-  same ``longest_first`` truncation protects the response.
-
-In both formats the context is put before the prompt.
+In both formats the context goes before the prompt.
 """
 
 from __future__ import annotations
@@ -53,11 +50,8 @@ def as_messages(text: Text, role: str) -> list[Message]:
 
 
 class ChatFormatter:
-    """Applies a tokenizer's chat template to prompts and responses.
-
-    The context becomes a system message (merged into an existing one). Templates that refuse a
-    system role (Gemma's, for example) get the context as a prefix of the first user turn.
-    """
+    """Applies a tokenizer's chat template. The context becomes a system message, or a prefix of
+    the first user turn for templates that refuse a system role (Gemma's)."""
 
     def __init__(self, tokenizer: Any):
         self.tokenizer = tokenizer
@@ -103,9 +97,8 @@ class ChatFormatter:
         return full, None
 
     def context_item(self, context: str) -> Item:
-        """The context alone, in the message the reward items carry it in (system, or a user
-        turn for templates without a system role); the plain sentence if the template refuses
-        a conversation of one message."""
+        """The context alone, in the message the reward items carry it in; the plain sentence if
+        the template refuses a conversation of one message."""
         from jinja2.exceptions import TemplateError
 
         role = "system" if self.system_role else "user"
@@ -122,12 +115,8 @@ class ChatFormatter:
 
 def tokenize_items(tokenizer: Any, items: Sequence[Item], *, max_length: int,
                    add_special_tokens: bool) -> list[dict[str, list[int]]]:
-    """Token ids (and token type ids, when the tokenizer makes them) of each item, unpadded,
-    truncated ``longest_first`` to ``max_length``, in the order of ``items``.
-
-    Pairs and single texts are tokenized in two batch calls because a tokenizer batch cannot
-    mix them.
-    """
+    """Token ids (and token type ids) of each item, unpadded, truncated ``longest_first`` to
+    ``max_length``. Pairs and single texts go in two calls: a tokenizer batch cannot mix them."""
     out: list[dict[str, list[int]]] = [{} for _ in items]
     for is_pair in (True, False):
         index = [i for i, (_, second) in enumerate(items) if (second is not None) == is_pair]

@@ -1,10 +1,8 @@
 """The ``static`` backbone: a token-embedding table distilled from the default backbone.
 
-A text's vector is the mean of its tokens' rows (special tokens excluded), so encoding costs a
-tokenizer call and one ``embedding_bag``: about a thousand texts per second on two CPU cores,
-against about ten for the transformer it comes from. The table is built once (see
-:mod:`.distill`) and kept in ``$MICRO_RM_MODELS`` or the user cache, so a distillation is done
-once per machine, not once per project or test run.
+A text's vector is the mean of its tokens' rows (special tokens excluded): about a thousand texts
+per second on two CPU cores, against about ten for the transformer. The table is distilled once
+per machine (:mod:`.distill`) into ``$MICRO_RM_MODELS`` or the user cache.
 """
 
 from __future__ import annotations
@@ -83,10 +81,8 @@ class StaticBackbone:
 
 
 def content_sha256(table: np.ndarray, vocabulary: dict[str, int]) -> str:
-    """sha256 of what the backbone computes with: the table's values (float32, C order), its
-    shape and dtype, and the tokenizer's vocabulary. Unlike the file's bytes (whose safetensors
-    header orders its metadata differently from one process to the next), it is the same on
-    every machine and after every rebuild that gives the same values.
+    """sha256 of the table's values, shape and dtype and of the tokenizer's vocabulary: unlike the
+    file's bytes (its safetensors header order varies), the same on every machine.
 
     >>> content_sha256(np.zeros((2, 3), np.float32), {"a": 0, "b": 1})[:16]
     '1b4a9ced0d65e479'
@@ -133,12 +129,8 @@ def _distill_to(path: Path) -> None:
 
 
 def load_static(max_length: Optional[int]) -> StaticBackbone:
-    """The static backbone, distilling its table first if this machine has none yet.
-
-    Its identity names the table by :func:`content_sha256`. A model trained before that (its
-    ``table_sha256`` was the sha256 of the file, which differs between machines) is refused with a
-    message naming ``table_sha256``: retrain it; on static features that takes seconds.
-    """
+    """The static backbone, distilling its table first if this machine has none yet; its
+    identity names the table by :func:`content_sha256`."""
     from transformers import AutoTokenizer
 
     folder = default_model_dir()

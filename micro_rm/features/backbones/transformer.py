@@ -1,10 +1,8 @@
 """A Hugging Face model as a frozen backbone: encoders, causal LMs, sequence-classification RMs.
 
-Encoders read ``(prompt, response)`` as a text pair and are mean-pooled over the attention mask.
-Decoders read the chat template and give the hidden state of the last real token. That token is
-found from the attention mask, never from the pad id: many decoders pad with EOS, and a response
-may itself end with EOS. Position ids are derived from the mask too, so left and right padding
-give the same vectors.
+Encoders are mean-pooled; decoders give the hidden state of the last real token, found from the
+attention mask, never from the pad id (many decoders pad with EOS). Position ids come from the
+mask too, so left and right padding give the same vectors.
 """
 
 from __future__ import annotations
@@ -42,8 +40,8 @@ def detect_pooling(config: Any) -> str:
 
 
 def ensure_pad_token(tokenizer: Any) -> None:
-    """Give a tokenizer without a pad token one that exists in its vocabulary, preferring a
-    dedicated pad token, then UNK, and only then EOS (safe because pooling reads the mask)."""
+    """Give a tokenizer without a pad token one from its vocabulary: a pad token, else UNK, else
+    EOS (safe because pooling reads the mask)."""
     if tokenizer.pad_token is not None:
         return
     vocab = tokenizer.get_vocab()
@@ -168,12 +166,9 @@ def _check_device(device: str) -> None:
 def load_transformer(source: str, *, name: str, identity: dict[str, Any],
                      max_length: Optional[int], dtype: str, device: str, pooling: str,
                      batch_size: int) -> TransformerBackbone:
-    """Load ``source`` (a folder or hub id) with ``AutoModel``/``AutoTokenizer``, frozen, in eval
-    mode. Sequence-classification checkpoints load as their base model (the hidden states).
-
-    ``identity`` names the weights in the fingerprint; ``pooling="auto"`` picks it from the
-    config; ``max_length=None`` takes the model's limit, at most 1024.
-    """
+    """Load ``source`` (a folder or hub id) frozen; sequence-classification checkpoints load as
+    their base model. ``identity`` names the weights in the fingerprint; ``max_length=None`` takes
+    the model's limit, at most 1024."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     from micro_rm.progress import silence_transformers_bars
