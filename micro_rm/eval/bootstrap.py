@@ -2,10 +2,8 @@
 
 Pairs of one prompt share its text (and on DSP its responses), so they are not independent:
 resampling pairs would give intervals that are too narrow. :class:`PromptBootstrap` draws the
-test prompts with replacement once; every method is scored on the same draws, so the
-difference of two methods has its own (paired) interval. The statistic is the one the tables
-report: accuracy per attribute, and its unweighted mean over attributes
-(:func:`micro_rm.eval.metrics.pairwise_accuracy`).
+test prompts once and scores every method on the same draws, so the difference of two methods
+has its own (paired) interval.
 
 >>> boot = PromptBootstrap(prompts, attributes)                       # doctest: +SKIP
 >>> a, b = boot.samples(correct_a), boot.samples(correct_b)           # doctest: +SKIP
@@ -47,14 +45,9 @@ def excludes_zero(interval: Sequence[float]) -> bool:
 
 
 class PromptBootstrap:
-    """``resamples`` draws of the test prompts with replacement, shared by every method scored.
-
-    Parameters
-    ----------
-    prompts : the prompt of each test pair [N]; the unit resampled.
-    attributes : the attribute of each pair [N] (None: the "(none)" group; all None: one group).
-    resamples, seed : number of draws and their seed (fixed, so reruns give the same intervals).
-    """
+    """``resamples`` draws of the test prompts with replacement (seeded, so reruns give the same
+    intervals), shared by every method scored. ``prompts`` [N]: each test pair's prompt, the unit
+    resampled; ``attributes`` [N]: its attribute (None: the "(none)" group; all None: one group)."""
 
     def __init__(self, prompts: Sequence[Any], attributes: Optional[Sequence[Optional[str]]] = None, *,
                  resamples: int = RESAMPLES, seed: int = 0):
@@ -73,13 +66,12 @@ class PromptBootstrap:
                                       size=resamples).astype(np.float64)
 
     def samples(self, correct: np.ndarray, scored: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
-        """Resampled accuracies of one method.
+        """Resampled accuracies of one method: ``per_attribute`` [R, A] (columns in
+        ``self.attributes`` order) and their unweighted ``mean`` [R], as the tables report.
 
-        ``correct`` is [N] (one run) or [S, N] (S runs, e.g. budget draws; the statistic is then
-        the mean over runs, as the tables report); ``scored`` (same shape, bool) marks the pairs
-        each run scored (HyRe leaves its labelled prompts out). Returns ``per_attribute``
-        [R, A] (columns in ``self.attributes`` order) and ``mean`` [R] (mean over attributes).
-        """
+        ``correct`` is [N] (one run) or [S, N] (S runs, e.g. budget draws: the statistic is their
+        mean); ``scored`` (same shape, bool) marks the pairs each run scored (HyRe leaves its
+        labelled prompts out)."""
         correct = np.atleast_2d(np.asarray(correct, dtype=np.float64))                  # [S, N]
         scored = np.ones_like(correct) if scored is None else np.atleast_2d(scored).astype(np.float64)
         if correct.shape != scored.shape or correct.shape[1] != len(self.cell):

@@ -1,8 +1,7 @@
 """The experiment's figures, drawn from ``results.json`` alone so that anyone can redraw them.
 
-Each ``plot_*`` function takes the parsed results dict and a PNG path, reads one section of it
-and nothing else: no model, no features, no extra arguments. matplotlib is imported inside the
-functions (Agg backend), so importing this module costs nothing and needs no display.
+Each ``plot_*`` function reads one section of the parsed results and writes one PNG. matplotlib
+is imported inside the functions (Agg backend): importing this module costs nothing.
 
 >>> from micro_rm.eval.plots import write_plots  # doctest: +SKIP
 >>> write_plots(json.load(open("report/results.json")), "report")  # doctest: +SKIP
@@ -44,10 +43,8 @@ def _titled(results: dict, what: str) -> str:
 @contextlib.contextmanager
 def _figure(path: str | Path, title: str, xlabel: str, ylabel: str,
             size: tuple[float, float]) -> Iterator[tuple[Any, Any]]:
-    """Yield ``(fig, ax)`` with titles set; save it to ``path`` atomically and always close it.
-
-    Closing matters: an experiment draws figures in a loop, and pyplot keeps every open one.
-    """
+    """Yield ``(fig, ax)`` with titles set; save it to ``path`` atomically and always close it
+    (pyplot keeps every open figure, and an experiment draws them in a loop)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=size)
     try:
@@ -84,6 +81,14 @@ def _heatmap(fig: Any, ax: Any, values: Sequence[Sequence[float]], rows: Sequenc
         ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
 
 
+def _band(ax: Any, x: Sequence[float], mean: Sequence[float], std: Sequence[float], colour: str,
+          alpha: float) -> tuple[list[float], list[float]]:
+    """Shade mean ± std around a curve; return the band's (low, high) edges."""
+    low, high = [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)]
+    ax.fill_between(x, low, high, color=colour, alpha=alpha, linewidth=0)
+    return low, high
+
+
 def best_head_per_attribute(accuracy: Sequence[Sequence[float]]) -> list[int]:
     """Index of the most accurate head for each attribute (column) of a K × A matrix; first on ties.
 
@@ -94,13 +99,9 @@ def best_head_per_attribute(accuracy: Sequence[Sequence[float]]) -> list[int]:
 
 
 def plot_head_attribute(results: dict, path: str | Path) -> Path:
-    """Heatmap of every stage-1 head's accuracy on every attribute, best head per attribute boxed.
-
-    The boxed cells are what perfect routing could reach, so the picture shows at a glance
-    whether the heads specialised (one strong cell per column) or collapsed (uniform rows). A
-    diverging scale centred on chance (0.5) tells a head that prefers the loser from one that
-    guesses.
-    """
+    """Heatmap of every stage-1 head's accuracy on every attribute, best head per attribute boxed
+    (what perfect routing could reach): one strong cell per column means the heads specialised.
+    The diverging scale centred on chance (0.5) tells a head that prefers the loser from a guesser."""
     section = results["head_attribute"]
     accuracy, attributes = section["accuracy"], section["attributes"]
     heads = [f"head {k}" for k in range(len(accuracy))]
@@ -128,12 +129,9 @@ def plot_router_weights(results: dict, path: str | Path) -> Path:
 
 
 def plot_budget_curve(results: dict, path: str | Path) -> Path:
-    """Stage-2 mean accuracy against the context budget B, with a ±std band over the seeds.
-
-    Budgets roughly double (5, 10, 20, 50, 100), so the x axis is log 2 with the budgets as
-    ticks. Horizontal lines mark the references (e.g. stage 1 alone, the oracle) the curve should
-    climb from and toward; each has its own dash pattern and the later ones are drawn thinner on
-    top, so two references at nearly the same accuracy both stay visible.
+    """Stage-2 mean accuracy against the context budget B (log 2 axis: budgets roughly double),
+    with a ±std band over the seeds. Each reference line (stage 1 alone, the oracle, …) has its
+    own dash and the later ones are thinner on top, so two at nearly the same accuracy both show.
     """
     plt = _pyplot()
     curve = results["budget_curve"]
@@ -144,15 +142,14 @@ def plot_budget_curve(results: dict, path: str | Path) -> Path:
     with _figure(path, _titled(results, f"Accuracy vs context budget (mean ± {spread}{seeds})"),
                  "budget B (context pairs per attribute)", "mean pairwise accuracy", (6.4, 4.2)) as (fig, ax):
         ax.plot(budgets, mean, marker="o", color="C0", label="MiCRo stage 2", zorder=10)
-        ax.fill_between(budgets, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                        color="C0", alpha=0.25, linewidth=0)
+        low, high = _band(ax, budgets, mean, std, "C0", 0.25)
         references = curve.get("reference") or {}
         for i, (name, value) in enumerate(references.items(), start=1):
             ax.axhline(value, linestyle=REFERENCE_DASHES[(i - 1) % len(REFERENCE_DASHES)], color=plt.cm.tab10(i),
                        linewidth=max(3.0 - 0.6 * i, 1.0), zorder=i, label=f"{name} ({value:.3f})")
         # Horizontal lines do not take part in autoscaling; keep every reference inside the frame.
-        low = min([m - s for m, s in zip(mean, std)] + list(references.values()))
-        high = max([m + s for m, s in zip(mean, std)] + list(references.values()))
+        low = min(low + list(references.values()))
+        high = max(high + list(references.values()))
         pad = 0.08 * (high - low) or 0.01
         ax.set_ylim(low - pad, high + pad)
         ax.set_xscale("log", base=2)
@@ -175,8 +172,7 @@ def plot_phrasings(results: dict, path: str | Path) -> Path:
                  "mean pairwise accuracy", (max(6.4, 0.9 * len(names)), 4.2)) as (fig, ax):
         ax.bar(range(len(values)), values, color=colours)
         ax.set_xticks(range(len(values)), names, fontsize=8)
-        low = min(values)
-        ax.set_ylim(max(0.0, low - 0.1), min(1.0, max(values) + 0.05))
+        ax.set_ylim(max(0.0, min(values) - 0.1), min(1.0, max(values) + 0.05))
         for i, v in enumerate(values):
             ax.text(i, v + 0.005, f"{v:.3f}", ha="center", fontsize=8)
         ax.grid(axis="y", alpha=0.3)
@@ -194,8 +190,7 @@ def plot_user_curve(results: dict, path: str | Path) -> Path:
         for i, (name, values) in enumerate(curve["curves"].items()):
             mean, std = values["mean"], values["std"]
             ax.plot(x, mean, marker="o", color=f"C{i}", linestyle="-" if "random" in name else "--", label=name)
-            ax.fill_between(x, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                            color=f"C{i}", alpha=0.15, linewidth=0)
+            _band(ax, x, mean, std, f"C{i}", 0.15)
         if curve.get("oracle"):
             ax.axhline(curve["oracle"], color="black", linestyle=":", label=f"oracle ({curve['oracle']:.3f})")
         ax.set_xscale("log")

@@ -18,7 +18,7 @@ import importlib.util
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from micro_rm.atomic import atomic_open
 from micro_rm.errors import MicroRMError
@@ -357,12 +357,13 @@ def _can_plot() -> bool:
     return importlib.util.find_spec("matplotlib") is not None
 
 
-def write_report(results: dict, folder: str | Path) -> Path:
+def write_report(results: dict, folder: str | Path, extra: Optional[Callable[[dict], str]] = None) -> Path:
     """Write ``results.json``, the figures and ``report.md`` into ``folder``; return the folder.
 
     Everything is rendered from ``results`` as read back from its JSON, so the report can never
-    show a number that results.json does not hold. Files are replaced atomically and report.md
-    is written last: a crash part-way leaves the previous report intact, never a half-written one.
+    show a number that results.json does not hold; ``extra`` renders more sections from it, to
+    end report.md. Files are replaced atomically and report.md is written last: a crash part-way
+    leaves the previous report intact, never a half-written one.
     """
     text = json.dumps(results, indent=2, ensure_ascii=False, default=_plain)
     saved = json.loads(text)
@@ -376,6 +377,9 @@ def write_report(results: dict, folder: str | Path) -> Path:
     else:
         figures = write_plots(saved, folder)
     report = render_report(saved, [p.name for p in figures])
+    sections = extra(saved) if extra else ""
+    if sections:
+        report = report.rstrip("\n") + "\n\n" + sections + "\n"
     with atomic_open(folder / RESULTS_FILE) as fh:
         fh.write(text + "\n")
     with atomic_open(folder / REPORT_FILE) as fh:

@@ -101,15 +101,12 @@ def single_bt_cross_entropy(features: PairFeatures, label_p: np.ndarray, max_ite
     head = torch.zeros(diff.shape[1], dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS([head], max_iter=max_iter, line_search_fn="strong_wolfe")
 
-    def cross_entropy() -> torch.Tensor:
-        return F.binary_cross_entropy_with_logits(diff @ head, target)
-
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = cross_entropy()
+        loss = F.binary_cross_entropy_with_logits(diff @ head, target)
         loss.backward()
         return loss
 
     optimizer.step(closure)
     with torch.no_grad():
-        return float(cross_entropy())
+        return float(F.binary_cross_entropy_with_logits(diff @ head, target))

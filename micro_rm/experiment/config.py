@@ -1,18 +1,9 @@
 """``ExperimentConfig``: one YAML file that describes a whole experiment, checked when it is read.
 
-Every section is a pydantic dataclass (``micro_rm.train.config.config_class``) whose fields are
-typed, ranged and documented once; the settings the harness shares with the library (stage 1's
-K, α, router, epochs, learning rate, batch size and validation fraction; stage 2's budget, τ and
-folds) are the library's own definitions (``micro_rm.train.config``). A bad value or an unknown
-key anywhere is one error line that names its path (``stage2.folds``, ``stage2.tau_grdi``) and
-what is accepted, raised before any data is read or encoded (nanoGPT's configurator refuses
-unknown keys the same way). The shipped examples are ``configs/*.yaml``.
-
-Data sources: ``{data}`` at the start of a source is the folder of the offline real datasets,
-``$MICRO_RM_DATA`` when set, else ``../shared/data`` beside the repository that holds the config
-(the config's folder's parent). Another relative path is read relative to the current folder
-when it exists there, else relative to the config file's folder. Anything else (a hub id such as
-``nvidia/HelpSteer2``) goes to the builder as written.
+Every section is a pydantic dataclass (``micro_rm.train.config.config_class``); the settings shared
+with the library (stage 1's K, α, router, …; stage 2's budget, τ, folds) are its own definitions.
+A bad value or an unknown key is one error line naming its path (``stage2.tau_grdi``), raised
+before any data is read. The shipped examples are ``configs/*.yaml``.
 
 >>> config = ExperimentConfig.from_dict({"data": {"builder": "synthetic"}})
 >>> config.stage2.budget, config.stage1.variants[0].protocol
@@ -251,7 +242,10 @@ class ExperimentConfig:
 
 
 def resolve_source(source: str, config_path: Optional[str]) -> str:
-    """Where a data source lives, following the rules in the module docstring.
+    """Where a data source lives. ``{data}`` at its start is the offline datasets' folder:
+    ``$MICRO_RM_DATA``, else ``../shared/data`` beside the repository that holds the config. Another
+    relative path is read from the current folder if it exists there, else beside the config file.
+    Anything else (a hub id) goes to the builder as written.
 
     >>> resolve_source("nvidia/HelpSteer2", None)
     'nvidia/HelpSteer2'

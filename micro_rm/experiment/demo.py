@@ -1,16 +1,10 @@
 """``micro-rm demo``: the experiment on built-in synthetic data with the static backbone.
 
-Four user groups (concise, expert, cautious, playful) with known, conflicting preferences over
-response styles; each group has a context sentence. The pooled labels are a true mixture, so a
-single reward model cannot fit them, while MiCRo's heads specialise and its router learns from
-the context which head a user wants.
-
-Chosen by measurement on 2 shared CPU cores, from empty caches: the ``static`` backbone (its
-table distilled once, ~25 s, then ~1,000 texts/s) and 100 prompts (3,791 texts) finish in under a
-minute (47 s wall, 50 s CPU), while the ``default`` transformer takes 68-204 s wall (115-163 s
-CPU) for the same data and shows the same: MiCRo ~0.2 above one model for everyone, and a new user
-known only by id who gains from 5 labels. ``--backbone default`` runs it on the transformer;
-``configs/dsp.yaml`` and the other configs are the full benchmarks on real data.
+Four user groups (concise, expert, cautious, playful) with conflicting preferences over response
+styles, each with a context sentence: a single reward model cannot fit the pooled labels, while
+MiCRo's heads specialise and its router learns from the context which head a user wants.
+The ``static`` backbone and 100 prompts finish in under a minute on 2 CPU cores from empty caches
+(the ``default`` transformer, ``--backbone default``, takes 1-3 minutes and shows the same).
 
 ``DEMO_CONFIG`` is the config; ``configs/demo.yaml`` holds the same settings.
 """

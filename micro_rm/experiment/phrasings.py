@@ -1,17 +1,11 @@
 """Held-out phrasings: does the router route a context it never saw like one with the same intent?
 
-A config may give several phrasings per attribute (``data.contexts: {academy: [p0, p1, …]}``).
-They are cut in three disjoint groups, in the order listed: the first ``phrasings.train`` are the
-contexts of the stage-1 training pairs (each pair gets one, by a hash of its prompt), the next
-``phrasings.adapt`` are the contexts of the stage-2 budget pairs, and the rest are the test
-phrasings, never seen in training. Accuracy on the test split is reported
-
-- with the training phrasings (what the canonical protocol measures),
-- zero-shot with each test phrasing (every test pair under every test phrasing, averaged),
-- after stage 2 with B budget pairs per attribute carrying the adapt phrasings, mean ± std over
-  seeds.
-
-Choices are made on the train split only: the held-out phrasings are read to report.
+A config may give several phrasings per attribute (``data.contexts: {academy: [p0, p1, …]}``),
+cut in the order listed: the first ``phrasings.train`` are the contexts of the stage-1 training
+pairs (one per pair, by a hash of its prompt), the next ``phrasings.adapt`` those of the stage-2
+budget pairs, and the rest are test phrasings, never trained on. Test accuracy is reported with
+the training phrasings, zero-shot under each test phrasing, and after stage 2 (B budget pairs per
+attribute with the adapt phrasings, mean ± std over seeds). Nothing is chosen on the test phrasings.
 
 >>> split_phrasings({"a": ["p0", "p1", "p2", "p3"]}, train=2, adapt=1)
 ({'a': ['p0', 'p1']}, {'a': ['p2']}, {'a': ['p3']})
@@ -31,7 +25,7 @@ Phrasings = dict[str, list[str]]
 
 def split_phrasings(contexts: dict[str, Any], train: int, adapt: int) -> tuple[Phrasings, Phrasings, Phrasings]:
     """The (train, adapt, test) phrasings of each attribute that has a list of them (the config
-    checked at load that every list has at least ``train + adapt + 1``)."""
+    checked that every list has at least ``train + adapt + 1``)."""
     lists = {a: list(v) for a, v in contexts.items() if isinstance(v, list)}
     return ({a: v[:train] for a, v in lists.items()}, {a: v[train:train + adapt] for a, v in lists.items()},
             {a: v[train + adapt:] for a, v in lists.items()})

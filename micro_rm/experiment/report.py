@@ -5,23 +5,14 @@ same ``results.json`` so every number in ``report.md`` is one that file holds.""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from micro_rm.atomic import atomic_open
-from micro_rm.eval.report import REPORT_FILE, RESULTS_FILE, _acc, _md_table, write_report
+from micro_rm.eval.report import _acc, _md_table, write_report
 
 
 def write_experiment_report(results: dict, folder: str | Path) -> Path:
-    """Write the report folder and append the experiment's extra sections to ``report.md``."""
-    folder = write_report(results, folder)
-    saved = json.loads((folder / RESULTS_FILE).read_text(encoding="utf-8"))
-    text = (folder / REPORT_FILE).read_text(encoding="utf-8")
-    extra = extra_sections(saved)
-    if extra:
-        with atomic_open(folder / REPORT_FILE) as fh:
-            fh.write(text.rstrip("\n") + "\n\n" + extra + "\n")
-    return folder
+    """Write the report folder, with the experiment's extra sections at the end of ``report.md``."""
+    return write_report(results, folder, extra=extra_sections)
 
 
 def extra_sections(results: dict) -> str:

@@ -73,11 +73,10 @@ def run_experiment(config: ExperimentConfig, *, backbone: Any = None, out: str |
 __all__ = ["STEPS", "Step", "run_experiment"]
 
 
-def check_report_folder(folder: str | os.PathLike, *, force: bool = False, option: str = "--out") -> None:
-    """Refuse to write a report into ``folder`` when it holds files that an earlier run did not
-    write: a run's folder is marked by its ``results.json`` (one that
-    :func:`~micro_rm.eval.report.load_results` reads), and only such a folder, an empty one or a
-    new one is rewritten. ``force`` writes anyway (files of the same names are replaced).
+def check_report_folder(folder: str | os.PathLike, *, force: bool = False) -> None:
+    """Refuse to write a report into ``folder`` unless it is new, empty or an earlier run's (it
+    holds a ``results.json`` that :func:`~micro_rm.eval.report.load_results` reads), so a run
+    never mixes its files with others. ``force`` writes anyway (files of the same names are replaced).
 
     >>> check_report_folder("runs/a-model-folder")  # doctest: +SKIP
     Traceback (most recent call last):
@@ -91,8 +90,6 @@ def check_report_folder(folder: str | os.PathLike, *, force: bool = False, optio
         return
     try:
         load_results(folder)
-        return
     except MicroRMError:
-        pass
-    raise MicroRMError(f"{option} {folder}: holds files that no micro-rm report wrote (no readable results.json), "
-                       "so writing there would mix them; choose an empty or new folder, or pass --force")
+        raise MicroRMError(f"--out {folder}: holds files that no micro-rm report wrote (no readable results.json), "
+                           "so writing there would mix them; choose an empty or new folder, or pass --force") from None

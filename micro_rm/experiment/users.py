@@ -1,24 +1,15 @@
 """Users online: per-user Hedge for the pairs' own users, and new users' learning curve.
 
-``per_user_hedge`` (``users.enabled``, needs ``user_id`` on the pairs): the chosen stage-1 model is
-shared; each user's Hedge state learns from ``users.feedback`` of that user's train pairs, and
-accuracy on the user's test pairs is reported before and after.
+Both share the chosen stage-1 model. ``per_user_hedge`` (``users.enabled``, needs ``user_id`` on
+the pairs): each user's Hedge state learns from ``users.feedback`` of their train pairs; accuracy
+on their test pairs before and after.
 
-``new_users`` (``user_curve.enabled``): accuracy against the number of feedback pairs.
-
-Each attribute is one simulated user. The chosen stage-1 model is shared; a user starts from
-nothing (``UserState.fresh``) and gives n labelled pairs drawn from their attribute's train pairs,
-either at random or proposed one at a time by active selection
-(:func:`micro_rm.train.active.best_queries`, expected information gain: the ranking ``suggest``
-offers in the service, the CLI and the API). Their weights are the
-router's prior sharpened by Hedge, w = normalise(f_ψ(x, c) ⊙ exp(−η S_u)); accuracy is measured on
-their attribute's test pairs. Two kinds of users:
-
-- ``no context``: known only by ``user_id``; the prior is the router on the prompt with no context
-  (what stage 1's context dropout trains for);
-- ``context``: the user also states their context (the attribute's training sentence).
-
-Mean ± std over draws of the feedback (seeds).
+``new_users`` (``user_curve.enabled``): each attribute is one simulated user who starts from
+nothing and labels n of its train pairs, at random or proposed by active selection (the ranking
+``suggest`` offers). Their weights are the router's prior sharpened by Hedge,
+w = normalise(f_ψ(x, c) ⊙ exp(−η S_u)). A ``no context`` user is known only by ``user_id`` (the
+prior is the router on the prompt alone, what stage 1's context dropout trains for); a ``context``
+user also states the attribute's training sentence.
 """
 
 from __future__ import annotations
@@ -32,21 +23,12 @@ from micro_rm.experiment.state import Run
 N_FEEDBACK = (0, 1, 2, 5, 10, 20, 50)
 
 
-def user_accuracy(log_prior: np.ndarray, head_probs: np.ndarray, cumulative_loss: np.ndarray,
-                  eta: float) -> float:
-    """Accuracy on pairs [n] of the routed mixture with weights normalise(prior ⊙ exp(−η S))."""
-    from micro_rm.online.hedge import routed_probabilities
-
-    return float((routed_probabilities(log_prior, head_probs, cumulative_loss, eta) > 0.5).mean())
-
-
 def feedback_order(pool_probs: np.ndarray, pool_log_prior: np.ndarray, n: int, eta: float,
                    rng: np.random.Generator, active: bool) -> list[int]:
     """Indices of the first ``n`` pool pairs a user labels: random, or the loop a labelling tool
-    runs with the product's ranking (:func:`micro_rm.train.active.best_queries`, which
-    ``micro-rm suggest``, ``POST /users/{id}/queries`` and ``MiCRo.suggest`` call): ask for the
-    best pair under the user's current weights, reveal its label, add its losses, ask again (the
-    score is symmetric in the pair's orientation)."""
+    runs with the product's ranking (:func:`micro_rm.train.active.best_queries`, as ``micro-rm
+    suggest`` uses): ask for the best pair under the user's current weights, reveal its label, add
+    its losses, ask again (the score is symmetric in the pair's orientation)."""
     from micro_rm.online.hedge import pair_losses
     from micro_rm.train.active import best_queries
 
@@ -66,11 +48,10 @@ def feedback_order(pool_probs: np.ndarray, pool_log_prior: np.ndarray, n: int, e
 def learning_curve(model: Any, pool: dict[str, Any], test: dict[str, Any], *, eta: float, seeds: int,
                    seed: int = 0, oracle: Optional[float] = None,
                    n_feedback: tuple[int, ...] = N_FEEDBACK) -> dict[str, Any]:
-    """``pool`` / ``test``: {"no context" | "context": PairFeatures} of the train / test split
-    (the same pairs with and without the context in the route). Returns, per kind of user and
-    per selection (random, active), the mean accuracy over users at each n, mean and std over
-    seeds."""
-    from micro_rm.online.hedge import pair_losses
+    """Per kind of user and selection (random, active), the mean accuracy over users after each n
+    of ``n_feedback`` pairs, mean and std over seeds. ``pool`` / ``test``: {"no context" |
+    "context": PairFeatures} of the train / test split."""
+    from micro_rm.online.hedge import pair_losses, routed_probabilities
 
     kinds = {}
     users = sorted({a for a in test["context"].attributes if a is not None})
@@ -92,8 +73,8 @@ def learning_curve(model: Any, pool: dict[str, Any], test: dict[str, Any], *, et
                                                 rng, selection == "active")]
                     losses = pair_losses(pool_probs[order])                          # [n_max, K]
                     for j, n in enumerate(n_feedback):
-                        per_user[u, j] = user_accuracy(test_prior[mine], test_probs[mine],
-                                                       losses[:n].sum(axis=0), eta)
+                        probs = routed_probabilities(test_prior[mine], test_probs[mine], losses[:n].sum(axis=0), eta)
+                        per_user[u, j] = float((probs > 0.5).mean())
                 curve[s] = per_user.mean(axis=0)
             kinds[f"{kind} / {selection}"] = {"mean": curve.mean(axis=0).tolist(),
                                               "std": curve.std(axis=0, ddof=1).tolist() if seeds > 1
