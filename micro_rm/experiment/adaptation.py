@@ -1,6 +1,4 @@
-"""Stage 2 in the harness: each variant's router adapted with B context pairs per attribute
-(every budget draw for the chosen variant, the first draw for the others), the `micro` rows,
-and the budget curve (stage-2 accuracy against B, mean ± std over the draws)."""
+"""Stage 2 in the harness: each variant's router adapted, the `micro` rows, the budget curve."""
 
 from __future__ import annotations
 

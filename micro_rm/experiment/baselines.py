@@ -1,11 +1,5 @@
-"""The rows MiCRo is compared with, and what each method was given (the Supervision column).
-
-Baselines with the same K: single reward, static mixture, shared-base, and ``single-ctx`` /
-``static-ctx`` that see the context in their reward features (the information MiCRo's router
-gets); HyRe (shared-base heads) and MiCRo-HyRe (the chosen variant's stage-1 heads) with m
-labelled test pairs per attribute; the oracle, one BT head per attribute trained on all of that
-attribute's train pairs.
-"""
+"""The rows MiCRo is compared with (same K: single, static, shared-base and their ``-ctx`` twins;
+HyRe, MiCRo-HyRe; the oracle), and what each method was given (the Supervision column)."""
 
 from __future__ import annotations
 

@@ -67,10 +67,8 @@ def heldout_phrasings(run: Run) -> None:
     pool = featurize(with_phrasings([r for r in run.pool if r.get("attribute") in adapt_ph], adapt_ph, "adapt"))
     stage2 = {}
     for budget in section.budgets:
-        means = []
-        for seed in run.seeds():
-            adapted, _ = run.adapt(model, budget, seed, pool=pool)
-            means.append(float(np.mean([run.evaluate(adapted, f)["mean"] for f in held_features])))
+        adapted = [run.adapt(model, budget, seed, pool=pool)[0] for seed in run.seeds()]
+        means = [float(np.mean([run.evaluate(a, f)["mean"] for f in held_features])) for a in adapted]
         stage2[budget] = {"mean": float(np.mean(means)), "std": float(np.std(means, ddof=1)) if len(means) > 1 else 0.0}
     zero_shot = float(np.mean(held))
     run.log(f"phrasings: training {seen:.3f}, held-out {zero_shot:.3f} (ratio {zero_shot / seen:.3f}); "

@@ -1,6 +1,4 @@
-"""The harness's last steps: ``results.json`` assembled (rows in a fixed order, 95% bootstrap
-intervals by test prompt for every row and the paired differences of ``DIFFERENCES``, the
-head × attribute matrix, router statistics), the models saved, and the report folder written."""
+"""The harness's last steps: ``results.json`` assembled, the models saved, the report folder written."""
 
 from __future__ import annotations
 
@@ -154,5 +152,4 @@ def _tau_label(tau: Any, chosen: Sequence[float | str]) -> Any:
 
 
 def _router_summary(stats: dict[str, Any]) -> dict[str, Any]:
-    return {"mean_entropy": stats["mean_entropy"], "head_usage": stats["head_usage"],
-            "top_head_share": stats["top_head_share"]}
+    return {key: stats[key] for key in ("mean_entropy", "head_usage", "top_head_share")}

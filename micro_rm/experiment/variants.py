@@ -1,10 +1,5 @@
-"""Stage 1's MiCRo grid and which variant becomes the `micro` row.
-
-Each variant of ``stage1.variants`` (protocol × regulariser × α) is fitted and scored on the test
-pairs; the `micro` row is chosen by the config's rule (the first listed variant within one
-standard error of the lowest stage-1 validation NLL on held-out *train* prompts, or the first
-listed): no test label is read to choose it.
-"""
+"""Stage 1's MiCRo grid (``stage1.variants``: protocol × regulariser × α) and which variant
+becomes the `micro` row, chosen without reading a test label."""
 
 from __future__ import annotations
 
