@@ -627,14 +627,13 @@ def test_serve_command_binds_loopback_and_reports_bad_input(tmp_path, monkeypatc
 
 
 def test_group_commit_gives_the_states_of_one_by_one_updates(tmp_path):
-    from micro_rm.online import open_store
-    from micro_rm.serve.writer import apply_feedback_many
+    from micro_rm.online import FeedbackRequest, open_store
 
     rng = np.random.default_rng(0)
     batches = [(f"u{i % 3}", rng.uniform(size=(1 + i % 2, K)), [{"i": i}] * (1 + i % 2)) for i in range(7)]
     grouped = open_store(tmp_path / "grouped.db", "m", K)
     single = open_store(tmp_path / "single.db", "m", K)
-    states = apply_feedback_many(grouped, batches)
+    states = grouped.apply_requests([FeedbackRequest(batches)])[0]
     for (user, losses, payloads), state in zip(batches, states):
         want = single.apply_feedback(user, losses, payloads)
         assert state.num_feedback == want.num_feedback

@@ -46,23 +46,19 @@ class UserStore(StateStore):
 
     _kind = "state file"
 
-    def __init__(
-        self, state: str | os.PathLike, model_id: str | None = None, num_heads: int | None = None
-    ) -> None:
+    def __init__(self, state: str | os.PathLike, model_id: str | None = None, num_heads: int | None = None) -> None:
         text = os.fspath(state)
         match = URL_SCHEME.match(text)
         if match and not text.startswith("sqlite:///"):
-            raise MicroRMError(
-                f"unsupported state URL {text!r}; use a path, sqlite:///PATH or postgresql://USER@HOST/DB"
-            )
+            raise MicroRMError(f"unsupported state URL {text!r}; use a path, sqlite:///PATH or "
+                               "postgresql://USER@HOST/DB")
         path = text[len("sqlite:///"):] if match else text
         if path in ("", ":memory:"):
             raise MicroRMError(f"state {text!r} needs a file path: an in-memory database cannot be shared")
         self.path = Path(path)
         if model_id is None and not self.path.exists():
-            raise MicroRMError(
-                f"state file {path} does not exist; `micro-rm feedback --model DIR --state {path}` creates it"
-            )
+            raise MicroRMError(f"state file {path} does not exist; `micro-rm feedback --model DIR "
+                               f"--state {path}` creates it")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             super().__init__(path, model_id, num_heads)
@@ -93,9 +89,8 @@ class PostgresUserStore(StateStore):
         try:
             import psycopg
         except ImportError:
-            raise MicroRMError(
-                "a postgresql:// state URL needs the psycopg package: pip install 'psycopg[binary]'"
-            ) from None
+            raise MicroRMError("a postgresql:// state URL needs the psycopg package: "
+                               "pip install 'psycopg[binary]'") from None
         parts = urllib.parse.urlsplit(url)
         self._url = urllib.parse.urlunsplit(parts._replace(scheme="postgresql"))  # drop "+driver"
         if parts.password:

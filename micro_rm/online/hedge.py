@@ -42,10 +42,8 @@ def validate_eta(eta: float) -> float:
     """
     eta_f = float(eta)
     if not math.isfinite(eta_f) or eta_f <= 0:
-        raise MicroRMError(
-            f"--eta must be a finite number > 0 (the Hedge learning rate), got {eta!r}; "
-            f"try --eta {DEFAULT_ETA}"
-        )
+        raise MicroRMError(f"--eta must be a finite number > 0 (the Hedge learning rate), got {eta!r}; "
+                           f"try --eta {DEFAULT_ETA}")
     return eta_f
 
 
@@ -124,15 +122,10 @@ class UserState:
         """The state after pairs whose scaled per-head losses are ``losses`` [N, K]."""
         losses = _f64(losses)
         if losses.ndim != 2 or losses.shape[1] != self.num_heads or not np.isfinite(losses).all():
-            raise MicroRMError(
-                f"losses for user {self.user_id!r} must be a finite [N, {self.num_heads}] array "
-                f"(one row per pair, one column per head), got shape {losses.shape}"
-            )
-        return dataclasses.replace(
-            self,
-            cumulative_loss=self.cumulative_loss + losses.sum(axis=0),
-            num_feedback=self.num_feedback + losses.shape[0],
-        )
+            raise MicroRMError(f"losses for user {self.user_id!r} must be a finite [N, {self.num_heads}] array "
+                               f"(one row per pair, one column per head), got shape {losses.shape}")
+        return dataclasses.replace(self, cumulative_loss=self.cumulative_loss + losses.sum(axis=0),
+                                   num_feedback=self.num_feedback + losses.shape[0])
 
     def update(self, head_probs: Any, p_min: float = DEFAULT_P_MIN) -> "UserState":
         """The state after N labelled pairs; ``head_probs`` [N, K] as in :func:`pair_losses`."""
@@ -142,8 +135,6 @@ class UserState:
         """Routing weights [B, K] for this user from log router weights ``log_prior`` [B, K]."""
         log_prior = _f64(log_prior)
         if log_prior.shape[-1:] != (self.num_heads,):
-            raise MicroRMError(
-                f"router weights have shape {log_prior.shape}, but user {self.user_id!r} has "
-                f"state for {self.num_heads} heads"
-            )
+            raise MicroRMError(f"router weights have shape {log_prior.shape}, but user {self.user_id!r} has "
+                               f"state for {self.num_heads} heads")
         return np.exp(hedge_log_weights(log_prior, self.cumulative_loss, validate_eta(eta)))

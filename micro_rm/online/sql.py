@@ -92,20 +92,17 @@ class StateStore:
             meta = dict(cur.execute("SELECT key, value FROM meta").fetchall())
             if not meta:
                 if model_id is None or num_heads is None:
-                    raise MicroRMError(
-                        f"{self._kind} {self.location} holds no micro-rm state yet; "
-                        f"`micro-rm feedback --model DIR --state {self.location}` creates it"
-                    )
+                    raise MicroRMError(f"{self._kind} {self.location} holds no micro-rm state yet; "
+                                       f"`micro-rm feedback --model DIR --state {self.location}` creates it")
                 meta = {"model_id": model_id, "num_heads": str(num_heads),
                         "schema_version": str(SCHEMA_VERSION)}
                 cur.executemany(self._sql("INSERT INTO meta (key, value) VALUES (?, ?)"), list(meta.items()))
             self._check_version(cur, meta.get("schema_version", "1"))
         self.model_id, self.num_heads = meta["model_id"], int(meta["num_heads"])
         if model_id is not None and (model_id, num_heads) != (self.model_id, self.num_heads):
-            raise MicroRMError(
-                f"{self._kind} {self.location} was written for model {self.model_id} (K={self.num_heads}), "
-                f"not {model_id} (K={num_heads}); point --state at another file or database"
-            )
+            raise MicroRMError(f"{self._kind} {self.location} was written for model {self.model_id} "
+                               f"(K={self.num_heads}), not {model_id} (K={num_heads}); point --state at another "
+                               "file or database")
 
     def _check_version(self, cur: Any, found: str) -> None:
         """Refuse a schema this code does not know; upgrade an older known one in place."""
@@ -158,11 +155,8 @@ class StateStore:
         return self._conn().execute(self._sql(sql), params).fetchall()
 
     def _select_user(self, cur: Any, user_id: str, lock: str = "", checked: bool = True) -> UserState | None:
-        row = cur.execute(
-            self._sql("SELECT model_id, num_heads, cumulative_loss, num_feedback FROM users WHERE user_id = ?")
-            + lock,
-            (user_id,),
-        ).fetchone()
+        row = cur.execute(self._sql("SELECT model_id, num_heads, cumulative_loss, num_feedback FROM users "
+                                    "WHERE user_id = ?") + lock, (user_id,)).fetchone()
         if row is None:
             return None
         model_id, num_heads, loss_json, num_feedback = row
@@ -186,10 +180,9 @@ class StateStore:
 
     def _write_state(self, cur: Any, state: UserState) -> None:
         # json.dumps writes the shortest repr of each float64, which reads back bit-exactly.
-        cur.execute(
-            self._sql("UPDATE users SET cumulative_loss = ?, num_feedback = ?, updated_at = ? WHERE user_id = ?"),
-            (json.dumps(state.cumulative_loss.tolist()), state.num_feedback, _now(), state.user_id),
-        )
+        cur.execute(self._sql("UPDATE users SET cumulative_loss = ?, num_feedback = ?, updated_at = ? "
+                              "WHERE user_id = ?"),
+                    (json.dumps(state.cumulative_loss.tolist()), state.num_feedback, _now(), state.user_id))
 
     def _unknown_user(self, user_id: str) -> MicroRMError:
         users = self.list_users()
@@ -199,22 +192,16 @@ class StateStore:
         return MicroRMError(f"unknown user {user_id!r} in {self.location}; {hint}")
 
     # --- public verbs ---------------------------------------------------------------------
-    def apply_feedback(
-        self, user_id: str, losses: Any, payloads: Sequence[Mapping[str, Any]] | None = None
-    ) -> UserState:
+    def apply_feedback(self, user_id: str, losses: Any,
+                       payloads: Sequence[Mapping[str, Any]] | None = None) -> UserState:
         """Add N pairs' per-head losses [N, K] to the user's S_u and log them (with one JSON-able
         ``payloads`` dict per pair), atomically; the user's state after."""
-        return self.apply_feedback_many([(user_id, losses, payloads)])[0]
-
-    def apply_feedback_many(self, batches: Sequence[tuple[str, Any, Sequence[Mapping[str, Any]] | None]]
-                            ) -> list[UserState]:
-        """Apply several ``(user_id, losses [N, K], payloads)`` batches in ONE transaction; each
-        batch's state is the user's right after it, as if applied one by one."""
-        return self.apply_requests([FeedbackRequest(batches)])[0]
+        return self.apply_requests([FeedbackRequest([(user_id, losses, payloads)])])[0][0]
 
     @_guarded
     def apply_requests(self, requests: Sequence[FeedbackRequest]) -> list[list[UserState]]:
-        """Apply several requests in ONE transaction; each request's states, batch by batch.
+        """Apply several requests in ONE transaction; each request's states, batch by batch, each
+        the user's state right after its batch (as if the batches were applied one by one).
 
         Raises :class:`UserDeleted` or :class:`DuplicateKey` (with the request's ``index``) and
         applies nothing if any request is stale: the caller drops that one and retries the rest.
@@ -263,13 +250,9 @@ class StateStore:
             if cur.execute(self._sql("SELECT 1 FROM deleted_users WHERE user_id = ?"), (user_id,)).fetchone():
                 raise UserDeleted(f"user {user_id!r} was deleted, and deletion is final: nothing was applied; "
                                   "POST /users re-creates it", index)
-            cur.execute(
-                self._sql(
-                    "INSERT INTO users (user_id, model_id, num_heads, cumulative_loss, num_feedback, "
-                    "updated_at) VALUES (?, ?, ?, ?, 0, ?) ON CONFLICT (user_id) DO NOTHING"
-                ),
-                (user_id, self.model_id, self.num_heads, json.dumps([0.0] * self.num_heads), _now()),
-            )
+            cur.execute(self._sql("INSERT INTO users (user_id, model_id, num_heads, cumulative_loss, num_feedback, "
+                                  "updated_at) VALUES (?, ?, ?, ?, 0, ?) ON CONFLICT (user_id) DO NOTHING"),
+                        (user_id, self.model_id, self.num_heads, json.dumps([0.0] * self.num_heads), _now()))
             try:
                 current[user_id] = self._select_user(cur, user_id, self._for_update)
             except StateInvalid as err:
@@ -280,10 +263,8 @@ class StateStore:
                                   "nothing was applied", index)
         current[user_id] = after
         created = _now()
-        cur.executemany(
-            self._sql("INSERT INTO feedback (user_id, created_at, payload, losses) VALUES (?, ?, ?, ?)"),
-            [(user_id, created, p, json.dumps(row.tolist())) for p, row in zip(payload_json, losses)],
-        )
+        cur.executemany(self._sql("INSERT INTO feedback (user_id, created_at, payload, losses) VALUES (?, ?, ?, ?)"),
+                        [(user_id, created, p, json.dumps(row.tolist())) for p, row in zip(payload_json, losses)])
         return current[user_id]
 
     def _record_key(self, cur: Any, key: tuple[str, str, str], states: dict[str, UserState],

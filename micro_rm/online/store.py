@@ -15,9 +15,7 @@ from micro_rm.online.engines import URL_SCHEME, PostgresUserStore, UserStore
 from micro_rm.online.sql import StateStore
 
 
-def open_store(
-    state: str | os.PathLike, model_id: str | None = None, num_heads: int | None = None
-) -> StateStore:
+def open_store(state: str | os.PathLike, model_id: str | None = None, num_heads: int | None = None) -> StateStore:
     """Open (or, given the model, create) the state store at a path or a database URL.
 
     ``state`` is a plain path or ``sqlite:///PATH`` (SQLite, the default engine) or

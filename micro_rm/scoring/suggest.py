@@ -34,8 +34,7 @@ class Query:
     gain: float
 
 
-def check_pool(pairs: Any, k: Any, limits: ScoringLimits, limit: str = "max_texts",
-               where: str = "pairs") -> tuple[list[dict[str, Any]], int]:
+def check_pool(pairs: Any, k: Any, limits: ScoringLimits, limit: str = "max_texts") -> tuple[list[dict[str, Any]], int]:
     """``(records, k)``: each candidate checked alone (:func:`~micro_rm.data.records.normalize_pair`,
     then ``limits``), so a bad one is refused with its field and index. An empty pool or ``k`` < 1
     is a 422, a pool over ``limits.<limit>`` a 413; ``k`` is capped at the pool's size.
@@ -44,18 +43,18 @@ def check_pool(pairs: Any, k: Any, limits: ScoringLimits, limit: str = "max_text
     ([{'prompt': 'Hi', 'chosen': 'Hello!', 'rejected': 'Go away.'}], 1)
     """
     if not isinstance(pairs, (list, tuple)):
-        raise RequestRefused(f"`{where}` must be a list of candidate pairs, got {type(pairs).__name__}")
+        raise RequestRefused(f"`pairs` must be a list of candidate pairs, got {type(pairs).__name__}")
     if not pairs:
-        raise RequestRefused(f"`{where}` is empty: send at least one candidate pair")
+        raise RequestRefused(f"`pairs` is empty: send at least one candidate pair")
     most = getattr(limits, limit)
     if len(pairs) > most:
-        raise TooManyTexts(f"`{where}` has {len(pairs)} candidate pairs; the limit is {most} "
+        raise TooManyTexts(f"`pairs` has {len(pairs)} candidate pairs; the limit is {most} "
                            f"({limits.name(limit)}): send fewer candidates")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise RequestRefused(f"`k` must be an integer ≥ 1 (how many pairs to suggest), got {k!r}")
     records = []
     for i, pair in enumerate(pairs):
-        here = f"{where}[{i}]"
+        here = f"pairs[{i}]"
         if not isinstance(pair, Mapping):
             raise RequestRefused(f"{here}: a candidate must be an object with `prompt`, `chosen` and "
                                  f"`rejected`, got {type(pair).__name__}")

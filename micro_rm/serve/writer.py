@@ -11,27 +11,17 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Sequence, Union
 
-import numpy as np
-
 from micro_rm.online.hedge import UserState
 from micro_rm.online.requests import FeedbackRequest, StaleRequest
 from micro_rm.scoring.features import QueueWorker
-
-
-def apply_feedback_many(store: Any, batches: Sequence[tuple[str, np.ndarray, list[dict]]]) -> list[UserState]:
-    """Apply ``(user_id, losses [n, K], payloads)`` batches in one transaction when the store can;
-    a test double gets one ``apply_feedback`` call per batch."""
-    if hasattr(store, "apply_feedback_many"):
-        return store.apply_feedback_many(batches)
-    return [store.apply_feedback(user, losses, payloads) for user, losses, payloads in batches]
 
 
 def apply_requests(store: Any, requests: Sequence[FeedbackRequest]
                    ) -> list[Union[list[UserState], StaleRequest]]:
     """Each request's states, or the :class:`StaleRequest` that refused it; every applied request
     in one transaction (retried without the refused ones)."""
-    if not hasattr(store, "apply_requests"):
-        return [apply_feedback_many(store, r.batches) for r in requests]
+    if not hasattr(store, "apply_requests"):     # a test double: one apply_feedback call per batch
+        return [[store.apply_feedback(*batch) for batch in r.batches] for r in requests]
     pending, refused = list(range(len(requests))), {}
     while pending:
         try:

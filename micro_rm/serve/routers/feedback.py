@@ -26,7 +26,7 @@ from micro_rm.scoring.suggest import pool_items
 from micro_rm.serve.auth import Principal, check_acts_as, require_principal
 from micro_rm.serve.deps import get_batcher, get_metrics, get_scorer, get_settings, get_store, get_writer
 from micro_rm.serve.routers.common import feedback_weights
-from micro_rm.serve.schemas import FeedbackItem, FeedbackResponse, UserWeights, as_text
+from micro_rm.serve.schemas import FeedbackItem, FeedbackResponse, UserWeights
 from micro_rm.serve.settings import ServeSettings
 
 router = APIRouter(tags=["feedback"])
@@ -48,10 +48,8 @@ def _records(body: Union[list[FeedbackItem], FeedbackItem], principal: Principal
         if user is None:
             raise HTTPException(422, detail=f"{where}: `user_id` is required with the admin token")
         check_acts_as(principal, user)
-        raw = {"prompt": None if item.prompt is None else as_text(item.prompt),
-               "chosen": as_text(item.chosen), "rejected": as_text(item.rejected), "context": item.context}
         try:
-            record = normalize_pair(raw, where=where)
+            record = normalize_pair(item.model_dump(exclude={"user_id"}), where=where)
         except InvalidRecord as exc:
             raise HTTPException(422, detail=str(exc).replace(CLI_HINT, "")) from None
         for key, value in record.items():

@@ -15,7 +15,7 @@ from micro_rm.data.records import USER_ID_PATTERN
 from micro_rm.scoring.suggest import check_pool, pool_items, rank_pool
 from micro_rm.serve.auth import Principal, check_acts_as, require_principal
 from micro_rm.serve.deps import get_batcher, get_scorer, get_settings, get_store
-from micro_rm.serve.schemas import Context, TextIn, as_text
+from micro_rm.serve.schemas import Context, TextIn
 from micro_rm.serve.settings import ServeSettings
 
 router = APIRouter(prefix="/users", tags=["users"])
@@ -59,9 +59,7 @@ async def queries(body: QueriesRequest,
     """The `k` candidate pairs whose labels would teach most about this user, best first (the
     user's token or the admin token). Label them, send them to `POST /feedback`, ask again."""
     check_acts_as(principal, user_id)
-    pairs = [{"prompt": None if p.prompt is None else as_text(p.prompt), "chosen": as_text(p.chosen),
-              "rejected": as_text(p.rejected), "context": p.context} for p in body.pairs]
-    records, k = check_pool(pairs, body.k, settings.limits)
+    records, k = check_pool([p.model_dump() for p in body.pairs], body.k, settings.limits)
     state = await run_in_threadpool(store.get, user_id, True)
     vectors = await batcher.vectors(pool_items(scorer, records))
     found = rank_pool(scorer, records, vectors, state.cumulative_loss, k, settings.eta)
