@@ -26,15 +26,7 @@ from micro_rm.errors import InvalidRecord, MicroRMError
 logger = logging.getLogger(__name__)
 
 FILE_FORMATS = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet", ".csv")
-
-
-def _format_of(path: Path) -> str:
-    name = path.name.lower()
-    for suffix in FILE_FORMATS:
-        if name.endswith(suffix):
-            return suffix.replace(".gz", "")
-    raise MicroRMError(f"{path}: unknown format; use one of {', '.join(FILE_FORMATS)}, "
-                       "a dataset folder or a Hugging Face hub id")
+HF_DATASET_MARKERS = ("dataset_info.json", "dataset_dict.json")  # files of a saved dataset folder
 
 
 # ----- the input-decoding layer: every byte-level failure becomes one MicroRMError -------------
@@ -53,11 +45,8 @@ def _bytes_lines(path: Path) -> Iterator[bytes]:
 
 
 def decoded_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
-    """``(line number, text)`` of every line of a UTF-8 file (gzipped when it ends in ``.gz``).
-
-    Invalid UTF-8 names the line and the byte, instead of a ``UnicodeDecodeError`` traceback.
-    A leading byte-order mark is dropped.
-    """
+    """``(line number, text)`` of every line of a UTF-8 file (gzipped when it ends in ``.gz``);
+    invalid UTF-8 names the line and the byte, and a leading byte-order mark is dropped."""
     path = Path(path)
     for lineno, raw in enumerate(_bytes_lines(path), start=1):
         try:
@@ -131,13 +120,11 @@ def _parquet_rows(path: Path) -> Iterator[tuple[str, Any]]:
 
 def _dataset_rows(source: str, split: str | None) -> Iterator[tuple[str, Any]]:
     """Rows of a Hugging Face dataset (hub id or local folder)."""
-    try:
-        import datasets
-    except ImportError:  # pragma: no cover - datasets is a dependency
-        raise MicroRMError("reading Hugging Face datasets needs `pip install datasets`") from None
+    import datasets
+
     path = Path(source)
     try:
-        if path.is_dir() and any((path / f).exists() for f in ("dataset_info.json", "dataset_dict.json")):
+        if path.is_dir() and any((path / f).exists() for f in HF_DATASET_MARKERS):
             ds = datasets.load_from_disk(str(path))
         else:
             ds = datasets.load_dataset(source)
@@ -155,13 +142,10 @@ def _hf_object_rows(ds: Any, split: str | None, source: str) -> Iterator[tuple[s
 
     if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         names = list(ds.keys())
-        if split is not None:
-            name = split
-        elif len(names) == 1 or "train" in names:
-            name = names[0] if len(names) == 1 else "train"
-        else:
+        if split is None and len(names) != 1 and "train" not in names:
             raise MicroRMError(f"{source}: has splits {', '.join(names)} and none is called train; "
                                "choose one with --hf-split (hf_split= in Python)")
+        name = split if split is not None else (names[0] if len(names) == 1 else "train")
         if name not in ds:
             raise MicroRMError(f"{source}: no split {name!r}; it has {', '.join(names)} (--hf-split)")
         ds, source = ds[name], f"{source}[{name}]"
@@ -171,8 +155,7 @@ def _hf_object_rows(ds: Any, split: str | None, source: str) -> Iterator[tuple[s
         yield f"{source} row {i}", row
 
 
-# The split for reads that name none, set by ``hf_split_default`` around a builder: builders read
-# through ``read_rows(source)`` and keep their one-source signature.
+# The split for reads that name none, set by ``hf_split_default`` (builders keep one argument).
 _SPLIT: contextvars.ContextVar[str | None] = contextvars.ContextVar("micro_rm_hf_split", default=None)
 
 
@@ -197,21 +180,21 @@ def _is_hf_dataset(source: Any) -> bool:
 
 
 def read_rows(source: str | os.PathLike | Any, hf_split: str | None = None) -> Iterator[tuple[str, Any]]:
-    """Yield ``(where, row)`` for every row of ``source``; ``where`` names file and line for errors.
-
-    ``source`` is a file, a dataset folder, a hub id, or a ``datasets.Dataset`` /
-    ``DatasetDict`` object. ``hf_split`` picks the split of a Hugging Face dataset with several
-    (default: the only one, or ``train``; otherwise the choice is an error listing the splits).
-    """
+    """Yield ``(where, row)`` for every row of ``source`` (a file, a dataset folder, a hub id or a
+    ``datasets`` object); ``where`` names file and line for errors. ``hf_split`` picks the split of
+    a dataset with several (default: the only one, or ``train``)."""
     hf_split = hf_split if hf_split is not None else _SPLIT.get()
     if _is_hf_dataset(source):
         yield from _hf_object_rows(source, hf_split, "dataset")
         return
     path = Path(source)
     if path.is_file():
-        fmt = _format_of(path)
+        suffix = next((s for s in FILE_FORMATS if path.name.lower().endswith(s)), None)
+        if suffix is None:
+            raise MicroRMError(f"{path}: unknown format; use one of {', '.join(FILE_FORMATS)}, "
+                               "a dataset folder or a Hugging Face hub id")
         reader = {".jsonl": _jsonl_rows, ".json": _json_rows, ".csv": _csv_rows,
-                  ".parquet": _parquet_rows}[fmt]
+                  ".parquet": _parquet_rows}[suffix.replace(".gz", "")]
         try:
             yield from reader(path)
         except OSError as exc:

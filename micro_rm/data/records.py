@@ -1,23 +1,9 @@
 """The pair record: validation and normalisation of one preference pair.
 
-A record is a plain ``dict`` (so it works with ``datasets.map``) with the fields of DESIGN.md:
-
-==========  ==============================  ==========================================
-field       type                            meaning
-==========  ==============================  ==========================================
-prompt      str or list of chat messages    the user turn(s)
-chosen      str or list of chat messages    the preferred response
-rejected    str or list of chat messages    the other response
-context     str, optional                   what is known of the user's intent
-attribute   str, optional                   the group accuracy is reported by
-user_id     str, optional                   for per-user online adaptation
-margin      float, optional                 rating gap
-id          str, optional                   stable id
-==========  ==============================  ==========================================
-
-A chat message is ``{"role": str, "content": str}``. When ``prompt`` is absent and ``chosen``
-/ ``rejected`` are whole conversations, their shared prefix is the prompt (TRL's implicit-prompt
-format).
+A record is a plain ``dict`` (so it works with ``datasets.map``) with the fields of the README's
+"Data" table: ``prompt``, ``chosen``, ``rejected`` (strings or lists of ``{"role", "content"}``
+chat messages) and the optional strings ``context``, ``attribute``, ``user_id``, ``id`` and float
+``margin``. Without ``prompt``, whole conversations share their prefix as the prompt (TRL's format).
 """
 
 from __future__ import annotations
@@ -46,8 +32,8 @@ def _fail(where: str, message: str, kind: type[InvalidRecord] = InvalidRecord) -
 
 
 def check_unicode(value: str, field: str, where: str = "") -> str:
-    """``value`` unless it holds a lone surrogate (``"\\ud800"`` in JSON decodes to one), which
-    no UTF-8 encoder, tokenizer or database accepts. The CLI and the service share this rule.
+    """``value`` unless it holds a lone surrogate (JSON ``"\\ud800"``), which no UTF-8 encoder,
+    tokenizer or database accepts.
 
     >>> check_unicode("caf\u00e9", "chosen")
     'café'
@@ -101,8 +87,7 @@ def _shared_prefix(chosen: list[Message], rejected: list[Message]) -> int:
 
 
 def normalize_pair(record: dict[str, Any], where: str = "") -> dict[str, Any]:
-    """Validate one record and return it in canonical form (only known fields, prompt present).
-
+    """Validate one record and return it in canonical form (only known fields, prompt present);
     ``where`` (e.g. ``"pairs.jsonl line 12"``) prefixes every error message.
 
     >>> normalize_pair({"chosen": [{"role": "user", "content": "Hi"},

@@ -13,8 +13,9 @@ from functools import partial
 from typing import Any, Callable
 
 from micro_rm.data import synthetic
-from micro_rm.data.builders import (dsp, helpsteer2, hh_rlhf, hhh, jsonl, pandalm, pku_saferlhf,
-                                    preference, rpr, topicalchat, ultrafeedback)
+from micro_rm.data.builders import (dsp, helpsteer2, hh_rlhf, hhh, pandalm, pku_saferlhf, preference,
+                                    rpr, topicalchat, ultrafeedback)
+from micro_rm.data.readers import read_pairs
 from micro_rm.errors import MicroRMError
 
 
@@ -50,7 +51,7 @@ BUILDERS: dict[str, Builder] = {b.name: b for b in (
             pku_saferlhf.build),
     Builder("preference", "any chosen/rejected dataset, e.g. hendrydong/preference_700K",
             preference.build),
-    Builder("jsonl", "a pair file already in the micro-rm record schema", jsonl.build),
+    Builder("jsonl", "a pair file already in the micro-rm record schema", read_pairs),
     Builder("synthetic", "built-in synthetic text with 4 known user groups (no download); source = "
                          "key=value,… settings, e.g. n_prompts=100,responses_per_prompt=8",
             synthetic.build),

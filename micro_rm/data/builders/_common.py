@@ -10,13 +10,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from micro_rm.data.readers import read_rows
+from micro_rm.data.readers import HF_DATASET_MARKERS, read_rows
 from micro_rm.data.records import normalize_pair, render_text
 from micro_rm.errors import InvalidRecord, MicroRMError
 
 logger = logging.getLogger("micro_rm.data.builders")
-
-_HF_DATASET_FOLDER_MARKERS = ("dataset_info.json", "dataset_dict.json")
 
 
 def need(row: Any, field: str, where: str, schema: str, prefix: str = "") -> Any:
@@ -32,10 +30,10 @@ def need(row: Any, field: str, where: str, schema: str, prefix: str = "") -> Any
 
 
 def source_files(source: str | os.PathLike, pattern: str) -> list[str]:
-    """The files to read: a plain folder gives its files matching ``pattern`` (sorted, so ids are
-    stable); a file, a saved Hugging Face dataset folder or a hub id is read as it is."""
+    """The files matching ``pattern`` in a plain folder (sorted, so ids are stable); anything else
+    (a file, a saved dataset folder, a hub id) as it is."""
     path = Path(source)
-    if not path.is_dir() or any((path / m).exists() for m in _HF_DATASET_FOLDER_MARKERS):
+    if not path.is_dir() or any((path / m).exists() for m in HF_DATASET_MARKERS):
         return [str(source)]
     files = sorted(str(p) for p in path.glob(pattern) if p.is_file())
     if not files:
@@ -62,8 +60,8 @@ def degenerate(record: Mapping[str, Any]) -> str | None:
 
 
 class PairSink:
-    """Collects built pairs: validates each with ``normalize_pair``, counts the pairs a builder
-    drops on purpose (ties, empty responses), and logs or raises on bad rows."""
+    """Collects built pairs: validates each, counts those dropped on purpose (ties, empty
+    responses), and logs or raises on bad rows."""
 
     def __init__(self, source: str | os.PathLike, skip_invalid: bool) -> None:
         self.source = str(source)
@@ -72,42 +70,35 @@ class PairSink:
         self.skipped = 0
         self.dropped: Counter[str] = Counter()
 
-    def _skip(self, exc: InvalidRecord) -> None:
-        if not self.skip_invalid:
-            raise exc
-        self.skipped += 1
-        logger.warning("skipped: %s", exc)
-
     @contextmanager
     def row(self) -> Iterator[None]:
         """Wrap the work on one raw row: with ``skip_invalid`` a bad row is logged and skipped."""
         try:
             yield
         except InvalidRecord as exc:
-            self._skip(exc)
+            if not self.skip_invalid:
+                raise
+            self.skipped += 1
+            logger.warning("skipped: %s", exc)
 
     def add(self, record: dict[str, Any], where: str, drop_degenerate: bool = False) -> None:
-        """Validate and keep one pair. ``drop_degenerate`` counts and drops pairs with an empty
-        side or identical sides (for sources where those are noise, not errors)."""
+        """Validate and keep one pair; ``drop_degenerate`` counts and drops pairs with an empty side
+        or identical sides (for sources where those are noise, not errors)."""
         if drop_degenerate:
             reason = degenerate(record)
             if reason:
                 self.drop(reason)
                 return
-        try:
+        with self.row():
             self.records.append(normalize_pair(record, where))
-        except InvalidRecord as exc:
-            self._skip(exc)
 
-    def drop(self, reason: str, count: int = 1) -> None:
-        """Count pairs left out on purpose; ``finish`` logs the counts."""
-        if count:
-            self.dropped[reason] += count
+    def drop(self, reason: str) -> None:
+        """Count a pair left out on purpose; ``finish`` logs the counts."""
+        self.dropped[reason] += 1
 
     def drop_counts(self, counts: Mapping[str, int]) -> None:
-        """``drop`` for several reasons at once (e.g. what ``rating_pairs`` left out)."""
-        for reason, count in counts.items():
-            self.drop(reason, count)
+        """Count pairs left out for several reasons (e.g. what ``rating_pairs`` left out)."""
+        self.dropped.update(counts)
 
     def finish(self) -> list[dict[str, Any]]:
         """The pairs, after logging what was dropped or skipped. No pairs at all is an error."""

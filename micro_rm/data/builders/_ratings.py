@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from itertools import combinations
 from typing import Any, Mapping, Optional, Sequence
 
+from micro_rm.data.builders._common import PairSink
 from micro_rm.data.records import Text
 
 Ratings = Mapping[str, Sequence[Optional[float]]]  # attribute -> one rating per response
@@ -61,10 +62,19 @@ def unanimous(ratings: Ratings, i: int, j: int) -> bool:
     return len(signs) == 1 and 0 not in signs
 
 
-def rated_record(pair: RatedPair, prompt: Text, responses: Sequence[Text],
-                 contexts: Mapping[str, str], id_prefix: str) -> dict[str, Any]:
-    """The pair record of one ``RatedPair``: the attribute, its context sentence and the margin."""
-    return {"prompt": prompt, "chosen": responses[pair.winner], "rejected": responses[pair.loser],
-            "attribute": pair.attribute, "context": contexts[pair.attribute],
-            "margin": pair.margin,
-            "id": f"{id_prefix}-{pair.attribute}-{pair.winner}-{pair.loser}"}
+def add_rated_pairs(sink: PairSink, prompt: Text, responses: Sequence[Text], ratings: Ratings,
+                    contexts: Mapping[str, str], id_prefix: str, wheres: Sequence[str],
+                    drop_unanimous: bool = False) -> None:
+    """Add the pairs of :func:`rating_pairs` to ``sink``, each with its attribute's context sentence
+    and its margin (``wheres[i]``: the row of response ``i``). ``drop_unanimous`` drops the pairs
+    every attribute agrees on (the HelpSteer2 train filter)."""
+    pairs, dropped = rating_pairs(ratings)
+    sink.drop_counts(dropped)
+    for pair in pairs:
+        if drop_unanimous and unanimous(ratings, pair.winner, pair.loser):
+            sink.drop("all five attributes agreeing")
+            continue
+        sink.add({"prompt": prompt, "chosen": responses[pair.winner], "rejected": responses[pair.loser],
+                  "attribute": pair.attribute, "context": contexts[pair.attribute], "margin": pair.margin,
+                  "id": f"{id_prefix}-{pair.attribute}-{pair.winner}-{pair.loser}"},
+                 wheres[pair.winner], drop_degenerate=True)

@@ -12,7 +12,7 @@ from itertools import groupby
 from typing import Any
 
 from micro_rm.data.builders._common import PairSink, need
-from micro_rm.data.builders._ratings import rated_record, rating_pairs, unanimous
+from micro_rm.data.builders._ratings import add_rated_pairs
 from micro_rm.data.readers import read_rows
 
 ATTRIBUTES = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
@@ -33,11 +33,10 @@ def build(source: str | os.PathLike, skip_invalid: bool = False,
           filter_agreeing: bool = True) -> list[dict[str, Any]]:
     """Pairs from HelpSteer2 (a hub id, whose train split is read, or a local file / folder).
 
-    For each prompt, each attribute and each two responses whose ratings differ: chosen = the
-    higher-rated one, margin = the rating gap; ties are dropped. With ``filter_agreeing`` (the
-    default, the paper's train-split filter) a response pair is dropped entirely when all five
-    attributes prefer the same response: such pairs teach every head the same thing. Build
-    evaluation data without it (builder ``helpsteer2-unfiltered``).
+    Per prompt and attribute, each two responses whose ratings differ make a pair (margin = the
+    rating gap). ``filter_agreeing`` (the paper's train filter) drops a response pair that all five
+    attributes agree on, as it teaches every head the same thing; evaluation data is built without
+    it (builder ``helpsteer2-unfiltered``).
 
     >>> pairs = build("nvidia/HelpSteer2")  # doctest: +SKIP
     >>> sorted({p["attribute"] for p in pairs})  # doctest: +SKIP
@@ -52,14 +51,7 @@ def build(source: str | os.PathLike, skip_invalid: bool = False,
                          {a: float(need(row, a, where, SCHEMA)) for a in ATTRIBUTES}))
     for k, (prompt, group) in enumerate(groupby(rows, key=lambda r: r[1])):
         items = list(group)
-        responses = [response for _, _, response, _ in items]
-        ratings = {a: [r[a] for *_, r in items] for a in ATTRIBUTES}
-        pairs, dropped = rating_pairs(ratings)
-        sink.drop_counts(dropped)
-        for pair in pairs:
-            if filter_agreeing and unanimous(ratings, pair.winner, pair.loser):
-                sink.drop("all five attributes agreeing")
-                continue
-            sink.add(rated_record(pair, prompt, responses, CONTEXTS, f"helpsteer2-{k}"),
-                     items[pair.winner][0], drop_degenerate=True)
+        add_rated_pairs(sink, prompt, [response for _, _, response, _ in items],
+                        {a: [r[a] for *_, r in items] for a in ATTRIBUTES}, CONTEXTS, f"helpsteer2-{k}",
+                        [where for where, *_ in items], drop_unanimous=filter_agreeing)
     return sink.finish()

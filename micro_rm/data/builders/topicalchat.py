@@ -8,7 +8,7 @@ import os
 from typing import Any
 
 from micro_rm.data.builders._common import PairSink, need, source_rows
-from micro_rm.data.builders._ratings import rated_record, rating_pairs
+from micro_rm.data.builders._ratings import add_rated_pairs
 
 ATTRIBUTES = ("understandability", "naturalness", "coherence", "engagingness", "groundedness",
               "overall")
@@ -48,11 +48,7 @@ def build(source: str | os.PathLike, skip_invalid: bool = False) -> list[dict[st
                        for a in ATTRIBUTES}
             dialogues.setdefault(history, []).append((where, response, ratings))
     for k, (history, items) in enumerate(dialogues.items()):
-        responses = [response for _, response, _ in items]
-        pairs, dropped = rating_pairs({a: [r[a] for *_, r in items] for a in ATTRIBUTES})
-        sink.drop_counts(dropped)
-        for pair in pairs:
-            sink.add(rated_record(pair, _history(history), responses, CONTEXTS,
-                                  f"topicalchat-{k}"),
-                     items[pair.winner][0], drop_degenerate=True)
+        add_rated_pairs(sink, _history(history), [response for _, response, _ in items],
+                        {a: [r[a] for *_, r in items] for a in ATTRIBUTES}, CONTEXTS, f"topicalchat-{k}",
+                        [where for where, *_ in items])
     return sink.finish()

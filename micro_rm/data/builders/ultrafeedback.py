@@ -12,7 +12,7 @@ import os
 from typing import Any, Optional
 
 from micro_rm.data.builders._common import PairSink, need
-from micro_rm.data.builders._ratings import rated_record, rating_pairs
+from micro_rm.data.builders._ratings import add_rated_pairs
 from micro_rm.data.readers import read_rows
 
 ATTRIBUTES = ("helpfulness", "honesty", "instruction_following", "truthfulness")
@@ -55,10 +55,7 @@ def build(source: str | os.PathLike, skip_invalid: bool = False) -> list[dict[st
                          for c in completions]
             annotations = [need(c, "annotations", where, SCHEMA, prefix="completions[].")
                            for c in completions]
-            pairs, dropped = rating_pairs(
-                {a: [_rating(ann, a) for ann in annotations] for a in ATTRIBUTES})
-            sink.drop_counts(dropped)
-            for pair in pairs:
-                sink.add(rated_record(pair, instruction, responses, CONTEXTS,
-                                      f"ultrafeedback-{i}"), where, drop_degenerate=True)
+            add_rated_pairs(sink, instruction, responses,
+                            {a: [_rating(ann, a) for ann in annotations] for a in ATTRIBUTES},
+                            CONTEXTS, f"ultrafeedback-{i}", [where] * len(responses))
     return sink.finish()
