@@ -1,7 +1,4 @@
-"""Lazy re-exports for subpackages whose modules import torch, FastAPI or other heavy libraries.
-
-A subpackage lists its public names and their modules once; a name's module is imported on first
-use, so importing the package (e.g. for the CLI's ``--help``) stays cheap.
+"""Lazy re-exports, so importing a package whose modules import torch or FastAPI stays cheap.
 
 >>> __getattr__ = lazy_exports("my_package", {"dumps": "json"})   # in my_package/__init__.py
 >>> __getattr__("dumps").__module__

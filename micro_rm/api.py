@@ -1,19 +1,12 @@
 """``MiCRo``: the whole method in one object, the way ``micro-rm train`` / ``adapt`` / ``eval`` /
-``score`` run it, for people who want three imports instead of seven.
-
-It stores settings in ``__init__``; ``fit`` (stage 1) and ``adapt`` (stage 2) learn and return
-``self``; ``score`` and ``compare`` take text; ``save`` / ``load`` / ``push_to_hub`` use the model
-folder format. Underneath are the library's verbs with their default configs:
-:func:`~micro_rm.features.featurize.featurize`, :func:`~micro_rm.train.fit_stage1`,
-:func:`~micro_rm.train.adapt.adapt` and the service's scorer.
+``score`` run it, over the library's verbs with their default configs.
 
 >>> from micro_rm import MiCRo
 >>> rm = MiCRo(heads=4, backbone="static").fit("dsp-train.jsonl")           # doctest: +SKIP
 >>> rm.adapt("dsp-train.jsonl", budget=50).evaluate("dsp-test.jsonl")["mean_accuracy"]  # doctest: +SKIP
 0.74
->>> rm.score("How do I sort a list?", ["Use sorted(xs).", "You can't."], context="I am new to Python.")  # doctest: +SKIP
+>>> rm.score("How do I sort a list?", ["Use sorted(xs).", "No."], context="I am new to Python.")  # doctest: +SKIP
 [1.93, -0.88]
->>> rm.save("runs/dsp"); MiCRo.load("runs/dsp")                               # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -54,7 +47,6 @@ class MiCRo:
         self.device = device
         self.stage1 = stage1
 
-    # ----- learning ------------------------------------------------------------------------------
     def fit(self, data: Any, *, hf_split: Optional[str] = None, progress: bool = True) -> "MiCRo":
         """Stage 1 on pair records: a file, folder or hub id, a ``datasets.Dataset`` or a list of
         records (see :func:`~micro_rm.data.readers.read_pairs`)."""
@@ -91,7 +83,6 @@ class MiCRo:
         self._set_model(adapted)
         return self
 
-    # ----- using ---------------------------------------------------------------------------------
     def evaluate(self, data: Any, *, hf_split: Optional[str] = None, progress: bool = True) -> dict[str, Any]:
         """Routed pairwise accuracy per attribute and its mean (``micro-rm eval``'s headline)."""
         from micro_rm.eval.metrics import pairwise_accuracy
@@ -119,11 +110,9 @@ class MiCRo:
     def suggest(self, user: Optional[str], pairs: Sequence[Any], k: int = 1, *, state: Any = None,
                 eta: Optional[float] = None) -> list[Any]:
         """The ``k`` candidate pairs (dicts with ``prompt``, ``chosen``, ``rejected``, optional
-        ``context``) whose labels would teach most about ``user``, best first, as
-        ``Query(index, gain)``: the ranking of ``micro-rm suggest`` and the service's
-        ``POST /users/{id}/queries`` (:func:`micro_rm.scoring.suggest.suggest`). ``state`` is the
-        per-user state (path or URL), read only; without it, or for a user it does not know,
-        the router's weights are the start.
+        ``context``) whose labels would teach most about ``user``, best first, as ``Query(index,
+        gain)`` (as ``micro-rm suggest``). ``state`` (path or URL) is read only; without it, or
+        for a user it does not know, the router's weights are the start.
 
         >>> [q.index for q in rm.suggest("ana", pool, k=2, state="state.db")]   # doctest: +SKIP
         [17, 3]
@@ -132,7 +121,6 @@ class MiCRo:
 
         return suggest(self._reward(), pairs, k, user=user, state=state, eta=eta)
 
-    # ----- saving --------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         """Write the model folder (config.json, model.safetensors, README.md model card)."""
         from micro_rm.model.pretrained import save_pretrained
@@ -160,7 +148,6 @@ class MiCRo:
         rm._set_model(model)
         return rm
 
-    # ----- internals -----------------------------------------------------------------------------
     def _set_model(self, model: Any) -> None:
         self.model_ = model
         self._reward_fn = None

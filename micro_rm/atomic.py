@@ -9,21 +9,17 @@ import stat
 from pathlib import Path
 from typing import IO, Callable, Iterator
 
+from micro_rm.errors import MicroRMError
+
 _TRIES = 100
 
 
 def temp_file(folder: str | os.PathLike, prefix: str, suffix: str = ".tmp") -> Path:
-    """Create a new empty file with a random name in ``folder``; return its path.
-
-    Unlike ``tempfile.mkstemp`` (always 0600) it is created with mode 0666 less the umask, the
-    mode ``open(path, "w")`` gives, so the file renamed over a result has the usual permissions
-    (0644 under umask 022) and no process-wide umask has to be read or changed.
-
-    >>> temp_file("runs", ".scores.jsonl.")  # doctest: +SKIP
-    PosixPath('runs/.scores.jsonl.3f9a0c1d2e4b5a69.tmp')
-    """
-    return _create(folder, prefix, suffix, lambda path: os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
-                                                                         0o666)))
+    """Create a new empty file with a random name in ``folder``; return its path. Its mode is 0666
+    less the umask, as ``open(path, "w")`` gives (``tempfile.mkstemp`` makes 0600), so the file
+    renamed over a result has the usual permissions without reading the process-wide umask."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    return _create(folder, prefix, suffix, lambda path: os.close(os.open(path, flags, 0o666)))
 
 
 def temp_folder(folder: str | os.PathLike, prefix: str, suffix: str = ".tmp") -> Path:
@@ -86,12 +82,7 @@ def check_output_path(path: str | os.PathLike, option: str, *, folder: bool,
     """Refuse an output ``path`` that cannot be written, before any work: a file where a
     ``folder`` is wanted (or a folder where a file is), a file in the way of its parent folders,
     or (with ``writable``) a read-only location. ``option`` names it in the message (``"--out"``).
-
-    >>> check_output_path("runs/new-report", "--report", folder=True)  # doctest: +SKIP
-    PosixPath('runs/new-report')
     """
-    from micro_rm.errors import MicroRMError
-
     path = Path(path)
     want = "a folder" if folder else "a file"
     if path.exists() and path.is_dir() != folder:
@@ -117,8 +108,6 @@ def check_not_input(path: str | os.PathLike, option: str, inputs: dict[str, obje
     Traceback (most recent call last):
     micro_rm.errors.MicroRMError: --out scores.jsonl: is the --data input; ...
     """
-    from micro_rm.errors import MicroRMError
-
     def local(value: object) -> Path | None:
         text = os.fspath(value)  # type: ignore[call-overload]
         text = text[len("sqlite:///"):] if text.startswith("sqlite:///") else text

@@ -1,9 +1,6 @@
-"""Every progress bar of micro-rm comes from :func:`progress_bar`, so one switch silences them all.
-
-A bar is shown unless its caller passes ``enabled=False`` (``--json``, ``progress=False``), the
-command line has ``--quiet``, or the environment has ``TQDM_DISABLE=1`` (tqdm's own variable:
-an explicit ``disable=`` argument would override it, so it is read here).
-"""
+"""Every progress bar of micro-rm comes from :func:`progress_bar`, so one switch silences them all:
+``enabled=False`` (``--json``, ``progress=False``), ``--quiet`` or ``TQDM_DISABLE=1`` (tqdm's own
+variable, read here because the explicit ``disable=`` argument would override it)."""
 
 from __future__ import annotations
 
@@ -14,11 +11,7 @@ QUIET = False   # set by the CLI's global --quiet for the command it runs
 
 
 def bars_silenced() -> bool:
-    """True under ``--quiet`` or ``TQDM_DISABLE`` set to anything but ``""``, ``0`` or ``false``.
-
-    >>> bars_silenced()          # TQDM_DISABLE=1 python ... prints True  # doctest: +SKIP
-    False
-    """
+    """True under ``--quiet`` or ``TQDM_DISABLE`` set to anything but ``""``, ``0`` or ``false``."""
     return QUIET or os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false")
 
 

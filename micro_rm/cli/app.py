@@ -66,6 +66,12 @@ def field_docs(config_path: str) -> tuple[Callable[[str], str], Callable[[str], 
     return (lambda name: field(name)[0]), (lambda name: field(name)[1])
 
 
+def config_option(config_path: str) -> Callable[[str], Any]:
+    """``option(name)``: the typer option ``--name`` whose help and default are the config field's."""
+    help_of, default_of = field_docs(config_path)
+    return lambda name: typer.Option(default_of(name), "--" + name.replace("_", "-"), help=help_of(name))
+
+
 def strict_json(value: Any) -> Any:
     """``value`` with every NaN or infinity replaced by None: ``json.dumps`` would write the
     bare ``NaN`` that strict JSON parsers (``jq``, JavaScript, Go) reject.

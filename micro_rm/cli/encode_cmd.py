@@ -14,13 +14,10 @@ from typing import Optional
 
 import typer
 
-from micro_rm.cli.app import app, check_output, check_range, emit, field_docs
+from micro_rm.cli.app import app, check_output, check_range, config_option, emit
 from micro_rm.cli.options import BackboneName, CacheDir, HfSplit, JsonFlag, MaxLength
 
-_feature_help, _feature_default = field_docs("micro_rm.features.base:FeatureSettings")
-# --router-input, --context-in-reward, --context-encoding of `encode` and `train`, from FeatureSettings.
-FEATURE_OPTIONS = {name: typer.Option(_feature_default(name), "--" + name.replace("_", "-"), help=_feature_help(name))
-                   for name in ("router_input", "context_in_reward", "context_encoding")}
+feature_option = config_option("micro_rm.features.base:FeatureSettings")  # of `encode` and `train`
 MAX_BATCH = 65_536   # texts per backbone call (--batch-size)
 MAX_TOKENS = 1_000_000  # --max-length: far above any backbone's limit, yet a typo like 1e12 is refused
 
@@ -42,9 +39,9 @@ def encode(
                               "float32). Part of the cache key: train with the same one."),
     device: str = typer.Option("cpu", "--device", help="Torch device: cpu or cuda (under "
                                "torchrun, cuda means cuda:LOCAL_RANK)."),
-    router_input: str = FEATURE_OPTIONS["router_input"],
-    context_in_reward: bool = FEATURE_OPTIONS["context_in_reward"],
-    context_encoding: str = FEATURE_OPTIONS["context_encoding"],
+    router_input: str = feature_option("router_input"),
+    context_in_reward: bool = feature_option("context_in_reward"),
+    context_encoding: str = feature_option("context_encoding"),
     storage: str = typer.Option("float16", "--storage", help="Cache precision: float16 (half the "
                                 "disk) or float32 (exact)."),
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Log and skip bad records instead of failing."),

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from micro_rm.cli.app import app, check_output, emit, field_docs, state_errors
+from micro_rm.cli.app import app, check_output, config_option, emit, field_docs, state_errors
 from micro_rm.cli.options import CacheDir, CacheOnly, HfSplit, JsonFlag
 from micro_rm.data.records import check_user_id
 from micro_rm.online.hedge import DEFAULT_ETA
@@ -28,6 +28,7 @@ ETA_HELP = ("Hedge learning rate η > 0: after n pairs, two heads whose summed s
             "by Δ have their weight ratio moved by exp(−η·Δ) away from the router's. The default, "
             "log(1/p_min) = 4, is the exact Bayesian posterior over heads.")
 _help, _default = field_docs("micro_rm.train.config:AdaptConfig")
+_option = config_option("micro_rm.train.config:AdaptConfig")
 
 
 @app.command("adapt")
@@ -38,10 +39,10 @@ def adapt(
                                                  "per attribute."),
     hf_split: HfSplit = None,
     out: Path = typer.Option(..., "--out", help="Folder for the adapted model."),
-    budget: int = typer.Option(_default("budget"), "--budget", help=_help("budget")),
+    budget: int = _option("budget"),
     tau: str = typer.Option(str(_default("tau")), "--tau", help=_help("tau")),
-    folds: int = typer.Option(_default("folds"), "--folds", help=_help("folds")),
-    seed: int = typer.Option(_default("seed"), "--seed", help=_help("seed")),
+    folds: int = _option("folds"),
+    seed: int = _option("seed"),
     cache_dir: CacheDir = None,
     cache_only: CacheOnly = False,
     as_json: JsonFlag = False,

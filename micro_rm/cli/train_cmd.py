@@ -9,13 +9,15 @@ from typing import Optional
 
 import typer
 
-from micro_rm.cli.app import app, check_output, check_range, check_state_exists, emit, field_docs, state_errors
-from micro_rm.cli.encode_cmd import FEATURE_OPTIONS, MAX_TOKENS
+from micro_rm.cli.app import (app, check_output, check_range, check_state_exists, config_option, emit, field_docs,
+                              state_errors)
+from micro_rm.cli.encode_cmd import MAX_TOKENS, feature_option
 from micro_rm.cli.options import BackboneName, CacheDir, CacheOnly, HfSplit, JsonFlag, MaxLength, ModelDir
 from micro_rm.errors import MicroRMError
 from micro_rm.online.hedge import DEFAULT_ETA
 
-_help, _default = field_docs("micro_rm.train.config:Stage1Config")
+_help = field_docs("micro_rm.train.config:Stage1Config")[0]
+_option = config_option("micro_rm.train.config:Stage1Config")
 MAX_HEADS = 64       # --heads auto fits every K up to --max-heads: a bound keeps that run finite
 
 
@@ -31,24 +33,22 @@ def train(
     max_heads: int = typer.Option(8, "--max-heads", help=f"Largest K tried by --heads auto (1 to {MAX_HEADS})."),
     out: Path = typer.Option(..., "--out", help="Model folder to write (config.json, "
                                                 "model.safetensors, README.md)."),
-    variant: str = typer.Option(_default("variant"), "--variant", help=_help("variant")),
-    alpha: float = typer.Option(_default("alpha"), "--alpha", help=_help("alpha")),
-    balance: str = typer.Option(_default("balance"), "--balance", help=_help("balance")),
-    router: str = typer.Option(_default("router"), "--router", help=_help("router")),
-    router_input: str = FEATURE_OPTIONS["router_input"],
-    context_in_reward: bool = FEATURE_OPTIONS["context_in_reward"],
-    context_encoding: str = FEATURE_OPTIONS["context_encoding"],
-    context_temperature: float = typer.Option(_default("context_temperature"), "--context-temperature",
-                                              help=_help("context_temperature")),
-    context_dropout: float = typer.Option(_default("context_dropout"), "--context-dropout",
-                                          help=_help("context_dropout")),
-    epochs: int = typer.Option(_default("epochs"), "--epochs", help=_help("epochs")),
-    lr: float = typer.Option(_default("lr"), "--lr", help=_help("lr")),
-    batch_size: int = typer.Option(_default("batch_size"), "--batch-size", help=_help("batch_size")),
-    grad_accum: int = typer.Option(_default("grad_accum"), "--grad-accum", help=_help("grad_accum")),
-    val_fraction: float = typer.Option(_default("val_fraction"), "--val-fraction", help=_help("val_fraction")),
-    seed: int = typer.Option(_default("seed"), "--seed", help=_help("seed")),
-    device: str = typer.Option(_default("device"), "--device", help=_help("device")),
+    variant: str = _option("variant"),
+    alpha: float = _option("alpha"),
+    balance: str = _option("balance"),
+    router: str = _option("router"),
+    router_input: str = feature_option("router_input"),
+    context_in_reward: bool = feature_option("context_in_reward"),
+    context_encoding: str = feature_option("context_encoding"),
+    context_temperature: float = _option("context_temperature"),
+    context_dropout: float = _option("context_dropout"),
+    epochs: int = _option("epochs"),
+    lr: float = _option("lr"),
+    batch_size: int = _option("batch_size"),
+    grad_accum: int = _option("grad_accum"),
+    val_fraction: float = _option("val_fraction"),
+    seed: int = _option("seed"),
+    device: str = _option("device"),
     cache_dir: CacheDir = None,
     max_length: MaxLength = None,
     dtype: str = typer.Option("float32", "--dtype", help="Backbone compute dtype (part of the cache "

@@ -1,8 +1,5 @@
-"""What the RLHF adapters share: one loaded scoring engine per process, for the frameworks that
-import a plain function (OpenRLHF, verl) and pass it no settings but the environment's.
-
-Torch-free at import.
-"""
+"""One scoring engine per process for the adapters that frameworks import as a plain function
+(OpenRLHF, verl) and configure only through the environment. Torch-free at import."""
 
 from __future__ import annotations
 

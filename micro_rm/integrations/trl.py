@@ -1,14 +1,9 @@
-"""A MiCRo model as a TRL reward function, and best-of-n selection.
+"""A MiCRo model as a TRL reward function (``GRPOTrainer(reward_funcs=...)``), and best-of-n.
 
-``MicroRMRewardFunction`` has the signature TRL's ``GRPOTrainer`` expects of ``reward_funcs``:
-``(prompts, completions, **kwargs) -> list[float]``. Prompts and completions are strings or,
-for conversational datasets, lists of chat messages. Dataset columns arrive as keyword
-arguments: a ``context`` column routes each sample by its own context, a ``user_id`` column
-scores each sample with that user's adapted weights (needs ``state``); without a ``context``
-column, a conversational prompt's system message is the sample's context. Typed content blocks
-(``[{"type": "text", ...}]``) are read as their text and tool calls (``content: None``) as JSON.
-It returns the same numbers as the service's ``/score`` (both go through :mod:`micro_rm.scoring`).
-It pickles, for TRL's async GRPO trainer. TRL itself is not imported here.
+Dataset columns arrive as keyword arguments: ``context`` routes each sample, ``user_id`` scores it
+with that user's online weights (needs ``state``); without a ``context`` column, a conversational
+prompt's system message is the context. The rewards are the service's ``/score`` (both go through
+:mod:`micro_rm.scoring`). TRL itself is not imported here.
 
 >>> reward = MicroRMRewardFunction("runs/dsp", context="I am a researcher.")   # doctest: +SKIP
 >>> trainer = GRPOTrainer(model="Qwen/Qwen2-0.5B-Instruct", reward_funcs=reward, ...)  # doctest: +SKIP
@@ -32,14 +27,11 @@ from micro_rm.scoring.engine import RewardEngine
 class MicroRMRewardFunction(RewardEngine):
     """Routed MiCRo rewards for batches of (prompt, completion), with TRL's calling convention.
 
-    Parameters are those of :class:`~micro_rm.scoring.engine.RewardEngine` (``context``,
-    ``eta``, ``state``, ``system_as_context``, ``cache_dir``, ``limits`` ...), plus ``name``:
-    the key TRL logs this function's rewards under (``rewards/<name>``); give two instances
-    different names.
+    Parameters are those of :class:`~micro_rm.scoring.engine.RewardEngine`, plus ``name``: the
+    key TRL logs the rewards under (``rewards/<name>``); give two instances different names.
 
-    The function pickles (TRL's async GRPO sends it to a rollout process): the model travels,
-    the backbone and the stores are rebuilt on the other side. A state store must then be given
-    as a URL or path, not as an open store.
+    It pickles (TRL's async GRPO sends it to a rollout process): the model travels, the backbone
+    and the stores are rebuilt there, so ``state`` must be a URL or path, not an open store.
     """
 
     def __init__(self, model_dir_or_model: Any, context: Optional[str] = None, eta: float = DEFAULT_ETA,
@@ -71,20 +63,21 @@ class MicroRMRewardFunction(RewardEngine):
 
     def __call__(self, prompts: Sequence[Text], completions: Sequence[Text], **kwargs: Any) -> list[float]:
         n = len(completions)
-        contexts = _column(kwargs.get("context"), n, "context", None)
-        users = _column(kwargs.get("user_id"), n, "user_id", None)
+        contexts = _column(kwargs.get("context"), n, "context")
+        users = _column(kwargs.get("user_id"), n, "user_id")
         return self.routed(prompts, completions, contexts, users).rewards.tolist()
 
 
-def _column(values: Any, n: int, name: str, default: Any) -> list[Any]:
+def _column(values: Any, n: int, name: str) -> list[Any]:
+    """A dataset column as ``n`` values, empty ones None (a string is every sample's)."""
     if values is None:
-        return [default] * n
+        return [None] * n
     if isinstance(values, str):
         return [values] * n
     values = list(values)
     if len(values) != n:
         raise MicroRMError(f"the `{name}` column has {len(values)} values for {n} completions")
-    return [v if v not in ("", None) else default for v in values]
+    return [None if v == "" else v for v in values]
 
 
 @dataclass
@@ -109,11 +102,7 @@ def best_of_n(prompt: Text, candidates: Sequence[Text], reward: Any, *, context:
         raise MicroRMError("best_of_n needs at least one candidate")
     if not isinstance(reward, MicroRMRewardFunction):
         reward = MicroRMRewardFunction(reward)
-    kwargs: dict[str, Any] = {}
-    if context is not None:
-        kwargs["context"] = [context] * len(candidates)
-    if user_id is not None:
-        kwargs["user_id"] = [user_id] * len(candidates)
-    rewards = reward([prompt] * len(candidates), list(candidates), **kwargs)
+    n = len(candidates)
+    rewards = reward([prompt] * n, list(candidates), context=[context] * n, user_id=[user_id] * n)
     index = int(np.argmax(rewards))
     return BestOfN(index=index, text=candidates[index], rewards=rewards)

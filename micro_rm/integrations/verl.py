@@ -1,22 +1,11 @@
-"""A MiCRo model as verl's custom reward function (tested with verl 0.9.1).
+"""A MiCRo model as verl's custom reward function (tested with verl 0.9.1; setup in README, "verl").
 
-verl's reward loop calls ``compute_score(data_source, solution_str, ground_truth, extra_info)``
-once per response (its ``naive`` reward manager, with keyword arguments, ``reward_kwargs`` merged
-in, ``num_turns`` and ``rollout_reward_scores`` added to ``extra_info``) and reads a number, or a
-dict whose ``score`` is the reward and whose other keys it logs. It passes no prompt, so the
-dataset's ``extra_info`` must carry it (``prompt``, or ``question`` as verl's example
-preprocessing scripts write it), and may carry the sample's ``context`` and ``user_id``.
-``compute_score_batch`` (lists in, a list of dicts out) encodes many responses in one go, for
-one's own batched calls.
-
-The model comes from ``reward_kwargs`` (``model=...``) or ``$MICRO_RM_MODEL``; it loads once
-per process. ``ground_truth`` and ``data_source`` are not used by a preference reward model.
-
-    # verl's command line (verl also takes the file path of this module)
-    reward.reward_manager.name=naive
-    reward.custom_reward_function.path=pkg://micro_rm.integrations.verl
-    reward.custom_reward_function.name=compute_score
-    +reward.custom_reward_function.reward_kwargs.model=runs/dsp
+verl calls ``compute_score(data_source, solution_str, ground_truth, extra_info)`` once per
+response (its ``naive`` reward manager) and reads a dict: ``score`` is the reward, the other keys
+are logged. It passes no prompt, so each row's ``extra_info`` must carry it (``prompt``, or
+``question`` as verl's example preprocessing writes), and may carry ``context`` and ``user_id``.
+The model comes from ``reward_kwargs`` (``model=...``) or ``$MICRO_RM_MODEL`` and loads once per
+process; ``ground_truth`` and ``data_source`` mean nothing to a preference reward model.
 
 >>> compute_score("dsp", "Entropy counts microstates.", None,
 ...               {"prompt": "What is entropy?", "context": "I am a physicist."})  # doctest: +SKIP
@@ -76,10 +65,7 @@ def compute_score(data_source: Any, solution_str: str, ground_truth: Any = None,
                   extra_info: Optional[dict[str, Any]] = None, *, model: Optional[str] = None,
                   **kwargs: Any) -> dict[str, float]:
     """verl's per-response reward: ``score`` plus each head's reward and weight (logged by verl).
-
-    Extra keyword arguments from verl (``return_dict``, ``num_turns``, ...) are ignored;
-    ``model`` and the :class:`~micro_rm.scoring.engine.RewardEngine` options
-    (``state``, ``context``, ``eta``, ``cache_dir``, ``device``) may come from ``reward_kwargs``.
-    """
+    ``kwargs`` may carry the engine's ``OPTIONS`` (from ``reward_kwargs``); verl's other extras
+    (``return_dict``, ``num_turns``, ...) are ignored."""
     return compute_score_batch([data_source], [solution_str], [ground_truth], [extra_info], model=model,
                                **kwargs)[0]
