@@ -1,8 +1,5 @@
-"""How often two heads pick the same winner, and the groups of heads that (nearly) always do.
-
-Two heads agree on a pair when their reward differences have the same sign. Heads that agree on
-(almost) every pair carry one preference twice: they waste routing budget and can be merged
-(:mod:`micro_rm.heads.merge`).
+"""How often two heads pick the same winner (their reward differences have the same sign), and
+the groups of heads that (nearly) always do: one preference twice, to merge (:mod:`micro_rm.heads.merge`).
 
 >>> agreement_matrix(np.array([[1.0, 2.0, -1.0], [1.0, 0.5, 1.0]])).tolist()
 [[1.0, 1.0, 0.5], [1.0, 1.0, 0.5], [0.5, 0.5, 1.0]]

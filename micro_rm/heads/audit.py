@@ -1,11 +1,10 @@
 """Safety audit: which heads prefer the rejected response of safety pairs more often than chance.
 
-On harmlessness data (HH-RLHF harmless, PKU-SafeRLHF) the chosen response is the safer one. A
-head that picks the rejected response on significantly more than half of the pairs rewards
-harm there, so a router that sends a prompt to it can steer a policy toward harm; such a head can
+On harmlessness data (HH-RLHF harmless, PKU-SafeRLHF) the chosen response is the safer one, so a
+head that picks the rejected one on significantly more than half of the pairs rewards harm; it can
 be masked (``micro-rm heads mask``). The test is an exact one-sided binomial test against 1/2,
-Bonferroni-corrected over the K heads, with a Wilson interval at the same level. It assumes
-independent pairs: use one pair per prompt (as HH-RLHF has) or read the interval as optimistic.
+Bonferroni-corrected over the K heads, with a Wilson interval at the same level; it assumes
+independent pairs (one pair per prompt, as HH-RLHF has).
 
 >>> audit = audit_heads(model, features)                       # doctest: +SKIP
 >>> [h["flagged"] for h in audit["heads"]]                     # doctest: +SKIP

@@ -1,9 +1,6 @@
-"""A short, editable label per head, made from what distinguishes it from the other heads.
-
-The label names the (at most two) statistics on which this head stands furthest apart from every
-other head (its ``lead``, :mod:`micro_rm.heads.profile`), when the bootstrap interval of that
-lead excludes 0, and the attribute the head is most accurate on. It is stored in the model's
-``config.json`` (``head_labels``), where a person may rewrite it.
+"""A short, editable label per head: the (at most two) statistics on which it stands furthest
+apart from the other heads (its ``lead``, :mod:`micro_rm.heads.profile`) where the interval
+excludes 0, and the attribute it is most accurate on. Stored in ``config.json`` (``head_labels``).
 
 >>> profile = {"num_heads": 1, "statistics": {"names": ["words"],
 ...            "lead": [[-0.4]], "lead_ci95": [[[-0.5, -0.3]]]},

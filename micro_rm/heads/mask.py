@@ -1,7 +1,5 @@
-"""Mask heads: the router can never route to them again; it renormalises over the others.
-
-The mask is part of the model (``config.json``: ``masked_heads``), so every consumer (scoring,
-the service, per-user Hedge, stage 2) sees weight 0 on a masked head without a flag of its own.
+"""Mask heads: the router can never route to them again; it renormalises over the others. The
+mask is part of the model (``config.json``: ``masked_heads``), so every consumer sees it.
 
 >>> masked = mask_heads(model, [1])                            # doctest: +SKIP
 >>> masked.router_weights(route)[:, 1].max()                   # doctest: +SKIP

@@ -1,8 +1,5 @@
-"""Merge heads that pick the same winner on (almost) every pair, then re-fit the router.
-
-A group of heads that agree on at least ``min_agreement`` of the pairs (every two of them:
-complete linkage, :func:`micro_rm.heads.agreement.agreement_clusters`) becomes one head
-(:func:`_merged_model`), and the router is re-fitted with the heads frozen (:func:`_refit_router`).
+"""Merge heads that pick the same winner on (almost) every pair (complete linkage,
+:func:`micro_rm.heads.agreement.agreement_clusters`), then re-fit the router with the heads frozen.
 
 >>> merged, info = merge_heads(model, features, min_agreement=0.9)     # doctest: +SKIP
 >>> info["clusters"]                                                    # doctest: +SKIP
@@ -61,8 +58,7 @@ def merge_heads(model: MixtureRewardModel, features: PairFeatures, min_agreement
 
 def duplicate_head(model: MixtureRewardModel, head: int) -> MixtureRewardModel:
     """A copy of ``model`` with head ``head`` repeated as a new last head, each copy routed half
-    the original's weight: the same predictions with one redundant head (what ``merge_heads``
-    should undo; used to check it)."""
+    the original's weight: the same predictions with one redundant head (to check ``merge_heads``)."""
     if model.config.variant not in ("micro", "static") or model.config.masked_heads:
         raise MicroRMError("duplicate_head needs an unmasked micro or static model")
     k = model.config.num_heads

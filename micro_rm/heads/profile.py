@@ -1,9 +1,6 @@
 """Describe each head of a model on a pair set: what it rewards, where it is accurate, where it
-stands alone, and which heads repeat one another.
-
-Everything is measured on reward *differences* within a pair, so whatever a head adds to every
-response of a prompt cancels, as it does in the Bradley–Terry likelihood. Intervals are 95%
-bootstrap intervals over prompts (:mod:`micro_rm.eval.bootstrap`): pairs of one prompt share text.
+stands alone, and which heads repeat one another. Everything is measured on reward differences
+within a pair (as in the BT likelihood); intervals are 95% bootstrap intervals over prompts.
 
 >>> profile = profile_heads(model, features, records)            # doctest: +SKIP
 >>> profile["labels"]                                             # doctest: +SKIP
@@ -39,10 +36,9 @@ def head_deltas(model: MixtureRewardModel, features: PairFeatures) -> np.ndarray
 def profile_heads(model: MixtureRewardModel, features: PairFeatures, records: Sequence[dict[str, Any]], *,
                   resamples: int = 1000, seed: int = 0, progress: bool = True) -> dict[str, Any]:
     """The profile of every head on ``records`` (aligned with ``features``): a JSON-ready dict with
-    ``accuracy`` (per attribute, with intervals), ``statistics`` (Spearman correlation of each
-    head's reward difference with each statistic's difference, intervals, and how far each
-    head stands apart from the others: ``lead``), ``agreement`` (matrix, clustered order, clusters), ``examples`` and
-    ``labels``."""
+    ``accuracy`` (per attribute, with intervals), ``statistics`` (Spearman ρ of each head's reward
+    difference with each statistic's, intervals, and each head's ``lead`` over the others),
+    ``agreement`` (matrix, clustered order, clusters), ``examples`` and ``labels``."""
     if len(records) != len(features):
         raise MicroRMError(f"{len(records)} records but {len(features)} feature rows; featurize the same records")
     deltas = head_deltas(model, features)                                             # [N, K]
@@ -92,9 +88,8 @@ def _spearman(deltas: np.ndarray, stats: np.ndarray, prompt_of: np.ndarray,
               counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Spearman correlation [K, S] of the columns of ``deltas`` [N, K] with those of ``stats``
     [N, S], and its bootstrap draws [R, K, S] when prompt p is drawn ``counts[r, p]`` times
-    (``prompt_of`` [N]: each pair's prompt). Ranks are taken once and a draw reweights them;
-    moments are summed per prompt first, so memory grows with prompts, not pairs. A constant
-    statistic correlates 0."""
+    (``prompt_of`` [N]). A draw reweights ranks taken once, with moments summed per prompt, so
+    memory grows with prompts, not pairs. A constant statistic correlates 0."""
     from scipy.sparse import csr_matrix
     from scipy.stats import rankdata
 
@@ -118,10 +113,9 @@ def _spearman(deltas: np.ndarray, stats: np.ndarray, prompt_of: np.ndarray,
 
 
 def _lead(rho: np.ndarray) -> np.ndarray:
-    """How far each head stands apart from every other head on each statistic ([..., K, S]): its
+    """How far each head stands apart from the others on each statistic ([..., K, S]): its
     correlation minus the highest other head's where it is the highest (> 0), minus the lowest
-    other head's where it is the lowest (< 0), else 0; with one head, the correlation itself.
-    What a head rewards more (or less) than any other head is what names it."""
+    other's where it is the lowest (< 0), else 0 (one head: the correlation). It names the head."""
     k = rho.shape[-2]
     if k == 1:
         return rho

@@ -1,7 +1,5 @@
-"""The heads report: ``heads.json`` (the profile), ``report.md`` and three figures.
-
-Everything is drawn from the profile as read back from its JSON; files are replaced atomically
-and ``report.md`` is written last, so a crash leaves the previous report whole.
+"""The heads report: ``heads.json`` (the profile), ``report.md`` and three figures, all drawn from
+the profile as read back from its JSON; ``report.md`` is written last, atomically like the rest.
 
 >>> write_heads_report(profile, "runs/dsp-heads", title="runs/dsp on dsp-test.jsonl")   # doctest: +SKIP
 PosixPath('runs/dsp-heads')

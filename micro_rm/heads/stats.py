@@ -1,10 +1,7 @@
-"""Interpretable statistics of a response, to say what a reward head rewards.
-
-Each statistic is a number per response; a head "rewards" a statistic when its reward
-difference between two responses correlates with the statistic's difference
-(:mod:`micro_rm.heads.profile`). Readability uses pyphen's hyphenation dictionaries for syllables
-(the Flesch formula; offline, unlike textstat ≥ 0.7.13, which downloads cmudict), sentiment uses
-VADER. The phrase lists are short and English: they are meant to be read, checked and extended.
+"""Interpretable statistics of a response, to say what a reward head rewards (a head rewards a
+statistic when its reward difference correlates with the statistic's; :mod:`micro_rm.heads.profile`).
+Syllables for the Flesch formula come from pyphen (offline, unlike textstat ≥ 0.7.13), sentiment
+from VADER. The phrase lists are short and English, meant to be read, checked and extended.
 
 >>> row = response_statistics(["Sure! Here are 3 steps:\\n- plan\\n- act"], ["How do I start?"])[0]
 >>> float(row[STATISTIC_NAMES.index("list_items")])

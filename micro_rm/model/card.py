@@ -1,9 +1,7 @@
 """The model card (``README.md``) of a model folder, with the Hub's metadata.
 
-The YAML header is written by ``huggingface_hub``'s :class:`ModelCardData`, so the Hub reads
-it as it reads any model's: ``library_name``, ``license``, ``base_model`` (the frozen backbone),
-``datasets`` (the training data, when it is a Hub dataset) and a ``model-index`` with the
-recorded metrics. The usage example takes text in, through :class:`micro_rm.MiCRo`.
+The YAML header is ``huggingface_hub``'s :class:`ModelCardData`, so the Hub reads its license,
+base model (the backbone), datasets and metrics as any model's.
 
 >>> print(model_card(MixtureConfig(num_heads=2, reward_dim=3, route_dim=3))[:40])  # doctest: +SKIP
 ---

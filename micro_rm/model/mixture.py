@@ -2,22 +2,11 @@
 
     P(a_w ≻ a_l | x) = Σ_k π_k(x) · σ(r_k(x, a_w) − r_k(x, a_l))
 
-One class serves the method and its baselines; the ``variant`` only changes where π comes from
-(and, for ``shared-base``, what a head is):
+One class serves the method and its baselines; ``variant`` says where π comes from: ``micro``
+a router f_ψ over the route features, ``static`` a softmax of K free logits (MaxMin-RLHF),
+``single`` one head (plain BT), ``shared-base`` uniform 1/K over heads that each add a frozen
+random prior (HyRe's ensemble). Heads have no bias: it cancels in r(a_w) − r(a_l).
 
-=============  ==========================================  ====================================
-variant        π(x)                                        heads
-=============  ==========================================  ====================================
-``micro``      router f_ψ(route features), softmax         K trainable linear maps
-``static``     softmax of K free logits (MaxMin-RLHF)      K trainable linear maps
-``single``     1 (one head, plain BT)                      1 trainable linear map
-``shared-base``uniform 1/K (ensemble average)              trainable + frozen random prior
-=============  ==========================================  ====================================
-
-Heads have no bias: it cancels in r(a_w) − r(a_l), so it could never be learned.
-
-Example
--------
 >>> model = MixtureRewardModel(MixtureConfig(num_heads=2, reward_dim=3, route_dim=4))
 >>> model.predict_proba(np.zeros((5, 3)), np.zeros((5, 3)), np.zeros((5, 4))).round(2).tolist()
 [0.5, 0.5, 0.5, 0.5, 0.5]
@@ -45,11 +34,10 @@ MASKED_LOGIT = -1e9       # router logit of a masked head (config.masked_heads)
 class MixtureRewardModel(nn.Module, PretrainedMixin):
     """K Bradley–Terry heads and a router; see the module docstring for the variants.
 
-    Tensor methods (``head_rewards``, ``head_deltas``, ``router_log_weights``, ``log_likelihood``)
-    keep gradients and are what training uses. Array methods (``predict_proba``, ``head_probs``,
-    ``router_weights``, ``rewards``, ``score``) accept numpy arrays (memory-mapped float16 is
-    fine), check dimensions and return float32 numpy arrays. ``save_pretrained``,
-    ``from_pretrained`` and ``push_to_hub`` come from :class:`~micro_rm.model.pretrained.PretrainedMixin`.
+    Tensor methods keep gradients and are what training uses. Array methods (``predict_proba``,
+    ``head_probs``, ``router_weights``, ``rewards``, ``score``) accept numpy arrays (memory-mapped
+    float16 is fine), check dimensions and return float32 arrays. The folder verbs come from
+    :class:`~micro_rm.model.pretrained.PretrainedMixin`.
     """
 
     def __init__(self, config: MixtureConfig):
@@ -61,10 +49,7 @@ class MixtureRewardModel(nn.Module, PretrainedMixin):
             prior = nn.Linear(d, k, bias=False).weight.detach() * config.prior_scale
             self.register_buffer("prior", prior)                # frozen, saved with the weights
         if config.variant == "micro":
-            if config.context_dim:
-                self.router = ContextRouter(config)
-            else:
-                self.router = router_network(config.route_dim, k, config)
+            self.router = ContextRouter(config) if config.context_dim else router_network(config.route_dim, k, config)
         if config.variant == "static":
             self.logits = nn.Parameter(torch.zeros(k))
 
@@ -78,10 +63,8 @@ class MixtureRewardModel(nn.Module, PretrainedMixin):
         return F.linear(x, self.head_weight())
 
     def head_deltas(self, diff: torch.Tensor) -> torch.Tensor:
-        """Per-head reward differences Δ_k from feature differences chosen − rejected: [N, d] → [N, K].
-
-        Heads are linear without bias, so r_k(a_w) − r_k(a_l) = r_k(a_w − a_l): one matmul, not two.
-        """
+        """Per-head reward differences Δ_k from feature differences chosen − rejected: [N, d] → [N, K]
+        (heads are linear without bias, so r_k(a_w) − r_k(a_l) = r_k(a_w − a_l))."""
         return F.linear(diff, self.head_weight())
 
     def router_log_weights(self, route: torch.Tensor) -> torch.Tensor:
@@ -141,11 +124,8 @@ class MixtureRewardModel(nn.Module, PretrainedMixin):
         return self._map_rows(self.head_rewards, x)
 
     def score(self, x, route) -> np.ndarray:
-        """Scalar personalised reward Σ_k π_k(x) r_k(x, a) of each response: [N].
-
-        This ranks responses consistently with the mixture probability only when one head
-        dominates π(x); to compare two responses use ``predict_proba`` (METHOD.md, Prediction).
-        """
+        """Scalar personalised reward Σ_k π_k(x) r_k(x, a) of each response: [N]. It ranks like
+        the mixture probability only when one head dominates π(x); to compare two, use ``predict_proba``."""
         self._check(x, "x", self.config.reward_dim)
         self._check(route, "route", self.config.route_dim)
         return self._map_rows(lambda a, u: (self.router_log_weights(u).exp() * self.head_rewards(a)).sum(-1),

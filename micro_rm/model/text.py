@@ -1,8 +1,7 @@
 """From pair records to a saved model's features: the backbone its config names, through the cache.
 
-A model folder records its backbone fingerprint (whose ``spec`` rebuilds the backbone; it covers
-pooling, max_length, dtype, chat template and weights or revision) and its feature settings
-(``fit_stage1`` writes both), so scoring new data needs no flags that could disagree with training.
+A model folder records its backbone fingerprint (whose ``spec`` rebuilds the backbone) and its
+feature settings, so scoring new data needs no flags that could disagree with training.
 
 >>> model = MixtureRewardModel.from_pretrained("runs/dsp")              # doctest: +SKIP
 >>> features = featurize_for(model, read_pairs("dsp-test.jsonl"))        # doctest: +SKIP

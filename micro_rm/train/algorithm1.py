@@ -5,8 +5,7 @@ distilling Hedge targets, the heads frozen.
         ω_i ← normalise( f_ψ(x_i, c_i) ⊙ exp(−L_i / τ) )           for every pair, once per epoch
         for each mini-batch:  minimise (1/|batch|) Σ_i CE(ω_i, f_ψ(x_i, c_i))   (AdamW)
 
-with L_ik = −log σ(Δ_ik). It is a library function beside :func:`micro_rm.train.adapt.adapt`
-(stage 2's default), for comparing with the paper; ``adapt`` has no setting that reaches it.
+with L_ik = −log σ(Δ_ik); for comparing with the paper (stage 2's ``adapt`` never reaches it).
 
 >>> adapted, epochs = algorithm1(model, features, tau=1e-3)          # doctest: +SKIP
 """

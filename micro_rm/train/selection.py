@@ -102,12 +102,7 @@ def cross_validate(model: "MixtureRewardModel", route: torch.Tensor, deltas: tor
                 rows = budget_prototypes(candidate, route[train], seed, corrections=kind == "corrections")
                 inputs = candidate.context_branch_inputs(route[held])
                 for update in updates:
-                    if update == "contexts":
-                        logits = candidate.router.prototype_logits.detach().expand(len(taus), -1, -1).clone()
-                        logits[:, known:] = known_routing_logits(candidate, route[train], deltas[train], known, taus)
-                        null_logits = candidate.router.null_logits.detach().expand(len(taus), -1)
-                    else:
-                        logits, null_logits = hedge_context_branch(candidate, route[train], deltas[train], taus, rows)
+                    logits, null_logits = context_step(candidate, route[train], deltas[train], update, taus, rows, known)
                     with torch.no_grad():
                         log_f = torch.log_softmax(context_branch_logits(inputs, logits, null_logits), dim=-1)
                     for t, lf in zip(taus, log_f):
@@ -230,13 +225,8 @@ def fit_candidate(model: "MixtureRewardModel", route: torch.Tensor, deltas: torc
         router, known = model.router, len(model.router.prototypes)
         spoken_for = budget_prototypes(model, route, seed, corrections=wordings == "corrections")
         start = time.perf_counter()
-        if update == "contexts" and known:
-            logits = router.prototype_logits.detach().clone()
-            logits[known:] = known_routing_logits(model, route, deltas, known, [tau])[0]
-            router.set_context_logits(logits)
-        else:
-            prototype_logits, null_logits = hedge_context_branch(model, route, deltas, [tau], spoken_for)
-            router.set_context_logits(prototype_logits[0], null_logits[0])
+        logits, null_logits = context_step(model, route, deltas, update if known else "heads", [tau], spoken_for, known)
+        router.set_context_logits(logits[0], null_logits[0])
         return [{"epoch": 1, "ce": math.nan, "nll": mixture_nll(model, route, deltas) if history else math.nan,
                  "seconds": time.perf_counter() - start}]
     losses = bt_loss(deltas)                                             # L_ik = −log σ(Δ_ik), [N, K]
@@ -292,6 +282,19 @@ def budget_prototypes(model: "MixtureRewardModel", route: torch.Tensor, seed: in
         router.add_prototypes(frequent, model.config, corrections=corrections)
     added = torch.ones(len(router.prototypes) - known, dtype=torch.bool, device=route.device)
     return torch.cat([matched, added])
+
+
+@torch.no_grad()
+def context_step(model: "MixtureRewardModel", route: torch.Tensor, deltas: torch.Tensor, update: str,
+                 taus: Sequence[float], rows: torch.Tensor, known: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The context branch's logits after the ``update`` step of a separate-layout router, for C
+    values of τ: prototype logits [C, M, K] (:func:`hedge_context_branch` or, for ``contexts``,
+    :func:`known_routing_logits` on the prototypes past ``known``) and no-context logits [C, K]."""
+    if update != "contexts":
+        return hedge_context_branch(model, route, deltas, taus, rows)
+    logits = model.router.prototype_logits.detach().expand(len(taus), -1, -1).clone()
+    logits[:, known:] = known_routing_logits(model, route, deltas, known, taus)
+    return logits, model.router.null_logits.detach().expand(len(taus), -1)
 
 
 @torch.no_grad()

@@ -2,9 +2,8 @@
 
     L = −(1/n) Σ log Σ_k π_k(x) σ(Δ_k)  +  α · Σ_k π_k log π_k
 
-The four variants of ``MixtureRewardModel`` share this one loop; ``stage1_loss`` is the only
-place where they differ (``shared-base`` fits each head by its own BT loss, as HyRe's ensemble).
-Training reads only feature arrays: the backbone never runs here.
+The four variants share this one loop and differ only in ``stage1_loss`` (``shared-base`` fits
+each head by its own BT loss, as HyRe's ensemble). The backbone never runs here.
 
 >>> model, history = fit_stage1(features, Stage1Config(heads=4, epochs=10))   # doctest: +SKIP
 >>> history["val_loss"], history["best_epoch"]                                # doctest: +SKIP
