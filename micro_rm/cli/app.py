@@ -135,6 +135,18 @@ def state_errors(state: Any) -> Iterator[None]:
                            "from a backup, or point --state at another file") from None
 
 
+def load_features(model_dir: str, data: str, hf_split: Optional[str], cache_dir: Optional[Path],
+                  cache_only: bool) -> tuple[Any, list[dict], Any]:
+    """The model, the pair records of ``data`` and their features as the model reads them."""
+    from micro_rm.data.readers import read_pairs
+    from micro_rm.model.mixture import MixtureRewardModel
+    from micro_rm.model.text import featurize_for
+
+    model = MixtureRewardModel.from_pretrained(model_dir)
+    records = read_pairs(data, hf_split=hf_split)
+    return model, records, featurize_for(model, records, cache_dir, allow_encode=not cache_only)
+
+
 def check_state_exists(state: str, reader: str) -> None:
     """Refuse a ``--state`` path that holds no state file: ``reader`` (a command that only reads a
     user's state) must not create one."""

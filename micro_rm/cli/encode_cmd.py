@@ -1,9 +1,5 @@
-"""``micro-rm encode``: fill the feature cache for a pair file, in one process or many.
-
-Under ``torchrun --nproc_per_node=N`` (or ``accelerate launch``) every rank encodes its share of
-the missing texts into the shared cache folder; rank 0 prints the totals, the other ranks print
-nothing on stdout. See docs/scale-out.md.
-"""
+"""``micro-rm encode``: fill the feature cache for a pair file, in one process or many (under
+``torchrun``, each rank encodes its share and rank 0 alone prints; docs/scale-out.md)."""
 
 from __future__ import annotations
 

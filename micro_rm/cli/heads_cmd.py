@@ -13,7 +13,7 @@ import typer
 from typer.core import TyperGroup
 
 from micro_rm.atomic import atomic_open
-from micro_rm.cli.app import app, check_output, check_range, emit
+from micro_rm.cli.app import app, check_output, check_range, emit, load_features
 from micro_rm.cli.options import CacheDir, CacheOnly, HfSplit, JsonFlag
 from micro_rm.errors import MicroRMError
 
@@ -36,18 +36,6 @@ app.add_typer(heads_app, name="heads")
 MODEL_ARG = typer.Argument(..., help="Model folder (or Hugging Face hub id).", show_default=False)
 MAX_EPOCHS = 10_000  # heads merge --epochs: re-fitting the router converges in tens
 DATA_HELP = "Pair file (jsonl, json, parquet, csv), dataset folder or Hugging Face hub id."
-
-
-def _load(model_dir: str, data: str, hf_split: Optional[str], cache_dir: Optional[Path],
-          cache_only: bool) -> tuple[Any, list[dict], Any]:
-    """The model, the pair records of ``data`` and their features as the model reads them."""
-    from micro_rm.data.readers import read_pairs
-    from micro_rm.model.mixture import MixtureRewardModel
-    from micro_rm.model.text import featurize_for
-
-    model = MixtureRewardModel.from_pretrained(model_dir)
-    records = read_pairs(data, hf_split=hf_split)
-    return model, records, featurize_for(model, records, cache_dir, allow_encode=not cache_only)
 
 
 @heads_app.command("profile")
@@ -77,7 +65,7 @@ def profile_cmd(
     from micro_rm.heads.report import write_heads_report
 
     check_output(report, "--report", {"MODEL": model_dir, "--data": data}, folder=True)
-    model, records, features = _load(model_dir, data, hf_split, cache_dir, cache_only)
+    model, records, features = load_features(model_dir, data, hf_split, cache_dir, cache_only)
     profile = profile_heads(model, features, records)
     stored = list(model.config.head_labels)
     if (relabel or not stored) and (Path(model_dir) / "config.json").is_file():
@@ -133,7 +121,7 @@ def audit_cmd(
         raise MicroRMError(f"--alpha must be in (0, 1), got {alpha}")
     if out is not None:
         check_output(out, "--out", {"MODEL": model_dir, "--data": data}, folder=False)
-    model, _, features = _load(model_dir, data, hf_split, cache_dir, cache_only)
+    model, _, features = load_features(model_dir, data, hf_split, cache_dir, cache_only)
     audit = {"model": model_dir, "data": data, **audit_heads(model, features, alpha=alpha)}
     if out is not None:
         with atomic_open(out) as fh:
@@ -189,7 +177,7 @@ def merge_cmd(
     check_range(epochs, "--epochs", 1, MAX_EPOCHS)
     check_range(min_agreement, "--min-agreement", 0.5, 1)     # merge_heads's range, before any encoding
     check_output(out, "--out", {"MODEL": model_dir, "--data": data, "--cache": cache_dir}, folder=True, model=True)
-    model, _, features = _load(model_dir, data, hf_split, cache_dir, cache_only)
+    model, _, features = load_features(model_dir, data, hf_split, cache_dir, cache_only)
     merged, info = merge_heads(model, features, min_agreement, epochs=epochs)
     merged.save_pretrained(out)
     groups = ", ".join("{" + ", ".join(map(str, c)) + "}" for c in info["clusters"])

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from micro_rm.cli.app import app, check_output, config_option, emit, field_docs, state_errors
+from micro_rm.cli.app import app, check_output, config_option, emit, field_docs, load_features, state_errors
 from micro_rm.cli.options import CacheDir, CacheOnly, HfSplit, JsonFlag
 from micro_rm.data.records import check_user_id
 from micro_rm.online.hedge import DEFAULT_ETA
@@ -62,6 +62,7 @@ def adapt(
     config = AdaptConfig(budget=budget, tau="auto" if tau.strip().lower() == "auto" else tau, folds=folds,
                          seed=seed)
     check_output(out, "--out", {"--model": model_dir, "--data": data, "--cache": cache_dir}, folder=True, model=True)
+
     from micro_rm.data.readers import read_pairs
     from micro_rm.model.mixture import MixtureRewardModel
     from micro_rm.train.adapt import adapt_from_records, check_adaptable
@@ -108,19 +109,14 @@ def feedback(
     Example: micro-rm feedback --model runs/dsp --state state.db --user ana --data ana.jsonl
     """
     from micro_rm.atomic import check_not_input
-    from micro_rm.data.readers import read_pairs
-    from micro_rm.model.mixture import MixtureRewardModel
-    from micro_rm.model.text import featurize_for
     from micro_rm.online import open_store, pair_losses, validate_eta
     from micro_rm.online.identity import state_model_id
 
     eta = validate_eta(eta)
     check_user_id(user, "--user")
     check_not_input(state, "--state", {"--data": data, "--model": model_dir})
-    model = MixtureRewardModel.from_pretrained(model_dir)
     # Read and score the pairs before the store opens: bad data must not create a state file.
-    records = read_pairs(data, hf_split=hf_split)
-    features = featurize_for(model, records, cache_dir, allow_encode=not cache_only)
+    model, records, features = load_features(model_dir, data, hf_split, cache_dir, cache_only)
     losses = pair_losses(model.head_probs(features.chosen, features.rejected))
     with state_errors(state), open_store(state, model_id=state_model_id(model),
                                          num_heads=model.config.num_heads) as store:
