@@ -109,7 +109,6 @@ def _csv_rows(path: Path) -> Iterator[tuple[str, Any]]:
 
 def _parquet_rows(path: Path) -> Iterator[tuple[str, Any]]:
     import pyarrow.parquet as pq
-
     try:
         table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises several types for a bad file
@@ -121,7 +120,6 @@ def _parquet_rows(path: Path) -> Iterator[tuple[str, Any]]:
 def _dataset_rows(source: str, split: str | None) -> Iterator[tuple[str, Any]]:
     """Rows of a Hugging Face dataset (hub id or local folder)."""
     import datasets
-
     path = Path(source)
     try:
         if path.is_dir() and any((path / f).exists() for f in HF_DATASET_MARKERS):
@@ -139,7 +137,6 @@ def _hf_object_rows(ds: Any, split: str | None, source: str) -> Iterator[tuple[s
     the only one, else ``train``; any other choice is ambiguous, and the error lists the splits
     (ultrafeedback_binarized has train_prefs, test_prefs, train_gen ... and no train)."""
     import datasets
-
     if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         names = list(ds.keys())
         if split is None and len(names) != 1 and "train" not in names:

@@ -19,14 +19,11 @@ def check_batching(batch_size: int, tokens_per_batch: Optional[int]) -> None:
 
 def plan_batches(lengths: Sequence[int] | np.ndarray, *, batch_size: int = 32,
                  tokens_per_batch: Optional[int] = None) -> list[np.ndarray]:
-    """Batches of item indices, longest items first: ``batch_size`` items each, or (with
-    ``tokens_per_batch``) as many items as fit ``tokens_per_batch`` padded tokens, i.e.
+    """Batches of item indices, longest first: ``batch_size`` items each, or as many as fit
     ``items × longest ≤ tokens_per_batch`` (an item longer than that gets a batch of its own).
 
-    Longest first: similar lengths share a batch (little padding), and a batch too big for
-    memory fails in the first seconds rather than at the end. A distributed encode deals these
-    same batches out to its ranks, so every vector is computed in exactly the batch a
-    one-process run would use.
+    Longest first: similar lengths share a batch (little padding), and a batch too big for memory
+    fails in the first seconds. A distributed encode deals out these same batches.
 
     >>> [b.tolist() for b in plan_batches([3, 9, 5, 1], batch_size=2)]
     [[1, 2], [0, 3]]

@@ -200,7 +200,6 @@ class FeatureCache:
         """Encode ``batches`` (index arrays into ``items``), flushing shards as it goes; returns
         the number of items encoded."""
         from micro_rm.progress import progress_bar
-
         pending: list[tuple[np.ndarray, np.ndarray]] = []   # (rows, stored vectors), not in a shard yet
         last_flush = time.monotonic()
         done = 0

@@ -113,7 +113,6 @@ def init_group(device: str = "cpu") -> Optional[RankGroup]:
         return None
     import torch
     import torch.distributed as dist
-
     rank, world, local = env
     if not dist.is_available():
         raise MicroRMError("this torch build has no torch.distributed; run a single process")

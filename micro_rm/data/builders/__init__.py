@@ -62,9 +62,7 @@ def build_pairs(name: str, source: str | os.PathLike,
                 skip_invalid: bool = False) -> list[dict[str, Any]]:
     """Build validated pair records from ``source`` with the builder called ``name``.
 
-    >>> source = "../shared/data/dsp-domain-specific-preference"
-    >>> pairs = build_pairs("dsp", source)  # doctest: +SKIP
-    >>> len(pairs)  # doctest: +SKIP
+    >>> len(build_pairs("dsp", "../shared/data/dsp-domain-specific-preference"))  # doctest: +SKIP
     10428
     """
     if name not in BUILDERS:

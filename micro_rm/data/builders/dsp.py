@@ -1,10 +1,7 @@
-"""Domain-Specific Preference (Cheng et al. 2023), built the way MiCRo builds RPR.
-
-Under domain D the response written for D beats the other four (three domains and the original
-"normal" answer), so the preferred side flips with the context: 4 domains x 4 rivals = 16 pairs
-per prompt. The test file has a few defects: 23 prompts where some domain responses are the very
-same text, and one empty "normal" answer; those pairs carry no preference and are dropped (and
-counted), so its 661 prompts give 10,428 pairs rather than 661 x 16 = 10,576.
+"""Domain-Specific Preference (Cheng et al. 2023), built the way MiCRo builds RPR: under domain D
+the response written for D beats the other four (three domains and the "normal" answer), 16 pairs
+per prompt. Pairs with identical or empty responses are dropped and counted (10,428 pairs, not
+661 x 16 = 10,576).
 """
 
 from __future__ import annotations
@@ -18,7 +15,6 @@ DOMAINS = ("academy", "business", "entertainment", "literature")
 RESPONSES = (*DOMAINS, "normal")
 SCHEMA = "dsp schema {query, responses{academy, business, entertainment, literature, normal}}"
 
-# One sentence per domain: what a user of that domain wants (the pair's `context`).
 CONTEXTS = {
     "academy": "I am a researcher; answer in a rigorous academic style, with precise terminology "
                "and structured, well-sourced reasoning.",

@@ -1,8 +1,5 @@
 """HelpSteer2 (nvidia/HelpSteer2): per-attribute pairs, as in the MiCRo paper's HelpSteer2 runs.
-
-Schema followed: the dataset card of nvidia/HelpSteer2 (features prompt, response, helpfulness,
-correctness, coherence, complexity, verbosity, int ratings 0-4; train and validation splits).
-Responses to one prompt sit in consecutive rows (two per prompt).
+Ratings are ints 0-4; the responses to one prompt sit in consecutive rows.
 """
 
 from __future__ import annotations

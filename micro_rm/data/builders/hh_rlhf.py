@@ -1,10 +1,8 @@
 """Anthropic HH-RLHF: ``\\n\\nHuman: … \\n\\nAssistant: …`` transcripts split into a chat prompt and
 the two final assistant replies.
 
-Two row schemas are read: the hub's ``{chosen, rejected}`` (``Anthropic/hh-rlhf``, its
-``*.jsonl.gz`` files) and the DSP authors' cleaned copies ``{text: [chosen, rejected], score}``.
-A folder is read as the cleaned copies in it (``*.cleaned-dsp.json``, the layout of
-../shared/data/hh-rlhf, which also holds an original file with the same harmless rows).
+Rows are the hub's ``{chosen, rejected}`` (``Anthropic/hh-rlhf``) or the DSP authors' cleaned
+copies ``{text: [chosen, rejected], score}``; a folder is read as its ``*.cleaned-dsp.json`` files.
 """
 
 from __future__ import annotations
@@ -40,9 +38,8 @@ def parse_turns(transcript: str) -> list[Message]:
 
 
 def split_transcripts(chosen: str, rejected: str, where: str) -> dict[str, Any]:
-    """Prompt = the turns both transcripts share, up to their last shared ``Assistant:`` marker;
-    chosen / rejected = what follows it. Taking the *shared* marker (not each transcript's last)
-    keeps the pairs where a reply itself contains invented ``Human:`` turns.
+    """Prompt = the turns up to the last ``Assistant:`` marker both transcripts share; chosen /
+    rejected = what follows (the *shared* marker keeps replies that invent ``Human:`` turns).
 
     >>> split_transcripts("\\n\\nHuman: Hi\\n\\nAssistant: Hello",
     ...                   "\\n\\nHuman: Hi\\n\\nAssistant: Go.", "x")

@@ -1,9 +1,5 @@
-"""PKU-SafeRLHF (PKU-Alignment/PKU-SafeRLHF): two responses per prompt with a safety preference.
-
-Schema followed: the PKU-Alignment/PKU-SafeRLHF dataset card (rows {prompt, response_0,
-response_1, is_response_0_safe, is_response_1_safe, better_response_id, safer_response_id, ...}).
-Only the safety preference is used, as harmlessness data.
-"""
+"""PKU-SafeRLHF (PKU-Alignment/PKU-SafeRLHF): two responses per prompt; only the safety preference
+(``safer_response_id``) is used, as harmlessness data."""
 
 from __future__ import annotations
 

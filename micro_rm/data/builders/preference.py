@@ -1,8 +1,6 @@
-"""Generic chosen / rejected preference datasets: hendrydong/preference_700K and the RLHFlow
-"standard format" (``chosen`` / ``rejected`` whole conversations, ``chosen_score`` /
-``rejected_score``), UltraFeedback-binarized style rows (a ``prompt`` string plus whole
-conversations, ``score_chosen`` / ``score_rejected``) and plain ``{prompt, chosen, rejected}``
-strings."""
+"""Generic chosen / rejected datasets: hendrydong/preference_700K and RLHFlow's format (whole
+conversations, ``chosen_score`` / ``rejected_score``), UltraFeedback-binarized rows (a ``prompt``
+plus conversations, ``score_chosen`` / ``score_rejected``) and plain ``{prompt, chosen, rejected}``."""
 
 from __future__ import annotations
 
@@ -26,8 +24,8 @@ def _margin(row: dict[str, Any]) -> Optional[float]:
 
 
 def to_pair(row: Any, where: str) -> dict[str, Any]:
-    """The pair record of one row. When chosen and rejected are conversations that start alike,
-    their shared prefix is the prompt and a ``prompt`` column (a copy of it) is ignored.
+    """The pair record of one row; conversations that start alike ignore a ``prompt`` column
+    (their shared prefix is the prompt).
 
     >>> u = {"role": "user", "content": "Hi"}
     >>> to_pair({"prompt": "Hi", "chosen": [u, {"role": "assistant", "content": "Hello"}],

@@ -1,9 +1,5 @@
 """Reasonable Preference Reversal (microsoft/rpr, Pitis et al. 2024): each row holds two
 responses and two criteria; under criterion x response a wins, under criterion y response b.
-
-Schema followed: the dataset card of microsoft/rpr (features prompt, response_a, response_b,
-criteria_x, criteria_y, category_x, category_y, id, scenario_x, scenario_y, profile_0..4;
-train and test splits).
 """
 
 from __future__ import annotations

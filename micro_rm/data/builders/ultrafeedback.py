@@ -1,9 +1,5 @@
-"""UltraFeedback (openbmb/UltraFeedback): four GPT-4 ratings per completion; per aspect, the
-higher-rated of two completions wins.
-
-Schema followed: openbmb/UltraFeedback rows {source, instruction, models, completions: [{model,
-response, annotations: {helpfulness, honesty, instruction_following, truthfulness: {Rating,
-Rationale, ...}}, ...}], ...}; a ``Rating`` is a string such as "4" or "N/A".
+"""UltraFeedback (openbmb/UltraFeedback): four GPT-4 ratings per completion (``SCHEMA``; a
+``Rating`` is a string such as "4" or "N/A"); per aspect, the higher-rated of two completions wins.
 """
 
 from __future__ import annotations
@@ -40,8 +36,8 @@ def _rating(annotations: Any, attribute: str) -> Optional[float]:
 
 
 def build(source: str | os.PathLike, skip_invalid: bool = False) -> list[dict[str, Any]]:
-    """All ordered pairs of completions per instruction and aspect (n choose 2 per aspect, ties and
-    N/A ratings dropped); attribute = the aspect, margin = the rating gap.
+    """Pairs of completions per instruction and aspect (ties and N/A dropped); attribute = the
+    aspect, margin = the rating gap.
 
     >>> build("openbmb/UltraFeedback")[0]["attribute"]  # doctest: +SKIP
     'helpfulness'

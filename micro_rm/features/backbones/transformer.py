@@ -170,9 +170,7 @@ def load_transformer(source: str, *, name: str, identity: dict[str, Any],
     their base model. ``identity`` names the weights in the fingerprint; ``max_length=None`` takes
     the model's limit, at most 1024."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
-
     from micro_rm.progress import silence_transformers_bars
-
     _check_device(device)
     silence_transformers_bars()
     config = AutoConfig.from_pretrained(source)
