@@ -175,8 +175,7 @@ class StateStore:
         if rows:
             users = ", ".join(repr(r[0]) for r in rows[:5]) + (" and more" if len(rows) > 5 else "")
             raise StateInvalid(f"{self._kind} {self.location}: user(s) {users} have a non-finite state "
-                               "(NaN/Inf); `micro-rm user reset USER --state "
-                               f"{self.location}` forgets one")
+                               f"(NaN/Inf); `micro-rm user reset USER --state {self.location}` forgets one")
 
     def _write_state(self, cur: Any, state: UserState) -> None:
         # json.dumps writes the shortest repr of each float64, which reads back bit-exactly.

@@ -22,6 +22,8 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 
 class Metrics:
+    """The service's request counts, latencies and counters; its own Prometheus collector."""
+
     def __init__(self, window: int = 10_000):
         from prometheus_client import CollectorRegistry, Histogram
 
@@ -35,7 +37,7 @@ class Metrics:
                                    ["route"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self._extra: Mapping[str, Mapping[str, Any]] = {}
         self._scrape = threading.Lock()
-        self.registry.register(_Collector(self))
+        self.registry.register(self)   # collect() reads the counts at scrape time
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         with self._lock:
@@ -74,20 +76,14 @@ class Metrics:
             return {"uptime_s": round(time.time() - self.started, 3), "requests": routes,
                     "counters": dict(self.counters)}
 
-
-class _Collector:
-    """Reads :class:`Metrics` at scrape time (request counts, counters, uptime, extra stats)."""
-
-    def __init__(self, metrics: Metrics):
-        self.metrics = metrics
-
     def collect(self) -> Iterator[Any]:
+        """The Prometheus families of a scrape: request counts, counters, extra stats, uptime."""
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        m = self.metrics
-        with m._lock:
-            counts = [(route, status, n) for route, by in sorted(m._counts.items()) for status, n in sorted(by.items())]
-            counters = dict(m.counters)
+        with self._lock:
+            counts = [(route, status, n) for route, by in sorted(self._counts.items())
+                      for status, n in sorted(by.items())]
+            counters = dict(self.counters)
         requests = CounterMetricFamily("micro_rm_requests", "HTTP requests by route and status.",
                                        labels=["route", "status"])
         for route, status, n in counts:
@@ -95,13 +91,13 @@ class _Collector:
         yield requests
         for name, value in sorted(counters.items()):
             yield CounterMetricFamily(f"micro_rm_{name}", COUNTERS.get(name, name.replace("_", " ")), value=value)
-        for group, stats in m._extra.items():
+        for group, stats in self._extra.items():
             for name, value in sorted(stats.items()):
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     yield CounterMetricFamily(f"micro_rm_{group}_{name}", f"{group}: {name.replace('_', ' ')}.",
                                               value=value)
         yield GaugeMetricFamily("micro_rm_uptime_seconds", "Seconds since the service started.",
-                                value=time.time() - m.started)
+                                value=time.time() - self.started)
 
 
 class MetricsMiddleware:
