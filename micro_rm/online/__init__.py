@@ -3,13 +3,12 @@
 >>> from micro_rm.online import UserState, pair_losses, open_store  # doctest: +SKIP
 """
 
-from micro_rm.online.engines import PostgresUserStore, UserStore
+from micro_rm.online.engines import PostgresUserStore, UserStore, open_store
 from micro_rm.online.hedge import (DEFAULT_ETA, DEFAULT_P_MIN, UserState, hedge_log_weights, pair_losses, tuned_eta,
                                    validate_eta)
 from micro_rm.online.requests import (DuplicateKey, FeedbackRequest, InvalidFeedback, StateInvalid,
                                       StateUnavailable, UserDeleted)
 from micro_rm.online.sql import StateStore
-from micro_rm.online.store import open_store
 
 __all__ = ["DEFAULT_ETA", "DEFAULT_P_MIN", "DuplicateKey", "FeedbackRequest", "InvalidFeedback",
            "PostgresUserStore", "StateInvalid", "StateStore", "StateUnavailable", "UserDeleted", "UserState",

@@ -1,4 +1,5 @@
-"""The state store's engines: SQLite (a file; the default) and PostgreSQL (several replicas)."""
+"""The state store's engines, SQLite (a file; the default) and PostgreSQL (several replicas), and
+:func:`open_store`, which picks one by address. Their shared SQL is :mod:`micro_rm.online.sql`."""
 
 from __future__ import annotations
 
@@ -116,3 +117,22 @@ class PostgresUserStore(StateStore):
         conn = self._conn()
         with conn.transaction():
             yield conn.cursor()
+
+
+def open_store(state: str | os.PathLike, model_id: str | None = None, num_heads: int | None = None) -> StateStore:
+    """Open (or, given the model, create) the state store at a path or a database URL.
+
+    ``state`` is a plain path or ``sqlite:///PATH`` (SQLite, the default engine) or
+    ``postgresql://USER:PASSWORD@HOST/DB`` (also ``postgresql+psycopg://``). Without
+    ``model_id``/``num_heads`` the store must exist and its own model is used (``user show``);
+    with them, a store written for another model is refused.
+
+    >>> store = open_store("sqlite:///state.db", model_id="fp-1234", num_heads=4)  # doctest: +SKIP
+    >>> store.apply_feedback("ana", pair_losses(head_probs)).num_feedback  # doctest: +SKIP
+    3
+    """
+    text = os.fspath(state)
+    match = URL_SCHEME.match(text)
+    if match and match.group(1).split("+")[0] in ("postgresql", "postgres"):
+        return PostgresUserStore(text, model_id, num_heads)
+    return UserStore(text, model_id, num_heads)

@@ -62,7 +62,7 @@ def _guarded(method: Callable) -> Callable:
 
 
 class StateStore:
-    """A per-user state store (from :func:`micro_rm.online.store.open_store`); the engine subclasses
+    """A per-user state store (from :func:`micro_rm.online.engines.open_store`); the engine subclasses
     connect and open transactions."""
 
     _kind = "state"  # how messages name the store

@@ -101,7 +101,7 @@ def existing_store(state: Optional[str | os.PathLike], scorer: Any) -> Any:
     if state is None:
         return None
     text = os.fspath(state)
-    path = text[len("sqlite:///"):] if text.startswith("sqlite:///") else text
+    path = text.removeprefix("sqlite:///")
     if not URL_SCHEME.match(path) and not os.path.isfile(path):
         return None
     return open_store(text, scorer.model_id, scorer.num_heads)

@@ -58,7 +58,7 @@ class TokenStore:
             parts = urllib.parse.urlsplit(text)
             self._url = urllib.parse.urlunsplit(parts._replace(scheme="postgresql"))
         else:
-            self._path = Path(text[len("sqlite:///"):] if text.startswith("sqlite:///") else text)
+            self._path = Path(text.removeprefix("sqlite:///"))
         with self._transaction() as cur:
             if self._postgres:
                 cur.execute("SELECT pg_advisory_xact_lock(7311)")  # concurrent first opens
