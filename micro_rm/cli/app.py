@@ -48,12 +48,7 @@ def _global_options(
 
 def field_docs(config_path: str) -> tuple[Callable[[str], str], Callable[[str], Any]]:
     """``(help, default)`` lookups for the fields of the config dataclass ``"module:Class"``, so
-    each option is documented once, in the config. The module is imported on first lookup.
-
-    >>> _help, _default = field_docs("micro_rm.train.config:Stage1Config")
-    >>> _default("alpha")
-    0.5
-    """
+    each option is documented once, in the config. The module is imported on first lookup."""
     def field(name: str) -> tuple[str, Any]:
         module, name_of_class = config_path.split(":")
         cls = getattr(importlib.import_module(module), name_of_class)
@@ -74,11 +69,7 @@ def config_option(config_path: str) -> Callable[[str], Any]:
 
 def strict_json(value: Any) -> Any:
     """``value`` with every NaN or infinity replaced by None: ``json.dumps`` would write the
-    bare ``NaN`` that strict JSON parsers (``jq``, JavaScript, Go) reject.
-
-    >>> strict_json({"nll": float("nan"), "acc": [1.0, float("inf")]})
-    {'nll': None, 'acc': [1.0, None]}
-    """
+    bare ``NaN`` that strict JSON parsers (``jq``, JavaScript, Go) reject."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
@@ -98,10 +89,7 @@ def emit(result: dict[str, Any], as_json: bool, summary: str) -> None:
 
 
 def check_range(value: float, option: str, low: float, high: float) -> None:
-    """Refuse a numeric option outside ``[low, high]``, naming the option and the range.
-
-    >>> check_range(4, "--max-heads", 1, 64)
-    """
+    """Refuse a numeric option outside ``[low, high]``, naming the option and the range."""
     if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
         raise MicroRMError(f"{option} must be in [{_plain(low)}, {_plain(high)}], got {value}")
 

@@ -67,10 +67,7 @@ def experiment(
 
 def check_yaml_depth(text: str, path: Path, limit: int = MAX_YAML_DEPTH) -> None:
     """Refuse YAML nested deeper than ``limit`` before parsing it: PyYAML builds nested values
-    recursively, so a deep file would end in a RecursionError. Its event stream is flat.
-
-    >>> check_yaml_depth("a: {b: [1]}", Path("exp.yaml"))
-    """
+    recursively, so a deep file would end in a RecursionError. Its event stream is flat."""
     import yaml
 
     depth = 0
@@ -123,11 +120,8 @@ def demo(
 
 def new_user_line(results: dict, labels: int = 5) -> str:
     """One line on the new-user curve of ``results``: a user known only by id, with no labels
-    and after ``labels`` of them (empty when the run drew no curve).
-
-    >>> new_user_line({"user_curve": {"n": [0, 5], "curves": {"no context / random": {"mean": [0.55, 0.71]}}}})
-    '\\na new user known only by id: 0.550 with no labels, 0.710 after 5 (random pairs)\\n'
-    """
+    and after ``labels`` of them, e.g. "a new user known only by id: 0.550 with no labels, 0.710
+    after 5 (random pairs)" (empty when the run drew no curve)."""
     curve = results.get("user_curve") or {}
     n = curve.get("n", [])
     if 0 not in n or labels not in n:
