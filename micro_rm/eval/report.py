@@ -1,9 +1,8 @@
 """The experiment's report folder: ``results.json``, ``report.md`` and the figures drawn from it.
 
-``results.json`` is the single source: ``report.md`` and every PNG are rendered from the dict
-as read back from that JSON, so each number in the report can be checked against it and each
-figure redrawn from it. The main table has the shape of the paper's Tables 2–3: one row per
-method, one column per attribute, then the average and the supervision the method needed.
+``results.json`` is the single source that every other file is rendered from (:func:`write_report`).
+The main table has the shape of the paper's Tables 2–3: one row per method, one column per
+attribute, then the average and the supervision the method needed.
 
 >>> from micro_rm.eval.report import write_report, load_results, format_table  # doctest: +SKIP
 >>> folder = write_report(results, "runs/dsp")  # doctest: +SKIP

@@ -8,10 +8,6 @@ where H is the *within-group* label entropy: the single model's cross-entropy on
 Σ_k π_k [H_b(p_k) + KL(p_k ‖ q)], and only the KL part is bounded below by Pinsker. (Using the
 entropy of the mixture's own labels, H_b(Σ_k π_k p_k), instead is wrong: it is the loss of the
 best single model already, so adding the variance term puts the "bound" above that loss.)
-
-:func:`theorem_bound` evaluates the bound from arrays; :func:`theory_diagnostic` takes a fitted
-mixture as the truth on a set of features and also fits the best single linear BT head to its
-label probabilities, to show the loss a single model really gets.
 """
 
 from __future__ import annotations
