@@ -131,7 +131,6 @@ def _fmt(value: Any) -> str:
 
 
 def _corrections(config: MixtureConfig) -> str:
-    """The card's note on stage 2's corrections (ContextRouter), e.g. ", 8 of them corrections
-    added at stage 2"; empty when there are none."""
+    """The card's note on stage 2's corrections, e.g. ", 8 of them corrections added at stage 2"."""
     count = len(config.context_corrections)
     return f", {count} of them corrections added at stage 2" if count else ""

@@ -31,11 +31,9 @@ class MixtureConfig:
     router: str = "mlp"                 # ``mlp``: d_r → hidden → K, ReLU (the paper's); ``linear``: d_r → K
     router_hidden: int = 128            # hidden units of the MLP router (the paper: 128)
     context_dim: int = 0                # width of emb(context) at the end of the route features
-                                        # ("separate" layout: [emb(prompt); emb(context)]), read by
-                                        # the prototype branch; 0: one joint route vector
+                                        # ([emb(prompt); emb(context)]); 0: one joint route vector
     context_encoding: str = ""          # how the route features were made (featurize.CONTEXT_ENCODINGS);
-                                        # "" (configs before it): "separate" with a context width,
-                                        # else "joint"
+                                        # "" (older configs): "separate" with a context width, else "joint"
     context_prototypes: int = 0         # number of prototype contexts of that branch
     context_corrections: list = field(default_factory=list)  # indices of the prototypes that stage 2
                                         # added as corrections (ContextRouter); [] before stage 2
@@ -43,8 +41,7 @@ class MixtureConfig:
     prior_scale: float = 1.0            # ``shared-base``: scale of the frozen prior heads, relative
                                         # to PyTorch's default Linear init U(±1/√d) (HyRe's prior)
     backbone: dict = field(default_factory=dict)   # fingerprint of the backbone; its "spec" rebuilds it
-    feature: dict = field(default_factory=dict)    # the FeatureSettings it was trained with (router_input,
-                                                   # context_in_reward), written by fit_stage1; {}: defaults
+    feature: dict = field(default_factory=dict)    # the FeatureSettings it was trained with; {}: defaults
     training: dict = field(default_factory=dict)   # the Stage1Config it was fitted with, or export info
     data: dict = field(default_factory=dict)       # what it was trained on (source, pairs)
     metrics: dict = field(default_factory=dict)    # losses / accuracies to show in the model card

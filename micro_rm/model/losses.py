@@ -40,11 +40,9 @@ def mixture_bt_loss(delta: torch.Tensor, log_weights: torch.Tensor) -> torch.Ten
 def negative_entropy(log_weights: torch.Tensor, balance: Balance = "example") -> torch.Tensor:
     """The router regulariser Σ_k π_k log π_k, a scalar to *minimise* (Eq. 3).
 
-    ``log_weights`` [B, K] are the router's log-probabilities (log space keeps π log π exact at
-    π → 0). ``balance="example"`` (the paper's) averages each pair's negative entropy, pulling
-    every pair's routing toward uniform; ``"marginal"`` takes the negative entropy of the
-    batch-mean routing π̄ = mean_i π_i, which keeps every head in use while each pair may route
-    sharply (load balancing; METHOD.md, reference measurements).
+    ``log_weights`` [B, K]: the router's log-probabilities (exact π log π at π → 0). ``"example"``
+    (the paper's) averages each pair's, pulling every routing toward uniform; ``"marginal"`` takes
+    that of the batch-mean routing π̄, keeping every head in use while each pair may route sharply.
 
     >>> sharp = torch.log(torch.tensor([[0.99, 0.01], [0.01, 0.99]]))
     >>> round(negative_entropy(sharp, "example").item(), 3), round(negative_entropy(sharp, "marginal").item(), 3)

@@ -1,7 +1,6 @@
-"""The router f_ψ and its state: the prompt network, and the context branch's prototypes,
-corrections and their logits. Every write to that state goes through a method here (stage 1's
-prototypes, stage 2's new wordings and Hedge step, heads merge), so the router's tensors and the
-model config's ``context_prototypes`` / ``context_corrections`` never disagree.
+"""The router f_ψ: the prompt network, and the context branch's prototypes, corrections and their
+logits. Every write to that state goes through a method here, so the router's tensors and the
+config's ``context_prototypes`` / ``context_corrections`` never disagree.
 
 >>> router = ContextRouter(MixtureConfig(num_heads=2, reward_dim=3, route_dim=5, context_dim=3))
 >>> router.add_prototypes(torch.eye(3)[:2], MixtureConfig(num_heads=2, reward_dim=3, route_dim=5, context_dim=3))

@@ -86,27 +86,29 @@ def cross_validate(model: "MixtureRewardModel", route: torch.Tensor, deltas: tor
                        unit="fit", enabled=progress, leave=False)
     with bar:
         for f in np.unique(fold):
+            rows_held = np.flatnonzero(fold == f)
             train, held = (torch.from_numpy(np.flatnonzero(fold != f)).to(route.device),
-                           torch.from_numpy(np.flatnonzero(fold == f)).to(route.device))
+                           torch.from_numpy(rows_held).to(route.device))
+            fit_route, fit_deltas = route[train], deltas[train]
             if not separate:
                 for t in taus:
                     candidate = copy.deepcopy(model)
-                    fit_candidate(candidate, route[train], deltas[train], Candidate("heads", t), seed, history=False)
+                    fit_candidate(candidate, fit_route, fit_deltas, Candidate("heads", t), seed, history=False)
                     with torch.no_grad():
-                        out[Candidate("heads", t)][held.cpu().numpy()] = mixture_bt_loss(
+                        out[Candidate("heads", t)][rows_held] = mixture_bt_loss(
                             deltas[held], candidate.router_log_weights(route[held])).cpu().numpy()
                     bar.update()
                 continue
             for kind in wordings:                                          # every τ in one fit
                 candidate = copy.deepcopy(model)
-                rows = budget_prototypes(candidate, route[train], seed, corrections=kind == "corrections")
+                rows = budget_prototypes(candidate, fit_route, seed, corrections=kind == "corrections")
                 inputs = candidate.context_branch_inputs(route[held])
                 for update in updates:
-                    logits, null_logits = context_step(candidate, route[train], deltas[train], update, taus, rows, known)
+                    logits, null_logits = context_step(candidate, fit_route, fit_deltas, update, taus, rows, known)
                     with torch.no_grad():
                         log_f = torch.log_softmax(context_branch_logits(inputs, logits, null_logits), dim=-1)
                     for t, lf in zip(taus, log_f):
-                        out[Candidate(update, t, kind)][held.cpu().numpy()] = mixture_bt_loss(deltas[held], lf).cpu().numpy()
+                        out[Candidate(update, t, kind)][rows_held] = mixture_bt_loss(deltas[held], lf).cpu().numpy()
                     bar.update(len(taus))
     return out
 
