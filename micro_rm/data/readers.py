@@ -212,9 +212,8 @@ def _looks_like_hub_id(source: str) -> bool:
 
 def read_pairs(source: str | os.PathLike | Any, skip_invalid: bool = False,
                hf_split: str | None = None) -> list[dict[str, Any]]:
-    """Read and validate pair records from a file, folder, hub id or ``datasets.Dataset``. A
-    bad record raises, naming file, line and field; with ``skip_invalid`` it is logged and
-    skipped, and the count is logged at the end."""
+    """Read and validate pair records from a file, folder, hub id or ``datasets.Dataset``; a bad
+    record raises, naming file, line and field, or with ``skip_invalid`` is logged and skipped."""
     records, skipped = [], 0
     name = "dataset" if _is_hf_dataset(source) else source
     for where, row in read_rows(source, hf_split):

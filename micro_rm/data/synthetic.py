@@ -148,13 +148,10 @@ def render_response(topic: str, style: tuple[int, ...], rng: random.Random) -> s
 def make_synthetic_pairs(n_prompts: int = 200, pairs_per_prompt: int = 4, beta: float = 2.0,
                          seed: int = 0, groups: tuple[Group, ...] = GROUPS,
                          responses_per_prompt: int | None = None) -> list[dict[str, Any]]:
-    """Sample pair records with ``context`` and ``attribute`` = the group that labelled them.
-
-    Each prompt gets ``pairs_per_prompt`` pairs per group; labels follow the group's BT model.
-    By default every pair has two freshly written responses. With ``responses_per_prompt`` = R,
-    each prompt gets R responses of distinct styles once, and its pairs are drawn among them:
-    the same responses are compared under every group, so a frozen backbone encodes
-    R texts per prompt instead of two per pair (what makes ``micro-rm demo`` fast).
+    """Sample ``pairs_per_prompt`` pairs per prompt and group, labelled by the group's BT model,
+    with ``context`` and ``attribute`` = that group. With ``responses_per_prompt`` = R, each
+    prompt's pairs are drawn among R responses written once (R texts to encode per prompt instead
+    of two per pair: what makes ``micro-rm demo`` fast); by default every pair is written afresh.
 
     >>> recs = make_synthetic_pairs(n_prompts=2, pairs_per_prompt=1, seed=0)
     >>> len(recs), sorted({r["attribute"] for r in recs}) == sorted(g.name for g in GROUPS)
@@ -207,8 +204,8 @@ SETTINGS = {"n_prompts": int, "pairs_per_prompt": int, "beta": float, "seed": in
 
 
 def build(source: str = "", skip_invalid: bool = False) -> list[dict[str, Any]]:
-    """The ``synthetic`` builder: ``source`` is ``key=value`` settings of
-    :func:`make_synthetic_pairs` separated by commas (empty: its defaults).
+    """The ``synthetic`` builder: ``source`` is comma-separated ``key=value`` settings of
+    :func:`make_synthetic_pairs`.
 
     >>> len(build("n_prompts=3,pairs_per_prompt=2,responses_per_prompt=4"))
     24

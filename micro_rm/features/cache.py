@@ -58,8 +58,7 @@ class FeatureCache:
 
     ``root`` holds one folder per backbone setting (default: ``$MICRO_RM_CACHE``, else
     ``<user cache dir>/micro-rm/features``); ``dtype`` is the precision of new shards,
-    ``"float16"`` (half the disk) or ``"float32"`` (exact).
-    """
+    ``"float16"`` (half the disk) or ``"float32"`` (exact)."""
 
     def __init__(self, root: str | os.PathLike | None = None, dtype: str = "float16", *,
                  shard_size: int = 2048, flush_seconds: float = 60.0):
@@ -105,8 +104,7 @@ class FeatureCache:
 
     def lookup(self, keys: np.ndarray, fingerprint: dict[str, Any], dim: int
                ) -> tuple[np.ndarray, np.ndarray]:
-        """Cached vectors for ``keys`` (from :func:`item_keys`): ``(found_mask, vectors)``,
-        vectors float32 ``[n, dim]`` with zero rows where nothing was found."""
+        """``(found [n] bool, vectors [n, dim] float32)`` for ``keys`` (from :func:`item_keys`)."""
         return self._open(fingerprint, create=False).lookup(np.asarray(keys, np.uint8), dim)
 
     def encode(self, items: Sequence[Item], backbone: Backbone, *, batch_size: int = 32,
@@ -130,8 +128,7 @@ class FeatureCache:
                       allow_encode: bool = True) -> tuple[np.ndarray, "EncodeStats"]:
         """Vectors of ``items`` (float32 ``[len(items), dim]``), encoding the unique items not
         cached yet. They come back as stored (fp16-rounded), so a fresh and a cached call return
-        the same numbers. With ``allow_encode=False`` a missing item is an error.
-        """
+        the same numbers. With ``allow_encode=False`` a missing item is an error."""
         start = time.perf_counter()
         folder, unique, keys = self._prepare(items, backbone, batch_size, tokens_per_batch, allow_encode)
         found, vectors = folder.lookup(keys, backbone.dim)
@@ -163,11 +160,7 @@ class FeatureCache:
 
         With ``group`` (from :func:`~micro_rm.features.distributed.init_group`), every rank calls
         ``fill`` with the same items and encodes every ``world_size``-th batch of the same plan;
-        the cache ends up as after a one-process run.
-
-        >>> cache.fill(items, backbone).encoded                   # doctest: +SKIP
-        5883
-        """
+        the cache ends up as after a one-process run."""
         start = time.perf_counter()
         folder, unique, keys = self._prepare(items, backbone, batch_size, tokens_per_batch, allow_encode)
         missing = np.flatnonzero(~folder.contains(keys))

@@ -103,11 +103,8 @@ class RankGroup:
 
 
 def init_group(device: str = "cpu") -> Optional[RankGroup]:
-    """Join the process group a launcher described, or return None for a single process.
-
-    ``gloo`` on CPU; on ``cuda``, ``nccl`` on GPU ``LOCAL_RANK`` plus a ``gloo`` side group for the
-    Python objects the ranks exchange. A process group that already exists is used as it is.
-    """
+    """Join the process group a launcher described (``gloo`` on CPU, ``nccl`` on GPU ``LOCAL_RANK``;
+    an existing one is used as it is), or return None for a single process."""
     env = launch_env()
     if env is None:
         return None

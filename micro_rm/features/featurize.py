@@ -113,8 +113,7 @@ def route_matrix(vectors: np.ndarray, contexts: Sequence[Optional[str]], context
 
 
 def context_width(backbone_dim: int, context_encoding: str) -> int:
-    """Width of emb(context) at the end of the route features: d (``clauses``, ``separate``) or 0
-    (``joint``)."""
+    """Width of emb(context) at the end of the route features (0 for ``joint``)."""
     return 0 if context_encoding == "joint" else backbone_dim
 
 

@@ -17,12 +17,8 @@ _STALE_TEMP_SECONDS = 3600.0  # a writer holds its temp file for the seconds one
 
 
 class CacheFolder:
-    """The shards of one backbone setting, and a sorted index over their keys.
-
-    The index sorts the first 8 bytes of every key (as uint64) and confirms the full 32 bytes
-    on a hit: about 50 bytes per cached item, where a dict of digests would take ~200.
-    Thread-safe: the service looks up vectors while its writer thread adds shards.
-    """
+    """The shards of one backbone setting, and a thread-safe index over their keys: their sorted
+    8-byte prefixes, the full 32 bytes confirmed on a hit (~50 bytes per item; a dict takes ~200)."""
 
     def __init__(self, path: Path):
         self.path = path

@@ -200,12 +200,9 @@ def read_rows(array: np.ndarray, rows: np.ndarray, *, out: Optional[np.ndarray] 
 
 
 def release_pages(*arrays: np.ndarray) -> None:
-    """Drop the pages of memory-mapped ``arrays`` from this process's resident set.
-
-    Pages read stay in RSS, so one epoch over a 2.3 GB file would grow the process by 2.3 GB;
-    ``MADV_DONTNEED`` unmaps them and the data stays in the page cache. Copy-on-write maps (their
-    private changes would be lost) and anything but an ``np.memmap`` are left alone.
-    """
+    """Drop the pages of memory-mapped ``arrays`` from RSS (read pages stay there otherwise: one
+    epoch over a 2.3 GB file would grow the process by 2.3 GB); the data stays in the page cache.
+    Copy-on-write maps (their private changes would be lost) are left alone."""
     for array in arrays:
         handle = getattr(array, "_mmap", None)
         if (handle is not None and getattr(array, "mode", None) in ("r", "r+", "w+")

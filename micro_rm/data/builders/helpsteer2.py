@@ -28,17 +28,10 @@ CONTEXTS = {
 
 def build(source: str | os.PathLike, skip_invalid: bool = False,
           filter_agreeing: bool = True) -> list[dict[str, Any]]:
-    """Pairs from HelpSteer2 (a hub id, whose train split is read, or a local file / folder).
-
-    Per prompt and attribute, each two responses whose ratings differ make a pair (margin = the
+    """Per prompt and attribute, each two responses whose ratings differ make a pair (margin = the
     rating gap). ``filter_agreeing`` (the paper's train filter) drops a response pair that all five
-    attributes agree on, as it teaches every head the same thing; evaluation data is built without
-    it (builder ``helpsteer2-unfiltered``).
-
-    >>> pairs = build("nvidia/HelpSteer2")  # doctest: +SKIP
-    >>> sorted({p["attribute"] for p in pairs})  # doctest: +SKIP
-    ['coherence', 'complexity', 'correctness', 'helpfulness', 'verbosity']
-    """
+    attributes agree on, as it teaches every head the same thing (evaluation data: builder
+    ``helpsteer2-unfiltered``)."""
     sink = PairSink(source, skip_invalid)
     rows = []
     for where, row in read_rows(source):

@@ -12,11 +12,7 @@ SCHEMA = "hhh schema {category, prompt, chosen, rejected}"
 
 
 def build(source: str | os.PathLike, skip_invalid: bool = False) -> list[dict[str, Any]]:
-    """Pairs from ``hhh_alignment.normalized.jsonl`` (or its folder); attribute = category.
-
-    >>> build("../shared/data/hhh-alignment")[0]["attribute"]  # doctest: +SKIP
-    'harmless'
-    """
+    """Pairs from ``hhh_alignment.normalized.jsonl`` (or its folder); attribute = category."""
     sink = PairSink(source, skip_invalid)
     for i, (where, row) in enumerate(source_rows(source, "*.jsonl")):
         with sink.row():

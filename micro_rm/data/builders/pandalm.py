@@ -27,11 +27,7 @@ def _text(value: Any) -> Optional[str]:
 def build(source: str | os.PathLike, skip_invalid: bool = False) -> list[dict[str, Any]]:
     """One pair per annotator who preferred a side; ties and pairs with an empty response are
     dropped. prompt = instruction, then the input after a blank line when there is one;
-    ``user_id`` = ``attribute`` = the annotator.
-
-    >>> build("../shared/data/pandalm-testset")[0]["user_id"]  # doctest: +SKIP
-    'annotator1'
-    """
+    ``user_id`` = ``attribute`` = the annotator."""
     sink = PairSink(source, skip_invalid)
     for i, (where, row) in enumerate(source_rows(source, "*.json")):
         with sink.row():

@@ -14,11 +14,7 @@ SCHEMA = "pku-saferlhf schema {prompt, response_0, response_1, safer_response_id
 
 
 def build(source: str | os.PathLike, skip_invalid: bool = False) -> list[dict[str, Any]]:
-    """One pair per row: chosen = ``response_{safer_response_id}``, attribute = "harmless".
-
-    >>> build("PKU-Alignment/PKU-SafeRLHF")[0]["attribute"]  # doctest: +SKIP
-    'harmless'
-    """
+    """One pair per row: chosen = ``response_{safer_response_id}``, attribute = "harmless"."""
     sink = PairSink(source, skip_invalid)
     for i, (where, row) in enumerate(read_rows(source)):
         with sink.row():

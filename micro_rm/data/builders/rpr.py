@@ -17,12 +17,7 @@ SCHEMA = "rpr schema {" + ", ".join(FIELDS) + "}"
 
 def build(source: str | os.PathLike, skip_invalid: bool = False) -> list[dict[str, Any]]:
     """Two pairs per row with opposite labels: (a over b, context = criteria_x, attribute =
-    category_x) and (b over a, context = criteria_y, attribute = category_y).
-
-    >>> pairs = build("microsoft/rpr")  # doctest: +SKIP
-    >>> pairs[0]["chosen"] == pairs[1]["rejected"]  # doctest: +SKIP
-    True
-    """
+    category_x) and (b over a, context = criteria_y, attribute = category_y)."""
     sink = PairSink(source, skip_invalid)
     for i, (where, row) in enumerate(read_rows(source)):
         with sink.row():

@@ -32,11 +32,7 @@ def _history(source: str) -> str:
 
 def build(source: str | os.PathLike, skip_invalid: bool = False) -> list[dict[str, Any]]:
     """Pairs from ``topical_chat.json`` (or its folder); the prompt is the dialogue history (the
-    knowledge fact is left out), attribute = the rated attribute, margin = the rating gap.
-
-    >>> build("../shared/data/topicalchat-usr-multiattr")[0]["attribute"]  # doctest: +SKIP
-    'understandability'
-    """
+    knowledge fact is left out), attribute = the rated attribute, margin = the rating gap."""
     sink = PairSink(source, skip_invalid)
     dialogues: dict[str, list[tuple[str, str, dict[str, float]]]] = {}
     for where, row in source_rows(source, "*.json"):

@@ -37,11 +37,7 @@ def _rating(annotations: Any, attribute: str) -> Optional[float]:
 
 def build(source: str | os.PathLike, skip_invalid: bool = False) -> list[dict[str, Any]]:
     """Pairs of completions per instruction and aspect (ties and N/A dropped); attribute = the
-    aspect, margin = the rating gap.
-
-    >>> build("openbmb/UltraFeedback")[0]["attribute"]  # doctest: +SKIP
-    'helpfulness'
-    """
+    aspect, margin = the rating gap."""
     sink = PairSink(source, skip_invalid)
     for i, (where, row) in enumerate(read_rows(source)):
         with sink.row():

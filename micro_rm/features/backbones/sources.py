@@ -48,10 +48,8 @@ def file_sha256(path: Path) -> str:
 
 
 def weights_sha256(folder: Path) -> dict[str, str]:
-    """``{file name: sha256}`` of the weight files of a model folder (all shards).
-
-    Safetensors files win over pickled ones, as in ``from_pretrained``.
-    """
+    """``{file name: sha256}`` of the weight files of a model folder (all shards); safetensors
+    files win over pickled ones, as in ``from_pretrained``."""
     for suffix in WEIGHT_SUFFIXES:
         files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(suffix))
         if files:

@@ -55,10 +55,8 @@ def ensure_pad_token(tokenizer: Any) -> None:
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
-    """Mean over attended positions, or the hidden state at the last attended position.
-
-    hidden [B, L, d], mask [B, L] of 0/1 → [B, d] float32.
-    """
+    """Mean over attended positions, or the hidden state at the last one: hidden [B, L, d],
+    mask [B, L] of 0/1 → [B, d] float32."""
     hidden = hidden.float()
     if how == "mean":
         weights = mask.unsqueeze(-1).to(hidden.dtype)                     # [B, L, 1]
@@ -96,27 +94,19 @@ class TransformerBackbone:
         self.identity = identity
         self.chat = ChatFormatter(tokenizer) if tokenizer.chat_template else None
         accepted = inspect.signature(model.forward).parameters
-        self._inputs = set(accepted) & {"input_ids", "attention_mask", "token_type_ids",
-                                        "position_ids"}
+        self._inputs = set(accepted) & {"input_ids", "attention_mask", "token_type_ids", "position_ids"}
         # Last-token pooling must keep the end of the text, so truncation cuts the start.
         tokenizer.truncation_side = "left" if pooling == "last" else "right"
 
     def fingerprint(self) -> dict[str, Any]:
         template = self.tokenizer.chat_template
-        return {
-            "kind": "transformer",
-            "spec": {"name": self.name, "max_length": self.max_length, "dtype": self.dtype,
-                     "pooling": self.pooling},
-            **self.identity,
-            "pooling": self.pooling,
-            "max_length": self.max_length,
-            "dtype": self.dtype,
-            "format": "chat" if self.chat else "pair",
-            "chat_template_sha256": (hashlib.sha256(template.encode()).hexdigest()
-                                     if template else None),
-            "truncation": f"longest_first/{self.tokenizer.truncation_side}",
-            "normalize": False,
-        }
+        return {"kind": "transformer",
+                "spec": {"name": self.name, "max_length": self.max_length, "dtype": self.dtype,
+                         "pooling": self.pooling},
+                **self.identity, "pooling": self.pooling, "max_length": self.max_length, "dtype": self.dtype,
+                "format": "chat" if self.chat else "pair",
+                "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest() if template else None,
+                "truncation": f"longest_first/{self.tokenizer.truncation_side}", "normalize": False}
 
     def reward_item(self, prompt: Text, response: Text, context: Optional[str] = None) -> Item:
         if self.chat:
