@@ -64,11 +64,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
     """Open a temporary file for writing; it replaces ``path`` only if the block succeeds."""
-    if "b" in mode:
-        encoding = None
-    with atomic_path(path) as tmp:
-        with open(tmp, mode, encoding=encoding) as fh:
-            yield fh
+    with atomic_path(path) as tmp, open(tmp, mode, encoding=None if "b" in mode else encoding) as fh:
+        yield fh
 
 
 def _nearest_existing(path: Path) -> Path:
