@@ -32,13 +32,8 @@ def generate_labels(profile: dict[str, Any]) -> list[str]:
     for k in range(profile["num_heads"]):
         lead, ci = stats["lead"][k], stats["lead_ci95"][k]
         ranked = sorted(range(len(lead)), key=lambda s: -abs(lead[s]))
-        traits = []
-        for s in ranked:
-            lo, hi = ci[s]
-            if len(traits) == MAX_TRAITS or not (lo > 0 or hi < 0):
-                continue
-            more, less = PHRASES[stats["names"][s]]
-            traits.append(more if lead[s] > 0 else less)
+        significant = [s for s in ranked if ci[s][0] > 0 or ci[s][1] < 0][:MAX_TRAITS]    # interval excludes 0
+        traits = [PHRASES[stats["names"][s]][0 if lead[s] > 0 else 1] for s in significant]
         label = f"prefers {', '.join(traits)} answers" if traits else "no distinctive style"
         if len(attributes) > 1:
             row = accuracy["accuracy"][k]

@@ -206,9 +206,8 @@ class Stage1Config:
                             open_high=True) = 0.3
     # the objective
     alpha: Alpha = 0.5
-    # Default `marginal`: the harness picks between the two by stage-1 validation NLL on held-out
-    # train prompts (`stage1.select: validation`), and `marginal` had the lower validation NLL on
-    # every shipped dataset's config (results/*/results.json, "variants" → "val_nll").
+    # Default `marginal`: it had the lower stage-1 validation NLL on every shipped dataset's config
+    # (results/*/results.json, "variants" → "val_nll"; the harness picks by it, `stage1.select`).
     balance: Balance = "marginal"
     # optimisation
     epochs: Epochs = 10
