@@ -4,9 +4,6 @@
 A candidate is a prompt and two responses (in either order). Its ``gain`` is the expected drop
 (nats) of the entropy of the user's weights normalise(f_ψ(x, c) ⊙ exp(−η S_u)) once labelled
 (:func:`micro_rm.train.active.best_queries`, as the harness's new-user curve).
-
->>> suggest("runs/dsp", pool, k=2)                            # doctest: +SKIP
-[Query(index=17, gain=0.2134), Query(index=3, gain=0.1871)]
 """
 
 from __future__ import annotations

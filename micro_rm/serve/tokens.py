@@ -39,9 +39,13 @@ def hash_token(token: str) -> str:
 class UserExists(MicroRMError):
     """``create`` for a user that already has a token."""
 
+    status = 409
+
 
 class UnknownUser(MicroRMError):
     """``rotate`` for a user that has no token."""
+
+    status = 404
 
 
 class TokenStore:

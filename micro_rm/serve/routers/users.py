@@ -7,13 +7,12 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, status
 
+from micro_rm.data.records import USER_ID_PATTERN
 from micro_rm.serve.auth import Principal, check_acts_as, require_admin, require_principal
 from micro_rm.serve.deps import get_scorer, get_settings, get_store, get_token_store
 from micro_rm.serve.routers.common import feedback_weights
-from micro_rm.data.records import USER_ID_PATTERN
 from micro_rm.serve.schemas import CreatedUser, CreateUserRequest, DeletedUser, UserInfo
 from micro_rm.serve.settings import ServeSettings
-from micro_rm.serve.tokens import UnknownUser, UserExists
 
 router = APIRouter(prefix="/users", tags=["users"])
 UserPath = Path(pattern=USER_ID_PATTERN, description="The user id.")
@@ -23,10 +22,7 @@ UserPath = Path(pattern=USER_ID_PATTERN, description="The user id.")
 def create_user(body: CreateUserRequest, _: Principal = Depends(require_admin),
                 tokens: Any = Depends(get_token_store)) -> CreatedUser:
     """Create a user and its bearer token (admin only). The token is shown only in this answer."""
-    try:
-        return CreatedUser(user_id=body.user_id, token=tokens.create(body.user_id))
-    except UserExists as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from None
+    return CreatedUser(user_id=body.user_id, token=tokens.create(body.user_id))
 
 
 @router.post("/{user_id}/token", response_model=CreatedUser)
@@ -34,10 +30,7 @@ def rotate_token(user_id: str = UserPath, _: Principal = Depends(require_admin),
                  tokens: Any = Depends(get_token_store)) -> CreatedUser:
     """Issue a new token for an existing user (admin only); the old one is refused by every
     replica as soon as this returns. 404 for a user without a token (`POST /users` creates one)."""
-    try:
-        return CreatedUser(user_id=user_id, token=tokens.rotate(user_id))
-    except UnknownUser as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from None
+    return CreatedUser(user_id=user_id, token=tokens.rotate(user_id))
 
 
 @router.get("", response_model=list[str])
