@@ -624,6 +624,11 @@ def test_serve_command_binds_loopback_and_reports_bad_input(tmp_path, monkeypatc
     assert main(["serve", "--model", str(model_dir), "--admin-token-file", str(tmp_path / "empty")]) == 2
     assert "the file is empty" in capsys.readouterr().err
     assert main(["serve", "--model", str(model_dir), "--eta", "0"]) == 2
+    assert main(["serve", "--model", str(model_dir), "--body-timeout-s", "0"]) == 2
+    assert "body_timeout_s must lie in (0, 3600], got 0.0" in capsys.readouterr().err
+    assert main(["serve", "--model", str(model_dir), "--state", f"sqlite:///{tmp_path / 's.db'}",
+                 "--body-timeout-s", "2.5"]) == 0
+    assert calls[-1][0].state.settings.body_timeout_s == 2.5
 
 
 def test_group_commit_gives_the_states_of_one_by_one_updates(tmp_path):
