@@ -18,7 +18,9 @@ whichever comes first. Scenarios:
   (each query's reward item and route items, longest first in batches of 32, as the feature
   cache plans them), in this process while the server
   idles. The two alternate ``--repeats`` times; the ratio of queries/s is reported per repeat
-  and as the median. Everything the service does besides the encoder's work (HTTP, JSON,
+  and as the median. A repeat holds at least ``--ratio-requests`` requests per client and at
+  least ``--ratio-seconds`` of bare-encoder work (a fast encoder's 32 requests last ~0.2 s, which
+  mostly measures starting the clients and the loop's last lone requests). Everything the service does besides the encoder's work (HTTP, JSON,
   parsing and checks, batching waits, the feature cache, the mixture) is in the gap.
 
 for the ``static`` and ``default`` backbones. Models are untrained K = 4 MiCRo models (speed does
@@ -60,8 +62,11 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cold-requests", type=int, default=400, help="Most requests of a cold scenario "
                         "(the default backbone encodes ~20-100 texts/s on 2 cores).")
     parser.add_argument("--queries", type=int, default=8, help="Queries per /get_reward request (ratio).")
-    parser.add_argument("--ratio-requests", type=int, default=4, help="/get_reward requests per client and "
-                        "repeat (ratio).")
+    parser.add_argument("--ratio-requests", type=int, default=4, help="Fewest /get_reward requests per client "
+                        "and repeat (ratio).")
+    parser.add_argument("--ratio-seconds", type=float, default=3.0, help="Shortest bare-encoder time per repeat "
+                        "(ratio): repeats of a fast encoder get more requests, so that starting 8 clients and "
+                        "the closed loop's last, lone requests do not dominate the measurement.")
     parser.add_argument("--repeats", type=int, default=3, help="Alternations of bare encoder and service (ratio).")
     parser.add_argument("--only", choices=("all", "ratio", "table"), default="all",
                         help="Run only the /get_reward ratio, or only the scenario table.")
@@ -203,15 +208,17 @@ def get_reward_ratio(name: str, args) -> dict:
     build_model(name, work / "model")
     scorer = RewardScorer.load(work / "model")
     server = Server(work / "model", work)
-    per_repeat = args.clients * args.ratio_requests * args.queries
     runs = []
     try:
         warm = fresh_queries("warm", args.queries)
         load(server.url, "/get_reward", lambda i: {"query": warm[0], "prompts": warm[1]}, ADMIN, 1, 600, 2)
-        bare_encoder(scorer, *fresh_queries("warm-bare", args.queries))
+        round_queries = args.clients * args.queries
+        bare_rate = round_queries / bare_encoder(scorer, *fresh_queries("warm-bare", round_queries))
+        per_repeat = round_queries * max(args.ratio_requests, int(np.ceil(bare_rate * args.ratio_seconds
+                                                                          / round_queries)))
         for r in range(args.repeats):
             bare_qps = per_repeat / bare_encoder(scorer, *fresh_queries(f"bare{r}", per_repeat))
-            bodies = [fresh_queries(f"svc{r}-{i}", args.queries) for i in range(args.clients * args.ratio_requests)]
+            bodies = [fresh_queries(f"svc{r}-{i}", args.queries) for i in range(per_repeat // args.queries)]
             out = load(server.url, "/get_reward", lambda i: {"query": bodies[i][0], "prompts": bodies[i][1]},
                        ADMIN, args.clients, 3600, len(bodies))
             service_qps = out["rps"] * args.queries
@@ -219,12 +226,14 @@ def get_reward_ratio(name: str, args) -> dict:
                          "errors": out["errors"], "requests": out["requests"], "p50": out["p50"]})
     finally:
         server.stop()
-    return {"backbone": name, "runs": runs, "median": float(np.median([r["ratio"] for r in runs]))}
+    return {"backbone": name, "runs": runs, "median": float(np.median([r["ratio"] for r in runs])),
+            "queries": per_repeat}
 
 
 def ratio_table(results: list[dict], args) -> list[str]:
+    sizes = ", ".join(f"{r['backbone']} {r['queries']:,}" for r in results)
     lines = ["", f"`/get_reward` against the bare encoder: {args.clients} clients, {args.queries} new queries per "
-             f"request, {args.clients * args.ratio_requests * args.queries} queries per repeat; bare = "
+             f"request, queries per repeat: {sizes} (at least {args.ratio_seconds:g} s of the bare encoder); bare = "
              "`backbone.encode` of the same items (longest first, batches of 32) in the benchmark process; the two "
              f"alternate {args.repeats} times.", ""]
     cells = []
