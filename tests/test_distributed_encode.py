@@ -114,12 +114,24 @@ def test_two_processes_give_exactly_the_one_process_cache_and_resume(tmp_path, c
 
 
 def test_plan_batches_by_count_and_by_tokens():
-    lengths = [5, 50, 7, 50, 1, 12]
-    assert [b.tolist() for b in plan_batches(lengths, batch_size=4)] == [[1, 3, 5, 2], [0, 4]]
+    lengths = [9, 50, 30, 50, 40, 12]
+    assert [b.tolist() for b in plan_batches(lengths, batch_size=4)] == [[1, 3, 4, 2], [5, 0]]
     batches = plan_batches(lengths, tokens_per_batch=100)
-    assert [b.tolist() for b in batches] == [[1, 3], [5, 2, 0, 4]]
+    assert [b.tolist() for b in batches] == [[1, 3], [4, 2], [5, 0]]
     assert all(len(b) * max(lengths[i] for i in b) <= 100 for b in batches)
     assert [b.tolist() for b in plan_batches([300, 2], tokens_per_batch=100)] == [[0], [1]]
+
+
+def test_plan_batches_pads_no_item_to_more_than_twice_its_length():
+    # one service micro-batch: 5 queries' prompt + response items (100 tokens), then their prompts
+    assert [b.tolist() for b in plan_batches([100] * 5 + [40] * 5, batch_size=8)] == [[0, 1, 2, 3, 4],
+                                                                                      [5, 6, 7, 8, 9]]
+    lengths = np.random.default_rng(0).integers(1, 512, size=300)
+    batches = plan_batches(lengths, batch_size=32)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(300))
+    assert all(2 * lengths[b].min() >= lengths[b].max() for b in batches)
+    # each extra cut halves the longest length: at most log2(longest / shortest) of them
+    assert len(batches) <= 300 // 32 + 1 + np.log2(lengths.max() / lengths.min())
 
 
 def test_tokens_per_batch_gives_the_same_vectors(tmp_path, static_backbone):

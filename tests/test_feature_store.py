@@ -98,8 +98,9 @@ def test_vectors_waiting_for_the_disk_are_not_encoded_again(tmp_path):
     cache = BlockedCache(tmp_path)
     store = FeatureStore(backbone, cache, lru_items=0)
     first = store.vectors(ITEMS)
+    encoded = len(backbone.batches)
     again = store.vectors(ITEMS)              # the write has not happened yet
-    assert len(backbone.batches) == 1 and cache.writes == 0
+    assert len(backbone.batches) == encoded and cache.writes == 0
     assert again.tobytes() == first.tobytes()
     cache.release.set()
     store.close()
