@@ -246,8 +246,7 @@ class MicroBatcher(QueueWorker):
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` (the model's small torch calls: router and heads) in a thread of its own,
-        off the event loop, which then only parses and answers. With the static backbone and
-        8 clients this moved /get_reward from 0.85 to 1.05-1.13x the bare encoder (benchmarks/serve.py)."""
+        off the event loop, which then only parses and answers (see BENCHMARKS.md)."""
         if self._scoring is None:
             return fn(*args)
         return await asyncio.get_running_loop().run_in_executor(self._scoring, fn, *args)
