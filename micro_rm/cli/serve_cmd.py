@@ -37,7 +37,8 @@ def serve(
     max_body_bytes: int = typer.Option(_default("max_body_bytes"), "--max-body-bytes", help=_help("max_body_bytes")),
     max_texts: int = typer.Option(_default("max_texts"), "--max-texts", help=_help("max_texts")),
     max_text_chars: int = typer.Option(_default("max_text_chars"), "--max-text-chars", help=_help("max_text_chars")),
-    body_timeout_s: float = typer.Option(_default("body_timeout_s"), "--body-timeout-s", help=_help("body_timeout_s")),
+    body_timeout_s: float = typer.Option(_default("body_timeout_s"), "--body-timeout-s",
+                                         help=_help("body_timeout_s")),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level: critical, error, warning, info, debug or trace."),
 ) -> None:
     """Serve a model over HTTP: /score, /compare, /get_reward (OpenRLHF), /feedback (online
