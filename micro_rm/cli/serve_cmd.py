@@ -39,7 +39,8 @@ def serve(
     max_text_chars: int = typer.Option(_default("max_text_chars"), "--max-text-chars", help=_help("max_text_chars")),
     body_timeout_s: float = typer.Option(_default("body_timeout_s"), "--body-timeout-s",
                                          help=_help("body_timeout_s")),
-    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level: critical, error, warning, info, debug or trace."),
+    log_level: str = typer.Option("info", "--log-level",
+                                  help="uvicorn log level: critical, error, warning, info, debug or trace."),
 ) -> None:
     """Serve a model over HTTP: /score, /compare, /get_reward (OpenRLHF), /feedback (online
     per-user Hedge), /users, /healthz, /metrics (Prometheus), /stats (JSON); OpenAPI docs at /docs.
