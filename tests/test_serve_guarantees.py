@@ -163,7 +163,7 @@ def test_a_stalled_upload_gets_408_and_its_connection_closed(tmp_path, scorer):
                 answer += chunk
         head, _, body = answer.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 408") and b"connection: close" in head.lower()
-        assert "not received within 0.5 s (ServeSettings.body_timeout_s)" in json.loads(body)["detail"]
+        assert "not received within 0.5 s (--body-timeout-s)" in json.loads(body)["detail"]
     finally:
         server.should_exit = True
         thread.join(60)

@@ -171,7 +171,7 @@ class BodyLimitMiddleware:
                 message = await asyncio.wait_for(receive(), max(0.0, deadline - asyncio.get_running_loop().time()))
             except asyncio.TimeoutError:
                 await _reject(scope, receive, send, 408, f"request body not received within {self.timeout_s:g} s "
-                              "(ServeSettings.body_timeout_s); send it without pauses", close=True)
+                              "(--body-timeout-s); send it without pauses", close=True)
                 return
             if message["type"] == "http.disconnect":
                 return

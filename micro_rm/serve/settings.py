@@ -89,7 +89,7 @@ class ServeSettings:
             raise MicroRMError(f"--batch-wait-ms must lie in [0, 1000], got {self.batch_wait_ms!r}")
         if not (isinstance(self.body_timeout_s, (int, float)) and math.isfinite(self.body_timeout_s)
                 and 0 < self.body_timeout_s <= 3600):
-            raise MicroRMError(f"body_timeout_s must lie in (0, 3600], got {self.body_timeout_s!r}")
+            raise MicroRMError(f"--body-timeout-s must lie in (0, 3600], got {self.body_timeout_s!r}")
         from micro_rm.online.hedge import validate_eta
         self.eta = validate_eta(self.eta)
         if self.admin_token is not None and len(self.admin_token) < MIN_ADMIN_TOKEN_CHARS:
