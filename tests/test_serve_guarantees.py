@@ -130,6 +130,39 @@ def test_a_small_request_waits_for_one_slice_of_a_large_one_not_all_of_it():
     assert small_call < last_large, calls
 
 
+def test_requests_queued_while_the_backbone_is_busy_share_its_next_call():
+    """The default batcher does not wait: a batch is what queued while the last one ran."""
+    from micro_rm.scoring.features import FeatureStore, MicroBatcher
+
+    calls: list[list[str]] = []
+    first_call = threading.Event()
+    release = threading.Event()
+
+    class Recording:
+        dim = 2
+
+        def encode(self, items):
+            calls.append([item[0] for item in items])
+            if len(calls) == 1:
+                first_call.set()
+                assert release.wait(60)
+            return np.ones((len(items), 2), dtype=np.float32)
+
+    async def scenario():
+        batcher = MicroBatcher(FeatureStore(Recording(), lru_items=0, batch_size=8))
+        await batcher.start()
+        first = asyncio.create_task(batcher.vectors([("a", None)]))
+        await asyncio.get_running_loop().run_in_executor(None, first_call.wait, 60)
+        rest = [asyncio.create_task(batcher.vectors([(text, None)])) for text in "bcd"]
+        await asyncio.sleep(0.05)        # all three are queued while "a" is encoded
+        release.set()
+        await asyncio.gather(first, *rest)
+        await batcher.stop()
+
+    asyncio.run(scenario())
+    assert calls == [["a"], ["b", "c", "d"]]
+
+
 def test_slices_bound_items_and_characters():
     from micro_rm.scoring.features import FeatureStore, MicroBatcher
 

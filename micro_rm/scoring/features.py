@@ -202,9 +202,10 @@ class FeatureStore:
 class MicroBatcher(QueueWorker):
     """Gathers the uncached items of concurrent requests into one backbone call.
 
-    The first waiting request opens a batch; the batch closes after ``wait_ms`` or once it holds
-    ``max_items`` items, and runs in a worker thread while the next batch gathers. Items already
-    in memory never wait.
+    When the backbone is free, a batch takes every request queued meanwhile (up to ``max_items``
+    items; with ``wait_ms`` > 0 it first waits that long for more) and runs in a worker thread
+    while the next batch gathers. Waiting only idled the encoder under load (BENCHMARKS.md), so
+    the default is not to. Items already in memory never wait.
 
     Fair queueing: a request's items go to the queue in slices of at most ``max_items`` items
     and ``max_chars`` characters, one slice at a time, so a request that arrives while a large
@@ -214,7 +215,7 @@ class MicroBatcher(QueueWorker):
     that request gets :class:`EncodeFailed` (503); the others are answered.
     """
 
-    def __init__(self, features: FeatureStore, *, wait_ms: float = 2.0, max_items: int = 256,
+    def __init__(self, features: FeatureStore, *, wait_ms: float = 0.0, max_items: int = 256,
                  max_chars: int = 200_000):
         super().__init__(thread_name="micro-rm-encode")
         self.features = features

@@ -67,8 +67,9 @@ class ServeSettings:
     disk_cache: bool = _help("Read and write the on-disk feature cache (off: in-memory LRU only).",
                              True)
     lru_items: int = _help("Feature vectors kept in memory (least recently used dropped).", 100_000)
-    batch_wait_ms: float = _help("How long the micro-batcher waits for more texts after the first "
-                                 "one before it runs the backbone.", 2.0)
+    batch_wait_ms: float = _help("How long the micro-batcher waits for more texts before it runs "
+                                 "the backbone. 0: a batch is what queued while the backbone was "
+                                 "busy (measured best, BENCHMARKS.md).", 0.0)
     max_batch_items: int = _help("Most texts per backbone forward of the micro-batcher.", 256)
     encode_batch_size: int = _help("Texts per backbone call inside one micro-batch.", 32)
 
@@ -129,11 +130,7 @@ def check_device(device: str) -> str:
 
 
 def read_admin_token(token_file: Optional[str | os.PathLike] = None) -> Optional[str]:
-    """The admin token from ``token_file`` (first line) or ``$MICRO_RM_ADMIN_TOKEN``; None if neither.
-
-    >>> read_admin_token(None) is None or True
-    True
-    """
+    """The admin token from ``token_file`` (first line) or ``$MICRO_RM_ADMIN_TOKEN``; None if neither."""
     if token_file is not None:
         path = Path(token_file)
         from micro_rm.data.readers import read_text
