@@ -222,7 +222,6 @@ class MicroBatcher(QueueWorker):
         self.wait = wait_ms / 1000.0
         self.max_items = max_items
         self.max_chars = max_chars
-        self._scoring: Optional[ThreadPoolExecutor] = None
         self.stats = {"batches": 0, "batch_items": 0, "batch_requests": 0, "retried_alone": 0}
 
     async def vectors(self, items: Sequence[Item]) -> np.ndarray:
@@ -244,23 +243,6 @@ class MicroBatcher(QueueWorker):
             raise EncodeFailed(f"the backbone failed on this request's texts ({type(exc).__name__}: {exc}); "
                                "concurrent requests were answered; retry, or report it if it persists") from exc
         return out
-
-    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """``fn(*args)`` (the model's small torch calls: router and heads) in a thread of its own,
-        off the event loop, which then only parses and answers (see BENCHMARKS.md)."""
-        if self._scoring is None:
-            return fn(*args)
-        return await asyncio.get_running_loop().run_in_executor(self._scoring, fn, *args)
-
-    async def start(self) -> None:
-        await super().start()
-        self._scoring = ThreadPoolExecutor(1, thread_name_prefix="micro-rm-score")
-
-    async def stop(self) -> None:
-        await super().stop()
-        if self._scoring is not None:
-            self._scoring.shutdown(wait=True)
-        self._scoring = None
 
     def slices(self, items: Sequence[Item]) -> list[list[Item]]:
         """``items`` cut into consecutive slices of at most ``max_items`` items and
