@@ -93,37 +93,44 @@ def test_a_nan_reward_or_loss_is_refused_alone_and_never_stored(tmp_path):
 
 
 # ----- 2. fair queueing and stalled uploads --------------------------------------------------
+class BlockedOnFirstCall:
+    """A backbone that records the texts of each call and holds its first call until ``release``."""
+
+    dim = 2
+
+    def __init__(self):
+        self.calls: list[list[str]] = []
+        self.first_call = threading.Event()
+        self.release = threading.Event()
+
+    def encode(self, items):
+        self.calls.append([item[0] for item in items])
+        if len(self.calls) == 1:
+            self.first_call.set()
+            assert self.release.wait(60)
+        return np.ones((len(items), 2), dtype=np.float32)
+
+
 def test_a_small_request_waits_for_one_slice_of_a_large_one_not_all_of_it():
     """The batcher cuts a large request into slices; a request that arrives while the first
     slice is encoded is encoded before the large request's last slice."""
     from micro_rm.scoring.features import FeatureStore, MicroBatcher
 
-    calls: list[list[str]] = []
-    first_call = threading.Event()
-    small_queued = threading.Event()
-
-    class Recording:
-        dim = 2
-
-        def encode(self, items):
-            calls.append([item[0] for item in items])
-            if len(calls) == 1:
-                first_call.set()
-                assert small_queued.wait(60)
-            return np.ones((len(items), 2), dtype=np.float32)
+    backbone = BlockedOnFirstCall()
 
     async def scenario():
-        batcher = MicroBatcher(FeatureStore(Recording(), lru_items=0, batch_size=4), wait_ms=0.0, max_items=4)
+        batcher = MicroBatcher(FeatureStore(backbone, lru_items=0, batch_size=4), wait_ms=0.0, max_items=4)
         await batcher.start()
         large = asyncio.create_task(batcher.vectors([(f"large {i}", None) for i in range(12)]))
-        await asyncio.get_running_loop().run_in_executor(None, first_call.wait, 60)
+        await asyncio.get_running_loop().run_in_executor(None, backbone.first_call.wait, 60)
         small = asyncio.create_task(batcher.vectors([("small", None)]))
         await asyncio.sleep(0)           # the small request is queued while slice 1 runs
-        small_queued.set()
+        backbone.release.set()
         await asyncio.gather(large, small)
         await batcher.stop()
 
     asyncio.run(scenario())
+    calls = backbone.calls
     assert len(calls[0]) == 4                                    # a slice, not the whole request
     small_call = next(i for i, call in enumerate(calls) if "small" in call)
     last_large = max(i for i, call in enumerate(calls) if "large 11" in call)
@@ -134,33 +141,21 @@ def test_requests_queued_while_the_backbone_is_busy_share_its_next_call():
     """The default batcher does not wait: a batch is what queued while the last one ran."""
     from micro_rm.scoring.features import FeatureStore, MicroBatcher
 
-    calls: list[list[str]] = []
-    first_call = threading.Event()
-    release = threading.Event()
-
-    class Recording:
-        dim = 2
-
-        def encode(self, items):
-            calls.append([item[0] for item in items])
-            if len(calls) == 1:
-                first_call.set()
-                assert release.wait(60)
-            return np.ones((len(items), 2), dtype=np.float32)
+    backbone = BlockedOnFirstCall()
 
     async def scenario():
-        batcher = MicroBatcher(FeatureStore(Recording(), lru_items=0, batch_size=8))
+        batcher = MicroBatcher(FeatureStore(backbone, lru_items=0, batch_size=8))
         await batcher.start()
         first = asyncio.create_task(batcher.vectors([("a", None)]))
-        await asyncio.get_running_loop().run_in_executor(None, first_call.wait, 60)
+        await asyncio.get_running_loop().run_in_executor(None, backbone.first_call.wait, 60)
         rest = [asyncio.create_task(batcher.vectors([(text, None)])) for text in "bcd"]
         await asyncio.sleep(0.05)        # all three are queued while "a" is encoded
-        release.set()
+        backbone.release.set()
         await asyncio.gather(first, *rest)
         await batcher.stop()
 
     asyncio.run(scenario())
-    assert calls == [["a"], ["b", "c", "d"]]
+    assert backbone.calls == [["a"], ["b", "c", "d"]]
 
 
 def test_slices_bound_items_and_characters():
