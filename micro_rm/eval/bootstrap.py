@@ -24,13 +24,13 @@ RESAMPLES = 1000
 LEVEL = 0.95
 
 
-def percentile_interval(samples: np.ndarray, level: float = LEVEL) -> list[float]:
-    """The central ``level`` percentile interval [lo, hi] of bootstrap ``samples`` (NaN ignored).
+def percentile_interval(samples: np.ndarray) -> list[float]:
+    """The central :data:`LEVEL` percentile interval [lo, hi] of bootstrap ``samples`` (NaN ignored).
 
     >>> percentile_interval(np.arange(101) / 100)
     [0.025, 0.975]
     """
-    tail = 100 * (1 - level) / 2
+    tail = 100 * (1 - LEVEL) / 2
     lo, hi = np.nanpercentile(np.asarray(samples, dtype=np.float64), [tail, 100 - tail])
     return [round(float(lo), 6), round(float(hi), 6)]
 

@@ -1,6 +1,4 @@
-"""HyRe's accuracy on a test split (METHOD.md baselines 4–5): per attribute, head weights from a
-few labelled pairs (:func:`micro_rm.train.hyre.hyre_weights`), accuracy on the attribute's pairs
-of other prompts.
+"""HyRe's accuracy on a test split (METHOD.md baselines 4–5; the weights: :mod:`micro_rm.train.hyre`).
 
 >>> evaluate_hyre(model, test_features, m=16, seed=0)["mean_accuracy"]      # doctest: +SKIP
 0.7371
@@ -8,6 +6,7 @@ of other prompts.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -35,7 +34,7 @@ def evaluate_hyre(model: "MixtureRewardModel", features: "PairFeatures", *, m: i
         raise MicroRMError(f"`m` must be an integer ≥ 1 (labelled pairs per attribute), got {m!r}")
     groups = [NO_ATTRIBUTE if a is None else str(a) for a in features.attributes] or \
         [NO_ATTRIBUTE] * len(features)
-    counts = {g: groups.count(g) for g in set(groups)}
+    counts = Counter(groups)
     small = sorted(g for g, n in counts.items() if n <= m)
     if small:
         raise MicroRMError(f"HyRe needs more than m={m} pairs per attribute, but {', '.join(small)} "
@@ -46,6 +45,5 @@ def evaluate_hyre(model: "MixtureRewardModel", features: "PairFeatures", *, m: i
     weights = {g: hyre_weights(deltas[labelled[group_of[labelled] == g]]) for g in sorted(counts)}
     row_weights = np.stack([weights[g] for g in group_of[scored]])                       # [n, K]
     probs = (row_weights * np.exp(-hyre_losses(deltas[scored]))).sum(axis=1)                # Σ_k w_k σ(Δ_k)
-    result = pairwise_accuracy(probs, list(group_of[scored]))
-    return {**result, "labelled": len(labelled), "weights": {g: w.tolist() for g, w in weights.items()},
-            "scored": scored, "probs": probs}
+    return {**pairwise_accuracy(probs, list(group_of[scored])), "labelled": len(labelled),
+            "weights": {g: w.tolist() for g, w in weights.items()}, "scored": scored, "probs": probs}

@@ -1,8 +1,5 @@
-"""Pairwise metrics of the paper's protocol (METHOD.md, Evaluation): accuracy per attribute and
-its mean over attributes, every head on every attribute, the negative log-likelihood, the expected
-calibration error, and what the router does (entropy, head usage, weights per attribute).
-
-A pair counts as correct when the model gives the labelled winner probability > 0.5.
+"""Pairwise metrics of the paper's protocol (METHOD.md, Evaluation). A pair counts as correct when
+the model gives the labelled winner probability > 0.5.
 """
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
 """The experiment's figures, drawn from ``results.json`` alone so that anyone can redraw them.
 
-Each ``plot_*`` function reads one section of the parsed results and writes one PNG. matplotlib
-is imported inside the functions (Agg backend): importing this module costs nothing.
+Each ``plot_*`` draws one section into one PNG; matplotlib loads on first use, so importing this costs nothing.
 
 >>> from micro_rm.eval.plots import write_plots  # doctest: +SKIP
 >>> write_plots(json.load(open("report/results.json")), "report")  # doctest: +SKIP
@@ -18,7 +17,6 @@ from micro_rm.atomic import atomic_path
 from micro_rm.errors import MicroRMError
 
 DPI = 120
-# Dash patterns of the budget curve's reference lines, one per reference.
 REFERENCE_DASHES = ("--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)))
 
 
@@ -105,11 +103,10 @@ def plot_head_attribute(results: dict, path: str | Path) -> Path:
     section = results["head_attribute"]
     accuracy, attributes = section["accuracy"], section["attributes"]
     heads = [f"head {k}" for k in range(len(accuracy))]
-    best = best_head_per_attribute(accuracy)
     with _figure(path, _titled(results, "Stage-1 head accuracy per attribute (box: best head)"),
                  "attribute", "head", (1.6 + 1.1 * len(attributes), 1.4 + 0.5 * len(heads))) as (fig, ax):
         _heatmap(fig, ax, accuracy, heads, attributes, "pairwise accuracy (0.5 = chance)", "RdBu",
-                 [(k, a) for a, k in enumerate(best)])
+                 [(k, a) for a, k in enumerate(best_head_per_attribute(accuracy))])
     return Path(path)
 
 
@@ -201,7 +198,6 @@ def plot_user_curve(results: dict, path: str | Path) -> Path:
     return Path(path)
 
 
-# Section of results.json → the function that draws it; the file is named after the section.
 PLOTS: dict[str, Callable[[dict, str | Path], Path]] = {
     "head_attribute": plot_head_attribute,
     "router_weights": plot_router_weights,

@@ -1,8 +1,5 @@
-"""The experiment's report folder: ``results.json``, ``report.md`` and the figures drawn from it.
-
-``results.json`` is the single source that every other file is rendered from (:func:`write_report`).
-The main table has the shape of the paper's Tables 2–3: one row per method, one column per
-attribute, then the average and the supervision the method needed.
+"""The experiment's report folder: ``results.json``, and ``report.md`` and the figures rendered from
+it alone. The main table has the shape of the paper's Tables 2–3.
 
 >>> from micro_rm.eval.report import write_report, load_results, format_table  # doctest: +SKIP
 >>> folder = write_report(results, "runs/dsp")  # doctest: +SKIP
@@ -32,13 +29,9 @@ MISSING = "—"
 
 
 # ---------------------------------------------------------------- reading and checking
-
-
 def check_results(results: dict, where: str = "results") -> None:
-    """Refuse a results dict whose sections disagree in shape, naming the field and the fix.
-
-    Checked once here so that rendering and plotting can trust the data.
-    """
+    """Refuse a results dict whose sections disagree in shape, naming the field and the fix: checked
+    once here, so that rendering and plotting can trust the data."""
     methods = results.get("methods")
     if not isinstance(methods, dict) or not methods:
         raise MicroRMError(f"{where}: `methods` is missing or empty; expected "
@@ -90,8 +83,6 @@ def load_results(path: str | Path) -> dict:
 
 
 # ---------------------------------------------------------------- formatting helpers
-
-
 def _acc(value: float | None) -> str:
     """An accuracy to 3 decimals, the precision of the paper's tables."""
     return MISSING if value is None else f"{value:.3f}"
@@ -109,8 +100,8 @@ def _signed(value: float, plus: str = "+") -> str:
 
 def _best(values: Sequence[float | None]) -> set[int]:
     """Indices holding the largest value as displayed (3 decimals), so visible ties are all bold."""
-    shown = [round(v, 3) for v in values if v is not None]
-    return {i for i, v in enumerate(values) if v is not None and round(v, 3) == max(shown)} if shown else set()
+    shown = {i: round(v, 3) for i, v in enumerate(values) if v is not None}
+    return {i for i, v in shown.items() if v == max(shown.values())}
 
 
 def _bold(cell: str, on: bool) -> str:
@@ -159,8 +150,6 @@ def _attributes(results: dict) -> list[str]:
 
 
 # ---------------------------------------------------------------- the main table
-
-
 def format_table(results: dict) -> str:
     """The main table as aligned plain text for a terminal: method, mean, one column per attribute.
 
@@ -206,8 +195,6 @@ def _main_section(results: dict) -> str:
 
 
 # ---------------------------------------------------------------- the optional sections
-
-
 def _header_section(results: dict) -> str:
     """Title, how the run was made (command, machine, wall time), the data and the settings."""
     lines = [f"# {results.get('title', 'MiCRo experiment')}"]
@@ -307,8 +294,8 @@ def _router_section(results: dict, figures: set[str]) -> str:
         return ""
     weights, attributes = section["weights"], section["attributes"]
     heads = [f"head {k}" for k in range(len(weights[0]))]
-    matrix = results.get("head_attribute") or {}
-    best = dict(zip(matrix.get("attributes", []), best_head_per_attribute(matrix["accuracy"]))) if matrix else {}
+    matrix = results.get("head_attribute")
+    best = dict(zip(matrix["attributes"], best_head_per_attribute(matrix["accuracy"]))) if matrix else {}
     rows = []
     for attribute, row in zip(attributes, weights):
         top = _best(row)
@@ -329,12 +316,12 @@ def _budget_section(results: dict, figures: set[str]) -> str:
     rows = [[str(b), _acc(m) + (f" ± {_acc(s)}" if s is not None else "")]
             for b, m, s in zip(curve["budgets"], curve["mean"], std)]
     parts = ["## Budget curve", _md_table(["budget B / attribute", "mean accuracy"], rows)]
-    notes = [f"over {curve['seeds']} seeds (draws of the budget)" if curve.get("seeds") else ""]
+    notes = [f"over {curve['seeds']} seeds (draws of the budget)"] if curve.get("seeds") else []
     if curve.get("reference"):
         notes.append("references: " + ", ".join(f"{k} {_acc(v)}" for k, v in curve["reference"].items()))
-    if any(notes):
+    if notes:
         std_name = f"sample std (ddof = {curve['std_ddof']})" if "std_ddof" in curve else "std"
-        parts.append(f"Mean ± {std_name} " + "; ".join(n for n in notes if n) + ".")
+        parts.append(f"Mean ± {std_name} " + "; ".join(notes) + ".")
     return "\n\n".join(parts + _figure_link("budget_curve.png", "accuracy vs budget", figures))
 
 
@@ -349,8 +336,6 @@ def render_report(results: dict, figures: Iterable[str] = ()) -> str:
 
 
 # ---------------------------------------------------------------- writing
-
-
 def _can_plot() -> bool:
     """matplotlib is optional: without it the tables are still worth writing."""
     return importlib.util.find_spec("matplotlib") is not None

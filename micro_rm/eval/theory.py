@@ -27,7 +27,7 @@ def binary_entropy(p: np.ndarray) -> np.ndarray:
     """H_b(p) = −p log p − (1 − p) log(1 − p) in nats, elementwise, with 0 log 0 = 0.
 
     >>> binary_entropy(np.array([0.5, 1.0])).round(4)
-    array([0.6931, 0.    ])
+    array([ 0.6931, -0.    ])
     """
     p = np.asarray(p, dtype=np.float64)
     q = 1.0 - p
@@ -87,7 +87,7 @@ def theory_diagnostic(model: MixtureRewardModel, features: PairFeatures,
     return {**result, "single_bt_cross_entropy": single, "gap": single - result["bound"]}
 
 
-def single_bt_cross_entropy(features: PairFeatures, label_p: np.ndarray, max_iter: int = 200) -> float:
+def single_bt_cross_entropy(features: PairFeatures, label_p: np.ndarray) -> float:
     """Cross-entropy of the best single linear BT head on soft labels ``label_p`` [N].
 
     The loss is convex in the head, so full-batch L-BFGS finds its minimum.
@@ -95,7 +95,7 @@ def single_bt_cross_entropy(features: PairFeatures, label_p: np.ndarray, max_ite
     diff = torch.from_numpy(np.subtract(features.chosen, features.rejected, dtype=np.float64))   # [N, d]
     target = torch.from_numpy(np.clip(np.asarray(label_p, dtype=np.float64), 0.0, 1.0))
     head = torch.zeros(diff.shape[1], dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([head], max_iter=max_iter, line_search_fn="strong_wolfe")
+    optimizer = torch.optim.LBFGS([head], max_iter=200, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
