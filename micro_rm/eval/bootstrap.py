@@ -60,10 +60,9 @@ class PromptBootstrap:
         # cell of each pair in the prompt × attribute table the resample weights act on
         self.cell = prompt_of * len(self.attributes) + attribute_of
         self.shape = (len(distinct), len(self.attributes))
-        rng = np.random.default_rng(seed)
         # how often each prompt is drawn in each resample: [R, P]
-        self.counts = rng.multinomial(len(distinct), np.full(len(distinct), 1 / len(distinct)),
-                                      size=resamples).astype(np.float64)
+        self.counts = np.random.default_rng(seed).multinomial(
+            len(distinct), np.full(len(distinct), 1 / len(distinct)), size=resamples).astype(np.float64)
 
     def samples(self, correct: np.ndarray, scored: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
         """Resampled accuracies of one method: ``per_attribute`` [R, A] (columns in
