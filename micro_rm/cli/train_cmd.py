@@ -11,7 +11,7 @@ import typer
 
 from micro_rm.cli.app import (app, check_output, check_range, check_state_exists, config_option, emit, field_docs,
                               state_errors)
-from micro_rm.cli.encode_cmd import MAX_TOKENS, feature_option
+from micro_rm.cli.encode_cmd import MAX_TOKENS, feature_option, resolve_dtype
 from micro_rm.cli.options import BackboneName, CacheDir, CacheOnly, HfSplit, JsonFlag, MaxLength, ModelDir
 from micro_rm.errors import MicroRMError
 from micro_rm.online.hedge import DEFAULT_ETA
@@ -84,7 +84,6 @@ def train(
     check_output(out, "--out", {"--data": data, "--cache": cache_dir}, folder=True, model=True)
     check_device(device)
 
-    from micro_rm.cli.encode_cmd import resolve_dtype
     from micro_rm.data.readers import read_pairs
     from micro_rm.features.backbones import load_backbone
     from micro_rm.features.cache import FeatureCache
@@ -119,7 +118,7 @@ def train(
          f"{history['val_loss']:.4f} (epoch {history['best_epoch']})\nmodel: {out}")
 
 
-def plot_k_curve(curve: dict, path: Path, title: str = "") -> Path:
+def plot_k_curve(curve: dict, path: Path, title: str = "") -> None:
     """Validation NLL ± one standard error against K, the chosen K marked."""
     from micro_rm.eval.plots import _figure
 
@@ -131,7 +130,6 @@ def plot_k_curve(curve: dict, path: Path, title: str = "") -> Path:
         ax.axvline(curve["chosen"], linestyle=":", color="red", label=f"chosen K = {curve['chosen']}")
         ax.set_xticks(curve["grid"])
         ax.legend()
-    return path
 
 
 @app.command("eval")
