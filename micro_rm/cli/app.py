@@ -85,9 +85,10 @@ def emit(result: dict[str, Any], as_json: bool, summary: str) -> None:
         print(summary)
 
 
-def check_range(value: float, option: str, low: float, high: float) -> None:
-    """Refuse a numeric option outside ``[low, high]``, naming the option and the range."""
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
+def check_range(value: Optional[float], option: str, low: float, high: float) -> None:
+    """Refuse a numeric option outside ``[low, high]``, naming the option and the range (None, an
+    option left unset, passes)."""
+    if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
         raise MicroRMError(f"{option} must be in [{low}, {high}], got {value}")
 
 

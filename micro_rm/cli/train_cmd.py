@@ -74,8 +74,7 @@ def train(
         raise MicroRMError(f"--heads must be a number of heads or auto, got {heads!r}")
     if auto:
         check_range(max_heads, "--max-heads", 1, MAX_HEADS)
-    if max_length is not None:
-        check_range(max_length, "--max-length", 1, MAX_TOKENS)
+    check_range(max_length, "--max-length", 1, MAX_TOKENS)
     config = Stage1Config(heads=1 if auto else int(heads), variant=variant, alpha=alpha, balance=balance, router=router,
                           epochs=epochs, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
                           val_fraction=val_fraction, seed=seed, device=device,
@@ -272,17 +271,12 @@ def export_scalar_cmd(
             raise MicroRMError(f"--weights must be comma-separated numbers, got {weights!r}") from None
         scalar = export_scalar(model, out, weights=values)
     else:
-        from micro_rm.features.featurize import route_contexts, route_items, route_matrix
+        from micro_rm.scoring.engine import RewardScorer
 
-        # The router's input exactly as in training, for an empty prompt: the context as its own
-        # sentence (separate layout; a system message on chat backbones), or context ⊕ "" (joint);
-        # no context where the router was trained on the prompt alone.
-        settings = model.config.feature_settings()
-        backbone = model_backbone(model)
-        contexts = route_contexts([{"context": context}], settings.router_input)
-        items = route_items(backbone, "", contexts[0], context_encoding=settings.context_encoding)
-        route = route_matrix(backbone.encode(items), contexts, model.config.context_dim,
-                             settings.context_encoding)[0]
+        # The route the service builds for this context and an empty prompt, exactly as in training
+        # (no context where the router was trained on the prompt alone).
+        scorer = RewardScorer(model, model_backbone(model))
+        route = scorer.route_features(scorer.backbone.encode(scorer.route_items("", context)), [context])[0]
         scalar = export_scalar(model, out, route=route, context=context)
     fixed = scalar.config.training["exported"]["weights"]
     emit({"out": str(out), "weights": fixed, "context": context}, as_json,
