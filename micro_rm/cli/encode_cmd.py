@@ -112,9 +112,8 @@ def encode(
 
 
 def resolve_dtype(dtype: str, backbone_name: str, device: str) -> str:
-    """``--dtype auto``: bfloat16 for a decoder (last-token pooling) on CUDA, where decoder reward
-    models are trained and served in bf16 at half the memory, else float32. Other values pass
-    through (load_backbone checks them); the dtype is part of the backbone fingerprint."""
+    """``--dtype auto``: bfloat16 (half the memory) for a decoder (last-token pooling) on CUDA, else
+    float32. Other values pass through (load_backbone checks them)."""
     if dtype != "auto":
         return dtype
     from micro_rm.features.backbones import BUILTIN_BACKBONES
