@@ -159,12 +159,14 @@ def evaluate(
     Example: micro-rm eval --model runs/dsp/model --data dsp-test.jsonl --report runs/dsp-eval
     Example: micro-rm eval --model runs/dsp/model --data ana-test.jsonl --state state.db --user ana
     """
+    import numpy as np
+
     from micro_rm.data.readers import read_pairs
     from micro_rm.eval.metrics import (expected_calibration_error, head_attribute_matrix, nll,
                                        pairwise_accuracy, router_statistics)
     from micro_rm.model.mixture import MixtureRewardModel
     from micro_rm.model.text import featurize_for
-    from micro_rm.online import validate_eta
+    from micro_rm.online.hedge import routed_probabilities, validate_eta
 
     if report is not None:  # before any work: a bad --report must not cost an evaluation
         check_output(report, "--report", {"--model": model_dir, "--data": data, "--state": state}, folder=True)
@@ -176,7 +178,11 @@ def evaluate(
     model = MixtureRewardModel.from_pretrained(model_dir)
     user_loss = None if user is None else user_cumulative_loss(model, state, user)
     features = featurize_for(model, read_pairs(data, hf_split=hf_split), cache_dir, allow_encode=not cache_only)
-    probs = routed_probabilities(model, features, user_loss, eta)
+    if user_loss is None:
+        probs = model.predict_proba(features.chosen, features.rejected, features.route)
+    else:  # the service's routing for this user: the router's weights sharpened by their Hedge state
+        log_prior = np.log(np.clip(model.router_weights(features.route).astype(np.float64), 1e-300, None))
+        probs = routed_probabilities(log_prior, model.head_probs(features.chosen, features.rejected), user_loss, eta)
     heads = head_attribute_matrix(model.head_probs(features.chosen, features.rejected), features.attributes)
     router = router_statistics(model.router_weights(features.route), features.attributes)
     result = {**pairwise_accuracy(probs, features.attributes), "nll": nll(probs),
@@ -220,19 +226,6 @@ def user_cumulative_loss(model, state: str, user: str):
     with state_errors(state), open_store(state, model_id=state_model_id(model),
                                          num_heads=model.config.num_heads) as store:
         return store.get(user).cumulative_loss      # the store refuses a non-finite state
-
-
-def routed_probabilities(model, features, cumulative_loss=None, eta: float = DEFAULT_ETA):
-    """P(chosen ≻ rejected) under the router, or under a user's Hedge weights (the service's
-    routing, :func:`micro_rm.online.hedge.routed_probabilities`)."""
-    import numpy as np
-
-    from micro_rm.online.hedge import routed_probabilities as user_routed
-
-    if cumulative_loss is None:
-        return model.predict_proba(features.chosen, features.rejected, features.route)
-    log_prior = np.log(np.clip(model.router_weights(features.route).astype(np.float64), 1e-300, None))
-    return user_routed(log_prior, model.head_probs(features.chosen, features.rejected), cumulative_loss, eta)
 
 
 @app.command("export-scalar")
