@@ -48,17 +48,14 @@ def _global_options(
 
 def field_docs(config_path: str) -> tuple[Callable[[str], str], Callable[[str], Any]]:
     """``(help, default)`` lookups for the fields of the config dataclass ``"module:Class"``, so
-    each option is documented once, in the config. The module is imported on first lookup."""
-    def field(name: str) -> tuple[str, Any]:
-        module, name_of_class = config_path.split(":")
-        cls = getattr(importlib.import_module(module), name_of_class)
-        if hasattr(cls, "__pydantic_fields__"):      # micro_rm.train.config's pydantic dataclasses
-            info = cls.__pydantic_fields__[name]
-            return info.description, info.default
-        info = cls.__dataclass_fields__[name]
-        return info.metadata["help"], info.default
-
-    return (lambda name: field(name)[0]), (lambda name: field(name)[1])
+    each option is documented once, in the config."""
+    module, name_of_class = config_path.split(":")
+    cls = getattr(importlib.import_module(module), name_of_class)
+    if hasattr(cls, "__pydantic_fields__"):      # micro_rm.train.config's pydantic dataclasses
+        fields = cls.__pydantic_fields__
+        return (lambda name: fields[name].description), (lambda name: fields[name].default)
+    fields = cls.__dataclass_fields__
+    return (lambda name: fields[name].metadata["help"]), (lambda name: fields[name].default)
 
 
 def config_option(config_path: str) -> Callable[[str], Any]:
@@ -88,14 +85,11 @@ def emit(result: dict[str, Any], as_json: bool, summary: str) -> None:
         print(summary)
 
 
-def check_range(value: float, option: str, low: float, high: float) -> None:
-    """Refuse a numeric option outside ``[low, high]``, naming the option and the range."""
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
-        raise MicroRMError(f"{option} must be in [{_plain(low)}, {_plain(high)}], got {value}")
-
-
-def _plain(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+def check_range(value: Optional[float], option: str, low: float, high: float) -> None:
+    """Refuse a numeric option outside ``[low, high]``, naming the option and the range (None, an
+    option left unset, passes)."""
+    if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
+        raise MicroRMError(f"{option} must be in [{low}, {high}], got {value}")
 
 
 def check_output(path: Any, option: str, inputs: dict[str, object], *, folder: bool,

@@ -61,12 +61,10 @@ def encode(
     from micro_rm.serve.settings import check_device
 
     # Cheap checks first, so a typo fails before the backbone loads.
-    if max_length is not None:
-        check_range(max_length, "--max-length", 1, MAX_TOKENS)
+    check_range(max_length, "--max-length", 1, MAX_TOKENS)
     check_batching(batch_size, tokens_per_batch)
     check_range(batch_size, "--batch-size", 1, MAX_BATCH)
-    if tokens_per_batch is not None:
-        check_range(tokens_per_batch, "--tokens-per-batch", 1, MAX_BATCH * MAX_TOKENS)
+    check_range(tokens_per_batch, "--tokens-per-batch", 1, MAX_BATCH * MAX_TOKENS)
     settings = FeatureSettings.from_options(router_input, context_in_reward, context_encoding)
     if out is not None:
         check_output(out, "--out", {"--data": data, "--cache": cache_dir}, folder=True, replaces_folder=True)
@@ -114,9 +112,8 @@ def encode(
 
 
 def resolve_dtype(dtype: str, backbone_name: str, device: str) -> str:
-    """``--dtype auto``: bfloat16 for a decoder (last-token pooling) on CUDA, where decoder reward
-    models are trained and served in bf16 at half the memory, else float32. Other values pass
-    through (load_backbone checks them); the dtype is part of the backbone fingerprint."""
+    """``--dtype auto``: bfloat16 (half the memory) for a decoder (last-token pooling) on CUDA, else
+    float32. Other values pass through (load_backbone checks them)."""
     if dtype != "auto":
         return dtype
     from micro_rm.features.backbones import BUILTIN_BACKBONES

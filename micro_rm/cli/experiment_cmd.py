@@ -107,8 +107,7 @@ def demo(
     if prompts is not None and prompts > MAX_DEMO_PROMPTS:  # the least is demo_config's to say
         raise MicroRMError(f"--prompts must be at most {MAX_DEMO_PROMPTS}, got {prompts}")
     folder = run_demo(out=out, backbone=backbone, prompts=prompts, cache=cache_dir, progress=not as_json, force=force,
-                      command=_command("demo", out=out, backbone=backbone,
-                                       prompts=prompts, cache=cache_dir))
+                      command=_command("demo", out=out, backbone=backbone, prompts=prompts, cache=cache_dir))
     results = load_results(folder)
     emit({"report": str(folder), "seconds": results.get("seconds"),
           "methods": {k: v["mean"] for k, v in results["methods"].items()}}, as_json,

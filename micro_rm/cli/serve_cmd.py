@@ -7,38 +7,35 @@ from typing import Optional
 
 import typer
 
-from micro_rm.cli.app import app, field_docs, state_errors
+from micro_rm.cli.app import app, config_option, field_docs, state_errors
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
-
-
-_help, _default = field_docs("micro_rm.serve.settings:ServeSettings")
+_help = field_docs("micro_rm.serve.settings:ServeSettings")[0]
+_option = config_option("micro_rm.serve.settings:ServeSettings")
 
 
 @app.command("serve")
 def serve(
     model: str = typer.Option(..., "--model", help=_help("model")),
-    state: str = typer.Option(_default("state"), "--state", help=_help("state")),
-    host: str = typer.Option(_default("host"), "--host", help=_help("host")),
-    port: int = typer.Option(_default("port"), "--port", help=_help("port")),
-    eta: float = typer.Option(_default("eta"), "--eta", help=_help("eta")),
-    device: str = typer.Option(_default("device"), "--device", help=_help("device")),
+    state: str = _option("state"),
+    host: str = _option("host"),
+    port: int = _option("port"),
+    eta: float = _option("eta"),
+    device: str = _option("device"),
     admin_token_file: Optional[Path] = typer.Option(None, "--admin-token-file", help="File whose first "
                                                     "line is the admin token (else $MICRO_RM_ADMIN_TOKEN)."),
-    anonymous_scoring: bool = typer.Option(False, "--anonymous-scoring", help=_help("anonymous_scoring")),
-    labels: str = typer.Option(_default("labels"), "--labels", help=_help("labels")),
+    anonymous_scoring: bool = _option("anonymous_scoring"),
+    labels: str = _option("labels"),
     cache_dir: Optional[Path] = typer.Option(None, "--cache", help=_help("cache_dir")),
     disk_cache: bool = typer.Option(True, "--disk-cache/--no-disk-cache", help=_help("disk_cache")),
-    lru_items: int = typer.Option(_default("lru_items"), "--lru-items", help=_help("lru_items")),
-    batch_wait_ms: float = typer.Option(_default("batch_wait_ms"), "--batch-wait-ms", help=_help("batch_wait_ms")),
-    max_batch_items: int = typer.Option(_default("max_batch_items"), "--max-batch-items",
-                                        help=_help("max_batch_items")),
-    max_body_bytes: int = typer.Option(_default("max_body_bytes"), "--max-body-bytes", help=_help("max_body_bytes")),
-    max_texts: int = typer.Option(_default("max_texts"), "--max-texts", help=_help("max_texts")),
-    max_text_chars: int = typer.Option(_default("max_text_chars"), "--max-text-chars", help=_help("max_text_chars")),
-    body_timeout_s: float = typer.Option(_default("body_timeout_s"), "--body-timeout-s",
-                                         help=_help("body_timeout_s")),
+    lru_items: int = _option("lru_items"),
+    batch_wait_ms: float = _option("batch_wait_ms"),
+    max_batch_items: int = _option("max_batch_items"),
+    max_body_bytes: int = _option("max_body_bytes"),
+    max_texts: int = _option("max_texts"),
+    max_text_chars: int = _option("max_text_chars"),
+    body_timeout_s: float = _option("body_timeout_s"),
     log_level: str = typer.Option("info", "--log-level",
                                   help="uvicorn log level: critical, error, warning, info, debug or trace."),
 ) -> None:

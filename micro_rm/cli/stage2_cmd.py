@@ -59,8 +59,7 @@ def adapt(
     """
     from micro_rm.train.config import AdaptConfig
 
-    config = AdaptConfig(budget=budget, tau="auto" if tau.strip().lower() == "auto" else tau, folds=folds,
-                         seed=seed)
+    config = AdaptConfig(budget=budget, tau="auto" if tau.strip().lower() == "auto" else tau, folds=folds, seed=seed)
     check_output(out, "--out", {"--model": model_dir, "--data": data, "--cache": cache_dir}, folder=True, model=True)
 
     from micro_rm.data.readers import read_pairs

@@ -11,7 +11,7 @@ import typer
 
 from micro_rm.cli.app import (app, check_output, check_range, check_state_exists, config_option, emit, field_docs,
                               state_errors)
-from micro_rm.cli.encode_cmd import MAX_TOKENS, feature_option
+from micro_rm.cli.encode_cmd import MAX_TOKENS, feature_option, resolve_dtype
 from micro_rm.cli.options import BackboneName, CacheDir, CacheOnly, HfSplit, JsonFlag, MaxLength, ModelDir
 from micro_rm.errors import MicroRMError
 from micro_rm.online.hedge import DEFAULT_ETA
@@ -74,8 +74,7 @@ def train(
         raise MicroRMError(f"--heads must be a number of heads or auto, got {heads!r}")
     if auto:
         check_range(max_heads, "--max-heads", 1, MAX_HEADS)
-    if max_length is not None:
-        check_range(max_length, "--max-length", 1, MAX_TOKENS)
+    check_range(max_length, "--max-length", 1, MAX_TOKENS)
     config = Stage1Config(heads=1 if auto else int(heads), variant=variant, alpha=alpha, balance=balance, router=router,
                           epochs=epochs, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
                           val_fraction=val_fraction, seed=seed, device=device,
@@ -84,7 +83,6 @@ def train(
     check_output(out, "--out", {"--data": data, "--cache": cache_dir}, folder=True, model=True)
     check_device(device)
 
-    from micro_rm.cli.encode_cmd import resolve_dtype
     from micro_rm.data.readers import read_pairs
     from micro_rm.features.backbones import load_backbone
     from micro_rm.features.cache import FeatureCache
@@ -119,7 +117,7 @@ def train(
          f"{history['val_loss']:.4f} (epoch {history['best_epoch']})\nmodel: {out}")
 
 
-def plot_k_curve(curve: dict, path: Path, title: str = "") -> Path:
+def plot_k_curve(curve: dict, path: Path, title: str = "") -> None:
     """Validation NLL ± one standard error against K, the chosen K marked."""
     from micro_rm.eval.plots import _figure
 
@@ -131,7 +129,6 @@ def plot_k_curve(curve: dict, path: Path, title: str = "") -> Path:
         ax.axvline(curve["chosen"], linestyle=":", color="red", label=f"chosen K = {curve['chosen']}")
         ax.set_xticks(curve["grid"])
         ax.legend()
-    return path
 
 
 @app.command("eval")
@@ -162,12 +159,14 @@ def evaluate(
     Example: micro-rm eval --model runs/dsp/model --data dsp-test.jsonl --report runs/dsp-eval
     Example: micro-rm eval --model runs/dsp/model --data ana-test.jsonl --state state.db --user ana
     """
+    import numpy as np
+
     from micro_rm.data.readers import read_pairs
     from micro_rm.eval.metrics import (expected_calibration_error, head_attribute_matrix, nll,
                                        pairwise_accuracy, router_statistics)
     from micro_rm.model.mixture import MixtureRewardModel
     from micro_rm.model.text import featurize_for
-    from micro_rm.online import validate_eta
+    from micro_rm.online.hedge import routed_probabilities, validate_eta
 
     if report is not None:  # before any work: a bad --report must not cost an evaluation
         check_output(report, "--report", {"--model": model_dir, "--data": data, "--state": state}, folder=True)
@@ -179,7 +178,11 @@ def evaluate(
     model = MixtureRewardModel.from_pretrained(model_dir)
     user_loss = None if user is None else user_cumulative_loss(model, state, user)
     features = featurize_for(model, read_pairs(data, hf_split=hf_split), cache_dir, allow_encode=not cache_only)
-    probs = routed_probabilities(model, features, user_loss, eta)
+    if user_loss is None:
+        probs = model.predict_proba(features.chosen, features.rejected, features.route)
+    else:  # the service's routing for this user: the router's weights sharpened by their Hedge state
+        log_prior = np.log(np.clip(model.router_weights(features.route).astype(np.float64), 1e-300, None))
+        probs = routed_probabilities(log_prior, model.head_probs(features.chosen, features.rejected), user_loss, eta)
     heads = head_attribute_matrix(model.head_probs(features.chosen, features.rejected), features.attributes)
     router = router_statistics(model.router_weights(features.route), features.attributes)
     result = {**pairwise_accuracy(probs, features.attributes), "nll": nll(probs),
@@ -225,19 +228,6 @@ def user_cumulative_loss(model, state: str, user: str):
         return store.get(user).cumulative_loss      # the store refuses a non-finite state
 
 
-def routed_probabilities(model, features, cumulative_loss=None, eta: float = DEFAULT_ETA):
-    """P(chosen ≻ rejected) under the router, or under a user's Hedge weights (the service's
-    routing, :func:`micro_rm.online.hedge.routed_probabilities`)."""
-    import numpy as np
-
-    from micro_rm.online.hedge import routed_probabilities as user_routed
-
-    if cumulative_loss is None:
-        return model.predict_proba(features.chosen, features.rejected, features.route)
-    log_prior = np.log(np.clip(model.router_weights(features.route).astype(np.float64), 1e-300, None))
-    return user_routed(log_prior, model.head_probs(features.chosen, features.rejected), cumulative_loss, eta)
-
-
 @app.command("export-scalar")
 def export_scalar_cmd(
     model_dir: ModelDir = ...,
@@ -274,17 +264,12 @@ def export_scalar_cmd(
             raise MicroRMError(f"--weights must be comma-separated numbers, got {weights!r}") from None
         scalar = export_scalar(model, out, weights=values)
     else:
-        from micro_rm.features.featurize import route_contexts, route_items, route_matrix
+        from micro_rm.scoring.engine import RewardScorer
 
-        # The router's input exactly as in training, for an empty prompt: the context as its own
-        # sentence (separate layout; a system message on chat backbones), or context ⊕ "" (joint);
-        # no context where the router was trained on the prompt alone.
-        settings = model.config.feature_settings()
-        backbone = model_backbone(model)
-        contexts = route_contexts([{"context": context}], settings.router_input)
-        items = route_items(backbone, "", contexts[0], context_encoding=settings.context_encoding)
-        route = route_matrix(backbone.encode(items), contexts, model.config.context_dim,
-                             settings.context_encoding)[0]
+        # The route the service builds for this context and an empty prompt, exactly as in training
+        # (no context where the router was trained on the prompt alone).
+        scorer = RewardScorer(model, model_backbone(model))
+        route = scorer.route_features(scorer.backbone.encode(scorer.route_items("", context)), [context])[0]
         scalar = export_scalar(model, out, route=route, context=context)
     fixed = scalar.config.training["exported"]["weights"]
     emit({"out": str(out), "weights": fixed, "context": context}, as_json,
