@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from micro_rm import __version__
 from micro_rm.errors import MicroRMError
 from micro_rm.serve.metrics import Metrics, MetricsMiddleware
+from micro_rm.serve.schemas import ERROR_RESPONSES
 from micro_rm.serve.settings import ServeSettings
 
 log = logging.getLogger(__name__)
@@ -81,8 +82,6 @@ def create_app(settings: ServeSettings, scorer: Optional[Any] = None) -> FastAPI
                   lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = Metrics()
-    from micro_rm.serve.schemas import ERROR_RESPONSES
-
     for module in (scores, feedback, users, queries, health, heads):
         # Every error answer is documented with the one shape it has (schemas.ErrorResponse).
         app.include_router(module.router, responses=ERROR_RESPONSES)
@@ -151,8 +150,7 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
+        declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None:
             try:
                 too_big = int(declared) > self.max_bytes
@@ -164,7 +162,7 @@ class BodyLimitMiddleware:
                 return
         # Read the whole body (bounded) before the app sees it, so a chunked upload cannot
         # exceed the limit either; then hand it on in one piece.
-        chunks, size, more = [], 0, True
+        received, more = bytearray(), True
         deadline = asyncio.get_running_loop().time() + self.timeout_s
         while more:
             try:
@@ -175,14 +173,12 @@ class BodyLimitMiddleware:
                 return
             if message["type"] == "http.disconnect":
                 return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
+            received += message.get("body", b"")
+            if len(received) > self.max_bytes:
                 await _reject(scope, receive, send, 413, self._message())
                 return
-            chunks.append(chunk)
             more = message.get("more_body", False)
-        body, sent = b"".join(chunks), [False]
+        body, sent = bytes(received), [False]
 
         async def replay() -> dict:
             if not sent[0]:

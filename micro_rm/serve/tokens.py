@@ -1,8 +1,6 @@
-"""Bearer tokens of the service's users, in the state database: only a SHA-256 of each is stored.
-
-Tokens are 256 random bits, so a plain SHA-256 cannot be reversed by guessing. Nothing is cached:
-each request reads the committed table, so a revoked or rotated token is refused by every replica
-once the call returns; each change also moves the user's epoch (:data:`micro_rm.online.sql.EPOCH_DDL`).
+"""Bearer tokens of the service's users, in the state database: only a SHA-256 of each is stored
+(tokens are 256 random bits: it cannot be reversed by guessing). Nothing is cached, so a revoked
+token is refused at once (docs/service.md); each change moves the user's epoch (``EPOCH_DDL``).
 
 >>> tokens = TokenStore("sqlite:///state.db")              # doctest: +SKIP
 >>> tokens.lookup(tokens.create("ana"))                     # doctest: +SKIP
