@@ -56,7 +56,7 @@ def create_app(settings: ServeSettings, scorer: Optional[Any] = None) -> FastAPI
         except BaseException:
             store.close()
             raise
-        tokens = TokenStore(settings.state)
+        tokens = TokenStore(store)
         cache = FeatureCache(settings.cache_dir) if settings.disk_cache else None
         features = FeatureStore(loaded.backbone, cache, lru_items=settings.lru_items,
                                 batch_size=settings.encode_batch_size)
@@ -64,7 +64,7 @@ def create_app(settings: ServeSettings, scorer: Optional[Any] = None) -> FastAPI
         writer = FeedbackWriter(store)
         await batcher.start()
         await writer.start()
-        app.state.scorer, app.state.store, app.state.tokens = loaded, store, tokens
+        app.state.scorer, app.state.store, app.state.token_store = loaded, store, tokens
         app.state.batcher, app.state.writer = batcher, writer
         if not settings.admin_token:
             log.warning("no admin token: users cannot be created; set $MICRO_RM_ADMIN_TOKEN or "
@@ -76,7 +76,6 @@ def create_app(settings: ServeSettings, scorer: Optional[Any] = None) -> FastAPI
             await batcher.stop()
             await run_in_threadpool(features.close)   # new vectors still queued for the disk cache
             store.close()
-            tokens.close()
 
     app = FastAPI(title="micro-rm reward service", version=__version__, description=DESCRIPTION,
                   lifespan=lifespan)
