@@ -17,6 +17,8 @@ UserId = Annotated[str, Field(pattern=USER_ID_PATTERN, description=USER_ID_RULE 
 
 
 class StrictModel(BaseModel):
+    """A request body that refuses unknown fields (422 naming them)."""
+
     model_config = ConfigDict(extra="forbid")
 
 
