@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from micro_rm import __version__
 from micro_rm.errors import MicroRMError
 from micro_rm.serve.metrics import Metrics, MetricsMiddleware
+from micro_rm.serve.schemas import ERROR_RESPONSES
 from micro_rm.serve.settings import ServeSettings
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def create_app(settings: ServeSettings, scorer: Optional[Any] = None) -> FastAPI
         except BaseException:
             store.close()
             raise
-        tokens = TokenStore(settings.state)
+        tokens = TokenStore(store)
         cache = FeatureCache(settings.cache_dir) if settings.disk_cache else None
         features = FeatureStore(loaded.backbone, cache, lru_items=settings.lru_items,
                                 batch_size=settings.encode_batch_size)
@@ -63,7 +64,7 @@ def create_app(settings: ServeSettings, scorer: Optional[Any] = None) -> FastAPI
         writer = FeedbackWriter(store)
         await batcher.start()
         await writer.start()
-        app.state.scorer, app.state.store, app.state.tokens = loaded, store, tokens
+        app.state.scorer, app.state.store, app.state.token_store = loaded, store, tokens
         app.state.batcher, app.state.writer = batcher, writer
         if not settings.admin_token:
             log.warning("no admin token: users cannot be created; set $MICRO_RM_ADMIN_TOKEN or "
@@ -75,14 +76,11 @@ def create_app(settings: ServeSettings, scorer: Optional[Any] = None) -> FastAPI
             await batcher.stop()
             await run_in_threadpool(features.close)   # new vectors still queued for the disk cache
             store.close()
-            tokens.close()
 
     app = FastAPI(title="micro-rm reward service", version=__version__, description=DESCRIPTION,
                   lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = Metrics()
-    from micro_rm.serve.schemas import ERROR_RESPONSES
-
     for module in (scores, feedback, users, queries, health, heads):
         # Every error answer is documented with the one shape it has (schemas.ErrorResponse).
         app.include_router(module.router, responses=ERROR_RESPONSES)
@@ -151,8 +149,7 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
+        declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None:
             try:
                 too_big = int(declared) > self.max_bytes
@@ -164,7 +161,7 @@ class BodyLimitMiddleware:
                 return
         # Read the whole body (bounded) before the app sees it, so a chunked upload cannot
         # exceed the limit either; then hand it on in one piece.
-        chunks, size, more = [], 0, True
+        received, more = bytearray(), True
         deadline = asyncio.get_running_loop().time() + self.timeout_s
         while more:
             try:
@@ -175,14 +172,12 @@ class BodyLimitMiddleware:
                 return
             if message["type"] == "http.disconnect":
                 return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
+            received += message.get("body", b"")
+            if len(received) > self.max_bytes:
                 await _reject(scope, receive, send, 413, self._message())
                 return
-            chunks.append(chunk)
             more = message.get("more_body", False)
-        body, sent = b"".join(chunks), [False]
+        body, sent = bytes(received), [False]
 
         async def replay() -> dict:
             if not sent[0]:

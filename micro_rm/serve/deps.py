@@ -11,28 +11,21 @@ from typing import Any, Awaitable, Callable
 from fastapi import Request
 
 
-def _from_app_state(name: str, attribute: str, doc: str) -> Callable[[Request], Awaitable[Any]]:
-    """A dependency called ``name`` that returns ``request.app.state.<attribute>``."""
+def _from_app_state(attribute: str, doc: str) -> Callable[[Request], Awaitable[Any]]:
+    """A dependency called ``get_<attribute>`` that returns ``request.app.state.<attribute>``."""
 
     async def dependency(request: Request) -> Any:
         return getattr(request.app.state, attribute)
 
-    dependency.__name__ = dependency.__qualname__ = name
+    dependency.__name__ = dependency.__qualname__ = f"get_{attribute}"
     dependency.__doc__ = doc
     return dependency
 
 
-get_settings = _from_app_state(
-    "get_settings", "settings", "The service's settings (:class:`micro_rm.serve.settings.ServeSettings`).")
-get_store = _from_app_state(
-    "get_store", "store", "The per-user state store (:func:`micro_rm.online.open_store`).")
-get_token_store = _from_app_state(
-    "get_token_store", "tokens", "User id → token hash (:class:`micro_rm.serve.tokens.TokenStore`).")
-get_scorer = _from_app_state(
-    "get_scorer", "scorer", "The loaded model and backbone (:class:`micro_rm.scoring.engine.RewardScorer`).")
-get_batcher = _from_app_state(
-    "get_batcher", "batcher", "Features, micro-batched (:class:`micro_rm.scoring.features.MicroBatcher`).")
-get_writer = _from_app_state(
-    "get_writer", "writer", "Group commit of feedback (:class:`micro_rm.serve.writer.FeedbackWriter`).")
-get_metrics = _from_app_state(
-    "get_metrics", "metrics", "Request counts and latencies (:class:`micro_rm.serve.metrics.Metrics`).")
+get_settings = _from_app_state("settings", "The service's settings (:class:`micro_rm.serve.settings.ServeSettings`).")
+get_store = _from_app_state("store", "The per-user state store (:func:`micro_rm.online.open_store`).")
+get_token_store = _from_app_state("token_store", "User id → token hash (:class:`micro_rm.serve.tokens.TokenStore`).")
+get_scorer = _from_app_state("scorer", "The loaded model and backbone (:class:`micro_rm.scoring.engine.RewardScorer`).")
+get_batcher = _from_app_state("batcher", "Features, micro-batched (:class:`micro_rm.scoring.features.MicroBatcher`).")
+get_writer = _from_app_state("writer", "Group commit of feedback (:class:`micro_rm.serve.writer.FeedbackWriter`).")
+get_metrics = _from_app_state("metrics", "Request counts and latencies (:class:`micro_rm.serve.metrics.Metrics`).")

@@ -16,11 +16,13 @@ UserId = Annotated[str, Field(pattern=USER_ID_PATTERN, description=USER_ID_RULE 
                               examples=["ana"])]
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """A request body that refuses unknown fields (422 naming them)."""
+
     model_config = ConfigDict(extra="forbid")
 
 
-class ChatMessage(_Strict):
+class ChatMessage(StrictModel):
     role: str
     content: str
 
@@ -70,7 +72,7 @@ ERROR_RESPONSES: dict[Union[int, str], dict[str, Any]] = {
 
 
 # ----- scoring ------------------------------------------------------------------------------
-class ScoreRequest(_Strict):
+class ScoreRequest(StrictModel):
     prompt: TextIn = Field(examples=["How do I sort a list in Python?"])
     responses: list[TextIn] = Field(min_length=1, examples=[["Use sorted(xs).", "You can't."]])
     context: Optional[Context] = None
@@ -92,7 +94,7 @@ class ScoreResponse(BaseModel):
     num_feedback: int = Field(0, description="Feedback pairs behind the user's weights.")
 
 
-class CompareRequest(_Strict):
+class CompareRequest(StrictModel):
     prompt: TextIn
     a: TextIn
     b: TextIn
@@ -109,11 +111,11 @@ class CompareResponse(BaseModel):
     num_feedback: int = 0
 
 
-class RewardRequest(BaseModel):
-    """OpenRLHF's remote reward request; ``/get_reward`` extends it with ``labels``. Other extra
-    fields are accepted and ignored."""
+class OpenRLHFRequest(BaseModel):
+    """OpenRLHF's remote reward request: ``query``, ``prompts`` and ``labels`` (its
+    ``--label_key`` column), plus micro-rm's optional ``context`` / ``user_id``."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow")   # other fields OpenRLHF sends are ignored
     query: list[str] = Field(min_length=1, description="prompt + response texts, as OpenRLHF sends them.")
     prompts: Optional[list[str]] = Field(None, description="The prompt of each query (OpenRLHF "
                                          "sends them): the response is the text after the first "
@@ -124,14 +126,23 @@ class RewardRequest(BaseModel):
     context: Optional[Union[Context, list[Optional[str]]]] = Field(None, description="One context "
                                                                    "for all queries, or one per query.")
     user_id: Optional[UserId] = None
+    labels: Optional[list[Any]] = Field(None, description="One label per query (OpenRLHF's "
+                                        "`--label_key` column). What it carries is a server "
+                                        "option, `--labels`: ignore, context, user_id or json "
+                                        '({"context": ..., "user_id": ...}).')
 
 
-class RewardResponse(BaseModel):
+class OpenRLHFResponse(BaseModel):
     rewards: list[float]
+    scores: list[float] = Field(description="The rewards again: OpenRLHF reads `scores` for "
+                                "dynamic filtering.")
+    extra_logs: dict[str, list[float]] = Field(description="Per query: each head's reward "
+                                               "(`head{k}_reward`) and weight (`head{k}_weight`); "
+                                               "OpenRLHF logs them.")
 
 
 # ----- feedback -----------------------------------------------------------------------------
-class FeedbackItem(_Strict):
+class FeedbackItem(StrictModel):
     user_id: Optional[UserId] = Field(None, description="Defaults to the token's user.")
     prompt: Optional[TextIn] = Field(None, description="May be omitted when chosen/rejected are "
                                      "whole conversations (their shared prefix is the prompt).")
@@ -156,7 +167,7 @@ class FeedbackResponse(BaseModel):
 
 
 # ----- users --------------------------------------------------------------------------------
-class CreateUserRequest(_Strict):
+class CreateUserRequest(StrictModel):
     user_id: UserId
 
 

@@ -1,20 +1,17 @@
 """``ServeSettings``: everything ``micro-rm serve`` can be told, each field documented once.
-
-The help of each field is also the CLI's ``--help``. The service reads its settings through the
-:func:`get_settings` dependency, so a test swaps them with ``app.dependency_overrides``.
 Kept free of torch and FastAPI (the CLI builds ``--help`` from it).
 """
 
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import dataclass, field, fields
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from micro_rm.errors import MicroRMError
-from micro_rm.online.hedge import DEFAULT_ETA
+from micro_rm.online.hedge import DEFAULT_ETA, validate_eta
 from micro_rm.scoring.limits import ScoringLimits
 
 ADMIN_TOKEN_ENV = "MICRO_RM_ADMIN_TOKEN"
@@ -85,22 +82,15 @@ class ServeSettings:
         check_label_mode(self.labels, "--labels")
         if self.port > 65535:
             raise MicroRMError(f"--port must be at most 65535, got {self.port}")
-        if not (isinstance(self.batch_wait_ms, (int, float)) and math.isfinite(self.batch_wait_ms)
-                and 0 <= self.batch_wait_ms <= 1000):
+        if not (isinstance(self.batch_wait_ms, (int, float)) and 0 <= self.batch_wait_ms <= 1000):
             raise MicroRMError(f"--batch-wait-ms must lie in [0, 1000], got {self.batch_wait_ms!r}")
-        if not (isinstance(self.body_timeout_s, (int, float)) and math.isfinite(self.body_timeout_s)
-                and 0 < self.body_timeout_s <= 3600):
+        if not (isinstance(self.body_timeout_s, (int, float)) and 0 < self.body_timeout_s <= 3600):
             raise MicroRMError(f"--body-timeout-s must lie in (0, 3600], got {self.body_timeout_s!r}")
-        from micro_rm.online.hedge import validate_eta
         self.eta = validate_eta(self.eta)
         if self.admin_token is not None and len(self.admin_token) < MIN_ADMIN_TOKEN_CHARS:
             raise MicroRMError(f"the admin token must have at least {MIN_ADMIN_TOKEN_CHARS} "
                                "characters; make one with `python -c \"import secrets; "
                                "print(secrets.token_urlsafe(32))\"`")
-
-    @classmethod
-    def help(cls, name: str) -> str:
-        return next(f.metadata["help"] for f in fields(cls) if f.name == name)
 
 
 def check_device(device: str) -> str:
@@ -109,8 +99,6 @@ def check_device(device: str) -> str:
     >>> check_device("cpu")
     'cpu'
     """
-    import re
-
     if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", device):
         raise MicroRMError(f"--device {device!r} is not a device; use cpu, cuda, cuda:N or mps")
     if device == "cpu":

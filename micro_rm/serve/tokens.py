@@ -1,28 +1,21 @@
-"""Bearer tokens of the service's users, in the state database: only a SHA-256 of each is stored.
+"""Bearer tokens of the service's users, in the state database: only a SHA-256 of each is stored
+(tokens are 256 random bits: it cannot be reversed by guessing). Nothing is cached, so a revoked
+token is refused at once (docs/service.md); each change moves the user's epoch (``EPOCH_DDL``).
 
-Tokens are 256 random bits, so a plain SHA-256 cannot be reversed by guessing. Nothing is cached:
-each request reads the committed table, so a revoked or rotated token is refused by every replica
-once the call returns; each change also moves the user's epoch (:data:`micro_rm.online.sql.EPOCH_DDL`).
-
->>> tokens = TokenStore("sqlite:///state.db")              # doctest: +SKIP
+>>> tokens = TokenStore(open_store("sqlite:///state.db"))  # doctest: +SKIP
 >>> tokens.lookup(tokens.create("ana"))                     # doctest: +SKIP
 ('ana', 0)
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
-import os
 import secrets
-import threading
-from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Optional
 
 from micro_rm.errors import MicroRMError
-from micro_rm.online.engines import sqlite_connect, sqlite_transaction
-from micro_rm.online.sql import BUMP_EPOCH_SQL, DELETED_DDL, EPOCH_DDL, LIFT_TOMBSTONE_SQL
+from micro_rm.online.sql import BUMP_EPOCH_SQL, LIFT_TOMBSTONE_SQL, StateStore
 
 TOKEN_PREFIX = "mrm_"
 
@@ -49,62 +42,25 @@ class UnknownUser(MicroRMError):
 
 
 class TokenStore:
-    """User id → token hash, in SQLite (WAL, one connection per thread) or PostgreSQL."""
+    """User id → token hash, in the state store's database: it runs on the store's connections
+    (one per thread) and transactions, on SQLite or PostgreSQL alike."""
 
-    def __init__(self, state: str | os.PathLike):
-        text = os.fspath(state)
-        self._postgres = text.split("://", 1)[0].split("+")[0] in ("postgresql", "postgres")
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._conns: list[Any] = []
-        if self._postgres:
-            import urllib.parse
-            parts = urllib.parse.urlsplit(text)
-            self._url = urllib.parse.urlunsplit(parts._replace(scheme="postgresql"))
-        else:
-            self._path = Path(text.removeprefix("sqlite:///"))
-        with self._transaction() as cur:
-            if self._postgres:
-                cur.execute("SELECT pg_advisory_xact_lock(7311)")  # concurrent first opens
+    def __init__(self, store: StateStore):
+        self._store = store
+        self._sql = store._sql
+        with store._transaction() as cur:
+            if store._schema_lock:
+                cur.execute("SELECT pg_advisory_xact_lock(7311)")  # PostgreSQL: concurrent first opens
             cur.execute("CREATE TABLE IF NOT EXISTS api_tokens (user_id TEXT PRIMARY KEY, "
                         "token_sha256 TEXT NOT NULL UNIQUE, created_at TEXT NOT NULL)")
-            cur.execute(EPOCH_DDL)
-            cur.execute(DELETED_DDL)
 
-    # --- connections ------------------------------------------------------------------------
-    def _conn(self) -> Any:
-        if getattr(self._local, "pid", None) != os.getpid():
-            if self._postgres:
-                import psycopg
-                conn = psycopg.connect(self._url, autocommit=True)
-            else:
-                conn = sqlite_connect(self._path)
-            self._local.conn, self._local.pid = conn, os.getpid()
-            with self._lock:
-                self._conns.append(conn)
-        return self._local.conn
-
-    def _sql(self, text: str) -> str:
-        return text.replace("?", "%s") if self._postgres else text
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[Any]:
-        conn = self._conn()
-        if self._postgres:
-            with conn.transaction():
-                yield conn.cursor()
-        else:
-            with sqlite_transaction(conn) as cur:
-                yield cur
-
-    # --- verbs ------------------------------------------------------------------------------
     def create(self, user_id: str, replace: bool = False) -> str:
         """A new token for ``user_id`` (returned once, only its hash is kept); with ``replace`` the
         old one stops working, else :class:`UserExists` if there is one. Creating a user lifts its
         deletion tombstone in the same transaction: it starts afresh."""
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         now = dt.datetime.now(dt.timezone.utc).isoformat()
-        with self._transaction() as cur:
+        with self._store._transaction() as cur:
             exists = cur.execute(self._sql("SELECT 1 FROM api_tokens WHERE user_id = ?"),
                                  (user_id,)).fetchone()
             if exists and not replace:
@@ -131,18 +87,16 @@ class TokenStore:
 
     def lookup(self, token: str) -> Optional[tuple[str, int]]:
         """``(user, epoch)`` of the token's user, or None: one read of the committed tables."""
-        row = self._conn().execute(
-            self._sql("SELECT t.user_id, COALESCE(e.epoch, 0) FROM api_tokens t LEFT JOIN user_epochs e "
-                      "ON e.user_id = t.user_id WHERE t.token_sha256 = ?"), (hash_token(token),)).fetchone()
-        return None if row is None else (row[0], int(row[1]))
+        rows = self._store._query("SELECT t.user_id, COALESCE(e.epoch, 0) FROM api_tokens t LEFT JOIN user_epochs e "
+                                  "ON e.user_id = t.user_id WHERE t.token_sha256 = ?", (hash_token(token),))
+        return (rows[0][0], int(rows[0][1])) if rows else None
 
     def exists(self, user_id: str) -> bool:
-        return self._conn().execute(self._sql("SELECT 1 FROM api_tokens WHERE user_id = ?"),
-                                    (user_id,)).fetchone() is not None
+        return bool(self._store._query("SELECT 1 FROM api_tokens WHERE user_id = ?", (user_id,)))
 
     def revoke(self, user_id: str) -> bool:
         """Delete the user's token and move its epoch, in one transaction; whether there was one."""
-        with self._transaction() as cur:
+        with self._store._transaction() as cur:
             cur.execute(self._sql("DELETE FROM api_tokens WHERE user_id = ?"), (user_id,))
             revoked = (cur.rowcount or 0) > 0
             if revoked:
@@ -150,13 +104,4 @@ class TokenStore:
         return revoked
 
     def list_users(self) -> list[str]:
-        return [r[0] for r in self._conn().execute("SELECT user_id FROM api_tokens ORDER BY user_id")
-                .fetchall()]
-
-    def close(self) -> None:
-        with self._lock:
-            conns, self._conns = self._conns, []
-        for conn in conns:
-            with contextlib.suppress(Exception):
-                conn.close()
-        self._local = threading.local()
+        return [row[0] for row in self._store._query("SELECT user_id FROM api_tokens ORDER BY user_id")]

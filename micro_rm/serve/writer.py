@@ -20,18 +20,15 @@ def apply_requests(store: Any, requests: Sequence[FeedbackRequest]
                    ) -> list[Union[list[UserState], StaleRequest]]:
     """Each request's states, or the :class:`StaleRequest` that refused it; every applied request
     in one transaction (retried without the refused ones)."""
-    if not hasattr(store, "apply_requests"):     # a test double: one apply_feedback call per batch
-        return [[store.apply_feedback(*batch) for batch in r.batches] for r in requests]
-    pending, refused = list(range(len(requests))), {}
+    results: dict[int, Union[list[UserState], StaleRequest]] = {}
+    pending = list(range(len(requests)))
     while pending:
         try:
-            states = store.apply_requests([requests[i] for i in pending])
+            results.update(zip(pending, store.apply_requests([requests[i] for i in pending])))
+            break
         except StaleRequest as exc:
-            refused[pending.pop(exc.index)] = exc
-            continue
-        done = dict(zip(pending, states))
-        return [done[i] if i in done else refused[i] for i in range(len(requests))]
-    return [refused[i] for i in range(len(requests))]
+            results[pending.pop(exc.index)] = exc
+    return [results[i] for i in range(len(requests))]
 
 
 class FeedbackWriter(QueueWorker):

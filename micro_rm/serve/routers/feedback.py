@@ -1,10 +1,8 @@
 """``POST /feedback``: one labelled pair or a list of them → each user's updated Hedge state.
 
-Each head's probability of the observed label becomes a scaled loss
-(:func:`micro_rm.online.pair_losses`), added to S_u in one store transaction shared with the
-requests waiting at that moment (:mod:`micro_rm.serve.writer`). Final deletion (the epoch
-carried since authorisation) and exactly-once ``Idempotency-Key`` retries are checked inside that
-transaction, not before it: docs/service.md, "Guarantees".
+Each pair's scaled per-head losses (:func:`micro_rm.online.pair_losses`) join S_u in a transaction
+shared with concurrent requests (:mod:`micro_rm.serve.writer`); final deletion and exactly-once
+``Idempotency-Key`` retries are checked inside it, not before (docs/service.md, "Guarantees").
 """
 
 from __future__ import annotations
@@ -53,8 +51,7 @@ def _records(body: Union[list[FeedbackItem], FeedbackItem], principal: Principal
         except InvalidRecord as exc:
             raise HTTPException(422, detail=str(exc).replace(CLI_HINT, "")) from None
         for key, value in record.items():
-            if value is not None:
-                check_text(value, f"{where}.{key}", settings.limits)
+            check_text(value, f"{where}.{key}", settings.limits)
         records.append(record)
         users.append(user)
     return records, users
@@ -128,9 +125,7 @@ async def feedback(body: Union[list[FeedbackItem], FeedbackItem], response: Resp
     if replayed is None:
         losses = scorer.feedback_losses(vectors[:n], vectors[n:2 * n])                   # [n, K]
         groups = {user: [i for i, u in enumerate(users) if u == user] for user in dict.fromkeys(users)}
-        batches = [(user, losses[rows], [{k: records[i][k] for k in ("prompt", "chosen", "rejected", "context")
-                                          if k in records[i]} for i in rows])
-                   for user, rows in groups.items()]
+        batches = [(user, losses[rows], [records[i] for i in rows]) for user, rows in groups.items()]
         try:
             states = await writer.apply(store, FeedbackRequest(batches, epochs or None, key))
             metrics.add("feedback_pairs", n)

@@ -8,21 +8,20 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from fastapi import APIRouter, Depends, Path
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from micro_rm.data.records import USER_ID_PATTERN
 from micro_rm.scoring.suggest import check_pool, pool_items, rank_pool
 from micro_rm.serve.auth import Principal, check_acts_as, require_principal
 from micro_rm.serve.deps import get_batcher, get_scorer, get_settings, get_store
-from micro_rm.serve.schemas import Context, TextIn
+from micro_rm.serve.schemas import Context, StrictModel, TextIn
 from micro_rm.serve.settings import ServeSettings
 
 router = APIRouter(prefix="/users", tags=["users"])
 
 
-class CandidatePair(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class CandidatePair(StrictModel):
     prompt: Optional[TextIn] = Field(None, description="May be omitted when chosen/rejected are "
                                      "whole conversations (their shared prefix is the prompt).")
     chosen: TextIn = Field(description="One response (the order of the two means nothing here).")
@@ -30,8 +29,7 @@ class CandidatePair(BaseModel):
     context: Optional[Context] = None
 
 
-class QueriesRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class QueriesRequest(StrictModel):
     pairs: list[CandidatePair] = Field(description="The candidate pool (at most --max-texts pairs).",
                                        examples=[[{"prompt": "Explain gravity.", "chosen": "Mass bends "
                                                    "spacetime.", "rejected": "Things fall down, lol."}]])

@@ -1,8 +1,7 @@
 """``POST /score``, ``POST /compare`` and the OpenRLHF-compatible ``POST /get_reward``.
 
-The router and heads (small torch calls) run on the event loop: in a thread of their own they
-cost ~0.4 ms more CPU per request (cached ``/score``: 1.2 against 0.8 ms) and measured slower
-(BENCHMARKS.md).
+The router and heads (small torch calls) run on the event loop: a thread of their own measured
+slower (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ from typing import Any, Optional
 
 import numpy as np
 from fastapi import APIRouter, Depends
-from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
 from micro_rm.integrations.openrlhf import head_logs, parse_request, warn_missed
@@ -20,8 +18,8 @@ from micro_rm.scoring.limits import check_context, check_count, check_text
 from micro_rm.serve.auth import Principal, check_acts_as, scoring_principal
 from micro_rm.serve.deps import get_batcher, get_metrics, get_scorer, get_settings, get_store
 from micro_rm.serve.routers.common import user_loss
-from micro_rm.serve.schemas import (CompareRequest, CompareResponse, ResponseScore, RewardRequest,
-                                    RewardResponse, ScoreRequest, ScoreResponse, as_text)
+from micro_rm.serve.schemas import (CompareRequest, CompareResponse, OpenRLHFRequest, OpenRLHFResponse,
+                                    ResponseScore, ScoreRequest, ScoreResponse, as_text)
 from micro_rm.serve.settings import ServeSettings
 
 router = APIRouter(tags=["scores"])
@@ -70,24 +68,6 @@ async def compare(body: CompareRequest, principal: Optional[Principal] = Depends
     return CompareResponse(p_a_beats_b=float(out.weights[0] @ head_probs), head_probs=head_probs.tolist(),
                            weights=out.weights[0].tolist(), prior_weights=out.prior[0].tolist(),
                            user_id=body.user_id, num_feedback=count)
-
-
-class OpenRLHFRequest(RewardRequest):
-    """OpenRLHF's remote reward request: ``query``, ``prompts`` and ``labels`` (its
-    ``--label_key`` column), plus micro-rm's optional ``context`` / ``user_id``."""
-
-    labels: Optional[list[Any]] = Field(None, description="One label per query (OpenRLHF's "
-                                        "`--label_key` column). What it carries is a server "
-                                        "option, `--labels`: ignore, context, user_id or json "
-                                        '({"context": ..., "user_id": ...}).')
-
-
-class OpenRLHFResponse(RewardResponse):
-    scores: list[float] = Field(description="The rewards again: OpenRLHF reads `scores` for "
-                                "dynamic filtering.")
-    extra_logs: dict[str, list[float]] = Field(description="Per query: each head's reward "
-                                               "(`head{k}_reward`) and weight (`head{k}_weight`); "
-                                               "OpenRLHF logs them.")
 
 
 @router.post("/get_reward", response_model=OpenRLHFResponse)
