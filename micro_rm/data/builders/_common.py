@@ -50,13 +50,10 @@ def source_rows(source: str | os.PathLike, pattern: str) -> Iterator[tuple[str, 
 
 def degenerate(record: Mapping[str, Any]) -> str | None:
     """Why a built pair carries no preference (an empty side, or both sides the same), or None."""
-    chosen, rejected = record.get("chosen"), record.get("rejected")
-    if not chosen or not rejected or not render_text(chosen).strip() \
-            or not render_text(rejected).strip():
+    chosen, rejected = (render_text(record.get(side) or "").strip() for side in ("chosen", "rejected"))
+    if not chosen or not rejected:
         return "an empty response"
-    if render_text(chosen).strip() == render_text(rejected).strip():
-        return "identical responses"
-    return None
+    return "identical responses" if chosen == rejected else None
 
 
 class PairSink:
@@ -95,10 +92,6 @@ class PairSink:
     def drop(self, reason: str) -> None:
         """Count a pair left out on purpose; ``finish`` logs the counts."""
         self.dropped[reason] += 1
-
-    def drop_counts(self, counts: Mapping[str, int]) -> None:
-        """Count pairs left out for several reasons (e.g. what ``rating_pairs`` left out)."""
-        self.dropped.update(counts)
 
     def finish(self) -> list[dict[str, Any]]:
         """The pairs, after logging what was dropped or skipped. No pairs at all is an error."""

@@ -11,7 +11,6 @@ from micro_rm.data.builders._common import PairSink, need
 from micro_rm.data.builders._ratings import add_rated_pairs
 from micro_rm.data.readers import read_rows
 
-ATTRIBUTES = ("helpfulness", "honesty", "instruction_following", "truthfulness")
 SCHEMA = ("ultrafeedback schema {instruction, completions: [{response, annotations: "
           "{helpfulness, honesty, instruction_following, truthfulness: {Rating}}}]}")
 
@@ -23,6 +22,7 @@ CONTEXTS = {
                              "every constraint I set.",
     "truthfulness": "I want a truthful answer with no made-up or misleading facts.",
 }
+ATTRIBUTES = tuple(CONTEXTS)
 
 
 def _rating(annotations: Any, attribute: str) -> Optional[float]:
@@ -47,7 +47,7 @@ def build(source: str | os.PathLike, skip_invalid: bool = False) -> list[dict[st
                          for c in completions]
             annotations = [need(c, "annotations", where, SCHEMA, prefix="completions[].")
                            for c in completions]
-            add_rated_pairs(sink, instruction, responses,
-                            {a: [_rating(ann, a) for ann in annotations] for a in ATTRIBUTES},
-                            CONTEXTS, f"ultrafeedback-{i}", [where] * len(responses))
+            add_rated_pairs(sink, instruction, [(where, response, {a: _rating(ann, a) for a in ATTRIBUTES})
+                                                for response, ann in zip(responses, annotations)],
+                            CONTEXTS, f"ultrafeedback-{i}")
     return sink.finish()
