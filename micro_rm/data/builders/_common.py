@@ -4,7 +4,6 @@ validates built pairs and applies ``--skip-invalid`` in one place."""
 from __future__ import annotations
 
 import logging
-import os
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,7 +28,7 @@ def need(row: Any, field: str, where: str, schema: str, prefix: str = "") -> Any
     return row[field]
 
 
-def source_files(source: str | os.PathLike, pattern: str) -> list[str]:
+def source_files(source: str, pattern: str) -> list[str]:
     """The files matching ``pattern`` in a plain folder (sorted, so ids are stable); anything else
     (a file, a saved dataset folder, a hub id) as it is."""
     path = Path(source)
@@ -42,7 +41,7 @@ def source_files(source: str | os.PathLike, pattern: str) -> list[str]:
     return files
 
 
-def source_rows(source: str | os.PathLike, pattern: str) -> Iterator[tuple[str, Any]]:
+def source_rows(source: str, pattern: str) -> Iterator[tuple[str, Any]]:
     """``(where, row)`` over every file ``source_files`` picks, in order."""
     for path in source_files(source, pattern):
         yield from read_rows(path)
@@ -60,7 +59,7 @@ class PairSink:
     """Collects built pairs: validates each, counts those dropped on purpose (ties, empty
     responses), and logs or raises on bad rows."""
 
-    def __init__(self, source: str | os.PathLike, skip_invalid: bool) -> None:
+    def __init__(self, source: str, skip_invalid: bool) -> None:
         self.source = str(source)
         self.skip_invalid = skip_invalid
         self.records: list[dict[str, Any]] = []

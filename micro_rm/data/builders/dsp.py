@@ -6,7 +6,6 @@ per prompt. Pairs with identical or empty responses are dropped and counted (10,
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from micro_rm.data.builders._common import PairSink, need, source_rows
@@ -27,7 +26,7 @@ CONTEXTS = {
 }
 
 
-def build(source: str | os.PathLike, skip_invalid: bool = False) -> list[dict[str, Any]]:
+def build(source: str, skip_invalid: bool = False) -> list[dict[str, Any]]:
     """Pairs from the DSP json file, or a folder holding it.
 
     >>> pairs = build("../shared/data/dsp-domain-specific-preference")  # doctest: +SKIP

@@ -4,7 +4,6 @@ Ratings are ints 0-4; the responses to one prompt sit in consecutive rows.
 
 from __future__ import annotations
 
-import os
 from itertools import groupby
 from typing import Any
 
@@ -26,7 +25,7 @@ CONTEXTS = {
 ATTRIBUTES = tuple(CONTEXTS)
 
 
-def build(source: str | os.PathLike, skip_invalid: bool = False,
+def build(source: str, skip_invalid: bool = False,
           filter_agreeing: bool = True) -> list[dict[str, Any]]:
     """Per prompt and attribute, each two responses whose ratings differ make a pair (margin = the
     rating gap). ``filter_agreeing`` (the paper's train filter) drops a response pair that all five

@@ -4,7 +4,6 @@ HelpSteer2 analogue on local data). Ties are dropped."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from micro_rm.data.builders._common import PairSink, need, source_rows
@@ -29,7 +28,7 @@ def _history(source: str) -> str:
     return "\n".join(turn.strip() for turn in source.split("\n") if turn.strip())
 
 
-def build(source: str | os.PathLike, skip_invalid: bool = False) -> list[dict[str, Any]]:
+def build(source: str, skip_invalid: bool = False) -> list[dict[str, Any]]:
     """Pairs from ``topical_chat.json`` (or its folder); the prompt is the dialogue history (the
     knowledge fact is left out), attribute = the rated attribute, margin = the rating gap."""
     sink = PairSink(source, skip_invalid)

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any, Optional
 
 from micro_rm.data.builders._common import PairSink, need
@@ -35,7 +34,7 @@ def _rating(annotations: Any, attribute: str) -> Optional[float]:
         return None
 
 
-def build(source: str | os.PathLike, skip_invalid: bool = False) -> list[dict[str, Any]]:
+def build(source: str, skip_invalid: bool = False) -> list[dict[str, Any]]:
     """Pairs of completions per instruction and aspect (ties and N/A dropped); attribute = the
     aspect, margin = the rating gap."""
     sink = PairSink(source, skip_invalid)
