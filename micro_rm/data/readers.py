@@ -1,9 +1,6 @@
-"""Read rows from files and Hugging Face datasets; read and write pair files.
-
-``read_rows`` yields raw rows in whatever schema the source has (builders use it);
-``read_pairs`` validates them as pair records. Supported sources: ``.jsonl`` (also
-``.jsonl.gz``), ``.json`` (a list of objects), ``.parquet``, ``.csv``, a local dataset folder or
-a Hugging Face hub id (through ``datasets``).
+"""Read rows from files and Hugging Face datasets (the README's "Data" section lists the sources);
+read and write pair files. ``read_rows`` yields raw rows in the source's schema (builders use it),
+``read_pairs`` validates them as pair records.
 """
 
 from __future__ import annotations

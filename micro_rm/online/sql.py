@@ -43,7 +43,6 @@ def _now() -> str:
 
 
 def _key_cutoff() -> str:
-    """The creation time before which an Idempotency-Key has expired."""
     return (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=IDEMPOTENCY_TTL_SECONDS)).isoformat()
 
 

@@ -1,7 +1,6 @@
 """Domain-Specific Preference (Cheng et al. 2023), built the way MiCRo builds RPR: under domain D
 the response written for D beats the other four (three domains and the "normal" answer), 16 pairs
-per prompt. Pairs with identical or empty responses are dropped and counted (10,428 pairs, not
-661 x 16 = 10,576).
+per prompt. Pairs with identical or empty responses are dropped and counted.
 """
 
 from __future__ import annotations

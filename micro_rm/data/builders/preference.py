@@ -14,7 +14,6 @@ _SCORE_COLUMNS = (("chosen_score", "rejected_score"), ("score_chosen", "score_re
 
 
 def _margin(row: dict[str, Any]) -> Optional[float]:
-    """Score gap when the row carries both scores."""
     for high, low in _SCORE_COLUMNS:
         a, b = row.get(high), row.get(low)
         if isinstance(a, (int, float)) and isinstance(b, (int, float)):
