@@ -80,11 +80,9 @@ class PairSink:
     def add(self, record: dict[str, Any], where: str, drop_degenerate: bool = False) -> None:
         """Validate and keep one pair; ``drop_degenerate`` counts and drops pairs with an empty side
         or identical sides (for sources where those are noise, not errors)."""
-        if drop_degenerate:
-            reason = degenerate(record)
-            if reason:
-                self.drop(reason)
-                return
+        if drop_degenerate and (reason := degenerate(record)):
+            self.drop(reason)
+            return
         with self.row():
             self.records.append(normalize_pair(record, where))
 
