@@ -37,10 +37,8 @@ def inspect_pairs(path: str | os.PathLike) -> dict[str, Any]:
     >>> s["pairs"], s["attributes"], s["problems"]["count"]  # doctest: +SKIP
     (2, {'helpful': 2}, 0)
     """
-    rows, problems, identical, first_problems = 0, 0, 0, []
-    records = []
+    records, problems, identical, first_problems = [], 0, 0, []
     for where, row in read_rows(path):
-        rows += 1
         try:
             records.append(normalize_pair(row, where))
         except InvalidRecord as exc:
@@ -52,7 +50,7 @@ def inspect_pairs(path: str | os.PathLike) -> dict[str, Any]:
              for r in records]
     return {
         "path": str(path),
-        "rows": rows,
+        "rows": len(records) + problems,
         "pairs": len(records),
         "prompts": len({prompt for prompt, _, _ in texts}),
         "splits": dict(Counter(split_of(r) for r in records)),

@@ -1,9 +1,6 @@
-"""Read rows from files and Hugging Face datasets; read and write pair files.
-
-``read_rows`` yields raw rows in whatever schema the source has (builders use it);
-``read_pairs`` validates them as pair records. Supported sources: ``.jsonl`` (also
-``.jsonl.gz``), ``.json`` (a list of objects), ``.parquet``, ``.csv``, a local dataset folder or
-a Hugging Face hub id (through ``datasets``).
+"""Read rows from files and Hugging Face datasets (the README's "Data" section lists the sources);
+read and write pair files. ``read_rows`` yields raw rows in the source's schema (builders use it),
+``read_pairs`` validates them as pair records.
 """
 
 from __future__ import annotations
@@ -117,21 +114,6 @@ def _parquet_rows(path: Path) -> Iterator[tuple[str, Any]]:
         yield f"{path} row {i}", row
 
 
-def _dataset_rows(source: str, split: str | None) -> Iterator[tuple[str, Any]]:
-    """Rows of a Hugging Face dataset (hub id or local folder)."""
-    import datasets
-    path = Path(source)
-    try:
-        if path.is_dir() and any((path / f).exists() for f in HF_DATASET_MARKERS):
-            ds = datasets.load_from_disk(str(path))
-        else:
-            ds = datasets.load_dataset(source)
-    except Exception as exc:
-        raise MicroRMError(f"{source}: could not load as a Hugging Face dataset "
-                           f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
-    yield from _hf_object_rows(ds, split, source)
-
-
 def _hf_object_rows(ds: Any, split: str | None, source: str) -> Iterator[tuple[str, Any]]:
     """Rows of a ``datasets.Dataset``, or of one split of a ``DatasetDict``: ``split``, else
     the only one, else ``train``; any other choice is ambiguous, and the error lists the splits
@@ -196,10 +178,17 @@ def read_rows(source: str | os.PathLike | Any, hf_split: str | None = None) -> I
             yield from reader(path)
         except OSError as exc:
             raise MicroRMError(f"{path}: cannot read it ({exc.strerror or exc})") from None
-    elif path.is_dir():
-        yield from _dataset_rows(str(path), hf_split)
-    elif _looks_like_hub_id(str(source)):
-        yield from _dataset_rows(str(source), hf_split)
+    elif path.is_dir() or _looks_like_hub_id(str(source)):
+        import datasets
+        try:
+            if path.is_dir() and any((path / f).exists() for f in HF_DATASET_MARKERS):
+                ds = datasets.load_from_disk(str(path))
+            else:
+                ds = datasets.load_dataset(str(path))
+        except Exception as exc:
+            raise MicroRMError(f"{path}: could not load as a Hugging Face dataset "
+                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        yield from _hf_object_rows(ds, hf_split, str(path))
     else:
         raise MicroRMError(f"{source}: no such file or folder")
 

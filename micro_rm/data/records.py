@@ -1,9 +1,5 @@
-"""The pair record: validation and normalisation of one preference pair.
-
-A record is a plain ``dict`` (so it works with ``datasets.map``) with the fields of the README's
-"Data" table: ``prompt``, ``chosen``, ``rejected`` (strings or lists of ``{"role", "content"}``
-chat messages) and the optional strings ``context``, ``attribute``, ``user_id``, ``id`` and float
-``margin``. Without ``prompt``, whole conversations share their prefix as the prompt (TRL's format).
+"""The pair record, validated and normalised: a plain ``dict`` (so it works with ``datasets.map``)
+with the fields of the README's "Data" table; texts are strings or ``{"role", "content"}`` lists.
 """
 
 from __future__ import annotations

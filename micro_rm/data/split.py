@@ -31,7 +31,4 @@ def select_split(records: Iterable[dict[str, Any]], split: Split) -> list[dict[s
     if split not in SPLITS:
         from micro_rm.errors import MicroRMError
         raise MicroRMError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-    records = list(records)
-    if split == "all":
-        return records
-    return [r for r in records if split_of(r) == split]
+    return list(records) if split == "all" else [r for r in records if split_of(r) == split]

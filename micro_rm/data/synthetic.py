@@ -145,8 +145,7 @@ def render_response(topic: str, style: tuple[int, ...], rng: random.Random) -> s
     return "\n\n".join(parts)
 
 
-def make_synthetic_pairs(n_prompts: int = 200, pairs_per_prompt: int = 4, beta: float = 2.0,
-                         seed: int = 0, groups: tuple[Group, ...] = GROUPS,
+def make_synthetic_pairs(n_prompts: int = 200, pairs_per_prompt: int = 4, beta: float = 2.0, seed: int = 0,
                          responses_per_prompt: int | None = None) -> list[dict[str, Any]]:
     """Sample ``pairs_per_prompt`` pairs per prompt and group, labelled by the group's BT model,
     with ``context`` and ``attribute`` = that group. With ``responses_per_prompt`` = R, each
@@ -172,26 +171,21 @@ def make_synthetic_pairs(n_prompts: int = 200, pairs_per_prompt: int = 4, beta: 
         prompt = TEMPLATES[(p // len(TOPICS)) % len(TEMPLATES)].format(topic=topic)
         if p >= len(TOPICS) * len(TEMPLATES):
             prompt = f"{prompt} (case {p})"
-        pool = None
+        written: dict[tuple[int, ...], str] = {}  # style -> response, when responses are shared
         if responses_per_prompt is not None:
-            styles = rng.sample(range(2 ** len(STYLES)), responses_per_prompt)
-            pool = [(s, render_response(topic, s, rng)) for s in
-                    (tuple((code >> i) & 1 for i in range(len(STYLES))) for code in styles)]
-        for group in groups:
+            for code in rng.sample(range(2 ** len(STYLES)), responses_per_prompt):
+                style = tuple((code >> i) & 1 for i in range(len(STYLES)))
+                written[style] = render_response(topic, style, rng)
+        for group in GROUPS:
             for j in range(pairs_per_prompt):
-                if pool is None:
-                    a, b = _distinct_styles(rng)
-                    text = {a: None, b: None}
-                else:
-                    (a, text_a), (b, text_b) = rng.sample(pool, 2)
-                    text = {a: text_a, b: text_b}
+                a, b = rng.sample(list(written), 2) if written else _distinct_styles(rng)
                 utility = sum(w * (x - y) for w, x, y in zip(group.weights, a, b))
                 a_wins = rng.random() < 1.0 / (1.0 + math.exp(-beta * utility))
                 win, lose = (a, b) if a_wins else (b, a)
                 records.append({
                     "prompt": prompt,
-                    "chosen": text[win] or render_response(topic, win, rng),
-                    "rejected": text[lose] or render_response(topic, lose, rng),
+                    "chosen": written.get(win) or render_response(topic, win, rng),
+                    "rejected": written.get(lose) or render_response(topic, lose, rng),
                     "context": group.context,
                     "attribute": group.name,
                     "id": f"synthetic-{seed}-{p}-{group.name}-{j}",
@@ -226,8 +220,7 @@ def build(source: str = "", skip_invalid: bool = False) -> list[dict[str, Any]]:
 
 
 def _distinct_styles(rng: random.Random) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    a = tuple(rng.randint(0, 1) for _ in STYLES)
-    while True:
+    a = b = tuple(rng.randint(0, 1) for _ in STYLES)
+    while b == a:
         b = tuple(rng.randint(0, 1) for _ in STYLES)
-        if b != a:
-            return a, b
+    return a, b

@@ -49,11 +49,10 @@ class UserStore(StateStore):
 
     def __init__(self, state: str | os.PathLike, model_id: str | None = None, num_heads: int | None = None) -> None:
         text = os.fspath(state)
-        match = URL_SCHEME.match(text)
-        if match and not text.startswith("sqlite:///"):
+        if URL_SCHEME.match(text) and not text.startswith("sqlite:///"):
             raise MicroRMError(f"unsupported state URL {text!r}; use a path, sqlite:///PATH or "
                                "postgresql://USER@HOST/DB")
-        path = text[len("sqlite:///"):] if match else text
+        path = text.removeprefix("sqlite:///")
         if path in ("", ":memory:"):
             raise MicroRMError(f"state {text!r} needs a file path: an in-memory database cannot be shared")
         self.path = Path(path)

@@ -1,14 +1,10 @@
-"""Per-user online Hedge: route with the router as a prior, sharpened by each user's feedback.
+"""Per-user online Hedge: route with the router as a prior, sharpened by each user's feedback
+(docs/personalization.md, "New users, online").
 
 Each user u keeps S_u,k, the sum of head k's losses on its labelled pairs, and is scored with
-w = normalise(f_ψ(x, c) ⊙ exp(−η · S_u)): Hedge with the router's weights as the prior, O(K)
-per update, and S_u plus a count is all the state there is.
-
-Hedge's regret bound, min_k Σ_t ℓ_t,k + log K / η + η T / 8, needs losses in [0, 1], but a
-wrong confident head's −log p is unbounded; so p is clipped to [p_min, 1] and the loss scaled,
-ℓ = min(−log p, L_max) / L_max with L_max = log(1 / p_min). Two heads whose S differ by Δ have
-their weight ratio moved by exp(−η Δ) from the router's: a large η trusts a user's few labels
-quickly. Everything is numpy float64; torch tensors are converted.
+w = normalise(f_ψ(x, c) ⊙ exp(−η · S_u)). Hedge's regret bound (:func:`tuned_eta`) needs losses
+in [0, 1], but a wrong confident head's −log p is unbounded, so :func:`pair_losses` clips p to
+[p_min, 1] and scales the loss. Everything is numpy float64; torch tensors are converted.
 """
 
 from __future__ import annotations
@@ -127,9 +123,9 @@ class UserState:
         return dataclasses.replace(self, cumulative_loss=self.cumulative_loss + losses.sum(axis=0),
                                    num_feedback=self.num_feedback + losses.shape[0])
 
-    def update(self, head_probs: Any, p_min: float = DEFAULT_P_MIN) -> "UserState":
+    def update(self, head_probs: Any) -> "UserState":
         """The state after N labelled pairs; ``head_probs`` [N, K] as in :func:`pair_losses`."""
-        return self.add_losses(pair_losses(head_probs, p_min))
+        return self.add_losses(pair_losses(head_probs))
 
     def weights(self, log_prior: Any, eta: float) -> np.ndarray:
         """Routing weights [B, K] for this user from log router weights ``log_prior`` [B, K]."""

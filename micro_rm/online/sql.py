@@ -43,7 +43,6 @@ def _now() -> str:
 
 
 def _key_cutoff() -> str:
-    """The creation time before which an Idempotency-Key has expired."""
     return (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=IDEMPOTENCY_TTL_SECONDS)).isoformat()
 
 
@@ -83,7 +82,8 @@ class StateStore:
             raise
 
     def _check_model(self, model_id: str | None, num_heads: int | None) -> None:
-        """Create the tables and the model record on first use; refuse another model after."""
+        """Create the tables and the model record on first use; refuse another model or an unknown
+        schema version after, and upgrade an older known one in place."""
         with self._transaction() as cur:
             if self._schema_lock:
                 cur.execute(self._schema_lock)
@@ -97,20 +97,18 @@ class StateStore:
                 meta = {"model_id": model_id, "num_heads": str(num_heads),
                         "schema_version": str(SCHEMA_VERSION)}
                 cur.executemany(self._sql("INSERT INTO meta (key, value) VALUES (?, ?)"), list(meta.items()))
-            self._check_version(cur, meta.get("schema_version", "1"))
+            found = meta.get("schema_version", "1")
+            if not (found.isdigit() and OLDEST_SCHEMA_VERSION <= int(found) <= SCHEMA_VERSION):
+                raise MicroRMError(f"{self._kind} {self.location} has schema_version {found!r}; this micro-rm "
+                                   f"reads schema versions {OLDEST_SCHEMA_VERSION} to {SCHEMA_VERSION}")
+            if int(found) < SCHEMA_VERSION:  # the tables _schema() just created are the upgrade
+                cur.execute(self._sql("UPDATE meta SET value = ? WHERE key = 'schema_version'"),
+                            (str(SCHEMA_VERSION),))
         self.model_id, self.num_heads = meta["model_id"], int(meta["num_heads"])
         if model_id is not None and (model_id, num_heads) != (self.model_id, self.num_heads):
             raise MicroRMError(f"{self._kind} {self.location} was written for model {self.model_id} "
                                f"(K={self.num_heads}), not {model_id} (K={num_heads}); point --state at another "
                                "file or database")
-
-    def _check_version(self, cur: Any, found: str) -> None:
-        """Refuse a schema this code does not know; upgrade an older known one in place."""
-        if not (found.isdigit() and OLDEST_SCHEMA_VERSION <= int(found) <= SCHEMA_VERSION):
-            raise MicroRMError(f"{self._kind} {self.location} has schema_version {found!r}; this micro-rm "
-                               f"reads schema versions {OLDEST_SCHEMA_VERSION} to {SCHEMA_VERSION}")
-        if int(found) < SCHEMA_VERSION:     # the tables _schema() just created are the upgrade
-            cur.execute(self._sql("UPDATE meta SET value = ? WHERE key = 'schema_version'"), (str(SCHEMA_VERSION),))
 
     # --- engine hooks ---------------------------------------------------------------------
     def _db_errors(self) -> tuple[type[BaseException], ...]:

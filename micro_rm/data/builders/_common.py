@@ -4,7 +4,6 @@ validates built pairs and applies ``--skip-invalid`` in one place."""
 from __future__ import annotations
 
 import logging
-import os
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,7 +28,7 @@ def need(row: Any, field: str, where: str, schema: str, prefix: str = "") -> Any
     return row[field]
 
 
-def source_files(source: str | os.PathLike, pattern: str) -> list[str]:
+def source_files(source: str, pattern: str) -> list[str]:
     """The files matching ``pattern`` in a plain folder (sorted, so ids are stable); anything else
     (a file, a saved dataset folder, a hub id) as it is."""
     path = Path(source)
@@ -42,7 +41,7 @@ def source_files(source: str | os.PathLike, pattern: str) -> list[str]:
     return files
 
 
-def source_rows(source: str | os.PathLike, pattern: str) -> Iterator[tuple[str, Any]]:
+def source_rows(source: str, pattern: str) -> Iterator[tuple[str, Any]]:
     """``(where, row)`` over every file ``source_files`` picks, in order."""
     for path in source_files(source, pattern):
         yield from read_rows(path)
@@ -50,20 +49,17 @@ def source_rows(source: str | os.PathLike, pattern: str) -> Iterator[tuple[str, 
 
 def degenerate(record: Mapping[str, Any]) -> str | None:
     """Why a built pair carries no preference (an empty side, or both sides the same), or None."""
-    chosen, rejected = record.get("chosen"), record.get("rejected")
-    if not chosen or not rejected or not render_text(chosen).strip() \
-            or not render_text(rejected).strip():
+    chosen, rejected = (render_text(record.get(side) or "").strip() for side in ("chosen", "rejected"))
+    if not chosen or not rejected:
         return "an empty response"
-    if render_text(chosen).strip() == render_text(rejected).strip():
-        return "identical responses"
-    return None
+    return "identical responses" if chosen == rejected else None
 
 
 class PairSink:
     """Collects built pairs: validates each, counts those dropped on purpose (ties, empty
     responses), and logs or raises on bad rows."""
 
-    def __init__(self, source: str | os.PathLike, skip_invalid: bool) -> None:
+    def __init__(self, source: str, skip_invalid: bool) -> None:
         self.source = str(source)
         self.skip_invalid = skip_invalid
         self.records: list[dict[str, Any]] = []
@@ -84,21 +80,15 @@ class PairSink:
     def add(self, record: dict[str, Any], where: str, drop_degenerate: bool = False) -> None:
         """Validate and keep one pair; ``drop_degenerate`` counts and drops pairs with an empty side
         or identical sides (for sources where those are noise, not errors)."""
-        if drop_degenerate:
-            reason = degenerate(record)
-            if reason:
-                self.drop(reason)
-                return
+        if drop_degenerate and (reason := degenerate(record)):
+            self.drop(reason)
+            return
         with self.row():
             self.records.append(normalize_pair(record, where))
 
     def drop(self, reason: str) -> None:
         """Count a pair left out on purpose; ``finish`` logs the counts."""
         self.dropped[reason] += 1
-
-    def drop_counts(self, counts: Mapping[str, int]) -> None:
-        """Count pairs left out for several reasons (e.g. what ``rating_pairs`` left out)."""
-        self.dropped.update(counts)
 
     def finish(self) -> list[dict[str, Any]]:
         """The pairs, after logging what was dropped or skipped. No pairs at all is an error."""

@@ -12,6 +12,7 @@ from micro_rm.data.builders._common import PairSink
 from micro_rm.data.records import Text
 
 Ratings = Mapping[str, Sequence[Optional[float]]]  # attribute -> one rating per response
+RatedResponse = tuple[str, Text, Mapping[str, Optional[float]]]  # (where, response, attribute -> rating)
 
 
 @dataclass(frozen=True)
@@ -62,19 +63,19 @@ def unanimous(ratings: Ratings, i: int, j: int) -> bool:
     return len(signs) == 1 and 0 not in signs
 
 
-def add_rated_pairs(sink: PairSink, prompt: Text, responses: Sequence[Text], ratings: Ratings,
-                    contexts: Mapping[str, str], id_prefix: str, wheres: Sequence[str],
-                    drop_unanimous: bool = False) -> None:
-    """Add the pairs of :func:`rating_pairs` to ``sink``, each with its attribute's context sentence
-    and its margin (``wheres[i]``: the row of response ``i``). ``drop_unanimous`` drops the pairs
-    every attribute agrees on (the HelpSteer2 train filter)."""
+def add_rated_pairs(sink: PairSink, prompt: Text, responses: Sequence[RatedResponse],
+                    contexts: Mapping[str, str], id_prefix: str, drop_unanimous: bool = False) -> None:
+    """Add the pairs of :func:`rating_pairs` over the attributes of ``contexts`` to ``sink``, each
+    with its attribute's context sentence and its margin. ``drop_unanimous`` drops the pairs every
+    attribute agrees on (the HelpSteer2 train filter)."""
+    ratings = {a: [rating[a] for *_, rating in responses] for a in contexts}
     pairs, dropped = rating_pairs(ratings)
-    sink.drop_counts(dropped)
+    sink.dropped.update(dropped)
     for pair in pairs:
         if drop_unanimous and unanimous(ratings, pair.winner, pair.loser):
             sink.drop("all five attributes agreeing")
             continue
-        sink.add({"prompt": prompt, "chosen": responses[pair.winner], "rejected": responses[pair.loser],
-                  "attribute": pair.attribute, "context": contexts[pair.attribute], "margin": pair.margin,
-                  "id": f"{id_prefix}-{pair.attribute}-{pair.winner}-{pair.loser}"},
-                 wheres[pair.winner], drop_degenerate=True)
+        (where, chosen, _), (_, rejected, _) = responses[pair.winner], responses[pair.loser]
+        sink.add({"prompt": prompt, "chosen": chosen, "rejected": rejected, "attribute": pair.attribute,
+                  "context": contexts[pair.attribute], "margin": pair.margin,
+                  "id": f"{id_prefix}-{pair.attribute}-{pair.winner}-{pair.loser}"}, where, drop_degenerate=True)

@@ -1,12 +1,10 @@
 """Domain-Specific Preference (Cheng et al. 2023), built the way MiCRo builds RPR: under domain D
 the response written for D beats the other four (three domains and the "normal" answer), 16 pairs
-per prompt. Pairs with identical or empty responses are dropped and counted (10,428 pairs, not
-661 x 16 = 10,576).
+per prompt. Pairs with identical or empty responses are dropped and counted.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from micro_rm.data.builders._common import PairSink, need, source_rows
@@ -27,7 +25,7 @@ CONTEXTS = {
 }
 
 
-def build(source: str | os.PathLike, skip_invalid: bool = False) -> list[dict[str, Any]]:
+def build(source: str, skip_invalid: bool = False) -> list[dict[str, Any]]:
     """Pairs from the DSP json file, or a folder holding it.
 
     >>> pairs = build("../shared/data/dsp-domain-specific-preference")  # doctest: +SKIP

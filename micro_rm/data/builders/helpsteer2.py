@@ -4,7 +4,6 @@ Ratings are ints 0-4; the responses to one prompt sit in consecutive rows.
 
 from __future__ import annotations
 
-import os
 from itertools import groupby
 from typing import Any
 
@@ -12,7 +11,6 @@ from micro_rm.data.builders._common import PairSink, need
 from micro_rm.data.builders._ratings import add_rated_pairs
 from micro_rm.data.readers import read_rows
 
-ATTRIBUTES = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
 SCHEMA = ("helpsteer2 schema {prompt, response, helpfulness, correctness, coherence, complexity, "
           "verbosity}")
 
@@ -24,24 +22,23 @@ CONTEXTS = {
     "complexity": "The assistant should give a sophisticated answer that shows deep expertise.",
     "verbosity": "The assistant should give an expansive, detailed answer.",
 }
+ATTRIBUTES = tuple(CONTEXTS)
 
 
-def build(source: str | os.PathLike, skip_invalid: bool = False,
+def build(source: str, skip_invalid: bool = False,
           filter_agreeing: bool = True) -> list[dict[str, Any]]:
     """Per prompt and attribute, each two responses whose ratings differ make a pair (margin = the
     rating gap). ``filter_agreeing`` (the paper's train filter) drops a response pair that all five
     attributes agree on, as it teaches every head the same thing (evaluation data: builder
     ``helpsteer2-unfiltered``)."""
     sink = PairSink(source, skip_invalid)
-    rows = []
+    rows = []  # (prompt, (where, response, ratings))
     for where, row in read_rows(source):
         with sink.row():
-            rows.append((where, need(row, "prompt", where, SCHEMA),
-                         need(row, "response", where, SCHEMA),
-                         {a: float(need(row, a, where, SCHEMA)) for a in ATTRIBUTES}))
-    for k, (prompt, group) in enumerate(groupby(rows, key=lambda r: r[1])):
-        items = list(group)
-        add_rated_pairs(sink, prompt, [response for _, _, response, _ in items],
-                        {a: [r[a] for *_, r in items] for a in ATTRIBUTES}, CONTEXTS, f"helpsteer2-{k}",
-                        [where for where, *_ in items], drop_unanimous=filter_agreeing)
+            rows.append((need(row, "prompt", where, SCHEMA),
+                         (where, need(row, "response", where, SCHEMA),
+                          {a: float(need(row, a, where, SCHEMA)) for a in ATTRIBUTES})))
+    for k, (prompt, group) in enumerate(groupby(rows, key=lambda r: r[0])):
+        add_rated_pairs(sink, prompt, [rated for _, rated in group], CONTEXTS, f"helpsteer2-{k}",
+                        drop_unanimous=filter_agreeing)
     return sink.finish()

@@ -72,7 +72,7 @@ def _attribute_of(path: str) -> Optional[str]:
     return found[0] if len(found) == 1 else None
 
 
-def build(source: str | os.PathLike, skip_invalid: bool = False) -> list[dict[str, Any]]:
+def build(source: str, skip_invalid: bool = False) -> list[dict[str, Any]]:
     """Pairs from an HH-RLHF file, hub id or folder; attribute = helpful / harmless when the file
     name says which. Pairs with an empty or identical final reply are dropped and counted.
 

@@ -3,7 +3,6 @@ rejected}: a tiny per-attribute check (helpful, honest, harmless, other)."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from micro_rm.data.builders._common import PairSink, need, source_rows
@@ -11,7 +10,7 @@ from micro_rm.data.builders._common import PairSink, need, source_rows
 SCHEMA = "hhh schema {category, prompt, chosen, rejected}"
 
 
-def build(source: str | os.PathLike, skip_invalid: bool = False) -> list[dict[str, Any]]:
+def build(source: str, skip_invalid: bool = False) -> list[dict[str, Any]]:
     """Pairs from ``hhh_alignment.normalized.jsonl`` (or its folder); attribute = category."""
     sink = PairSink(source, skip_invalid)
     for i, (where, row) in enumerate(source_rows(source, "*.jsonl")):

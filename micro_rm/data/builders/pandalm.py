@@ -5,7 +5,6 @@ per-user adaptation can be measured."""
 from __future__ import annotations
 
 import math
-import os
 from typing import Any, Optional
 
 from micro_rm.data.builders._common import PairSink, need, source_rows
@@ -24,7 +23,7 @@ def _text(value: Any) -> Optional[str]:
     return text if text.strip() else None
 
 
-def build(source: str | os.PathLike, skip_invalid: bool = False) -> list[dict[str, Any]]:
+def build(source: str, skip_invalid: bool = False) -> list[dict[str, Any]]:
     """One pair per annotator who preferred a side; ties and pairs with an empty response are
     dropped. prompt = instruction, then the input after a blank line when there is one;
     ``user_id`` = ``attribute`` = the annotator."""

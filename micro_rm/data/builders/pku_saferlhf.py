@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from micro_rm.data.builders._common import PairSink, need
@@ -13,7 +12,7 @@ from micro_rm.errors import InvalidRecord
 SCHEMA = "pku-saferlhf schema {prompt, response_0, response_1, safer_response_id}"
 
 
-def build(source: str | os.PathLike, skip_invalid: bool = False) -> list[dict[str, Any]]:
+def build(source: str, skip_invalid: bool = False) -> list[dict[str, Any]]:
     """One pair per row: chosen = ``response_{safer_response_id}``, attribute = "harmless"."""
     sink = PairSink(source, skip_invalid)
     for i, (where, row) in enumerate(read_rows(source)):

@@ -4,7 +4,6 @@ plus conversations, ``score_chosen`` / ``score_rejected``) and plain ``{prompt, 
 
 from __future__ import annotations
 
-import os
 from typing import Any, Optional
 
 from micro_rm.data.builders._common import PairSink, need
@@ -15,7 +14,6 @@ _SCORE_COLUMNS = (("chosen_score", "rejected_score"), ("score_chosen", "score_re
 
 
 def _margin(row: dict[str, Any]) -> Optional[float]:
-    """Score gap when the row carries both scores."""
     for high, low in _SCORE_COLUMNS:
         a, b = row.get(high), row.get(low)
         if isinstance(a, (int, float)) and isinstance(b, (int, float)):
@@ -44,7 +42,7 @@ def to_pair(row: Any, where: str) -> dict[str, Any]:
     return record
 
 
-def build(source: str | os.PathLike, skip_invalid: bool = False) -> list[dict[str, Any]]:
+def build(source: str, skip_invalid: bool = False) -> list[dict[str, Any]]:
     """Pairs from any chosen / rejected dataset (hub id, file or folder).
 
     >>> build("hendrydong/preference_700K")[0]["prompt"][0]["role"]  # doctest: +SKIP

@@ -4,7 +4,6 @@ responses and two criteria; under criterion x response a wins, under criterion y
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from micro_rm.data.builders._common import PairSink, need
@@ -15,7 +14,7 @@ FIELDS = ("prompt", "response_a", "response_b", "criteria_x", "criteria_y", "cat
 SCHEMA = "rpr schema {" + ", ".join(FIELDS) + "}"
 
 
-def build(source: str | os.PathLike, skip_invalid: bool = False) -> list[dict[str, Any]]:
+def build(source: str, skip_invalid: bool = False) -> list[dict[str, Any]]:
     """Two pairs per row with opposite labels: (a over b, context = criteria_x, attribute =
     category_x) and (b over a, context = criteria_y, attribute = category_y)."""
     sink = PairSink(source, skip_invalid)

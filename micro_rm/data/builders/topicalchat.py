@@ -4,14 +4,11 @@ HelpSteer2 analogue on local data). Ties are dropped."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from micro_rm.data.builders._common import PairSink, need, source_rows
-from micro_rm.data.builders._ratings import add_rated_pairs
+from micro_rm.data.builders._ratings import RatedResponse, add_rated_pairs
 
-ATTRIBUTES = ("understandability", "naturalness", "coherence", "engagingness", "groundedness",
-              "overall")
 SCHEMA = ("topicalchat schema {source, context, system_output, scores{understandability, "
           "naturalness, coherence, engagingness, groundedness, overall}}")
 
@@ -23,6 +20,7 @@ CONTEXTS = {
     "groundedness": "I want replies that bring in relevant facts and knowledge about the topic.",
     "overall": "I want the reply that is the best response overall.",
 }
+ATTRIBUTES = tuple(CONTEXTS)
 
 
 def _history(source: str) -> str:
@@ -30,11 +28,11 @@ def _history(source: str) -> str:
     return "\n".join(turn.strip() for turn in source.split("\n") if turn.strip())
 
 
-def build(source: str | os.PathLike, skip_invalid: bool = False) -> list[dict[str, Any]]:
+def build(source: str, skip_invalid: bool = False) -> list[dict[str, Any]]:
     """Pairs from ``topical_chat.json`` (or its folder); the prompt is the dialogue history (the
     knowledge fact is left out), attribute = the rated attribute, margin = the rating gap."""
     sink = PairSink(source, skip_invalid)
-    dialogues: dict[str, list[tuple[str, str, dict[str, float]]]] = {}
+    dialogues: dict[str, list[RatedResponse]] = {}
     for where, row in source_rows(source, "*.json"):
         with sink.row():
             history = need(row, "source", where, SCHEMA)
@@ -43,8 +41,6 @@ def build(source: str | os.PathLike, skip_invalid: bool = False) -> list[dict[st
             ratings = {a: float(need(scores, a, where, SCHEMA, prefix="scores."))
                        for a in ATTRIBUTES}
             dialogues.setdefault(history, []).append((where, response, ratings))
-    for k, (history, items) in enumerate(dialogues.items()):
-        add_rated_pairs(sink, _history(history), [response for _, response, _ in items],
-                        {a: [r[a] for *_, r in items] for a in ATTRIBUTES}, CONTEXTS, f"topicalchat-{k}",
-                        [where for where, *_ in items])
+    for k, (history, responses) in enumerate(dialogues.items()):
+        add_rated_pairs(sink, _history(history), responses, CONTEXTS, f"topicalchat-{k}")
     return sink.finish()

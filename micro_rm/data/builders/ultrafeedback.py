@@ -4,14 +4,12 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any, Optional
 
 from micro_rm.data.builders._common import PairSink, need
 from micro_rm.data.builders._ratings import add_rated_pairs
 from micro_rm.data.readers import read_rows
 
-ATTRIBUTES = ("helpfulness", "honesty", "instruction_following", "truthfulness")
 SCHEMA = ("ultrafeedback schema {instruction, completions: [{response, annotations: "
           "{helpfulness, honesty, instruction_following, truthfulness: {Rating}}}]}")
 
@@ -23,6 +21,7 @@ CONTEXTS = {
                              "every constraint I set.",
     "truthfulness": "I want a truthful answer with no made-up or misleading facts.",
 }
+ATTRIBUTES = tuple(CONTEXTS)
 
 
 def _rating(annotations: Any, attribute: str) -> Optional[float]:
@@ -35,7 +34,7 @@ def _rating(annotations: Any, attribute: str) -> Optional[float]:
         return None
 
 
-def build(source: str | os.PathLike, skip_invalid: bool = False) -> list[dict[str, Any]]:
+def build(source: str, skip_invalid: bool = False) -> list[dict[str, Any]]:
     """Pairs of completions per instruction and aspect (ties and N/A dropped); attribute = the
     aspect, margin = the rating gap."""
     sink = PairSink(source, skip_invalid)
@@ -47,7 +46,7 @@ def build(source: str | os.PathLike, skip_invalid: bool = False) -> list[dict[st
                          for c in completions]
             annotations = [need(c, "annotations", where, SCHEMA, prefix="completions[].")
                            for c in completions]
-            add_rated_pairs(sink, instruction, responses,
-                            {a: [_rating(ann, a) for ann in annotations] for a in ATTRIBUTES},
-                            CONTEXTS, f"ultrafeedback-{i}", [where] * len(responses))
+            add_rated_pairs(sink, instruction, [(where, response, {a: _rating(ann, a) for a in ATTRIBUTES})
+                                                for response, ann in zip(responses, annotations)],
+                            CONTEXTS, f"ultrafeedback-{i}")
     return sink.finish()
