@@ -71,7 +71,7 @@ class UserStore(StateStore):
     def _connect(self) -> sqlite3.Connection:
         return sqlite_connect(self.path)
 
-    def _transaction(self) -> contextlib.AbstractContextManager:
+    def transaction(self) -> contextlib.AbstractContextManager:
         return sqlite_transaction(self._conn())
 
 
@@ -83,7 +83,7 @@ class PostgresUserStore(StateStore):
     _placeholder = "%s"
     _id_column = "BIGSERIAL PRIMARY KEY"
     _for_update = " FOR UPDATE"
-    _schema_lock = "SELECT pg_advisory_xact_lock(7310)"  # CREATE TABLE IF NOT EXISTS races otherwise
+    schema_lock = "SELECT pg_advisory_xact_lock(7310)"  # CREATE TABLE IF NOT EXISTS races otherwise
 
     def __init__(self, url: str, model_id: str | None = None, num_heads: int | None = None) -> None:
         try:
@@ -112,7 +112,7 @@ class PostgresUserStore(StateStore):
         return psycopg.connect(self._url, autocommit=True)
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[Any]:
+    def transaction(self) -> Iterator[Any]:
         conn = self._conn()
         with conn.transaction():
             yield conn.cursor()

@@ -68,7 +68,7 @@ class StateStore:
     _placeholder = "?"
     _id_column = "INTEGER PRIMARY KEY AUTOINCREMENT"
     _for_update = ""  # row lock for the read-modify-write (PostgreSQL)
-    _schema_lock = ""  # serialises concurrent first opens (PostgreSQL)
+    schema_lock = ""  # serialises concurrent first opens (PostgreSQL)
 
     def __init__(self, location: str, model_id: str | None, num_heads: int | None) -> None:
         self.location = location
@@ -84,9 +84,9 @@ class StateStore:
     def _check_model(self, model_id: str | None, num_heads: int | None) -> None:
         """Create the tables and the model record on first use; refuse another model or an unknown
         schema version after, and upgrade an older known one in place."""
-        with self._transaction() as cur:
-            if self._schema_lock:
-                cur.execute(self._schema_lock)
+        with self.transaction() as cur:
+            if self.schema_lock:
+                cur.execute(self.schema_lock)
             for ddl in self._schema():
                 cur.execute(ddl)
             meta = dict(cur.execute("SELECT key, value FROM meta").fetchall())
@@ -96,13 +96,13 @@ class StateStore:
                                        f"`micro-rm feedback --model DIR --state {self.location}` creates it")
                 meta = {"model_id": model_id, "num_heads": str(num_heads),
                         "schema_version": str(SCHEMA_VERSION)}
-                cur.executemany(self._sql("INSERT INTO meta (key, value) VALUES (?, ?)"), list(meta.items()))
+                cur.executemany(self.sql("INSERT INTO meta (key, value) VALUES (?, ?)"), list(meta.items()))
             found = meta.get("schema_version", "1")
             if not (found.isdigit() and OLDEST_SCHEMA_VERSION <= int(found) <= SCHEMA_VERSION):
                 raise MicroRMError(f"{self._kind} {self.location} has schema_version {found!r}; this micro-rm "
                                    f"reads schema versions {OLDEST_SCHEMA_VERSION} to {SCHEMA_VERSION}")
             if int(found) < SCHEMA_VERSION:  # the tables _schema() just created are the upgrade
-                cur.execute(self._sql("UPDATE meta SET value = ? WHERE key = 'schema_version'"),
+                cur.execute(self.sql("UPDATE meta SET value = ? WHERE key = 'schema_version'"),
                             (str(SCHEMA_VERSION),))
         self.model_id, self.num_heads = meta["model_id"], int(meta["num_heads"])
         if model_id is not None and (model_id, num_heads) != (self.model_id, self.num_heads):
@@ -117,11 +117,12 @@ class StateStore:
     def _connect(self) -> Any:
         raise NotImplementedError("subclasses open a DB-API connection in autocommit mode")
 
-    def _transaction(self) -> contextlib.AbstractContextManager:
+    def transaction(self) -> contextlib.AbstractContextManager:
         raise NotImplementedError("subclasses yield a cursor inside one write transaction")
 
     # --- shared SQL -----------------------------------------------------------------------
-    def _sql(self, text: str) -> str:
+    def sql(self, text: str) -> str:
+        """``text`` with this engine's placeholder (public: the service's token table shares the store)."""
         return text.replace("?", self._placeholder)
 
     def _schema(self) -> list[str]:
@@ -149,12 +150,13 @@ class StateStore:
                 self._conns.append((os.getpid(), self._local.conn))
         return self._local.conn
 
-    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-        return self._conn().execute(self._sql(sql), params).fetchall()
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        """The rows of one read on this thread's connection, outside any transaction."""
+        return self._conn().execute(self.sql(sql), params).fetchall()
 
     def _select_user(self, cur: Any, user_id: str, lock: str = "", checked: bool = True) -> UserState | None:
-        row = cur.execute(self._sql("SELECT model_id, num_heads, cumulative_loss, num_feedback FROM users "
-                                    "WHERE user_id = ?") + lock, (user_id,)).fetchone()
+        row = cur.execute(self.sql("SELECT model_id, num_heads, cumulative_loss, num_feedback FROM users "
+                                   "WHERE user_id = ?") + lock, (user_id,)).fetchone()
         if row is None:
             return None
         model_id, num_heads, loss_json, num_feedback = row
@@ -168,8 +170,8 @@ class StateStore:
     @_guarded
     def check_states(self) -> None:
         """Refuse a store holding a user whose S_u is NaN or ±Infinity (checked at service start)."""
-        rows = self._query("SELECT user_id FROM users WHERE cumulative_loss LIKE ? OR cumulative_loss LIKE ? "
-                           "ORDER BY user_id LIMIT 6", ("%NaN%", "%Infinity%"))
+        rows = self.query("SELECT user_id FROM users WHERE cumulative_loss LIKE ? OR cumulative_loss LIKE ? "
+                          "ORDER BY user_id LIMIT 6", ("%NaN%", "%Infinity%"))
         if rows:
             users = ", ".join(repr(r[0]) for r in rows[:5]) + (" and more" if len(rows) > 5 else "")
             raise StateInvalid(f"{self._kind} {self.location}: user(s) {users} have a non-finite state "
@@ -177,8 +179,8 @@ class StateStore:
 
     def _write_state(self, cur: Any, state: UserState) -> None:
         # json.dumps writes the shortest repr of each float64, which reads back bit-exactly.
-        cur.execute(self._sql("UPDATE users SET cumulative_loss = ?, num_feedback = ?, updated_at = ? "
-                              "WHERE user_id = ?"),
+        cur.execute(self.sql("UPDATE users SET cumulative_loss = ?, num_feedback = ?, updated_at = ? "
+                             "WHERE user_id = ?"),
                     (json.dumps(state.cumulative_loss.tolist()), state.num_feedback, _now(), state.user_id))
 
     def _unknown_user(self, user_id: str) -> MicroRMError:
@@ -212,9 +214,9 @@ class StateStore:
                 raise InvalidFeedback(str(err), index) from None
         current: dict[str, UserState] = {}
         out = []
-        with self._transaction() as cur:
+        with self.transaction() as cur:
             if any(request.key for request in requests):
-                cur.execute(self._sql("DELETE FROM idempotency_keys WHERE created_at < ?"), (_key_cutoff(),))
+                cur.execute(self.sql("DELETE FROM idempotency_keys WHERE created_at < ?"), (_key_cutoff(),))
             for index, (request, batches) in enumerate(zip(requests, prepared)):
                 self._check_epochs(cur, request.epochs or {}, index)
                 states = [self._apply_batch(cur, current, *batch, index) for batch in batches]
@@ -228,9 +230,9 @@ class StateStore:
     def _lock_epoch(self, cur: Any, user_id: str) -> int:
         """The user's epoch, its row (created if missing) locked against a concurrent deletion
         (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises writers)."""
-        cur.execute(self._sql("INSERT INTO user_epochs (user_id, epoch) VALUES (?, 0) "
-                              "ON CONFLICT (user_id) DO NOTHING"), (user_id,))
-        return int(cur.execute(self._sql("SELECT epoch FROM user_epochs WHERE user_id = ?") + self._for_update,
+        cur.execute(self.sql("INSERT INTO user_epochs (user_id, epoch) VALUES (?, 0) "
+                             "ON CONFLICT (user_id) DO NOTHING"), (user_id,))
+        return int(cur.execute(self.sql("SELECT epoch FROM user_epochs WHERE user_id = ?") + self._for_update,
                                (user_id,)).fetchone()[0])
 
     def _check_epochs(self, cur: Any, epochs: Mapping[str, int], index: int) -> None:
@@ -244,11 +246,11 @@ class StateStore:
         if user_id not in current:
             if self._for_update:       # a deletion committing now must not slip past the check below
                 self._lock_epoch(cur, user_id)
-            if cur.execute(self._sql("SELECT 1 FROM deleted_users WHERE user_id = ?"), (user_id,)).fetchone():
+            if cur.execute(self.sql("SELECT 1 FROM deleted_users WHERE user_id = ?"), (user_id,)).fetchone():
                 raise UserDeleted(f"user {user_id!r} was deleted, and deletion is final: nothing was applied; "
                                   "POST /users re-creates it", index)
-            cur.execute(self._sql("INSERT INTO users (user_id, model_id, num_heads, cumulative_loss, num_feedback, "
-                                  "updated_at) VALUES (?, ?, ?, ?, 0, ?) ON CONFLICT (user_id) DO NOTHING"),
+            cur.execute(self.sql("INSERT INTO users (user_id, model_id, num_heads, cumulative_loss, num_feedback, "
+                                 "updated_at) VALUES (?, ?, ?, ?, 0, ?) ON CONFLICT (user_id) DO NOTHING"),
                         (user_id, self.model_id, self.num_heads, json.dumps([0.0] * self.num_heads), _now()))
             try:
                 current[user_id] = self._select_user(cur, user_id, self._for_update)
@@ -260,7 +262,7 @@ class StateStore:
                                   "nothing was applied", index)
         current[user_id] = after
         created = _now()
-        cur.executemany(self._sql("INSERT INTO feedback (user_id, created_at, payload, losses) VALUES (?, ?, ?, ?)"),
+        cur.executemany(self.sql("INSERT INTO feedback (user_id, created_at, payload, losses) VALUES (?, ?, ?, ?)"),
                         [(user_id, created, p, json.dumps(row.tolist())) for p, row in zip(payload_json, losses)])
         return current[user_id]
 
@@ -268,8 +270,8 @@ class StateStore:
                     index: int) -> None:
         scope, name, digest = key
         stored = {u: [s.num_feedback, s.cumulative_loss.tolist()] for u, s in states.items()}
-        cur.execute(self._sql("INSERT INTO idempotency_keys (scope, key, request_sha256, users, states, "
-                              "created_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (scope, key) DO NOTHING"),
+        cur.execute(self.sql("INSERT INTO idempotency_keys (scope, key, request_sha256, users, states, "
+                             "created_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (scope, key) DO NOTHING"),
                     (scope, name, digest, json.dumps(sorted(states)), json.dumps(stored), _now()))
         if (cur.rowcount or 0) == 0:
             raise DuplicateKey(f"Idempotency-Key {name!r} was already used", index)
@@ -277,8 +279,8 @@ class StateStore:
     @_guarded
     def idempotent_result(self, scope: str, key: str) -> IdempotentResult | None:
         """The stored outcome of ``key`` (unexpired), or None if it was never used."""
-        rows = self._query("SELECT request_sha256, states FROM idempotency_keys WHERE scope = ? AND key = ? "
-                           "AND created_at >= ?", (scope, key, _key_cutoff()))
+        rows = self.query("SELECT request_sha256, states FROM idempotency_keys WHERE scope = ? AND key = ? "
+                          "AND created_at >= ?", (scope, key, _key_cutoff()))
         if not rows:
             return None
         stored = json.loads(rows[0][1])     # null once a user it wrote to was deleted or reset
@@ -288,7 +290,7 @@ class StateStore:
     @_guarded
     def epoch(self, user_id: str) -> int:
         """The user's epoch now (0 if never deleted or revoked); feedback authorised now carries it."""
-        rows = self._query("SELECT epoch FROM user_epochs WHERE user_id = ?", (user_id,))
+        rows = self.query("SELECT epoch FROM user_epochs WHERE user_id = ?", (user_id,))
         return int(rows[0][0]) if rows else 0
 
     @_guarded
@@ -296,33 +298,33 @@ class StateStore:
         """Forget a user for good, in one transaction (:meth:`_forget`), and leave a tombstone that
         refuses every later write until ``POST /users`` lifts it (``TokenStore.create``, or
         :meth:`restore_user`). The number of feedback rows it had, or None if it had no state."""
-        with self._transaction() as cur:
+        with self.transaction() as cur:
             state, count = self._forget(cur, user_id)
-            cur.execute(self._sql("INSERT INTO deleted_users (user_id, deleted_at) VALUES (?, ?) "
-                                  "ON CONFLICT (user_id) DO NOTHING"), (user_id, _now()))
+            cur.execute(self.sql("INSERT INTO deleted_users (user_id, deleted_at) VALUES (?, ?) "
+                                 "ON CONFLICT (user_id) DO NOTHING"), (user_id, _now()))
         return count if state is not None else None
 
     @_guarded
     def restore_user(self, user_id: str) -> None:
         """Lift a deleted user's tombstone: writes for it are accepted again, from a fresh state."""
-        with self._transaction() as cur:
-            cur.execute(self._sql(LIFT_TOMBSTONE_SQL), (user_id,))
+        with self.transaction() as cur:
+            cur.execute(self.sql(LIFT_TOMBSTONE_SQL), (user_id,))
 
     @_guarded
     def is_deleted(self, user_id: str) -> bool:
-        return bool(self._query("SELECT 1 FROM deleted_users WHERE user_id = ?", (user_id,)))
+        return bool(self.query("SELECT 1 FROM deleted_users WHERE user_id = ?", (user_id,)))
 
     def _forget(self, cur: Any, user_id: str) -> tuple[UserState | None, int]:
         """Move the epoch, delete the user's rows and the outcome of each idempotency key that wrote
         to it (the key stays used); the state it had (unchecked) and its number of feedback rows."""
         pattern = "%" + json.dumps(user_id).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        cur.execute(self._sql(BUMP_EPOCH_SQL), (user_id,))
+        cur.execute(self.sql(BUMP_EPOCH_SQL), (user_id,))
         state = self._select_user(cur, user_id, self._for_update, checked=False)
-        cur.execute(self._sql("DELETE FROM feedback WHERE user_id = ?"), (user_id,))
+        cur.execute(self.sql("DELETE FROM feedback WHERE user_id = ?"), (user_id,))
         count = cur.rowcount or 0
-        cur.execute(self._sql("DELETE FROM users WHERE user_id = ?"), (user_id,))
-        cur.execute(self._sql("UPDATE idempotency_keys SET states = 'null' WHERE scope = ? OR users LIKE ? "
-                              "ESCAPE '\\'"), (f"user:{user_id}", pattern))
+        cur.execute(self.sql("DELETE FROM users WHERE user_id = ?"), (user_id,))
+        cur.execute(self.sql("UPDATE idempotency_keys SET states = 'null' WHERE scope = ? OR users LIKE ? "
+                             "ESCAPE '\\'"), (f"user:{user_id}", pattern))
         return state, count
 
     def _prepare(self, user_id: str, losses: Any, payloads: Sequence[Mapping[str, Any]] | None
@@ -354,7 +356,7 @@ class StateStore:
     def reset(self, user_id: str) -> UserState:
         """Forget the user's state and feedback (see :meth:`_forget`); the state as it was. An
         unknown user raises and changes nothing."""
-        with self._transaction() as cur:
+        with self.transaction() as cur:
             state, _ = self._forget(cur, user_id)
             if state is None:
                 raise self._unknown_user(user_id)
@@ -363,14 +365,14 @@ class StateStore:
     @_guarded
     def list_users(self) -> list[str]:
         """All user ids with state, sorted."""
-        return [row[0] for row in self._query("SELECT user_id FROM users ORDER BY user_id")]
+        return [row[0] for row in self.query("SELECT user_id FROM users ORDER BY user_id")]
 
     @_guarded
     def feedback_count(self, user_id: str | None = None) -> int:
         """Number of logged feedback pairs, of one user or of everyone."""
         if user_id is None:
-            return int(self._query("SELECT COUNT(*) FROM feedback")[0][0])
-        return int(self._query("SELECT COUNT(*) FROM feedback WHERE user_id = ?", (user_id,))[0][0])
+            return int(self.query("SELECT COUNT(*) FROM feedback")[0][0])
+        return int(self.query("SELECT COUNT(*) FROM feedback WHERE user_id = ?", (user_id,))[0][0])
 
     def close(self) -> None:
         """Close every connection this process opened (from any thread)."""

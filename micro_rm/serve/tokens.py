@@ -47,9 +47,9 @@ class TokenStore:
 
     def __init__(self, store: StateStore):
         self._store = store
-        self._sql = store._sql
-        with store._transaction() as cur:
-            if store._schema_lock:
+        self._sql = store.sql
+        with store.transaction() as cur:
+            if store.schema_lock:
                 cur.execute("SELECT pg_advisory_xact_lock(7311)")  # PostgreSQL: concurrent first opens
             cur.execute("CREATE TABLE IF NOT EXISTS api_tokens (user_id TEXT PRIMARY KEY, "
                         "token_sha256 TEXT NOT NULL UNIQUE, created_at TEXT NOT NULL)")
@@ -60,7 +60,7 @@ class TokenStore:
         deletion tombstone in the same transaction: it starts afresh."""
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         now = dt.datetime.now(dt.timezone.utc).isoformat()
-        with self._store._transaction() as cur:
+        with self._store.transaction() as cur:
             exists = cur.execute(self._sql("SELECT 1 FROM api_tokens WHERE user_id = ?"),
                                  (user_id,)).fetchone()
             if exists and not replace:
@@ -87,16 +87,16 @@ class TokenStore:
 
     def lookup(self, token: str) -> Optional[tuple[str, int]]:
         """``(user, epoch)`` of the token's user, or None: one read of the committed tables."""
-        rows = self._store._query("SELECT t.user_id, COALESCE(e.epoch, 0) FROM api_tokens t LEFT JOIN user_epochs e "
-                                  "ON e.user_id = t.user_id WHERE t.token_sha256 = ?", (hash_token(token),))
+        rows = self._store.query("SELECT t.user_id, COALESCE(e.epoch, 0) FROM api_tokens t LEFT JOIN user_epochs e "
+                                 "ON e.user_id = t.user_id WHERE t.token_sha256 = ?", (hash_token(token),))
         return (rows[0][0], int(rows[0][1])) if rows else None
 
     def exists(self, user_id: str) -> bool:
-        return bool(self._store._query("SELECT 1 FROM api_tokens WHERE user_id = ?", (user_id,)))
+        return bool(self._store.query("SELECT 1 FROM api_tokens WHERE user_id = ?", (user_id,)))
 
     def revoke(self, user_id: str) -> bool:
         """Delete the user's token and move its epoch, in one transaction; whether there was one."""
-        with self._store._transaction() as cur:
+        with self._store.transaction() as cur:
             cur.execute(self._sql("DELETE FROM api_tokens WHERE user_id = ?"), (user_id,))
             revoked = (cur.rowcount or 0) > 0
             if revoked:
@@ -104,4 +104,4 @@ class TokenStore:
         return revoked
 
     def list_users(self) -> list[str]:
-        return [row[0] for row in self._store._query("SELECT user_id FROM api_tokens ORDER BY user_id")]
+        return [row[0] for row in self._store.query("SELECT user_id FROM api_tokens ORDER BY user_id")]
