@@ -31,11 +31,9 @@ def temp_folder(folder: str | os.PathLike, prefix: str, suffix: str = ".tmp") ->
 def _create(folder: str | os.PathLike, prefix: str, suffix: str, make: Callable[[Path], None]) -> Path:
     for _ in range(_TRIES):
         path = Path(folder) / f"{prefix}{secrets.token_hex(8)}{suffix}"
-        try:
+        with contextlib.suppress(FileExistsError):
             make(path)
             return path
-        except FileExistsError:
-            continue
     raise FileExistsError(f"no free temporary name in {folder} after {_TRIES} tries")
 
 
@@ -68,12 +66,6 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
         yield fh
 
 
-def _nearest_existing(path: Path) -> Path:
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
 def check_output_path(path: str | os.PathLike, option: str, *, folder: bool,
                       writable: bool = True) -> Path:
     """Refuse an output ``path`` that cannot be written, before any work: a file where a
@@ -85,7 +77,9 @@ def check_output_path(path: str | os.PathLike, option: str, *, folder: bool,
     if path.exists() and path.is_dir() != folder:
         raise MicroRMError(f"{option} {path}: is {'a file' if folder else 'a folder'}, but {want} "
                            f"is written there; choose another path")
-    existing = _nearest_existing(path.parent if not path.exists() else path)
+    existing = path if path.exists() else path.parent
+    while not existing.exists() and existing != existing.parent:     # the nearest existing ancestor
+        existing = existing.parent
     if not existing.is_dir() and existing != path:
         raise MicroRMError(f"{option} {path}: {existing} is a file, so no folder can be made inside "
                            "it; choose another path")
@@ -106,8 +100,7 @@ def check_not_input(path: str | os.PathLike, option: str, inputs: dict[str, obje
     micro_rm.errors.MicroRMError: --out scores.jsonl: is the --data input; ...
     """
     def local(value: object) -> Path | None:
-        text = os.fspath(value)  # type: ignore[call-overload]
-        text = text[len("sqlite:///"):] if text.startswith("sqlite:///") else text
+        text = os.fspath(value).removeprefix("sqlite:///")  # type: ignore[call-overload]
         return None if "://" in text else Path(text)
 
     out = local(path)

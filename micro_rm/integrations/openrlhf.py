@@ -1,20 +1,12 @@
-"""A MiCRo model as OpenRLHF's in-process reward function (``--reward.remote_url reward_func.py``).
+"""A MiCRo model as OpenRLHF's in-process reward function (``--reward.remote_url reward_func.py``),
+and the parser of OpenRLHF's request that the service's ``/get_reward`` shares.
 
-OpenRLHF (0.10+; tested with 0.11.2) loads the file given as ``--reward.remote_url`` when it ends
-in ``.py`` and calls its ``reward_func(queries, prompts, labels)``: ``queries`` are the decoded
-prompt + response texts, ``prompts`` the prompts, ``labels`` the dataset's ``--data.label_key``
-column. It returns what
-OpenRLHF reads: ``rewards`` and ``scores`` (tensors) and ``extra_logs`` (each head's reward and
-weight per sample).
-
-The model and the meaning of the labels come from the environment, since OpenRLHF passes no
-settings to the file: ``MICRO_RM_MODEL`` (model folder or hub id), ``MICRO_RM_LABELS``
+OpenRLHF (tested with 0.11.2) calls ``reward_func(queries, prompts, labels)``: ``queries`` are the
+decoded prompt + response texts, ``labels`` the dataset's ``--data.label_key`` column. It reads
+``rewards``, ``scores`` and ``extra_logs`` (each head's reward and weight per sample). It passes
+no settings, so they come from the environment: ``MICRO_RM_MODEL``, ``MICRO_RM_LABELS``
 (``ignore``, ``context``, ``user_id`` or ``json``; default ``context``), and optionally
-``MICRO_RM_STATE`` (per-user state for user labels) and ``MICRO_RM_CONTEXT`` (a context for
-samples without one). The model loads once per process.
-
-    # reward_func.py, given to OpenRLHF as --reward.remote_url reward_func.py
-    from micro_rm.integrations.openrlhf import reward_func
+``MICRO_RM_STATE`` and ``MICRO_RM_CONTEXT`` (README, "OpenRLHF").
 
 >>> out = reward_func(["Hi!Hello."], ["Hi!"], ["I am a child."])     # doctest: +SKIP
 >>> out["rewards"], sorted(out["extra_logs"])[:2]                      # doctest: +SKIP
@@ -23,6 +15,7 @@ samples without one). The model loads once per process.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -214,14 +207,13 @@ def head_logs(out: Any) -> dict[str, list[float]]:
     return logs
 
 
-_default: Optional[Callable[..., dict[str, Any]]] = None
+@functools.cache
+def _default_reward_func() -> Callable[..., dict[str, Any]]:
+    return make_reward_func()
 
 
 def reward_func(queries: Sequence[str], prompts: Sequence[str], labels: Optional[Sequence[Any]] = None,
                 **kwargs: Any) -> dict[str, Any]:
     """OpenRLHF's ``reward_func`` for the model in ``$MICRO_RM_MODEL`` (see the module docstring)."""
-    global _default
-    if _default is None:
-        _default = make_reward_func()
-    return _default(queries, prompts, labels, **kwargs)
+    return _default_reward_func()(queries, prompts, labels, **kwargs)
 

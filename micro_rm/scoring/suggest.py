@@ -89,14 +89,12 @@ def rank_pool(scorer: Any, records: Sequence[Mapping[str, Any]], vectors: np.nda
     return [Query(int(i), float(g)) for i, g in zip(order, gains)]
 
 
-def existing_store(state: Optional[str | os.PathLike], scorer: Any) -> Any:
-    """The state store at ``state`` opened for ``scorer``'s model, or None when ``state`` is None
-    or a SQLite file that does not exist (nothing is created: every user starts from the router)."""
+def existing_store(state: str | os.PathLike, scorer: Any) -> Any:
+    """The state store at ``state`` opened for ``scorer``'s model, or None when ``state`` is a
+    SQLite file that does not exist (nothing is created: every user starts from the router)."""
     from micro_rm.online import open_store
     from micro_rm.online.engines import URL_SCHEME
 
-    if state is None:
-        return None
     text = os.fspath(state)
     path = text.removeprefix("sqlite:///")
     if not URL_SCHEME.match(path) and not os.path.isfile(path):
