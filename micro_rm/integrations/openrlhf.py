@@ -69,8 +69,7 @@ def label_fields(label: Any, mode: str, where: str, limits: Optional[ScoringLimi
     >>> label_fields('{"user_id": "ana"}', "json", "labels[0]")
     (None, 'ana')
     """
-    limits = limits or ScoringLimits()
-    check_label_mode(mode, "labels mode")
+    limits = limits or ScoringLimits()   # ``mode`` was checked where it was read (check_label_mode)
     if mode == "ignore" or label is None or label == "":
         return None, None
     if isinstance(label, str):

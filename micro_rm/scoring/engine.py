@@ -215,10 +215,8 @@ class RewardEngine:
             if system is not None and contexts[i] is None:
                 prompts[i], contexts[i] = stripped, system
         samples = Samples(prompts, completions, [c or self.context for c in contexts], users)
-        losses = None
-        if any(users):
-            if self.store is None:
-                raise MicroRMError("a sample with a user id needs the per-user state: pass "
-                                   "state='sqlite:///state.db' (the service's --state)")
-            losses = user_losses(self.store, users, self.scorer.num_heads)
+        if any(users) and self.store is None:
+            raise MicroRMError("a sample with a user id needs the per-user state: pass "
+                               "state='sqlite:///state.db' (the service's --state)")
+        losses = user_losses(self.store, users, self.scorer.num_heads)
         return self.scorer.score(samples, self.features.vectors(self.scorer.items(samples)), losses, self.eta)

@@ -81,7 +81,6 @@ class QueueWorker:
         return True
 
 
-# ----- features -----------------------------------------------------------------------------
 class FeatureStore:
     """Vectors of items: an in-memory LRU in front of the on-disk :class:`FeatureCache`, in
     front of the backbone. Thread-safe; the backbone runs one batch at a time.
@@ -222,10 +221,7 @@ class MicroBatcher(QueueWorker):
             if self._queue is None:  # not started (no running lifespan): encode inline
                 out[missing] = self.features.encode(wanted)
                 return out
-            rows = []
-            for part in self.slices(wanted):
-                rows.append(await self._submit(part))
-            out[missing] = np.concatenate(rows)
+            out[missing] = np.concatenate([await self._submit(part) for part in self.slices(wanted)])
         except MicroRMError:
             raise
         except Exception as exc:

@@ -124,13 +124,9 @@ def suggest(model: Any, pairs: Sequence[Mapping[str, Any]], k: int, *, user: Opt
     >>> suggest("runs/dsp", pool, k=2, user="ana", state="state.db")    # doctest: +SKIP
     [Query(index=17, gain=0.2134), Query(index=3, gain=0.1871)]
     """
-    from micro_rm.scoring.engine import RewardEngine, RewardScorer
+    from micro_rm.scoring.engine import RewardEngine
 
-    if isinstance(model, RewardEngine):
-        engine = model
-    else:
-        scorer = model if isinstance(model, RewardScorer) else RewardScorer.load(model)
-        engine = RewardEngine(scorer, cache_dir=cache_dir)
+    engine = model if isinstance(model, RewardEngine) else RewardEngine(model, cache_dir=cache_dir)
     records, k = check_pool(pairs, k, engine.limits, "max_batch")
     user = check_user(user, "user")
     eta = engine.eta if eta is None else validate_eta(eta)
