@@ -59,7 +59,8 @@ def split_query(query: str, prompt: str) -> tuple[str, str, bool]:
 
 def label_fields(label: Any, mode: str, where: str, limits: Optional[ScoringLimits] = None
                  ) -> tuple[Optional[str], Optional[str]]:
-    """``(context, user_id)`` carried by one per-sample label under ``mode`` (LABEL_MODES), checked.
+    """``(context, user_id)`` carried by one per-sample label under ``mode`` (one of LABEL_MODES,
+    checked by the caller), checked.
 
     ``json``: the label is an object (or a JSON object string) with optional ``context`` and
     ``user_id`` keys. Empty labels carry nothing.
@@ -69,7 +70,7 @@ def label_fields(label: Any, mode: str, where: str, limits: Optional[ScoringLimi
     >>> label_fields('{"user_id": "ana"}', "json", "labels[0]")
     (None, 'ana')
     """
-    limits = limits or ScoringLimits()   # ``mode`` was checked where it was read (check_label_mode)
+    limits = limits or ScoringLimits()
     if mode == "ignore" or label is None or label == "":
         return None, None
     if isinstance(label, str):
