@@ -132,11 +132,10 @@ def parse_request(query: Any, prompts: Any = None, labels: Any = None, *, mode: 
     from_labels = {lu for _, lu in carried if lu and not user_id}
     pairs, missed = [], []
     if prompts is not None:
-        for i, (text, prompt) in enumerate(zip(texts, prompts)):
-            prompt, response, found = split_query(text, _string(prompt, f"prompts[{i}]", limits))
-            pairs.append((prompt, response))
-            if not found:
-                missed.append(i)
+        split = [split_query(text, _string(prompt, f"prompts[{i}]", limits))
+                 for i, (text, prompt) in enumerate(zip(texts, prompts))]
+        pairs = [(prompt, response) for prompt, response, _ in split]
+        missed = [i for i, (_, _, found) in enumerate(split) if not found]
     elif separator is not None:
         _string(separator, "separator", limits)
         for i, text in enumerate(texts):

@@ -1,9 +1,8 @@
 """A MiCRo model as a TRL reward function (``GRPOTrainer(reward_funcs=...)``), and best-of-n.
 
 Dataset columns arrive as keyword arguments: ``context`` routes each sample, ``user_id`` scores it
-with that user's online weights (needs ``state``); without a ``context`` column, a conversational
-prompt's system message is the context. The rewards are the service's ``/score`` (both go through
-:mod:`micro_rm.scoring`). TRL itself is not imported here.
+with that user's online weights (needs ``state``). The rewards are the service's ``/score`` (both
+go through :mod:`micro_rm.scoring`). TRL itself is not imported here (README, "TRL").
 
 >>> reward = MicroRMRewardFunction("runs/dsp", context="I am a researcher.")   # doctest: +SKIP
 >>> trainer = GRPOTrainer(model="Qwen/Qwen2-0.5B-Instruct", reward_funcs=reward, ...)  # doctest: +SKIP

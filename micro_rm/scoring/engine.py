@@ -174,8 +174,7 @@ class RewardEngine:
 
     def __init__(self, model_dir_or_model: Any, context: Optional[str] = None, eta: float = DEFAULT_ETA,
                  state: Any = None, *, cache_dir: Optional[str | os.PathLike] = None, disk_cache: bool = True,
-                 device: str = "cpu", batch_size: int = 32, lru_items: int = 100_000,
-                 limits: Optional[ScoringLimits] = None):
+                 device: str = "cpu", limits: Optional[ScoringLimits] = None):
         from micro_rm.features.cache import FeatureCache
         from micro_rm.scoring.features import FeatureStore
 
@@ -189,10 +188,8 @@ class RewardEngine:
             from micro_rm.online import open_store
             state = open_store(state, self.scorer.model_id, self.scorer.num_heads)
         self.store = state
-        self._options = dict(cache_dir=cache_dir, disk_cache=disk_cache, device=device,
-                             batch_size=batch_size, lru_items=lru_items, limits=limits)
-        self.features = FeatureStore(self.scorer.backbone, FeatureCache(cache_dir) if disk_cache else None,
-                                     lru_items=lru_items, batch_size=batch_size)
+        self._options = dict(cache_dir=cache_dir, disk_cache=disk_cache, device=device, limits=limits)
+        self.features = FeatureStore(self.scorer.backbone, FeatureCache(cache_dir) if disk_cache else None)
 
     def routed(self, prompts: Sequence[Any], completions: Sequence[Any],
                contexts: Optional[Sequence[Optional[str]]] = None,

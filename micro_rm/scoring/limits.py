@@ -1,7 +1,6 @@
 """What a scoring request may hold, checked per request before it joins a shared encode batch.
 
-Every path (the service, ``micro-rm score``, the TRL / OpenRLHF / verl adapters) checks each
-request here, alone, so a bad request fails alone with a message naming the field and its index.
+Every scoring path checks each request here, alone, so a bad request fails alone (docs/service.md).
 Nothing heavy is imported (the CLI's ``--help`` reads :class:`ScoringLimits`).
 
 >>> check_text("Hi", "prompt", ScoringLimits())

@@ -110,8 +110,7 @@ def suggest(model: Any, pairs: Sequence[Mapping[str, Any]], k: int, *, user: Opt
     Parameters
     ----------
     model : a :class:`~micro_rm.scoring.engine.RewardEngine` (its features, limits, η and
-        state store are used), or anything it loads: a model folder or hub id, a
-        ``MixtureRewardModel`` or a ``RewardScorer``.
+        state store are used), or anything it loads (a folder, hub id, model or ``RewardScorer``).
     pairs : candidate records with ``prompt`` (may be omitted for whole conversations),
         ``chosen``, ``rejected`` and an optional ``context``; other fields are ignored.
     k : how many to suggest (the whole pool if it has fewer).
