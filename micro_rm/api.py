@@ -140,9 +140,8 @@ class MiCRo:
                                                    token=token)
         settings = model.config.feature_settings()
         spec = (model.config.backbone or {}).get("spec") or {}
-        rm = cls(heads=model.config.num_heads, backbone=spec.get("name", "unknown"),
-                 router_input=settings.router_input, context_in_reward=settings.context_in_reward, cache_dir=cache_dir,
-                 device=device)
+        rm = cls(heads=model.config.num_heads, backbone=spec.get("name", "unknown"), router_input=settings.router_input,
+                 context_in_reward=settings.context_in_reward, cache_dir=cache_dir, device=device)
         rm._set_model(model)
         return rm
 

@@ -57,20 +57,18 @@ def split_query(query: str, prompt: str) -> tuple[str, str, bool]:
     return prompt, query[at + len(prompt):], True
 
 
-def label_fields(label: Any, mode: str, where: str, limits: Optional[ScoringLimits] = None
-                 ) -> tuple[Optional[str], Optional[str]]:
+def label_fields(label: Any, mode: str, where: str, limits: ScoringLimits) -> tuple[Optional[str], Optional[str]]:
     """``(context, user_id)`` carried by one per-sample label under ``mode`` (one of LABEL_MODES,
     checked by the caller), checked.
 
     ``json``: the label is an object (or a JSON object string) with optional ``context`` and
     ``user_id`` keys. Empty labels carry nothing.
 
-    >>> label_fields("I am a child.", "context", "labels[0]")
+    >>> label_fields("I am a child.", "context", "labels[0]", ScoringLimits())
     ('I am a child.', None)
-    >>> label_fields('{"user_id": "ana"}', "json", "labels[0]")
+    >>> label_fields('{"user_id": "ana"}', "json", "labels[0]", ScoringLimits())
     (None, 'ana')
     """
-    limits = limits or ScoringLimits()
     if mode == "ignore" or label is None or label == "":
         return None, None
     if isinstance(label, str):

@@ -22,10 +22,10 @@ from micro_rm.scoring.limits import (RequestRefused, ScoringLimits, check_contex
 CHUNK = 256   # responses scored per backbone round trip (and per progress-bar step)
 
 
-def score_item(row: Any, where: str, limits: Optional[ScoringLimits] = None) -> dict[str, Any]:
+def score_item(row: Any, where: str, limits: ScoringLimits) -> dict[str, Any]:
     """The prompt, responses and routing of one record, checked (shape, then the limits).
 
-    >>> score_item({"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away."}, "in.jsonl line 1")
+    >>> score_item({"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away."}, "in.jsonl line 1", ScoringLimits())
     {'prompt': 'Hi', 'responses': ['Hello!', 'Go away.'], 'context': None, 'user_id': None, 'id': None}
     """
     if not isinstance(row, dict):
@@ -45,7 +45,6 @@ def score_item(row: Any, where: str, limits: Optional[ScoringLimits] = None) -> 
                            "`completion`, or `chosen` and `rejected`")
     if row.get("id") is not None and (not isinstance(row["id"], (str, int)) or isinstance(row["id"], bool)):
         raise MicroRMError(f"{where}: `id` must be a string, got {type(row['id']).__name__}")
-    limits = limits or ScoringLimits()
     try:
         check_count(len(responses), limits)
         return {"prompt": check_text(row["prompt"], "prompt", limits),
