@@ -109,10 +109,8 @@ class MiCRo:
 
     def suggest(self, user: Optional[str], pairs: Sequence[Any], k: int = 1, *, state: Any = None,
                 eta: Optional[float] = None) -> list[Any]:
-        """The ``k`` candidate pairs (dicts with ``prompt``, ``chosen``, ``rejected``, optional
-        ``context``) whose labels would teach most about ``user``, best first, as ``Query(index,
-        gain)`` (as ``micro-rm suggest``). ``state`` (path or URL) is read only; without it, or
-        for a user it does not know, the router's weights are the start.
+        """The ``k`` candidate pairs whose labels would teach most about ``user``, best first:
+        :func:`micro_rm.scoring.suggest.suggest` with this model (``state`` is read only).
 
         >>> [q.index for q in rm.suggest("ana", pool, k=2, state="state.db")]   # doctest: +SKIP
         [17, 3]
@@ -142,9 +140,8 @@ class MiCRo:
                                                    token=token)
         settings = model.config.feature_settings()
         spec = (model.config.backbone or {}).get("spec") or {}
-        rm = cls(heads=model.config.num_heads, backbone=spec.get("name", "unknown"),
-                 router_input=settings.router_input, context_in_reward=settings.context_in_reward, cache_dir=cache_dir,
-                 device=device)
+        rm = cls(heads=model.config.num_heads, backbone=spec.get("name", "unknown"), router_input=settings.router_input,
+                 context_in_reward=settings.context_in_reward, cache_dir=cache_dir, device=device)
         rm._set_model(model)
         return rm
 

@@ -31,11 +31,9 @@ def temp_folder(folder: str | os.PathLike, prefix: str, suffix: str = ".tmp") ->
 def _create(folder: str | os.PathLike, prefix: str, suffix: str, make: Callable[[Path], None]) -> Path:
     for _ in range(_TRIES):
         path = Path(folder) / f"{prefix}{secrets.token_hex(8)}{suffix}"
-        try:
+        with contextlib.suppress(FileExistsError):
             make(path)
             return path
-        except FileExistsError:
-            continue
     raise FileExistsError(f"no free temporary name in {folder} after {_TRIES} tries")
 
 
@@ -57,8 +55,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.chmod(tmp, mode)     # a writer that replaced tmp (safetensors writes via a 0600 file) reset it
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -66,12 +63,6 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
     """Open a temporary file for writing; it replaces ``path`` only if the block succeeds."""
     with atomic_path(path) as tmp, open(tmp, mode, encoding=None if "b" in mode else encoding) as fh:
         yield fh
-
-
-def _nearest_existing(path: Path) -> Path:
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
 
 
 def check_output_path(path: str | os.PathLike, option: str, *, folder: bool,
@@ -85,7 +76,9 @@ def check_output_path(path: str | os.PathLike, option: str, *, folder: bool,
     if path.exists() and path.is_dir() != folder:
         raise MicroRMError(f"{option} {path}: is {'a file' if folder else 'a folder'}, but {want} "
                            f"is written there; choose another path")
-    existing = _nearest_existing(path.parent if not path.exists() else path)
+    existing = path if path.exists() else path.parent
+    while not existing.exists() and existing != existing.parent:     # the nearest existing ancestor
+        existing = existing.parent
     if not existing.is_dir() and existing != path:
         raise MicroRMError(f"{option} {path}: {existing} is a file, so no folder can be made inside "
                            "it; choose another path")
@@ -99,15 +92,9 @@ def check_not_input(path: str | os.PathLike, option: str, inputs: dict[str, obje
     """Refuse an output ``path`` that is one of the command's ``inputs`` (``{"--data": path}``;
     a ``sqlite:///`` state URL counts as its file, other URLs and hub ids are skipped), so a
     command never overwrites what it reads. With ``replaces_folder`` (an output folder that is
-    replaced as a whole) an input inside ``path`` is refused too.
-
-    >>> check_not_input("scores.jsonl", "--out", {"--data": "scores.jsonl"})  # doctest: +SKIP
-    Traceback (most recent call last):
-    micro_rm.errors.MicroRMError: --out scores.jsonl: is the --data input; ...
-    """
+    replaced as a whole) an input inside ``path`` is refused too."""
     def local(value: object) -> Path | None:
-        text = os.fspath(value)  # type: ignore[call-overload]
-        text = text[len("sqlite:///"):] if text.startswith("sqlite:///") else text
+        text = os.fspath(value).removeprefix("sqlite:///")  # type: ignore[call-overload]
         return None if "://" in text else Path(text)
 
     out = local(path)

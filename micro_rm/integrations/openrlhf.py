@@ -1,20 +1,12 @@
-"""A MiCRo model as OpenRLHF's in-process reward function (``--reward.remote_url reward_func.py``).
+"""A MiCRo model as OpenRLHF's in-process reward function (``--reward.remote_url reward_func.py``),
+and the parser of OpenRLHF's request that the service's ``/get_reward`` shares.
 
-OpenRLHF (0.10+; tested with 0.11.2) loads the file given as ``--reward.remote_url`` when it ends
-in ``.py`` and calls its ``reward_func(queries, prompts, labels)``: ``queries`` are the decoded
-prompt + response texts, ``prompts`` the prompts, ``labels`` the dataset's ``--data.label_key``
-column. It returns what
-OpenRLHF reads: ``rewards`` and ``scores`` (tensors) and ``extra_logs`` (each head's reward and
-weight per sample).
-
-The model and the meaning of the labels come from the environment, since OpenRLHF passes no
-settings to the file: ``MICRO_RM_MODEL`` (model folder or hub id), ``MICRO_RM_LABELS``
+OpenRLHF (tested with 0.11.2) calls ``reward_func(queries, prompts, labels)``: ``queries`` are the
+decoded prompt + response texts, ``labels`` the dataset's ``--data.label_key`` column. It reads
+``rewards``, ``scores`` and ``extra_logs`` (each head's reward and weight per sample). It passes
+no settings, so they come from the environment: ``MICRO_RM_MODEL``, ``MICRO_RM_LABELS``
 (``ignore``, ``context``, ``user_id`` or ``json``; default ``context``), and optionally
-``MICRO_RM_STATE`` (per-user state for user labels) and ``MICRO_RM_CONTEXT`` (a context for
-samples without one). The model loads once per process.
-
-    # reward_func.py, given to OpenRLHF as --reward.remote_url reward_func.py
-    from micro_rm.integrations.openrlhf import reward_func
+``MICRO_RM_STATE`` and ``MICRO_RM_CONTEXT`` (README, "OpenRLHF").
 
 >>> out = reward_func(["Hi!Hello."], ["Hi!"], ["I am a child."])     # doctest: +SKIP
 >>> out["rewards"], sorted(out["extra_logs"])[:2]                      # doctest: +SKIP
@@ -23,6 +15,7 @@ samples without one). The model loads once per process.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -64,20 +57,18 @@ def split_query(query: str, prompt: str) -> tuple[str, str, bool]:
     return prompt, query[at + len(prompt):], True
 
 
-def label_fields(label: Any, mode: str, where: str, limits: Optional[ScoringLimits] = None
-                 ) -> tuple[Optional[str], Optional[str]]:
-    """``(context, user_id)`` carried by one per-sample label under ``mode`` (LABEL_MODES), checked.
+def label_fields(label: Any, mode: str, where: str, limits: ScoringLimits) -> tuple[Optional[str], Optional[str]]:
+    """``(context, user_id)`` carried by one per-sample label under ``mode`` (one of LABEL_MODES,
+    checked by the caller), checked.
 
     ``json``: the label is an object (or a JSON object string) with optional ``context`` and
     ``user_id`` keys. Empty labels carry nothing.
 
-    >>> label_fields("I am a child.", "context", "labels[0]")
+    >>> label_fields("I am a child.", "context", "labels[0]", ScoringLimits())
     ('I am a child.', None)
-    >>> label_fields('{"user_id": "ana"}', "json", "labels[0]")
+    >>> label_fields('{"user_id": "ana"}', "json", "labels[0]", ScoringLimits())
     (None, 'ana')
     """
-    limits = limits or ScoringLimits()
-    check_label_mode(mode, "labels mode")
     if mode == "ignore" or label is None or label == "":
         return None, None
     if isinstance(label, str):
@@ -139,11 +130,10 @@ def parse_request(query: Any, prompts: Any = None, labels: Any = None, *, mode: 
     from_labels = {lu for _, lu in carried if lu and not user_id}
     pairs, missed = [], []
     if prompts is not None:
-        for i, (text, prompt) in enumerate(zip(texts, prompts)):
-            prompt, response, found = split_query(text, _string(prompt, f"prompts[{i}]", limits))
-            pairs.append((prompt, response))
-            if not found:
-                missed.append(i)
+        split = [split_query(text, _string(prompt, f"prompts[{i}]", limits))
+                 for i, (text, prompt) in enumerate(zip(texts, prompts))]
+        pairs = [(prompt, response) for prompt, response, _ in split]
+        missed = [i for i, (_, _, found) in enumerate(split) if not found]
     elif separator is not None:
         _string(separator, "separator", limits)
         for i, text in enumerate(texts):
@@ -214,14 +204,13 @@ def head_logs(out: Any) -> dict[str, list[float]]:
     return logs
 
 
-_default: Optional[Callable[..., dict[str, Any]]] = None
+@functools.cache
+def _default_reward_func() -> Callable[..., dict[str, Any]]:
+    return make_reward_func()
 
 
 def reward_func(queries: Sequence[str], prompts: Sequence[str], labels: Optional[Sequence[Any]] = None,
                 **kwargs: Any) -> dict[str, Any]:
     """OpenRLHF's ``reward_func`` for the model in ``$MICRO_RM_MODEL`` (see the module docstring)."""
-    global _default
-    if _default is None:
-        _default = make_reward_func()
-    return _default(queries, prompts, labels, **kwargs)
+    return _default_reward_func()(queries, prompts, labels, **kwargs)
 

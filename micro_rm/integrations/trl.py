@@ -1,9 +1,8 @@
 """A MiCRo model as a TRL reward function (``GRPOTrainer(reward_funcs=...)``), and best-of-n.
 
 Dataset columns arrive as keyword arguments: ``context`` routes each sample, ``user_id`` scores it
-with that user's online weights (needs ``state``); without a ``context`` column, a conversational
-prompt's system message is the context. The rewards are the service's ``/score`` (both go through
-:mod:`micro_rm.scoring`). TRL itself is not imported here.
+with that user's online weights (needs ``state``). The rewards are the service's ``/score`` (both
+go through :mod:`micro_rm.scoring`). TRL itself is not imported here (README, "TRL").
 
 >>> reward = MicroRMRewardFunction("runs/dsp", context="I am a researcher.")   # doctest: +SKIP
 >>> trainer = GRPOTrainer(model="Qwen/Qwen2-0.5B-Instruct", reward_funcs=reward, ...)  # doctest: +SKIP
@@ -49,8 +48,7 @@ class MicroRMRewardFunction(RewardEngine):
         model = self.scorer.model   # as config + CPU tensors: the other process may have no GPU
         weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         return {"model": (model.config, weights), "context": self.context, "eta": self.eta,
-                "state": self._state_arg, "name": self.__name__,
-                "system_as_context": self.system_as_context, "options": self._options}
+                "state": self._state_arg, "name": self.__name__, "options": self._options}
 
     def __setstate__(self, saved: dict[str, Any]) -> None:
         from micro_rm.model.mixture import MixtureRewardModel
@@ -58,8 +56,7 @@ class MicroRMRewardFunction(RewardEngine):
         config, weights = saved["model"]
         model = MixtureRewardModel(config)
         model.load_state_dict(weights)
-        self.__init__(model, saved["context"], saved["eta"], saved["state"], name=saved["name"],
-                      system_as_context=saved["system_as_context"], **saved["options"])
+        self.__init__(model, saved["context"], saved["eta"], saved["state"], name=saved["name"], **saved["options"])
 
     def __call__(self, prompts: Sequence[Text], completions: Sequence[Text], **kwargs: Any) -> list[float]:
         n = len(completions)

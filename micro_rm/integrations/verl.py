@@ -1,11 +1,10 @@
 """A MiCRo model as verl's custom reward function (tested with verl 0.9.1; setup in README, "verl").
 
 verl calls ``compute_score(data_source, solution_str, ground_truth, extra_info)`` once per
-response (its ``naive`` reward manager) and reads a dict: ``score`` is the reward, the other keys
-are logged. It passes no prompt, so each row's ``extra_info`` must carry it (``prompt``, or
-``question`` as verl's example preprocessing writes), and may carry ``context`` and ``user_id``.
-The model comes from ``reward_kwargs`` (``model=...``) or ``$MICRO_RM_MODEL`` and loads once per
-process; ``ground_truth`` and ``data_source`` mean nothing to a preference reward model.
+response and logs the returned dict. It passes no prompt, so each row's ``extra_info`` must carry
+it (``prompt`` or ``question``). The model comes from ``reward_kwargs`` (``model=...``) or
+``$MICRO_RM_MODEL`` and loads once per process; ``ground_truth`` and ``data_source`` mean nothing
+to a preference reward model.
 
 >>> compute_score("dsp", "Entropy counts microstates.", None,
 ...               {"prompt": "What is entropy?", "context": "I am a physicist."})  # doctest: +SKIP

@@ -1,15 +1,11 @@
 """The scoring engine: (texts, context, user state) → items → vectors → routed rewards.
 
-A response's reward for a user is
-
     r(x, a) = Σ_k w_k r_k(x, a),   w = normalise( f_ψ(context ⊕ prompt) ⊙ exp(−η S_u) )
 
-(the router's weights are the prior, S_u the user's summed per-head losses; without a user, w is
-the router's). Every caller goes through :class:`RewardScorer`: the service's routes with
-vectors from the :class:`~micro_rm.scoring.features.MicroBatcher`, and everything in-process
-(``micro-rm score``, the TRL / OpenRLHF / verl adapters, :class:`micro_rm.MiCRo`) through
-:class:`RewardEngine`, which checks each call (:mod:`micro_rm.scoring.limits`) and reads vectors
-from a :class:`~micro_rm.scoring.features.FeatureStore`. So all of them return the same numbers.
+(S_u: the user's summed per-head losses; without a user, w is the router's). Every caller goes
+through :class:`RewardScorer`: the service with vectors from its micro-batcher, everything
+in-process (``micro-rm score``, the RLHF adapters, :class:`micro_rm.MiCRo`) through
+:class:`RewardEngine`. So all of them return the same numbers.
 
 >>> engine = RewardEngine("runs/dsp", context="I am a child.")                   # doctest: +SKIP
 >>> engine.routed(["Hi"] * 2, ["Hello!", "Go away."]).rewards                     # doctest: +SKIP
@@ -171,17 +167,14 @@ class RewardEngine:
     eta : Hedge learning rate for users' weights (see :mod:`micro_rm.online.hedge`).
     state : the per-user state store (a URL/path like the service's ``--state``, or an open
         store); needed only for samples with a user. Read-only here.
-    system_as_context : read a conversational prompt's leading system message as the sample's
-        context (and drop it from the prompt), unless the sample brings a context.
     cache_dir : feature cache folder (default: $MICRO_RM_CACHE or the user cache dir);
         ``disk_cache=False`` keeps vectors in memory only.
     limits : the :class:`~micro_rm.scoring.limits.ScoringLimits` of each call.
     """
 
     def __init__(self, model_dir_or_model: Any, context: Optional[str] = None, eta: float = DEFAULT_ETA,
-                 state: Any = None, *, system_as_context: bool = True,
-                 cache_dir: Optional[str | os.PathLike] = None, disk_cache: bool = True, device: str = "cpu",
-                 batch_size: int = 32, lru_items: int = 100_000, limits: Optional[ScoringLimits] = None):
+                 state: Any = None, *, cache_dir: Optional[str | os.PathLike] = None, disk_cache: bool = True,
+                 device: str = "cpu", limits: Optional[ScoringLimits] = None):
         from micro_rm.features.cache import FeatureCache
         from micro_rm.scoring.features import FeatureStore
 
@@ -189,17 +182,14 @@ class RewardEngine:
             else RewardScorer.load(model_dir_or_model, device=device)
         self.context = context or None
         self.eta = validate_eta(eta)
-        self.system_as_context = system_as_context
         self.limits = limits or ScoringLimits()
         self._state_arg = state
-        if state is not None and isinstance(state, (str, os.PathLike)):
+        if isinstance(state, (str, os.PathLike)):
             from micro_rm.online import open_store
             state = open_store(state, self.scorer.model_id, self.scorer.num_heads)
         self.store = state
-        self._options = dict(cache_dir=cache_dir, disk_cache=disk_cache, device=device,
-                             batch_size=batch_size, lru_items=lru_items, limits=limits)
-        self.features = FeatureStore(self.scorer.backbone, FeatureCache(cache_dir) if disk_cache else None,
-                                     lru_items=lru_items, batch_size=batch_size)
+        self._options = dict(cache_dir=cache_dir, disk_cache=disk_cache, device=device, limits=limits)
+        self.features = FeatureStore(self.scorer.backbone, FeatureCache(cache_dir) if disk_cache else None)
 
     def routed(self, prompts: Sequence[Any], completions: Sequence[Any],
                contexts: Optional[Sequence[Optional[str]]] = None,
@@ -217,16 +207,13 @@ class RewardEngine:
                     for i, c in enumerate(per_sample(contexts, n, "contexts", "completions"))]
         users = [check_user(u, f"user_ids[{i}]")
                  for i, u in enumerate(per_sample(users, n, "user_ids", "completions"))]
-        if self.system_as_context:
-            for i, prompt in enumerate(prompts):
-                stripped, system = split_system(prompt)
-                if system is not None and contexts[i] is None:
-                    prompts[i], contexts[i] = stripped, system
+        for i, prompt in enumerate(prompts):   # a leading system message is the context of a sample with none
+            stripped, system = split_system(prompt)
+            if system is not None and contexts[i] is None:
+                prompts[i], contexts[i] = stripped, system
         samples = Samples(prompts, completions, [c or self.context for c in contexts], users)
-        losses = None
-        if any(users):
-            if self.store is None:
-                raise MicroRMError("a sample with a user id needs the per-user state: pass "
-                                   "state='sqlite:///state.db' (the service's --state)")
-            losses = user_losses(self.store, users, self.scorer.num_heads)
+        if any(users) and self.store is None:
+            raise MicroRMError("a sample with a user id needs the per-user state: pass "
+                               "state='sqlite:///state.db' (the service's --state)")
+        losses = user_losses(self.store, users, self.scorer.num_heads)
         return self.scorer.score(samples, self.features.vectors(self.scorer.items(samples)), losses, self.eta)

@@ -1,14 +1,13 @@
-"""Vectors of items: an in-memory LRU in front of the feature cache in front of the backbone
-(:class:`FeatureStore`); for the service, :class:`MicroBatcher` gathers the uncached items of
-concurrent, already checked requests into one backbone call, in slices so that a large request
-cannot hold small ones back (if a shared call fails, each request is retried alone, and one that
-fails again gets :class:`EncodeFailed`, 503). :class:`QueueWorker`, an asyncio queue drained in
-one thread, is the base of the batcher and of the service's feedback writer.
+"""Vectors of items: :class:`FeatureStore` (an in-memory LRU in front of the feature cache in front
+of the backbone) and, for the service, :class:`MicroBatcher`, which encodes the uncached items of
+concurrent, already checked requests in shared backbone calls (docs/service.md). :class:`QueueWorker`,
+an asyncio queue drained in one thread, is the base of the batcher and of the service's feedback writer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections import OrderedDict
@@ -30,11 +29,6 @@ class EncodeFailed(MicroRMError):
     status = 503
 
 
-def item_chars(item: Item) -> int:
-    """The characters of an item's texts (text, optional pair text): its encoding cost."""
-    return sum(len(part) for part in item if isinstance(part, str))
-
-
 class QueueWorker:
     """``start`` / ``stop`` around a task running ``_run``; ``_submit`` queues one request."""
 
@@ -52,10 +46,8 @@ class QueueWorker:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         if self._executor is not None:
             self._executor.shutdown(wait=True)
         self._task = self._queue = self._executor = None
@@ -89,7 +81,6 @@ class QueueWorker:
         return True
 
 
-# ----- features -----------------------------------------------------------------------------
 class FeatureStore:
     """Vectors of items: an in-memory LRU in front of the on-disk :class:`FeatureCache`, in
     front of the backbone. Thread-safe; the backbone runs one batch at a time.
@@ -204,15 +195,12 @@ class MicroBatcher(QueueWorker):
 
     When the backbone is free, a batch takes every request queued meanwhile (up to ``max_items``
     items; with ``wait_ms`` > 0 it first waits that long for more) and runs in a worker thread
-    while the next batch gathers. Waiting only idled the encoder under load (BENCHMARKS.md), so
-    the default is not to. Items already in memory never wait.
+    while the next batch gathers. Items already in memory never wait.
 
-    Fair queueing: a request's items go to the queue in slices of at most ``max_items`` items
-    and ``max_chars`` characters, one slice at a time, so a request that arrives while a large
-    one is being encoded joins the queue between two of its slices: it waits for at most one
-    slice (one backbone call of at most ``max_items`` texts, ``max_chars`` characters or one
-    text), never for the whole large request. If the backbone fails on a request even alone,
-    that request gets :class:`EncodeFailed` (503); the others are answered.
+    A request's items are queued in slices of at most ``max_items`` items and ``max_chars``
+    characters, one slice at a time, so a request that arrives while a large one is encoded waits
+    for at most one slice, never for the whole large request. If the backbone fails on a request
+    even alone, that request gets :class:`EncodeFailed` (503); the others are answered.
     """
 
     def __init__(self, features: FeatureStore, *, wait_ms: float = 0.0, max_items: int = 256,
@@ -233,10 +221,7 @@ class MicroBatcher(QueueWorker):
             if self._queue is None:  # not started (no running lifespan): encode inline
                 out[missing] = self.features.encode(wanted)
                 return out
-            rows = []
-            for part in self.slices(wanted):
-                rows.append(await self._submit(part))
-            out[missing] = np.concatenate(rows)
+            out[missing] = np.concatenate([await self._submit(part) for part in self.slices(wanted)])
         except MicroRMError:
             raise
         except Exception as exc:
@@ -250,7 +235,7 @@ class MicroBatcher(QueueWorker):
         out: list[list[Item]] = [[]]
         chars = 0
         for item in items:
-            size = item_chars(item)
+            size = sum(len(part) for part in item if isinstance(part, str))   # its texts' characters
             if out[-1] and (len(out[-1]) >= self.max_items or chars + size > self.max_chars):
                 out.append([])
                 chars = 0

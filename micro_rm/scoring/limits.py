@@ -1,7 +1,6 @@
 """What a scoring request may hold, checked per request before it joins a shared encode batch.
 
-Every path (the service, ``micro-rm score``, the TRL / OpenRLHF / verl adapters) checks each
-request here, alone, so a bad request fails alone with a message naming the field and its index.
+Every scoring path checks each request here, alone, so a bad request fails alone (docs/service.md).
 Nothing heavy is imported (the CLI's ``--help`` reads :class:`ScoringLimits`).
 
 >>> check_text("Hi", "prompt", ScoringLimits())
@@ -77,11 +76,17 @@ def check_chars(value: str, where: str, limits: ScoringLimits) -> str:
 
 
 def check_text(value: Any, where: str, limits: ScoringLimits) -> Any:
-    """A prompt or response as the backbones take it (a string, or chat messages with string
-    ``role`` and ``content``, see :func:`clean_text`), each part checked by :func:`check_chars`."""
-    text = clean_text(value, where)
-    if isinstance(text, str):
-        return check_chars(text, where, limits)
+    """A prompt or response as the backbones take it: a string, or chat messages (one message
+    alone becomes a list of one) with a string ``role`` and the ``content`` of
+    :func:`message_content`; each part checked by :func:`check_chars`."""
+    if isinstance(value, str):
+        return check_chars(value, where, limits)
+    if isinstance(value, dict):      # one message instead of a list of them
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(m, dict) for m in value):
+        raise RequestRefused(f"{where}: expected a string or a list of chat messages, got {type(value).__name__}")
+    text = [{"role": str(m.get("role", "user")), "content": message_content(m, f"{where}[{i}]")}
+            for i, m in enumerate(value)]
     for i, message in enumerate(text):
         for key in ("role", "content"):
             check_chars(message[key], f"{where}[{i}].{key}", limits)
@@ -144,19 +149,6 @@ def message_content(message: dict[str, Any], where: str) -> str:
         return "\n".join(parts)
     raise RequestRefused(f"{where}: message content must be a string, a list of content blocks or "
                          f"None, got {type(content).__name__}")
-
-
-def clean_text(text: Any, where: str) -> Any:
-    """A prompt or completion as the backbones take it: a string, or messages whose content is a
-    string (see :func:`message_content`)."""
-    if isinstance(text, str):
-        return text
-    if isinstance(text, dict):      # one message instead of a list of them
-        text = [text]
-    if isinstance(text, (list, tuple)) and all(isinstance(m, dict) for m in text):
-        return [{"role": str(m.get("role", "user")), "content": message_content(m, f"{where}[{i}]")}
-                for i, m in enumerate(text)]
-    raise RequestRefused(f"{where}: expected a string or a list of chat messages, got {type(text).__name__}")
 
 
 def split_system(prompt: Any) -> tuple[Any, Optional[str]]:

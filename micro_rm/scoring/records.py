@@ -5,16 +5,15 @@ A record holds a ``prompt`` and, the first that fits, ``responses`` (a list), ``
 ``user_id`` route it. Each record is checked alone before the model loads. The output lines are
 described in the README ("micro-rm score").
 
->>> rows = [{"prompt": "Hi", "responses": ["Hello!", "Go away."], "context": "Be kind."}]
->>> next(score_records(rows, RewardEngine("runs/dsp")))["rewards"]   # doctest: +SKIP
-[0.83, -0.41]
+>>> score_file("runs/dsp", "candidates.jsonl", "scores.jsonl", context="Be kind.")["records"]   # doctest: +SKIP
+2
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Iterator, Optional
 
 from micro_rm.errors import MicroRMError
 from micro_rm.scoring.limits import (RequestRefused, ScoringLimits, check_context, check_count, check_text,
@@ -23,10 +22,10 @@ from micro_rm.scoring.limits import (RequestRefused, ScoringLimits, check_contex
 CHUNK = 256   # responses scored per backbone round trip (and per progress-bar step)
 
 
-def score_item(row: Any, where: str, limits: Optional[ScoringLimits] = None) -> dict[str, Any]:
+def score_item(row: Any, where: str, limits: ScoringLimits) -> dict[str, Any]:
     """The prompt, responses and routing of one record, checked (shape, then the limits).
 
-    >>> score_item({"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away."}, "in.jsonl line 1")
+    >>> score_item({"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away."}, "in.jsonl line 1", ScoringLimits())
     {'prompt': 'Hi', 'responses': ['Hello!', 'Go away.'], 'context': None, 'user_id': None, 'id': None}
     """
     if not isinstance(row, dict):
@@ -46,7 +45,6 @@ def score_item(row: Any, where: str, limits: Optional[ScoringLimits] = None) -> 
                            "`completion`, or `chosen` and `rejected`")
     if row.get("id") is not None and (not isinstance(row["id"], (str, int)) or isinstance(row["id"], bool)):
         raise MicroRMError(f"{where}: `id` must be a string, got {type(row['id']).__name__}")
-    limits = limits or ScoringLimits()
     try:
         check_count(len(responses), limits)
         return {"prompt": check_text(row["prompt"], "prompt", limits),
@@ -57,32 +55,18 @@ def score_item(row: Any, where: str, limits: Optional[ScoringLimits] = None) -> 
         raise MicroRMError(f"{where}: {exc}") from None
 
 
-def score_records(rows: Iterable[Any], reward: Any, *, context: Optional[str] = None,
-                  user_id: Optional[str] = None, progress: bool = False,
-                  total: Optional[int] = None) -> Iterator[dict[str, Any]]:
-    """One result per record of ``rows`` (dicts, or ``(where, row)`` pairs from
-    :func:`~micro_rm.data.readers.read_rows`), scored by ``reward`` (a
-    :class:`~micro_rm.scoring.engine.RewardEngine`) ``CHUNK`` responses at a time."""
-    from micro_rm.progress import progress_bar
-
-    bar = progress_bar(total=total, unit="record", desc="scoring", enabled=progress)
+def _chunks(items: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    """Consecutive runs of ``items`` holding at least ``CHUNK`` responses (the last may hold fewer)."""
     chunk: list[dict[str, Any]] = []
     size = 0
-    for i, row in enumerate(rows):
-        where, row = row if isinstance(row, tuple) else (f"record {i}", row)
-        item = score_item(row, where, reward.limits)
-        item["context"] = item["context"] or context
-        item["user_id"] = item["user_id"] or user_id
+    for item in items:
         chunk.append(item)
         size += len(item["responses"])
         if size >= CHUNK:
-            yield from _score_chunk(chunk, reward)
-            bar.update(len(chunk))
+            yield chunk
             chunk, size = [], 0
     if chunk:
-        yield from _score_chunk(chunk, reward)
-        bar.update(len(chunk))
-    bar.close()
+        yield chunk
 
 
 def _score_chunk(items: list[dict[str, Any]], reward: Any) -> Iterator[dict[str, Any]]:
@@ -100,31 +84,37 @@ def _score_chunk(items: list[dict[str, Any]], reward: Any) -> Iterator[dict[str,
 
 
 def score_file(model: Any, data: str | os.PathLike, out: str | os.PathLike, *, context: Optional[str] = None,
-               user_id: Optional[str] = None, state: Optional[str] = None, hf_split: Optional[str] = None,
-               cache_dir: Optional[str | os.PathLike] = None, device: str = "cpu",
-               progress: bool = True, limits: Optional[ScoringLimits] = None) -> dict[str, Any]:
+               user_id: Optional[str] = None, state: Any = None, hf_split: Optional[str] = None,
+               cache_dir: Optional[str | os.PathLike] = None, device: str = "cpu") -> dict[str, Any]:
     """Score every record of ``data`` with ``model`` into the JSON-lines file ``out`` (written
-    atomically: a failure leaves no partial file). Returns counts for a summary."""
+    atomically: a failure leaves no partial file), ``CHUNK`` responses per backbone round trip.
+    ``state``: a URL, path or open store (needed for users). Returns counts for a summary."""
     from micro_rm.atomic import atomic_open
     from micro_rm.data.readers import read_rows
+    from micro_rm.progress import progress_bar
     from micro_rm.scoring.engine import RewardEngine
 
-    limits = limits or ScoringLimits()
+    limits = ScoringLimits()
     context, user_id = check_context(context, "--context", limits), check_user(user_id, "--user")
     # Every record is checked before the model loads, so a bad line fails first and alone.
     items = [score_item(row, where, limits) for where, row in read_rows(data, hf_split)]
     if not items:
         raise MicroRMError(f"{data}: no records to score")
-    if state is None and (user_id or any(item["user_id"] for item in items)):
+    for item in items:
+        item["context"] = item["context"] or context
+        item["user_id"] = item["user_id"] or user_id
+    if state is None and any(item["user_id"] for item in items):
         raise MicroRMError("scoring for a user needs the per-user state: pass --state (the service's "
                            "or `micro-rm feedback`'s state, e.g. sqlite:///state.db)")
     reward = RewardEngine(model, state=state, cache_dir=cache_dir, device=device, limits=limits)
-    records = responses = 0
+    bar = progress_bar(total=len(items), unit="record", desc="scoring")
+    responses = 0
     with atomic_open(out) as fh:
-        for result in score_records(items, reward, context=context, user_id=user_id, progress=progress,
-                                    total=len(items)):
-            fh.write(json.dumps(result, ensure_ascii=False) + "\n")
-            records += 1
-            responses += len(result["rewards"])
-    return {"out": str(out), "records": records, "responses": responses,
+        for chunk in _chunks(items):
+            for result in _score_chunk(chunk, reward):
+                fh.write(json.dumps(result, ensure_ascii=False) + "\n")
+                responses += len(result["rewards"])
+            bar.update(len(chunk))
+        bar.close()
+    return {"out": str(out), "records": len(items), "responses": responses,
             "encoded_texts": reward.features.stats["encoded"]}

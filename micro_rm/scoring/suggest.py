@@ -89,14 +89,12 @@ def rank_pool(scorer: Any, records: Sequence[Mapping[str, Any]], vectors: np.nda
     return [Query(int(i), float(g)) for i, g in zip(order, gains)]
 
 
-def existing_store(state: Optional[str | os.PathLike], scorer: Any) -> Any:
-    """The state store at ``state`` opened for ``scorer``'s model, or None when ``state`` is None
-    or a SQLite file that does not exist (nothing is created: every user starts from the router)."""
+def existing_store(state: str | os.PathLike, scorer: Any) -> Any:
+    """The state store at ``state`` opened for ``scorer``'s model, or None when ``state`` is a
+    SQLite file that does not exist (nothing is created: every user starts from the router)."""
     from micro_rm.online import open_store
     from micro_rm.online.engines import URL_SCHEME
 
-    if state is None:
-        return None
     text = os.fspath(state)
     path = text.removeprefix("sqlite:///")
     if not URL_SCHEME.match(path) and not os.path.isfile(path):
@@ -112,8 +110,7 @@ def suggest(model: Any, pairs: Sequence[Mapping[str, Any]], k: int, *, user: Opt
     Parameters
     ----------
     model : a :class:`~micro_rm.scoring.engine.RewardEngine` (its features, limits, η and
-        state store are used), or anything it loads: a model folder or hub id, a
-        ``MixtureRewardModel`` or a ``RewardScorer``.
+        state store are used), or anything it loads (a folder, hub id, model or ``RewardScorer``).
     pairs : candidate records with ``prompt`` (may be omitted for whole conversations),
         ``chosen``, ``rejected`` and an optional ``context``; other fields are ignored.
     k : how many to suggest (the whole pool if it has fewer).
@@ -126,13 +123,9 @@ def suggest(model: Any, pairs: Sequence[Mapping[str, Any]], k: int, *, user: Opt
     >>> suggest("runs/dsp", pool, k=2, user="ana", state="state.db")    # doctest: +SKIP
     [Query(index=17, gain=0.2134), Query(index=3, gain=0.1871)]
     """
-    from micro_rm.scoring.engine import RewardEngine, RewardScorer
+    from micro_rm.scoring.engine import RewardEngine
 
-    if isinstance(model, RewardEngine):
-        engine = model
-    else:
-        scorer = model if isinstance(model, RewardScorer) else RewardScorer.load(model)
-        engine = RewardEngine(scorer, cache_dir=cache_dir)
+    engine = model if isinstance(model, RewardEngine) else RewardEngine(model, cache_dir=cache_dir)
     records, k = check_pool(pairs, k, engine.limits, "max_batch")
     user = check_user(user, "user")
     eta = engine.eta if eta is None else validate_eta(eta)
