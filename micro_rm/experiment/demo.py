@@ -2,10 +2,8 @@
 
 Four user groups (concise, expert, cautious, playful) with conflicting preferences over response
 styles, each with a context sentence: a single reward model cannot fit the pooled labels, while
-MiCRo's heads specialise and its router learns from the context which head a user wants.
-The ``static`` backbone and 100 prompts finish in under a minute on 2 CPU cores from empty caches
-(the ``default`` transformer, ``--backbone default``, takes 1-3 minutes and shows the same).
-
+MiCRo's heads specialise and its router learns from the context which head a user wants. The
+``static`` backbone and 100 prompts finish in under a minute on 2 CPU cores from empty caches.
 ``DEMO_CONFIG`` is the config; ``configs/demo.yaml`` holds the same settings.
 """
 

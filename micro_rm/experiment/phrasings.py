@@ -1,11 +1,8 @@
 """Held-out phrasings: does the router route a context it never saw like one with the same intent?
 
-A config may give several phrasings per attribute (``data.contexts: {academy: [p0, p1, …]}``),
-cut in the order listed: the first ``phrasings.train`` are the contexts of the stage-1 training
-pairs (one per pair, by a hash of its prompt), the next ``phrasings.adapt`` those of the stage-2
-budget pairs, and the rest are test phrasings, never trained on. Test accuracy is reported with
-the training phrasings, zero-shot under each test phrasing, and after stage 2 (B budget pairs per
-attribute with the adapt phrasings, mean ± std over seeds). Nothing is chosen on the test phrasings.
+How ``data.contexts`` lists are cut (train, adapt, test) and reported: docs/personalization.md,
+"Held-out phrasings in the harness". A pair's phrasing is chosen by a hash of its prompt; nothing
+is chosen on the test phrasings.
 
 >>> split_phrasings({"a": ["p0", "p1", "p2", "p3"]}, train=2, adapt=1)
 ({'a': ['p0', 'p1']}, {'a': ['p2']}, {'a': ['p3']})
@@ -13,12 +10,13 @@ attribute with the adapt phrasings, mean ± std over seeds). Nothing is chosen o
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import Any, Sequence
 
 import numpy as np
 
-from micro_rm.experiment.state import Run
+from micro_rm.experiment.state import Run, seed_std
 
 Phrasings = dict[str, list[str]]
 
@@ -50,9 +48,7 @@ def heldout_phrasings(run: Run) -> None:
     then stage 2 from adapt-phrasing budgets."""
     if not any(isinstance(v, list) for v in run.config.data.contexts.values()):
         return
-    def featurize(records: list[dict[str, Any]]) -> Any:
-        return run.feats(records, "context")
-
+    featurize = functools.partial(run.feats, router_input="context")
     section, chosen = run.config.phrasings, run.chosen
     train_ph, adapt_ph, test_ph = split_phrasings(run.config.data.contexts, section.train, section.adapt)
     attributes = [a for a in run.attributes if a in test_ph]
@@ -69,7 +65,7 @@ def heldout_phrasings(run: Run) -> None:
     for budget in section.budgets:
         adapted = [run.adapt(model, budget, seed, pool=pool)[0] for seed in run.seeds()]
         means = [float(np.mean([run.evaluate(a, f)["mean"] for f in held_features])) for a in adapted]
-        stage2[budget] = {"mean": float(np.mean(means)), "std": float(np.std(means, ddof=1)) if len(means) > 1 else 0.0}
+        stage2[budget] = {"mean": float(np.mean(means)), "std": seed_std(means) or 0.0}
     zero_shot = float(np.mean(held))
     run.log(f"phrasings: training {seen:.3f}, held-out {zero_shot:.3f} (ratio {zero_shot / seen:.3f}); "
             + ", ".join(f"stage 2 B={b}: {v['mean']:.3f}" for b, v in stage2.items()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import time
@@ -118,17 +119,12 @@ def machine_description() -> str:
     import torch
 
     cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo", encoding="utf-8") as fh:
+        cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
     memory = ""
-    try:
+    with contextlib.suppress(ValueError, OSError, AttributeError):
         pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
         memory = f", {pages * size / 2 ** 30:.0f} GiB RAM"
-    except (ValueError, OSError, AttributeError):
-        pass
     return f"{cpu}, {os.cpu_count()} cores{memory}, {platform.system()}, torch {torch.__version__}"
 
 

@@ -7,13 +7,12 @@ earlier steps left on ``run`` and adds its own part.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -70,16 +69,6 @@ class Run:
     def log(self, message: str) -> None:
         if self.progress:
             print(f"[{time.perf_counter() - self.start:6.1f} s] {message}", file=sys.stderr, flush=True)
-
-    @contextlib.contextmanager
-    def timed(self, step: Optional[str]) -> Iterator[None]:
-        """Add the wall time of the block to ``self.timing[step]`` (one of ``TIMED_STEPS``, or None)."""
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            if step is not None:
-                self.timing[step] += time.perf_counter() - start
 
     def seeds(self) -> list[int]:
         """The budget draws' seeds: ``budget_curve.seeds`` of them from ``seed``."""

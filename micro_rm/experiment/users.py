@@ -1,15 +1,7 @@
-"""Users online: per-user Hedge for the pairs' own users, and new users' learning curve.
-
-Both share the chosen stage-1 model. ``per_user_hedge`` (``users.enabled``, needs ``user_id`` on
-the pairs): each user's Hedge state learns from ``users.feedback`` of their train pairs; accuracy
-on their test pairs before and after.
-
-``new_users`` (``user_curve.enabled``): each attribute is one simulated user who starts from
-nothing and labels n of its train pairs, at random or proposed by active selection (the ranking
-``suggest`` offers). Their weights are the router's prior sharpened by Hedge,
-w = normalise(f_ψ(x, c) ⊙ exp(−η S_u)). A ``no context`` user is known only by ``user_id`` (the
-prior is the router on the prompt alone, what stage 1's context dropout trains for); a ``context``
-user also states the attribute's training sentence.
+"""Users online, on the chosen stage-1 model: per-user Hedge for the pairs' own users, and new
+users' learning curve. A user's weights are the router's prior sharpened by Hedge,
+w = normalise(f_ψ(x, c) ⊙ exp(−η S_u)); a ``no context`` user, known only by ``user_id``, has the
+router on the prompt alone as prior (docs/personalization.md, "New users, online").
 """
 
 from __future__ import annotations
@@ -46,10 +38,9 @@ def feedback_order(pool_probs: np.ndarray, pool_log_prior: np.ndarray, n: int, e
 
 
 def learning_curve(model: Any, pool: dict[str, Any], test: dict[str, Any], *, eta: float, seeds: int,
-                   seed: int = 0, oracle: Optional[float] = None,
-                   n_feedback: tuple[int, ...] = N_FEEDBACK) -> dict[str, Any]:
+                   seed: int = 0, oracle: Optional[float] = None) -> dict[str, Any]:
     """Per kind of user and selection (random, active), the mean accuracy over users after each n
-    of ``n_feedback`` pairs, mean and std over seeds. ``pool`` / ``test``: {"no context" |
+    of ``N_FEEDBACK`` pairs, mean and std over seeds. ``pool`` / ``test``: {"no context" |
     "context": PairFeatures} of the train / test split."""
     from micro_rm.online.hedge import pair_losses, routed_probabilities
 
@@ -63,23 +54,23 @@ def learning_curve(model: Any, pool: dict[str, Any], test: dict[str, Any], *, et
         test_prior = np.log(np.clip(model.router_weights(test_f.route), 1e-30, 1.0)).astype(np.float64)
         pool_attr, test_attr = np.array(pool_f.attributes, dtype=object), np.array(test_f.attributes, dtype=object)
         for selection in ("random", "active"):
-            curve = np.zeros((seeds, len(n_feedback)))
+            curve = np.zeros((seeds, len(N_FEEDBACK)))
             for s in range(seeds):
                 rng = np.random.default_rng([seed, s])
-                per_user = np.zeros((len(users), len(n_feedback)))
+                per_user = np.zeros((len(users), len(N_FEEDBACK)))
                 for u, user in enumerate(users):
                     rows, mine = np.flatnonzero(pool_attr == user), np.flatnonzero(test_attr == user)
-                    order = rows[feedback_order(pool_probs[rows], pool_prior[rows], max(n_feedback), eta,
+                    order = rows[feedback_order(pool_probs[rows], pool_prior[rows], max(N_FEEDBACK), eta,
                                                 rng, selection == "active")]
                     losses = pair_losses(pool_probs[order])                          # [n_max, K]
-                    for j, n in enumerate(n_feedback):
+                    for j, n in enumerate(N_FEEDBACK):
                         probs = routed_probabilities(test_prior[mine], test_probs[mine], losses[:n].sum(axis=0), eta)
                         per_user[u, j] = float((probs > 0.5).mean())
                 curve[s] = per_user.mean(axis=0)
             kinds[f"{kind} / {selection}"] = {"mean": curve.mean(axis=0).tolist(),
                                               "std": curve.std(axis=0, ddof=1).tolist() if seeds > 1
-                                              else [0.0] * len(n_feedback)}
-    return {"n": list(n_feedback), "curves": kinds, "eta": eta, "seeds": seeds, "users": users,
+                                              else [0.0] * len(N_FEEDBACK)}
+    return {"n": list(N_FEEDBACK), "curves": kinds, "eta": eta, "seeds": seeds, "users": users,
             "oracle": oracle}
 
 
@@ -125,11 +116,8 @@ def new_users(run: Run) -> None:
         return
     # The prompt-protocol features are reused when a stage-1 variant already built them.
     pool_prompt = None if run.cross else run.train_feats.get("prompt")
-    test_prompt = run.test_feats.get("prompt")
-    pool = {"context": run.pool_ctx,
-            "no context": pool_prompt if pool_prompt is not None else run.feats(run.pool, "prompt")}
-    test = {"context": run.test_ctx,
-            "no context": test_prompt if test_prompt is not None else run.feats(run.test, "prompt")}
+    pool = {"context": run.pool_ctx, "no context": pool_prompt or run.feats(run.pool, "prompt")}
+    test = {"context": run.test_ctx, "no context": run.test_feats.get("prompt") or run.feats(run.test, "prompt")}
     result = learning_curve(run.chosen["model"], pool, test, eta=curve.eta or DEFAULT_ETA, seeds=curve.seeds,
                             seed=run.config.seed, oracle=run.methods.get("oracle", {}).get("mean"))
     run.results["user_curve"] = result

@@ -101,8 +101,11 @@ def _merged_model(model: MixtureRewardModel, clusters: list[list[int]], usage: n
             # of its members' (no change stays no change), not their sum
             logits[old.corrections] -= torch.log(torch.tensor([float(len(m)) for m in clusters], device=logits.device))
             context = (logits, _sum_mass(old.null_logits, clusters))
+        # a cluster's output row is its members' mean row, its bias + log |cluster| (equal member logits sum exactly)
         output = output_layer(old)
-        load_router(merged.router, old, config, _merge_output(output, clusters), *context)
+        rows = torch.stack([output.weight[members].mean(0) for members in clusters])
+        bias = torch.stack([output.bias[members].mean() + math.log(len(members)) for members in clusters])
+        load_router(merged.router, old, config, (rows, bias), *context)
     return merged
 
 
@@ -110,13 +113,6 @@ def _sum_mass(logits: torch.Tensor, clusters: list[list[int]]) -> torch.Tensor:
     """Logits [..., K] → [..., C]: a cluster's logit is the logsumexp of its members' (so its
     softmax probability is their summed probability)."""
     return torch.stack([torch.logsumexp(logits[..., members], dim=-1) for members in clusters], dim=-1)
-
-
-def _merge_output(old: "torch.nn.Linear", clusters: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Output rows of a cluster: the mean row, bias + log |cluster| (equal member logits sum exactly)."""
-    weight = torch.stack([old.weight[members].mean(0) for members in clusters])
-    bias = torch.stack([old.bias[members].mean() + math.log(len(members)) for members in clusters])
-    return weight, bias
 
 
 def _refit_router(model: MixtureRewardModel, features: PairFeatures, config: Stage1Config,

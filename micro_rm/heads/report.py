@@ -24,8 +24,7 @@ def write_heads_report(profile: dict[str, Any], folder: str | Path, *, title: st
     folder.mkdir(parents=True, exist_ok=True)
     text = json.dumps({"title": title, **profile}, indent=2, ensure_ascii=False)
     saved = json.loads(text)
-    accuracy = saved["accuracy"]
-    plot_head_attribute({"title": title, "head_attribute": accuracy}, folder / "head_attribute.png")
+    plot_head_attribute({"title": title, "head_attribute": saved["accuracy"]}, folder / "head_attribute.png")
     plot_statistics(saved, folder / "head_statistics.png")
     plot_agreement(saved, folder / "head_agreement.png")
     with atomic_open(folder / PROFILE_FILE) as fh:
