@@ -66,10 +66,9 @@ def adapt(model: "MixtureRewardModel", features: "PairFeatures", config: Optiona
     cv = {candidate_name(c): float(v.mean()) for c, v in cv_nll.items()}
     info = {"tau": tau, "update": update, "wordings": wordings, "cv_nll": cv, "stage1_nll": stage1_nll,
             "nll": nll, "epochs": epochs, "pairs": len(features), "seconds": time.perf_counter() - start}
-    settings = {name: getattr(config, name) for name in ("budget", "tau", "seed", "folds")}
     adapted.config.feature = {**adapted.config.feature, "router_input": "context"}
     adapted.config.training = {**adapted.config.training,
-                               "stage2": {**settings, "tau_chosen": tau, "update_chosen": update,
+                               "stage2": {**dataclasses.asdict(config), "tau_chosen": tau, "update_chosen": update,
                                           "wordings_chosen": wordings, "cv_nll": cv}}
     adapted.config.data = {**adapted.config.data, "stage2_pairs": len(features)}
     adapted.config.metrics = {**adapted.config.metrics, "stage2_budget_nll": nll,
