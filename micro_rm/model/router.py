@@ -157,7 +157,8 @@ def load_router(new: nn.Module, old: nn.Module, config: MixtureConfig, output: t
     if isinstance(old, ContextRouter):
         new.set_context_branch(old.prototypes.clone(), prototype_logits, null_logits, config)
         old, new = old.prompt, new.prompt
-    new.load_state_dict({k: v for k, v in old.state_dict().items() if k not in _output_keys(old)}, strict=False)
+    if isinstance(old, nn.Sequential):                                   # all but the output layer
+        new[:-1].load_state_dict(old[:-1].state_dict())
     output_layer(new).weight.copy_(output[0])
     output_layer(new).bias.copy_(output[1])
 
@@ -166,11 +167,6 @@ def output_layer(router: nn.Module) -> nn.Linear:
     """The last linear layer of a router's prompt network (whose rows are the heads)."""
     network = router.prompt if isinstance(router, ContextRouter) else router
     return network[-1] if isinstance(network, nn.Sequential) else network
-
-
-def _output_keys(network: nn.Module) -> set[str]:
-    prefix = f"{len(network) - 1}." if isinstance(network, nn.Sequential) else ""
-    return {prefix + "weight", prefix + "bias"}
 
 
 def unique_rows(vectors: torch.Tensor) -> torch.Tensor:
