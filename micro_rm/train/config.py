@@ -6,7 +6,7 @@ unknown key is one :class:`MicroRMError` line. Free of torch, so ``micro-rm --he
 >>> Stage1Config(heads=0)
 Traceback (most recent call last):
 ...
-micro_rm.errors.MicroRMError: `heads` must be an integer ≥ 1, got 0
+micro_rm.errors.MicroRMError: `heads` must be an integer in [1, 64], got 0
 """
 
 from __future__ import annotations
