@@ -63,6 +63,8 @@ def model_card(config: MixtureConfig, *, repo_id: Optional[str] = None, license:
     weighting = ("context-aware " + config.router.upper() + " router" if config.variant == "micro"
                  else config.variant + " weighting")
     rows = lambda d: "\n".join(f"| `{k}` | {_fmt(v)} |" for k, v in d.items()) or "| (none) | |"  # noqa: E731
+    count = len(config.context_corrections)
+    corrections = f", {count} of them corrections added at stage 2" if count else ""
     metadata = card_metadata(config, repo_id=repo_id, license=license)
     return f"""---
 {metadata.to_yaml()}
@@ -100,7 +102,7 @@ compare two responses with `rm.compare` (Σ_k w_k σ(r_k(a) − r_k(b))).
   d = {config.reward_dim}, router features d_r = {config.route_dim}
 - router input: `{settings.router_input}`; context in reward features: `{settings.context_in_reward}`;
   route layout `{settings.context_encoding}`
-  ({config.context_prototypes} prototype contexts{_corrections(config)}, temperature {config.context_temperature:g})
+  ({config.context_prototypes} prototype contexts{corrections}, temperature {config.context_temperature:g})
 
 ## Training data
 | field | value |
@@ -128,9 +130,3 @@ def _fmt(value: Any) -> str:
     if isinstance(value, (dict, list)):
         return f"`{json.dumps(value, default=str)}`"
     return str(value)
-
-
-def _corrections(config: MixtureConfig) -> str:
-    """The card's note on stage 2's corrections, e.g. ", 8 of them corrections added at stage 2"."""
-    count = len(config.context_corrections)
-    return f", {count} of them corrections added at stage 2" if count else ""

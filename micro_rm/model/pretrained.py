@@ -95,7 +95,7 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2  # linux/fcntl.h, linux/fs.h
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -109,9 +109,7 @@ def _exchange(a: Path, b: Path) -> bool:
         renameat2 = libc.renameat2
     except (OSError, AttributeError):
         return False
-    at_fdcwd = -100
-    done = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
-    return done == 0
+    return renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
 
 
 def _swap_in(new: Path, path: Path) -> None:
@@ -131,12 +129,10 @@ def _swap_in(new: Path, path: Path) -> None:
     os.replace(old, new)           # so the caller removes it with the temporary folder
 
 
-def clean_stale_temps(path: str | os.PathLike) -> list[Path]:
+def clean_stale_temps(path: str | os.PathLike) -> None:
     """Remove the temporary folders that killed saves to ``path`` left beside it (those of
-    processes that are gone), and restore a model moved aside if ``path`` itself is missing.
-    Returns what was removed."""
+    processes that are gone), and restore a model moved aside if ``path`` itself is missing."""
     path = Path(path)
-    removed = []
     for leftover in sorted(path.parent.glob(f".{glob.escape(path.name)}.*")):
         parts = leftover.name[len(path.name) + 2:].split(".")
         if len(parts) < 2 or not parts[0].isdigit() or parts[-1] not in ("tmp", "old") \
@@ -144,10 +140,8 @@ def clean_stale_temps(path: str | os.PathLike) -> list[Path]:
             continue
         if parts[-1] == "old" and not path.exists():
             os.replace(leftover, path)
-            continue
-        shutil.rmtree(leftover, ignore_errors=True)
-        removed.append(leftover)
-    return removed
+        else:
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:
@@ -283,7 +277,7 @@ def _check_version(version: str, where: Path) -> None:
 
 
 def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.generic,)):
+    if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, (np.ndarray, torch.Tensor)):
         return value.tolist()

@@ -31,23 +31,17 @@ def router_network(inputs: int, k: int, config: MixtureConfig) -> nn.Module:
 
 class ContextRouter(nn.Module):
     """Router logits = g(emb(prompt)) + h(emb(context)) over the "separate" route layout
-    [emb(prompt); emb(context)], where h attends over prototype contexts:
+    [emb(prompt); emb(context)], where h attends over fixed unit prototype contexts u_m:
 
         h(c) = Σ_m softmax_m( cos(c, u_m) / T ) · a_m          (a zero c, "no context": h = a_null)
 
-    Why: a network over the joint text, or the concatenated vectors, learns whatever separates
-    the few training sentences, and a paraphrase then routes like noise (METHOD.md, measured
-    finding 3); attention routes a new phrasing like its nearest training phrasings. The
-    prototypes u_m are fixed unit context embeddings; only a_m, a_null and g are learned.
-
-    Stage 2 adds its budget's contexts as plain prototypes (joining the softmax) or as
-    *corrections* (``config.context_corrections``), whose logits δ_n are added by the share of
-    attention they would get, taking none from the others:
+    Only a_m, a_null and g are learned. Stage 2 adds its budget's contexts as plain prototypes or
+    as *corrections* (``config.context_corrections``), whose logits δ_n, starting at 0, are added
+    by the share of the softmax over all prototypes (att) they would get:
 
         h(c) = Σ_{m plain} softmax_{m plain}( cos(c, u_m) / T ) · a_m + Σ_{n corr} att_n(c) · δ_n
 
-    where att is the softmax over all prototypes. A correction starts at δ = 0, so adding it
-    changes no routing, and a context far from it keeps stage 1's routing whatever δ becomes.
+    Why attention, and why corrections: docs/personalization.md §2 and §4.
     """
 
     def __init__(self, config: MixtureConfig):
@@ -163,7 +157,8 @@ def load_router(new: nn.Module, old: nn.Module, config: MixtureConfig, output: t
     if isinstance(old, ContextRouter):
         new.set_context_branch(old.prototypes.clone(), prototype_logits, null_logits, config)
         old, new = old.prompt, new.prompt
-    new.load_state_dict({k: v for k, v in old.state_dict().items() if k not in _output_keys(old)}, strict=False)
+    if isinstance(old, nn.Sequential):                                   # all but the output layer
+        new[:-1].load_state_dict(old[:-1].state_dict())
     output_layer(new).weight.copy_(output[0])
     output_layer(new).bias.copy_(output[1])
 
@@ -172,11 +167,6 @@ def output_layer(router: nn.Module) -> nn.Linear:
     """The last linear layer of a router's prompt network (whose rows are the heads)."""
     network = router.prompt if isinstance(router, ContextRouter) else router
     return network[-1] if isinstance(network, nn.Sequential) else network
-
-
-def _output_keys(network: nn.Module) -> set[str]:
-    prefix = f"{len(network) - 1}." if isinstance(network, nn.Sequential) else ""
-    return {prefix + "weight", prefix + "bias"}
 
 
 def unique_rows(vectors: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,6 @@ where the heads that still carry weight disagree. Given each head's P_k(a ≻ b)
 ranked by ``information`` (default: the expected entropy drop of w from the pair's label, under
 the exact Hedge updates of :func:`micro_rm.online.pair_losses`) or ``disagreement`` (the
 weighted variance Σ_k w_k (p_k − p̄)²: cheaper, and the same ranking in most pools).
-:func:`best_queries` serves ``suggest`` (service, CLI, ``MiCRo``) and the harness's new-user curve.
 
 >>> order, gains = best_queries(head_probs, log_router_weights, state.cumulative_loss, k=5)  # doctest: +SKIP
 """
@@ -45,9 +44,9 @@ def expected_information_gain(weights: np.ndarray, head_probs: np.ndarray, *, et
     eta = validate_eta(eta)
     log_w = np.log(np.clip(w, 1e-300, None))
     p_yes = (w * p).sum(axis=1)                                                # P(a ≻ b) under w, [N]
-    after_yes = _entropy(_log_normalise(log_w - eta * pair_losses(p, p_min)))
-    after_no = _entropy(_log_normalise(log_w - eta * pair_losses(1.0 - p, p_min)))
-    return _entropy(_log_normalise(log_w)) - (p_yes * after_yes + (1.0 - p_yes) * after_no)
+    after_yes = _entropy(hedge_log_weights(log_w, pair_losses(p, p_min), eta))
+    after_no = _entropy(hedge_log_weights(log_w, pair_losses(1.0 - p, p_min), eta))
+    return _entropy(hedge_log_weights(log_w, 0.0, eta)) - (p_yes * after_yes + (1.0 - p_yes) * after_no)
 
 
 def rank_queries(head_probs: np.ndarray, weights: Optional[np.ndarray] = None, *,
@@ -82,8 +81,7 @@ def best_queries(head_probs: np.ndarray, log_prior: np.ndarray, cumulative_loss:
     array([1])
     """
     log_prior = np.atleast_2d(np.asarray(log_prior, dtype=np.float64))
-    loss = np.zeros(log_prior.shape[1]) if cumulative_loss is None else cumulative_loss
-    weights = np.exp(hedge_log_weights(log_prior, loss, eta))
+    weights = np.exp(hedge_log_weights(log_prior, 0.0 if cumulative_loss is None else cumulative_loss, eta))
     score = query_scores(weights, head_probs, eta=eta, method=method)
     order = np.argsort(-score, kind="stable")[:max(int(k), 0)]
     return order, score[order]
@@ -111,11 +109,6 @@ def _check(weights: Any, head_probs: Any) -> tuple[np.ndarray, np.ndarray]:
         raise MicroRMError(f"`weights` must be [K={p.shape[1]}] or [N, K] rows on the simplex "
                            f"(non-negative, summing to 1), got shape {w.shape}")
     return w, p
-
-
-def _log_normalise(logits: np.ndarray) -> np.ndarray:
-    top = logits.max(axis=-1, keepdims=True)
-    return logits - (top + np.log(np.exp(logits - top).sum(axis=-1, keepdims=True)))
 
 
 def _entropy(log_w: np.ndarray) -> np.ndarray:

@@ -1,9 +1,6 @@
-"""Stage 2: adapt the router to user contexts from a small budget of labelled pairs (METHOD.md,
-Stage 2). The heads stay frozen, and the router changes only when the budget shows it helps: each
-candidate router (:mod:`micro_rm.train.selection`) is cross-validated on the budget, the best
-replaces stage 1's only if it beats "keep" by one standard error and ranks as many held-out pairs
-right, and is then fitted on the whole budget. The paper's Algorithm 1 as written is
-:func:`micro_rm.train.algorithm1.algorithm1`.
+"""Stage 2: adapt the router to user contexts from a small budget of labelled pairs, the heads
+frozen. The router changes only when cross-validation on the budget shows it helps
+(:mod:`micro_rm.train.selection`; docs/personalization.md §4).
 
 >>> rows = draw_budget(features.attributes, budget=50, seed=0)                  # doctest: +SKIP
 >>> adapted, info = adapt(model, features.subset(rows), AdaptConfig())          # doctest: +SKIP
@@ -66,14 +63,11 @@ def adapt(model: "MixtureRewardModel", features: "PairFeatures", config: Optiona
     cv = {candidate_name(c): float(v.mean()) for c, v in cv_nll.items()}
     info = {"tau": tau, "update": update, "wordings": wordings, "cv_nll": cv, "stage1_nll": stage1_nll,
             "nll": nll, "epochs": epochs, "pairs": len(features), "seconds": time.perf_counter() - start}
-    settings = {name: getattr(config, name) for name in ("budget", "tau", "seed", "folds")}
-    adapted.config.feature = {**adapted.config.feature, "router_input": "context"}
-    adapted.config.training = {**adapted.config.training,
-                               "stage2": {**settings, "tau_chosen": tau, "update_chosen": update,
-                                          "wordings_chosen": wordings, "cv_nll": cv}}
-    adapted.config.data = {**adapted.config.data, "stage2_pairs": len(features)}
-    adapted.config.metrics = {**adapted.config.metrics, "stage2_budget_nll": nll,
-                              "stage2_budget_nll_before": stage1_nll}
+    adapted.config.feature["router_input"] = "context"               # a deep copy: model.config is untouched
+    adapted.config.training["stage2"] = {**dataclasses.asdict(config), "tau_chosen": tau, "update_chosen": update,
+                                         "wordings_chosen": wordings, "cv_nll": cv}
+    adapted.config.data["stage2_pairs"] = len(features)
+    adapted.config.metrics.update(stage2_budget_nll=nll, stage2_budget_nll_before=stage1_nll)
     return adapted.eval(), info
 
 

@@ -6,7 +6,7 @@ unknown key is one :class:`MicroRMError` line. Free of torch, so ``micro-rm --he
 >>> Stage1Config(heads=0)
 Traceback (most recent call last):
 ...
-micro_rm.errors.MicroRMError: `heads` must be an integer ≥ 1, got 0
+micro_rm.errors.MicroRMError: `heads` must be an integer in [1, 64], got 0
 """
 
 from __future__ import annotations
@@ -243,7 +243,7 @@ class AdaptConfig:
     folds: Folds = 5
 
 
-def check_tau(tau: Any, name: str = "tau") -> float:
+def check_tau(tau: Any) -> float:
     """``tau`` as a float, or :class:`MicroRMError` unless it is a finite number ≥ ``TAU_MIN``.
 
     >>> check_tau(1e-3)
@@ -251,7 +251,7 @@ def check_tau(tau: Any, name: str = "tau") -> float:
     """
     ok = not isinstance(tau, bool) and isinstance(tau, (int, float)) and math.isfinite(tau) and tau >= TAU_MIN
     if not ok:
-        raise MicroRMError(f"`{name}` must be a finite number ≥ {TAU_MIN:g} (a Hedge temperature) or "
+        raise MicroRMError(f"`tau` must be a finite number ≥ {TAU_MIN:g} (a Hedge temperature) or "
                            f"'auto', got {tau!r}; the paper uses 1e-3")
     return float(tau)
 

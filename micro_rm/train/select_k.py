@@ -29,8 +29,7 @@ DEFAULT_GRID = tuple(range(1, 9))
 def validation_nll(model: MixtureRewardModel, features: PairFeatures, index: np.ndarray) -> tuple[float, float]:
     """Mean NLL of the pairs ``index`` and its standard error over their prompts."""
     with torch.no_grad():
-        diff = torch.from_numpy(np.asarray(features.chosen[index], dtype=np.float32)
-                                - np.asarray(features.rejected[index], dtype=np.float32))
+        diff = torch.from_numpy(np.subtract(features.chosen[index], features.rejected[index], dtype=np.float32))
         route = torch.from_numpy(np.asarray(features.route[index], dtype=np.float32))
         losses = mixture_bt_loss(model.head_deltas(diff), model.router_log_weights(route)).numpy()
     _, prompt_of = np.unique(np.asarray([features.prompts[i] for i in index], dtype=object).astype(str),

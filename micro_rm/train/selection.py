@@ -78,18 +78,17 @@ def cross_validate(model: "MixtureRewardModel", route: torch.Tensor, deltas: tor
     known = len(model.router.prototypes) if separate else 0
     updates = ["heads", "contexts"] if known else ["heads"]
     wordings = ["prototypes", "corrections"] if separate and adds_wordings(model, route) else ["prototypes"]
-    kinds = [(u, w) for w in wordings for u in updates] if separate else [("heads", "prototypes")]
-    out: dict[Any, np.ndarray] = {Candidate(u, t, w): np.zeros(len(route)) for u, w in kinds for t in taus}
+    out: dict[Any, np.ndarray] = {Candidate(u, t, w): np.zeros(len(route))
+                                  for w in wordings for u in updates for t in taus}
+    bar = progress_bar(total=len(out) * len(np.unique(fold)), desc="stage 2: cross-validation",
+                       unit="fit", enabled=progress, leave=False)
     with torch.no_grad():
         out[KEEP] = mixture_bt_loss(deltas, model.router_log_weights(route)).cpu().numpy()
-    bar = progress_bar(total=len(kinds) * len(taus) * len(np.unique(fold)), desc="stage 2: cross-validation",
-                       unit="fit", enabled=progress, leave=False)
     with bar:
         for f in np.unique(fold):
-            rows_held = np.flatnonzero(fold == f)
-            train, held = (torch.from_numpy(np.flatnonzero(fold != f)).to(route.device),
-                           torch.from_numpy(rows_held).to(route.device))
-            fit_route, fit_deltas = route[train], deltas[train]
+            rows_held = fold == f
+            held = torch.from_numpy(rows_held).to(route.device)
+            fit_route, fit_deltas = route[~held], deltas[~held]
             if not separate:
                 for t in taus:
                     candidate = copy.deepcopy(model)
@@ -224,11 +223,11 @@ def fit_candidate(model: "MixtureRewardModel", route: torch.Tensor, deltas: torc
 
     update, tau, wordings = candidate
     if model.config.context_dim:
-        router, known = model.router, len(model.router.prototypes)
+        known = len(model.router.prototypes)
         spoken_for = budget_prototypes(model, route, seed, corrections=wordings == "corrections")
         start = time.perf_counter()
         logits, null_logits = context_step(model, route, deltas, update if known else "heads", [tau], spoken_for, known)
-        router.set_context_logits(logits[0], null_logits[0])
+        model.router.set_context_logits(logits[0], null_logits[0])
         return [{"epoch": 1, "ce": math.nan, "nll": mixture_nll(model, route, deltas) if history else math.nan,
                  "seconds": time.perf_counter() - start}]
     losses = bt_loss(deltas)                                             # L_ik = −log σ(Δ_ik), [N, K]
@@ -307,11 +306,9 @@ def hedge_context_branch(model: "MixtureRewardModel", route: torch.Tensor, delta
 
         a_m ← a_m − L̄_m / τ,   L̄_mk = Σ_i w_im L_ik / Σ_i w_im,   L_ik = −log σ(Δ_ik),
 
-    where w_im is the attention pair i's context gives prototype m; "no context" takes the same
-    step on the pairs without one: Eq. 5 with all of a context's evidence at once. Why not Eq. 5
-    per pair, distilled: at small τ each target is one-hot on the pair's best head, so the router
-    learns the share of pairs each head wins rather than which head explains them (−29 points on
-    one wording; BENCHMARKS.md). Returns the prototype logits [C, M, K] and no-context logits [C, K]."""
+    w_im the attention pair i's context gives prototype m; "no context" takes the same step on the
+    pairs without one (why not Eq. 5 per pair: docs/personalization.md §4). Returns the prototype
+    logits [C, M, K] and no-context logits [C, K]."""
     router, c = model.router, len(taus)
     _, attention, has_context = model.context_branch_inputs(route)
     losses = bt_loss(deltas)                                             # L_ik = −log σ(Δ_ik), [N, K]
@@ -337,11 +334,10 @@ def known_routing_logits(model: "MixtureRewardModel", route: torch.Tensor, delta
 
         β_nm ∝ att_m(u_n) · exp(−Σ_i w_in L_i(m) / τ),   a_n = Σ_m β_nm a_m
 
-    where att(u_n) is the stage-1 attention of new wording u_n over the known prototypes (large τ
-    keeps its zero-shot routing), L_i(m) the mixture NLL of pair i routed as prototype m, and w_in
-    the weight pair i's context gives u_n. Why: a few pairs per wording cannot fit K free logits
-    that transfer, but they can tell apart the few routings stage 1 learned. A correction gets
-    a_n minus its routing without one; known corrections are not routings and take no part."""
+    att(u_n) the stage-1 attention of new wording u_n over the known prototypes, L_i(m) the mixture
+    NLL of pair i routed as prototype m, w_in the weight pair i's context gives u_n (why:
+    docs/personalization.md §4). A correction gets a_n minus its routing without one; known
+    corrections are not routings and take no part."""
     router = model.router
     fixed, attention, has_context = model.context_branch_inputs(route)
     plain = ~router.corrections[:known]

@@ -22,7 +22,6 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from micro_rm.progress import progress_bar
 
 from micro_rm.errors import MicroRMError
 from micro_rm.features.base import PairFeatures
@@ -30,6 +29,7 @@ from micro_rm.features.store import read_rows, release_pages
 from micro_rm.model.config import MixtureConfig
 from micro_rm.model.losses import bt_loss, mixture_bt_loss, negative_entropy
 from micro_rm.model.mixture import MixtureRewardModel
+from micro_rm.progress import progress_bar
 from micro_rm.train.config import Stage1Config
 from micro_rm.train.schedule import lr_at
 
@@ -228,17 +228,16 @@ class _Rows:
     released, so a float16 cache larger than RAM never becomes one float32 array."""
 
     def __init__(self, features: PairFeatures, device: str):
-        self.device = device
-        self.lazy = [not (type(a) is np.ndarray) for a in (features.chosen, features.route)]
-        self.features = features
-        if not self.lazy[0]:
-            self.diff = torch.from_numpy(np.subtract(features.chosen, features.rejected, dtype=np.float32))
-            self.diff = self.diff.to(device)
-        if not self.lazy[1]:
+        self.features, self.device = features, device
+        self.diff = self.route = None                                    # None: memory-mapped, read per block
+        if type(features.chosen) is np.ndarray:
+            diff = np.subtract(features.chosen, features.rejected, dtype=np.float32)
+            self.diff = torch.from_numpy(diff).to(device)
+        if type(features.route) is np.ndarray:
             self.route = torch.from_numpy(np.asarray(features.route, dtype=np.float32)).to(device)
 
     def take(self, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        f = self.features
+        f, rows = self.features, torch.from_numpy(index)
         order = np.argsort(index, kind="stable")                         # read in file order,
         ascending = index[order]                                         # write back in ``index``'s
 
@@ -246,16 +245,13 @@ class _Rows:
             out = np.empty((len(index), array.shape[1]), dtype=np.float32)
             return read_rows(array, ascending, out=out, positions=order)
 
-        if self.lazy[0]:
+        if self.diff is not None:
+            diff = self.diff[rows]
+        else:
             diff = gather(f.chosen)
-            diff -= gather(f.rejected)                                   # = np.subtract(..., dtype=float32)
+            diff -= gather(f.rejected)                                   # in place: one block less in memory
             diff = torch.from_numpy(diff).to(self.device)
-        else:
-            diff = self.diff[torch.from_numpy(index)]
-        if self.lazy[1]:
-            route = torch.from_numpy(gather(f.route)).to(self.device)
-        else:
-            route = self.route[torch.from_numpy(index)]
+        route = self.route[rows] if self.route is not None else torch.from_numpy(gather(f.route)).to(self.device)
         return diff, route
 
 
