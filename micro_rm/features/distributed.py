@@ -86,10 +86,6 @@ class RankGroup:
         dist.all_gather_object(out, value, group=self.cpu_group)
         return out
 
-    def sum(self, value: int) -> int:
-        """The sum of ``value`` over the ranks (and a barrier: it needs every rank's value)."""
-        return sum(self.all_gather(int(value)))
-
     def barrier(self) -> None:
         import torch.distributed as dist
         dist.barrier(group=self.cpu_group)

@@ -104,18 +104,13 @@ class FeatureWriter:
         self.closed = True
         return self.path
 
-    def abort(self) -> None:
-        """Drop the partial folder."""
-        self.arrays.clear()
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.closed = True
-
     def __enter__(self) -> "FeatureWriter":
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if not self.closed:
-            self.abort()
+        if not self.closed:   # drop the partial folder
+            self.arrays.clear()
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def _check_replaceable(path: Path) -> None:
@@ -199,12 +194,10 @@ def read_rows(array: np.ndarray, rows: np.ndarray, *, out: Optional[np.ndarray] 
     return out
 
 
-def release_pages(*arrays: np.ndarray) -> None:
-    """Drop the pages of memory-mapped ``arrays`` from RSS (read pages stay there otherwise: one
+def release_pages(array: np.ndarray) -> None:
+    """Drop the pages of a memory-mapped ``array`` from RSS (read pages stay there otherwise: one
     epoch over a 2.3 GB file would grow the process by 2.3 GB); the data stays in the page cache.
     Copy-on-write maps (their private changes would be lost) are left alone."""
-    for array in arrays:
-        handle = getattr(array, "_mmap", None)
-        if (handle is not None and getattr(array, "mode", None) in ("r", "r+", "w+")
-                and hasattr(mmap, "MADV_DONTNEED")):
-            handle.madvise(mmap.MADV_DONTNEED)
+    handle = getattr(array, "_mmap", None)
+    if handle is not None and getattr(array, "mode", None) in ("r", "r+", "w+") and hasattr(mmap, "MADV_DONTNEED"):
+        handle.madvise(mmap.MADV_DONTNEED)

@@ -20,7 +20,6 @@ from micro_rm.features.base import Item
 from micro_rm.features.backbones.items import (ChatFormatter, pair_reward_item, pair_route_item,
                                                tokenize_items)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Tried in order when a tokenizer has no pad token, before falling back to EOS.
 PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<|pad|>", "<pad>", "[PAD]")
 # An arbitrary hub model's own limit may be 128K tokens; this keeps a CPU run finite.
@@ -169,7 +168,7 @@ def load_transformer(source: str, *, name: str, identity: dict[str, Any],
         raise MicroRMError(f"backbone {name!r} has no fast tokenizer (tokenizer.json); "
                            "micro-rm needs one for length-sorted batching")
     ensure_pad_token(tokenizer)
-    model = AutoModel.from_pretrained(source, dtype=DTYPES[dtype]).to(device).eval()
+    model = AutoModel.from_pretrained(source, dtype=getattr(torch, dtype)).to(device).eval()
     model.requires_grad_(False)
     if max_length is None:
         limits = [tokenizer.model_max_length, MAX_LENGTH_CAP,
