@@ -144,10 +144,9 @@ class FeatureCache:
                                    f"{folder.path} cannot be read back; is the folder writable?")
         position = {item: i for i, item in enumerate(unique)}
         index = np.fromiter((position[item] for item in items), dtype=np.int64, count=len(items))
-        stats = EncodeStats(texts=len(unique), encoded=len(missing),
-                            from_cache=len(unique) - len(missing),
-                            seconds=round(time.perf_counter() - start, 3))
-        return vectors[index], stats
+        return vectors[index], EncodeStats(texts=len(unique), encoded=len(missing),
+                                           from_cache=len(unique) - len(missing),
+                                           seconds=round(time.perf_counter() - start, 3))
 
     def fill(self, items: Sequence[Item], backbone: Backbone, *, batch_size: int = 32,
              tokens_per_batch: Optional[int] = None, progress: bool = True,

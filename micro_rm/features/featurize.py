@@ -35,12 +35,6 @@ NO_CONTEXT = ""  # the context item of a record without one (encoded, then zeroe
 OUT_CHUNK = 16_384  # pairs looked up and written at once by ``featurize(..., out=...)``
 
 
-def context_item(backbone: Backbone, context: str) -> Item:
-    """The item of a context sentence alone: the backbone's ``context_item``, else the sentence."""
-    make = getattr(backbone, "context_item", None)
-    return make(context) if make is not None else (context, None)
-
-
 @lru_cache(maxsize=65_536)
 def context_views(context: str) -> tuple[str, ...]:
     """The sentences whose vectors make emb(context) under ``clauses``: the context itself, then
@@ -67,7 +61,9 @@ def route_items(backbone: Backbone, prompt: Any, context: Optional[str], *,
     if context_encoding == "joint":
         return [backbone.route_item(prompt, context)]
     views = context_views(context) if context and context_encoding == "clauses" else [context or NO_CONTEXT]
-    return [backbone.route_item(prompt, None)] + [context_item(backbone, v) for v in views]
+    # A context sentence alone: the backbone's optional ``context_item``, else the plain sentence.
+    context_item = getattr(backbone, "context_item", lambda sentence: (sentence, None))
+    return [backbone.route_item(prompt, None)] + [context_item(v) for v in views]
 
 
 def route_item_counts(contexts: Sequence[Optional[str]], context_encoding: str) -> np.ndarray:
@@ -167,15 +163,14 @@ def featurize(records: Sequence[dict[str, Any]], backbone: Backbone, cache: Feat
                                          progress=progress, allow_encode=allow_encode)
     context_dim = context_width(backbone.dim, context_encoding)
     route = route_matrix(vectors[2 * n:], route_contexts(records, router_input), context_dim, context_encoding)
-    features = PairFeatures(
+    return PairFeatures(
         chosen=vectors[:n], rejected=vectors[n:2 * n],
         route=route.astype(cache.dtype).astype(np.float32),    # pooled in float32; stored like ``out``
         prompts=[prompt_key(r) for r in records],
         attributes=[r.get("attribute") for r in records],
         fingerprint=backbone.fingerprint(), context_dim=context_dim, context_encoding=context_encoding,
         router_input=router_input, context_in_reward=context_in_reward,
-    )
-    return features, stats
+    ), stats
 
 
 def _write_features(records: Sequence[dict[str, Any]], items: list[Item], backbone: Backbone,

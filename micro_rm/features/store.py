@@ -164,12 +164,9 @@ def load_features(path: str | os.PathLike, *, mmap: bool = True) -> PairFeatures
     if any(len(a) != n for a in arrays.values()) or len(prompts) != n:
         raise MicroRMError(f"{path}: the arrays and prompts do not all hold {n} rows; "
                            "write the folder again")
-    return PairFeatures(**arrays, prompts=prompts, attributes=attributes,
-                        fingerprint=meta.get("fingerprint", {}),
-                        context_dim=meta.get("context_dim", 0),      # folders before it: joint layout
-                        context_encoding=meta.get("context_encoding", ""),
-                        router_input=meta.get("router_input", "context"),              # folders before them:
-                        context_in_reward=meta.get("context_in_reward", False))        # the defaults
+    recorded = ("fingerprint", "context_dim", "context_encoding", "router_input", "context_in_reward")
+    return PairFeatures(**arrays, prompts=prompts, attributes=attributes,   # older folders lack some: the defaults
+                        **{name: meta[name] for name in recorded if name in meta})
 
 
 def read_rows(array: np.ndarray, rows: np.ndarray, *, out: Optional[np.ndarray] = None,

@@ -171,9 +171,8 @@ def load_transformer(source: str, *, name: str, identity: dict[str, Any],
     model = AutoModel.from_pretrained(source, dtype=getattr(torch, dtype)).to(device).eval()
     model.requires_grad_(False)
     if max_length is None:
-        limits = [tokenizer.model_max_length, MAX_LENGTH_CAP,
-                  getattr(config.get_text_config(), "max_position_embeddings", MAX_LENGTH_CAP)]
-        max_length = min(limits)
+        max_length = min(tokenizer.model_max_length, MAX_LENGTH_CAP,
+                         getattr(config.get_text_config(), "max_position_embeddings", MAX_LENGTH_CAP))
     return TransformerBackbone(
         model, tokenizer, name=name, max_length=max_length, dtype=dtype, device=device,
         batch_size=batch_size, identity=identity,
