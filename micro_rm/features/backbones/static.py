@@ -19,6 +19,7 @@ import torch
 
 from micro_rm.atomic import atomic_path
 from micro_rm.features.base import Item
+from micro_rm.features.backbones import DEFAULT_MAX_LENGTH
 from micro_rm.features.backbones.items import pair_reward_item, pair_route_item, tokenize_items
 from micro_rm.features.backbones.sources import (DEFAULT_MODEL_ID, default_model_dir,
                                                  user_cache, weights_sha256)
@@ -28,7 +29,6 @@ log = logging.getLogger(__name__)
 STATIC_DIM = 256
 # Bump when the distillation recipe changes: the table file name (and the fingerprint) change.
 RECIPE = "cls-token-sep/pca256/sif-zipf-3e-6/v2"
-DEFAULT_MAX_LENGTH = 256
 
 
 class StaticBackbone:
