@@ -108,11 +108,6 @@ def route_matrix(vectors: np.ndarray, contexts: Sequence[Optional[str]], context
     return np.concatenate([vectors[first], mean], axis=1).astype(np.float32)
 
 
-def context_width(backbone_dim: int, context_encoding: str) -> int:
-    """Width of emb(context) at the end of the route features (0 for ``joint``)."""
-    return 0 if context_encoding == "joint" else backbone_dim
-
-
 def record_items(records: Sequence[dict[str, Any]], backbone: Backbone, *,
                  router_input: str = "context", context_in_reward: bool = False,
                  context_encoding: str = "clauses") -> list[Item]:
@@ -154,14 +149,14 @@ def featurize(records: Sequence[dict[str, Any]], backbone: Backbone, cache: Feat
     n = len(records)
     items = record_items(records, backbone, router_input=router_input,
                          context_in_reward=context_in_reward, context_encoding=context_encoding)
+    context_dim = 0 if context_encoding == "joint" else backbone.dim   # width of emb(context) in ``route``
     if out is not None:
         stats = cache.fill(items, backbone, batch_size=batch_size, tokens_per_batch=tokens_per_batch,
                            progress=progress, allow_encode=allow_encode)
-        return _write_features(records, items, backbone, cache, out, settings), stats
+        return _write_features(records, items, backbone, cache, out, settings, context_dim), stats
     vectors, stats = cache.get_or_encode(items, backbone, batch_size=batch_size,
                                          tokens_per_batch=tokens_per_batch,
                                          progress=progress, allow_encode=allow_encode)
-    context_dim = context_width(backbone.dim, context_encoding)
     route = route_matrix(vectors[2 * n:], route_contexts(records, router_input), context_dim, context_encoding)
     return PairFeatures(
         chosen=vectors[:n], rejected=vectors[n:2 * n],
@@ -173,12 +168,11 @@ def featurize(records: Sequence[dict[str, Any]], backbone: Backbone, cache: Feat
     ), stats
 
 
-def _write_features(records: Sequence[dict[str, Any]], items: list[Item], backbone: Backbone,
-                    cache: FeatureCache, out: str | os.PathLike, settings: FeatureSettings) -> PairFeatures:
+def _write_features(records: Sequence[dict[str, Any]], items: list[Item], backbone: Backbone, cache: FeatureCache,
+                    out: str | os.PathLike, settings: FeatureSettings, context_dim: int) -> PairFeatures:
     """Copy the cached vectors of ``items`` into a features folder, ``OUT_CHUNK`` pairs at a time."""
     n, encoding = len(records), settings.context_encoding
     contexts = route_contexts(records, settings.router_input)
-    context_dim = context_width(backbone.dim, encoding)
     ends = 2 * n + np.cumsum(route_item_counts(contexts, encoding))   # each pair's route items end
     starts = np.concatenate([[2 * n], ends[:-1]])
     with FeatureWriter(out, pairs=n, reward_dim=backbone.dim, route_dim=backbone.dim + context_dim,
