@@ -2,8 +2,7 @@
 
 :func:`init_group` joins the process group the launcher describes; :meth:`FeatureCache.fill
 <micro_rm.features.cache.FeatureCache.fill>` then has every rank encode every ``world_size``-th
-batch into shards of its own. No index is merged (the index is the set of shards), so shards of a
-killed rank are reused on restart.
+batch into shards of its own.
 
 >>> group = init_group("cpu")                     # None outside a launcher  # doctest: +SKIP
 >>> stats = cache.fill(items, backbone, group=group)                       # doctest: +SKIP

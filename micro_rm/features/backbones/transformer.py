@@ -116,9 +116,7 @@ class TransformerBackbone:
         return self.chat.context_item(context) if self.chat else (context, None)
 
     def route_item(self, prompt: Text, context: Optional[str] = None) -> Item:
-        if self.chat:
-            return self.chat.route_item(prompt, context)
-        return pair_route_item(prompt, context)
+        return self.chat.route_item(prompt, context) if self.chat else pair_route_item(prompt, context)
 
     def _tokenize(self, items: Sequence[Item]) -> list[dict[str, list[int]]]:
         # Chat items already hold the template's special tokens as text.
@@ -132,8 +130,7 @@ class TransformerBackbone:
     def _encode_batch(self, items: Sequence[Item]) -> np.ndarray:
         batch = pad_batch(self._tokenize(items), self.tokenizer.pad_token_id,
                           self.tokenizer.padding_side)
-        mask = batch["attention_mask"]
-        batch["position_ids"] = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        batch["position_ids"] = (batch["attention_mask"].cumsum(dim=1) - 1).clamp(min=0)   # any padding side
         inputs = {k: v.to(self.device) for k, v in batch.items() if k in self._inputs}
         hidden = self.model(**inputs).last_hidden_state
         return pool(hidden, inputs["attention_mask"], self.pooling).cpu().numpy()
