@@ -93,26 +93,21 @@ class Backbone(Protocol):
 
     def fingerprint(self) -> dict[str, Any]:
         """Everything that changes the vectors (weights, pooling, max_length, ...), as JSON."""
-        ...
 
     def reward_item(self, prompt: Text, response: Text, context: Optional[str] = None) -> Item:
         """The item whose vector a reward head reads (``context`` only under ``--context-in-reward``)."""
-        ...
 
     def route_item(self, prompt: Text, context: Optional[str] = None) -> Item:
         """The router's item of the prompt (context ⊕ prompt in the ``joint`` layout)."""
-        ...
 
     # Optional: ``context_item(context) -> Item``, the context sentence on its own (the
     # ``separate`` route layout); backbones without it encode the plain sentence.
 
     def token_lengths(self, items: Sequence[Item]) -> list[int]:
         """Token count of each item (for length-sorted batching)."""
-        ...
 
     def encode(self, items: Sequence[Item]) -> np.ndarray:
         """Vectors for one batch of items, float32 ``[len(items), dim]``."""
-        ...
 
 
 @dataclass

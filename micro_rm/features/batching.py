@@ -24,11 +24,9 @@ def plan_batches(lengths: Sequence[int] | np.ndarray, *, batch_size: int = 32,
     an item shorter than half its batch's longest starts the next batch.
 
     Longest first: similar lengths share a batch (little padding), and a batch too big for memory
-    fails in the first seconds. The half bounds padding to twice an item's length, at the cost of
-    at most log2(longest / shortest) more batches. It matters when few items are planned at once:
-    the service plans each micro-batch alone, and padding its prompts to its prompt + response
-    items made /get_reward ~20% slower than the bare encoder (benchmarks/serve.py). A distributed
-    encode deals out these same batches.
+    fails in the first seconds. The half bounds padding to twice an item's length (it matters for
+    the service's small micro-batches: benchmarks/serve.py), at the cost of at most
+    log2(longest / shortest) more batches. A distributed encode deals out these same batches.
 
     >>> [b.tolist() for b in plan_batches([3, 9, 5, 1], batch_size=2)]
     [[1, 2], [0], [3]]

@@ -107,15 +107,12 @@ class FeatureCache:
         """``(found [n] bool, vectors [n, dim] float32)`` for ``keys`` (from :func:`item_keys`)."""
         return self._open(fingerprint, create=False).lookup(np.asarray(keys, np.uint8), dim)
 
-    def encode(self, items: Sequence[Item], backbone: Backbone, *, batch_size: int = 32,
-               tokens_per_batch: Optional[int] = None) -> np.ndarray:
+    def encode(self, items: Sequence[Item], backbone: Backbone, *, batch_size: int = 32) -> np.ndarray:
         """Vectors of unique ``items`` as this cache would store them (``[n, dim]``, storage dtype,
         the batches of ``get_or_encode``), without writing them (see :meth:`write`)."""
-        check_batching(batch_size, tokens_per_batch)
-        batches = plan_batches(backbone.token_lengths(items), batch_size=batch_size,
-                               tokens_per_batch=tokens_per_batch)
+        check_batching(batch_size, None)
         out = np.empty((len(items), backbone.dim), dtype=self.dtype)
-        for rows in batches:
+        for rows in plan_batches(backbone.token_lengths(items), batch_size=batch_size):
             out[rows] = self._encode_batch([items[i] for i in rows], backbone)
         return out
 
@@ -147,10 +144,9 @@ class FeatureCache:
                                    f"{folder.path} cannot be read back; is the folder writable?")
         position = {item: i for i, item in enumerate(unique)}
         index = np.fromiter((position[item] for item in items), dtype=np.int64, count=len(items))
-        stats = EncodeStats(texts=len(unique), encoded=len(missing),
-                            from_cache=len(unique) - len(missing),
-                            seconds=round(time.perf_counter() - start, 3))
-        return vectors[index], stats
+        return vectors[index], EncodeStats(texts=len(unique), encoded=len(missing),
+                                           from_cache=len(unique) - len(missing),
+                                           seconds=round(time.perf_counter() - start, 3))
 
     def fill(self, items: Sequence[Item], backbone: Backbone, *, batch_size: int = 32,
              tokens_per_batch: Optional[int] = None, progress: bool = True,
@@ -183,7 +179,7 @@ class FeatureCache:
         encoded = self._encode(folder, todo, keys[missing], batches, backbone, progress)
         ranks = 1
         if group is not None:
-            encoded, ranks = group.sum(encoded), group.world_size  # waits for every rank's shards
+            encoded, ranks = sum(group.all_gather(encoded)), group.world_size  # waits for every rank's shards
         return EncodeStats(texts=len(unique), encoded=encoded,
                            from_cache=len(unique) - len(missing),
                            seconds=round(time.perf_counter() - start, 3), ranks=ranks)
@@ -195,7 +191,7 @@ class FeatureCache:
         from micro_rm.progress import progress_bar
         pending: list[tuple[np.ndarray, np.ndarray]] = []   # (rows, stored vectors), not in a shard yet
         last_flush = time.monotonic()
-        done = 0
+        total = sum(len(b) for b in batches)
 
         def flush() -> None:
             nonlocal last_flush
@@ -205,12 +201,11 @@ class FeatureCache:
                 pending.clear()
             last_flush = time.monotonic()
 
-        bar = progress_bar(total=sum(len(b) for b in batches), desc="encoding", unit="text",
+        bar = progress_bar(total=total, desc="encoding", unit="text",
                            enabled=progress, file=sys.stderr, dynamic_ncols=True)
         try:
             for rows in batches:
                 pending.append((rows, self._encode_batch([items[i] for i in rows], backbone)))
-                done += len(rows)
                 bar.update(len(rows))
                 if (sum(len(r) for r, _ in pending) >= self.shard_size
                         or time.monotonic() - last_flush >= self.flush_seconds):
@@ -218,7 +213,7 @@ class FeatureCache:
         finally:
             flush()  # keep finished work on Ctrl-C or a failing batch, too
             bar.close()
-        return done
+        return total
 
     def _encode_batch(self, batch_items: list[Item], backbone: Backbone) -> np.ndarray:
         """One backbone batch in the storage dtype; refuses a wrong shape or non-finite vectors."""
@@ -254,7 +249,6 @@ class ShardWriter:
         self.cache = cache
         self.fingerprint = fingerprint
         self._queue: list[tuple[np.ndarray, np.ndarray]] = []
-        self._queued = 0                                # vectors in _queue
         self._oldest = 0.0                              # when the oldest of them was queued
         self._pending: dict[bytes, np.ndarray] = {}     # key -> stored vector, until written
         self._writing = False                           # a shard is being written
@@ -272,7 +266,6 @@ class ShardWriter:
             if not self._queue:
                 self._oldest = time.monotonic()
             self._queue.append((keys, vectors))
-            self._queued += len(keys)
             for key, vector in zip(keys, vectors):
                 self._pending[key.tobytes()] = vector
             self._done.notify_all()
@@ -309,7 +302,8 @@ class ShardWriter:
                 self._flushing -= 1
 
     def _due(self, now: float, ending: bool) -> bool:
-        return bool(self._queue) and (ending or self._flushing > 0 or self._queued >= self.cache.shard_size
+        queued = sum(len(keys) for keys, _ in self._queue)
+        return bool(self._queue) and (ending or self._flushing > 0 or queued >= self.cache.shard_size
                                       or now - self._oldest >= self.cache.flush_seconds)
 
     def _run(self) -> None:
@@ -331,7 +325,7 @@ class ShardWriter:
     def _drain(self) -> None:
         """Write everything queued as one shard."""
         with self._done:
-            work, self._queue, self._queued = self._queue, [], 0
+            work, self._queue = self._queue, []
             self._writing = True
         written = failed = 0
         keys = np.concatenate([k for k, _ in work]) if work else np.empty((0, 32), dtype=np.uint8)

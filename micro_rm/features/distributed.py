@@ -2,8 +2,7 @@
 
 :func:`init_group` joins the process group the launcher describes; :meth:`FeatureCache.fill
 <micro_rm.features.cache.FeatureCache.fill>` then has every rank encode every ``world_size``-th
-batch into shards of its own. No index is merged (the index is the set of shards), so shards of a
-killed rank are reused on restart.
+batch into shards of its own.
 
 >>> group = init_group("cpu")                     # None outside a launcher  # doctest: +SKIP
 >>> stats = cache.fill(items, backbone, group=group)                       # doctest: +SKIP
@@ -85,10 +84,6 @@ class RankGroup:
         out: list[Any] = [None] * self.world_size
         dist.all_gather_object(out, value, group=self.cpu_group)
         return out
-
-    def sum(self, value: int) -> int:
-        """The sum of ``value`` over the ranks (and a barrier: it needs every rank's value)."""
-        return sum(self.all_gather(int(value)))
 
     def barrier(self) -> None:
         import torch.distributed as dist

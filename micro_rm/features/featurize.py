@@ -35,12 +35,6 @@ NO_CONTEXT = ""  # the context item of a record without one (encoded, then zeroe
 OUT_CHUNK = 16_384  # pairs looked up and written at once by ``featurize(..., out=...)``
 
 
-def context_item(backbone: Backbone, context: str) -> Item:
-    """The item of a context sentence alone: the backbone's ``context_item``, else the sentence."""
-    make = getattr(backbone, "context_item", None)
-    return make(context) if make is not None else (context, None)
-
-
 @lru_cache(maxsize=65_536)
 def context_views(context: str) -> tuple[str, ...]:
     """The sentences whose vectors make emb(context) under ``clauses``: the context itself, then
@@ -67,7 +61,9 @@ def route_items(backbone: Backbone, prompt: Any, context: Optional[str], *,
     if context_encoding == "joint":
         return [backbone.route_item(prompt, context)]
     views = context_views(context) if context and context_encoding == "clauses" else [context or NO_CONTEXT]
-    return [backbone.route_item(prompt, None)] + [context_item(backbone, v) for v in views]
+    # A context sentence alone: the backbone's optional ``context_item``, else the plain sentence.
+    context_item = getattr(backbone, "context_item", lambda sentence: (sentence, None))
+    return [backbone.route_item(prompt, None)] + [context_item(v) for v in views]
 
 
 def route_item_counts(contexts: Sequence[Optional[str]], context_encoding: str) -> np.ndarray:
@@ -112,11 +108,6 @@ def route_matrix(vectors: np.ndarray, contexts: Sequence[Optional[str]], context
     return np.concatenate([vectors[first], mean], axis=1).astype(np.float32)
 
 
-def context_width(backbone_dim: int, context_encoding: str) -> int:
-    """Width of emb(context) at the end of the route features (0 for ``joint``)."""
-    return 0 if context_encoding == "joint" else backbone_dim
-
-
 def record_items(records: Sequence[dict[str, Any]], backbone: Backbone, *,
                  router_input: str = "context", context_in_reward: bool = False,
                  context_encoding: str = "clauses") -> list[Item]:
@@ -158,32 +149,30 @@ def featurize(records: Sequence[dict[str, Any]], backbone: Backbone, cache: Feat
     n = len(records)
     items = record_items(records, backbone, router_input=router_input,
                          context_in_reward=context_in_reward, context_encoding=context_encoding)
+    context_dim = 0 if context_encoding == "joint" else backbone.dim   # width of emb(context) in ``route``
     if out is not None:
         stats = cache.fill(items, backbone, batch_size=batch_size, tokens_per_batch=tokens_per_batch,
                            progress=progress, allow_encode=allow_encode)
-        return _write_features(records, items, backbone, cache, out, settings), stats
+        return _write_features(records, items, backbone, cache, out, settings, context_dim), stats
     vectors, stats = cache.get_or_encode(items, backbone, batch_size=batch_size,
                                          tokens_per_batch=tokens_per_batch,
                                          progress=progress, allow_encode=allow_encode)
-    context_dim = context_width(backbone.dim, context_encoding)
     route = route_matrix(vectors[2 * n:], route_contexts(records, router_input), context_dim, context_encoding)
-    features = PairFeatures(
+    return PairFeatures(
         chosen=vectors[:n], rejected=vectors[n:2 * n],
         route=route.astype(cache.dtype).astype(np.float32),    # pooled in float32; stored like ``out``
         prompts=[prompt_key(r) for r in records],
         attributes=[r.get("attribute") for r in records],
         fingerprint=backbone.fingerprint(), context_dim=context_dim, context_encoding=context_encoding,
         router_input=router_input, context_in_reward=context_in_reward,
-    )
-    return features, stats
+    ), stats
 
 
-def _write_features(records: Sequence[dict[str, Any]], items: list[Item], backbone: Backbone,
-                    cache: FeatureCache, out: str | os.PathLike, settings: FeatureSettings) -> PairFeatures:
+def _write_features(records: Sequence[dict[str, Any]], items: list[Item], backbone: Backbone, cache: FeatureCache,
+                    out: str | os.PathLike, settings: FeatureSettings, context_dim: int) -> PairFeatures:
     """Copy the cached vectors of ``items`` into a features folder, ``OUT_CHUNK`` pairs at a time."""
     n, encoding = len(records), settings.context_encoding
     contexts = route_contexts(records, settings.router_input)
-    context_dim = context_width(backbone.dim, encoding)
     ends = 2 * n + np.cumsum(route_item_counts(contexts, encoding))   # each pair's route items end
     starts = np.concatenate([[2 * n], ends[:-1]])
     with FeatureWriter(out, pairs=n, reward_dim=backbone.dim, route_dim=backbone.dim + context_dim,

@@ -24,12 +24,7 @@ class CacheFolder:
         self.path = path
         self.shards: list[Shard] = []
         self._seen: set[str] = set()
-        self._dirty = True
-        self._sorted_prefix = np.empty(0, dtype=np.uint64)
-        self._order = np.empty(0, dtype=np.int64)
-        self._keys = np.empty((0, 32), dtype=np.uint8)
-        self._shard_of = np.empty(0, dtype=np.int32)
-        self._row_of = np.empty(0, dtype=np.int64)
+        self._install(_index([]))   # the empty index; _add marks it _dirty
         self._lock = threading.RLock()
 
     def refresh(self) -> None:

@@ -71,14 +71,6 @@ def check_fingerprint(folder: Path, fingerprint: dict[str, Any], create: bool) -
     return True
 
 
-def _read_header(path: Path) -> tuple[dict[str, Any], int]:
-    """The JSON header of a safetensors file and the byte offset where its data starts."""
-    with open(path, "rb") as fh:
-        (size,) = struct.unpack("<Q", fh.read(8))
-        header = json.loads(fh.read(size))
-    return header, 8 + size
-
-
 class Shard:
     """One finished shard file: its keys in RAM, its vectors memory-mapped on first use."""
 
@@ -88,11 +80,12 @@ class Shard:
         try:
             with safe_open(str(path), framework="numpy") as fh:
                 self.keys = fh.get_tensor("keys")
-            header, data_start = _read_header(path)
-            spec = header["vectors"]
+            with open(path, "rb") as fh:   # safetensors: an 8-byte header size, the JSON header, the data
+                (size,) = struct.unpack("<Q", fh.read(8))
+                spec = json.loads(fh.read(size))["vectors"]
             self.dtype = _SAFETENSORS_DTYPES[spec["dtype"]]
             self.shape = tuple(spec["shape"])
-            self.offset = data_start + spec["data_offsets"][0]
+            self.offset = 8 + size + spec["data_offsets"][0]
         except Exception as exc:  # safetensors raises several types for a damaged file
             raise MicroRMError(f"{path}: unreadable feature shard ({type(exc).__name__}: {exc}); "
                                "delete it and its texts will be encoded again") from None

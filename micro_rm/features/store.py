@@ -104,18 +104,13 @@ class FeatureWriter:
         self.closed = True
         return self.path
 
-    def abort(self) -> None:
-        """Drop the partial folder."""
-        self.arrays.clear()
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.closed = True
-
     def __enter__(self) -> "FeatureWriter":
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if not self.closed:
-            self.abort()
+        if not self.closed:   # drop the partial folder
+            self.arrays.clear()
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def _check_replaceable(path: Path) -> None:
@@ -169,12 +164,9 @@ def load_features(path: str | os.PathLike, *, mmap: bool = True) -> PairFeatures
     if any(len(a) != n for a in arrays.values()) or len(prompts) != n:
         raise MicroRMError(f"{path}: the arrays and prompts do not all hold {n} rows; "
                            "write the folder again")
-    return PairFeatures(**arrays, prompts=prompts, attributes=attributes,
-                        fingerprint=meta.get("fingerprint", {}),
-                        context_dim=meta.get("context_dim", 0),      # folders before it: joint layout
-                        context_encoding=meta.get("context_encoding", ""),
-                        router_input=meta.get("router_input", "context"),              # folders before them:
-                        context_in_reward=meta.get("context_in_reward", False))        # the defaults
+    recorded = ("fingerprint", "context_dim", "context_encoding", "router_input", "context_in_reward")
+    return PairFeatures(**arrays, prompts=prompts, attributes=attributes,   # older folders lack some: the defaults
+                        **{name: meta[name] for name in recorded if name in meta})
 
 
 def read_rows(array: np.ndarray, rows: np.ndarray, *, out: Optional[np.ndarray] = None,
@@ -199,12 +191,10 @@ def read_rows(array: np.ndarray, rows: np.ndarray, *, out: Optional[np.ndarray] 
     return out
 
 
-def release_pages(*arrays: np.ndarray) -> None:
-    """Drop the pages of memory-mapped ``arrays`` from RSS (read pages stay there otherwise: one
+def release_pages(array: np.ndarray) -> None:
+    """Drop the pages of a memory-mapped ``array`` from RSS (read pages stay there otherwise: one
     epoch over a 2.3 GB file would grow the process by 2.3 GB); the data stays in the page cache.
     Copy-on-write maps (their private changes would be lost) are left alone."""
-    for array in arrays:
-        handle = getattr(array, "_mmap", None)
-        if (handle is not None and getattr(array, "mode", None) in ("r", "r+", "w+")
-                and hasattr(mmap, "MADV_DONTNEED")):
-            handle.madvise(mmap.MADV_DONTNEED)
+    handle = getattr(array, "_mmap", None)
+    if handle is not None and getattr(array, "mode", None) in ("r", "r+", "w+") and hasattr(mmap, "MADV_DONTNEED"):
+        handle.madvise(mmap.MADV_DONTNEED)

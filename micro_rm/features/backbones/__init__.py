@@ -53,12 +53,9 @@ def _load_named(name: str, max_length: Optional[int], dtype: str, device: str, p
     from micro_rm.features.backbones.sources import hub_commit, weights_sha256
     from micro_rm.features.backbones.transformer import load_transformer
     folder = Path(name).expanduser()
-    if folder.is_dir():
-        source = str(folder.resolve())
-        identity = {"model": source, "weights_sha256": weights_sha256(folder)}
-    else:
-        source = name
-        identity = {"model": name}
+    local = folder.is_dir()
+    source = str(folder.resolve()) if local else name
+    identity = {"model": source, "weights_sha256": weights_sha256(folder)} if local else {"model": name}
     try:
         backbone = load_transformer(source, name=source, identity=identity,
                                     max_length=max_length, dtype=dtype, device=device,
@@ -70,7 +67,7 @@ def _load_named(name: str, max_length: Optional[int], dtype: str, device: str, p
             f"{', '.join(BUILTIN_BACKBONES)}; any other name must be a local model folder or a "
             f"Hugging Face model id (a hub id needs internet or a copy in the local Hugging Face "
             f"cache) [{reason[:300]}]") from exc
-    if not folder.is_dir():  # the commit is known only once the files are in the cache
+    if not local:  # the commit is known only once the files are in the cache
         backbone.identity["revision"] = hub_commit(name)
     return backbone
 

@@ -107,8 +107,7 @@ class ChatFormatter:
 
     def route_item(self, prompt: Text, context: Optional[str] = None) -> Item:
         """The prompt up to the assistant header: the paper's "end of the prompt"."""
-        messages = self._prompt_messages(prompt, context)
-        return self._render(messages, add_generation_prompt=True), None
+        return self._render(self._prompt_messages(prompt, context), add_generation_prompt=True), None
 
 
 def tokenize_items(tokenizer: Any, items: Sequence[Item], *, max_length: int,

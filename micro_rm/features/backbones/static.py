@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from micro_rm.atomic import atomic_path
-from micro_rm.data.records import Text
 from micro_rm.features.base import Item
+from micro_rm.features.backbones import DEFAULT_MAX_LENGTH
 from micro_rm.features.backbones.items import pair_reward_item, pair_route_item, tokenize_items
 from micro_rm.features.backbones.sources import (DEFAULT_MODEL_ID, default_model_dir,
                                                  user_cache, weights_sha256)
@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 STATIC_DIM = 256
 # Bump when the distillation recipe changes: the table file name (and the fingerprint) change.
 RECIPE = "cls-token-sep/pca256/sif-zipf-3e-6/v2"
-DEFAULT_MAX_LENGTH = 256
 
 
 class StaticBackbone:
@@ -51,11 +50,8 @@ class StaticBackbone:
                 **self.identity, "pooling": "mean-non-special", "max_length": self.max_length,
                 "truncation": "longest_first/right", "normalize": False}
 
-    def reward_item(self, prompt: Text, response: Text, context: Optional[str] = None) -> Item:
-        return pair_reward_item(prompt, response, context)
-
-    def route_item(self, prompt: Text, context: Optional[str] = None) -> Item:
-        return pair_route_item(prompt, context)
+    reward_item = staticmethod(pair_reward_item)
+    route_item = staticmethod(pair_route_item)
 
     def _token_ids(self, items: Sequence[Item]) -> list[list[int]]:
         # Special tokens are counted for truncation (same cut as the default backbone) and

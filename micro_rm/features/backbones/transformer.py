@@ -20,7 +20,6 @@ from micro_rm.features.base import Item
 from micro_rm.features.backbones.items import (ChatFormatter, pair_reward_item, pair_route_item,
                                                tokenize_items)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Tried in order when a tokenizer has no pad token, before falling back to EOS.
 PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<|pad|>", "<pad>", "[PAD]")
 # An arbitrary hub model's own limit may be 128K tokens; this keeps a CPU run finite.
@@ -117,9 +116,7 @@ class TransformerBackbone:
         return self.chat.context_item(context) if self.chat else (context, None)
 
     def route_item(self, prompt: Text, context: Optional[str] = None) -> Item:
-        if self.chat:
-            return self.chat.route_item(prompt, context)
-        return pair_route_item(prompt, context)
+        return self.chat.route_item(prompt, context) if self.chat else pair_route_item(prompt, context)
 
     def _tokenize(self, items: Sequence[Item]) -> list[dict[str, list[int]]]:
         # Chat items already hold the template's special tokens as text.
@@ -133,8 +130,7 @@ class TransformerBackbone:
     def _encode_batch(self, items: Sequence[Item]) -> np.ndarray:
         batch = pad_batch(self._tokenize(items), self.tokenizer.pad_token_id,
                           self.tokenizer.padding_side)
-        mask = batch["attention_mask"]
-        batch["position_ids"] = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        batch["position_ids"] = (batch["attention_mask"].cumsum(dim=1) - 1).clamp(min=0)   # any padding side
         inputs = {k: v.to(self.device) for k, v in batch.items() if k in self._inputs}
         hidden = self.model(**inputs).last_hidden_state
         return pool(hidden, inputs["attention_mask"], self.pooling).cpu().numpy()
@@ -169,12 +165,11 @@ def load_transformer(source: str, *, name: str, identity: dict[str, Any],
         raise MicroRMError(f"backbone {name!r} has no fast tokenizer (tokenizer.json); "
                            "micro-rm needs one for length-sorted batching")
     ensure_pad_token(tokenizer)
-    model = AutoModel.from_pretrained(source, dtype=DTYPES[dtype]).to(device).eval()
+    model = AutoModel.from_pretrained(source, dtype=getattr(torch, dtype)).to(device).eval()
     model.requires_grad_(False)
     if max_length is None:
-        limits = [tokenizer.model_max_length, MAX_LENGTH_CAP,
-                  getattr(config.get_text_config(), "max_position_embeddings", MAX_LENGTH_CAP)]
-        max_length = min(limits)
+        max_length = min(tokenizer.model_max_length, MAX_LENGTH_CAP,
+                         getattr(config.get_text_config(), "max_position_embeddings", MAX_LENGTH_CAP))
     return TransformerBackbone(
         model, tokenizer, name=name, max_length=max_length, dtype=dtype, device=device,
         batch_size=batch_size, identity=identity,
