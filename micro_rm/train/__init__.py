@@ -13,7 +13,11 @@ _EXPORTS = {
     "stage1_loss": "micro_rm.train.stage1",
     "lr_at": "micro_rm.train.schedule",
     "AdaptConfig": "micro_rm.train.config",
+    "adapt_from_records": "micro_rm.train.adapt",
     "draw_budget": "micro_rm.train.adapt",
+    "hedge_targets": "micro_rm.train.algorithm1",
+    "hyre_weights": "micro_rm.train.hyre",
+    "rank_queries": "micro_rm.train.active",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_exports("micro_rm.train", _EXPORTS)
