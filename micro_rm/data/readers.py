@@ -12,6 +12,7 @@ import gzip
 import json
 import logging
 import os
+import re
 import zlib
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -24,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 FILE_FORMATS = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet", ".csv")
 HF_DATASET_MARKERS = ("dataset_info.json", "dataset_dict.json")  # files of a saved dataset folder
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 # ----- the input-decoding layer: every byte-level failure becomes one MicroRMError -------------
@@ -178,7 +180,7 @@ def read_rows(source: str | os.PathLike | Any, hf_split: str | None = None) -> I
             yield from reader(path)
         except OSError as exc:
             raise MicroRMError(f"{path}: cannot read it ({exc.strerror or exc})") from None
-    elif path.is_dir() or _looks_like_hub_id(str(source)):
+    elif path.is_dir() or hub_id(str(source)):
         import datasets
         try:
             if path.is_dir() and any((path / f).exists() for f in HF_DATASET_MARKERS):
@@ -193,10 +195,15 @@ def read_rows(source: str | os.PathLike | Any, hf_split: str | None = None) -> I
         raise MicroRMError(f"{source}: no such file or folder")
 
 
-def _looks_like_hub_id(source: str) -> bool:
-    parts = source.split("/")
-    return len(parts) == 2 and all(parts) and not source.startswith((".", "/")) \
-        and not any(source.lower().endswith(s) for s in FILE_FORMATS)
+def hub_id(value: Any) -> str | None:
+    """``value`` if it looks like a Hugging Face hub id (``owner/name``), else None (a local path).
+
+    >>> hub_id("sentence-transformers/all-MiniLM-L6-v2"), hub_id("/data/model"), hub_id("runs/x.jsonl")
+    ('sentence-transformers/all-MiniLM-L6-v2', None, None)
+    """
+    if not isinstance(value, str) or not _HUB_ID.match(value) or value.startswith((".", "~")):
+        return None
+    return None if value.lower().endswith((".jsonl", ".json", ".csv", ".parquet", ".gz")) else value
 
 
 def read_pairs(source: str | os.PathLike | Any, skip_invalid: bool = False,

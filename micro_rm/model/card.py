@@ -12,24 +12,12 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from typing import Any, Optional
 
+from micro_rm.data.readers import hub_id
 from micro_rm.model.config import MixtureConfig
 
 DEFAULT_LICENSE = "apache-2.0"   # micro-rm's and the built-in backbone's; the data may say otherwise
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def hub_id(value: Any) -> Optional[str]:
-    """``value`` if it looks like a Hub repo id (``owner/name``), else None (a local path).
-
-    >>> hub_id("sentence-transformers/all-MiniLM-L6-v2"), hub_id("/data/model"), hub_id("runs/x.jsonl")
-    ('sentence-transformers/all-MiniLM-L6-v2', None, None)
-    """
-    if not isinstance(value, str) or not _HUB_ID.match(value) or value.startswith((".", "~")):
-        return None
-    return None if value.lower().endswith((".jsonl", ".json", ".csv", ".parquet", ".gz")) else value
 
 
 def card_metadata(config: MixtureConfig, *, repo_id: Optional[str] = None, license: Optional[str] = None) -> Any:

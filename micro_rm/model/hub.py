@@ -27,7 +27,8 @@ def push_to_hub(model: Any, repo_id: str, *, token: Optional[str | bool] = None,
     ``license`` goes into the model card (default: the config's, else apache-2.0)."""
     from huggingface_hub import HfApi
 
-    from micro_rm.model.card import hub_id, model_card
+    from micro_rm.data.readers import hub_id
+    from micro_rm.model.card import model_card
 
     if hub_id(repo_id) is None:
         raise MicroRMError(f"repo_id {repo_id!r} is not a Hub repo id; use owner/name, e.g. me/micro-rm-dsp")

@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save
 
 from micro_rm import __version__
 from micro_rm.atomic import temp_folder
+from micro_rm.data.readers import hub_id
 from micro_rm.errors import MicroRMError
 from micro_rm.model.card import model_card
 from micro_rm.model.config import MixtureConfig
@@ -255,8 +256,7 @@ def _resolve(path_or_hub_id: str, *, revision: Optional[str] = None, token: Opti
         return path
     if path.exists():
         raise MicroRMError(f"{path}: is a file; give the model folder (the one with {CONFIG_NAME})")
-    parts = path_or_hub_id.split("/")
-    if len(parts) != 2 or not all(parts) or path_or_hub_id.startswith((".", "/", "~")):
+    if hub_id(path_or_hub_id) is None:
         raise MicroRMError(f"{path_or_hub_id}: no such model folder (and not a hub id like owner/name)")
     try:
         from huggingface_hub import snapshot_download
