@@ -353,7 +353,6 @@ def write_report(results: dict, folder: str | Path, extra: Optional[Callable[[di
     saved = json.loads(text)
     check_results(saved)
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     if not _can_plot():
         warnings.warn("matplotlib is not installed, so the report has no figures; `pip install matplotlib` "
                       "and rerun write_report on the results.json to draw them", stacklevel=2)

@@ -65,7 +65,6 @@ def check_fingerprint(folder: Path, fingerprint: dict[str, Any], create: bool) -
         return True
     if not create:
         return False
-    folder.mkdir(parents=True, exist_ok=True)
     with atomic_open(file) as fh:
         fh.write(json.dumps(expected, indent=2, sort_keys=True) + "\n")
     return True

@@ -21,7 +21,6 @@ TOP_STATISTICS = 3      # statistics listed per head in the summary table
 def write_heads_report(profile: dict[str, Any], folder: str | Path, *, title: str) -> Path:
     """Write the report of ``profile`` (:func:`micro_rm.heads.profile.profile_heads`) into ``folder``."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     text = json.dumps({"title": title, **profile}, indent=2, ensure_ascii=False)
     saved = json.loads(text)
     plot_head_attribute({"title": title, "head_attribute": saved["accuracy"]}, folder / "head_attribute.png")
