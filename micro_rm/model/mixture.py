@@ -123,6 +123,14 @@ class MixtureRewardModel(nn.Module, PretrainedMixin):
         return self._map_rows(lambda a, u: (self.router_log_weights(u).exp() * self.head_rewards(a)).sum(-1),
                               x=x, route=route)
 
+    @torch.no_grad()
+    def frozen_deltas(self, features) -> tuple[torch.Tensor, torch.Tensor]:
+        """The head deltas Δ [N, K] of all pairs of ``features`` (no gradient: for fits that hold the
+        heads fixed) and their route features [N, d_r], as float32 tensors on the model's device."""
+        device = self.heads.weight.device
+        diff = torch.as_tensor(np.subtract(features.chosen, features.rejected, dtype=np.float32), device=device)
+        return self.head_deltas(diff), torch.as_tensor(np.asarray(features.route, dtype=np.float32), device=device)
+
     def check_features(self, features) -> None:
         """Refuse features made by another backbone or of the wrong width (``PairFeatures``)."""
         self._check(features.chosen, "features.chosen", self.config.reward_dim)
