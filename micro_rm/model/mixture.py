@@ -102,34 +102,34 @@ class MixtureRewardModel(nn.Module, PretrainedMixin):
     # ----- arrays (inference) -------------------------------------------------------------------
     def predict_proba(self, chosen, rejected, route) -> np.ndarray:
         """Routed mixture probability Σ_k π_k(x) σ(Δ_k) that ``chosen`` beats ``rejected``: [N]."""
-        self._check(chosen, "chosen", self.config.reward_dim)
-        self._check(rejected, "rejected", self.config.reward_dim)
-        self._check(route, "route", self.config.route_dim)
-        return self._map_rows(lambda c, r, u: self.log_likelihood(c - r, u).exp(), chosen, rejected, route)
+        return self._map_rows(lambda c, r, u: self.log_likelihood(c - r, u).exp(),
+                              chosen=chosen, rejected=rejected, route=route)
 
     def head_probs(self, chosen, rejected) -> np.ndarray:
         """Each head's own probability σ(Δ_k) that ``chosen`` wins: [N, K]."""
-        self._check(chosen, "chosen", self.config.reward_dim)
-        self._check(rejected, "rejected", self.config.reward_dim)
-        return self._map_rows(lambda c, r: torch.sigmoid(self.head_deltas(c - r)), chosen, rejected)
+        return self._map_rows(lambda c, r: torch.sigmoid(self.head_deltas(c - r)), chosen=chosen, rejected=rejected)
 
     def router_weights(self, route) -> np.ndarray:
         """The router's weights π(x) over heads: [N, K], rows sum to 1."""
-        self._check(route, "route", self.config.route_dim)
-        return self._map_rows(lambda u: self.router_log_weights(u).exp(), route)
+        return self._map_rows(lambda u: self.router_log_weights(u).exp(), route=route)
 
     def rewards(self, x) -> np.ndarray:
         """Per-head rewards of responses (reward features [N, d]): [N, K]."""
-        self._check(x, "x", self.config.reward_dim)
-        return self._map_rows(self.head_rewards, x)
+        return self._map_rows(self.head_rewards, x=x)
 
     def score(self, x, route) -> np.ndarray:
         """Scalar personalised reward Σ_k π_k(x) r_k(x, a) of each response: [N]. It ranks like
         the mixture probability only when one head dominates π(x); to compare two, use ``predict_proba``."""
-        self._check(x, "x", self.config.reward_dim)
-        self._check(route, "route", self.config.route_dim)
         return self._map_rows(lambda a, u: (self.router_log_weights(u).exp() * self.head_rewards(a)).sum(-1),
-                           x, route)
+                              x=x, route=route)
+
+    @torch.no_grad()
+    def frozen_deltas(self, features) -> tuple[torch.Tensor, torch.Tensor]:
+        """The head deltas Δ [N, K] of all pairs of ``features`` (no gradient: for fits that hold the
+        heads fixed) and their route features [N, d_r], as float32 tensors on the model's device."""
+        device = self.heads.weight.device
+        diff = torch.as_tensor(np.subtract(features.chosen, features.rejected, dtype=np.float32), device=device)
+        return self.head_deltas(diff), torch.as_tensor(np.asarray(features.route, dtype=np.float32), device=device)
 
     def check_features(self, features) -> None:
         """Refuse features made by another backbone or of the wrong width (``PairFeatures``)."""
@@ -153,10 +153,13 @@ class MixtureRewardModel(nn.Module, PretrainedMixin):
                                f"another backbone?)")
 
     @torch.inference_mode()
-    def _map_rows(self, fn: Callable[..., torch.Tensor], *arrays) -> np.ndarray:
-        """``fn`` over row chunks of ``arrays``, cast to float32 per chunk (memory-mapped safe)."""
-        device = self.heads.weight.device
+    def _map_rows(self, fn: Callable[..., torch.Tensor], **arrays) -> np.ndarray:
+        """``fn`` over row chunks of ``arrays``, cast to float32 per chunk (memory-mapped safe), after
+        checking each array's width: [N, d_r] for ``route``, [N, d] for the reward features."""
+        for name, array in arrays.items():
+            self._check(array, name, self.config.route_dim if name == "route" else self.config.reward_dim)
+        device, inputs = self.heads.weight.device, list(arrays.values())
         out = [fn(*(torch.as_tensor(np.asarray(a[i:i + INFERENCE_CHUNK], dtype=np.float32), device=device)
-                    for a in arrays)).cpu().numpy()
-               for i in range(0, max(len(arrays[0]), 1), INFERENCE_CHUNK)]
+                    for a in inputs)).cpu().numpy()
+               for i in range(0, max(len(inputs[0]), 1), INFERENCE_CHUNK)]
         return np.concatenate(out)

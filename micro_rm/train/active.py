@@ -58,8 +58,6 @@ def rank_queries(head_probs: np.ndarray, weights: Optional[np.ndarray] = None, *
     ``state`` and the router's ``log_prior`` for the candidates ([N, K] or [1, K]; the weights
     are then ``state.weights(log_prior, eta)``). Ties keep the pool order.
     """
-    if method not in METHODS:
-        raise MicroRMError(f"`method` must be one of {', '.join(METHODS)}, got {method!r}")
     if (weights is None) == (state is None):
         raise MicroRMError("rank_queries: give exactly one of `weights` or `state` (with `log_prior`)")
     if state is not None:

@@ -34,8 +34,6 @@ def adapt(model: "MixtureRewardModel", features: "PairFeatures", config: Optiona
     candidate's kinds), ``cv_nll`` ({candidate name: cross-validated mixture NLL}),
     ``stage1_nll`` and ``nll`` (mixture NLL of the budget before and after), ``epochs`` (one
     row per step), ``pairs`` and ``seconds``."""
-    import torch
-
     from micro_rm.train.selection import (KEEP, candidate_name, choose_candidate, cross_validate, cv_folds,
                                           fit_candidate, mixture_nll)
     from micro_rm.train.stage1 import _small_tensor_cpu, check_features
@@ -45,12 +43,8 @@ def adapt(model: "MixtureRewardModel", features: "PairFeatures", config: Optiona
     check_features(features)
     model.check_features(features)
     start = time.perf_counter()
-    device = model.heads.weight.device
-    route = torch.as_tensor(np.asarray(features.route, dtype=np.float32), device=device)
-    with torch.no_grad():                                                # heads are frozen: Δ is data
-        diff = np.subtract(features.chosen, features.rejected, dtype=np.float32)
-        deltas = model.head_deltas(torch.as_tensor(diff, device=device))          # [N, K]
-    with _small_tensor_cpu(str(device)):
+    deltas, route = model.frozen_deltas(features)                        # heads are frozen: Δ is data
+    with _small_tensor_cpu(str(route.device)):
         stage1_nll = mixture_nll(model, route, deltas)
         fold, clusters = cv_folds(model, route, features.prompts, features.attributes, config.folds, config.seed)
         cv_nll = cross_validate(model, route, deltas, fold, config.tau, config.seed, progress=progress)

@@ -17,7 +17,6 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
 from micro_rm.model.losses import bt_loss
@@ -46,11 +45,8 @@ def algorithm1(model: "MixtureRewardModel", features: "PairFeatures", tau: float
     rate decayed linearly from ``lr`` to 0. The paper: τ = 1e-3, batch 32, T = 10 (its learning
     rate is not given). Returns the model and one row per epoch (epoch, ce, seconds)."""
     adapted = copy.deepcopy(model)
-    device = adapted.heads.weight.device
-    route = torch.as_tensor(np.asarray(features.route, dtype=np.float32), device=device)
-    with torch.no_grad():                                                # heads are frozen: L is data
-        diff = torch.as_tensor(np.subtract(features.chosen, features.rejected, dtype=np.float32), device=device)
-        losses = bt_loss(adapted.head_deltas(diff))                      # L_ik = −log σ(Δ_ik), [N, K]
+    deltas, route = adapted.frozen_deltas(features)                      # heads are frozen: L is data
+    losses = bt_loss(deltas)                                             # L_ik = −log σ(Δ_ik), [N, K]
     optimizer = torch.optim.AdamW(list(adapted.router.parameters()), lr=lr, weight_decay=0.0)
     shuffle = torch.Generator().manual_seed(seed)
     total, step, rows, start = epochs * math.ceil(len(route) / batch_size), 0, [], time.perf_counter()

@@ -28,12 +28,11 @@ DEFAULT_GRID = tuple(range(1, 9))
 
 def validation_nll(model: MixtureRewardModel, features: PairFeatures, index: np.ndarray) -> tuple[float, float]:
     """Mean NLL of the pairs ``index`` and its standard error over their prompts."""
+    held = features.subset(index)
+    deltas, route = model.frozen_deltas(held)
     with torch.no_grad():
-        diff = torch.from_numpy(np.subtract(features.chosen[index], features.rejected[index], dtype=np.float32))
-        route = torch.from_numpy(np.asarray(features.route[index], dtype=np.float32))
-        losses = mixture_bt_loss(model.head_deltas(diff), model.router_log_weights(route)).numpy()
-    _, prompt_of = np.unique(np.asarray([features.prompts[i] for i in index], dtype=object).astype(str),
-                             return_inverse=True)
+        losses = mixture_bt_loss(deltas, model.router_log_weights(route)).cpu().numpy()
+    _, prompt_of = np.unique(np.asarray(held.prompts, dtype=object).astype(str), return_inverse=True)
     per_prompt = np.bincount(prompt_of, weights=losses) / np.bincount(prompt_of)
     # the mean over pairs, with the spread of prompt means as the unit of sampling
     se = float(per_prompt.std(ddof=1) / np.sqrt(len(per_prompt))) if len(per_prompt) > 1 else float("nan")
