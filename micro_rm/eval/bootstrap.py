@@ -47,7 +47,8 @@ def excludes_zero(interval: Sequence[float]) -> bool:
 class PromptBootstrap:
     """``resamples`` draws of the test prompts with replacement (seeded, so reruns give the same
     intervals), shared by every method scored. ``prompts`` [N]: each test pair's prompt, the unit
-    resampled; ``attributes`` [N]: its attribute (None: the "(none)" group; all None: one group)."""
+    resampled (``prompt_of`` [N]: its column in ``counts`` [R, P]); ``attributes`` [N]: its
+    attribute (None: the "(none)" group; all None: one group)."""
 
     def __init__(self, prompts: Sequence[Any], attributes: Optional[Sequence[Optional[str]]] = None, *,
                  resamples: int = RESAMPLES, seed: int = 0):
@@ -56,9 +57,9 @@ class PromptBootstrap:
         groups = attribute_groups(attributes, len(prompts))
         groups = np.full(len(prompts), "all", dtype=object) if groups is None else groups
         self.attributes, attribute_of = np.unique(groups.astype(str), return_inverse=True)
-        distinct, prompt_of = np.unique(np.asarray(prompts, dtype=object).astype(str), return_inverse=True)
+        distinct, self.prompt_of = np.unique(np.asarray(prompts, dtype=object).astype(str), return_inverse=True)
         # cell of each pair in the prompt × attribute table the resample weights act on
-        self.cell = prompt_of * len(self.attributes) + attribute_of
+        self.cell = self.prompt_of * len(self.attributes) + attribute_of
         self.shape = (len(distinct), len(self.attributes))
         # how often each prompt is drawn in each resample: [R, P]
         self.counts = np.random.default_rng(seed).multinomial(

@@ -57,14 +57,16 @@ def _figure(path: str | Path, title: str, xlabel: str, ylabel: str,
         plt.close(fig)
 
 
-def _heatmap(fig: Any, ax: Any, values: Sequence[Sequence[float]], rows: Sequence[str],
-             cols: Sequence[str], colour_label: str, cmap: str, outlined: Sequence[tuple[int, int]]) -> None:
-    """Draw ``values`` in [0, 1] (rows × cols) with each cell's value written in it and ``outlined``
-    cells boxed. The colour scale is always [0, 1], never the data's range: a stretched scale makes
-    a spread of a few points look like strong specialisation, and figures of different runs compare."""
+def _heatmap(fig: Any, ax: Any, values: Sequence[Sequence[float]], rows: Sequence[str], cols: Sequence[str],
+             colour_label: str, cmap: str, outlined: Sequence[tuple[int, int]],
+             scale: tuple[float, float] = (0.0, 1.0)) -> None:
+    """Draw ``values`` (rows × cols) with each cell's value written in it and ``outlined`` cells
+    boxed. The colour scale is fixed (``scale``, [0, 1] for shares), never the data's range: a
+    stretched scale makes a spread of a few points look like strong specialisation, and figures of
+    different runs compare."""
     from matplotlib.patches import Rectangle
 
-    image = ax.imshow(values, cmap=cmap, aspect="auto", vmin=0.0, vmax=1.0)
+    image = ax.imshow(values, cmap=cmap, aspect="auto", vmin=scale[0], vmax=scale[1])
     fig.colorbar(image, ax=ax, label=colour_label)
     crowded = len(cols) > 4  # long attribute names overlap unless slanted
     ax.set_xticks(range(len(cols)), cols, rotation=30 if crowded else 0, ha="right" if crowded else "center")

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from micro_rm.eval.report import _scalar
 from micro_rm.experiment.state import Run, mean_row
 
 PRIMARY_METHODS = ("single", "static", "shared-base", "single-ctx", "static-ctx", "hyre", "micro-hyre",
@@ -128,22 +129,17 @@ def machine_description() -> str:
     return f"{cpu}, {os.cpu_count()} cores{memory}, {platform.system()}, torch {torch.__version__}"
 
 
-def _tau_text(tau: float | str) -> str:
-    """A chosen τ as the report writes it: 0.001, 10, or a named choice such as "keep"."""
-    return f"{tau:g}" if isinstance(tau, (int, float)) else str(tau)
-
-
 def _tau_counts(chosen: Sequence[float | str]) -> dict[str, int]:
     """How often each τ was chosen over the budget draws: numbers ascending, then named choices."""
     counts = Counter(chosen)
     order = sorted(counts, key=lambda t: (isinstance(t, str), str(t) if isinstance(t, str) else t))
-    return {_tau_text(t): counts[t] for t in order}
+    return {_scalar(t): counts[t] for t in order}
 
 
 def _tau_label(tau: Any, chosen: Sequence[float | str]) -> Any:
     if tau != "auto":
         return tau
-    common = _tau_text(Counter(chosen).most_common(1)[0][0])
+    common = _scalar(Counter(chosen).most_common(1)[0][0])
     return f"auto → {common}" if len(set(chosen)) == 1 else f"auto → {common} (mostly)"
 
 

@@ -77,7 +77,7 @@ def learning_curve(model: Any, pool: dict[str, Any], test: dict[str, Any], *, et
 def per_user_hedge(run: Run) -> None:
     """Step "users" (when ``users.enabled``): before / after feedback per user, and the weights
     each user's Hedge state settled on."""
-    from micro_rm.online import UserState
+    from micro_rm.online.hedge import UserState, routed_probabilities
 
     settings, chosen = run.config.users, run.chosen
     if not settings.enabled:
@@ -97,7 +97,7 @@ def per_user_hedge(run: Run) -> None:
         mine = test.subset(np.flatnonzero(test_users == user))
         heads = model.head_probs(mine.chosen, mine.rejected)                 # [n, K]
         prior = model.router_weights(mine.route)                             # [n, K]
-        after = (state.weights(np.log(np.clip(prior, 1e-30, 1.0)), settings.eta) * heads).sum(axis=1)
+        after = routed_probabilities(np.log(np.clip(prior, 1e-30, 1.0)), heads, state.cumulative_loss, settings.eta)
         before = (prior * heads).sum(axis=1)
         rows[user] = {"test_pairs": len(mine), "feedback_pairs": len(feedback),
                       "before": float((before > 0.5).mean()), "after": float((after > 0.5).mean()),

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from micro_rm.errors import MicroRMError
+from micro_rm.eval.bootstrap import excludes_zero
 from micro_rm.heads.stats import STATISTICS
 
 PHRASES = {s.name: (s.more, s.less) for s in STATISTICS}
@@ -32,7 +33,7 @@ def generate_labels(profile: dict[str, Any]) -> list[str]:
     for k in range(profile["num_heads"]):
         lead, ci = stats["lead"][k], stats["lead_ci95"][k]
         ranked = sorted(range(len(lead)), key=lambda s: -abs(lead[s]))
-        significant = [s for s in ranked if ci[s][0] > 0 or ci[s][1] < 0][:MAX_TRAITS]    # interval excludes 0
+        significant = [s for s in ranked if excludes_zero(ci[s])][:MAX_TRAITS]
         traits = [PHRASES[stats["names"][s]][0 if lead[s] > 0 else 1] for s in significant]
         label = f"prefers {', '.join(traits)} answers" if traits else "no distinctive style"
         if len(attributes) > 1:

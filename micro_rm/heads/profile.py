@@ -47,8 +47,7 @@ def profile_heads(model: MixtureRewardModel, features: PairFeatures, records: Se
     texts = [render_text(r[side]) for side in ("chosen", "rejected") for r in records]
     both = response_statistics(texts, prompts * 2, progress=progress)                  # [2N, S]
     stats = both[:len(records)] - both[len(records):]                                 # [N, S]
-    _, prompt_of = np.unique(np.asarray(prompts, dtype=object).astype(str), return_inverse=True)
-    rho, rho_samples = _spearman(deltas, stats, prompt_of, boot.counts)                # [K, S], [R, K, S]
+    rho, rho_samples = _spearman(deltas, stats, boot.prompt_of, boot.counts)           # [K, S], [R, K, S]
     lead, lead_samples = _lead(rho), _lead(rho_samples)
     agreement = agreement_matrix(deltas)
     profile = {
@@ -75,11 +74,10 @@ def _accuracy(deltas: np.ndarray, attributes: Sequence[Any], boot: PromptBootstr
     """Each head's accuracy per attribute with 95% intervals: ``attributes``, ``accuracy`` [K, A],
     ``ci95`` [K, A, 2], ``mean`` [K], ``best_head``."""
     matrix = head_attribute_matrix(1.0 / (1.0 + np.exp(-deltas)), attributes)
-    order = [list(map(str, boot.attributes)).index(a) for a in matrix["attributes"]]
     ci = []
     for k in range(deltas.shape[1]):
-        samples = boot.samples((deltas[:, k] > 0).astype(float))["per_attribute"]      # [R, A]
-        ci.append([percentile_interval(samples[:, j]) for j in order])
+        per_attribute = boot.intervals(boot.samples((deltas[:, k] > 0).astype(float)))["per_attribute_ci95"]
+        ci.append([per_attribute[a] for a in matrix["attributes"]])
     return {"attributes": matrix["attributes"], "accuracy": np.round(matrix["accuracy"], 4).tolist(), "ci95": ci,
             "mean": np.round(np.mean(matrix["accuracy"], axis=1), 4).tolist(), "best_head": matrix["best_head"]}
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from micro_rm.atomic import atomic_open
-from micro_rm.eval.plots import _figure, _heatmap, plot_head_attribute
+from micro_rm.eval.plots import _figure, _heatmap, _titled, plot_head_attribute
 
 PROFILE_FILE = "heads.json"
 TOP_STATISTICS = 3      # statistics listed per head in the summary table
@@ -39,16 +39,9 @@ def plot_statistics(profile: dict[str, Any], path: str | Path) -> Path:
     stats = profile["statistics"]
     rho, names = stats["spearman"], stats["names"]
     rows = [f"head {k}" for k in range(len(rho))]
-    with _figure(path, f"What each head rewards (Spearman ρ of reward and statistic differences)\n{profile['title']}",
+    with _figure(path, _titled(profile, "What each head rewards (Spearman ρ of reward and statistic differences)"),
                  "statistic", "head", (2.5 + 0.62 * len(names), 1.6 + 0.5 * len(rows))) as (fig, ax):
-        image = ax.imshow(rho, cmap="RdBu", vmin=-1.0, vmax=1.0, aspect="auto")
-        fig.colorbar(image, ax=ax, label="Spearman ρ")
-        ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-        ax.set_yticks(range(len(rows)), rows)
-        for k, row in enumerate(rho):
-            for s, value in enumerate(row):
-                ax.text(s, k, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if abs(value) > 0.6 else "black")
+        _heatmap(fig, ax, rho, rows, names, "Spearman ρ", "RdBu", [], scale=(-1.0, 1.0))
     return Path(path)
 
 
@@ -61,8 +54,8 @@ def plot_agreement(profile: dict[str, Any], path: str | Path) -> Path:
     names = [f"head {k}" for k in order]
     cluster_of = {h: c for c, members in enumerate(section["clusters"]) for h in members}
     boxed = [(a, b) for a, i in enumerate(order) for b, j in enumerate(order) if i != j and cluster_of[i] == cluster_of[j]]
-    with _figure(path, f"Head × head agreement (clustered; box: ≥ {section['cluster_min_agreement']})\n"
-                       f"{profile['title']}", "head", "head", (2.2 + 0.8 * len(order), 1.6 + 0.6 * len(order))) as (fig, ax):
+    title = _titled(profile, f"Head × head agreement (clustered; box: ≥ {section['cluster_min_agreement']})")
+    with _figure(path, title, "head", "head", (2.2 + 0.8 * len(order), 1.6 + 0.6 * len(order))) as (fig, ax):
         _heatmap(fig, ax, values, names, names, "share of pairs with the same winner", "viridis", boxed)
     return Path(path)
 
