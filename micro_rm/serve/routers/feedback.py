@@ -18,12 +18,12 @@ from starlette.concurrency import run_in_threadpool
 
 from micro_rm.data.records import normalize_pair
 from micro_rm.errors import InvalidRecord
+from micro_rm.online.hedge import feedback_weights
 from micro_rm.online.requests import DuplicateKey, FeedbackRequest, UserDeleted
 from micro_rm.scoring.limits import check_count, check_text
 from micro_rm.scoring.suggest import pool_items
 from micro_rm.serve.auth import Principal, check_acts_as, require_principal
 from micro_rm.serve.deps import get_batcher, get_metrics, get_scorer, get_settings, get_store, get_writer
-from micro_rm.serve.routers.common import feedback_weights
 from micro_rm.serve.schemas import FeedbackItem, FeedbackResponse, UserWeights
 from micro_rm.serve.settings import ServeSettings
 
@@ -69,13 +69,14 @@ def _answer(scorer: Any, settings: ServeSettings, records: list[dict[str, Any]],
     pair. Built the same way for the first answer and for a replayed Idempotency-Key."""
     n = len(records)
     routes = scorer.route_features(vectors[2 * n:], [r.get("context") for r in records])
+    masked = scorer.model.config.masked_heads
     out = []
     for user in dict.fromkeys(users):
         last = max(i for i, u in enumerate(users) if u == user)
         num_feedback, loss = states[user]
         routed = scorer.routed(vectors[last:last + 1], routes[last:last + 1], loss, settings.eta)
         out.append(UserWeights(user_id=user, num_feedback=num_feedback, cumulative_loss=loss.tolist(),
-                               feedback_weights=feedback_weights(loss, settings.eta, scorer.model.config.masked_heads),
+                               feedback_weights=feedback_weights(loss, settings.eta, masked).tolist(),
                                weights=routed.weights[0].tolist()))
     return FeedbackResponse(accepted=n, users=out)
 

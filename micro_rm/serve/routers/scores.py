@@ -17,7 +17,6 @@ from micro_rm.scoring.engine import Samples, user_losses
 from micro_rm.scoring.limits import check_context, check_count, check_text
 from micro_rm.serve.auth import Principal, check_acts_as, scoring_principal
 from micro_rm.serve.deps import get_batcher, get_metrics, get_scorer, get_settings, get_store
-from micro_rm.serve.routers.common import user_loss
 from micro_rm.serve.schemas import (CompareRequest, CompareResponse, OpenRLHFRequest, OpenRLHFResponse,
                                     ResponseScore, ScoreRequest, ScoreResponse, as_text)
 from micro_rm.serve.settings import ServeSettings
@@ -35,6 +34,17 @@ def one_prompt(settings: ServeSettings, prompt: Any, responses: list[Any], conte
     context = check_context(context, "context", limits)
     n = len(responses)
     return Samples([prompt] * n, responses, [context] * n, [None] * n, shared_route=True)
+
+
+async def user_loss(store: Any, principal: Optional[Principal], user_id: Optional[str]
+                    ) -> tuple[Optional[np.ndarray], int]:
+    """``(S_u or None, feedback count)`` of ``user_id`` after checking the caller may read it.
+    A user without feedback yet scores with the router's weights."""
+    if user_id is None:
+        return None, 0
+    check_acts_as(principal, user_id)
+    state = await run_in_threadpool(store.get, user_id, True)
+    return state.cumulative_loss, state.num_feedback
 
 
 @router.post("/score", response_model=ScoreResponse)
