@@ -14,11 +14,9 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from micro_rm.data.records import normalize_pair
-from micro_rm.errors import InvalidRecord
 from micro_rm.features.base import Item
 from micro_rm.online.hedge import validate_eta
-from micro_rm.scoring.limits import RequestRefused, ScoringLimits, TooManyTexts, check_text, check_user
+from micro_rm.scoring.limits import RequestRefused, ScoringLimits, TooManyTexts, check_pair, check_user
 
 _CLI_HINT = "; fix it or pass --skip-invalid"   # normalize_pair's advice to a file reader
 
@@ -56,13 +54,7 @@ def check_pool(pairs: Any, k: Any, limits: ScoringLimits, limit: str = "max_text
             raise RequestRefused(f"{here}: a candidate must be an object with `prompt`, `chosen` and "
                                  f"`rejected`, got {type(pair).__name__}")
         raw = {key: pair.get(key) for key in ("prompt", "chosen", "rejected", "context")}
-        try:
-            record = normalize_pair(raw, where=here)
-        except InvalidRecord as exc:
-            raise RequestRefused(str(exc).replace(_CLI_HINT, "")) from None
-        for key, value in record.items():
-            check_text(value, f"{here}.{key}", limits)
-        records.append(record)
+        records.append(check_pair(raw, here, limits, _CLI_HINT))
     return records, min(int(k), len(records))
 
 

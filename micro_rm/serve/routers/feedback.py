@@ -16,11 +16,9 @@ import numpy as np
 from fastapi import APIRouter, Depends, Header, HTTPException, Response
 from starlette.concurrency import run_in_threadpool
 
-from micro_rm.data.records import normalize_pair
-from micro_rm.errors import InvalidRecord
 from micro_rm.online.hedge import feedback_weights
 from micro_rm.online.requests import DuplicateKey, FeedbackRequest, UserDeleted
-from micro_rm.scoring.limits import check_count, check_text
+from micro_rm.scoring.limits import check_count, check_pair
 from micro_rm.scoring.suggest import pool_items
 from micro_rm.serve.auth import Principal, check_acts_as, require_principal
 from micro_rm.serve.deps import get_batcher, get_metrics, get_scorer, get_settings, get_store, get_writer
@@ -46,13 +44,7 @@ def _records(body: Union[list[FeedbackItem], FeedbackItem], principal: Principal
         if user is None:
             raise HTTPException(422, detail=f"{where}: `user_id` is required with the admin token")
         check_acts_as(principal, user)
-        try:
-            record = normalize_pair(item.model_dump(exclude={"user_id"}), where=where)
-        except InvalidRecord as exc:
-            raise HTTPException(422, detail=str(exc).replace(CLI_HINT, "")) from None
-        for key, value in record.items():
-            check_text(value, f"{where}.{key}", settings.limits)
-        records.append(record)
+        records.append(check_pair(item.model_dump(exclude={"user_id"}), where, settings.limits, CLI_HINT))
         users.append(user)
     return records, users
 
