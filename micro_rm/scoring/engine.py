@@ -15,7 +15,7 @@ array([ 0.83, -0.41])
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -104,6 +104,13 @@ class RewardScorer:
         reward = [self.reward_item(p, r, c) for p, r, c in zip(samples.prompts, samples.responses, samples.contexts)]
         routes = range(1 if samples.shared_route else len(reward))
         return reward + [item for i in routes for item in self.route_items(samples.prompts[i], samples.contexts[i])]
+
+    def pair_items(self, records: Sequence[dict[str, Any]]) -> list[Item]:
+        """The items of pair records (``POST /feedback``, candidate pools) as training made them
+        (:func:`~micro_rm.features.featurize.record_items`): N chosen, N rejected, then route items."""
+        from micro_rm.features.featurize import record_items
+
+        return record_items(records, self.backbone, **asdict(self.model.config.feature_settings()))
 
     def score(self, samples: Samples, vectors: np.ndarray, cumulative_loss: Optional[np.ndarray] = None,
               eta: float = DEFAULT_ETA) -> Routed:

@@ -19,7 +19,6 @@ from starlette.concurrency import run_in_threadpool
 from micro_rm.online.hedge import feedback_weights
 from micro_rm.online.requests import DuplicateKey, FeedbackRequest, UserDeleted
 from micro_rm.scoring.limits import check_count, check_pair
-from micro_rm.scoring.suggest import pool_items
 from micro_rm.serve.auth import Principal, check_acts_as, require_principal
 from micro_rm.serve.deps import get_batcher, get_metrics, get_scorer, get_settings, get_store, get_writer
 from micro_rm.serve.schemas import FeedbackItem, FeedbackResponse, UserWeights
@@ -114,7 +113,7 @@ async def feedback(body: Union[list[FeedbackItem], FeedbackItem], response: Resp
 
     n = len(records)
     replayed = await _replay(store, *key) if key else None
-    vectors = await batcher.vectors(pool_items(scorer, records))
+    vectors = await batcher.vectors(scorer.pair_items(records))
     if replayed is None:
         losses = scorer.feedback_losses(vectors[:n], vectors[n:2 * n])                   # [n, K]
         groups = {user: [i for i, u in enumerate(users) if u == user] for user in dict.fromkeys(users)}
