@@ -77,9 +77,6 @@ class RewardScorer:
         return cls(model.eval(), model_backbone(model, device=device))
 
     # items --------------------------------------------------------------------------------
-    def reward_item(self, prompt: Text, response: Text, context: Optional[str]) -> Item:
-        return self.backbone.reward_item(prompt, response, context if self.context_in_reward else None)
-
     def route_items(self, prompt: Text, context: Optional[str]) -> list[Item]:
         """The router's items of one prompt (see micro_rm.features.featurize.route_items);
         turn their vectors into route features with :meth:`route_features`."""
@@ -101,7 +98,8 @@ class RewardScorer:
     def items(self, samples: Samples) -> list[Item]:
         """Every item ``samples`` need: the N reward items, then the route items (of the first
         sample only, with ``shared_route``). Their vectors go to :meth:`score`."""
-        reward = [self.reward_item(p, r, c) for p, r, c in zip(samples.prompts, samples.responses, samples.contexts)]
+        contexts = samples.contexts if self.context_in_reward else [None] * len(samples.contexts)
+        reward = [self.backbone.reward_item(p, r, c) for p, r, c in zip(samples.prompts, samples.responses, contexts)]
         routes = range(1 if samples.shared_route else len(reward))
         return reward + [item for i in routes for item in self.route_items(samples.prompts[i], samples.contexts[i])]
 
