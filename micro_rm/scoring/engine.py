@@ -149,6 +149,20 @@ class RewardScorer:
         return pair_losses(self.head_probs(chosen_vectors, rejected_vectors), p_min)
 
 
+def one_prompt(prompt: Any, responses: Sequence[Any], context: Any, limits: ScoringLimits,
+               names: Optional[Sequence[str]] = None) -> Samples:
+    """The checked samples of one prompt's responses, routed once (``/score``, ``/compare``, a
+    ``micro-rm score`` record): 413/422 naming the field; ``names`` (default ``responses[i]``)
+    name the responses."""
+    check_count(len(responses), limits)
+    prompt = check_text(prompt, "prompt", limits)
+    names = names or [f"responses[{i}]" for i in range(len(responses))]
+    responses = [check_text(r, name, limits) for r, name in zip(responses, names)]
+    context = check_context(context, "context", limits)
+    n = len(responses)
+    return Samples([prompt] * n, responses, [context] * n, [None] * n, shared_route=True)
+
+
 def user_losses(store: Any, users: Sequence[Optional[str]], num_heads: int) -> Optional[np.ndarray]:
     """S_u of each sample's user [N, K] from the state ``store`` (a user without feedback, or a
     sample without a user, has S = 0: the router's weights), or None when no sample names a user."""
