@@ -400,9 +400,9 @@ def today_rewards(tmp_path, scorer, settings, prompt, responses) -> list[float]:
     """The rewards of one /score request computed the way the service did before its disk writes
     moved off the request path: vectors written to a feature cache and read back."""
     from micro_rm.features.cache import FeatureCache
-    from micro_rm.serve.routers.scores import one_prompt
+    from micro_rm.scoring.engine import one_prompt
 
-    samples = one_prompt(settings, prompt, responses, None, [f"responses[{i}]" for i in range(len(responses))])
+    samples = one_prompt(prompt, responses, None, settings.limits)
     vectors, _ = FeatureCache(tmp_path / "read-back").get_or_encode(scorer.items(samples), scorer.backbone,
                                                                     progress=False)
     return scorer.score(samples, vectors, None, settings.eta).rewards.tolist()

@@ -15,7 +15,6 @@ no settings, so they come from the environment: ``MICRO_RM_MODEL``, ``MICRO_RM_L
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -204,13 +203,9 @@ def head_logs(out: Any) -> dict[str, list[float]]:
     return logs
 
 
-@functools.cache
-def _default_reward_func() -> Callable[..., dict[str, Any]]:
-    return make_reward_func()
-
-
 def reward_func(queries: Sequence[str], prompts: Sequence[str], labels: Optional[Sequence[Any]] = None,
                 **kwargs: Any) -> dict[str, Any]:
-    """OpenRLHF's ``reward_func`` for the model in ``$MICRO_RM_MODEL`` (see the module docstring)."""
-    return _default_reward_func()(queries, prompts, labels, **kwargs)
+    """OpenRLHF's ``reward_func`` for the model in ``$MICRO_RM_MODEL`` (see the module docstring),
+    loaded once per process by :func:`~micro_rm.integrations.common.shared_reward_function`."""
+    return make_reward_func()(queries, prompts, labels, **kwargs)
 

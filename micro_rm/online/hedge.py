@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -79,6 +79,18 @@ def hedge_log_weights(log_prior: Any, cumulative_loss: Any, eta: float) -> np.nd
     logits = _f64(log_prior) - eta * _f64(cumulative_loss)  # [..., K]
     top = logits.max(axis=-1, keepdims=True)
     return logits - (top + np.log(np.exp(logits - top).sum(axis=-1, keepdims=True)))
+
+
+def feedback_weights(cumulative_loss: Any, eta: float, masked: Sequence[int] = ()) -> np.ndarray:
+    """normalise(exp(−η S)): a user's weights under a uniform prior over the heads that are not
+    ``masked`` (a masked head's weight is 0).
+
+    >>> feedback_weights([0.0, math.log(3.0), 1.0], 1.0, masked=[2]).round(3)
+    array([0.75, 0.25, 0.  ])
+    """
+    log_prior = np.zeros(len(cumulative_loss))
+    log_prior[list(masked)] = -np.inf
+    return np.exp(hedge_log_weights(log_prior, cumulative_loss, eta))
 
 
 def routed_probabilities(log_prior: Any, head_probs: Any, cumulative_loss: Any, eta: float) -> np.ndarray:

@@ -15,7 +15,7 @@ array([ 0.83, -0.41])
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -77,9 +77,6 @@ class RewardScorer:
         return cls(model.eval(), model_backbone(model, device=device))
 
     # items --------------------------------------------------------------------------------
-    def reward_item(self, prompt: Text, response: Text, context: Optional[str]) -> Item:
-        return self.backbone.reward_item(prompt, response, context if self.context_in_reward else None)
-
     def route_items(self, prompt: Text, context: Optional[str]) -> list[Item]:
         """The router's items of one prompt (see micro_rm.features.featurize.route_items);
         turn their vectors into route features with :meth:`route_features`."""
@@ -101,9 +98,17 @@ class RewardScorer:
     def items(self, samples: Samples) -> list[Item]:
         """Every item ``samples`` need: the N reward items, then the route items (of the first
         sample only, with ``shared_route``). Their vectors go to :meth:`score`."""
-        reward = [self.reward_item(p, r, c) for p, r, c in zip(samples.prompts, samples.responses, samples.contexts)]
+        contexts = samples.contexts if self.context_in_reward else [None] * len(samples.contexts)
+        reward = [self.backbone.reward_item(p, r, c) for p, r, c in zip(samples.prompts, samples.responses, contexts)]
         routes = range(1 if samples.shared_route else len(reward))
         return reward + [item for i in routes for item in self.route_items(samples.prompts[i], samples.contexts[i])]
+
+    def pair_items(self, records: Sequence[dict[str, Any]]) -> list[Item]:
+        """The items of pair records (``POST /feedback``, candidate pools) as training made them
+        (:func:`~micro_rm.features.featurize.record_items`): N chosen, N rejected, then route items."""
+        from micro_rm.features.featurize import record_items
+
+        return record_items(records, self.backbone, **asdict(self.model.config.feature_settings()))
 
     def score(self, samples: Samples, vectors: np.ndarray, cumulative_loss: Optional[np.ndarray] = None,
               eta: float = DEFAULT_ETA) -> Routed:
@@ -142,6 +147,20 @@ class RewardScorer:
                         p_min: float = DEFAULT_P_MIN) -> np.ndarray:
         """Each head's scaled loss on pairs labelled chosen ≻ rejected: [N, K] in [0, 1]."""
         return pair_losses(self.head_probs(chosen_vectors, rejected_vectors), p_min)
+
+
+def one_prompt(prompt: Any, responses: Sequence[Any], context: Any, limits: ScoringLimits,
+               names: Optional[Sequence[str]] = None) -> Samples:
+    """The checked samples of one prompt's responses, routed once (``/score``, ``/compare``, a
+    ``micro-rm score`` record): 413/422 naming the field; ``names`` (default ``responses[i]``)
+    name the responses."""
+    check_count(len(responses), limits)
+    prompt = check_text(prompt, "prompt", limits)
+    names = names or [f"responses[{i}]" for i in range(len(responses))]
+    responses = [check_text(r, name, limits) for r, name in zip(responses, names)]
+    context = check_context(context, "context", limits)
+    n = len(responses)
+    return Samples([prompt] * n, responses, [context] * n, [None] * n, shared_route=True)
 
 
 def user_losses(store: Any, users: Sequence[Optional[str]], num_heads: int) -> Optional[np.ndarray]:

@@ -13,8 +13,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from micro_rm.data.records import check_unicode, check_user_id
-from micro_rm.errors import MicroRMError
+from micro_rm.data.records import check_unicode, check_user_id, normalize_pair
+from micro_rm.errors import InvalidRecord, MicroRMError
 
 
 class RequestRefused(MicroRMError):
@@ -112,6 +112,19 @@ def check_user(value: Any, where: str) -> Optional[str]:
         return check_user_id(value, where)
     except MicroRMError as exc:
         raise RequestRefused(str(exc)) from None
+
+
+def check_pair(pair: dict[str, Any], where: str, limits: ScoringLimits, advice: str) -> dict[str, Any]:
+    """A feedback or candidate pair as a record (the data files' rule, :func:`normalize_pair`),
+    each text checked by :func:`check_text`; ``advice``, the part of normalize_pair's message
+    meant for a file reader (``--skip-invalid``), is cut from the error."""
+    try:
+        record = normalize_pair(pair, where=where)
+    except InvalidRecord as exc:
+        raise RequestRefused(str(exc).replace(advice, "")) from None
+    for key, value in record.items():
+        check_text(value, f"{where}.{key}", limits)
+    return record
 
 
 # ----- chat messages ----------------------------------------------------------------------------

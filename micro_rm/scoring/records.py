@@ -16,8 +16,8 @@ import os
 from typing import Any, Iterator, Optional
 
 from micro_rm.errors import MicroRMError
-from micro_rm.scoring.limits import (RequestRefused, ScoringLimits, check_context, check_count, check_text,
-                                     check_user)
+from micro_rm.scoring.engine import one_prompt
+from micro_rm.scoring.limits import RequestRefused, ScoringLimits, check_context, check_user
 
 CHUNK = 256   # responses scored per backbone round trip (and per progress-bar step)
 
@@ -46,13 +46,12 @@ def score_item(row: Any, where: str, limits: ScoringLimits) -> dict[str, Any]:
     if row.get("id") is not None and (not isinstance(row["id"], (str, int)) or isinstance(row["id"], bool)):
         raise MicroRMError(f"{where}: `id` must be a string, got {type(row['id']).__name__}")
     try:
-        check_count(len(responses), limits)
-        return {"prompt": check_text(row["prompt"], "prompt", limits),
-                "responses": [check_text(r, f"responses[{i}]", limits) for i, r in enumerate(responses)],
-                "context": check_context(row.get("context"), "context", limits),
-                "user_id": check_user(row.get("user_id"), "user_id"), "id": row.get("id")}
+        samples = one_prompt(row["prompt"], responses, row.get("context"), limits)
+        user_id = check_user(row.get("user_id"), "user_id")
     except RequestRefused as exc:
         raise MicroRMError(f"{where}: {exc}") from None
+    return {"prompt": samples.prompts[0], "responses": samples.responses, "context": samples.contexts[0],
+            "user_id": user_id, "id": row.get("id")}
 
 
 def _chunks(items: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:

@@ -14,11 +14,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from micro_rm.data.records import normalize_pair
-from micro_rm.errors import InvalidRecord
-from micro_rm.features.base import Item
 from micro_rm.online.hedge import validate_eta
-from micro_rm.scoring.limits import RequestRefused, ScoringLimits, TooManyTexts, check_text, check_user
+from micro_rm.scoring.limits import RequestRefused, ScoringLimits, TooManyTexts, check_pair, check_user
 
 _CLI_HINT = "; fix it or pass --skip-invalid"   # normalize_pair's advice to a file reader
 
@@ -56,28 +53,14 @@ def check_pool(pairs: Any, k: Any, limits: ScoringLimits, limit: str = "max_text
             raise RequestRefused(f"{here}: a candidate must be an object with `prompt`, `chosen` and "
                                  f"`rejected`, got {type(pair).__name__}")
         raw = {key: pair.get(key) for key in ("prompt", "chosen", "rejected", "context")}
-        try:
-            record = normalize_pair(raw, where=here)
-        except InvalidRecord as exc:
-            raise RequestRefused(str(exc).replace(_CLI_HINT, "")) from None
-        for key, value in record.items():
-            check_text(value, f"{here}.{key}", limits)
-        records.append(record)
+        records.append(check_pair(raw, here, limits, _CLI_HINT))
     return records, min(int(k), len(records))
-
-
-def pool_items(scorer: Any, records: Sequence[Mapping[str, Any]]) -> list[Item]:
-    """The items of :func:`rank_pool` (and ``POST /feedback``): every pair's first response, then
-    every second response, then the route items of each pair's prompt and context."""
-    return ([scorer.reward_item(r["prompt"], r["chosen"], r.get("context")) for r in records]
-            + [scorer.reward_item(r["prompt"], r["rejected"], r.get("context")) for r in records]
-            + [item for r in records for item in scorer.route_items(r["prompt"], r.get("context"))])
 
 
 def rank_pool(scorer: Any, records: Sequence[Mapping[str, Any]], vectors: np.ndarray,
               cumulative_loss: Optional[np.ndarray], k: int, eta: float) -> list[Query]:
     """The ``k`` most informative candidates for a user with summed losses ``cumulative_loss``
-    (None: no feedback yet), best first, from the vectors of :func:`pool_items`."""
+    (None: no feedback yet), best first, from the vectors of ``scorer.pair_items(records)``."""
     from micro_rm.train.active import best_queries
 
     n = len(records)
@@ -139,5 +122,5 @@ def suggest(model: Any, pairs: Sequence[Mapping[str, Any]], k: int, *, user: Opt
             finally:
                 if opened:
                     store.close()
-    vectors = engine.features.vectors(pool_items(engine.scorer, records))
+    vectors = engine.features.vectors(engine.scorer.pair_items(records))
     return rank_pool(engine.scorer, records, vectors, loss, k, eta)

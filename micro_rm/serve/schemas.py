@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Optional, Union
 
+from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from micro_rm.data.records import USER_ID_PATTERN, USER_ID_RULE
 
 UserId = Annotated[str, Field(pattern=USER_ID_PATTERN, description=USER_ID_RULE + ".",
                               examples=["ana"])]
+UserPath = Path(pattern=USER_ID_PATTERN, description="The user id.")   # {user_id} in a route
 
 
 class StrictModel(BaseModel):

@@ -16,14 +16,11 @@ import numpy as np
 from fastapi import APIRouter, Depends, Header, HTTPException, Response
 from starlette.concurrency import run_in_threadpool
 
-from micro_rm.data.records import normalize_pair
-from micro_rm.errors import InvalidRecord
+from micro_rm.online.hedge import feedback_weights
 from micro_rm.online.requests import DuplicateKey, FeedbackRequest, UserDeleted
-from micro_rm.scoring.limits import check_count, check_text
-from micro_rm.scoring.suggest import pool_items
+from micro_rm.scoring.limits import check_count, check_pair
 from micro_rm.serve.auth import Principal, check_acts_as, require_principal
 from micro_rm.serve.deps import get_batcher, get_metrics, get_scorer, get_settings, get_store, get_writer
-from micro_rm.serve.routers.common import feedback_weights
 from micro_rm.serve.schemas import FeedbackItem, FeedbackResponse, UserWeights
 from micro_rm.serve.settings import ServeSettings
 
@@ -46,13 +43,7 @@ def _records(body: Union[list[FeedbackItem], FeedbackItem], principal: Principal
         if user is None:
             raise HTTPException(422, detail=f"{where}: `user_id` is required with the admin token")
         check_acts_as(principal, user)
-        try:
-            record = normalize_pair(item.model_dump(exclude={"user_id"}), where=where)
-        except InvalidRecord as exc:
-            raise HTTPException(422, detail=str(exc).replace(CLI_HINT, "")) from None
-        for key, value in record.items():
-            check_text(value, f"{where}.{key}", settings.limits)
-        records.append(record)
+        records.append(check_pair(item.model_dump(exclude={"user_id"}), where, settings.limits, CLI_HINT))
         users.append(user)
     return records, users
 
@@ -69,13 +60,14 @@ def _answer(scorer: Any, settings: ServeSettings, records: list[dict[str, Any]],
     pair. Built the same way for the first answer and for a replayed Idempotency-Key."""
     n = len(records)
     routes = scorer.route_features(vectors[2 * n:], [r.get("context") for r in records])
+    masked = scorer.model.config.masked_heads
     out = []
     for user in dict.fromkeys(users):
         last = max(i for i, u in enumerate(users) if u == user)
         num_feedback, loss = states[user]
         routed = scorer.routed(vectors[last:last + 1], routes[last:last + 1], loss, settings.eta)
         out.append(UserWeights(user_id=user, num_feedback=num_feedback, cumulative_loss=loss.tolist(),
-                               feedback_weights=feedback_weights(loss, settings.eta, scorer.model.config.masked_heads),
+                               feedback_weights=feedback_weights(loss, settings.eta, masked).tolist(),
                                weights=routed.weights[0].tolist()))
     return FeedbackResponse(accepted=n, users=out)
 
@@ -121,7 +113,7 @@ async def feedback(body: Union[list[FeedbackItem], FeedbackItem], response: Resp
 
     n = len(records)
     replayed = await _replay(store, *key) if key else None
-    vectors = await batcher.vectors(pool_items(scorer, records))
+    vectors = await batcher.vectors(scorer.pair_items(records))
     if replayed is None:
         losses = scorer.feedback_losses(vectors[:n], vectors[n:2 * n])                   # [n, K]
         groups = {user: [i for i, u in enumerate(users) if u == user] for user in dict.fromkeys(users)}

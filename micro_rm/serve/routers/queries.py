@@ -7,15 +7,14 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from micro_rm.data.records import USER_ID_PATTERN
-from micro_rm.scoring.suggest import check_pool, pool_items, rank_pool
+from micro_rm.scoring.suggest import check_pool, rank_pool
 from micro_rm.serve.auth import Principal, check_acts_as, require_principal
 from micro_rm.serve.deps import get_batcher, get_scorer, get_settings, get_store
-from micro_rm.serve.schemas import Context, StrictModel, TextIn
+from micro_rm.serve.schemas import Context, StrictModel, TextIn, UserPath
 from micro_rm.serve.settings import ServeSettings
 
 router = APIRouter(prefix="/users", tags=["users"])
@@ -50,7 +49,7 @@ class QueriesResponse(BaseModel):
 
 @router.post("/{user_id}/queries", response_model=QueriesResponse)
 async def queries(body: QueriesRequest,
-                  user_id: str = Path(pattern=USER_ID_PATTERN, description="The user id."),
+                  user_id: str = UserPath,
                   principal: Principal = Depends(require_principal),
                   settings: ServeSettings = Depends(get_settings), store: Any = Depends(get_store),
                   scorer: Any = Depends(get_scorer), batcher: Any = Depends(get_batcher)) -> QueriesResponse:
@@ -59,7 +58,7 @@ async def queries(body: QueriesRequest,
     check_acts_as(principal, user_id)
     records, k = check_pool([p.model_dump() for p in body.pairs], body.k, settings.limits)
     state = await run_in_threadpool(store.get, user_id, True)
-    vectors = await batcher.vectors(pool_items(scorer, records))
+    vectors = await batcher.vectors(scorer.pair_items(records))
     found = rank_pool(scorer, records, vectors, state.cumulative_loss, k, settings.eta)
     return QueriesResponse(queries=[Suggested(index=q.index, gain=q.gain) for q in found],
                            user_id=user_id, num_feedback=state.num_feedback)

@@ -13,11 +13,9 @@ from fastapi import APIRouter, Depends
 from starlette.concurrency import run_in_threadpool
 
 from micro_rm.integrations.openrlhf import head_logs, parse_request, warn_missed
-from micro_rm.scoring.engine import Samples, user_losses
-from micro_rm.scoring.limits import check_context, check_count, check_text
+from micro_rm.scoring.engine import one_prompt, user_losses
 from micro_rm.serve.auth import Principal, check_acts_as, scoring_principal
 from micro_rm.serve.deps import get_batcher, get_metrics, get_scorer, get_settings, get_store
-from micro_rm.serve.routers.common import user_loss
 from micro_rm.serve.schemas import (CompareRequest, CompareResponse, OpenRLHFRequest, OpenRLHFResponse,
                                     ResponseScore, ScoreRequest, ScoreResponse, as_text)
 from micro_rm.serve.settings import ServeSettings
@@ -25,16 +23,15 @@ from micro_rm.serve.settings import ServeSettings
 router = APIRouter(tags=["scores"])
 
 
-def one_prompt(settings: ServeSettings, prompt: Any, responses: list[Any], context: Optional[str],
-               names: list[str]) -> Samples:
-    """The checked samples of one prompt's responses (routed once): 413/422 naming the field."""
-    limits = settings.limits
-    check_count(len(responses), limits)
-    prompt = check_text(as_text(prompt), "prompt", limits)
-    responses = [check_text(as_text(r), name, limits) for r, name in zip(responses, names)]
-    context = check_context(context, "context", limits)
-    n = len(responses)
-    return Samples([prompt] * n, responses, [context] * n, [None] * n, shared_route=True)
+async def user_loss(store: Any, principal: Optional[Principal], user_id: Optional[str]
+                    ) -> tuple[Optional[np.ndarray], int]:
+    """``(S_u or None, feedback count)`` of ``user_id`` after checking the caller may read it.
+    A user without feedback yet scores with the router's weights."""
+    if user_id is None:
+        return None, 0
+    check_acts_as(principal, user_id)
+    state = await run_in_threadpool(store.get, user_id, True)
+    return state.cumulative_loss, state.num_feedback
 
 
 @router.post("/score", response_model=ScoreResponse)
@@ -43,8 +40,7 @@ async def score(body: ScoreRequest, principal: Optional[Principal] = Depends(sco
                 scorer: Any = Depends(get_scorer), batcher: Any = Depends(get_batcher)) -> ScoreResponse:
     """The routed reward of each response to one prompt, with each head's reward and the weights
     used (the user's adapted weights when `user_id` is given)."""
-    samples = one_prompt(settings, body.prompt, body.responses, body.context,
-                         [f"responses[{i}]" for i in range(len(body.responses))])
+    samples = one_prompt(as_text(body.prompt), [as_text(r) for r in body.responses], body.context, settings.limits)
     loss, count = await user_loss(store, principal, body.user_id)
     out = scorer.score(samples, await batcher.vectors(scorer.items(samples)), loss, settings.eta)
     return ScoreResponse(
@@ -60,7 +56,8 @@ async def compare(body: CompareRequest, principal: Optional[Principal] = Depends
                   settings: ServeSettings = Depends(get_settings), store: Any = Depends(get_store),
                   scorer: Any = Depends(get_scorer), batcher: Any = Depends(get_batcher)) -> CompareResponse:
     """P(a ≻ b) = Σ_k w_k σ(r_k(a) − r_k(b)) under the (user's) routing, and each head's probability."""
-    samples = one_prompt(settings, body.prompt, [body.a, body.b], body.context, ["a", "b"])
+    samples = one_prompt(as_text(body.prompt), [as_text(body.a), as_text(body.b)], body.context, settings.limits,
+                         ["a", "b"])
     loss, count = await user_loss(store, principal, body.user_id)
     vectors = await batcher.vectors(scorer.items(samples))
     head_probs = scorer.head_probs(vectors[0:1], vectors[1:2])[0]

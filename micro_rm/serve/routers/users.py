@@ -5,17 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, status
+from fastapi import APIRouter, Depends, HTTPException, status
 
-from micro_rm.data.records import USER_ID_PATTERN
+from micro_rm.online.hedge import feedback_weights
 from micro_rm.serve.auth import Principal, check_acts_as, require_admin, require_principal
 from micro_rm.serve.deps import get_scorer, get_settings, get_store, get_token_store
-from micro_rm.serve.routers.common import feedback_weights
-from micro_rm.serve.schemas import CreatedUser, CreateUserRequest, DeletedUser, UserInfo
+from micro_rm.serve.schemas import CreatedUser, CreateUserRequest, DeletedUser, UserInfo, UserPath
 from micro_rm.serve.settings import ServeSettings
 
 router = APIRouter(prefix="/users", tags=["users"])
-UserPath = Path(pattern=USER_ID_PATTERN, description="The user id.")
 
 
 @router.post("", response_model=CreatedUser, status_code=status.HTTP_201_CREATED)
@@ -53,7 +51,7 @@ def get_user(user_id: str = UserPath, principal: Principal = Depends(require_pri
     return UserInfo(user_id=user_id, num_feedback=state.num_feedback,
                     cumulative_loss=state.cumulative_loss.tolist(),
                     feedback_weights=feedback_weights(state.cumulative_loss, settings.eta,
-                                                     scorer.model.config.masked_heads),
+                                                      scorer.model.config.masked_heads).tolist(),
                     has_token=has_token, model_id=store.model_id, eta=settings.eta)
 
 
