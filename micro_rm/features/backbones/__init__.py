@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from micro_rm.errors import MicroRMError
+from micro_rm.features.backbones.sources import DEFAULT_MAX_LENGTH
 from micro_rm.features.base import Backbone
 
 __all__ = ["BUILTIN_BACKBONES", "DTYPES", "POOLINGS", "fingerprint_id", "load_backbone"]
 
 DTYPES = ("float32", "bfloat16", "float16")
 POOLINGS = ("auto", "mean", "last")
-DEFAULT_MAX_LENGTH = 256  # all-MiniLM-L6-v2 was trained on 256 tokens
 
 
 def _load_default(max_length: Optional[int], dtype: str, device: str, pooling: str,

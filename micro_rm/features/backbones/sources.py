@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+DEFAULT_MAX_LENGTH = 256  # all-MiniLM-L6-v2 was trained on 256 tokens
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 

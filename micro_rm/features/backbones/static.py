@@ -19,9 +19,8 @@ import torch
 
 from micro_rm.atomic import atomic_path
 from micro_rm.features.base import Item
-from micro_rm.features.backbones import DEFAULT_MAX_LENGTH
 from micro_rm.features.backbones.items import pair_reward_item, pair_route_item, tokenize_items
-from micro_rm.features.backbones.sources import (DEFAULT_MODEL_ID, default_model_dir,
+from micro_rm.features.backbones.sources import (DEFAULT_MAX_LENGTH, DEFAULT_MODEL_ID, default_model_dir,
                                                  user_cache, weights_sha256)
 
 log = logging.getLogger(__name__)
