@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from micro_rm.cli.app import app, check_output, check_state_exists, emit, state_errors
+from micro_rm.cli.app import app, check_output, emit, open_state
 from micro_rm.cli.options import CacheDir, Device, HfSplit, JsonFlag, ModelDir
 
 
@@ -46,13 +46,10 @@ def score(
                             cache_dir=cache_dir, device=device)
     else:
         from micro_rm.model.mixture import MixtureRewardModel
-        from micro_rm.online import open_store
-        from micro_rm.online.identity import state_model_id
 
-        check_state_exists(state, "score")
         heads = MixtureRewardModel.from_pretrained(model, device=device)
         # The store is opened (and closed) here, so no connection outlives the command.
-        with state_errors(state), open_store(state, state_model_id(heads), heads.config.num_heads) as store:
+        with open_state(state, heads, reader="score") as store:
             if user is not None:  # a damaged state is refused now, not after the backbone loaded
                 store.get(user, True)
             result = score_file(heads, data, out, context=context, user_id=user, state=store, hf_split=hf_split,

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from micro_rm.cli.app import app, check_output, config_option, emit, field_docs, load_features, state_errors
+from micro_rm.cli.app import app, check_output, config_option, emit, field_docs, load_features, open_state
 from micro_rm.cli.options import CacheDir, CacheOnly, HfSplit, JsonFlag
 from micro_rm.data.records import check_user_id
 from micro_rm.online.hedge import DEFAULT_ETA
@@ -108,8 +108,7 @@ def feedback(
     Example: micro-rm feedback --model runs/dsp --state state.db --user ana --data ana.jsonl
     """
     from micro_rm.atomic import check_not_input
-    from micro_rm.online import open_store, pair_losses, validate_eta
-    from micro_rm.online.identity import state_model_id
+    from micro_rm.online import pair_losses, validate_eta
 
     eta = validate_eta(eta)
     check_user_id(user, "--user")
@@ -117,8 +116,7 @@ def feedback(
     # Read and score the pairs before the store opens: bad data must not create a state file.
     model, records, features = load_features(model_dir, data, hf_split, cache_dir, cache_only)
     losses = pair_losses(model.head_probs(features.chosen, features.rejected))
-    with state_errors(state), open_store(state, model_id=state_model_id(model),
-                                         num_heads=model.config.num_heads) as store:
+    with open_state(state, model) as store:
         after = store.apply_feedback(user, losses, payloads=records)
         result = _user_result(after, store.location, eta)
     emit({**result, "added": len(records)}, as_json,
@@ -136,11 +134,11 @@ def show(
 
     Example: micro-rm user show ana --state state.db
     """
-    from micro_rm.online import open_store, validate_eta
+    from micro_rm.online import validate_eta
 
     check_user_id(user, "user")
     eta = validate_eta(eta)
-    with state_errors(state), open_store(state) as store:
+    with open_state(state) as store:
         result = _user_result(store.get(user), store.location, eta)
     emit(result, as_json, _user_summary(result))
 
@@ -155,10 +153,8 @@ def reset(
 
     Example: micro-rm user reset ana --state state.db
     """
-    from micro_rm.online import open_store
-
     check_user_id(user, "user")
-    with state_errors(state), open_store(state) as store:
+    with open_state(state) as store:
         before = store.reset(user)
     emit({"user": user, "state": str(state), "reset": True, "num_feedback_before": before.num_feedback},
          as_json, f"reset user {user!r} (forgot {before.num_feedback} feedback pair(s))")

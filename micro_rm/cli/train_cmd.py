@@ -9,8 +9,7 @@ from typing import Optional
 
 import typer
 
-from micro_rm.cli.app import (app, check_output, check_range, check_state_exists, config_option, emit, field_docs,
-                              state_errors)
+from micro_rm.cli.app import app, check_output, check_range, config_option, emit, field_docs, open_state
 from micro_rm.cli.encode_cmd import MAX_TOKENS, feature_option, resolve_dtype
 from micro_rm.cli.options import BackboneName, CacheDir, CacheOnly, HfSplit, JsonFlag, MaxLength, ModelDir
 from micro_rm.errors import MicroRMError
@@ -162,6 +161,7 @@ def evaluate(
     import numpy as np
 
     from micro_rm.data.readers import read_pairs
+    from micro_rm.data.records import check_user_id
     from micro_rm.eval.metrics import (expected_calibration_error, head_attribute_matrix, nll,
                                        pairwise_accuracy, router_statistics)
     from micro_rm.model.mixture import MixtureRewardModel
@@ -176,7 +176,11 @@ def evaluate(
                            "state (pass both, or neither to evaluate the router alone)")
     start = time.perf_counter()
     model = MixtureRewardModel.from_pretrained(model_dir)
-    user_loss = None if user is None else user_cumulative_loss(model, state, user)
+    user_loss = None
+    if user is not None:    # a missing store, an unknown user or another model's store is an error
+        check_user_id(user, "--user")
+        with open_state(state, model, reader="eval") as store:
+            user_loss = store.get(user).cumulative_loss      # the store refuses a non-finite state
     features = featurize_for(model, read_pairs(data, hf_split=hf_split), cache_dir, allow_encode=not cache_only)
     if user_loss is None:
         probs = model.predict_proba(features.chosen, features.rejected, features.route)
@@ -212,20 +216,6 @@ def evaluate(
         result["report"] = str(folder)
         lines.append(f"report: {folder / 'report.md'}")
     emit(result, as_json, "\n".join(lines))
-
-
-def user_cumulative_loss(model, state: str, user: str):
-    """The user's summed per-head losses S_user from an existing state store written for this
-    model's heads (a missing store, an unknown user or another model's store is an error)."""
-    from micro_rm.data.records import check_user_id
-    from micro_rm.online import open_store
-    from micro_rm.online.identity import state_model_id
-
-    check_user_id(user, "--user")
-    check_state_exists(state, "eval")
-    with state_errors(state), open_store(state, model_id=state_model_id(model),
-                                         num_heads=model.config.num_heads) as store:
-        return store.get(user).cumulative_loss      # the store refuses a non-finite state
 
 
 @app.command("export-scalar")
