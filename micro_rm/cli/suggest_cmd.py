@@ -3,13 +3,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from micro_rm.atomic import atomic_open
 from micro_rm.cli.app import app, check_output, emit
 from micro_rm.cli.options import CacheDir, Device, HfSplit, JsonFlag, ModelDir
 from micro_rm.online.hedge import DEFAULT_ETA
@@ -44,7 +42,7 @@ def suggest(
     Example: micro-rm suggest --model runs/dsp --state state.db --user ana --data candidates.jsonl
     --k 5 --out ask-ana.jsonl
     """
-    from micro_rm.data.readers import read_pairs
+    from micro_rm.data.readers import read_pairs, write_pairs
     from micro_rm.data.records import check_user_id
     from micro_rm.online import validate_eta
     from micro_rm.scoring.engine import RewardEngine
@@ -61,8 +59,7 @@ def suggest(
     found = rank(engine, records, k, user=user, state=state)
     rows = [{"index": q.index, "gain": q.gain, **records[q.index]} for q in found]
     if out is not None:
-        with atomic_open(out) as f:
-            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        write_pairs(rows, out)
     summary = "\n".join(f"  #{row['index']}: gain {row['gain']:.4f}" for row in rows)
     emit({"user": user, "state": state, "pool": len(records), "k": len(rows), "queries": rows,
           **({"out": str(out)} if out is not None else {})}, as_json,
