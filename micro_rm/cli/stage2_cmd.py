@@ -165,10 +165,7 @@ def _user_result(user_state, location: str, eta: float) -> dict:
     weights under a uniform router (routing multiplies it by the router's weights)."""
     import numpy as np
 
-    from micro_rm.online import hedge_log_weights
-
-    k = user_state.num_heads
-    factor = np.exp(hedge_log_weights(np.zeros(k), user_state.cumulative_loss, eta))
+    factor = user_state.weights(np.zeros(user_state.num_heads), eta)
     return {"user": user_state.user_id, "state": location, "model_id": user_state.model_id,
             "num_feedback": user_state.num_feedback, "cumulative_loss": user_state.cumulative_loss.tolist(),
             "eta": eta, "hedge_factor": factor.tolist()}
