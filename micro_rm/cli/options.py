@@ -5,6 +5,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from micro_rm.online.hedge import validate_eta
+
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line.")]
 HfSplit = Annotated[Optional[str], typer.Option("--hf-split", help=(
     "Split to read from a Hugging Face dataset (hub id or folder) with several, e.g. test_prefs "
@@ -17,5 +19,9 @@ ModelDir = Annotated[str, typer.Option("--model", help="Model folder (or Hugging
 Device = Annotated[str, typer.Option("--device", help="Torch device of the backbone: cpu, cuda, mps.")]
 BackboneName = Annotated[str, typer.Option(
     "--backbone", help="Backbone: default, static, a Hugging Face model id or a local folder.")]
+Eta = Annotated[float, typer.Option("--eta", callback=validate_eta, help=(
+    "Hedge learning rate η > 0 of a user's weights (the service's --eta): after n pairs, two heads whose "
+    "summed scaled losses differ by Δ have their weight ratio moved by exp(−η·Δ) away from the router's. "
+    "The default, log(1/p_min) = 4, is the exact Bayesian posterior over heads."))]
 MaxLength = Annotated[Optional[int], typer.Option(
     "--max-length", help="Truncate each item to this many tokens (default: the backbone's limit).")]

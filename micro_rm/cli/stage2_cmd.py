@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from micro_rm.cli.app import app, check_output, config_option, emit, field_docs, load_features, open_state
-from micro_rm.cli.options import CacheDir, CacheOnly, HfSplit, JsonFlag
+from micro_rm.cli.options import CacheDir, CacheOnly, Eta, HfSplit, JsonFlag
 from micro_rm.data.records import check_user_id
 from micro_rm.online.hedge import DEFAULT_ETA
 
@@ -24,9 +24,6 @@ app.add_typer(user_app, name="user")
 State = Annotated[str, typer.Option(
     "--state", help="Per-user state: a SQLite file (created on first feedback) or a postgresql:// URL.")]
 UserId = Annotated[str, typer.Argument(help="User id.")]
-ETA_HELP = ("Hedge learning rate η > 0: after n pairs, two heads whose summed scaled losses differ "
-            "by Δ have their weight ratio moved by exp(−η·Δ) away from the router's. The default, "
-            "log(1/p_min) = 4, is the exact Bayesian posterior over heads.")
 _help, _default = field_docs("micro_rm.train.config:AdaptConfig")
 _option = config_option("micro_rm.train.config:AdaptConfig")
 
@@ -95,7 +92,7 @@ def feedback(
     user: str = typer.Option(..., "--user", help="User id."),
     data: str = typer.Option(..., "--data", help="The user's labelled pairs (chosen = what they preferred)."),
     hf_split: HfSplit = None,
-    eta: float = typer.Option(DEFAULT_ETA, "--eta", help=ETA_HELP + " Only used for the printed weights."),
+    eta: Eta = DEFAULT_ETA,
     cache_dir: CacheDir = None,
     cache_only: CacheOnly = False,
     as_json: JsonFlag = False,
@@ -103,14 +100,13 @@ def feedback(
     """Add a user's labelled pairs to their online Hedge state, in one transaction.
 
     Each head's clipped, scaled log-loss is summed into the user's S; routing for that user
-    becomes normalise(router weights · exp(−η S)).
+    becomes normalise(router weights · exp(−η S)) (--eta here only sets the printed weights).
 
     Example: micro-rm feedback --model runs/dsp --state state.db --user ana --data ana.jsonl
     """
     from micro_rm.atomic import check_not_input
-    from micro_rm.online import pair_losses, validate_eta
+    from micro_rm.online import pair_losses
 
-    eta = validate_eta(eta)
     check_user_id(user, "--user")
     check_not_input(state, "--state", {"--data": data, "--model": model_dir})
     # Read and score the pairs before the store opens: bad data must not create a state file.
@@ -127,17 +123,14 @@ def feedback(
 def show(
     user: UserId = ...,
     state: State = ...,
-    eta: float = typer.Option(DEFAULT_ETA, "--eta", help=ETA_HELP),
+    eta: Eta = DEFAULT_ETA,
     as_json: JsonFlag = False,
 ) -> None:
     """A user's feedback count, per-head cumulative loss S and Hedge factor normalise(exp(−η S)).
 
     Example: micro-rm user show ana --state state.db
     """
-    from micro_rm.online import validate_eta
-
     check_user_id(user, "user")
-    eta = validate_eta(eta)
     with open_state(state) as store:
         result = _user_result(store.get(user), store.location, eta)
     emit(result, as_json, _user_summary(result))

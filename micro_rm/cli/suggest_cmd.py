@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from micro_rm.cli.app import app, check_output, emit
-from micro_rm.cli.options import CacheDir, Device, HfSplit, JsonFlag, ModelDir
+from micro_rm.cli.options import CacheDir, Device, Eta, HfSplit, JsonFlag, ModelDir
 from micro_rm.online.hedge import DEFAULT_ETA
 
 
@@ -27,7 +27,7 @@ def suggest(
                                         "user starts from the router's weights, and nothing is created."),
     out: Optional[Path] = typer.Option(None, "--out", help="JSON-lines file to write: the k pairs, best "
                                        "first, each with its `index` in --data and its `gain`."),
-    eta: float = typer.Option(DEFAULT_ETA, "--eta", help="Hedge η of the user's weights (the service's --eta)."),
+    eta: Eta = DEFAULT_ETA,
     hf_split: HfSplit = None,
     cache_dir: CacheDir = None,
     device: Device = "cpu",
@@ -44,13 +44,11 @@ def suggest(
     """
     from micro_rm.data.readers import read_pairs, write_pairs
     from micro_rm.data.records import check_user_id
-    from micro_rm.online import validate_eta
     from micro_rm.scoring.engine import RewardEngine
     from micro_rm.scoring.suggest import suggest as rank
     from micro_rm.serve.settings import check_device
 
     check_user_id(user, "--user")
-    eta = validate_eta(eta)
     check_device(device)
     if out is not None:
         check_output(out, "--out", {"--data": data, "--state": state, "--model": model_dir}, folder=False)

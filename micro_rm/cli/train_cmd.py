@@ -11,7 +11,7 @@ import typer
 
 from micro_rm.cli.app import app, check_output, check_range, config_option, emit, field_docs, open_state
 from micro_rm.cli.encode_cmd import MAX_TOKENS, feature_option, resolve_dtype
-from micro_rm.cli.options import BackboneName, CacheDir, CacheOnly, HfSplit, JsonFlag, MaxLength, ModelDir
+from micro_rm.cli.options import BackboneName, CacheDir, CacheOnly, Eta, HfSplit, JsonFlag, MaxLength, ModelDir
 from micro_rm.errors import MicroRMError
 from micro_rm.online.hedge import DEFAULT_ETA
 
@@ -145,7 +145,7 @@ def evaluate(
     user: Optional[str] = typer.Option(None, "--user", help="Evaluate as this user: the router's "
                                        "weights sharpened by the user's feedback (online Hedge), "
                                        "exactly as the service scores for them."),
-    eta: float = typer.Option(DEFAULT_ETA, "--eta", help="Hedge η for --user (the service's --eta)."),
+    eta: Eta = DEFAULT_ETA,
     as_json: JsonFlag = False,
 ) -> None:
     """Routed pairwise accuracy per attribute (and its mean), every head per attribute, NLL,
@@ -166,11 +166,10 @@ def evaluate(
                                        pairwise_accuracy, router_statistics)
     from micro_rm.model.mixture import MixtureRewardModel
     from micro_rm.model.text import featurize_for
-    from micro_rm.online.hedge import routed_probabilities, validate_eta
+    from micro_rm.online.hedge import routed_probabilities
 
     if report is not None:  # before any work: a bad --report must not cost an evaluation
         check_output(report, "--report", {"--model": model_dir, "--data": data, "--state": state}, folder=True)
-    eta = validate_eta(eta)
     if (state is None) != (user is None):
         raise MicroRMError("--user and --state go together: evaluating as a user reads that user's "
                            "state (pass both, or neither to evaluate the router alone)")
