@@ -6,6 +6,7 @@ from typing import Annotated, Optional
 import typer
 
 from micro_rm.online.hedge import validate_eta
+from micro_rm.serve.settings import check_device
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line.")]
 HfSplit = Annotated[Optional[str], typer.Option("--hf-split", help=(
@@ -16,7 +17,8 @@ CacheDir = Annotated[Optional[Path], typer.Option(
 CacheOnly = Annotated[bool, typer.Option(
     "--cache-only", help="Fail instead of encoding texts that are not in the cache yet.")]
 ModelDir = Annotated[str, typer.Option("--model", help="Model folder (or Hugging Face hub id).")]
-Device = Annotated[str, typer.Option("--device", help="Torch device of the backbone: cpu, cuda, mps.")]
+Device = Annotated[str, typer.Option("--device", callback=check_device,
+                                      help="Torch device of the backbone: cpu, cuda, mps.")]
 BackboneName = Annotated[str, typer.Option(
     "--backbone", help="Backbone: default, static, a Hugging Face model id or a local folder.")]
 Eta = Annotated[float, typer.Option("--eta", callback=validate_eta, help=(

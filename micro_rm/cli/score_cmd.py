@@ -37,10 +37,8 @@ def score(
     Example: micro-rm score --model runs/dsp --data candidates.jsonl --out scores.jsonl --context "I am a child."
     """
     from micro_rm.scoring.records import score_file
-    from micro_rm.serve.settings import check_device
 
     check_output(out, "--out", {"--data": data, "--state": state, "--model": model}, folder=False)
-    check_device(device)
     if state is None:
         result = score_file(model, data, out, context=context, user_id=user, hf_split=hf_split,
                             cache_dir=cache_dir, device=device)

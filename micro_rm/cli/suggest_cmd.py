@@ -46,10 +46,8 @@ def suggest(
     from micro_rm.data.records import check_user_id
     from micro_rm.scoring.engine import RewardEngine
     from micro_rm.scoring.suggest import suggest as rank
-    from micro_rm.serve.settings import check_device
 
     check_user_id(user, "--user")
-    check_device(device)
     if out is not None:
         check_output(out, "--out", {"--data": data, "--state": state, "--model": model_dir}, folder=False)
     records = read_pairs(data, hf_split=hf_split)
