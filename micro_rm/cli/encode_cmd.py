@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from micro_rm.cli.app import app, check_output, check_range, config_option, emit
-from micro_rm.cli.options import BackboneName, CacheDir, Device, HfSplit, JsonFlag, MaxLength
+from micro_rm.cli.options import BackboneName, CacheDir, Device, Dtype, HfSplit, JsonFlag, MaxLength
 
 feature_option = config_option("micro_rm.features.base:FeatureSettings")  # of `encode` and `train`
 MAX_BATCH = 65_536   # texts per backbone call (--batch-size)
@@ -30,9 +30,7 @@ def encode(
     tokens_per_batch: Optional[int] = typer.Option(None, "--tokens-per-batch", help="Instead of "
                                                    "--batch-size, fill each backbone call up to this "
                                                    "many padded tokens (GPU runs, e.g. 16384)."),
-    dtype: str = typer.Option("float32", "--dtype", help="Backbone compute dtype: float32, "
-                              "bfloat16, float16, or auto (bfloat16 for a decoder on CUDA, else "
-                              "float32). Part of the cache key: train with the same one."),
+    dtype: Dtype = "float32",
     device: Device = "cpu",
     router_input: str = feature_option("router_input"),
     context_in_reward: bool = feature_option("context_in_reward"),

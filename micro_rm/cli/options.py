@@ -25,5 +25,8 @@ Eta = Annotated[float, typer.Option("--eta", callback=validate_eta, help=(
     "Hedge learning rate η > 0 of a user's weights (the service's --eta): after n pairs, two heads whose "
     "summed scaled losses differ by Δ have their weight ratio moved by exp(−η·Δ) away from the router's. "
     "The default, log(1/p_min) = 4, is the exact Bayesian posterior over heads."))]
+Dtype = Annotated[str, typer.Option("--dtype", help=(
+    "Backbone compute dtype: float32, bfloat16, float16, or auto (bfloat16 for a decoder on CUDA, else "
+    "float32). Part of the cache key: train with the one the features were encoded with."))]
 MaxLength = Annotated[Optional[int], typer.Option(
     "--max-length", help="Truncate each item to this many tokens (default: the backbone's limit).")]

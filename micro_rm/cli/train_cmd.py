@@ -11,7 +11,7 @@ import typer
 
 from micro_rm.cli.app import app, check_output, check_range, config_option, emit, field_docs, open_state
 from micro_rm.cli.encode_cmd import MAX_TOKENS, feature_option, resolve_dtype
-from micro_rm.cli.options import BackboneName, CacheDir, CacheOnly, Eta, HfSplit, JsonFlag, MaxLength, ModelDir
+from micro_rm.cli.options import BackboneName, CacheDir, CacheOnly, Dtype, Eta, HfSplit, JsonFlag, MaxLength, ModelDir
 from micro_rm.errors import MicroRMError
 from micro_rm.online.hedge import DEFAULT_ETA
 
@@ -50,9 +50,7 @@ def train(
     device: str = _option("device"),
     cache_dir: CacheDir = None,
     max_length: MaxLength = None,
-    dtype: str = typer.Option("float32", "--dtype", help="Backbone compute dtype (part of the cache "
-                              "key, so use the one the features were encoded with): float32, "
-                              "bfloat16, float16 or auto (bfloat16 for a decoder on CUDA)."),
+    dtype: Dtype = "float32",
     as_json: JsonFlag = False,
 ) -> None:
     """Fit stage 1 (the mixture of heads and its router, or a baseline) on a pair file.
