@@ -94,8 +94,10 @@ def check_range(value: Optional[float], option: str, low: float, high: float) ->
 
 def check_output(path: Any, option: str, inputs: dict[str, object], *, folder: bool,
                  replaces_folder: bool = False, model: bool = False) -> None:
-    """Refuse, before any work, an output that cannot be written or would overwrite one of the
-    command's ``inputs``; a ``model`` folder must also be new, empty or a model folder."""
+    """Refuse, before any work, an output that cannot be written or would overwrite one of the command's
+    ``inputs``; a ``model`` folder must also be new, empty or a model folder. None (unset) passes."""
+    if path is None:
+        return
     if model:
         from micro_rm.model.pretrained import check_destination
 

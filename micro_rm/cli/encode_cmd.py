@@ -62,8 +62,7 @@ def encode(
     check_range(batch_size, "--batch-size", 1, MAX_BATCH)
     check_range(tokens_per_batch, "--tokens-per-batch", 1, MAX_BATCH * MAX_TOKENS)
     settings = FeatureSettings.from_options(router_input, context_in_reward, context_encoding)
-    if out is not None:
-        check_output(out, "--out", {"--data": data, "--cache": cache_dir}, folder=True, replaces_folder=True)
+    check_output(out, "--out", {"--data": data, "--cache": cache_dir}, folder=True, replaces_folder=True)
 
     from micro_rm.data.readers import read_pairs
     from micro_rm.features.backbones import load_backbone

@@ -48,8 +48,7 @@ def suggest(
     from micro_rm.scoring.suggest import suggest as rank
 
     check_user_id(user, "--user")
-    if out is not None:
-        check_output(out, "--out", {"--data": data, "--state": state, "--model": model_dir}, folder=False)
+    check_output(out, "--out", {"--data": data, "--state": state, "--model": model_dir}, folder=False)
     records = read_pairs(data, hf_split=hf_split)
     engine = RewardEngine(model_dir, eta=eta, cache_dir=cache_dir, device=device)
     found = rank(engine, records, k, user=user, state=state)

@@ -166,8 +166,8 @@ def evaluate(
     from micro_rm.model.text import featurize_for
     from micro_rm.online.hedge import routed_probabilities
 
-    if report is not None:  # before any work: a bad --report must not cost an evaluation
-        check_output(report, "--report", {"--model": model_dir, "--data": data, "--state": state}, folder=True)
+    # Before any work: a bad --report must not cost an evaluation.
+    check_output(report, "--report", {"--model": model_dir, "--data": data, "--state": state}, folder=True)
     if (state is None) != (user is None):
         raise MicroRMError("--user and --state go together: evaluating as a user reads that user's "
                            "state (pass both, or neither to evaluate the router alone)")
