@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from micro_rm.cli.app import app, check_output, config_option, emit, field_docs, load_features, open_state
-from micro_rm.cli.options import CacheDir, CacheOnly, Eta, HfSplit, JsonFlag
+from micro_rm.cli.options import CacheDir, CacheOnly, Eta, HfSplit, JsonFlag, ModelDir
 from micro_rm.data.records import check_user_id
 from micro_rm.online.hedge import DEFAULT_ETA
 
@@ -30,7 +30,7 @@ _option = config_option("micro_rm.train.config:AdaptConfig")
 
 @app.command("adapt")
 def adapt(
-    model_dir: str = typer.Option(..., "--model", help="Stage-1 model folder (variant micro)."),
+    model_dir: ModelDir = ...,
     data: str = typer.Option(..., "--data", help="Pairs with a `context` (jsonl, json, parquet, csv, "
                                                  "dataset folder or hub id); the budget is drawn "
                                                  "per attribute."),
@@ -44,7 +44,7 @@ def adapt(
     cache_only: CacheOnly = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Stage 2: adapt the router to contexts from a budget of context pairs.
+    """Stage 2: adapt a stage-1 model's router (variant micro) to contexts from a budget of context pairs.
 
     The heads stay frozen. Each context the budget speaks for takes one Hedge step on the mean
     loss of its pairs, and the stage-1 router is kept unless cross-validation on held-out budget
@@ -87,7 +87,7 @@ def adapt(
 
 @app.command("feedback")
 def feedback(
-    model_dir: str = typer.Option(..., "--model", help="Model folder whose heads score the pairs."),
+    model_dir: ModelDir = ...,
     state: State = ...,
     user: str = typer.Option(..., "--user", help="User id."),
     data: str = typer.Option(..., "--data", help="The user's labelled pairs (chosen = what they preferred)."),
