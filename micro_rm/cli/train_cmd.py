@@ -233,7 +233,6 @@ def export_scalar_cmd(
     """
     from micro_rm.model.mixture import MixtureRewardModel
     from micro_rm.model.pretrained import export_scalar
-    from micro_rm.model.text import model_backbone
 
     if (context is None) == (weights is None):
         raise MicroRMError("give exactly one of --context TEXT or --weights w1,w2,...")
@@ -255,7 +254,7 @@ def export_scalar_cmd(
 
         # The route the service builds for this context and an empty prompt, exactly as in training
         # (no context where the router was trained on the prompt alone).
-        scorer = RewardScorer(model, model_backbone(model))
+        scorer = RewardScorer.load(model)
         route = scorer.route_features(scorer.backbone.encode(scorer.route_items("", context)), [context])[0]
         scalar = export_scalar(model, out, route=route, context=context)
     fixed = scalar.config.training["exported"]["weights"]
