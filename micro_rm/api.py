@@ -121,9 +121,7 @@ class MiCRo:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the model folder (config.json, model.safetensors, README.md model card)."""
-        from micro_rm.model.pretrained import save_pretrained
-
-        return save_pretrained(self._fitted(), path)
+        return self._fitted().save_pretrained(path)
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
         """Upload the model folder to the Hugging Face Hub (see :func:`micro_rm.model.hub.push_to_hub`)."""

@@ -94,8 +94,10 @@ def check_range(value: Optional[float], option: str, low: float, high: float) ->
 
 def check_output(path: Any, option: str, inputs: dict[str, object], *, folder: bool,
                  replaces_folder: bool = False, model: bool = False) -> None:
-    """Refuse, before any work, an output that cannot be written or would overwrite one of the
-    command's ``inputs``; a ``model`` folder must also be new, empty or a model folder."""
+    """Refuse, before any work, an output that cannot be written or would overwrite one of the command's
+    ``inputs``; a ``model`` folder must also be new, empty or a model folder. None (unset) passes."""
+    if path is None:
+        return
     if model:
         from micro_rm.model.pretrained import check_destination
 
@@ -105,11 +107,20 @@ def check_output(path: Any, option: str, inputs: dict[str, object], *, folder: b
 
 
 @contextlib.contextmanager
-def state_errors(state: Any) -> Iterator[None]:
-    """Turn a damaged state database's errors (raised by the store while it is read) into one
-    line naming ``--state``."""
+def open_state(state: str, model: Any = None, *, reader: Optional[str] = None) -> Iterator[Any]:
+    """The state store at ``--state`` (for ``model``'s heads when given), closed on exit. For a
+    ``reader`` (a command that only reads a user's state) a path holding no state file is refused,
+    never created. A damaged database's errors, while it is open, become one line naming --state."""
+    from micro_rm.online import open_store
+    from micro_rm.online.identity import state_model_id
+
+    if reader is not None and "://" not in state and not Path(state).is_file():
+        raise MicroRMError(f"--state {state}: no such state file; {reader} reads a user's state and never "
+                           "creates one (`micro-rm feedback` or the service writes it)")
+    heads = {} if model is None else {"model_id": state_model_id(model), "num_heads": model.config.num_heads}
     try:
-        yield
+        with open_store(state, **heads) as store:
+            yield store
     except sqlite3.OperationalError as exc:     # locked, disk full, I/O: the file may be sound
         raise MicroRMError(f"--state {state}: the state database failed ({exc}); nothing was changed") from None
     except sqlite3.DatabaseError as exc:
@@ -127,14 +138,6 @@ def load_features(model_dir: str, data: str, hf_split: Optional[str], cache_dir:
     model = MixtureRewardModel.from_pretrained(model_dir)
     records = read_pairs(data, hf_split=hf_split)
     return model, records, featurize_for(model, records, cache_dir, allow_encode=not cache_only)
-
-
-def check_state_exists(state: str, reader: str) -> None:
-    """Refuse a ``--state`` path that holds no state file: ``reader`` (a command that only reads a
-    user's state) must not create one."""
-    if "://" not in state and not Path(state).is_file():
-        raise MicroRMError(f"--state {state}: no such state file; {reader} reads a user's state and never "
-                           "creates one (`micro-rm feedback` or the service writes it)")
 
 
 def _register_commands() -> None:
@@ -158,7 +161,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UnicodeError as exc:  # a text no reader decoded first: still bad input, not a crash
         print(f"error: input is not valid Unicode ({exc}); re-save it as UTF-8", file=sys.stderr)
         return 2
-    except sqlite3.DatabaseError as exc:  # a state store read outside state_errors
+    except sqlite3.DatabaseError as exc:  # a state store read outside open_state
         print(f"error: the state database (--state) is not readable ({exc})", file=sys.stderr)
         return 2
     except OSError as exc:

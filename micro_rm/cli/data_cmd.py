@@ -49,7 +49,7 @@ def build(
 
 
 @data_app.command("list")
-def list_builders(as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
+def list_builders(as_json: JsonFlag = False) -> None:
     """List the dataset builders and what each reads."""
     from micro_rm.data.builders import BUILDERS
 

@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from micro_rm.cli.app import app, check_output, check_range, config_option, emit
-from micro_rm.cli.options import BackboneName, CacheDir, HfSplit, JsonFlag, MaxLength
+from micro_rm.cli.options import BackboneName, CacheDir, Device, Dtype, HfSplit, JsonFlag, MaxLength
 
 feature_option = config_option("micro_rm.features.base:FeatureSettings")  # of `encode` and `train`
 MAX_BATCH = 65_536   # texts per backbone call (--batch-size)
@@ -30,11 +30,8 @@ def encode(
     tokens_per_batch: Optional[int] = typer.Option(None, "--tokens-per-batch", help="Instead of "
                                                    "--batch-size, fill each backbone call up to this "
                                                    "many padded tokens (GPU runs, e.g. 16384)."),
-    dtype: str = typer.Option("float32", "--dtype", help="Backbone compute dtype: float32, "
-                              "bfloat16, float16, or auto (bfloat16 for a decoder on CUDA, else "
-                              "float32). Part of the cache key: train with the same one."),
-    device: str = typer.Option("cpu", "--device", help="Torch device: cpu or cuda (under "
-                               "torchrun, cuda means cuda:LOCAL_RANK)."),
+    dtype: Dtype = "float32",
+    device: Device = "cpu",
     router_input: str = feature_option("router_input"),
     context_in_reward: bool = feature_option("context_in_reward"),
     context_encoding: str = feature_option("context_encoding"),
@@ -53,12 +50,11 @@ def encode(
 
     Example: micro-rm encode --data dsp.jsonl --backbone default --batch-size 32
 
-    Several processes: torchrun --nproc_per_node=4 -m micro_rm.cli encode --data dsp.jsonl
-    --backbone default --device cuda --tokens-per-batch 16384
+    Several processes (--device cuda means cuda:LOCAL_RANK): torchrun --nproc_per_node=4 -m
+    micro_rm.cli encode --data dsp.jsonl --backbone default --device cuda --tokens-per-batch 16384
     """
     from micro_rm.features.base import FeatureSettings
     from micro_rm.features.batching import check_batching
-    from micro_rm.serve.settings import check_device
 
     # Cheap checks first, so a typo fails before the backbone loads.
     check_range(max_length, "--max-length", 1, MAX_TOKENS)
@@ -66,9 +62,7 @@ def encode(
     check_range(batch_size, "--batch-size", 1, MAX_BATCH)
     check_range(tokens_per_batch, "--tokens-per-batch", 1, MAX_BATCH * MAX_TOKENS)
     settings = FeatureSettings.from_options(router_input, context_in_reward, context_encoding)
-    if out is not None:
-        check_output(out, "--out", {"--data": data, "--cache": cache_dir}, folder=True, replaces_folder=True)
-    check_device(device)
+    check_output(out, "--out", {"--data": data, "--cache": cache_dir}, folder=True, replaces_folder=True)
 
     from micro_rm.data.readers import read_pairs
     from micro_rm.features.backbones import load_backbone

@@ -35,8 +35,7 @@ def experiment(
                                            "default, static, a Hugging Face model id or a local folder."),
     out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default: runs/<config name>)."),
     cache_dir: CacheDir = None,
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (with `report`, the "
-                                 "folder) as the last line."),
+    as_json: JsonFlag = False,
     force: Force = False,
 ) -> None:
     """Run the paper's whole protocol from a config: data → split → encode (cached) → stage 1

@@ -119,8 +119,7 @@ def audit_cmd(
 
     if not 0 < alpha < 1:
         raise MicroRMError(f"--alpha must be in (0, 1), got {alpha}")
-    if out is not None:
-        check_output(out, "--out", {"MODEL": model_dir, "--data": data}, folder=False)
+    check_output(out, "--out", {"MODEL": model_dir, "--data": data}, folder=False)
     model, _, features = load_features(model_dir, data, hf_split, cache_dir, cache_only)
     audit = {"model": model_dir, "data": data, **audit_heads(model, features, alpha=alpha)}
     if out is not None:

@@ -5,6 +5,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from micro_rm.online.hedge import validate_eta
+from micro_rm.serve.settings import check_device
+
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line.")]
 HfSplit = Annotated[Optional[str], typer.Option("--hf-split", help=(
     "Split to read from a Hugging Face dataset (hub id or folder) with several, e.g. test_prefs "
@@ -14,8 +17,16 @@ CacheDir = Annotated[Optional[Path], typer.Option(
 CacheOnly = Annotated[bool, typer.Option(
     "--cache-only", help="Fail instead of encoding texts that are not in the cache yet.")]
 ModelDir = Annotated[str, typer.Option("--model", help="Model folder (or Hugging Face hub id).")]
-Device = Annotated[str, typer.Option("--device", help="Torch device of the backbone: cpu, cuda, mps.")]
+Device = Annotated[str, typer.Option("--device", callback=check_device,
+                                      help="Torch device of the backbone: cpu, cuda, mps.")]
 BackboneName = Annotated[str, typer.Option(
     "--backbone", help="Backbone: default, static, a Hugging Face model id or a local folder.")]
+Eta = Annotated[float, typer.Option("--eta", callback=validate_eta, help=(
+    "Hedge learning rate η > 0 of a user's weights (the service's --eta): after n pairs, two heads whose "
+    "summed scaled losses differ by Δ have their weight ratio moved by exp(−η·Δ) away from the router's. "
+    "The default, log(1/p_min) = 4, is the exact Bayesian posterior over heads."))]
+Dtype = Annotated[str, typer.Option("--dtype", help=(
+    "Backbone compute dtype: float32, bfloat16, float16, or auto (bfloat16 for a decoder on CUDA, else "
+    "float32). Part of the cache key: train with the one the features were encoded with."))]
 MaxLength = Annotated[Optional[int], typer.Option(
     "--max-length", help="Truncate each item to this many tokens (default: the backbone's limit).")]

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from micro_rm.cli.app import app, check_output, check_state_exists, emit, state_errors
+from micro_rm.cli.app import app, check_output, emit, open_state
 from micro_rm.cli.options import CacheDir, Device, HfSplit, JsonFlag, ModelDir
 
 
@@ -37,22 +37,17 @@ def score(
     Example: micro-rm score --model runs/dsp --data candidates.jsonl --out scores.jsonl --context "I am a child."
     """
     from micro_rm.scoring.records import score_file
-    from micro_rm.serve.settings import check_device
 
     check_output(out, "--out", {"--data": data, "--state": state, "--model": model}, folder=False)
-    check_device(device)
     if state is None:
         result = score_file(model, data, out, context=context, user_id=user, hf_split=hf_split,
                             cache_dir=cache_dir, device=device)
     else:
         from micro_rm.model.mixture import MixtureRewardModel
-        from micro_rm.online import open_store
-        from micro_rm.online.identity import state_model_id
 
-        check_state_exists(state, "score")
         heads = MixtureRewardModel.from_pretrained(model, device=device)
         # The store is opened (and closed) here, so no connection outlives the command.
-        with state_errors(state), open_store(state, state_model_id(heads), heads.config.num_heads) as store:
+        with open_state(state, heads, reader="score") as store:
             if user is not None:  # a damaged state is refused now, not after the backbone loaded
                 store.get(user, True)
             result = score_file(heads, data, out, context=context, user_id=user, state=store, hf_split=hf_split,

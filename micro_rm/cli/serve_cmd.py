@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from micro_rm.cli.app import app, config_option, field_docs, state_errors
+from micro_rm.cli.app import app, config_option, field_docs, open_state
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
@@ -78,7 +78,6 @@ def serve(
     except ImportError as exc:
         raise MicroRMError(f"micro-rm serve needs the service extra ({exc.name} is missing): "
                            "pip install 'micro-rm[serve]'") from None
-    from micro_rm.online import open_store
     from micro_rm.scoring.engine import RewardScorer
 
     # Load and check everything before the server starts, so a bad --model, --state, --device
@@ -88,6 +87,6 @@ def serve(
         from micro_rm.features.cache import FeatureCache
         FeatureCache(settings.cache_dir)
     scorer = RewardScorer.load(model, device=device)
-    with state_errors(state):
-        open_store(state, scorer.model_id, scorer.num_heads).close()
+    with open_state(state, scorer.model):
+        pass    # opened only to check it: the app opens its own
     uvicorn.run(create_app(settings, scorer=scorer), host=host, port=port, log_level=log_level)

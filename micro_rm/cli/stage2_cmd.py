@@ -11,8 +11,8 @@ from typing import Annotated
 
 import typer
 
-from micro_rm.cli.app import app, check_output, config_option, emit, field_docs, load_features, state_errors
-from micro_rm.cli.options import CacheDir, CacheOnly, HfSplit, JsonFlag
+from micro_rm.cli.app import app, check_output, config_option, emit, field_docs, load_features, open_state
+from micro_rm.cli.options import CacheDir, CacheOnly, Eta, HfSplit, JsonFlag, ModelDir
 from micro_rm.data.records import check_user_id
 from micro_rm.online.hedge import DEFAULT_ETA
 
@@ -24,16 +24,13 @@ app.add_typer(user_app, name="user")
 State = Annotated[str, typer.Option(
     "--state", help="Per-user state: a SQLite file (created on first feedback) or a postgresql:// URL.")]
 UserId = Annotated[str, typer.Argument(help="User id.")]
-ETA_HELP = ("Hedge learning rate η > 0: after n pairs, two heads whose summed scaled losses differ "
-            "by Δ have their weight ratio moved by exp(−η·Δ) away from the router's. The default, "
-            "log(1/p_min) = 4, is the exact Bayesian posterior over heads.")
 _help, _default = field_docs("micro_rm.train.config:AdaptConfig")
 _option = config_option("micro_rm.train.config:AdaptConfig")
 
 
 @app.command("adapt")
 def adapt(
-    model_dir: str = typer.Option(..., "--model", help="Stage-1 model folder (variant micro)."),
+    model_dir: ModelDir = ...,
     data: str = typer.Option(..., "--data", help="Pairs with a `context` (jsonl, json, parquet, csv, "
                                                  "dataset folder or hub id); the budget is drawn "
                                                  "per attribute."),
@@ -47,7 +44,7 @@ def adapt(
     cache_only: CacheOnly = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Stage 2: adapt the router to contexts from a budget of context pairs.
+    """Stage 2: adapt a stage-1 model's router (variant micro) to contexts from a budget of context pairs.
 
     The heads stay frozen. Each context the budget speaks for takes one Hedge step on the mean
     loss of its pairs, and the stage-1 router is kept unless cross-validation on held-out budget
@@ -90,12 +87,12 @@ def adapt(
 
 @app.command("feedback")
 def feedback(
-    model_dir: str = typer.Option(..., "--model", help="Model folder whose heads score the pairs."),
+    model_dir: ModelDir = ...,
     state: State = ...,
     user: str = typer.Option(..., "--user", help="User id."),
     data: str = typer.Option(..., "--data", help="The user's labelled pairs (chosen = what they preferred)."),
     hf_split: HfSplit = None,
-    eta: float = typer.Option(DEFAULT_ETA, "--eta", help=ETA_HELP + " Only used for the printed weights."),
+    eta: Eta = DEFAULT_ETA,
     cache_dir: CacheDir = None,
     cache_only: CacheOnly = False,
     as_json: JsonFlag = False,
@@ -103,22 +100,19 @@ def feedback(
     """Add a user's labelled pairs to their online Hedge state, in one transaction.
 
     Each head's clipped, scaled log-loss is summed into the user's S; routing for that user
-    becomes normalise(router weights · exp(−η S)).
+    becomes normalise(router weights · exp(−η S)) (--eta here only sets the printed weights).
 
     Example: micro-rm feedback --model runs/dsp --state state.db --user ana --data ana.jsonl
     """
     from micro_rm.atomic import check_not_input
-    from micro_rm.online import open_store, pair_losses, validate_eta
-    from micro_rm.online.identity import state_model_id
+    from micro_rm.online import pair_losses
 
-    eta = validate_eta(eta)
     check_user_id(user, "--user")
     check_not_input(state, "--state", {"--data": data, "--model": model_dir})
     # Read and score the pairs before the store opens: bad data must not create a state file.
     model, records, features = load_features(model_dir, data, hf_split, cache_dir, cache_only)
     losses = pair_losses(model.head_probs(features.chosen, features.rejected))
-    with state_errors(state), open_store(state, model_id=state_model_id(model),
-                                         num_heads=model.config.num_heads) as store:
+    with open_state(state, model) as store:
         after = store.apply_feedback(user, losses, payloads=records)
         result = _user_result(after, store.location, eta)
     emit({**result, "added": len(records)}, as_json,
@@ -129,18 +123,15 @@ def feedback(
 def show(
     user: UserId = ...,
     state: State = ...,
-    eta: float = typer.Option(DEFAULT_ETA, "--eta", help=ETA_HELP),
+    eta: Eta = DEFAULT_ETA,
     as_json: JsonFlag = False,
 ) -> None:
     """A user's feedback count, per-head cumulative loss S and Hedge factor normalise(exp(−η S)).
 
     Example: micro-rm user show ana --state state.db
     """
-    from micro_rm.online import open_store, validate_eta
-
     check_user_id(user, "user")
-    eta = validate_eta(eta)
-    with state_errors(state), open_store(state) as store:
+    with open_state(state) as store:
         result = _user_result(store.get(user), store.location, eta)
     emit(result, as_json, _user_summary(result))
 
@@ -155,10 +146,8 @@ def reset(
 
     Example: micro-rm user reset ana --state state.db
     """
-    from micro_rm.online import open_store
-
     check_user_id(user, "user")
-    with state_errors(state), open_store(state) as store:
+    with open_state(state) as store:
         before = store.reset(user)
     emit({"user": user, "state": str(state), "reset": True, "num_feedback_before": before.num_feedback},
          as_json, f"reset user {user!r} (forgot {before.num_feedback} feedback pair(s))")
@@ -169,10 +158,7 @@ def _user_result(user_state, location: str, eta: float) -> dict:
     weights under a uniform router (routing multiplies it by the router's weights)."""
     import numpy as np
 
-    from micro_rm.online import hedge_log_weights
-
-    k = user_state.num_heads
-    factor = np.exp(hedge_log_weights(np.zeros(k), user_state.cumulative_loss, eta))
+    factor = user_state.weights(np.zeros(user_state.num_heads), eta)
     return {"user": user_state.user_id, "state": location, "model_id": user_state.model_id,
             "num_feedback": user_state.num_feedback, "cumulative_loss": user_state.cumulative_loss.tolist(),
             "eta": eta, "hedge_factor": factor.tolist()}

@@ -3,15 +3,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from micro_rm.atomic import atomic_open
 from micro_rm.cli.app import app, check_output, emit
-from micro_rm.cli.options import CacheDir, Device, HfSplit, JsonFlag, ModelDir
+from micro_rm.cli.options import CacheDir, Device, Eta, HfSplit, JsonFlag, ModelDir
 from micro_rm.online.hedge import DEFAULT_ETA
 
 
@@ -29,7 +27,7 @@ def suggest(
                                         "user starts from the router's weights, and nothing is created."),
     out: Optional[Path] = typer.Option(None, "--out", help="JSON-lines file to write: the k pairs, best "
                                        "first, each with its `index` in --data and its `gain`."),
-    eta: float = typer.Option(DEFAULT_ETA, "--eta", help="Hedge η of the user's weights (the service's --eta)."),
+    eta: Eta = DEFAULT_ETA,
     hf_split: HfSplit = None,
     cache_dir: CacheDir = None,
     device: Device = "cpu",
@@ -44,25 +42,19 @@ def suggest(
     Example: micro-rm suggest --model runs/dsp --state state.db --user ana --data candidates.jsonl
     --k 5 --out ask-ana.jsonl
     """
-    from micro_rm.data.readers import read_pairs
+    from micro_rm.data.readers import read_pairs, write_pairs
     from micro_rm.data.records import check_user_id
-    from micro_rm.online import validate_eta
     from micro_rm.scoring.engine import RewardEngine
     from micro_rm.scoring.suggest import suggest as rank
-    from micro_rm.serve.settings import check_device
 
     check_user_id(user, "--user")
-    eta = validate_eta(eta)
-    check_device(device)
-    if out is not None:
-        check_output(out, "--out", {"--data": data, "--state": state, "--model": model_dir}, folder=False)
+    check_output(out, "--out", {"--data": data, "--state": state, "--model": model_dir}, folder=False)
     records = read_pairs(data, hf_split=hf_split)
     engine = RewardEngine(model_dir, eta=eta, cache_dir=cache_dir, device=device)
     found = rank(engine, records, k, user=user, state=state)
     rows = [{"index": q.index, "gain": q.gain, **records[q.index]} for q in found]
     if out is not None:
-        with atomic_open(out) as f:
-            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        write_pairs(rows, out)
     summary = "\n".join(f"  #{row['index']}: gain {row['gain']:.4f}" for row in rows)
     emit({"user": user, "state": state, "pool": len(records), "k": len(rows), "queries": rows,
           **({"out": str(out)} if out is not None else {})}, as_json,

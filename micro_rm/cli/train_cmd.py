@@ -9,10 +9,9 @@ from typing import Optional
 
 import typer
 
-from micro_rm.cli.app import (app, check_output, check_range, check_state_exists, config_option, emit, field_docs,
-                              state_errors)
+from micro_rm.cli.app import app, check_output, check_range, config_option, emit, field_docs, open_state
 from micro_rm.cli.encode_cmd import MAX_TOKENS, feature_option, resolve_dtype
-from micro_rm.cli.options import BackboneName, CacheDir, CacheOnly, HfSplit, JsonFlag, MaxLength, ModelDir
+from micro_rm.cli.options import BackboneName, CacheDir, CacheOnly, Dtype, Eta, HfSplit, JsonFlag, MaxLength, ModelDir
 from micro_rm.errors import MicroRMError
 from micro_rm.online.hedge import DEFAULT_ETA
 
@@ -51,9 +50,7 @@ def train(
     device: str = _option("device"),
     cache_dir: CacheDir = None,
     max_length: MaxLength = None,
-    dtype: str = typer.Option("float32", "--dtype", help="Backbone compute dtype (part of the cache "
-                              "key, so use the one the features were encoded with): float32, "
-                              "bfloat16, float16 or auto (bfloat16 for a decoder on CUDA)."),
+    dtype: Dtype = "float32",
     as_json: JsonFlag = False,
 ) -> None:
     """Fit stage 1 (the mixture of heads and its router, or a baseline) on a pair file.
@@ -146,7 +143,7 @@ def evaluate(
     user: Optional[str] = typer.Option(None, "--user", help="Evaluate as this user: the router's "
                                        "weights sharpened by the user's feedback (online Hedge), "
                                        "exactly as the service scores for them."),
-    eta: float = typer.Option(DEFAULT_ETA, "--eta", help="Hedge η for --user (the service's --eta)."),
+    eta: Eta = DEFAULT_ETA,
     as_json: JsonFlag = False,
 ) -> None:
     """Routed pairwise accuracy per attribute (and its mean), every head per attribute, NLL,
@@ -162,21 +159,25 @@ def evaluate(
     import numpy as np
 
     from micro_rm.data.readers import read_pairs
+    from micro_rm.data.records import check_user_id
     from micro_rm.eval.metrics import (expected_calibration_error, head_attribute_matrix, nll,
                                        pairwise_accuracy, router_statistics)
     from micro_rm.model.mixture import MixtureRewardModel
     from micro_rm.model.text import featurize_for
-    from micro_rm.online.hedge import routed_probabilities, validate_eta
+    from micro_rm.online.hedge import routed_probabilities
 
-    if report is not None:  # before any work: a bad --report must not cost an evaluation
-        check_output(report, "--report", {"--model": model_dir, "--data": data, "--state": state}, folder=True)
-    eta = validate_eta(eta)
+    # Before any work: a bad --report must not cost an evaluation.
+    check_output(report, "--report", {"--model": model_dir, "--data": data, "--state": state}, folder=True)
     if (state is None) != (user is None):
         raise MicroRMError("--user and --state go together: evaluating as a user reads that user's "
                            "state (pass both, or neither to evaluate the router alone)")
     start = time.perf_counter()
     model = MixtureRewardModel.from_pretrained(model_dir)
-    user_loss = None if user is None else user_cumulative_loss(model, state, user)
+    user_loss = None
+    if user is not None:    # a missing store, an unknown user or another model's store is an error
+        check_user_id(user, "--user")
+        with open_state(state, model, reader="eval") as store:
+            user_loss = store.get(user).cumulative_loss      # the store refuses a non-finite state
     features = featurize_for(model, read_pairs(data, hf_split=hf_split), cache_dir, allow_encode=not cache_only)
     if user_loss is None:
         probs = model.predict_proba(features.chosen, features.rejected, features.route)
@@ -214,20 +215,6 @@ def evaluate(
     emit(result, as_json, "\n".join(lines))
 
 
-def user_cumulative_loss(model, state: str, user: str):
-    """The user's summed per-head losses S_user from an existing state store written for this
-    model's heads (a missing store, an unknown user or another model's store is an error)."""
-    from micro_rm.data.records import check_user_id
-    from micro_rm.online import open_store
-    from micro_rm.online.identity import state_model_id
-
-    check_user_id(user, "--user")
-    check_state_exists(state, "eval")
-    with state_errors(state), open_store(state, model_id=state_model_id(model),
-                                         num_heads=model.config.num_heads) as store:
-        return store.get(user).cumulative_loss      # the store refuses a non-finite state
-
-
 @app.command("export-scalar")
 def export_scalar_cmd(
     model_dir: ModelDir = ...,
@@ -246,7 +233,6 @@ def export_scalar_cmd(
     """
     from micro_rm.model.mixture import MixtureRewardModel
     from micro_rm.model.pretrained import export_scalar
-    from micro_rm.model.text import model_backbone
 
     if (context is None) == (weights is None):
         raise MicroRMError("give exactly one of --context TEXT or --weights w1,w2,...")
@@ -268,7 +254,7 @@ def export_scalar_cmd(
 
         # The route the service builds for this context and an empty prompt, exactly as in training
         # (no context where the router was trained on the prompt alone).
-        scorer = RewardScorer(model, model_backbone(model))
+        scorer = RewardScorer.load(model)
         route = scorer.route_features(scorer.backbone.encode(scorer.route_items("", context)), [context])[0]
         scalar = export_scalar(model, out, route=route, context=context)
     fixed = scalar.config.training["exported"]["weights"]
