@@ -5,8 +5,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from micro_rm.features.base import check_device
 from micro_rm.online.hedge import validate_eta
-from micro_rm.serve.settings import check_device
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line.")]
 HfSplit = Annotated[Optional[str], typer.Option("--hf-split", help=(

@@ -50,7 +50,8 @@ def serve(
     import logging
 
     from micro_rm.errors import MicroRMError
-    from micro_rm.serve.settings import ServeSettings, check_device, read_admin_token
+    from micro_rm.features.base import check_device
+    from micro_rm.serve.settings import ServeSettings, read_admin_token
 
     if log_level not in LOG_LEVELS:
         raise MicroRMError(f"--log-level {log_level!r} is not a log level; use one of {', '.join(LOG_LEVELS)}")

@@ -60,8 +60,7 @@ def train(
     Example: micro-rm train --data dsp-train.jsonl --backbone static --heads 4 --out runs/dsp
     (or --heads auto to choose K on held-out train prompts)
     """
-    from micro_rm.features.base import FeatureSettings
-    from micro_rm.serve.settings import check_device
+    from micro_rm.features.base import FeatureSettings, check_device
     from micro_rm.train.config import Stage1Config
     from micro_rm.train.stage1 import fit_stage1
 

@@ -6,6 +6,7 @@ An *item* is what a backbone encodes into one vector, already formatted: a text 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional, Protocol, Sequence
 
@@ -24,6 +25,30 @@ def recorded_encoding(context_encoding: str, context_dim: int) -> str:
     """The route layout of features or a model, also for those saved before its name was
     recorded (``""``): whole-sentence contexts (``separate``) with a context width, else ``joint``."""
     return context_encoding or ("separate" if context_dim else "joint")
+
+
+def check_device(device: str) -> str:
+    """``device`` if torch can use it here; a missing GPU is one line, not a crash at load.
+
+    >>> check_device("cpu")
+    'cpu'
+    """
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", device):
+        raise MicroRMError(f"--device {device!r} is not a device; use cpu, cuda, cuda:N or mps")
+    if device == "cpu":
+        return device
+    import torch
+
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise MicroRMError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise MicroRMError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA "
+                               "device(s), numbered from 0")
+    elif not torch.backends.mps.is_available():
+        raise MicroRMError("--device mps: Apple's MPS is not available on this machine; use --device cpu")
+    return device
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@ Kept free of torch and FastAPI (the CLI builds ``--help`` from it).
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -91,30 +90,6 @@ class ServeSettings:
             raise MicroRMError(f"the admin token must have at least {MIN_ADMIN_TOKEN_CHARS} "
                                "characters; make one with `python -c \"import secrets; "
                                "print(secrets.token_urlsafe(32))\"`")
-
-
-def check_device(device: str) -> str:
-    """``device`` if torch can use it here; a missing GPU is one line, not a crash at load.
-
-    >>> check_device("cpu")
-    'cpu'
-    """
-    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", device):
-        raise MicroRMError(f"--device {device!r} is not a device; use cpu, cuda, cuda:N or mps")
-    if device == "cpu":
-        return device
-    import torch
-
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise MicroRMError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-        index = int(device.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
-            raise MicroRMError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA "
-                               "device(s), numbered from 0")
-    elif not torch.backends.mps.is_available():
-        raise MicroRMError("--device mps: Apple's MPS is not available on this machine; use --device cpu")
-    return device
 
 
 def read_admin_token(token_file: Optional[str | os.PathLike] = None) -> Optional[str]:

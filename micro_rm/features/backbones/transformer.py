@@ -16,7 +16,7 @@ import torch
 
 from micro_rm.data.records import Text
 from micro_rm.errors import MicroRMError
-from micro_rm.features.base import Item
+from micro_rm.features.base import Item, check_device
 from micro_rm.features.backbones.items import (ChatFormatter, pair_reward_item, pair_route_item,
                                                tokenize_items)
 
@@ -142,13 +142,6 @@ class TransformerBackbone:
                                for i in range(0, len(items), self.batch_size)])
 
 
-def _check_device(device: str) -> None:
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise MicroRMError(f"--device {device}: CUDA is not available here; use --device cpu")
-    if not device.startswith(("cpu", "cuda")):
-        raise MicroRMError(f"--device {device!r} is not supported; use cpu or cuda")
-
-
 def load_transformer(source: str, *, name: str, identity: dict[str, Any],
                      max_length: Optional[int], dtype: str, device: str, pooling: str,
                      batch_size: int) -> TransformerBackbone:
@@ -157,7 +150,7 @@ def load_transformer(source: str, *, name: str, identity: dict[str, Any],
     the model's limit, at most 1024."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
     from micro_rm.progress import silence_transformers_bars
-    _check_device(device)
+    check_device(device)
     silence_transformers_bars()
     config = AutoConfig.from_pretrained(source)
     tokenizer = AutoTokenizer.from_pretrained(source)
