@@ -38,7 +38,8 @@ BUMP_EPOCH_SQL = ("INSERT INTO user_epochs (user_id, epoch) VALUES (?, 1) ON CON
 LIFT_TOMBSTONE_SQL = "DELETE FROM deleted_users WHERE user_id = ?"   # POST /users, in the token's transaction
 
 
-def _now() -> str:
+def utc_now() -> str:
+    """The current UTC time as ISO 8601 text: every timestamp column of the state database."""
     return dt.datetime.now(dt.timezone.utc).isoformat()
 
 
@@ -181,7 +182,7 @@ class StateStore:
         # json.dumps writes the shortest repr of each float64, which reads back bit-exactly.
         cur.execute(self.sql("UPDATE users SET cumulative_loss = ?, num_feedback = ?, updated_at = ? "
                              "WHERE user_id = ?"),
-                    (json.dumps(state.cumulative_loss.tolist()), state.num_feedback, _now(), state.user_id))
+                    (json.dumps(state.cumulative_loss.tolist()), state.num_feedback, utc_now(), state.user_id))
 
     def _unknown_user(self, user_id: str) -> MicroRMError:
         users = self.list_users()
@@ -251,7 +252,7 @@ class StateStore:
                                   "POST /users re-creates it", index)
             cur.execute(self.sql("INSERT INTO users (user_id, model_id, num_heads, cumulative_loss, num_feedback, "
                                  "updated_at) VALUES (?, ?, ?, ?, 0, ?) ON CONFLICT (user_id) DO NOTHING"),
-                        (user_id, self.model_id, self.num_heads, json.dumps([0.0] * self.num_heads), _now()))
+                        (user_id, self.model_id, self.num_heads, json.dumps([0.0] * self.num_heads), utc_now()))
             try:
                 current[user_id] = self._select_user(cur, user_id, self._for_update)
             except StateInvalid as err:
@@ -261,7 +262,7 @@ class StateStore:
             raise InvalidFeedback(f"feedback for user {user_id!r} would make its state non-finite; "
                                   "nothing was applied", index)
         current[user_id] = after
-        created = _now()
+        created = utc_now()
         cur.executemany(self.sql("INSERT INTO feedback (user_id, created_at, payload, losses) VALUES (?, ?, ?, ?)"),
                         [(user_id, created, p, json.dumps(row.tolist())) for p, row in zip(payload_json, losses)])
         return current[user_id]
@@ -272,7 +273,7 @@ class StateStore:
         stored = {u: [s.num_feedback, s.cumulative_loss.tolist()] for u, s in states.items()}
         cur.execute(self.sql("INSERT INTO idempotency_keys (scope, key, request_sha256, users, states, "
                              "created_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (scope, key) DO NOTHING"),
-                    (scope, name, digest, json.dumps(sorted(states)), json.dumps(stored), _now()))
+                    (scope, name, digest, json.dumps(sorted(states)), json.dumps(stored), utc_now()))
         if (cur.rowcount or 0) == 0:
             raise DuplicateKey(f"Idempotency-Key {name!r} was already used", index)
 
@@ -301,7 +302,7 @@ class StateStore:
         with self.transaction() as cur:
             state, count = self._forget(cur, user_id)
             cur.execute(self.sql("INSERT INTO deleted_users (user_id, deleted_at) VALUES (?, ?) "
-                                 "ON CONFLICT (user_id) DO NOTHING"), (user_id, _now()))
+                                 "ON CONFLICT (user_id) DO NOTHING"), (user_id, utc_now()))
         return count if state is not None else None
 
     @_guarded

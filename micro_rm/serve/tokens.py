@@ -9,13 +9,12 @@ token is refused at once (docs/service.md); each change moves the user's epoch (
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import secrets
 from typing import Optional
 
 from micro_rm.errors import MicroRMError
-from micro_rm.online.sql import BUMP_EPOCH_SQL, LIFT_TOMBSTONE_SQL, StateStore
+from micro_rm.online.sql import BUMP_EPOCH_SQL, LIFT_TOMBSTONE_SQL, StateStore, utc_now
 
 TOKEN_PREFIX = "mrm_"
 
@@ -59,7 +58,7 @@ class TokenStore:
         old one stops working, else :class:`UserExists` if there is one. Creating a user lifts its
         deletion tombstone in the same transaction: it starts afresh."""
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        now = dt.datetime.now(dt.timezone.utc).isoformat()
+        now = utc_now()
         with self._store.transaction() as cur:
             exists = cur.execute(self._sql("SELECT 1 FROM api_tokens WHERE user_id = ?"),
                                  (user_id,)).fetchone()
