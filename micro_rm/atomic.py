@@ -65,6 +65,21 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
         yield fh
 
 
+def json_default(value: object) -> object:
+    """``json.dumps``'s ``default`` for the files we write: numpy/torch numbers and arrays become
+    plain numbers and lists, paths strings (so callers need not convert them).
+
+    >>> import json, numpy as np
+    >>> json.dumps({"acc": np.float32(0.5), "out": Path("runs")}, default=json_default)
+    '{"acc": 0.5, "out": "runs"}'
+    """
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"a {type(value).__name__} is not JSON-serialisable: {value!r}")
+
+
 def check_output_path(path: str | os.PathLike, option: str, *, folder: bool,
                       writable: bool = True) -> Path:
     """Refuse an output ``path`` that cannot be written, before any work: a file where a

@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
-from micro_rm.atomic import atomic_open
+from micro_rm.atomic import atomic_open, json_default
 from micro_rm.errors import MicroRMError
 from micro_rm.eval.plots import best_head_per_attribute, write_plots
 
@@ -123,15 +123,6 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(rule) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
-
-
-def _plain(value: Any) -> Any:
-    """Make numpy/torch numbers and arrays JSON-serialisable, so runners need not convert them."""
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"results.json cannot hold a {type(value).__name__}: {value!r}")
 
 
 def _scalar(value: Any) -> str:
@@ -349,7 +340,7 @@ def write_report(results: dict, folder: str | Path, extra: Optional[Callable[[di
     end report.md. Files are replaced atomically and report.md is written last: a crash part-way
     leaves the previous report intact, never a half-written one.
     """
-    text = json.dumps(results, indent=2, ensure_ascii=False, default=_plain)
+    text = json.dumps(results, indent=2, ensure_ascii=False, default=json_default)
     saved = json.loads(text)
     check_results(saved)
     folder = Path(folder)

@@ -19,12 +19,11 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save
 
 from micro_rm import __version__
-from micro_rm.atomic import temp_folder
+from micro_rm.atomic import json_default, temp_folder
 from micro_rm.data.readers import hub_id
 from micro_rm.errors import MicroRMError
 from micro_rm.model.card import model_card
@@ -72,7 +71,7 @@ def save_pretrained(model: "MixtureRewardModel", path: str | os.PathLike) -> Pat
     clean_stale_temps(path)
     tmp = temp_folder(path.parent, prefix=f".{path.name}.{os.getpid()}.")   # 0755 under umask 022
     try:
-        (tmp / CONFIG_NAME).write_text(json.dumps(model.config.to_dict(), indent=2, default=_json_default)
+        (tmp / CONFIG_NAME).write_text(json.dumps(model.config.to_dict(), indent=2, default=json_default)
                                        + "\n", encoding="utf-8")
         tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         # Bytes written here, not save_file: it writes through a 0600 temporary file, ignoring the umask.
@@ -274,14 +273,3 @@ def _check_version(version: str, where: Path) -> None:
         raise MicroRMError(f"{where}: written by micro-rm {version}, which is incompatible with this "
                            f"micro-rm {__version__} (major version {major} ≠ {ours}); install micro-rm "
                            f"{major}.x to load it, or retrain the model")
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (np.ndarray, torch.Tensor)):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
-
