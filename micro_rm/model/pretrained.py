@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save
 
