@@ -21,7 +21,7 @@ import pydantic
 from pydantic import BeforeValidator, ConfigDict, Field, ValidationError
 
 from micro_rm.errors import MicroRMError
-from micro_rm.model.config import BALANCES, ROUTERS, VARIANTS
+from micro_rm.model.config import BALANCES, ROUTERS, VARIANTS, MixtureConfig
 
 TAU_MIN = 1e-8   # below this, exp(−L/τ) underflows for every head and the targets are undefined
 
@@ -193,11 +193,12 @@ class Stage1Config:
     variant: choice(VARIANTS, "micro (router), single (one BT head), static (K free weights, "
                     "MaxMin-RLHF) or shared-base (trainable + frozen prior heads, HyRe's ensemble).") = "micro"
     router: Router = "mlp"
-    router_hidden: integer(1, "Hidden units of the MLP router.", 65_536) = 128
+    router_hidden: integer(1, "Hidden units of the MLP router.", 65_536) = MixtureConfig.router_hidden
     context_temperature: number(0.0, math.inf, "Temperature of the router's attention over prototype "
                                 "contexts (cosine similarity / T); smaller routes a new phrasing like "
-                                "its single nearest training phrasing. 0.05: chosen on validation "
-                                "(BENCHMARKS.md, router defaults).", open_low=True) = 0.05
+                                "its single nearest training phrasing. The default was chosen on "
+                                "validation (BENCHMARKS.md, router defaults).",
+                                open_low=True) = MixtureConfig.context_temperature
     max_prototypes: integer(1, "At most this many prototype contexts (k-means centres of the training "
                             "contexts when there are more distinct ones).", 1_000_000) = 512
     context_dropout: number(0.0, 1.0, "Fraction of training pairs whose context the router does not "
