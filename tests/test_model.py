@@ -103,6 +103,23 @@ def test_features_model_dimension_mismatch_is_named():
         _model().predict_proba(chosen, rejected, route)
 
 
+def test_hub_revision_unknown_offline_is_not_a_backbone_mismatch():
+    # Bug: model_backbone accepted a hub revision looked up offline (None), check_features refused it.
+    from micro_rm.features.base import PairFeatures
+    from micro_rm.features.backbones import fingerprint_differences
+
+    model = _model()
+    recorded = {"kind": "transformer", "model": "org/rm", "revision": "abc123", "dtype": "float32"}
+    model.config.backbone = recorded
+    chosen, rejected, route = _arrays()
+    offline = PairFeatures(chosen, rejected, route, ["p"] * 7, fingerprint={**recorded, "revision": None})
+    model.check_features(offline)
+    assert fingerprint_differences(recorded, offline.fingerprint) == []
+    other = PairFeatures(chosen, rejected, route, ["p"] * 7, fingerprint={**recorded, "model": "org/other"})
+    with pytest.raises(MicroRMError, match="features were made by a different backbone"):
+        model.check_features(other)
+
+
 def test_config_refuses_bad_values():
     with pytest.raises(MicroRMError, match="`num_heads` must be an integer ≥ 1"):
         MixtureConfig(num_heads=0, reward_dim=3, route_dim=3)

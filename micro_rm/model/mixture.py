@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from micro_rm.errors import MicroRMError
+from micro_rm.features.backbones import fingerprint_differences
 from micro_rm.model.config import MixtureConfig
 from micro_rm.model.losses import mixture_bt_loss
 from micro_rm.model.pretrained import PretrainedMixin
@@ -140,7 +141,7 @@ class MixtureRewardModel(nn.Module, PretrainedMixin):
                                f"{self.config.context_encoding!r}; re-featurize the data with "
                                f"--context-encoding {self.config.context_encoding}")
         mine, theirs = self.config.backbone, features.fingerprint
-        if mine and theirs and mine != theirs:
+        if fingerprint_differences(mine, theirs):
             raise MicroRMError("features were made by a different backbone than the model's "
                                f"(features: {theirs.get('name', theirs)}, model: {mine.get('name', mine)}); "
                                "re-featurize the data with the model's backbone")

@@ -24,7 +24,7 @@ def model_backbone(model: MixtureRewardModel, device: str = "cpu") -> Backbone:
     """Rebuild the backbone of ``model`` from its fingerprint's ``spec`` (every recorded setting:
     name, max_length, dtype, pooling) and check that it makes the same vectors: the rebuilt
     fingerprint (weights hash or revision, chat template, truncation …) must match the recorded one."""
-    from micro_rm.features.backbones import load_backbone
+    from micro_rm.features.backbones import fingerprint_differences, load_backbone
 
     recorded = model.config.backbone
     if not isinstance(recorded.get("spec"), dict):
@@ -36,10 +36,7 @@ def model_backbone(model: MixtureRewardModel, device: str = "cpu") -> Backbone:
         raise MicroRMError(f"the model's config.json has unknown backbone setting(s) {', '.join(map(repr, unknown))} "
                            "in `backbone.spec`; was it written by a newer micro-rm?")
     backbone = load_backbone(**{**recorded["spec"], "device": device})
-    rebuilt = backbone.fingerprint()
-    # A value unknown on one side (e.g. a hub revision looked up offline) is not a mismatch.
-    differ = sorted(k for k in set(recorded) | set(rebuilt)
-                    if recorded.get(k) is not None and rebuilt.get(k) is not None and recorded[k] != rebuilt[k])
+    differ = fingerprint_differences(recorded, backbone.fingerprint())
     if differ:
         raise MicroRMError(f"the backbone rebuilt from the model's config differs from the one it was "
                            f"trained on (fields: {', '.join(differ)}); install the same backbone "

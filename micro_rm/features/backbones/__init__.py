@@ -20,7 +20,8 @@ from micro_rm.errors import MicroRMError
 from micro_rm.features.backbones.sources import DEFAULT_MAX_LENGTH
 from micro_rm.features.base import Backbone
 
-__all__ = ["BUILTIN_BACKBONES", "DTYPES", "POOLINGS", "fingerprint_id", "load_backbone"]
+__all__ = ["BUILTIN_BACKBONES", "DTYPES", "POOLINGS", "fingerprint_differences", "fingerprint_id",
+           "load_backbone"]
 
 DTYPES = ("float32", "bfloat16", "float16")
 POOLINGS = ("auto", "mean", "last")
@@ -112,3 +113,16 @@ def fingerprint_id(fingerprint: dict[str, Any]) -> str:
     """
     canonical = json.dumps(fingerprint, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode("ascii")).hexdigest()[:16]
+
+
+def fingerprint_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """The fields on which two fingerprints differ, sorted. A field that is None or absent on
+    either side is unknown, not a mismatch: a hub revision looked up offline is None.
+
+    >>> fingerprint_differences({"model": "m", "revision": "abc"}, {"model": "m", "revision": None})
+    []
+    >>> fingerprint_differences({"model": "m", "dtype": "float32"}, {"model": "m", "dtype": "bfloat16"})
+    ['dtype']
+    """
+    known = [k for k in set(a) | set(b) if a.get(k) is not None and b.get(k) is not None]
+    return sorted(k for k in known if a[k] != b[k])
