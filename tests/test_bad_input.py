@@ -447,6 +447,10 @@ CLI_CASES = [
          r"`chosen` is empty; fix it$"),
     Case("hint-encode-has-the-flag", lambda t, m: encode(pairs(t, record(chosen=""))),
          r"`chosen` is empty; fix it or pass --skip-invalid$"),
+    Case("hint-experiment-names-its-config-key",
+         lambda t, m: ["experiment", write(t / "exp.yaml", "data: {builder: jsonl, source: %s}\n"
+                                           % pairs(t, record(chosen=""))), "--out", str(t / "runs")],
+         r"`chosen` is empty; fix it or set `skip_invalid: true` in the config's data section$"),
 ]
 
 

@@ -17,8 +17,6 @@ import numpy as np
 from micro_rm.online.hedge import validate_eta
 from micro_rm.scoring.limits import RequestRefused, ScoringLimits, TooManyTexts, check_pair, check_user
 
-_CLI_HINT = "; fix it or pass --skip-invalid"   # normalize_pair's advice to a file reader
-
 
 @dataclass(frozen=True)
 class Query:
@@ -53,7 +51,7 @@ def check_pool(pairs: Any, k: Any, limits: ScoringLimits, limit: str = "max_text
             raise RequestRefused(f"{here}: a candidate must be an object with `prompt`, `chosen` and "
                                  f"`rejected`, got {type(pair).__name__}")
         raw = {key: pair.get(key) for key in ("prompt", "chosen", "rejected", "context")}
-        records.append(check_pair(raw, here, limits, _CLI_HINT))
+        records.append(check_pair(raw, here, limits, fix_it=False))
     return records, min(int(k), len(records))
 
 
