@@ -96,7 +96,7 @@ def encode(
     if not is_main:
         return
     folder = cache.folder(backbone.fingerprint())
-    result = {**stats.as_dict(), "pairs": len(records), "backbone": backbone.name,
+    result = {**asdict(stats), "pairs": len(records), "backbone": backbone.name,
               "dim": backbone.dim, "dtype": dtype, **asdict(settings), "storage": storage,
               "cache": str(folder), "features": str(out) if out else None,
               "total_seconds": round(time.perf_counter() - start, 3)}
