@@ -362,6 +362,14 @@ CLI_CASES = [
           ("user-show", lambda t, m, s: ["user", "show", "ana", "--state", s]),
           ("user-reset", lambda t, m, s: ["user", "reset", "ana", "--state", s]),
       ]),
+    # regression: a sqlite:/// URL skipped the readers' "no such state file" check, so score and eval
+    # created an empty state file they only meant to read
+    *(Case(f"state-url-missing-{name}", lambda t, m, argv=argv: argv(t, m, f"sqlite:///{t / 'none.db'}"),
+           rf"--state sqlite:///.*none.db: no such state file; {name} reads a user's state")
+      for name, argv in [
+          ("eval", lambda t, m, s: evaluate(m, pairs(t, GOOD_LINE), "--state", s, "--user", "ana")),
+          ("score", lambda t, m, s: score(t, m, "--state", s, "--user", "ana")),
+      ]),
     # item 6: an output that is one of the command's inputs
     Case("score-out-is-data", lambda t, m: score(t, m, data=pairs(t, GOOD_LINE, name="scores.jsonl")),
          r"--out .*scores.jsonl: is the --data input"),

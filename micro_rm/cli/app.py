@@ -22,7 +22,7 @@ import typer
 import typer.main
 
 import micro_rm.progress
-from micro_rm.atomic import check_not_input, check_output_path
+from micro_rm.atomic import check_not_input, check_output_path, local_file
 from micro_rm.errors import InvalidRecord, MicroRMError
 
 app = typer.Typer(
@@ -114,7 +114,8 @@ def open_state(state: str, model: Any = None, *, reader: Optional[str] = None) -
     from micro_rm.online import open_store
     from micro_rm.online.identity import state_model_id
 
-    if reader is not None and "://" not in state and not Path(state).is_file():
+    file = local_file(state)
+    if reader is not None and file is not None and not Path(file).is_file():
         raise MicroRMError(f"--state {state}: no such state file; {reader} reads a user's state and never "
                            "creates one (`micro-rm feedback` or the service writes it)")
     heads = {} if model is None else {"model_id": state_model_id(model), "num_heads": model.config.num_heads}

@@ -73,14 +73,13 @@ def rank_pool(scorer: Any, records: Sequence[Mapping[str, Any]], vectors: np.nda
 def existing_store(state: str | os.PathLike, scorer: Any) -> Any:
     """The state store at ``state`` opened for ``scorer``'s model, or None when ``state`` is a
     SQLite file that does not exist (nothing is created: every user starts from the router)."""
+    from micro_rm.atomic import local_file
     from micro_rm.online import open_store
-    from micro_rm.online.engines import URL_SCHEME
 
-    text = os.fspath(state)
-    path = text.removeprefix("sqlite:///")
-    if not URL_SCHEME.match(path) and not os.path.isfile(path):
+    file = local_file(state)
+    if file is not None and not os.path.isfile(file):
         return None
-    return open_store(text, scorer.model_id, scorer.num_heads)
+    return open_store(state, scorer.model_id, scorer.num_heads)
 
 
 def suggest(model: Any, pairs: Sequence[Mapping[str, Any]], k: int, *, user: Optional[str] = None,
