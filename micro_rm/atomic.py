@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import stat
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import IO, Callable, Iterator
 from micro_rm.errors import MicroRMError
 
 _TRIES = 100
+URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 def temp_file(folder: str | os.PathLike, prefix: str, suffix: str = ".tmp") -> Path:
@@ -102,15 +104,26 @@ def check_output_path(path: str | os.PathLike, option: str, *, folder: bool,
     return path
 
 
+def local_file(location: str | os.PathLike) -> str | None:
+    """The local path a location names: itself, or the file of a ``sqlite:///PATH`` state URL;
+    None for any other URL (``postgresql://…``), which names nothing on this machine.
+
+    >>> local_file("runs/state.db"), local_file("sqlite:///runs/state.db"), local_file("postgresql://db/x")
+    ('runs/state.db', 'runs/state.db', None)
+    """
+    text = os.fspath(location).removeprefix("sqlite:///")
+    return None if URL_SCHEME.match(text) else text
+
+
 def check_not_input(path: str | os.PathLike, option: str, inputs: dict[str, object], *,
                     replaces_folder: bool = False) -> None:
     """Refuse an output ``path`` that is one of the command's ``inputs`` (``{"--data": path}``;
-    a ``sqlite:///`` state URL counts as its file, other URLs and hub ids are skipped), so a
-    command never overwrites what it reads. With ``replaces_folder`` (an output folder that is
-    replaced as a whole) an input inside ``path`` is refused too."""
+    a ``sqlite:///`` state URL counts as its file, other URLs and hub ids are skipped: see
+    :func:`local_file`), so a command never overwrites what it reads. With ``replaces_folder``
+    (an output folder that is replaced as a whole) an input inside ``path`` is refused too."""
     def local(value: object) -> Path | None:
-        text = os.fspath(value).removeprefix("sqlite:///")  # type: ignore[call-overload]
-        return None if "://" in text else Path(text)
+        file = local_file(value)  # type: ignore[arg-type]
+        return None if file is None else Path(file)
 
     out = local(path)
     if out is None:

@@ -6,4 +6,11 @@ class MicroRMError(Exception):
 
 
 class InvalidRecord(MicroRMError):
-    """A pair record that fails validation (the message names file, line and field)."""
+    """A pair record that fails validation. ``problem`` names file, line and field; with ``fix_it``
+    (the record itself must change) the message adds "; fix it", and a CLI command that can skip
+    bad records adds how (``--skip-invalid``)."""
+
+    def __init__(self, problem: str, fix_it: bool = False) -> None:
+        super().__init__(f"{problem}; fix it" if fix_it else problem)
+        self.problem = problem
+        self.fix_it = fix_it

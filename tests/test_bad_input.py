@@ -362,6 +362,14 @@ CLI_CASES = [
           ("user-show", lambda t, m, s: ["user", "show", "ana", "--state", s]),
           ("user-reset", lambda t, m, s: ["user", "reset", "ana", "--state", s]),
       ]),
+    # regression: a sqlite:/// URL skipped the readers' "no such state file" check, so score and eval
+    # created an empty state file they only meant to read
+    *(Case(f"state-url-missing-{name}", lambda t, m, argv=argv: argv(t, m, f"sqlite:///{t / 'none.db'}"),
+           rf"--state sqlite:///.*none.db: no such state file; {name} reads a user's state")
+      for name, argv in [
+          ("eval", lambda t, m, s: evaluate(m, pairs(t, GOOD_LINE), "--state", s, "--user", "ana")),
+          ("score", lambda t, m, s: score(t, m, "--state", s, "--user", "ana")),
+      ]),
     # item 6: an output that is one of the command's inputs
     Case("score-out-is-data", lambda t, m: score(t, m, data=pairs(t, GOOD_LINE, name="scores.jsonl")),
          r"--out .*scores.jsonl: is the --data input"),
@@ -447,6 +455,10 @@ CLI_CASES = [
          r"`chosen` is empty; fix it$"),
     Case("hint-encode-has-the-flag", lambda t, m: encode(pairs(t, record(chosen=""))),
          r"`chosen` is empty; fix it or pass --skip-invalid$"),
+    Case("hint-experiment-names-its-config-key",
+         lambda t, m: ["experiment", write(t / "exp.yaml", "data: {builder: jsonl, source: %s}\n"
+                                           % pairs(t, record(chosen=""))), "--out", str(t / "runs")],
+         r"`chosen` is empty; fix it or set `skip_invalid: true` in the config's data section$"),
 ]
 
 

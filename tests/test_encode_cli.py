@@ -136,3 +136,25 @@ def test_cache_folder_of_another_setting(tmp_path, capsys, static_backbone):
                             str(cache)],
                    f"cache folder {folder} was written by backbone setting "
                    '{"kind":"something else"}, not {', tmp_path)
+
+
+def test_encode_out_existing_empty_dir_is_decided_before_encoding(tmp_path, capsys, static_backbone):
+    """Bug: `encode --out EXISTING_EMPTY_DIR` passed the early output check and was refused only
+    when the features were renamed into place, after all the encoding. One rule decides both, up
+    front: an empty folder is accepted, a folder of other files is refused before any encoding."""
+    from micro_rm.features.store import load_features
+
+    data = write_pairs(tmp_path / "pairs.jsonl")
+    cache = tmp_path / "cache"
+    base = ["encode", "--data", str(data), "--backbone", "static", "--cache", str(cache)]
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "keep.txt").write_text("mine")
+    assert_refused(capsys, base + ["--out", str(notes)],
+                   f"{notes} exists and is not a micro-rm features folder; pick another path or delete it", cache)
+    assert not cache.exists() and [p.name for p in notes.iterdir()] == ["keep.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(base + ["--out", str(empty), "--json"]) == 0
+    assert last_json(capsys.readouterr().out)["features"] == str(empty)
+    assert len(load_features(empty)) == 3

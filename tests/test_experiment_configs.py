@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from micro_rm.cli.app import main
+from micro_rm.errors import MicroRMError
 from micro_rm.experiment.config import ExperimentConfig
 from micro_rm.experiment.runner import run_experiment
 
@@ -24,6 +25,14 @@ GOOD = {"data": {"builder": "synthetic", "source": "n_prompts=40,pairs_per_promp
 def test_shipped_config_parses(path):
     config = ExperimentConfig.from_yaml(path)
     assert config.stage1.variants and config.stage2.budget == 50
+
+
+def test_from_yaml_refuses_a_config_nested_too_deep(tmp_path):
+    """The depth check lives in the one read of the file, so the library refuses it as the CLI does."""
+    path = tmp_path / "deep.yaml"
+    path.write_text("a: " + "[" * 1000)
+    with pytest.raises(MicroRMError, match=r"deep.yaml line 1: nested more than 32 levels deep"):
+        ExperimentConfig.from_yaml(path)
 
 
 @pytest.mark.parametrize("section, value, message", [

@@ -22,8 +22,8 @@ import typer
 import typer.main
 
 import micro_rm.progress
-from micro_rm.atomic import check_not_input, check_output_path
-from micro_rm.errors import MicroRMError
+from micro_rm.atomic import check_not_input, check_output_path, local_file
+from micro_rm.errors import InvalidRecord, MicroRMError
 
 app = typer.Typer(
     name="micro-rm",
@@ -114,7 +114,8 @@ def open_state(state: str, model: Any = None, *, reader: Optional[str] = None) -
     from micro_rm.online import open_store
     from micro_rm.online.identity import state_model_id
 
-    if reader is not None and "://" not in state and not Path(state).is_file():
+    file = local_file(state)
+    if reader is not None and file is not None and not Path(file).is_file():
         raise MicroRMError(f"--state {state}: no such state file; {reader} reads a user's state and never "
                            "creates one (`micro-rm feedback` or the service writes it)")
     heads = {} if model is None else {"model_id": state_model_id(model), "num_heads": model.config.num_heads}
@@ -156,7 +157,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # standalone mode: typer/click print usage errors themselves and exit 2 (SystemExit)
         app(args=args, prog_name="micro-rm")
     except MicroRMError as exc:
-        print(f"error: {_hint_for(str(exc), args)}", file=sys.stderr)
+        print(f"error: {exc}{_skip_advice(exc, args)}", file=sys.stderr)
         return 2
     except UnicodeError as exc:  # a text no reader decoded first: still bad input, not a crash
         print(f"error: input is not valid Unicode ({exc}); re-save it as UTF-8", file=sys.stderr)
@@ -194,14 +195,11 @@ def _os_error(exc: OSError, args: list[str]) -> int:
     return 2 if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR) else 1
 
 
-SKIP_HINT = " or pass --skip-invalid"
-
-
-def _hint_for(message: str, args: list[str]) -> str:
-    """``message`` with the advice to pass --skip-invalid only where the command has that flag
-    (the readers' messages carry it for data build and encode; `experiment` sets it in its config)."""
-    if SKIP_HINT not in message:
-        return message
+def _skip_advice(exc: MicroRMError, args: list[str]) -> str:
+    """How to skip a record that must be fixed, where the command offers a way: its --skip-invalid
+    flag (data build, encode) or the config's ``skip_invalid`` (experiment); "" elsewhere."""
+    if not (isinstance(exc, InvalidRecord) and exc.fix_it):
+        return ""
     command: Any = typer.main.get_command(app)
     for token in args:
         if not hasattr(command, "commands"):     # a command, not a group: found it
@@ -210,10 +208,10 @@ def _hint_for(message: str, args: list[str]) -> str:
             continue
         command = command.commands.get(token) or command.commands.get("profile")  # heads MODEL = profile
     if command is not None and any("--skip-invalid" in p.opts for p in getattr(command, "params", [])):
-        return message
+        return " or pass --skip-invalid"
     if getattr(command, "name", None) == "experiment":
-        return message.replace(SKIP_HINT, " or set `skip_invalid: true` in the config's data section")
-    return message.replace(SKIP_HINT, "")
+        return " or set `skip_invalid: true` in the config's data section"
+    return ""
 
 
 def run() -> None:

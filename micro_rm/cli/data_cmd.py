@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 import typer
 
-from micro_rm.cli.app import SKIP_HINT, app, check_output, emit
+from micro_rm.cli.app import app, check_output, emit
 from micro_rm.cli.options import HfSplit, JsonFlag
 from micro_rm.errors import MicroRMError
 
@@ -72,7 +72,4 @@ def inspect(
 
     with hf_split_default(hf_split):
         summary = inspect_pairs(path)
-    # The readers' advice names --skip-invalid, which inspect has no use for (it never stops).
-    problems = summary["problems"]
-    problems["first"] = [text.replace(SKIP_HINT, "") for text in problems["first"]]
     emit(summary, as_json, format_summary(summary))

@@ -55,6 +55,7 @@ def encode(
     """
     from micro_rm.features.base import FeatureSettings
     from micro_rm.features.batching import check_batching
+    from micro_rm.features.store import check_destination
 
     # Cheap checks first, so a typo fails before the backbone loads.
     check_range(max_length, "--max-length", 1, MAX_TOKENS)
@@ -63,6 +64,8 @@ def encode(
     check_range(tokens_per_batch, "--tokens-per-batch", 1, MAX_BATCH * MAX_TOKENS)
     settings = FeatureSettings.from_options(router_input, context_in_reward, context_encoding)
     check_output(out, "--out", {"--data": data, "--cache": cache_dir}, folder=True, replaces_folder=True)
+    if out is not None:
+        check_destination(out)   # the rule FeatureWriter applies when it replaces the folder
 
     from micro_rm.data.readers import read_pairs
     from micro_rm.features.backbones import load_backbone
@@ -93,7 +96,7 @@ def encode(
     if not is_main:
         return
     folder = cache.folder(backbone.fingerprint())
-    result = {**stats.as_dict(), "pairs": len(records), "backbone": backbone.name,
+    result = {**asdict(stats), "pairs": len(records), "backbone": backbone.name,
               "dim": backbone.dim, "dtype": dtype, **asdict(settings), "storage": storage,
               "cache": str(folder), "features": str(out) if out else None,
               "total_seconds": round(time.perf_counter() - start, 3)}

@@ -13,7 +13,6 @@ from micro_rm.cli.app import app, check_output, emit
 from micro_rm.cli.options import CacheDir, JsonFlag
 from micro_rm.errors import MicroRMError
 
-MAX_YAML_DEPTH = 32        # the deepest shipped config nests 3; PyYAML recurses once per level
 MAX_DEMO_PROMPTS = 100_000
 Force = Annotated[bool, typer.Option("--force", help="Write into --out even when it holds files that no earlier "
                                      "report wrote (without it such a folder is refused and left untouched).")]
@@ -44,11 +43,8 @@ def experiment(
 
     Example: micro-rm experiment configs/dsp.yaml --out runs/dsp
     """
-    from micro_rm.data.readers import read_text
     from micro_rm.experiment.config import ExperimentConfig
 
-    if config_file.is_file():
-        check_yaml_depth(read_text(config_file, "config"), config_file)  # invalid UTF-8: one line naming the line
     config = ExperimentConfig.from_yaml(config_file)   # a bad key fails before anything loads
     # The report folder is checked now, not after minutes of training.
     folder = out if out is not None else Path("runs") / config_file.stem
@@ -62,25 +58,6 @@ def experiment(
     emit({"report": str(folder), "seconds": results.get("seconds"),
           "methods": {k: v["mean"] for k, v in results["methods"].items()}}, as_json,
          f"{format_table(results)}\n\nreport: {folder / 'report.md'} (plots and results.json beside it)")
-
-
-def check_yaml_depth(text: str, path: Path, limit: int = MAX_YAML_DEPTH) -> None:
-    """Refuse YAML nested deeper than ``limit`` before parsing it: PyYAML builds nested values
-    recursively, so a deep file would end in a RecursionError. Its event stream is flat."""
-    import yaml
-
-    depth = 0
-    try:
-        for event in yaml.parse(text, Loader=yaml.SafeLoader):
-            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
-                depth += 1
-                if depth > limit:
-                    raise MicroRMError(f"{path} line {event.start_mark.line + 1}: nested more than {limit} levels "
-                                       "deep; an experiment config needs a few")
-            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
-                depth -= 1
-    except yaml.YAMLError:
-        return  # from_yaml reports bad YAML with its line
 
 
 @app.command("demo")

@@ -23,8 +23,9 @@ class IdenticalPair(InvalidRecord):
     """``chosen`` and ``rejected`` are the same: the pair carries no preference."""
 
 
-def _fail(where: str, message: str, kind: type[InvalidRecord] = InvalidRecord) -> InvalidRecord:
-    return kind(f"{where}: {message}" if where else message)
+def _fail(where: str, message: str, kind: type[InvalidRecord] = InvalidRecord,
+          fix_it: bool = False) -> InvalidRecord:
+    return kind(f"{where}: {message}" if where else message, fix_it)
 
 
 def check_unicode(value: str, field: str, where: str = "") -> str:
@@ -56,11 +57,11 @@ def check_user_id(user_id: str, where: str = "user id") -> str:
 def _check_text(value: Any, field: str, where: str) -> Text:
     if isinstance(value, str):
         if not value.strip():
-            raise _fail(where, f"`{field}` is empty; fix it or pass --skip-invalid")
+            raise _fail(where, f"`{field}` is empty", fix_it=True)
         return check_unicode(value, field, where)
     if isinstance(value, list):
         if not value:
-            raise _fail(where, f"`{field}` is an empty message list; fix it or pass --skip-invalid")
+            raise _fail(where, f"`{field}` is an empty message list", fix_it=True)
         for i, msg in enumerate(value):
             if not (isinstance(msg, dict) and isinstance(msg.get("role"), str)
                     and isinstance(msg.get("content"), str)):
@@ -69,7 +70,7 @@ def _check_text(value: Any, field: str, where: str) -> Text:
             check_unicode(msg["role"], f"{field}[{i}].role", where)
             check_unicode(msg["content"], f"{field}[{i}].content", where)
         if not any(msg["content"].strip() for msg in value):
-            raise _fail(where, f"`{field}` has only empty messages; fix it or pass --skip-invalid")
+            raise _fail(where, f"`{field}` has only empty messages", fix_it=True)
         return value
     raise _fail(where, f"`{field}` must be a string or a list of chat messages, "
                        f"got {type(value).__name__}")
@@ -96,7 +97,7 @@ def normalize_pair(record: dict[str, Any], where: str = "") -> dict[str, Any]:
         raise _fail(where, f"a record must be a JSON object, got {type(record).__name__}")
     for field in ("chosen", "rejected"):
         if record.get(field) is None:
-            raise _fail(where, f"missing field `{field}`; fix it or pass --skip-invalid")
+            raise _fail(where, f"missing field `{field}`", fix_it=True)
     chosen = _check_text(record["chosen"], "chosen", where)
     rejected = _check_text(record["rejected"], "rejected", where)
     prompt = record.get("prompt")
@@ -112,8 +113,8 @@ def normalize_pair(record: dict[str, Any], where: str = "") -> dict[str, Any]:
         rejected = _check_text(rejected, "rejected", where)
     prompt = _check_text(prompt, "prompt", where)
     if chosen == rejected:
-        raise _fail(where, "`chosen` and `rejected` are the same, so the pair carries no "
-                           "preference; fix it or pass --skip-invalid", IdenticalPair)
+        raise _fail(where, "`chosen` and `rejected` are the same, so the pair carries no preference",
+                    IdenticalPair, fix_it=True)
     out: dict[str, Any] = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
     for field in OPTIONAL_STR_FIELDS:
         value = record.get(field)

@@ -28,6 +28,7 @@ from micro_rm.train.config import (Alpha, Balance, BatchSize, Budget, Epochs, Fo
 PROTOCOLS = ("context", "prompt")   # what the stage-1 router reads: context ⊕ prompt, or the prompt
 SELECTIONS = ("validation", "first")
 DATA_PLACEHOLDER = "{data}"
+MAX_YAML_DEPTH = 32        # the deepest shipped config nests 3; PyYAML recurses once per level
 
 
 def _doc(help: str) -> Any:
@@ -202,14 +203,19 @@ class ExperimentConfig:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> "ExperimentConfig":
-        """Read a YAML file; a missing file, bad YAML or a bad key is one clear error."""
+        """Read a YAML file; a missing file, invalid UTF-8, nesting too deep, bad YAML or a bad key
+        is one clear error."""
         import yaml
+
+        from micro_rm.data.readers import read_text
 
         path = Path(path)
         if not path.is_file():
             raise MicroRMError(f"{path}: config file not found; the shipped ones are in configs/")
+        text = read_text(path, "config")
+        _check_depth(text, path)
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = f" line {mark.line + 1}" if mark is not None else ""
@@ -239,6 +245,25 @@ class ExperimentConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _check_depth(text: str, path: Path, limit: int = MAX_YAML_DEPTH) -> None:
+    """Refuse YAML nested deeper than ``limit`` before parsing it: PyYAML builds nested values
+    recursively, so a deep file would end in a RecursionError. Its event stream is flat."""
+    import yaml
+
+    depth = 0
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                depth += 1
+                if depth > limit:
+                    raise MicroRMError(f"{path} line {event.start_mark.line + 1}: nested more than {limit} levels "
+                                       "deep; an experiment config needs a few")
+            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                depth -= 1
+    except yaml.YAMLError:
+        return  # from_yaml reports bad YAML with its line
 
 
 def resolve_source(source: str, config_path: Optional[str]) -> str:

@@ -18,7 +18,7 @@ import os
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
@@ -48,9 +48,6 @@ class EncodeStats:
     from_cache: int     # of those, read from the cache
     seconds: float      # wall time of the call
     ranks: int = 1      # processes that shared the encoding (torchrun / accelerate launch)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class FeatureCache:

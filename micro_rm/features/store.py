@@ -22,7 +22,7 @@ import numpy as np
 from micro_rm.errors import MicroRMError
 from micro_rm.features.base import STORAGE_DTYPES, FeatureSettings, PairFeatures, recorded_encoding
 
-__all__ = ["FeatureWriter", "load_features", "read_rows", "release_pages", "save_features"]
+__all__ = ["FeatureWriter", "check_destination", "load_features", "read_rows", "release_pages", "save_features"]
 
 FORMAT = "micro-rm-pair-features"
 VERSION = 1
@@ -52,7 +52,7 @@ class FeatureWriter:
                                f"got {dtype!r}")
         if pairs < 1:
             raise MicroRMError(f"a features folder needs at least one pair, got {pairs}")
-        self.path = Path(path)
+        self.path = check_destination(path)
         self.pairs, self.dtype = pairs, dtype
         self.fingerprint = dict(fingerprint or {})
         self.context_dim = context_dim
@@ -97,8 +97,8 @@ class FeatureWriter:
                 "context_encoding": self.settings.context_encoding, **self.settings.record()}
         (self.tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n",
                                             encoding="utf-8")
+        check_destination(self.path)   # again: the folder may have changed since __init__
         if self.path.exists():
-            _check_replaceable(self.path)
             shutil.rmtree(self.path)
         os.replace(self.tmp, self.path)
         self.closed = True
@@ -113,16 +113,25 @@ class FeatureWriter:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def _check_replaceable(path: Path) -> None:
-    """Refuse to delete a folder that is not a features folder."""
-    meta = path / "meta.json"
+def check_destination(path: str | os.PathLike) -> Path:
+    """``path`` if a features folder may be written there: new, an empty folder, or a features
+    folder (which is replaced). Anything else is refused, never deleted; call it before long work,
+    so a bad ``--out`` fails first.
+
+    >>> check_destination("dsp-features")                      # doctest: +SKIP
+    PosixPath('dsp-features')
+    """
+    path = Path(path)
+    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        return path
     try:
-        ok = json.loads(meta.read_text(encoding="utf-8")).get("format") == FORMAT
+        ok = json.loads((path / "meta.json").read_text(encoding="utf-8")).get("format") == FORMAT
     except (OSError, ValueError):
         ok = False
     if not ok:
         raise MicroRMError(f"{path} exists and is not a micro-rm features folder; "
                            "pick another path or delete it")
+    return path
 
 
 def save_features(features: PairFeatures, path: str | os.PathLike, *,

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import sqlite3
 import urllib.parse
 from pathlib import Path
 from typing import Any, Iterator
 
+from micro_rm.atomic import URL_SCHEME, local_file
 from micro_rm.errors import MicroRMError
 from micro_rm.online.sql import StateStore
 
 BUSY_TIMEOUT_MS = 30_000  # how long a writer waits for another's transaction before failing
-URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 def sqlite_connect(path: str | os.PathLike) -> sqlite3.Connection:
@@ -49,10 +48,10 @@ class UserStore(StateStore):
 
     def __init__(self, state: str | os.PathLike, model_id: str | None = None, num_heads: int | None = None) -> None:
         text = os.fspath(state)
-        if URL_SCHEME.match(text) and not text.startswith("sqlite:///"):
+        path = local_file(text)
+        if path is None:
             raise MicroRMError(f"unsupported state URL {text!r}; use a path, sqlite:///PATH or "
                                "postgresql://USER@HOST/DB")
-        path = text.removeprefix("sqlite:///")
         if path in ("", ":memory:"):
             raise MicroRMError(f"state {text!r} needs a file path: an in-memory database cannot be shared")
         self.path = Path(path)

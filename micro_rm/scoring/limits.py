@@ -114,14 +114,13 @@ def check_user(value: Any, where: str) -> Optional[str]:
         raise RequestRefused(str(exc)) from None
 
 
-def check_pair(pair: dict[str, Any], where: str, limits: ScoringLimits, advice: str) -> dict[str, Any]:
+def check_pair(pair: dict[str, Any], where: str, limits: ScoringLimits, fix_it: bool = True) -> dict[str, Any]:
     """A feedback or candidate pair as a record (the data files' rule, :func:`normalize_pair`),
-    each text checked by :func:`check_text`; ``advice``, the part of normalize_pair's message
-    meant for a file reader (``--skip-invalid``), is cut from the error."""
+    each text checked by :func:`check_text`; ``fix_it=False`` leaves "; fix it" out of the error."""
     try:
         record = normalize_pair(pair, where=where)
     except InvalidRecord as exc:
-        raise RequestRefused(str(exc).replace(advice, "")) from None
+        raise RequestRefused(str(exc) if fix_it else exc.problem) from None
     for key, value in record.items():
         check_text(value, f"{where}.{key}", limits)
     return record

@@ -17,8 +17,6 @@ import numpy as np
 from micro_rm.online.hedge import validate_eta
 from micro_rm.scoring.limits import RequestRefused, ScoringLimits, TooManyTexts, check_pair, check_user
 
-_CLI_HINT = "; fix it or pass --skip-invalid"   # normalize_pair's advice to a file reader
-
 
 @dataclass(frozen=True)
 class Query:
@@ -53,7 +51,7 @@ def check_pool(pairs: Any, k: Any, limits: ScoringLimits, limit: str = "max_text
             raise RequestRefused(f"{here}: a candidate must be an object with `prompt`, `chosen` and "
                                  f"`rejected`, got {type(pair).__name__}")
         raw = {key: pair.get(key) for key in ("prompt", "chosen", "rejected", "context")}
-        records.append(check_pair(raw, here, limits, _CLI_HINT))
+        records.append(check_pair(raw, here, limits, fix_it=False))
     return records, min(int(k), len(records))
 
 
@@ -75,14 +73,13 @@ def rank_pool(scorer: Any, records: Sequence[Mapping[str, Any]], vectors: np.nda
 def existing_store(state: str | os.PathLike, scorer: Any) -> Any:
     """The state store at ``state`` opened for ``scorer``'s model, or None when ``state`` is a
     SQLite file that does not exist (nothing is created: every user starts from the router)."""
+    from micro_rm.atomic import local_file
     from micro_rm.online import open_store
-    from micro_rm.online.engines import URL_SCHEME
 
-    text = os.fspath(state)
-    path = text.removeprefix("sqlite:///")
-    if not URL_SCHEME.match(path) and not os.path.isfile(path):
+    file = local_file(state)
+    if file is not None and not os.path.isfile(file):
         return None
-    return open_store(text, scorer.model_id, scorer.num_heads)
+    return open_store(state, scorer.model_id, scorer.num_heads)
 
 
 def suggest(model: Any, pairs: Sequence[Mapping[str, Any]], k: int, *, user: Optional[str] = None,

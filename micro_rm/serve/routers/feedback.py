@@ -26,7 +26,6 @@ from micro_rm.serve.settings import ServeSettings
 
 router = APIRouter(tags=["feedback"])
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")  # visible ASCII, as in the IETF draft
-CLI_HINT = " or pass --skip-invalid"                   # the CLI's advice; the service has no such flag
 
 
 def _records(body: Union[list[FeedbackItem], FeedbackItem], principal: Principal,
@@ -43,7 +42,7 @@ def _records(body: Union[list[FeedbackItem], FeedbackItem], principal: Principal
         if user is None:
             raise HTTPException(422, detail=f"{where}: `user_id` is required with the admin token")
         check_acts_as(principal, user)
-        records.append(check_pair(item.model_dump(exclude={"user_id"}), where, settings.limits, CLI_HINT))
+        records.append(check_pair(item.model_dump(exclude={"user_id"}), where, settings.limits))
         users.append(user)
     return records, users
 
