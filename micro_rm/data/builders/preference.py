@@ -4,21 +4,13 @@ plus conversations, ``score_chosen`` / ``score_rejected``) and plain ``{prompt, 
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from micro_rm.data.builders._common import PairSink, need
 from micro_rm.data.readers import read_rows
 
 SCHEMA = "preference schema {chosen, rejected, prompt (unless both are conversations)}"
 _SCORE_COLUMNS = (("chosen_score", "rejected_score"), ("score_chosen", "score_rejected"))
-
-
-def _margin(row: dict[str, Any]) -> Optional[float]:
-    for high, low in _SCORE_COLUMNS:
-        a, b = row.get(high), row.get(low)
-        if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-            return float(a - b)
-    return None
 
 
 def to_pair(row: Any, where: str) -> dict[str, Any]:
@@ -36,9 +28,11 @@ def to_pair(row: Any, where: str) -> dict[str, Any]:
     conversations = isinstance(chosen, list) and isinstance(rejected, list)
     if not (conversations and chosen and rejected and chosen[0] == rejected[0]):
         record["prompt"] = need(row, "prompt", where, SCHEMA)
-    margin = _margin(row)
-    if margin is not None:
-        record["margin"] = margin
+    for high, low in _SCORE_COLUMNS:  # the first pair of numeric score columns gives the margin
+        a, b = row.get(high), row.get(low)
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+            record["margin"] = float(a - b)
+            break
     return record
 
 
