@@ -15,9 +15,7 @@ def build(source: str, skip_invalid: bool = False) -> list[dict[str, Any]]:
     sink = PairSink(source, skip_invalid)
     for i, (where, row) in enumerate(source_rows(source, "*.jsonl")):
         with sink.row():
-            fields = {k: need(row, k, where, SCHEMA)
-                      for k in ("category", "prompt", "chosen", "rejected")}
-            sink.add({"prompt": fields["prompt"], "chosen": fields["chosen"],
-                      "rejected": fields["rejected"], "attribute": fields["category"],
-                      "id": f"hhh-{row.get('id', i)}"}, where)
+            attribute = need(row, "category", where, SCHEMA)
+            pair = {k: need(row, k, where, SCHEMA) for k in ("prompt", "chosen", "rejected")}
+            sink.add({**pair, "attribute": attribute, "id": f"hhh-{row.get('id', i)}"}, where)
     return sink.finish()
