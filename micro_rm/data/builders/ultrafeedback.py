@@ -41,12 +41,10 @@ def build(source: str, skip_invalid: bool = False) -> list[dict[str, Any]]:
     for i, (where, row) in enumerate(read_rows(source)):
         with sink.row():
             instruction = need(row, "instruction", where, SCHEMA)
-            completions = need(row, "completions", where, SCHEMA)
-            responses = [need(c, "response", where, SCHEMA, prefix="completions[].")
-                         for c in completions]
-            annotations = [need(c, "annotations", where, SCHEMA, prefix="completions[].")
-                           for c in completions]
-            add_rated_pairs(sink, instruction, [(where, response, {a: _rating(ann, a) for a in ATTRIBUTES})
-                                                for response, ann in zip(responses, annotations)],
-                            CONTEXTS, f"ultrafeedback-{i}")
+            rated = []
+            for c in need(row, "completions", where, SCHEMA):
+                response = need(c, "response", where, SCHEMA, prefix="completions[].")
+                annotations = need(c, "annotations", where, SCHEMA, prefix="completions[].")
+                rated.append((where, response, {a: _rating(annotations, a) for a in ATTRIBUTES}))
+            add_rated_pairs(sink, instruction, rated, CONTEXTS, f"ultrafeedback-{i}")
     return sink.finish()
