@@ -64,7 +64,7 @@ class PairSink:
         self.skip_invalid = skip_invalid
         self.records: list[dict[str, Any]] = []
         self.skipped = 0
-        self.dropped: Counter[str] = Counter()
+        self.dropped: Counter[str] = Counter()  # reason -> pairs left out on purpose (builders count)
 
     @contextmanager
     def row(self) -> Iterator[None]:
@@ -81,21 +81,16 @@ class PairSink:
         """Validate and keep one pair; ``drop_degenerate`` counts and drops pairs with an empty side
         or identical sides (for sources where those are noise, not errors)."""
         if drop_degenerate and (reason := degenerate(record)):
-            self.drop(reason)
+            self.dropped[reason] += 1
             return
         with self.row():
             self.records.append(normalize_pair(record, where))
-
-    def drop(self, reason: str) -> None:
-        """Count a pair left out on purpose; ``finish`` logs the counts."""
-        self.dropped[reason] += 1
 
     def finish(self) -> list[dict[str, Any]]:
         """The pairs, after logging what was dropped or skipped. No pairs at all is an error."""
         if self.dropped:
             left_out = ", ".join(f"{n} with {reason}" for reason, n in sorted(self.dropped.items()))
-            logger.warning("%s: built %d pairs; left out %s", self.source, len(self.records),
-                           left_out)
+            logger.warning("%s: built %d pairs; left out %s", self.source, len(self.records), left_out)
         if self.skipped:
             logger.warning("%s: skipped %d invalid row(s) or pair(s)", self.source, self.skipped)
         if not self.records:

@@ -73,7 +73,7 @@ def add_rated_pairs(sink: PairSink, prompt: Text, responses: Sequence[RatedRespo
     sink.dropped.update(dropped)
     for pair in pairs:
         if drop_unanimous and unanimous(ratings, pair.winner, pair.loser):
-            sink.drop("all five attributes agreeing")
+            sink.dropped["all five attributes agreeing"] += 1
             continue
         (where, chosen, _), (_, rejected, _) = responses[pair.winner], responses[pair.loser]
         sink.add({"prompt": prompt, "chosen": chosen, "rejected": rejected, "attribute": pair.attribute,

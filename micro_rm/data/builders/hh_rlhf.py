@@ -88,7 +88,7 @@ def build(source: str, skip_invalid: bool = False) -> list[dict[str, Any]]:
             with sink.row():
                 transcripts = _ordered_transcripts(row, where)
                 if transcripts is None:
-                    sink.drop("a tied score")
+                    sink.dropped["a tied score"] += 1
                     continue
                 record = split_transcripts(*transcripts, where)
                 record.update(attribute=attribute, id=f"hh-{stem}-{i}")

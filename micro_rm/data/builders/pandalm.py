@@ -37,7 +37,7 @@ def build(source: str, skip_invalid: bool = False) -> list[dict[str, Any]]:
             for annotator in ANNOTATORS:
                 label = need(row, annotator, where, SCHEMA)
                 if label == 0:
-                    sink.drop("a tie")
+                    sink.dropped["a tie"] += 1
                     continue
                 if label not in (1, 2):
                     raise InvalidRecord(f"{where}: `{annotator}` must be 0 (tie), 1 or 2, "
