@@ -32,10 +32,7 @@ def agreement_clusters(agreement: np.ndarray, min_agreement: float) -> list[list
 
     distance = squareform(np.clip(1.0 - agreement, 0.0, None), checks=False)
     labels = fcluster(linkage(distance, method="complete"), t=1.0 - min_agreement + 1e-12, criterion="distance")
-    groups: dict[int, list[int]] = {}
-    for head, label in enumerate(labels):
-        groups.setdefault(int(label), []).append(head)
-    return sorted(groups.values())
+    return sorted(np.flatnonzero(labels == label).tolist() for label in np.unique(labels))
 
 
 def cluster_order(agreement: np.ndarray) -> list[int]:

@@ -43,15 +43,6 @@ def generate_labels(profile: dict[str, Any]) -> list[str]:
     return labels
 
 
-def check_label(text: str, where: str = "label") -> str:
-    """A label as stored: one stripped line of at most ``MAX_LABEL`` characters."""
-    text = text.strip()
-    if not text or "\n" in text or len(text) > MAX_LABEL:
-        raise MicroRMError(f"{where}: a head label is one non-empty line of at most {MAX_LABEL} "
-                           f"characters, got {text[:40]!r}{'…' if len(text) > 40 else ''}")
-    return text
-
-
 def save_labels(model_dir: str | os.PathLike, labels: Sequence[str], *,
                 only: Optional[Sequence[int]] = None) -> list[str]:
     """Write ``labels`` into the ``head_labels`` of the model folder's ``config.json`` (and its
@@ -71,9 +62,12 @@ def save_labels(model_dir: str | os.PathLike, labels: Sequence[str], *,
     for k in (range(config.num_heads) if only is None else only):
         if not 0 <= k < config.num_heads:
             raise MicroRMError(f"--head {k}: the model has heads 0..{config.num_heads - 1}")
-        stored[k] = check_label(labels[k], f"label of head {k}")
-    config.head_labels = stored
-    config.__post_init__()
+        text = labels[k].strip()
+        if not text or "\n" in text or len(text) > MAX_LABEL:
+            raise MicroRMError(f"label of head {k}: a head label is one non-empty line of at most {MAX_LABEL} "
+                               f"characters, got {text[:40]!r}{'…' if len(text) > 40 else ''}")
+        stored[k] = text
+    config = MixtureConfig.from_dict({**config.to_dict(), "head_labels": stored})
     with atomic_open(path) as fh:
         fh.write(json.dumps(config.to_dict(), indent=2) + "\n")
     with atomic_open(folder / "README.md") as fh:

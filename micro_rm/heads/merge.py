@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from micro_rm.progress import progress_bar
 
 from micro_rm.errors import MicroRMError
 from micro_rm.features.base import PairFeatures
@@ -23,6 +22,7 @@ from micro_rm.heads.profile import head_deltas
 from micro_rm.model.config import MixtureConfig
 from micro_rm.model.mixture import MixtureRewardModel
 from micro_rm.model.router import ContextRouter, load_router, output_layer
+from micro_rm.progress import progress_bar
 from micro_rm.train.config import Stage1Config
 from micro_rm.train.stage1 import _small_tensor_cpu, stage1_loss, validation_split
 
@@ -120,8 +120,7 @@ def _refit_router(model: MixtureRewardModel, features: PairFeatures, config: Sta
     """Fit the router (heads frozen) on ``features`` with the stage-1 objective for ``epochs``,
     keeping the epoch with the lowest validation NLL; returns that NLL (``epochs=0``: just measure)."""
     train, held = validation_split(features.prompts, config.val_fraction)
-    if len(held) == 0:
-        held = train
+    held = held if len(held) else train         # nothing held out: measure on the training pairs
     diff = torch.from_numpy(np.asarray(features.chosen, dtype=np.float32) - np.asarray(features.rejected, dtype=np.float32))
     route = torch.from_numpy(np.asarray(features.route, dtype=np.float32))
     model.heads.weight.requires_grad_(False)

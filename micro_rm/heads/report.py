@@ -72,10 +72,9 @@ def render_heads_report(profile: dict[str, Any]) -> str:
              "| head | label | router usage | mean accuracy | most distinctive statistics (lead over the nearest other head) |",
              "|---|---|---|---|---|"]
     for k in k_all:
-        lead = stats["lead"][k]
+        lead, ci = stats["lead"][k], stats["lead_ci95"][k]
         top = sorted(range(len(lead)), key=lambda s: -abs(lead[s]))[:TOP_STATISTICS]
-        traits = ", ".join(f"{stats['names'][s]} {lead[s]:+.2f} [{stats['lead_ci95'][k][s][0]:+.2f}, "
-                           f"{stats['lead_ci95'][k][s][1]:+.2f}]" for s in top)
+        traits = ", ".join(f"{stats['names'][s]} {lead[s]:+.2f} [{ci[s][0]:+.2f}, {ci[s][1]:+.2f}]" for s in top)
         lines.append(f"| {k}{' (masked)' if k in masked else ''} | {profile['labels'][k]} | "
                      f"{profile['usage'][k]:.3f} | {accuracy['mean'][k]:.3f} | {traits} |")
     lines += ["", "## Accuracy per attribute", "", "![head × attribute](head_attribute.png)", "",

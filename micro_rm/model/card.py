@@ -50,7 +50,6 @@ def model_card(config: MixtureConfig, *, repo_id: Optional[str] = None, license:
     where = repo_id or "path/to/this/folder"
     weighting = ("context-aware " + config.router.upper() + " router" if config.variant == "micro"
                  else config.variant + " weighting")
-    rows = lambda d: "\n".join(f"| `{k}` | {_fmt(v)} |" for k, v in d.items()) or "| (none) | |"  # noqa: E731
     count = len(config.context_corrections)
     corrections = f", {count} of them corrections added at stage 2" if count else ""
     metadata = card_metadata(config, repo_id=repo_id, license=license)
@@ -93,23 +92,23 @@ compare two responses with `rm.compare` (Σ_k w_k σ(r_k(a) − r_k(b))).
   ({config.context_prototypes} prototype contexts{corrections}, temperature {config.context_temperature:g})
 
 ## Training data
-| field | value |
-|---|---|
-{rows(config.data)}
+{_table('field', config.data)}
 
 ## Settings
-| setting | value |
-|---|---|
-{rows(config.training)}
+{_table('setting', config.training)}
 
 ## Metrics
-| metric | value |
-|---|---|
-{rows(config.metrics)}
+{_table('metric', config.metrics)}
 
 ## License
 `{metadata.license}` for the weights; check the terms of the training data above.
 """
+
+
+def _table(name: str, values: dict[str, Any]) -> str:
+    """The markdown table ``name | value`` of ``values``; one "(none)" row when there are none."""
+    rows = [f"| `{k}` | {_fmt(v)} |" for k, v in values.items()] or ["| (none) | |"]
+    return "\n".join([f"| {name} | value |", "|---|---|", *rows])
 
 
 def _fmt(value: Any) -> str:
