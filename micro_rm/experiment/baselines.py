@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 
-from micro_rm.experiment.data import fair_rows
 from micro_rm.experiment.state import Run, evaluation, row
 
 
@@ -53,7 +52,7 @@ def fit_baselines(run: Run) -> None:
     features = next(iter(run.train_feats.values()))
     test = next(iter(run.test_feats.values()))
     runs = [(name, name, features, test) for name in ("single", "static")]
-    if fair_rows(run):
+    if run.train_reward_ctx is not None:
         runs += [(f"{name}-ctx", name, run.train_reward_ctx, run.test_reward_ctx) for name in ("single", "static")]
     for name, variant, train_features, test_features in runs:
         model, _ = run.fit(train_features, variant)

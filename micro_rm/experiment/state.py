@@ -37,7 +37,7 @@ class Run:
     test_feats: dict[str, Any]
     test_ctx: Any                      # test pairs with the context in the route
     pool_ctx: Any                      # stage-2 pool with the context in the route
-    train_reward_ctx: Any              # the context in the reward features too (single-ctx, static-ctx)
+    train_reward_ctx: Any              # the context in the reward features too (single-ctx, static-ctx), or None
     test_reward_ctx: Any
     feats: Any                         # feats(records, router_input) → PairFeatures, through the cache
     backbone_name: str
