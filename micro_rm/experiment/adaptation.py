@@ -10,9 +10,9 @@ from micro_rm.experiment.state import Run, mean_row, row, seed_std
 
 
 def adapt_variants(run: Run) -> None:
-    """Step "stage 2": over every budget draw for the chosen variant (its rows are the report's),
-    over the first draw only for the others (their stage-2 column informs; nothing is selected
-    on it)."""
+    """Step "stage 2": over every budget draw for the chosen variant (its rows are the report's:
+    ``micro-stage1``, and ``micro``, the mean over the draws), over the first draw only for the
+    others (their stage-2 column informs; nothing is selected on it)."""
     budget = run.config.stage2.budget
     for v in run.variants:
         seeds = run.seeds() if v is run.chosen else run.seeds()[:1]
@@ -21,10 +21,6 @@ def adapt_variants(run: Run) -> None:
         v["adapted"], v["taus"] = adapted[0][0], [stage2_choice(info) for _, info in adapted]
         run.log(f"stage 2 micro ({v['protocol']}, {v['balance']}, α={v['alpha']:g}), B={budget}, "
                 f"{len(seeds)} draw(s): {np.mean([e['mean'] for e in v['stage2_evals']]):.3f}")
-
-
-def micro_rows(run: Run) -> None:
-    """Step "micro rows": the chosen variant after stage 1, and after stage 2 (mean over the draws)."""
     run.methods["micro-stage1"] = row(run.chosen["stage1_eval"], run.labels["micro-stage1"])
     run.methods["micro"] = mean_row(run.chosen["stage2_evals"], run.labels["micro"])
 

@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 
-from micro_rm.experiment.data import fair_rows
 from micro_rm.experiment.state import Run, evaluation, row
 
 
@@ -49,13 +48,12 @@ def supervision_labels(run: Run) -> None:
 def fit_baselines(run: Run) -> None:
     """Step "baselines": single, static and shared-base on binary pairs; single-ctx and static-ctx
     with the context in their reward features (MiCRo's router reads it, so these get the same
-    information). Starts ``run.methods``."""
+    information)."""
     features = next(iter(run.train_feats.values()))
     test = next(iter(run.test_feats.values()))
     runs = [(name, name, features, test) for name in ("single", "static")]
-    if fair_rows(run):
+    if run.train_reward_ctx is not None:
         runs += [(f"{name}-ctx", name, run.train_reward_ctx, run.test_reward_ctx) for name in ("single", "static")]
-    run.methods = {}
     for name, variant, train_features, test_features in runs:
         model, _ = run.fit(train_features, variant)
         run.methods[name] = row(run.evaluate(model, test_features), run.labels[name])

@@ -119,19 +119,14 @@ def encode(run: Run) -> None:
     run.test_ctx = run.test_feats.get("context") or feats(run.test, "context")
     run.pool_ctx = (feats(run.pool, "context") if run.cross or "context" not in run.train_feats
                     else run.train_feats["context"])
-    if fair_rows(run):
+    # single-ctx / static-ctx only when the train pairs have contexts that the plain baselines do not see
+    if not b.context_in_reward and any(r.get("context") for r in run.train):
         run.train_reward_ctx = feats(run.train, "context", context_in_reward=True)
         run.test_reward_ctx = feats(run.test, "context", context_in_reward=True)
     else:
+        run.train_reward_ctx = run.test_reward_ctx = None
         run.notes.append("No single-ctx / static-ctx rows: " + (
             "every baseline already sees the context in its reward features (backbone.context_in_reward)."
             if b.context_in_reward else "no train pair has a context, so they would repeat single / static."))
     run.encode_seconds, run.encoded = time.perf_counter() - start, encoded
     run.log(f"features: {encoded} texts encoded ({run.encode_seconds:.0f} s), the rest from the cache")
-
-
-def fair_rows(run: Run) -> bool:
-    """Whether to train the baselines that see the context in their reward features
-    (``single-ctx``, ``static-ctx``): only when the train pairs have contexts that the plain
-    baselines do not see."""
-    return not run.config.backbone.context_in_reward and any(r.get("context") for r in run.train)

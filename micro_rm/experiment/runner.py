@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
 
-from micro_rm.experiment.adaptation import adapt_variants, budget_curve, micro_rows
+from micro_rm.experiment.adaptation import adapt_variants, budget_curve
 from micro_rm.experiment.baselines import fit_baselines, hyre_rows, oracle_row, supervision_labels
 from micro_rm.experiment.config import ExperimentConfig
 from micro_rm.experiment.data import encode, load_data
@@ -41,7 +41,6 @@ STEPS = (
     Step("stage 2", adapt_variants, "stage 2"),
     Step("baselines", fit_baselines, "stage 1"),
     Step("hyre", hyre_rows),
-    Step("micro rows", micro_rows),
     Step("oracle", oracle_row, "stage 1"),
     Step("budget curve", budget_curve, "curves"),
     Step("results", assemble_results),

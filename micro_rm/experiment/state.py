@@ -37,7 +37,7 @@ class Run:
     test_feats: dict[str, Any]
     test_ctx: Any                      # test pairs with the context in the route
     pool_ctx: Any                      # stage-2 pool with the context in the route
-    train_reward_ctx: Any              # the context in the reward features too (single-ctx, static-ctx)
+    train_reward_ctx: Any              # the context in the reward features too (single-ctx, static-ctx), or None
     test_reward_ctx: Any
     feats: Any                         # feats(records, router_input) → PairFeatures, through the cache
     backbone_name: str
@@ -48,7 +48,6 @@ class Run:
     chosen: dict[str, Any]             # the variant that is the `micro` row
     selection: str
     labels: dict[str, str]             # each method's supervision, in words
-    methods: dict[str, dict[str, Any]]
     shared: Any                        # the shared-base model (HyRe reweights its heads)
     curve: dict[str, Any]
     results: dict[str, Any]
@@ -62,6 +61,7 @@ class Run:
         self.cache_dir, self.backbone_arg = cache, backbone
         self.command = command or f"run_experiment({config.path or 'config'})"
         self.notes: list[str] = []
+        self.methods: dict[str, dict[str, Any]] = {}    # the rows so far (results.PRIMARY_METHODS orders them)
         self.start = time.perf_counter()
         self.device = resolve_device(config.backbone.device)
         self.timing: dict[str, float] = dict.fromkeys(TIMED_STEPS, 0.0)

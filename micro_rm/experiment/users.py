@@ -86,12 +86,11 @@ def per_user_hedge(run: Run) -> None:
     test = run.test_feats[chosen["protocol"]]
     test_users = np.array([r.get("user_id") or "" for r in run.test], dtype=object)
     pool_users = np.array([r.get("user_id") or "" for r in run.pool], dtype=object)
-    pool = run.pool_ctx if run.cross or chosen["protocol"] == "context" else run.train_feats["prompt"]
     rows, rng = {}, np.random.default_rng(run.config.seed)
     for user in sorted(set(test_users) - {""}):
         candidates = np.flatnonzero(pool_users == user)
         feedback = rng.choice(candidates, size=min(settings.feedback, len(candidates)), replace=False)
-        fb = pool.subset(feedback)
+        fb = run.pool_ctx.subset(feedback)        # only its reward features are read: any router input's
         state = UserState.fresh(user, model_id="experiment", num_heads=model.config.num_heads)
         state = state.update(model.head_probs(fb.chosen, fb.rejected))
         mine = test.subset(np.flatnonzero(test_users == user))
