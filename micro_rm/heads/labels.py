@@ -72,8 +72,7 @@ def save_labels(model_dir: str | os.PathLike, labels: Sequence[str], *,
         if not 0 <= k < config.num_heads:
             raise MicroRMError(f"--head {k}: the model has heads 0..{config.num_heads - 1}")
         stored[k] = check_label(labels[k], f"label of head {k}")
-    config.head_labels = stored
-    config.__post_init__()
+    config.head_labels = stored                       # checked on assignment
     with atomic_open(path) as fh:
         fh.write(json.dumps(config.to_dict(), indent=2) + "\n")
     with atomic_open(folder / "README.md") as fh:
