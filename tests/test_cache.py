@@ -331,7 +331,7 @@ def test_featurize_encodes_all_roles_in_one_sorted_pass(tmp_path):
 
 def test_featurize_rejects_unknown_router_input(tmp_path):
     with pytest.raises(MicroRMError,
-                       match="router_input must be one of context, prompt, got 'user'"):
+                       match="`router_input` must be one of context, prompt, got 'user'"):
         featurize(RECORDS, FakeBackbone(), FeatureCache(tmp_path), router_input="user")
 
 

@@ -168,10 +168,10 @@ def _edit_config(folder, **changes):
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"num_heads": None}, r"config\.json: missing field `num_heads`"),
+    ({"num_heads": None}, r"config\.json: missing key `num_heads`"),
     ({"router": "transformer"}, r"config\.json: `router` must be one of mlp, linear"),
     ({"num_heads": "three"}, r"config\.json: `num_heads` must be an integer"),
-    ({"colour": "red"}, r"config\.json: unknown field\(s\) 'colour'"),
+    ({"colour": "red"}, r"config\.json: unknown key `colour`"),
     ({"num_heads": 4}, r"model\.safetensors: tensor `heads\.weight` has shape \(3, 4\).*implies \(4, 4\)"),
     ({"version": "7.0.0"}, r"written by micro-rm 7\.0\.0, which is incompatible"),
 ])

@@ -625,7 +625,7 @@ def test_serve_command_binds_loopback_and_reports_bad_input(tmp_path, monkeypatc
     assert "the file is empty" in capsys.readouterr().err
     assert main(["serve", "--model", str(model_dir), "--eta", "0"]) == 2
     assert main(["serve", "--model", str(model_dir), "--body-timeout-s", "0"]) == 2
-    assert "--body-timeout-s must lie in (0, 3600], got 0.0" in capsys.readouterr().err
+    assert "--body-timeout-s must be a finite number in (0, 3600], got 0.0" in capsys.readouterr().err
     assert main(["serve", "--model", str(model_dir), "--state", f"sqlite:///{tmp_path / 's.db'}",
                  "--body-timeout-s", "2.5"]) == 0
     assert calls[-1][0].state.settings.body_timeout_s == 2.5

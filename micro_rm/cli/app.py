@@ -51,11 +51,8 @@ def field_docs(config_path: str) -> tuple[Callable[[str], str], Callable[[str], 
     each option is documented once, in the config."""
     module, name_of_class = config_path.split(":")
     cls = getattr(importlib.import_module(module), name_of_class)
-    if hasattr(cls, "__pydantic_fields__"):      # micro_rm.train.config's pydantic dataclasses
-        fields = cls.__pydantic_fields__
-        return (lambda name: fields[name].description), (lambda name: fields[name].default)
-    fields = cls.__dataclass_fields__
-    return (lambda name: fields[name].metadata["help"]), (lambda name: fields[name].default)
+    fields = cls.__pydantic_fields__            # a micro_rm.schema.config_class
+    return (lambda name: fields[name].description), (lambda name: fields[name].default)
 
 
 def config_option(config_path: str) -> Callable[[str], Any]:

@@ -1,6 +1,6 @@
 """``ExperimentConfig``: one YAML file that describes a whole experiment, checked when it is read.
 
-Every section is a pydantic dataclass (``micro_rm.train.config.config_class``); the settings shared
+Every section is a pydantic dataclass (``micro_rm.schema.config_class``); the settings shared
 with the library (stage 1's K, α, router, …; stage 2's budget, τ, folds) are its own definitions.
 A bad value or an unknown key is one error line naming its path (``stage2.tau_grdi``), raised
 before any data is read. The shipped examples are ``configs/*.yaml``.
@@ -21,9 +21,9 @@ from typing import Annotated, Any, Optional
 from pydantic import Field, ValidationError
 
 from micro_rm.errors import MicroRMError
+from micro_rm.schema import choice, config_class, explain, integer, integers, number
 from micro_rm.train.config import (Alpha, Balance, BatchSize, Budget, Epochs, Folds, Heads, LearningRate,
-                                   Router, SEED_MAX, Tau, ValFraction, choice, config_class, explain, integer,
-                                   integers, number)
+                                   Router, SEED_MAX, Tau, ValFraction)
 
 PROTOCOLS = ("context", "prompt")   # what the stage-1 router reads: context ⊕ prompt, or the prompt
 SELECTIONS = ("validation", "first")

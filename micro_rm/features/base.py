@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
-from typing import Any, Optional, Protocol, Sequence
+from typing import Annotated, Any, Optional, Protocol, Sequence
 
 import numpy as np
+from pydantic import Field
 
 from micro_rm.data.records import Text
 from micro_rm.errors import MicroRMError
+from micro_rm.schema import choice, config_class
 
 Item = tuple[str, Optional[str]]
 ROUTER_INPUTS = ("context", "prompt")                  # what the router reads (micro_rm.features.featurize)
@@ -51,7 +53,7 @@ def check_device(device: str) -> str:
     return device
 
 
-@dataclass(frozen=True)
+@config_class
 class FeatureSettings:
     """How pair records become features, beside the backbone's fingerprint. ``featurize`` stamps
     them on its features, ``fit_stage1`` records them in the model's config, and every reader of a
@@ -61,23 +63,15 @@ class FeatureSettings:
     {'router_input': 'context', 'context_in_reward': True}
     """
 
-    router_input: str = field(default="context", metadata={"help": (
-        "What the router reads: context (context + prompt; the RPR protocol) or prompt (the "
-        "HelpSteer2 protocol).")})
-    context_in_reward: bool = field(default=False, metadata={"help": (
-        "Prepend the context to the prompt of the reward features too (the paper's RPR setting).")})
-    context_encoding: str = field(default="clauses", metadata={"help": (
-        "Router input layout: clauses (the prompt's and the context's embeddings side by side, the "
-        "context's pooled over its clauses; prototype routing that generalises to new phrasings), "
-        "separate (the same with the context's sentence embedding alone) or joint (one embedding of "
-        "context ⊕ prompt through the MLP, the paper's).")})
-
-    def __post_init__(self) -> None:
-        for name, allowed in (("router_input", ROUTER_INPUTS), ("context_encoding", CONTEXT_ENCODINGS)):
-            if getattr(self, name) not in allowed:
-                raise MicroRMError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        if not isinstance(self.context_in_reward, bool):
-            raise MicroRMError(f"context_in_reward must be true or false, got {self.context_in_reward!r}")
+    router_input: choice(ROUTER_INPUTS, "What the router reads: context (context + prompt; the RPR protocol) "
+                         "or prompt (the HelpSteer2 protocol).") = "context"
+    context_in_reward: Annotated[bool, Field(strict=True, description=(
+        "Prepend the context to the prompt of the reward features too (the paper's RPR setting)."))] = False
+    context_encoding: choice(CONTEXT_ENCODINGS, "Router input layout: clauses (the prompt's and the context's "
+                             "embeddings side by side, the context's pooled over its clauses; prototype routing "
+                             "that generalises to new phrasings), separate (the same with the context's sentence "
+                             "embedding alone) or joint (one embedding of context ⊕ prompt through the MLP, the "
+                             "paper's).") = "clauses"
 
     @classmethod
     def from_options(cls, router_input: str, context_in_reward: bool, context_encoding: str) -> "FeatureSettings":
@@ -103,7 +97,7 @@ class FeatureSettings:
             return cls(**values)
         except MicroRMError as exc:
             name, rest = str(exc).split(" ", 1)
-            raise MicroRMError(f"{spell(name)} {rest}") from None
+            raise MicroRMError(f"{spell(name.strip('`'))} {rest}") from None
 
     def record(self) -> dict[str, Any]:
         """What a model config's ``feature`` holds (the route layout has a field of its own)."""

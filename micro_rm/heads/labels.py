@@ -67,7 +67,7 @@ def save_labels(model_dir: str | os.PathLike, labels: Sequence[str], *,
             raise MicroRMError(f"label of head {k}: a head label is one non-empty line of at most {MAX_LABEL} "
                                f"characters, got {text[:40]!r}{'…' if len(text) > 40 else ''}")
         stored[k] = text
-    config = MixtureConfig.from_dict({**config.to_dict(), "head_labels": stored})
+    config.head_labels = stored                       # checked on assignment
     with atomic_open(path) as fh:
         fh.write(json.dumps(config.to_dict(), indent=2) + "\n")
     with atomic_open(folder / "README.md") as fh:

@@ -6,11 +6,15 @@ Kept free of torch, so the command line can build ``--help`` from it without loa
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict, field
+from typing import TYPE_CHECKING, Annotated, Any
+
+import pydantic
+from pydantic import Field
 
 from micro_rm import __version__
 from micro_rm.errors import MicroRMError
+from micro_rm.schema import accepts, choice, config_class, integer, integers, number
 
 if TYPE_CHECKING:
     from micro_rm.features.base import FeatureSettings
@@ -20,85 +24,65 @@ ROUTERS = ("mlp", "linear")
 BALANCES = ("example", "marginal")
 
 
-@dataclass
+@config_class
 class MixtureConfig:
-    """Everything that rebuilds a model; saved as ``config.json`` beside the weights."""
+    """Everything that rebuilds a model; saved as ``config.json`` beside the weights. Checked on
+    construction and on assignment (:mod:`micro_rm.schema`)."""
 
-    num_heads: int                      # K, the number of reward heads (1 for ``single``)
-    reward_dim: int                     # d, width of the reward features (backbone dim)
-    route_dim: int                      # d_r, width of the router features
-    variant: str = "micro"              # one of VARIANTS (see micro_rm.model.mixture)
-    router: str = "mlp"                 # ``mlp``: d_r → hidden → K, ReLU (the paper's); ``linear``: d_r → K
-    router_hidden: int = 128            # hidden units of the MLP router (the paper: 128)
-    context_dim: int = 0                # width of emb(context) at the end of the route features
-                                        # ([emb(prompt); emb(context)]); 0: one joint route vector
+    num_heads: integer(1, "K, the number of reward heads (1 for ``single``).")
+    reward_dim: integer(1, "d, width of the reward features (backbone dim).")
+    route_dim: integer(1, "d_r, width of the router features.")
+    variant: choice(VARIANTS, "The model family (see micro_rm.model.mixture).") = "micro"
+    router: choice(ROUTERS, "mlp: d_r → hidden → K, ReLU (the paper's); linear: d_r → K.") = "mlp"
+    router_hidden: integer(1, "Hidden units of the MLP router (the paper: 128).") = 128
+    context_dim: integer(0, "Width of emb(context) at the end of the route features ([emb(prompt); "
+                         "emb(context)]); 0: one joint route vector.") = 0
     context_encoding: str = ""          # how the route features were made (featurize.CONTEXT_ENCODINGS);
                                         # "" (older configs): "separate" with a context width, else "joint"
-    context_prototypes: int = 0         # number of prototype contexts of that branch
-    context_corrections: list = field(default_factory=list)  # indices of the prototypes that stage 2
-                                        # added as corrections (ContextRouter); [] before stage 2
-    context_temperature: float = 0.05   # temperature of the attention over the prototypes (cosine)
-    prior_scale: float = 1.0            # ``shared-base``: scale of the frozen prior heads, relative
-                                        # to PyTorch's default Linear init U(±1/√d) (HyRe's prior)
+    context_prototypes: integer(0, "Number of prototype contexts of that branch.") = 0
+    context_corrections: integers(0, "Indices of the prototypes that stage 2 added as corrections "
+                                  "(ContextRouter); [] before stage 2.") = field(default_factory=list)
+    context_temperature: number(0, math.inf, "Temperature of the attention over the prototypes (cosine).",
+                                open_low=True) = 0.05
+    prior_scale: number(0, math.inf, "shared-base: scale of the frozen prior heads, relative to PyTorch's "
+                        "default Linear init U(±1/√d) (HyRe's prior).") = 1.0
     backbone: dict = field(default_factory=dict)   # fingerprint of the backbone; its "spec" rebuilds it
     feature: dict = field(default_factory=dict)    # the FeatureSettings it was trained with; {}: defaults
     training: dict = field(default_factory=dict)   # the Stage1Config it was fitted with, or export info
     data: dict = field(default_factory=dict)       # what it was trained on (source, pairs)
     metrics: dict = field(default_factory=dict)    # losses / accuracies to show in the model card
-    masked_heads: list = field(default_factory=list)  # heads the router may never weight (``micro-rm
-                                                      # heads mask``); π renormalises over the rest
-    head_labels: list = field(default_factory=list)   # one short, editable description per head
-                                                      # (``micro-rm heads``), or empty
-    version: str = __version__                     # micro-rm version that wrote it
+    masked_heads: integers(0, "Heads the router may never weight (``micro-rm heads mask``); π "
+                           "renormalises over the rest.") = field(default_factory=list)
+    head_labels: list[str] = field(default_factory=list)   # one short, editable description per head
+                                                           # (``micro-rm heads``), or empty
+    version: Annotated[str, Field(pattern=r"^\d+(\.|$)"), accepts("a version string like '0.1.0'",
+                                                                   "micro-rm version that wrote it.")] = __version__
 
-    def __post_init__(self) -> None:
-        for name, low in (("num_heads", 1), ("reward_dim", 1), ("route_dim", 1), ("router_hidden", 1),
-                          ("context_dim", 0), ("context_prototypes", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise MicroRMError(f"`{name}` must be an integer ≥ {low}, got {value!r}")
-        if self.variant not in VARIANTS:
-            raise MicroRMError(f"`variant` must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
-        if self.router not in ROUTERS:
-            raise MicroRMError(f"`router` must be one of {', '.join(ROUTERS)}, got {self.router!r}")
-        if self.context_dim >= self.route_dim:
-            raise MicroRMError(f"`context_dim` must be an integer in [0, route_dim), got {self.context_dim!r}")
-        corrections = self.context_corrections
-        if not isinstance(corrections, list) or len(set(map(str, corrections))) != len(corrections) or any(
-                isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.context_prototypes
-                for i in corrections):
-            raise MicroRMError("`context_corrections` must be a list of distinct prototype indices in "
-                               f"[0, context_prototypes = {self.context_prototypes}), got {corrections!r}")
+    @pydantic.model_validator(mode="after")
+    def _consistent(self) -> "MixtureConfig":
+        """The checks that relate fields; an older config's ``context_encoding`` ("") is filled in."""
         from micro_rm.features.base import CONTEXT_ENCODINGS, recorded_encoding
 
-        self.context_encoding = recorded_encoding(self.context_encoding, self.context_dim)
-        if self.context_encoding not in CONTEXT_ENCODINGS or (self.context_encoding == "joint") != (not self.context_dim):
+        k, corrections, masked = self.num_heads, self.context_corrections, self.masked_heads
+        if self.context_dim >= self.route_dim:
+            raise MicroRMError(f"`context_dim` must be an integer in [0, route_dim), got {self.context_dim!r}")
+        if len(set(corrections)) != len(corrections) or any(i >= self.context_prototypes for i in corrections):
+            raise MicroRMError("`context_corrections` must be a list of distinct prototype indices in "
+                               f"[0, context_prototypes = {self.context_prototypes}), got {corrections!r}")
+        encoding = recorded_encoding(self.context_encoding, self.context_dim)
+        self.__dict__["context_encoding"] = encoding     # not through setattr: that would validate again
+        if encoding not in CONTEXT_ENCODINGS or (encoding == "joint") != (not self.context_dim):
             raise MicroRMError(f"`context_encoding` must be one of {', '.join(CONTEXT_ENCODINGS)}, 'joint' exactly "
-                               f"when context_dim is 0, got {self.context_encoding!r} with context_dim "
-                               f"{self.context_dim}")
-        for name, low, bound in (("context_temperature", 0, ">"), ("prior_scale", 0, "≥")):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or (value <= low if bound == ">" else value < low):
-                raise MicroRMError(f"`{name}` must be a finite number {bound} {low}, got {value!r}")
-        if self.variant == "single" and self.num_heads != 1:
-            raise MicroRMError(f"`num_heads` must be 1 for variant 'single', got {self.num_heads}")
-        masked = self.masked_heads
-        if not isinstance(masked, list) or any(isinstance(k, bool) or not isinstance(k, int)
-                                                or not 0 <= k < self.num_heads for k in masked) \
-                or len(set(masked)) != len(masked) or len(masked) >= self.num_heads:
-            raise MicroRMError(f"`masked_heads` must be distinct head indices in [0, {self.num_heads}) "
+                               f"when context_dim is 0, got {encoding!r} with context_dim {self.context_dim}")
+        if self.variant == "single" and k != 1:
+            raise MicroRMError(f"`num_heads` must be 1 for variant 'single', got {k}")
+        if len(set(masked)) != len(masked) or any(i >= k for i in masked) or len(masked) >= k:
+            raise MicroRMError(f"`masked_heads` must be distinct head indices in [0, {k}) "
                                f"that leave at least one head, got {masked!r}")
-        labels = self.head_labels
-        if not isinstance(labels, list) or (labels and (len(labels) != self.num_heads
-                                                        or not all(isinstance(t, str) for t in labels))):
-            raise MicroRMError(f"`head_labels` must be empty or {self.num_heads} strings, got {labels!r}")
-        for name in ("backbone", "feature", "training", "data", "metrics"):
-            if not isinstance(getattr(self, name), dict):
-                raise MicroRMError(f"`{name}` must be a JSON object, got {type(getattr(self, name)).__name__}")
+        if self.head_labels and len(self.head_labels) != k:
+            raise MicroRMError(f"`head_labels` must be empty or {k} strings, got {self.head_labels!r}")
         self.feature_settings()                     # an unknown feature setting is refused at load
-        if not isinstance(self.version, str) or not self.version.split(".")[0].isdigit():
-            raise MicroRMError(f"`version` must be a version string like '0.1.0', got {self.version!r}")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,14 +100,9 @@ class MixtureConfig:
         the field and ``where``."""
         if not isinstance(data, dict):
             raise MicroRMError(f"{where}: expected a JSON object, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise MicroRMError(f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; "
-                               f"known fields are {', '.join(sorted(known))}")
-        for name in ("num_heads", "reward_dim", "route_dim", "variant", "version"):
-            if name not in data:
-                raise MicroRMError(f"{where}: missing field `{name}`")
+        for name in ("variant", "version"):         # always saved; a file without them was not
+            if name not in data:                    # written by micro-rm
+                raise MicroRMError(f"{where}: missing key `{name}`")
         try:
             return cls(**data)
         except MicroRMError as exc:

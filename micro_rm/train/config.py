@@ -11,71 +11,27 @@ micro_rm.errors.MicroRMError: `heads` must be an integer in [1, 64], got 0
 
 from __future__ import annotations
 
-import functools
 import math
-import typing
 import warnings
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Union
 
 import pydantic
-from pydantic import BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BeforeValidator, Field
 
 from micro_rm.errors import MicroRMError
 from micro_rm.model.config import BALANCES, ROUTERS, VARIANTS, MixtureConfig
+from micro_rm.schema import accepts, as_number, choice, config_class, integer, number
 
 TAU_MIN = 1e-8   # below this, exp(−L/τ) underflows for every head and the targets are undefined
+SEED_MAX = 2**32 - 1   # numpy's and torch's seeds both take any value up to here
 
 
 # ---------------------------------------------------------------------- field types
 
-def _allowed(text: str, help: str) -> Any:
-    """The field's help and, for error messages, what it accepts in words."""
-    return Field(description=help, json_schema_extra={"allowed": text})
-
-
-def _number(value: Any) -> Any:
-    """Refuse a bool where a number is expected; read a YAML 1.1 string such as ``1e-3``."""
-    if isinstance(value, bool):
-        raise ValueError("a bool is not a number")
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    return value
-
-
-SEED_MAX = 2**32 - 1   # numpy's and torch's seeds both take any value up to here
-
-
-def integer(low: int, help: str, high: int | None = None) -> Any:
-    """An ``int`` in [low, high] (a bool or a float such as 2.0 is refused). ``high`` bounds what
-    would otherwise only fail later, out of memory or time (e.g. 100,000 heads)."""
-    text = f"an integer ≥ {low}" if high is None else f"an integer in [{low}, {high:,}]"
-    return Annotated[int, Field(strict=True, ge=low, le=high), _allowed(text, help)]
-
-
-def number(low: float, high: float, help: str, *, open_low: bool = False, open_high: bool = False) -> Any:
-    """A finite number in [low, high] (bounds open where asked)."""
-    bounds = Field(allow_inf_nan=False, **{"gt" if open_low else "ge": low},
-                   **({} if high == math.inf else {"lt" if open_high else "le": high}))
-    text = f"a finite number in {'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
-    return Annotated[float, BeforeValidator(_number), bounds, _allowed(text, help)]
-
-
-def choice(values: tuple[str, ...], help: str) -> Any:
-    """One of ``values``, exactly."""
-    return Annotated[Literal[values], _allowed(f"one of {', '.join(values)}", help)]
-
-
-def integers(low: int, help: str) -> Any:
-    """A list of integers ≥ ``low``."""
-    return Annotated[list[integer(low, "")], _allowed(f"a list of integers ≥ {low}", help)]
-
 
 def _tau(value: Any) -> Any:
     try:
-        return value if value == "auto" else check_tau(_number(value))
+        return value if value == "auto" else check_tau(as_number(value))
     except MicroRMError as exc:
         raise ValueError(str(exc)) from None
 
@@ -96,93 +52,15 @@ Balance = choice(BALANCES, "marginal: entropy of the batch-mean routing (load ba
 Budget = integer(1, "Context-annotated pairs drawn per attribute (per context when no pair has an "
                  "attribute; the paper: 50). An attribute with fewer is used whole, with a warning.", 1_000_000)
 Tau = Annotated[Union[float, Literal["auto"]], BeforeValidator(_tau),
-                _allowed(f"a finite number ≥ {TAU_MIN:g} or 'auto'",
-                         f"Hedge temperature τ, a number ≥ {TAU_MIN:g} (the paper: 1e-3 HelpSteer2, 1e-4 "
-                         "RPR; small τ trusts the budget's labels, large τ keeps the stage-1 router), or "
-                         "'auto': chosen with 'keep the stage-1 router' by k-fold cross-validation of "
-                         "the mixture NLL on the budget pairs.")]
+                accepts(f"a finite number ≥ {TAU_MIN:g} or 'auto'",
+                        f"Hedge temperature τ, a number ≥ {TAU_MIN:g} (the paper: 1e-3 HelpSteer2, 1e-4 "
+                        "RPR; small τ trusts the budget's labels, large τ keeps the stage-1 router), or "
+                        "'auto': chosen with 'keep the stage-1 router' by k-fold cross-validation of "
+                        "the mixture NLL on the budget pairs.")]
 Folds = integer(2, "Folds of the cross-validation that chooses τ and keep-or-adapt.", 100)
 
 
 # ---------------------------------------------------------------------- the config classes
-
-def config_class(cls: type) -> type:
-    """``cls`` as a pydantic dataclass that refuses unknown keys, checks assignments too, and
-    raises :class:`MicroRMError` (one line, see :func:`explain`) instead of pydantic's report."""
-    cls = pydantic.dataclasses.dataclass(cls, config=ConfigDict(extra="forbid", validate_assignment=True))
-
-    def explained(method: Any) -> Any:
-        @functools.wraps(method)
-        def wrapper(self: Any, *args: Any, **kwargs: Any) -> None:
-            try:
-                method(self, *args, **kwargs)
-            except ValidationError as exc:
-                raise MicroRMError(explain(exc, type(self))) from None
-        return wrapper
-
-    cls.__init__, cls.__setattr__ = explained(cls.__init__), explained(cls.__setattr__)
-    return cls
-
-
-_BY_TYPE = {"bool_type": "true or false", "string_type": "a string", "dict_type": "a mapping of keys",
-            "list_type": "a list", "int_type": "an integer", "float_type": "a number",
-            "float_parsing": "a number", "dataclass_type": "a mapping of keys",
-            "dataclass_args_type": "a mapping of keys"}
-
-
-def explain(exc: ValidationError, root: type, where: str = "") -> str:
-    """The first error of ``exc`` as one line: the key path from ``root``, what it accepts and
-    what came, e.g. "config.yaml: `stage2.folds` must be an integer ≥ 2, got 1"."""
-    error = exc.errors(include_url=False)[0]
-    prefix = f"{where}: " if where else ""
-    cls, annotation, allowed, path = root, None, None, ""
-    for part in error["loc"]:
-        if isinstance(part, int):           # a list item: its own type says what it accepts
-            path += f"[{part}]"
-            annotation = next(iter(typing.get_args(annotation)), None)
-            allowed = _allowed_text(annotation) or allowed
-            continue
-        known = getattr(cls, "__pydantic_fields__", None)
-        if known is None:                   # past the field: pydantic's tags for union members
-            break
-        joined = f"{path}.{part}" if path else part
-        if part not in known:
-            section = path or ("the top level" if where else root.__name__)
-            accepted = ", ".join(k for k in known if k != "path")     # ExperimentConfig.path is no key
-            return f"{prefix}unknown key `{joined}`; {section} accepts: {accepted}"
-        info, path = known[part], joined
-        annotation = info.annotation
-        allowed = (info.json_schema_extra or {}).get("allowed") or _allowed_text(annotation)
-        cls = _nested_class(annotation)
-    if error["type"] in ("missing", "missing_argument"):
-        return f"{prefix}missing key `{path}`"
-    if allowed is None and error["type"] == "value_error":
-        return f"{prefix}`{path}`: {error['ctx']['error']}"
-    what = allowed or _BY_TYPE.get(error["type"], error["msg"][0].lower() + error["msg"][1:])
-    return f"{prefix}`{path or 'the file'}` must be {what}, got {error['input']!r}"
-
-
-def _allowed_text(annotation: Any) -> Optional[str]:
-    """The ``allowed`` words carried by an ``Annotated`` type, also inside ``Optional``."""
-    for meta in getattr(annotation, "__metadata__", ()):
-        if isinstance(meta, pydantic.fields.FieldInfo) and meta.json_schema_extra:
-            return meta.json_schema_extra.get("allowed")
-    if typing.get_origin(annotation) is Union:
-        texts = [t for t in map(_allowed_text, typing.get_args(annotation)) if t]
-        return texts[0] if texts else None
-    return None
-
-
-def _nested_class(annotation: Any) -> Optional[type]:
-    """The config class a field holds (directly, in a list or in ``Optional``), or None."""
-    if hasattr(annotation, "__pydantic_fields__"):
-        return annotation
-    for arg in typing.get_args(annotation):
-        nested = _nested_class(arg)
-        if nested is not None:
-            return nested
-    return None
-
 
 @config_class
 class Stage1Config:
@@ -257,5 +135,5 @@ def check_tau(tau: Any) -> float:
     return float(tau)
 
 
-__all__ = ["AdaptConfig", "Stage1Config", "TAU_MIN", "check_tau", "config_class", "explain"]
+__all__ = ["AdaptConfig", "Stage1Config", "TAU_MIN", "check_tau"]
 
