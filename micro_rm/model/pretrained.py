@@ -193,11 +193,9 @@ def check_destination(path: str | os.PathLike) -> Path:
 def _check_finite(name: str, tensor: torch.Tensor, weights_file: Path) -> None:
     """Refuse a NaN or infinite parameter: it would turn every reward into NaN. The one exception
     is −inf in ``logits``, a head that :func:`export_scalar` switched off (weight exactly 0)."""
-    if not tensor.is_floating_point():
-        return
-    bad = torch.isnan(tensor) | (tensor == float("inf"))
-    if name != "logits":
-        bad |= tensor == float("-inf")
+    bad = ~torch.isfinite(tensor)
+    if name == "logits":
+        bad &= tensor != float("-inf")
     if bool(bad.any()):
         raise MicroRMError(f"{weights_file}: tensor `{name}` holds {int(bad.sum())} NaN or infinite "
                            "value(s); the model is damaged: retrain it or restore the file")
