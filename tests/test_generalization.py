@@ -79,7 +79,7 @@ def test_safe_stage2_is_never_worse_than_keep_on_its_cross_validation_pairs(synt
     import torch
 
     route = torch.as_tensor(np.asarray(budget.route, dtype=np.float32))
-    deltas = model.head_deltas(torch.as_tensor(budget.chosen - budget.rejected))
+    deltas = model.head_rewards(torch.as_tensor(budget.chosen - budget.rejected))
     fold, clusters = cv_folds(model, route, budget.prompts, budget.attributes, folds=5, seed=0)
     nll = cross_validate(model, route, deltas.detach(), fold, tau="auto", seed=0)
     chosen = choose_candidate(nll, clusters)
@@ -102,7 +102,7 @@ def test_stage2_fits_and_scores_with_the_masked_heads_masked(synthetic):
     model.config.masked_heads = [int(np.argmax(model.router_weights(features.route).mean(0)))]
     budget = features.subset(np.arange(0, len(features), 9))
     route = torch.as_tensor(np.asarray(budget.route, dtype=np.float32))
-    deltas = model.head_deltas(torch.as_tensor(budget.chosen - budget.rejected)).detach()
+    deltas = model.head_rewards(torch.as_tensor(budget.chosen - budget.rejected)).detach()
     fold, _ = cv_folds(model, route, budget.prompts, budget.attributes, folds=5, seed=0)
     nll = cross_validate(model, route, deltas, fold, tau=1e6, seed=0)
     np.testing.assert_allclose(nll[Candidate("heads", 1e6)], nll[KEEP], rtol=1e-5)

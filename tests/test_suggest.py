@@ -171,9 +171,8 @@ def test_the_service_refuses_a_bad_pool_naming_the_field(tmp_path, scorer, body,
 
 def test_the_cli_writes_the_ranking_and_creates_no_state(tmp_path, scorer, capsys):
     from micro_rm.cli import main
-    from micro_rm.model.pretrained import save_pretrained
 
-    save_pretrained(scorer.model, tmp_path / "model")
+    scorer.model.save_pretrained(tmp_path / "model")
     pairs = pool_pairs(48, 0)
     (tmp_path / "pool.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
     state = tmp_path / "not-yet" / "state.db"

@@ -12,7 +12,6 @@ _EXPORTS = {
     "mixture_bt_loss": "micro_rm.model.losses",
     "negative_entropy": "micro_rm.model.losses",
     "export_scalar": "micro_rm.model.pretrained",
-    "save_pretrained": "micro_rm.model.pretrained",
     "featurize_for": "micro_rm.model.text",
 }
 __all__ = sorted(_EXPORTS)

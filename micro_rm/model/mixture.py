@@ -60,13 +60,9 @@ class MixtureRewardModel(nn.Module, PretrainedMixin):
         return self.heads.weight + self.prior if self.config.variant == "shared-base" else self.heads.weight
 
     def head_rewards(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-head rewards r_k of responses: [N, d] → [N, K]."""
+        """Per-head rewards r_k of responses: [N, d] → [N, K]. Of feature differences chosen − rejected,
+        the reward differences Δ_k (heads are linear without bias: r_k(a_w) − r_k(a_l) = r_k(a_w − a_l))."""
         return F.linear(x, self.head_weight())
-
-    def head_deltas(self, diff: torch.Tensor) -> torch.Tensor:
-        """Per-head reward differences Δ_k from feature differences chosen − rejected: [N, d] → [N, K]
-        (heads are linear without bias, so r_k(a_w) − r_k(a_l) = r_k(a_w − a_l))."""
-        return F.linear(diff, self.head_weight())
 
     def router_log_weights(self, route: torch.Tensor) -> torch.Tensor:
         """log π_k(x) of each pair: [N, d_r] → [N, K]. Each row is routed by its own features;
@@ -98,7 +94,7 @@ class MixtureRewardModel(nn.Module, PretrainedMixin):
 
     def log_likelihood(self, diff: torch.Tensor, route: torch.Tensor) -> torch.Tensor:
         """log P(a_w ≻ a_l | x) of each pair: [N, d], [N, d_r] → [N]."""
-        return -mixture_bt_loss(self.head_deltas(diff), self.router_log_weights(route))
+        return -mixture_bt_loss(self.head_rewards(diff), self.router_log_weights(route))
 
     # ----- arrays (inference) -------------------------------------------------------------------
     def predict_proba(self, chosen, rejected, route) -> np.ndarray:
@@ -108,7 +104,7 @@ class MixtureRewardModel(nn.Module, PretrainedMixin):
 
     def head_probs(self, chosen, rejected) -> np.ndarray:
         """Each head's own probability σ(Δ_k) that ``chosen`` wins: [N, K]."""
-        return self._map_rows(lambda c, r: torch.sigmoid(self.head_deltas(c - r)), chosen=chosen, rejected=rejected)
+        return self._map_rows(lambda c, r: torch.sigmoid(self.head_rewards(c - r)), chosen=chosen, rejected=rejected)
 
     def router_weights(self, route) -> np.ndarray:
         """The router's weights π(x) over heads: [N, K], rows sum to 1."""
@@ -130,7 +126,7 @@ class MixtureRewardModel(nn.Module, PretrainedMixin):
         heads fixed) and their route features [N, d_r], as float32 tensors on the model's device."""
         device = self.heads.weight.device
         diff = torch.as_tensor(np.subtract(features.chosen, features.rejected, dtype=np.float32), device=device)
-        return self.head_deltas(diff), torch.as_tensor(np.asarray(features.route, dtype=np.float32), device=device)
+        return self.head_rewards(diff), torch.as_tensor(np.asarray(features.route, dtype=np.float32), device=device)
 
     def check_features(self, features) -> None:
         """Refuse features made by another backbone or of the wrong width (``PairFeatures``)."""

@@ -5,7 +5,7 @@ model; ``from_pretrained`` rebuilds the model from the folder alone. ``MixtureRe
 these verbs from :class:`PretrainedMixin`, so this module never imports it (no import cycle).
 
 >>> model = MixtureRewardModel(MixtureConfig(num_heads=2, reward_dim=3, route_dim=3))  # doctest: +SKIP
->>> save_pretrained(model, "runs/demo")                        # doctest: +SKIP
+>>> model.save_pretrained("runs/demo")                         # doctest: +SKIP
 >>> MixtureRewardModel.from_pretrained("runs/demo")            # doctest: +SKIP
 """
 
@@ -29,7 +29,7 @@ from micro_rm.data.readers import hub_id
 from micro_rm.errors import MicroRMError
 from micro_rm.model.card import model_card
 from micro_rm.model.config import MixtureConfig
-from micro_rm.model.hub import CARD_NAME
+from micro_rm.model.hub import CARD_NAME, push_to_hub
 
 if TYPE_CHECKING:
     from micro_rm.model.mixture import MixtureRewardModel
@@ -42,50 +42,74 @@ class PretrainedMixin:
     """The model folder verbs of :class:`~micro_rm.model.mixture.MixtureRewardModel`."""
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:
-        """Write ``config.json``, ``model.safetensors`` and a model card ``README.md`` (atomically)."""
-        return save_pretrained(self, path)
+        """Write ``config.json``, ``model.safetensors`` and a model card ``README.md`` into the
+        folder ``path`` (created or replaced as a whole); returns it.
+
+        Only an empty folder or a model folder is replaced, so a mistyped ``--out`` wipes nothing else.
+        Whenever the process dies, ``path`` holds the old model or the new one: the new folder is
+        written and fsynced beside it, then swapped in (:func:`_swap_in`); the next save to the same
+        place removes what a killed save left.
+        """
+        path = check_destination(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_temps(path)
+        tmp = temp_folder(path.parent, prefix=f".{path.name}.{os.getpid()}.")   # 0755 under umask 022
+        try:
+            (tmp / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2, default=json_default)
+                                           + "\n", encoding="utf-8")
+            tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+            # Bytes written here, not save_file: it writes through a 0600 temporary file, ignoring the umask.
+            (tmp / WEIGHTS_NAME).write_bytes(save(tensors, metadata={"format": "pt", "library": "micro-rm"}))
+            (tmp / CARD_NAME).write_text(model_card(self.config), encoding="utf-8")
+            for file in (tmp / CONFIG_NAME, tmp / WEIGHTS_NAME, tmp / CARD_NAME, tmp):
+                _fsync(file)
+            _swap_in(tmp, path)        # afterwards `tmp` holds the old model, or nothing
+            _fsync(path.parent)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return path
 
     @classmethod
     def from_pretrained(cls, path_or_hub_id: str | os.PathLike, device: Optional[str] = None, *,
-                        revision: Optional[str] = None, token: Optional[str | bool] = None):
-        """Rebuild a saved model from a local folder or a Hugging Face hub id (at ``revision``,
-        with ``token`` for a private repo); see :func:`load_pretrained`."""
-        return load_pretrained(cls, path_or_hub_id, device=device, revision=revision, token=token)
+                        revision: Optional[str] = None, token: Optional[str | bool] = None) -> "MixtureRewardModel":
+        """Rebuild a saved model from a local folder, or download one from the Hugging Face hub (``owner/name``,
+        at ``revision``: a branch, tag or commit; ``token`` for a private repo, default the login's).
+        Every field of ``config.json`` is checked, and another major micro-rm version is refused.
+        """
+        folder = _resolve(str(path_or_hub_id), revision=revision, token=token)
+        config_file, weights_file = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+        for file in (config_file, weights_file):
+            if not file.is_file():
+                raise MicroRMError(f"{folder}: no {file.name}; is this a folder written by save_pretrained?")
+        try:
+            data = json.loads(config_file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise MicroRMError(f"{config_file}: not valid JSON ({exc})") from None
+        if isinstance(data, dict) and isinstance(data.get("version"), str):
+            _check_version(data["version"], config_file)
+        model = cls(MixtureConfig.from_dict(data, where=str(config_file)))
+        try:
+            tensors = load_file(str(weights_file))
+        except Exception as exc:  # safetensors raises its own error types for a corrupt file
+            raise MicroRMError(f"{weights_file}: not a readable safetensors file ({exc})") from None
+        expected = model.state_dict()
+        missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+        if missing or unexpected:
+            raise MicroRMError(f"{weights_file}: tensors do not match {config_file.name} "
+                               f"(missing: {missing or 'none'}, unexpected: {unexpected or 'none'})")
+        for name, tensor in tensors.items():
+            if tensor.shape != expected[name].shape:
+                raise MicroRMError(f"{weights_file}: tensor `{name}` has shape {tuple(tensor.shape)}, but "
+                                   f"{config_file.name} implies {tuple(expected[name].shape)}")
+            _check_finite(name, tensor, weights_file)
+        model.load_state_dict(tensors)
+        return model.to(device or "cpu").eval()
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
         """Upload this model to the Hugging Face Hub (see :func:`micro_rm.model.hub.push_to_hub`:
         ``token``, ``revision``, ``private``, ``commit_message``, ``create_pr``, ``license``)."""
-        from micro_rm.model.hub import push_to_hub
         return push_to_hub(self, repo_id, **kwargs)
-
-
-def save_pretrained(model: "MixtureRewardModel", path: str | os.PathLike) -> Path:
-    """Write ``model`` into the folder ``path`` (created or replaced as a whole); returns it.
-
-    Only an empty folder or a model folder is replaced, so a mistyped ``--out`` wipes nothing else.
-    Whenever the process dies, ``path`` holds the old model or the new one: the new folder is
-    written and fsynced beside it, then swapped in (:func:`_swap_in`); the next save to the same
-    place removes what a killed save left.
-    """
-    path = check_destination(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_temps(path)
-    tmp = temp_folder(path.parent, prefix=f".{path.name}.{os.getpid()}.")   # 0755 under umask 022
-    try:
-        (tmp / CONFIG_NAME).write_text(json.dumps(model.config.to_dict(), indent=2, default=json_default)
-                                       + "\n", encoding="utf-8")
-        tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        # Bytes written here, not save_file: it writes through a 0600 temporary file, ignoring the umask.
-        (tmp / WEIGHTS_NAME).write_bytes(save(tensors, metadata={"format": "pt", "library": "micro-rm"}))
-        (tmp / CARD_NAME).write_text(model_card(model.config), encoding="utf-8")
-        for file in (tmp / CONFIG_NAME, tmp / WEIGHTS_NAME, tmp / CARD_NAME, tmp):
-            _fsync(file)
-        _swap_in(tmp, path)        # afterwards `tmp` holds the old model, or nothing
-        _fsync(path.parent)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return path
 
 
 def _fsync(path: Path) -> None:
@@ -166,50 +190,12 @@ def check_destination(path: str | os.PathLike) -> Path:
     return path
 
 
-def load_pretrained(cls: type, path_or_hub_id: str | os.PathLike, device: Optional[str] = None, *,
-                    revision: Optional[str] = None, token: Optional[str | bool] = None) -> "MixtureRewardModel":
-    """Load a model folder, or download one from the Hugging Face hub (``owner/name``, at
-    ``revision``: a branch, tag or commit; ``token`` for a private repo, default the login's).
-    Every field of ``config.json`` is checked, and another major micro-rm version is refused.
-    """
-    folder = _resolve(str(path_or_hub_id), revision=revision, token=token)
-    config_file, weights_file = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-    for file in (config_file, weights_file):
-        if not file.is_file():
-            raise MicroRMError(f"{folder}: no {file.name}; is this a folder written by save_pretrained?")
-    try:
-        data = json.loads(config_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MicroRMError(f"{config_file}: not valid JSON ({exc})") from None
-    if isinstance(data, dict) and isinstance(data.get("version"), str):
-        _check_version(data["version"], config_file)
-    model = cls(MixtureConfig.from_dict(data, where=str(config_file)))
-    try:
-        tensors = load_file(str(weights_file))
-    except Exception as exc:  # safetensors raises its own error types for a corrupt file
-        raise MicroRMError(f"{weights_file}: not a readable safetensors file ({exc})") from None
-    expected = model.state_dict()
-    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise MicroRMError(f"{weights_file}: tensors do not match {config_file.name} "
-                           f"(missing: {missing or 'none'}, unexpected: {unexpected or 'none'})")
-    for name, tensor in tensors.items():
-        if tensor.shape != expected[name].shape:
-            raise MicroRMError(f"{weights_file}: tensor `{name}` has shape {tuple(tensor.shape)}, but "
-                               f"{config_file.name} implies {tuple(expected[name].shape)}")
-        _check_finite(name, tensor, weights_file)
-    model.load_state_dict(tensors)
-    return model.to(device or "cpu").eval()
-
-
 def _check_finite(name: str, tensor: torch.Tensor, weights_file: Path) -> None:
     """Refuse a NaN or infinite parameter: it would turn every reward into NaN. The one exception
     is −inf in ``logits``, a head that :func:`export_scalar` switched off (weight exactly 0)."""
-    if not tensor.is_floating_point():
-        return
-    bad = torch.isnan(tensor) | (tensor == float("inf"))
-    if name != "logits":
-        bad |= tensor == float("-inf")
+    bad = ~torch.isfinite(tensor)
+    if name == "logits":
+        bad &= tensor != float("-inf")
     if bool(bad.any()):
         raise MicroRMError(f"{weights_file}: tensor `{name}` holds {int(bad.sum())} NaN or infinite "
                            "value(s); the model is damaged: retrain it or restore the file")
@@ -242,7 +228,7 @@ def export_scalar(model: "MixtureRewardModel", path: str | os.PathLike, *,
     with torch.no_grad(), np.errstate(divide="ignore"):
         scalar.heads.weight.copy_(model.head_weight())
         scalar.logits.copy_(torch.from_numpy(np.log(w)))        # log 0 = −inf: a head switched off
-    save_pretrained(scalar, path)
+    scalar.save_pretrained(path)
     return scalar.eval()
 
 

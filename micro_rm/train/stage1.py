@@ -101,7 +101,7 @@ def stage1_loss(model: MixtureRewardModel, diff: torch.Tensor, route: torch.Tens
                 alpha: float, balance: str) -> torch.Tensor:
     """The stage-1 objective of one batch (a scalar): ``diff`` [B, d] = chosen − rejected features,
     ``route`` [B, d_r]."""
-    delta = model.head_deltas(diff)                                      # [B, K]
+    delta = model.head_rewards(diff)                                     # [B, K]
     if model.config.variant == "shared-base":                            # each head its own BT model
         return bt_loss(delta).mean()
     log_weights = model.router_log_weights(route)                        # [B, K]
