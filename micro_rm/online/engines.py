@@ -45,6 +45,7 @@ class UserStore(StateStore):
     commits are fsynced (``synchronous=FULL``), so an acknowledged update survives a crash."""
 
     _kind = "state file"
+    _db_errors = (sqlite3.DatabaseError,)
 
     def __init__(self, state: str | os.PathLike, model_id: str | None = None, num_heads: int | None = None) -> None:
         text = os.fspath(state)
@@ -63,9 +64,6 @@ class UserStore(StateStore):
             super().__init__(path, model_id, num_heads)
         except sqlite3.DatabaseError as err:
             raise MicroRMError(f"state file {path} is not a readable SQLite database ({err})") from None
-
-    def _db_errors(self) -> tuple[type[BaseException], ...]:
-        return (sqlite3.DatabaseError,)
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite_connect(self.path)
@@ -90,6 +88,7 @@ class PostgresUserStore(StateStore):
         except ImportError:
             raise MicroRMError("a postgresql:// state URL needs the psycopg package: "
                                "pip install 'psycopg[binary]'") from None
+        self._db_errors = (psycopg.Error,)
         parts = urllib.parse.urlsplit(url)
         self._url = urllib.parse.urlunsplit(parts._replace(scheme="postgresql"))  # drop "+driver"
         if parts.password:
@@ -99,11 +98,6 @@ class PostgresUserStore(StateStore):
             super().__init__(shown, model_id, num_heads)
         except psycopg.OperationalError as err:
             raise MicroRMError(f"cannot use state database {shown}: {err}") from None
-
-    def _db_errors(self) -> tuple[type[BaseException], ...]:
-        import psycopg
-
-        return (psycopg.Error,)
 
     def _connect(self) -> Any:
         import psycopg

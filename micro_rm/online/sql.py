@@ -54,7 +54,7 @@ def _guarded(method: Callable) -> Callable:
     def wrapper(self: "StateStore", *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
-        except self._db_errors() as err:
+        except self._db_errors as err:
             raise StateUnavailable(f"{self._kind} {self.location} cannot be used: {err}; restore it "
                                    "from a backup or point --state elsewhere") from None
 
@@ -70,6 +70,7 @@ class StateStore:
     _id_column = "INTEGER PRIMARY KEY AUTOINCREMENT"
     _for_update = ""  # row lock for the read-modify-write (PostgreSQL)
     schema_lock = ""  # serialises concurrent first opens (PostgreSQL)
+    _db_errors: tuple[type[BaseException], ...] = ()  # the engine's errors, StateUnavailable once _guarded
 
     def __init__(self, location: str, model_id: str | None, num_heads: int | None) -> None:
         self.location = location
@@ -112,9 +113,6 @@ class StateStore:
                                "file or database")
 
     # --- engine hooks ---------------------------------------------------------------------
-    def _db_errors(self) -> tuple[type[BaseException], ...]:
-        return ()
-
     def _connect(self) -> Any:
         raise NotImplementedError("subclasses open a DB-API connection in autocommit mode")
 
