@@ -280,11 +280,7 @@ class StateStore:
         """The stored outcome of ``key`` (unexpired), or None if it was never used."""
         rows = self.query("SELECT request_sha256, states FROM idempotency_keys WHERE scope = ? AND key = ? "
                           "AND created_at >= ?", (scope, key, _key_cutoff()))
-        if not rows:
-            return None
-        stored = json.loads(rows[0][1])     # null once a user it wrote to was deleted or reset
-        states = None if stored is None else {u: (int(n), [float(x) for x in loss]) for u, (n, loss) in stored.items()}
-        return IdempotentResult(rows[0][0], states)
+        return IdempotentResult(rows[0][0], json.loads(rows[0][1])) if rows else None
 
     @_guarded
     def epoch(self, user_id: str) -> int:
