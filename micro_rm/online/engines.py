@@ -17,34 +17,13 @@ from micro_rm.online.sql import StateStore
 BUSY_TIMEOUT_MS = 30_000  # how long a writer waits for another's transaction before failing
 
 
-def sqlite_connect(path: str | os.PathLike) -> sqlite3.Connection:
-    """A WAL connection, usable from any thread, in autocommit mode: :func:`sqlite_transaction`
-    issues BEGIN IMMEDIATE itself (Python's implicit BEGIN is DEFERRED)."""
-    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
-                           check_same_thread=False)
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    conn.execute("PRAGMA journal_mode = WAL")
-    return conn
-
-
-@contextlib.contextmanager
-def sqlite_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Cursor]:
-    """A cursor inside one ``BEGIN IMMEDIATE`` transaction, rolled back on any exception."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield conn.cursor()
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-
-
 class UserStore(StateStore):
     """SQLite store at a path or ``sqlite:///PATH``. WAL lets scoring read while a writer commits;
     ``BEGIN IMMEDIATE`` locks before S_u is read, so two writers cannot both read the old one;
     commits are fsynced (``synchronous=FULL``), so an acknowledged update survives a crash."""
 
     _kind = "state file"
+    _db_errors = (sqlite3.DatabaseError,)
 
     def __init__(self, state: str | os.PathLike, model_id: str | None = None, num_heads: int | None = None) -> None:
         text = os.fspath(state)
@@ -64,14 +43,26 @@ class UserStore(StateStore):
         except sqlite3.DatabaseError as err:
             raise MicroRMError(f"state file {path} is not a readable SQLite database ({err})") from None
 
-    def _db_errors(self) -> tuple[type[BaseException], ...]:
-        return (sqlite3.DatabaseError,)
-
     def _connect(self) -> sqlite3.Connection:
-        return sqlite_connect(self.path)
+        """A WAL connection, usable from any thread, in autocommit mode: :meth:`transaction` issues
+        BEGIN IMMEDIATE itself (Python's implicit BEGIN is DEFERRED)."""
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        return conn
 
-    def transaction(self) -> contextlib.AbstractContextManager:
-        return sqlite_transaction(self._conn())
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Cursor]:
+        """A cursor inside one ``BEGIN IMMEDIATE`` transaction, rolled back on any exception."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn.cursor()
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
 
 class PostgresUserStore(StateStore):
@@ -90,6 +81,7 @@ class PostgresUserStore(StateStore):
         except ImportError:
             raise MicroRMError("a postgresql:// state URL needs the psycopg package: "
                                "pip install 'psycopg[binary]'") from None
+        self._db_errors = (psycopg.Error,)
         parts = urllib.parse.urlsplit(url)
         self._url = urllib.parse.urlunsplit(parts._replace(scheme="postgresql"))  # drop "+driver"
         if parts.password:
@@ -99,11 +91,6 @@ class PostgresUserStore(StateStore):
             super().__init__(shown, model_id, num_heads)
         except psycopg.OperationalError as err:
             raise MicroRMError(f"cannot use state database {shown}: {err}") from None
-
-    def _db_errors(self) -> tuple[type[BaseException], ...]:
-        import psycopg
-
-        return (psycopg.Error,)
 
     def _connect(self) -> Any:
         import psycopg

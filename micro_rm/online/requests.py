@@ -60,5 +60,5 @@ class IdempotentResult:
     (None once a user it wrote to was deleted: the key stays used, its outcome is forgotten)."""
 
     request_sha256: str
-    states: dict[str, tuple[int, list[float]]] | None   # user → (num_feedback, cumulative_loss)
+    states: dict[str, list[Any]] | None   # user → [num_feedback, cumulative_loss]: the stored JSON
 

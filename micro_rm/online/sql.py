@@ -54,7 +54,7 @@ def _guarded(method: Callable) -> Callable:
     def wrapper(self: "StateStore", *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
-        except self._db_errors() as err:
+        except self._db_errors as err:
             raise StateUnavailable(f"{self._kind} {self.location} cannot be used: {err}; restore it "
                                    "from a backup or point --state elsewhere") from None
 
@@ -70,6 +70,7 @@ class StateStore:
     _id_column = "INTEGER PRIMARY KEY AUTOINCREMENT"
     _for_update = ""  # row lock for the read-modify-write (PostgreSQL)
     schema_lock = ""  # serialises concurrent first opens (PostgreSQL)
+    _db_errors: tuple[type[BaseException], ...] = ()  # the engine's errors, StateUnavailable once _guarded
 
     def __init__(self, location: str, model_id: str | None, num_heads: int | None) -> None:
         self.location = location
@@ -112,9 +113,6 @@ class StateStore:
                                "file or database")
 
     # --- engine hooks ---------------------------------------------------------------------
-    def _db_errors(self) -> tuple[type[BaseException], ...]:
-        return ()
-
     def _connect(self) -> Any:
         raise NotImplementedError("subclasses open a DB-API connection in autocommit mode")
 
@@ -282,11 +280,7 @@ class StateStore:
         """The stored outcome of ``key`` (unexpired), or None if it was never used."""
         rows = self.query("SELECT request_sha256, states FROM idempotency_keys WHERE scope = ? AND key = ? "
                           "AND created_at >= ?", (scope, key, _key_cutoff()))
-        if not rows:
-            return None
-        stored = json.loads(rows[0][1])     # null once a user it wrote to was deleted or reset
-        states = None if stored is None else {u: (int(n), [float(x) for x in loss]) for u, (n, loss) in stored.items()}
-        return IdempotentResult(rows[0][0], states)
+        return IdempotentResult(rows[0][0], json.loads(rows[0][1])) if rows else None
 
     @_guarded
     def epoch(self, user_id: str) -> int:

@@ -50,32 +50,27 @@ def create_app(settings: ServeSettings, scorer: Optional[Any] = None) -> FastAPI
         from micro_rm.serve.writer import FeedbackWriter
 
         loaded = scorer or await run_in_threadpool(RewardScorer.load, settings.model, settings.device)
-        store = open_store(settings.state, loaded.model_id, loaded.num_heads)
-        try:
+        with open_store(settings.state, loaded.model_id, loaded.num_heads) as store:
             store.check_states()      # a user state holding NaN/Inf refuses the start, naming it
-        except BaseException:
-            store.close()
-            raise
-        tokens = TokenStore(store)
-        cache = FeatureCache(settings.cache_dir) if settings.disk_cache else None
-        features = FeatureStore(loaded.backbone, cache, lru_items=settings.lru_items,
-                                batch_size=settings.encode_batch_size)
-        batcher = MicroBatcher(features, wait_ms=settings.batch_wait_ms, max_items=settings.max_batch_items)
-        writer = FeedbackWriter(store)
-        await batcher.start()
-        await writer.start()
-        app.state.scorer, app.state.store, app.state.token_store = loaded, store, tokens
-        app.state.batcher, app.state.writer = batcher, writer
-        if not settings.admin_token:
-            log.warning("no admin token: users cannot be created; set $MICRO_RM_ADMIN_TOKEN or "
-                        "pass --admin-token-file")
-        try:
-            yield
-        finally:
-            await writer.stop()
-            await batcher.stop()
-            await run_in_threadpool(features.close)   # new vectors still queued for the disk cache
-            store.close()
+            tokens = TokenStore(store)
+            cache = FeatureCache(settings.cache_dir) if settings.disk_cache else None
+            features = FeatureStore(loaded.backbone, cache, lru_items=settings.lru_items,
+                                    batch_size=settings.encode_batch_size)
+            batcher = MicroBatcher(features, wait_ms=settings.batch_wait_ms, max_items=settings.max_batch_items)
+            writer = FeedbackWriter(store)
+            await batcher.start()
+            await writer.start()
+            app.state.scorer, app.state.store, app.state.token_store = loaded, store, tokens
+            app.state.batcher, app.state.writer = batcher, writer
+            if not settings.admin_token:
+                log.warning("no admin token: users cannot be created; set $MICRO_RM_ADMIN_TOKEN or "
+                            "pass --admin-token-file")
+            try:
+                yield
+            finally:
+                await writer.stop()
+                await batcher.stop()
+                await run_in_threadpool(features.close)   # new vectors still queued for the disk cache
 
     app = FastAPI(title="micro-rm reward service", version=__version__, description=DESCRIPTION,
                   lifespan=lifespan)

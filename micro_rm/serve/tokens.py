@@ -60,20 +60,18 @@ class TokenStore:
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         now = utc_now()
         with self._store.transaction() as cur:
-            exists = cur.execute(self._sql("SELECT 1 FROM api_tokens WHERE user_id = ?"),
-                                 (user_id,)).fetchone()
-            if exists and not replace:
+            cur.execute(self._sql("INSERT INTO api_tokens (user_id, token_sha256, created_at) VALUES (?, ?, ?) "
+                                  "ON CONFLICT (user_id) DO NOTHING"), (user_id, hash_token(token), now))
+            if cur.rowcount:
+                # Creating a user is the one way back after a deletion (see StateStore.delete_user).
+                cur.execute(self._sql(LIFT_TOMBSTONE_SQL), (user_id,))
+            elif not replace:
                 raise UserExists(f"user {user_id!r} already exists; POST /users/{user_id}/token "
                                  "issues a new token")
-            if exists:
+            else:
                 cur.execute(self._sql("UPDATE api_tokens SET token_sha256 = ?, created_at = ? "
                                       "WHERE user_id = ?"), (hash_token(token), now, user_id))
                 cur.execute(self._sql(BUMP_EPOCH_SQL), (user_id,))
-            else:
-                cur.execute(self._sql("INSERT INTO api_tokens (user_id, token_sha256, created_at) "
-                                      "VALUES (?, ?, ?)"), (user_id, hash_token(token), now))
-                # Creating a user is the one way back after a deletion (see StateStore.delete_user).
-                cur.execute(self._sql(LIFT_TOMBSTONE_SQL), (user_id,))
         return token
 
     def rotate(self, user_id: str) -> str:
