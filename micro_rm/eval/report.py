@@ -164,8 +164,7 @@ def _main_section(results: dict) -> str:
     paper = results.get("paper") or {}
     columns = [[row.get("per_attribute", {}).get(a) for row in methods.values()] for a in attributes]
     columns.append([row["mean"] for row in methods.values()])
-    eligible = [name not in REFERENCE_METHODS for name in methods]
-    best = [_best([v if ok else None for v, ok in zip(col, eligible)]) for col in columns]
+    best = [_best([None if name in REFERENCE_METHODS else v for name, v in zip(methods, col)]) for col in columns]
     ci = any("ci95" in row for row in methods.values())
     header = (["method", *attributes, "Average"] + (["95% CI"] if ci else []) + (["Paper (avg)"] if paper else [])
               + ["Supervision"])
@@ -267,7 +266,7 @@ def _head_attribute_section(results: dict, figures: set[str]) -> str:
         return ""
     accuracy, attributes = section["accuracy"], section["attributes"]
     best = best_head_per_attribute(accuracy)
-    bold = [_best([row[a] for row in accuracy]) for a in range(len(attributes))]
+    bold = [_best(column) for column in zip(*accuracy)]
     rows = [[f"head {k}", *(_bold(_acc(v), k in bold[a]) for a, v in enumerate(row))] for k, row in enumerate(accuracy)]
     rows.append(["best head", *(f"head {k}" for k in best)])
     ceiling = sum(accuracy[k][a] for a, k in enumerate(best)) / len(best)
