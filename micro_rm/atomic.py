@@ -122,18 +122,16 @@ def check_not_input(path: str | os.PathLike, option: str, inputs: dict[str, obje
     :func:`local_file`), so a command never overwrites what it reads. With ``replaces_folder``
     (an output folder that is replaced as a whole) an input inside ``path`` is refused too."""
     def local(value: object) -> Path | None:
-        file = local_file(value)  # type: ignore[arg-type]
-        return None if file is None else Path(file)
+        file = None if value is None else local_file(value)  # type: ignore[arg-type]
+        return None if file is None else Path(file).resolve()   # a folder not made yet (a new --cache) counts too
 
     out = local(path)
     if out is None:
         return
-    out = out.resolve()
     for name, value in inputs.items():
-        source = None if value is None else local(value)
+        source = local(value)
         if source is None:
             continue
-        source = source.resolve()      # a folder not made yet (a new --cache) counts too
         same = source == out or (out.exists() and source.exists() and os.path.samefile(source, out))
         if same or (replaces_folder and out in source.parents):
             where = "is" if same else "holds"

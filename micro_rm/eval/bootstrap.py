@@ -54,8 +54,7 @@ class PromptBootstrap:
                  resamples: int = RESAMPLES, seed: int = 0):
         if len(prompts) == 0:
             raise MicroRMError("the bootstrap needs at least one test pair")
-        groups = attribute_groups(attributes, len(prompts))
-        groups = np.full(len(prompts), "all", dtype=object) if groups is None else groups
+        groups = attribute_groups(attributes, len(prompts), single="all")
         self.attributes, attribute_of = np.unique(groups.astype(str), return_inverse=True)
         distinct, self.prompt_of = np.unique(np.asarray(prompts, dtype=object).astype(str), return_inverse=True)
         # cell of each pair in the prompt × attribute table the resample weights act on

@@ -32,8 +32,8 @@ def evaluate_hyre(model: "MixtureRewardModel", features: "PairFeatures", *, m: i
     """
     if isinstance(m, bool) or not isinstance(m, int) or m < 1:
         raise MicroRMError(f"`m` must be an integer ≥ 1 (labelled pairs per attribute), got {m!r}")
-    groups = [NO_ATTRIBUTE if a is None else str(a) for a in features.attributes] or \
-        [NO_ATTRIBUTE] * len(features)
+    groups = np.array([NO_ATTRIBUTE if a is None else str(a) for a in features.attributes]
+                      or [NO_ATTRIBUTE] * len(features), dtype=object)                      # [N]
     counts = Counter(groups)
     small = sorted(g for g, n in counts.items() if n <= m)
     if small:
@@ -41,9 +41,8 @@ def evaluate_hyre(model: "MixtureRewardModel", features: "PairFeatures", *, m: i
                            f"has only {', '.join(str(counts[g]) for g in small)}; lower m")
     deltas = model.rewards(features.chosen).astype(np.float64) - model.rewards(features.rejected)   # [N, K]
     labelled, scored = draw_labelled(groups, features.prompts, m, seed)
-    group_of = np.array(groups, dtype=object)
-    weights = {g: hyre_weights(deltas[labelled[group_of[labelled] == g]]) for g in sorted(counts)}
-    row_weights = np.stack([weights[g] for g in group_of[scored]])                       # [n, K]
+    weights = {g: hyre_weights(deltas[labelled[groups[labelled] == g]]) for g in sorted(counts)}
+    row_weights = np.stack([weights[g] for g in groups[scored]])                       # [n, K]
     probs = (row_weights * np.exp(-hyre_losses(deltas[scored]))).sum(axis=1)                # Σ_k w_k σ(Δ_k)
-    return {**pairwise_accuracy(probs, list(group_of[scored])), "labelled": len(labelled),
+    return {**pairwise_accuracy(probs, list(groups[scored])), "labelled": len(labelled),
             "weights": {g: w.tolist() for g, w in weights.items()}, "scored": scored, "probs": probs}

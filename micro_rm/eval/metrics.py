@@ -43,10 +43,9 @@ def head_attribute_matrix(head_probs: np.ndarray,
     correct = _as_probs(head_probs, "head_probs") > 0.5                          # [N, K]
     if correct.ndim != 2:
         raise MicroRMError(f"`head_probs` must be [N, K], got shape {correct.shape}")
-    groups = attribute_groups(attributes, len(correct))
-    names = sorted(set(groups)) if groups is not None else ["all"]
-    columns = [correct[groups == name] if groups is not None else correct for name in names]
-    accuracy = np.stack([c.mean(axis=0) for c in columns], axis=1)                 # [K, A]
+    groups = attribute_groups(attributes, len(correct), single="all")
+    names = sorted(set(groups))
+    accuracy = np.stack([correct[groups == name].mean(axis=0) for name in names], axis=1)     # [K, A]
     best = accuracy.argmax(axis=0)
     return {"attributes": names, "accuracy": accuracy.tolist(),
             "best_head": {name: int(k) for name, k in zip(names, best)},
@@ -97,12 +96,11 @@ def router_statistics(weights: np.ndarray,
         raise MicroRMError(f"`weights` must be a non-empty [N, K] array, got shape {w.shape}")
     entropy = -np.sum(np.where(w > 0, w * np.log(np.where(w > 0, w, 1.0)), 0.0), axis=1)
     top = np.bincount(w.argmax(axis=1), minlength=w.shape[1]) / len(w)
-    groups = attribute_groups(attributes, len(w))
-    names = sorted(set(groups)) if groups is not None else ["all"]
-    rows = [w[groups == name].mean(axis=0) if groups is not None else w.mean(axis=0) for name in names]
+    groups = attribute_groups(attributes, len(w), single="all")
+    names = sorted(set(groups))
+    rows = [w[groups == name].mean(axis=0).tolist() for name in names]
     return {"mean_entropy": float(entropy.mean()), "head_usage": w.mean(axis=0).tolist(),
-            "top_head_share": top.tolist(),
-            "per_attribute": {"attributes": names, "weights": [r.tolist() for r in rows]}}
+            "top_head_share": top.tolist(), "per_attribute": {"attributes": names, "weights": rows}}
 
 
 def _as_probs(probs: np.ndarray, name: str) -> np.ndarray:
@@ -112,15 +110,16 @@ def _as_probs(probs: np.ndarray, name: str) -> np.ndarray:
     return probs
 
 
-def attribute_groups(attributes: Optional[Sequence[Optional[str]]], n: int) -> Optional[np.ndarray]:
+def attribute_groups(attributes: Optional[Sequence[Optional[str]]], n: int,
+                     single: Optional[str] = None) -> Optional[np.ndarray]:
     """The group of each of ``n`` pairs as an object array: its attribute, or ``(none)`` for a pair
-    without one when others have one; None when no pair has an attribute (one group: all pairs).
+    without one when others have one. When no pair has one: None, or all in the group ``single`` if given.
 
-    >>> attribute_groups(["a", None], 2).tolist()
-    ['a', '(none)']
+    >>> attribute_groups(["a", None], 2).tolist(), attribute_groups([None, None], 2, single="all").tolist()
+    (['a', '(none)'], ['all', 'all'])
     """
     if not attributes or all(a is None for a in attributes):
-        return None
+        return None if single is None else np.full(n, single, dtype=object)
     if len(attributes) != n:
         raise MicroRMError(f"`attributes` has {len(attributes)} entries for {n} pairs")
     return np.array([NO_ATTRIBUTE if a is None else str(a) for a in attributes], dtype=object)

@@ -95,7 +95,7 @@ def best_head_per_attribute(accuracy: Sequence[Sequence[float]]) -> list[int]:
     >>> best_head_per_attribute([[0.9, 0.4], [0.6, 0.8]])
     [0, 1]
     """
-    return [max(range(len(accuracy)), key=lambda k: accuracy[k][a]) for a in range(len(accuracy[0]))]
+    return [column.index(max(column)) for column in zip(*accuracy)]
 
 
 def plot_head_attribute(results: dict, path: str | Path) -> Path:
@@ -120,7 +120,7 @@ def plot_router_weights(results: dict, path: str | Path) -> Path:
     section = results["router_weights"]
     weights, attributes = section["weights"], section["attributes"]
     heads = [f"head {k}" for k in range(len(weights[0]))]
-    favoured = [(a, max(range(len(row)), key=row.__getitem__)) for a, row in enumerate(weights)]
+    favoured = [(a, row.index(max(row))) for a, row in enumerate(weights)]
     with _figure(path, _titled(results, "Mean routed weight per attribute (box: favoured head)"),
                  "head", "attribute", (1.8 + 0.9 * len(heads), 1.4 + 0.5 * len(attributes))) as (fig, ax):
         _heatmap(fig, ax, weights, attributes, heads, "mean router weight", "viridis", favoured)

@@ -63,9 +63,8 @@ def _check_matrix(section: dict, key: str, where: str, *, rows: int | None, cols
         raise MicroRMError(f"{where}: needs non-empty `attributes` and `{key}`, got keys {sorted(section)}")
     cols = len(matrix[0]) if cols is None else cols
     if (rows is not None and len(matrix) != rows) or any(len(row) != cols for row in matrix):
-        shape = " × ".join(["?" if rows is None else str(rows), str(cols)])
-        raise MicroRMError(f"{where}.{key} has rows of lengths {[len(r) for r in matrix]}, expected {shape}; "
-                           f"give {fix}")
+        raise MicroRMError(f"{where}.{key} has rows of lengths {[len(r) for r in matrix]}, expected "
+                           f"{'?' if rows is None else rows} × {cols}; give {fix}")
 
 
 def load_results(path: str | Path) -> dict:
@@ -165,8 +164,7 @@ def _main_section(results: dict) -> str:
     paper = results.get("paper") or {}
     columns = [[row.get("per_attribute", {}).get(a) for row in methods.values()] for a in attributes]
     columns.append([row["mean"] for row in methods.values()])
-    eligible = [name not in REFERENCE_METHODS for name in methods]
-    best = [_best([v if ok else None for v, ok in zip(col, eligible)]) for col in columns]
+    best = [_best([None if name in REFERENCE_METHODS else v for name, v in zip(methods, col)]) for col in columns]
     ci = any("ci95" in row for row in methods.values())
     header = (["method", *attributes, "Average"] + (["95% CI"] if ci else []) + (["Paper (avg)"] if paper else [])
               + ["Supervision"])
@@ -268,7 +266,7 @@ def _head_attribute_section(results: dict, figures: set[str]) -> str:
         return ""
     accuracy, attributes = section["accuracy"], section["attributes"]
     best = best_head_per_attribute(accuracy)
-    bold = [_best([row[a] for row in accuracy]) for a in range(len(attributes))]
+    bold = [_best(column) for column in zip(*accuracy)]
     rows = [[f"head {k}", *(_bold(_acc(v), k in bold[a]) for a, v in enumerate(row))] for k, row in enumerate(accuracy)]
     rows.append(["best head", *(f"head {k}" for k in best)])
     ceiling = sum(accuracy[k][a] for a, k in enumerate(best)) / len(best)
@@ -316,13 +314,14 @@ def _budget_section(results: dict, figures: set[str]) -> str:
     return "\n\n".join(parts + _figure_link("budget_curve.png", "accuracy vs budget", figures))
 
 
-def render_report(results: dict, figures: Iterable[str] = ()) -> str:
-    """``report.md``'s text; ``figures`` are the PNG file names drawn beside it (linked relatively)."""
+def render_report(results: dict, figures: Iterable[str] = (), extra: str = "") -> str:
+    """``report.md``'s text; ``figures`` are the PNG file names drawn beside it (linked relatively),
+    ``extra`` more sections to end it."""
     figures = set(figures)
     sections = [_header_section(results), _main_section(results), _differences_section(results),
                 _interval_section(results), _variants_section(results),
                 _head_attribute_section(results, figures), _router_section(results, figures),
-                _budget_section(results, figures)]
+                _budget_section(results, figures), extra]
     return "\n\n".join(s for s in sections if s) + "\n"
 
 
@@ -350,10 +349,7 @@ def write_report(results: dict, folder: str | Path, extra: Optional[Callable[[di
         figures: list[Path] = []
     else:
         figures = write_plots(saved, folder)
-    report = render_report(saved, [p.name for p in figures])
-    sections = extra(saved) if extra else ""
-    if sections:
-        report = report.rstrip("\n") + "\n\n" + sections + "\n"
+    report = render_report(saved, [p.name for p in figures], extra(saved) if extra else "")
     with atomic_open(folder / RESULTS_FILE) as fh:
         fh.write(text + "\n")
     with atomic_open(folder / REPORT_FILE) as fh:
