@@ -17,8 +17,7 @@ CacheDir = Annotated[Optional[Path], typer.Option(
 CacheOnly = Annotated[bool, typer.Option(
     "--cache-only", help="Fail instead of encoding texts that are not in the cache yet.")]
 ModelDir = Annotated[str, typer.Option("--model", help="Model folder (or Hugging Face hub id).")]
-Device = Annotated[str, typer.Option("--device", callback=check_device,
-                                      help="Torch device of the backbone: cpu, cuda, mps.")]
+Device = Annotated[str, typer.Option("--device", callback=check_device, help="Torch device: cpu, cuda, cuda:N or mps.")]
 BackboneName = Annotated[str, typer.Option(
     "--backbone", help="Backbone: default, static, a Hugging Face model id or a local folder.")]
 Eta = Annotated[float, typer.Option("--eta", callback=validate_eta, help=(
