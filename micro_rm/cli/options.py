@@ -8,6 +8,7 @@ import typer
 from micro_rm.features.base import check_device
 from micro_rm.online.hedge import validate_eta
 
+DATA_HELP = "Pair file (jsonl, json, parquet, csv), dataset folder or Hugging Face hub id."
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line.")]
 HfSplit = Annotated[Optional[str], typer.Option("--hf-split", help=(
     "Split to read from a Hugging Face dataset (hub id or folder) with several, e.g. test_prefs "
