@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from micro_rm.cli.app import app, check_output, check_range, config_option, emit
-from micro_rm.cli.options import BackboneName, CacheDir, Device, Dtype, HfSplit, JsonFlag, MaxLength
+from micro_rm.cli.options import DATA_HELP, BackboneName, CacheDir, Device, Dtype, HfSplit, JsonFlag, MaxLength
 
 feature_option = config_option("micro_rm.features.base:FeatureSettings")  # of `encode` and `train`
 MAX_BATCH = 65_536   # texts per backbone call (--batch-size)
@@ -20,8 +20,7 @@ MAX_TOKENS = 1_000_000  # --max-length: far above any backbone's limit, yet a ty
 
 @app.command("encode")
 def encode(
-    data: str = typer.Option(..., "--data", help="Pair file (jsonl, json, parquet, csv), dataset "
-                                                 "folder or Hugging Face hub id."),
+    data: str = typer.Option(..., "--data", help=DATA_HELP),
     hf_split: HfSplit = None,
     backbone_name: BackboneName = ...,
     cache_dir: CacheDir = None,

@@ -8,7 +8,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from micro_rm.atomic import check_output_path
 from micro_rm.cli.app import app, check_output, emit
 from micro_rm.cli.options import CacheDir, JsonFlag
 from micro_rm.errors import MicroRMError
@@ -79,7 +78,7 @@ def demo(
     from micro_rm.eval.report import format_table, load_results
     from micro_rm.experiment.demo import run_demo
 
-    check_output_path(out, "--out", folder=True)    # before minutes of work
+    check_output(out, "--out", {"--cache": cache_dir}, folder=True)    # before minutes of work
     if prompts is not None and prompts > MAX_DEMO_PROMPTS:  # the least is demo_config's to say
         raise MicroRMError(f"--prompts must be at most {MAX_DEMO_PROMPTS}, got {prompts}")
     folder = run_demo(out=out, backbone=backbone, prompts=prompts, cache=cache_dir, progress=not as_json, force=force,

@@ -14,7 +14,7 @@ from typer.core import TyperGroup
 
 from micro_rm.atomic import atomic_open
 from micro_rm.cli.app import app, check_output, check_range, emit, load_features
-from micro_rm.cli.options import CacheDir, CacheOnly, HfSplit, JsonFlag
+from micro_rm.cli.options import DATA_HELP, CacheDir, CacheOnly, HfSplit, JsonFlag
 from micro_rm.errors import MicroRMError
 
 
@@ -35,7 +35,6 @@ app.add_typer(heads_app, name="heads")
 
 MODEL_ARG = typer.Argument(..., help="Model folder (or Hugging Face hub id).", show_default=False)
 MAX_EPOCHS = 10_000  # heads merge --epochs: re-fitting the router converges in tens
-DATA_HELP = "Pair file (jsonl, json, parquet, csv), dataset folder or Hugging Face hub id."
 
 
 @heads_app.command("profile")

@@ -8,6 +8,7 @@ import typer
 from micro_rm.features.base import check_device
 from micro_rm.online.hedge import validate_eta
 
+DATA_HELP = "Pair file (jsonl, json, parquet, csv), dataset folder or Hugging Face hub id."
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line.")]
 HfSplit = Annotated[Optional[str], typer.Option("--hf-split", help=(
     "Split to read from a Hugging Face dataset (hub id or folder) with several, e.g. test_prefs "
@@ -17,8 +18,7 @@ CacheDir = Annotated[Optional[Path], typer.Option(
 CacheOnly = Annotated[bool, typer.Option(
     "--cache-only", help="Fail instead of encoding texts that are not in the cache yet.")]
 ModelDir = Annotated[str, typer.Option("--model", help="Model folder (or Hugging Face hub id).")]
-Device = Annotated[str, typer.Option("--device", callback=check_device,
-                                      help="Torch device of the backbone: cpu, cuda, mps.")]
+Device = Annotated[str, typer.Option("--device", callback=check_device, help="Torch device: cpu, cuda, cuda:N or mps.")]
 BackboneName = Annotated[str, typer.Option(
     "--backbone", help="Backbone: default, static, a Hugging Face model id or a local folder.")]
 Eta = Annotated[float, typer.Option("--eta", callback=validate_eta, help=(

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from micro_rm.cli.app import app, config_option, field_docs, open_state
+from micro_rm.cli.options import CacheDir, Device
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
@@ -22,12 +23,12 @@ def serve(
     host: str = _option("host"),
     port: int = _option("port"),
     eta: float = _option("eta"),
-    device: str = _option("device"),
+    device: Device = "cpu",
     admin_token_file: Optional[Path] = typer.Option(None, "--admin-token-file", help="File whose first "
                                                     "line is the admin token (else $MICRO_RM_ADMIN_TOKEN)."),
     anonymous_scoring: bool = _option("anonymous_scoring"),
     labels: str = _option("labels"),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache", help=_help("cache_dir")),
+    cache_dir: CacheDir = None,
     disk_cache: bool = typer.Option(True, "--disk-cache/--no-disk-cache", help=_help("disk_cache")),
     lru_items: int = _option("lru_items"),
     batch_wait_ms: float = _option("batch_wait_ms"),
@@ -50,7 +51,6 @@ def serve(
     import logging
 
     from micro_rm.errors import MicroRMError
-    from micro_rm.features.base import check_device
     from micro_rm.serve.settings import ServeSettings, read_admin_token
 
     if log_level not in LOG_LEVELS:
@@ -81,9 +81,8 @@ def serve(
                            "pip install 'micro-rm[serve]'") from None
     from micro_rm.scoring.engine import RewardScorer
 
-    # Load and check everything before the server starts, so a bad --model, --state, --device
-    # or --cache is one line here rather than a server that answers 500.
-    check_device(device)
+    # Load and check everything before the server starts, so a bad --model, --state or --cache
+    # is one line here rather than a server that answers 500 (--device is checked as it is parsed).
     if disk_cache:
         from micro_rm.features.cache import FeatureCache
         FeatureCache(settings.cache_dir)

@@ -11,7 +11,8 @@ import typer
 
 from micro_rm.cli.app import app, check_output, check_range, config_option, emit, field_docs, open_state
 from micro_rm.cli.encode_cmd import MAX_TOKENS, feature_option, resolve_dtype
-from micro_rm.cli.options import BackboneName, CacheDir, CacheOnly, Dtype, Eta, HfSplit, JsonFlag, MaxLength, ModelDir
+from micro_rm.cli.options import (BackboneName, CacheDir, CacheOnly, Device, Dtype, Eta, HfSplit, JsonFlag, MaxLength,
+                                  ModelDir)
 from micro_rm.errors import MicroRMError
 from micro_rm.online.hedge import DEFAULT_ETA
 
@@ -47,7 +48,7 @@ def train(
     grad_accum: int = _option("grad_accum"),
     val_fraction: float = _option("val_fraction"),
     seed: int = _option("seed"),
-    device: str = _option("device"),
+    device: Device = "cpu",
     cache_dir: CacheDir = None,
     max_length: MaxLength = None,
     dtype: Dtype = "float32",
@@ -60,7 +61,7 @@ def train(
     Example: micro-rm train --data dsp-train.jsonl --backbone static --heads 4 --out runs/dsp
     (or --heads auto to choose K on held-out train prompts)
     """
-    from micro_rm.features.base import FeatureSettings, check_device
+    from micro_rm.features.base import FeatureSettings
     from micro_rm.train.config import Stage1Config
     from micro_rm.train.stage1 import fit_stage1
 
@@ -77,7 +78,6 @@ def train(
                           context_temperature=context_temperature, context_dropout=context_dropout)
     settings = FeatureSettings.from_options(router_input, context_in_reward, context_encoding)
     check_output(out, "--out", {"--data": data, "--cache": cache_dir}, folder=True, model=True)
-    check_device(device)
 
     from micro_rm.data.readers import read_pairs
     from micro_rm.features.backbones import load_backbone
