@@ -154,12 +154,11 @@ def one_prompt(prompt: Any, responses: Sequence[Any], context: Any, limits: Scor
     """The checked samples of one prompt's responses, routed once (``/score``, ``/compare``, a
     ``micro-rm score`` record): 413/422 naming the field; ``names`` (default ``responses[i]``)
     name the responses."""
-    check_count(len(responses), limits)
+    n = check_count(len(responses), limits)
     prompt = check_text(prompt, "prompt", limits)
-    names = names or [f"responses[{i}]" for i in range(len(responses))]
+    names = names or [f"responses[{i}]" for i in range(n)]
     responses = [check_text(r, name, limits) for r, name in zip(responses, names)]
     context = check_context(context, "context", limits)
-    n = len(responses)
     return Samples([prompt] * n, responses, [context] * n, [None] * n, shared_route=True)
 
 
@@ -227,9 +226,8 @@ class RewardEngine:
         users = [check_user(u, f"user_ids[{i}]")
                  for i, u in enumerate(per_sample(users, n, "user_ids", "completions"))]
         for i, prompt in enumerate(prompts):   # a leading system message is the context of a sample with none
-            stripped, system = split_system(prompt)
-            if system is not None and contexts[i] is None:
-                prompts[i], contexts[i] = stripped, system
+            if contexts[i] is None:
+                prompts[i], contexts[i] = split_system(prompt)
         samples = Samples(prompts, completions, [c or self.context for c in contexts], users)
         if any(users) and self.store is None:
             raise MicroRMError("a sample with a user id needs the per-user state: pass "
