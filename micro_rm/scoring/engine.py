@@ -59,9 +59,7 @@ class RewardScorer:
 
         self.model = model
         self.backbone = backbone
-        settings = model.config.feature_settings()
-        self.router_input = settings.router_input
-        self.context_in_reward = settings.context_in_reward
+        self.settings = model.config.feature_settings()   # how training built the model's items
         self.model_id = state_model_id(model)
         self.num_heads = model.config.num_heads
 
@@ -93,12 +91,12 @@ class RewardScorer:
                             self.model.config.context_encoding)
 
     def _context(self, context: Optional[str]) -> Optional[str]:
-        return context if self.router_input == "context" else None
+        return context if self.settings.router_input == "context" else None
 
     def items(self, samples: Samples) -> list[Item]:
         """Every item ``samples`` need: the N reward items, then the route items (of the first
         sample only, with ``shared_route``). Their vectors go to :meth:`score`."""
-        contexts = samples.contexts if self.context_in_reward else [None] * len(samples.contexts)
+        contexts = samples.contexts if self.settings.context_in_reward else [None] * len(samples.contexts)
         reward = [self.backbone.reward_item(p, r, c) for p, r, c in zip(samples.prompts, samples.responses, contexts)]
         routes = range(1 if samples.shared_route else len(reward))
         return reward + [item for i in routes for item in self.route_items(samples.prompts[i], samples.contexts[i])]
@@ -108,7 +106,7 @@ class RewardScorer:
         (:func:`~micro_rm.features.featurize.record_items`): N chosen, N rejected, then route items."""
         from micro_rm.features.featurize import record_items
 
-        return record_items(records, self.backbone, **asdict(self.model.config.feature_settings()))
+        return record_items(records, self.backbone, **asdict(self.settings))
 
     def score(self, samples: Samples, vectors: np.ndarray, cumulative_loss: Optional[np.ndarray] = None,
               eta: float = DEFAULT_ETA) -> Routed:
