@@ -17,7 +17,7 @@ _loaded: dict[tuple, Any] = {}
 _loading = threading.Lock()
 
 
-def shared_reward_function(model: Optional[str] = None, *, state: Optional[str] = None,
+def shared_reward_function(model: Optional[str | os.PathLike] = None, *, state: Optional[str] = None,
                            context: Optional[str] = None, **options: Any) -> Any:
     """The :class:`~micro_rm.scoring.engine.RewardEngine` for ``model`` (default
     ``$MICRO_RM_MODEL``), loaded once per process and shared by every caller: OpenRLHF and

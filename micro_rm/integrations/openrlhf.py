@@ -103,16 +103,16 @@ class Parsed:
 
 def parse_request(query: Any, prompts: Any = None, labels: Any = None, *, mode: str, limits: ScoringLimits,
                   separator: Optional[str] = None, context: Any = None, user_id: Optional[str] = None,
-                  count: str = "max_texts") -> Parsed:
+                  count: str = "max_texts", caller: str = "/get_reward") -> Parsed:
     """The one parser of OpenRLHF's request (``{"query": [...], "prompts": [...], "labels": [...]}``,
     plus micro-rm's optional ``separator``, ``context`` (one, or one per query) and ``user_id``),
     for ``/get_reward`` and :func:`reward_func` alike. Every field is checked against ``limits``
     (``count`` names the limit on the number of queries) before anything is encoded.
 
     With ``prompts`` (OpenRLHF sends them) each response is the text after the first occurrence
-    of its prompt (:func:`split_query`); otherwise, with ``separator``, the prompt is everything
-    up to and including the separator's last occurrence. ``context`` / ``user_id`` win over
-    what a label carries.
+    of its prompt (:func:`split_query`; a miss is logged, naming ``caller``); otherwise, with
+    ``separator``, the prompt is everything up to and including the separator's last occurrence.
+    ``context`` / ``user_id`` win over what a label carries.
     """
     if not isinstance(query, (list, tuple)):
         raise RequestRefused(f"`query` must be a list of texts, got {type(query).__name__}")
@@ -133,6 +133,9 @@ def parse_request(query: Any, prompts: Any = None, labels: Any = None, *, mode: 
                  for i, (text, prompt) in enumerate(zip(texts, prompts))]
         pairs = [(prompt, response) for prompt, response, _ in split]
         missed = [i for i, (_, _, found) in enumerate(split) if not found]
+        if missed:
+            logger.warning("%s: %d of %d queries do not contain their prompt (first: query[%d]; truncated "
+                           "from the left?); scored on the whole query", caller, len(missed), n, missed[0])
     elif separator is not None:
         _string(separator, "separator", limits)
         for i, text in enumerate(texts):
@@ -152,13 +155,6 @@ def _string(value: Any, where: str, limits: ScoringLimits) -> str:
     return check_chars(value, where, limits)
 
 
-def warn_missed(missed: list[int], n: int, where: str) -> None:
-    """Log the queries that do not contain their prompt (OpenRLHF cut it from the left)."""
-    if missed:
-        logger.warning("%s: %d of %d queries do not contain their prompt (first: query[%d]; truncated "
-                       "from the left?); scored on the whole query", where, len(missed), n, missed[0])
-
-
 def make_reward_func(model: Any = None, *, labels: Optional[str] = None, **options: Any
                      ) -> Callable[..., dict[str, Any]]:
     """A ``reward_func(queries, prompts, labels, **kwargs)`` for OpenRLHF scoring with ``model``
@@ -174,7 +170,7 @@ def make_reward_func(model: Any = None, *, labels: Optional[str] = None, **optio
     if isinstance(model, RewardEngine):
         scorer = model
     elif model is None or isinstance(model, (str, os.PathLike)):
-        scorer = shared_reward_function(str(model) if model else None, **options)
+        scorer = shared_reward_function(model, **options)
     else:
         scorer = RewardEngine(model, **options)
 
@@ -182,8 +178,8 @@ def make_reward_func(model: Any = None, *, labels: Optional[str] = None, **optio
                     **kwargs: Any) -> dict[str, Any]:
         import torch
 
-        parsed = parse_request(queries, prompts, labels, mode=mode, limits=scorer.limits, count="max_batch")
-        warn_missed(parsed.missed, len(queries), "reward_func")
+        parsed = parse_request(queries, prompts, labels, mode=mode, limits=scorer.limits, count="max_batch",
+                               caller="reward_func")
         samples = parsed.samples
         out = scorer.routed(samples.prompts, samples.responses, samples.contexts, samples.users)
         rewards = torch.as_tensor(out.rewards, dtype=torch.float32)

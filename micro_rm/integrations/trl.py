@@ -66,15 +66,13 @@ class MicroRMRewardFunction(RewardEngine):
 
 
 def _column(values: Any, n: int, name: str) -> list[Any]:
-    """A dataset column as ``n`` values, empty ones None (a string is every sample's)."""
-    if values is None:
-        return [None] * n
-    if isinstance(values, str):
+    """A dataset column as ``n`` values (None or one string: every sample's; "" means none)."""
+    if values is None or isinstance(values, str):
         return [values] * n
     values = list(values)
     if len(values) != n:
         raise MicroRMError(f"the `{name}` column has {len(values)} values for {n} completions")
-    return [None if v == "" else v for v in values]
+    return values
 
 
 @dataclass
@@ -99,7 +97,6 @@ def best_of_n(prompt: Text, candidates: Sequence[Text], reward: Any, *, context:
         raise MicroRMError("best_of_n needs at least one candidate")
     if not isinstance(reward, MicroRMRewardFunction):
         reward = MicroRMRewardFunction(reward)
-    n = len(candidates)
-    rewards = reward([prompt] * n, list(candidates), context=[context] * n, user_id=[user_id] * n)
+    rewards = reward([prompt] * len(candidates), list(candidates), context=context, user_id=user_id)
     index = int(np.argmax(rewards))
     return BestOfN(index=index, text=candidates[index], rewards=rewards)

@@ -59,9 +59,7 @@ class RewardScorer:
 
         self.model = model
         self.backbone = backbone
-        settings = model.config.feature_settings()
-        self.router_input = settings.router_input
-        self.context_in_reward = settings.context_in_reward
+        self.settings = model.config.feature_settings()   # how training built the model's items
         self.model_id = state_model_id(model)
         self.num_heads = model.config.num_heads
 
@@ -93,12 +91,12 @@ class RewardScorer:
                             self.model.config.context_encoding)
 
     def _context(self, context: Optional[str]) -> Optional[str]:
-        return context if self.router_input == "context" else None
+        return context if self.settings.router_input == "context" else None
 
     def items(self, samples: Samples) -> list[Item]:
         """Every item ``samples`` need: the N reward items, then the route items (of the first
         sample only, with ``shared_route``). Their vectors go to :meth:`score`."""
-        contexts = samples.contexts if self.context_in_reward else [None] * len(samples.contexts)
+        contexts = samples.contexts if self.settings.context_in_reward else [None] * len(samples.contexts)
         reward = [self.backbone.reward_item(p, r, c) for p, r, c in zip(samples.prompts, samples.responses, contexts)]
         routes = range(1 if samples.shared_route else len(reward))
         return reward + [item for i in routes for item in self.route_items(samples.prompts[i], samples.contexts[i])]
@@ -108,7 +106,7 @@ class RewardScorer:
         (:func:`~micro_rm.features.featurize.record_items`): N chosen, N rejected, then route items."""
         from micro_rm.features.featurize import record_items
 
-        return record_items(records, self.backbone, **asdict(self.model.config.feature_settings()))
+        return record_items(records, self.backbone, **asdict(self.settings))
 
     def score(self, samples: Samples, vectors: np.ndarray, cumulative_loss: Optional[np.ndarray] = None,
               eta: float = DEFAULT_ETA) -> Routed:
@@ -154,12 +152,11 @@ def one_prompt(prompt: Any, responses: Sequence[Any], context: Any, limits: Scor
     """The checked samples of one prompt's responses, routed once (``/score``, ``/compare``, a
     ``micro-rm score`` record): 413/422 naming the field; ``names`` (default ``responses[i]``)
     name the responses."""
-    check_count(len(responses), limits)
+    n = check_count(len(responses), limits)
     prompt = check_text(prompt, "prompt", limits)
-    names = names or [f"responses[{i}]" for i in range(len(responses))]
+    names = names or [f"responses[{i}]" for i in range(n)]
     responses = [check_text(r, name, limits) for r, name in zip(responses, names)]
     context = check_context(context, "context", limits)
-    n = len(responses)
     return Samples([prompt] * n, responses, [context] * n, [None] * n, shared_route=True)
 
 
@@ -227,9 +224,8 @@ class RewardEngine:
         users = [check_user(u, f"user_ids[{i}]")
                  for i, u in enumerate(per_sample(users, n, "user_ids", "completions"))]
         for i, prompt in enumerate(prompts):   # a leading system message is the context of a sample with none
-            stripped, system = split_system(prompt)
-            if system is not None and contexts[i] is None:
-                prompts[i], contexts[i] = stripped, system
+            if contexts[i] is None:
+                prompts[i], contexts[i] = split_system(prompt)
         samples = Samples(prompts, completions, [c or self.context for c in contexts], users)
         if any(users) and self.store is None:
             raise MicroRMError("a sample with a user id needs the per-user state: pass "

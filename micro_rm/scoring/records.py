@@ -107,13 +107,11 @@ def score_file(model: Any, data: str | os.PathLike, out: str | os.PathLike, *, c
                            "or `micro-rm feedback`'s state, e.g. sqlite:///state.db)")
     reward = RewardEngine(model, state=state, cache_dir=cache_dir, device=device, limits=limits)
     bar = progress_bar(total=len(items), unit="record", desc="scoring")
-    responses = 0
     with atomic_open(out) as fh:
         for chunk in _chunks(items):
             for result in _score_chunk(chunk, reward):
                 fh.write(json.dumps(result, ensure_ascii=False) + "\n")
-                responses += len(result["rewards"])
             bar.update(len(chunk))
         bar.close()
-    return {"out": str(out), "records": len(items), "responses": responses,
+    return {"out": str(out), "records": len(items), "responses": sum(len(item["responses"]) for item in items),
             "encoded_texts": reward.features.stats["encoded"]}

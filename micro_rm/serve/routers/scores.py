@@ -12,7 +12,7 @@ import numpy as np
 from fastapi import APIRouter, Depends
 from starlette.concurrency import run_in_threadpool
 
-from micro_rm.integrations.openrlhf import head_logs, parse_request, warn_missed
+from micro_rm.integrations.openrlhf import head_logs, parse_request
 from micro_rm.scoring.engine import one_prompt, user_losses
 from micro_rm.serve.auth import Principal, check_acts_as, scoring_principal
 from micro_rm.serve.deps import get_batcher, get_metrics, get_scorer, get_settings, get_store
@@ -80,7 +80,6 @@ async def get_reward(body: OpenRLHFRequest, principal: Optional[Principal] = Dep
     parsed = parse_request(body.query, body.prompts, body.labels, mode=settings.labels, limits=settings.limits,
                            separator=body.separator, context=body.context, user_id=body.user_id)
     if parsed.missed:
-        warn_missed(parsed.missed, len(body.query), "/get_reward")
         metrics.add("get_reward_prompt_not_found", len(parsed.missed))
     samples = parsed.samples
     # A user named by a label may be scored without a token: the operator chose `--labels` and
