@@ -29,8 +29,6 @@ class CacheFolder:
 
     def refresh(self) -> None:
         """Pick up shards written since the last look (by this or another process)."""
-        if not self.path.is_dir():
-            return
         now = time.time()
         for tmp in self.path.glob(".*.tmp"):
             try:  # a temp file this old belongs to a writer that died mid-shard
