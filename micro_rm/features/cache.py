@@ -153,7 +153,8 @@ class FeatureCache:
             # (all_gather below cannot finish before each rank reached it).
             missing = group.broadcast(missing)
         if len(missing) and not allow_encode:
-            raise _missing_error(len(missing), len(unique), folder)
+            raise MicroRMError(f"{len(missing)} of {len(unique)} texts are not in the cache at {folder.path}; "
+                               "run `micro-rm encode --data FILE --backbone NAME` first or pass --backbone")
         todo = [unique[i] for i in missing]
         if group is None:
             lengths = backbone.token_lengths(todo)
@@ -342,9 +343,3 @@ class ShardWriter:
 
 _LINGER_SECONDS = 5.0   # how long the writer thread waits for more work before it ends
 _POLL_SECONDS = 0.05    # how often it looks at the clock and whether the main thread has ended
-
-
-def _missing_error(missing: int, unique: int, folder: CacheFolder) -> MicroRMError:
-    return MicroRMError(
-        f"{missing} of {unique} texts are not in the cache at {folder.path}; run "
-        "`micro-rm encode --data FILE --backbone NAME` first or pass --backbone")
