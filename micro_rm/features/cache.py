@@ -18,7 +18,7 @@ import os
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
@@ -89,16 +89,6 @@ class FeatureCache:
                 self._folders[path.name] = folder
             return folder
 
-    def _prepare(self, items: Sequence[Item], backbone: Backbone, batch_size: int,
-                 tokens_per_batch: Optional[int], allow_encode: bool
-                 ) -> tuple[CacheFolder, list[Item], np.ndarray]:
-        """The backbone's folder, the unique ``items`` in first-seen order and their keys."""
-        check_batching(batch_size, tokens_per_batch)
-        fingerprint = backbone.fingerprint()
-        folder = self._open(fingerprint, create=allow_encode)
-        unique = list(dict.fromkeys(items))
-        return folder, unique, item_keys(fingerprint, unique)
-
     def lookup(self, keys: np.ndarray, fingerprint: dict[str, Any], dim: int
                ) -> tuple[np.ndarray, np.ndarray]:
         """``(found [n] bool, vectors [n, dim] float32)`` for ``keys`` (from :func:`item_keys`)."""
@@ -124,26 +114,16 @@ class FeatureCache:
         cached yet. They come back as stored (fp16-rounded), so a fresh and a cached call return
         the same numbers. With ``allow_encode=False`` a missing item is an error."""
         start = time.perf_counter()
-        folder, unique, keys = self._prepare(items, backbone, batch_size, tokens_per_batch, allow_encode)
+        folder, unique, keys, stats = self._fill(items, backbone, batch_size, tokens_per_batch, progress,
+                                                 allow_encode, group=None)
+        # Read back what was stored: the very numbers a later, cached call returns.
         found, vectors = folder.lookup(keys, backbone.dim)
-        missing = np.flatnonzero(~found)
-        if len(missing) and not allow_encode:
-            raise _missing_error(len(missing), len(unique), folder)
-        if len(missing):
-            todo = [unique[i] for i in missing]
-            batches = plan_batches(backbone.token_lengths(todo), batch_size=batch_size,
-                                   tokens_per_batch=tokens_per_batch)
-            self._encode(folder, todo, keys[missing], batches, backbone, progress)
-            # Read back what was stored: the very numbers a later, cached call returns.
-            again, vectors[missing] = folder.lookup(keys[missing], backbone.dim)
-            if not again.all():
-                raise MicroRMError(f"{int((~again).sum())} vectors just written to "
-                                   f"{folder.path} cannot be read back; is the folder writable?")
+        if not found.all():
+            raise MicroRMError(f"{int((~found).sum())} vectors just written to "
+                               f"{folder.path} cannot be read back; is the folder writable?")
         position = {item: i for i, item in enumerate(unique)}
         index = np.fromiter((position[item] for item in items), dtype=np.int64, count=len(items))
-        return vectors[index], EncodeStats(texts=len(unique), encoded=len(missing),
-                                           from_cache=len(unique) - len(missing),
-                                           seconds=round(time.perf_counter() - start, 3))
+        return vectors[index], replace(stats, seconds=round(time.perf_counter() - start, 3))
 
     def fill(self, items: Sequence[Item], backbone: Backbone, *, batch_size: int = 32,
              tokens_per_batch: Optional[int] = None, progress: bool = True,
@@ -154,15 +134,27 @@ class FeatureCache:
         With ``group`` (from :func:`~micro_rm.features.distributed.init_group`), every rank calls
         ``fill`` with the same items and encodes every ``world_size``-th batch of the same plan;
         the cache ends up as after a one-process run."""
+        return self._fill(items, backbone, batch_size, tokens_per_batch, progress, allow_encode, group)[3]
+
+    def _fill(self, items: Sequence[Item], backbone: Backbone, batch_size: int, tokens_per_batch: Optional[int],
+              progress: bool, allow_encode: bool, group: Optional["RankGroup"]
+              ) -> tuple[CacheFolder, list[Item], np.ndarray, "EncodeStats"]:
+        """:meth:`fill`; also returns the backbone's folder, the unique ``items`` (first-seen order)
+        and their keys."""
         start = time.perf_counter()
-        folder, unique, keys = self._prepare(items, backbone, batch_size, tokens_per_batch, allow_encode)
+        check_batching(batch_size, tokens_per_batch)
+        fingerprint = backbone.fingerprint()
+        folder = self._open(fingerprint, create=allow_encode)
+        unique = list(dict.fromkeys(items))
+        keys = item_keys(fingerprint, unique)
         missing = np.flatnonzero(~folder.contains(keys))
         if group is not None:
             # One view of the cache for all ranks; no rank writes before every rank has it
             # (all_gather below cannot finish before each rank reached it).
             missing = group.broadcast(missing)
         if len(missing) and not allow_encode:
-            raise _missing_error(len(missing), len(unique), folder)
+            raise MicroRMError(f"{len(missing)} of {len(unique)} texts are not in the cache at {folder.path}; "
+                               "run `micro-rm encode --data FILE --backbone NAME` first or pass --backbone")
         todo = [unique[i] for i in missing]
         if group is None:
             lengths = backbone.token_lengths(todo)
@@ -173,13 +165,14 @@ class FeatureCache:
         batches = plan_batches(lengths, batch_size=batch_size, tokens_per_batch=tokens_per_batch)
         if group is not None:
             batches = batches[group.rank::group.world_size]
-        encoded = self._encode(folder, todo, keys[missing], batches, backbone, progress)
-        ranks = 1
+        # No bar for nothing to encode (a warm cache); every rank agrees on ``missing``.
+        encoded = self._encode(folder, todo, keys[missing], batches, backbone, progress) if len(missing) else 0
         if group is not None:
-            encoded, ranks = sum(group.all_gather(encoded)), group.world_size  # waits for every rank's shards
-        return EncodeStats(texts=len(unique), encoded=encoded,
-                           from_cache=len(unique) - len(missing),
-                           seconds=round(time.perf_counter() - start, 3), ranks=ranks)
+            encoded = sum(group.all_gather(encoded))  # waits for every rank's shards
+        return folder, unique, keys, EncodeStats(texts=len(unique), encoded=encoded,
+                                                 from_cache=len(unique) - len(missing),
+                                                 seconds=round(time.perf_counter() - start, 3),
+                                                 ranks=group.world_size if group else 1)
 
     def _encode(self, folder: CacheFolder, items: list[Item], keys: np.ndarray,
                 batches: list[np.ndarray], backbone: Backbone, progress: bool) -> int:
@@ -350,9 +343,3 @@ class ShardWriter:
 
 _LINGER_SECONDS = 5.0   # how long the writer thread waits for more work before it ends
 _POLL_SECONDS = 0.05    # how often it looks at the clock and whether the main thread has ended
-
-
-def _missing_error(missing: int, unique: int, folder: CacheFolder) -> MicroRMError:
-    return MicroRMError(
-        f"{missing} of {unique} texts are not in the cache at {folder.path}; run "
-        "`micro-rm encode --data FILE --backbone NAME` first or pass --backbone")

@@ -17,6 +17,7 @@ from datetime import timedelta
 from typing import Any, Optional
 
 from micro_rm.errors import MicroRMError
+from micro_rm.features.base import check_device
 
 __all__ = ["RankGroup", "init_group", "launch_env"]
 
@@ -108,10 +109,8 @@ def init_group(device: str = "cpu") -> Optional[RankGroup]:
     rank, world, local = env
     if not dist.is_available():
         raise MicroRMError("this torch build has no torch.distributed; run a single process")
-    cuda = device.startswith("cuda")
+    cuda = check_device(device).startswith("cuda")
     if cuda:
-        if not torch.cuda.is_available():
-            raise MicroRMError(f"--device {device}: CUDA is not available here; use --device cpu")
         torch.cuda.set_device(local if device == "cuda" else torch.device(device))
     owns = not dist.is_initialized()
     if owns:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import asdict
 from functools import lru_cache
 from typing import Any, Optional, Sequence
 
@@ -147,24 +148,20 @@ def featurize(records: Sequence[dict[str, Any]], backbone: Backbone, cache: Feat
         raise MicroRMError("no pair records to featurize")
     settings = FeatureSettings(router_input, context_in_reward, context_encoding)   # checks the values
     n = len(records)
-    items = record_items(records, backbone, router_input=router_input,
-                         context_in_reward=context_in_reward, context_encoding=context_encoding)
+    items = record_items(records, backbone, **asdict(settings))
     context_dim = 0 if context_encoding == "joint" else backbone.dim   # width of emb(context) in ``route``
     if out is not None:
         stats = cache.fill(items, backbone, batch_size=batch_size, tokens_per_batch=tokens_per_batch,
                            progress=progress, allow_encode=allow_encode)
         return _write_features(records, items, backbone, cache, out, settings, context_dim), stats
-    vectors, stats = cache.get_or_encode(items, backbone, batch_size=batch_size,
-                                         tokens_per_batch=tokens_per_batch,
+    vectors, stats = cache.get_or_encode(items, backbone, batch_size=batch_size, tokens_per_batch=tokens_per_batch,
                                          progress=progress, allow_encode=allow_encode)
     route = route_matrix(vectors[2 * n:], route_contexts(records, router_input), context_dim, context_encoding)
     return PairFeatures(
         chosen=vectors[:n], rejected=vectors[n:2 * n],
         route=route.astype(cache.dtype).astype(np.float32),    # pooled in float32; stored like ``out``
-        prompts=[prompt_key(r) for r in records],
-        attributes=[r.get("attribute") for r in records],
-        fingerprint=backbone.fingerprint(), context_dim=context_dim, context_encoding=context_encoding,
-        router_input=router_input, context_in_reward=context_in_reward,
+        prompts=[prompt_key(r) for r in records], attributes=[r.get("attribute") for r in records],
+        fingerprint=backbone.fingerprint(), context_dim=context_dim, **asdict(settings),
     ), stats
 
 

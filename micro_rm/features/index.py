@@ -29,8 +29,6 @@ class CacheFolder:
 
     def refresh(self) -> None:
         """Pick up shards written since the last look (by this or another process)."""
-        if not self.path.is_dir():
-            return
         now = time.time()
         for tmp in self.path.glob(".*.tmp"):
             try:  # a temp file this old belongs to a writer that died mid-shard
@@ -121,8 +119,7 @@ def _index(shards: list[Shard]) -> tuple[np.ndarray, ...]:
     keys = np.concatenate([s.keys for s in shards]) if shards else np.empty((0, 32), dtype=np.uint8)
     sizes = [len(s.keys) for s in shards]
     shard_of = np.repeat(np.arange(len(shards), dtype=np.int32), sizes)
-    row_of = np.concatenate([np.arange(n, dtype=np.int64) for n in sizes]) if shards \
-        else np.empty(0, dtype=np.int64)
+    row_of = np.concatenate([np.arange(n, dtype=np.int64) for n in sizes]) if shards else np.empty(0, np.int64)
     prefix = _prefix(keys)
     order = np.argsort(prefix, kind="stable")
     return keys, shard_of, row_of, order, prefix[order]

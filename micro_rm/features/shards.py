@@ -50,23 +50,22 @@ def item_keys(fingerprint: dict[str, Any], items: Sequence[Item]) -> np.ndarray:
 def check_fingerprint(folder: Path, fingerprint: dict[str, Any], create: bool) -> bool:
     """Whether the folder exists; refuses one written by another setting, creates it if asked."""
     file = folder / "fingerprint.json"
-    expected = json.loads(canonical_json(fingerprint))
     if file.exists():
         try:
             stored = json.loads(file.read_text(encoding="utf-8"))
         except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or UTF-8
             raise MicroRMError(f"{file}: unreadable ({exc}); delete the folder {folder} "
                                "to encode again") from None
-        if canonical_json(stored) != canonical_json(expected):
+        if canonical_json(stored) != canonical_json(fingerprint):
             raise MicroRMError(
                 f"cache folder {folder} was written by backbone setting "
-                f"{canonical_json(stored)}, not {canonical_json(expected)}; "
+                f"{canonical_json(stored)}, not {canonical_json(fingerprint)}; "
                 "delete the folder or use another --cache")
         return True
     if not create:
         return False
     with atomic_open(file) as fh:
-        fh.write(json.dumps(expected, indent=2, sort_keys=True) + "\n")
+        fh.write(json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
     return True
 
 
