@@ -21,7 +21,9 @@ import torch
 from micro_rm.errors import MicroRMError
 from micro_rm.model.losses import bt_loss, mixture_bt_loss
 from micro_rm.model.router import context_branch_logits
+from micro_rm.progress import progress_bar
 from micro_rm.train.algorithm1 import hedge_targets
+from micro_rm.train.stage1 import context_prototypes
 
 if TYPE_CHECKING:
     from micro_rm.model.mixture import MixtureRewardModel
@@ -71,8 +73,6 @@ def cross_validate(model: "MixtureRewardModel", route: torch.Tensor, deltas: tor
     """{candidate: mixture NLL of each budget pair when its ``fold`` was held out} [N], over the
     τ of :data:`TAU_GRID` (or ``tau`` when it is a number), on a separate layout each kind of
     update and of new wordings, and, last, ``"keep"`` (the stage-1 router's NLL)."""
-    from micro_rm.progress import progress_bar
-
     taus = TAU_GRID if tau == "auto" else (tau,)
     separate = bool(model.config.context_dim)
     known = len(model.router.prototypes) if separate else 0
@@ -219,8 +219,6 @@ def fit_candidate(model: "MixtureRewardModel", route: torch.Tensor, deltas: torc
     context branch takes one Hedge step; a joint-layout router takes ``EPOCHS`` mirror-descent
     steps (:func:`distil`). Returns one row per step (epoch, ce, nll, seconds; nll is NaN without
     ``history``, ce without a distillation)."""
-    from micro_rm.progress import progress_bar
-
     update, tau, wordings = candidate
     if model.config.context_dim:
         known = len(model.router.prototypes)
@@ -267,8 +265,6 @@ def budget_prototypes(model: "MixtureRewardModel", route: torch.Tensor, seed: in
     A new phrasing gets its own prototype, so re-training it moves no user of its nearest training
     phrasing. Rare contexts (e.g. one persona per pair) become k-means centres, one per
     ``PAIRS_PER_PROTOTYPE`` pairs, so that no prototype memorises one pair's label."""
-    from micro_rm.train.stage1 import context_prototypes
-
     router = model.router
     known = len(router.prototypes)
     matched, new = router.unseen_contexts(route)
