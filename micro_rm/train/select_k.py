@@ -14,13 +14,12 @@ import dataclasses
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 from micro_rm.errors import MicroRMError
 from micro_rm.features.base import PairFeatures
-from micro_rm.model.losses import mixture_bt_loss
 from micro_rm.model.mixture import MixtureRewardModel
 from micro_rm.train.config import Stage1Config
+from micro_rm.train.selection import mixture_nll
 from micro_rm.train.stage1 import fit_stage1, validation_split
 
 DEFAULT_GRID = tuple(range(1, 9))
@@ -30,8 +29,7 @@ def validation_nll(model: MixtureRewardModel, features: PairFeatures, index: np.
     """Mean NLL of the pairs ``index`` and its standard error over their prompts."""
     held = features.subset(index)
     deltas, route = model.frozen_deltas(held)
-    with torch.no_grad():
-        losses = mixture_bt_loss(deltas, model.router_log_weights(route)).cpu().numpy()
+    losses = mixture_nll(model, route, deltas).cpu().numpy()
     _, prompt_of = np.unique(np.asarray(held.prompts, dtype=object).astype(str), return_inverse=True)
     per_prompt = np.bincount(prompt_of, weights=losses) / np.bincount(prompt_of)
     # the mean over pairs, with the spread of prompt means as the unit of sampling

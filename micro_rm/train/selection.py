@@ -61,10 +61,10 @@ def candidate_name(candidate: Any) -> str:
     return " ".join([*kinds, f"{candidate.tau:g}"])
 
 
-def mixture_nll(model: "MixtureRewardModel", route: torch.Tensor, deltas: torch.Tensor) -> float:
-    """Mean mixture NLL −log Σ_k f_ψ,k σ(Δ_k) of pairs with frozen head ``deltas`` [N, K]."""
-    with torch.no_grad():
-        return mixture_bt_loss(deltas, model.router_log_weights(route)).mean().item()
+@torch.no_grad()
+def mixture_nll(model: "MixtureRewardModel", route: torch.Tensor, deltas: torch.Tensor) -> torch.Tensor:
+    """Mixture NLL −log Σ_k f_ψ,k σ(Δ_k) of each pair with frozen head ``deltas`` [N, K]: [N]."""
+    return mixture_bt_loss(deltas, model.router_log_weights(route))
 
 
 # ----- cross-validation -----------------------------------------------------------------------
@@ -82,32 +82,30 @@ def cross_validate(model: "MixtureRewardModel", route: torch.Tensor, deltas: tor
                                   for w in wordings for u in updates for t in taus}
     bar = progress_bar(total=len(out) * len(np.unique(fold)), desc="stage 2: cross-validation",
                        unit="fit", enabled=progress, leave=False)
-    with torch.no_grad():
-        out[KEEP] = mixture_bt_loss(deltas, model.router_log_weights(route)).cpu().numpy()
+    out[KEEP] = mixture_nll(model, route, deltas).cpu().numpy()
     with bar:
         for f in np.unique(fold):
             rows_held = fold == f
             held = torch.from_numpy(rows_held).to(route.device)
             fit_route, fit_deltas = route[~held], deltas[~held]
+            held_route, held_deltas = route[held], deltas[held]
             if not separate:
                 for t in taus:
-                    candidate = copy.deepcopy(model)
-                    fit_candidate(candidate, fit_route, fit_deltas, Candidate("heads", t), seed, history=False)
-                    with torch.no_grad():
-                        out[Candidate("heads", t)][rows_held] = mixture_bt_loss(
-                            deltas[held], candidate.router_log_weights(route[held])).cpu().numpy()
+                    fitted = copy.deepcopy(model)
+                    fit_candidate(fitted, fit_route, fit_deltas, Candidate("heads", t), seed, history=False)
+                    out[Candidate("heads", t)][rows_held] = mixture_nll(fitted, held_route, held_deltas).cpu().numpy()
                     bar.update()
                 continue
             for kind in wordings:                                          # every τ in one fit
                 candidate = copy.deepcopy(model)
                 rows = budget_prototypes(candidate, fit_route, seed, corrections=kind == "corrections")
-                inputs = candidate.context_branch_inputs(route[held])
+                inputs = candidate.context_branch_inputs(held_route)
                 for update in updates:
                     logits, null_logits = context_step(candidate, fit_route, fit_deltas, update, taus, rows, known)
                     with torch.no_grad():
                         log_f = torch.log_softmax(context_branch_logits(inputs, logits, null_logits), dim=-1)
                     for t, lf in zip(taus, log_f):
-                        out[Candidate(update, t, kind)][rows_held] = mixture_bt_loss(deltas[held], lf).cpu().numpy()
+                        out[Candidate(update, t, kind)][rows_held] = mixture_bt_loss(held_deltas, lf).cpu().numpy()
                     bar.update(len(taus))
     return out
 
@@ -226,8 +224,8 @@ def fit_candidate(model: "MixtureRewardModel", route: torch.Tensor, deltas: torc
         start = time.perf_counter()
         logits, null_logits = context_step(model, route, deltas, update if known else "heads", [tau], spoken_for, known)
         model.router.set_context_logits(logits[0], null_logits[0])
-        return [{"epoch": 1, "ce": math.nan, "nll": mixture_nll(model, route, deltas) if history else math.nan,
-                 "seconds": time.perf_counter() - start}]
+        nll = mixture_nll(model, route, deltas).mean().item() if history else math.nan
+        return [{"epoch": 1, "ce": math.nan, "nll": nll, "seconds": time.perf_counter() - start}]
     losses = bt_loss(deltas)                                             # L_ik = −log σ(Δ_ik), [N, K]
     rows, start = [], time.perf_counter()
     model.train()
@@ -236,8 +234,8 @@ def fit_candidate(model: "MixtureRewardModel", route: torch.Tensor, deltas: torc
         with torch.no_grad():                                            # ω_i, held for the step
             targets = hedge_targets(model.router_log_weights(route), losses, tau)        # [N, K]
         ce = distil(model, route, targets)
-        rows.append({"epoch": epoch, "ce": ce, "nll": mixture_nll(model, route, deltas) if history else math.nan,
-                     "seconds": time.perf_counter() - start})
+        nll = mixture_nll(model, route, deltas).mean().item() if history else math.nan
+        rows.append({"epoch": epoch, "ce": ce, "nll": nll, "seconds": time.perf_counter() - start})
     model.eval()
     return rows
 
