@@ -60,13 +60,8 @@ def select_heads(features: PairFeatures, config: Stage1Config, grid: Sequence[in
     _, held = validation_split(features.prompts, config.val_fraction)
     if len(held) == 0:
         raise MicroRMError("--heads auto: the validation split is empty; raise --val-fraction")
-    fits, nll, se = [], [], []
-    for k in grid:
-        model, history = fit_stage1(features, dataclasses.replace(config, heads=k), progress=progress)
-        value, error = validation_nll(model, features, held)
-        fits.append((model, history))
-        nll.append(value)
-        se.append(error)
+    fits = [fit_stage1(features, dataclasses.replace(config, heads=k), progress=progress) for k in grid]
+    nll, se = zip(*(validation_nll(model, features, held) for model, _ in fits))
     chosen = one_standard_error(grid, nll, se)
     curve = {"grid": grid, "nll": [round(v, 6) for v in nll], "se": [round(v, 6) for v in se],
              "best": grid[int(np.argmin(nll))], "chosen": chosen, "validation_pairs": int(len(held)),
