@@ -80,10 +80,8 @@ def cross_validate(model: "MixtureRewardModel", route: torch.Tensor, deltas: tor
     wordings = ["prototypes", "corrections"] if separate and adds_wordings(model, route) else ["prototypes"]
     out: dict[Any, np.ndarray] = {Candidate(u, t, w): np.zeros(len(route))
                                   for w in wordings for u in updates for t in taus}
-    bar = progress_bar(total=len(out) * len(np.unique(fold)), desc="stage 2: cross-validation",
-                       unit="fit", enabled=progress, leave=False)
-    out[KEEP] = mixture_nll(model, route, deltas).cpu().numpy()
-    with bar:
+    with progress_bar(total=len(out) * len(np.unique(fold)), desc="stage 2: cross-validation",
+                      unit="fit", enabled=progress, leave=False) as bar:
         for f in np.unique(fold):
             rows_held = fold == f
             held = torch.from_numpy(rows_held).to(route.device)
@@ -107,6 +105,7 @@ def cross_validate(model: "MixtureRewardModel", route: torch.Tensor, deltas: tor
                     for t, lf in zip(taus, log_f):
                         out[Candidate(update, t, kind)][rows_held] = mixture_bt_loss(held_deltas, lf).cpu().numpy()
                     bar.update(len(taus))
+    out[KEEP] = mixture_nll(model, route, deltas).cpu().numpy()
     return out
 
 
