@@ -45,7 +45,7 @@ def adapt(model: "MixtureRewardModel", features: "PairFeatures", config: Optiona
     start = time.perf_counter()
     deltas, route = model.frozen_deltas(features)                        # heads are frozen: Δ is data
     with _small_tensor_cpu(str(route.device)):
-        stage1_nll = mixture_nll(model, route, deltas)
+        stage1_nll = mixture_nll(model, route, deltas).mean().item()
         fold, clusters = cv_folds(model, route, features.prompts, features.attributes, config.folds, config.seed)
         cv_nll = cross_validate(model, route, deltas, fold, config.tau, config.seed, progress=progress)
         candidate = choose_candidate(cv_nll, clusters)

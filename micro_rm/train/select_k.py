@@ -14,13 +14,12 @@ import dataclasses
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 from micro_rm.errors import MicroRMError
 from micro_rm.features.base import PairFeatures
-from micro_rm.model.losses import mixture_bt_loss
 from micro_rm.model.mixture import MixtureRewardModel
 from micro_rm.train.config import Stage1Config
+from micro_rm.train.selection import mixture_nll
 from micro_rm.train.stage1 import fit_stage1, validation_split
 
 DEFAULT_GRID = tuple(range(1, 9))
@@ -30,8 +29,7 @@ def validation_nll(model: MixtureRewardModel, features: PairFeatures, index: np.
     """Mean NLL of the pairs ``index`` and its standard error over their prompts."""
     held = features.subset(index)
     deltas, route = model.frozen_deltas(held)
-    with torch.no_grad():
-        losses = mixture_bt_loss(deltas, model.router_log_weights(route)).cpu().numpy()
+    losses = mixture_nll(model, route, deltas).cpu().numpy()
     _, prompt_of = np.unique(np.asarray(held.prompts, dtype=object).astype(str), return_inverse=True)
     per_prompt = np.bincount(prompt_of, weights=losses) / np.bincount(prompt_of)
     # the mean over pairs, with the spread of prompt means as the unit of sampling
@@ -62,13 +60,8 @@ def select_heads(features: PairFeatures, config: Stage1Config, grid: Sequence[in
     _, held = validation_split(features.prompts, config.val_fraction)
     if len(held) == 0:
         raise MicroRMError("--heads auto: the validation split is empty; raise --val-fraction")
-    fits, nll, se = [], [], []
-    for k in grid:
-        model, history = fit_stage1(features, dataclasses.replace(config, heads=k), progress=progress)
-        value, error = validation_nll(model, features, held)
-        fits.append((model, history))
-        nll.append(value)
-        se.append(error)
+    fits = [fit_stage1(features, dataclasses.replace(config, heads=k), progress=progress) for k in grid]
+    nll, se = zip(*(validation_nll(model, features, held) for model, _ in fits))
     chosen = one_standard_error(grid, nll, se)
     curve = {"grid": grid, "nll": [round(v, 6) for v in nll], "se": [round(v, 6) for v in se],
              "best": grid[int(np.argmin(nll))], "chosen": chosen, "validation_pairs": int(len(held)),

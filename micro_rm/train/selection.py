@@ -21,7 +21,9 @@ import torch
 from micro_rm.errors import MicroRMError
 from micro_rm.model.losses import bt_loss, mixture_bt_loss
 from micro_rm.model.router import context_branch_logits
+from micro_rm.progress import progress_bar
 from micro_rm.train.algorithm1 import hedge_targets
+from micro_rm.train.stage1 import context_prototypes
 
 if TYPE_CHECKING:
     from micro_rm.model.mixture import MixtureRewardModel
@@ -59,10 +61,10 @@ def candidate_name(candidate: Any) -> str:
     return " ".join([*kinds, f"{candidate.tau:g}"])
 
 
-def mixture_nll(model: "MixtureRewardModel", route: torch.Tensor, deltas: torch.Tensor) -> float:
-    """Mean mixture NLL −log Σ_k f_ψ,k σ(Δ_k) of pairs with frozen head ``deltas`` [N, K]."""
-    with torch.no_grad():
-        return mixture_bt_loss(deltas, model.router_log_weights(route)).mean().item()
+@torch.no_grad()
+def mixture_nll(model: "MixtureRewardModel", route: torch.Tensor, deltas: torch.Tensor) -> torch.Tensor:
+    """Mixture NLL −log Σ_k f_ψ,k σ(Δ_k) of each pair with frozen head ``deltas`` [N, K]: [N]."""
+    return mixture_bt_loss(deltas, model.router_log_weights(route))
 
 
 # ----- cross-validation -----------------------------------------------------------------------
@@ -71,8 +73,6 @@ def cross_validate(model: "MixtureRewardModel", route: torch.Tensor, deltas: tor
     """{candidate: mixture NLL of each budget pair when its ``fold`` was held out} [N], over the
     τ of :data:`TAU_GRID` (or ``tau`` when it is a number), on a separate layout each kind of
     update and of new wordings, and, last, ``"keep"`` (the stage-1 router's NLL)."""
-    from micro_rm.progress import progress_bar
-
     taus = TAU_GRID if tau == "auto" else (tau,)
     separate = bool(model.config.context_dim)
     known = len(model.router.prototypes) if separate else 0
@@ -80,35 +80,32 @@ def cross_validate(model: "MixtureRewardModel", route: torch.Tensor, deltas: tor
     wordings = ["prototypes", "corrections"] if separate and adds_wordings(model, route) else ["prototypes"]
     out: dict[Any, np.ndarray] = {Candidate(u, t, w): np.zeros(len(route))
                                   for w in wordings for u in updates for t in taus}
-    bar = progress_bar(total=len(out) * len(np.unique(fold)), desc="stage 2: cross-validation",
-                       unit="fit", enabled=progress, leave=False)
-    with torch.no_grad():
-        out[KEEP] = mixture_bt_loss(deltas, model.router_log_weights(route)).cpu().numpy()
-    with bar:
+    with progress_bar(total=len(out) * len(np.unique(fold)), desc="stage 2: cross-validation",
+                      unit="fit", enabled=progress, leave=False) as bar:
         for f in np.unique(fold):
             rows_held = fold == f
             held = torch.from_numpy(rows_held).to(route.device)
             fit_route, fit_deltas = route[~held], deltas[~held]
+            held_route, held_deltas = route[held], deltas[held]
             if not separate:
                 for t in taus:
-                    candidate = copy.deepcopy(model)
-                    fit_candidate(candidate, fit_route, fit_deltas, Candidate("heads", t), seed, history=False)
-                    with torch.no_grad():
-                        out[Candidate("heads", t)][rows_held] = mixture_bt_loss(
-                            deltas[held], candidate.router_log_weights(route[held])).cpu().numpy()
+                    fitted = copy.deepcopy(model)
+                    fit_candidate(fitted, fit_route, fit_deltas, Candidate("heads", t), seed, history=False)
+                    out[Candidate("heads", t)][rows_held] = mixture_nll(fitted, held_route, held_deltas).cpu().numpy()
                     bar.update()
                 continue
             for kind in wordings:                                          # every τ in one fit
                 candidate = copy.deepcopy(model)
                 rows = budget_prototypes(candidate, fit_route, seed, corrections=kind == "corrections")
-                inputs = candidate.context_branch_inputs(route[held])
+                inputs = candidate.context_branch_inputs(held_route)
                 for update in updates:
                     logits, null_logits = context_step(candidate, fit_route, fit_deltas, update, taus, rows, known)
                     with torch.no_grad():
                         log_f = torch.log_softmax(context_branch_logits(inputs, logits, null_logits), dim=-1)
                     for t, lf in zip(taus, log_f):
-                        out[Candidate(update, t, kind)][rows_held] = mixture_bt_loss(deltas[held], lf).cpu().numpy()
+                        out[Candidate(update, t, kind)][rows_held] = mixture_bt_loss(held_deltas, lf).cpu().numpy()
                     bar.update(len(taus))
+    out[KEEP] = mixture_nll(model, route, deltas).cpu().numpy()
     return out
 
 
@@ -219,8 +216,6 @@ def fit_candidate(model: "MixtureRewardModel", route: torch.Tensor, deltas: torc
     context branch takes one Hedge step; a joint-layout router takes ``EPOCHS`` mirror-descent
     steps (:func:`distil`). Returns one row per step (epoch, ce, nll, seconds; nll is NaN without
     ``history``, ce without a distillation)."""
-    from micro_rm.progress import progress_bar
-
     update, tau, wordings = candidate
     if model.config.context_dim:
         known = len(model.router.prototypes)
@@ -228,8 +223,8 @@ def fit_candidate(model: "MixtureRewardModel", route: torch.Tensor, deltas: torc
         start = time.perf_counter()
         logits, null_logits = context_step(model, route, deltas, update if known else "heads", [tau], spoken_for, known)
         model.router.set_context_logits(logits[0], null_logits[0])
-        return [{"epoch": 1, "ce": math.nan, "nll": mixture_nll(model, route, deltas) if history else math.nan,
-                 "seconds": time.perf_counter() - start}]
+        nll = mixture_nll(model, route, deltas).mean().item() if history else math.nan
+        return [{"epoch": 1, "ce": math.nan, "nll": nll, "seconds": time.perf_counter() - start}]
     losses = bt_loss(deltas)                                             # L_ik = −log σ(Δ_ik), [N, K]
     rows, start = [], time.perf_counter()
     model.train()
@@ -238,8 +233,8 @@ def fit_candidate(model: "MixtureRewardModel", route: torch.Tensor, deltas: torc
         with torch.no_grad():                                            # ω_i, held for the step
             targets = hedge_targets(model.router_log_weights(route), losses, tau)        # [N, K]
         ce = distil(model, route, targets)
-        rows.append({"epoch": epoch, "ce": ce, "nll": mixture_nll(model, route, deltas) if history else math.nan,
-                     "seconds": time.perf_counter() - start})
+        nll = mixture_nll(model, route, deltas).mean().item() if history else math.nan
+        rows.append({"epoch": epoch, "ce": ce, "nll": nll, "seconds": time.perf_counter() - start})
     model.eval()
     return rows
 
@@ -267,8 +262,6 @@ def budget_prototypes(model: "MixtureRewardModel", route: torch.Tensor, seed: in
     A new phrasing gets its own prototype, so re-training it moves no user of its nearest training
     phrasing. Rare contexts (e.g. one persona per pair) become k-means centres, one per
     ``PAIRS_PER_PROTOTYPE`` pairs, so that no prototype memorises one pair's label."""
-    from micro_rm.train.stage1 import context_prototypes
-
     router = model.router
     known = len(router.prototypes)
     matched, new = router.unseen_contexts(route)
