@@ -72,17 +72,15 @@ def create_app(settings: ServeSettings, scorer: Optional[Any] = None) -> FastAPI
                 await batcher.stop()
                 await run_in_threadpool(features.close)   # new vectors still queued for the disk cache
 
+    handlers = {RequestValidationError: _validation_error, MicroRMError: _bad_input,
+                StarletteHTTPException: _http_error, sqlite3.DatabaseError: _database_error}
     app = FastAPI(title="micro-rm reward service", version=__version__, description=DESCRIPTION,
-                  lifespan=lifespan)
+                  lifespan=lifespan, exception_handlers=handlers)
     app.state.settings = settings
     app.state.metrics = Metrics()
     for module in (scores, feedback, users, queries, health, heads):
         # Every error answer is documented with the one shape it has (schemas.ErrorResponse).
         app.include_router(module.router, responses=ERROR_RESPONSES)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(MicroRMError, _bad_input)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(sqlite3.DatabaseError, _database_error)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
                        timeout_s=settings.body_timeout_s)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
