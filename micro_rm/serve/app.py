@@ -72,17 +72,15 @@ def create_app(settings: ServeSettings, scorer: Optional[Any] = None) -> FastAPI
                 await batcher.stop()
                 await run_in_threadpool(features.close)   # new vectors still queued for the disk cache
 
+    handlers = {RequestValidationError: _validation_error, MicroRMError: _bad_input,
+                StarletteHTTPException: _http_error, sqlite3.DatabaseError: _database_error}
     app = FastAPI(title="micro-rm reward service", version=__version__, description=DESCRIPTION,
-                  lifespan=lifespan)
+                  lifespan=lifespan, exception_handlers=handlers)
     app.state.settings = settings
     app.state.metrics = Metrics()
     for module in (scores, feedback, users, queries, health, heads):
         # Every error answer is documented with the one shape it has (schemas.ErrorResponse).
         app.include_router(module.router, responses=ERROR_RESPONSES)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(MicroRMError, _bad_input)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(sqlite3.DatabaseError, _database_error)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
                        timeout_s=settings.body_timeout_s)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
@@ -139,6 +137,7 @@ class BodyLimitMiddleware:
         self.app = app
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
+        self._over_limit = f"request body larger than {max_bytes} bytes (--max-body-bytes); split the request"
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -152,15 +151,16 @@ class BodyLimitMiddleware:
                 await _reject(scope, receive, send, 400, "invalid Content-Length header")
                 return
             if too_big:
-                await _reject(scope, receive, send, 413, self._message())
+                await _reject(scope, receive, send, 413, self._over_limit)
                 return
         # Read the whole body (bounded) before the app sees it, so a chunked upload cannot
         # exceed the limit either; then hand it on in one piece.
         received, more = bytearray(), True
-        deadline = asyncio.get_running_loop().time() + self.timeout_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
         while more:
             try:
-                message = await asyncio.wait_for(receive(), max(0.0, deadline - asyncio.get_running_loop().time()))
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
             except asyncio.TimeoutError:
                 await _reject(scope, receive, send, 408, f"request body not received within {self.timeout_s:g} s "
                               "(--body-timeout-s); send it without pauses", close=True)
@@ -169,21 +169,15 @@ class BodyLimitMiddleware:
                 return
             received += message.get("body", b"")
             if len(received) > self.max_bytes:
-                await _reject(scope, receive, send, 413, self._message())
+                await _reject(scope, receive, send, 413, self._over_limit)
                 return
             more = message.get("more_body", False)
-        body, sent = bytes(received), [False]
+        pending = [{"type": "http.request", "body": bytes(received), "more_body": False}]
 
         async def replay() -> dict:
-            if not sent[0]:
-                sent[0] = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
+            return pending.pop() if pending else await receive()
 
         await self.app(scope, replay, send)
-
-    def _message(self) -> str:
-        return f"request body larger than {self.max_bytes} bytes (--max-body-bytes); split the request"
 
 
 async def _reject(scope: dict, receive: Any, send: Any, code: int, detail: str, close: bool = False) -> None:

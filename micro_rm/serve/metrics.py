@@ -122,6 +122,5 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = scope.get("route")
-            name = getattr(route, "path", None) or "(unmatched)"
+            name = getattr(scope.get("route"), "path", None) or "(unmatched)"
             self.metrics.observe(f"{scope['method']} {name}", status[0], time.perf_counter() - start)

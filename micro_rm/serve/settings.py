@@ -88,12 +88,11 @@ class ServeSettings:
 
 def read_admin_token(token_file: Optional[str | os.PathLike] = None) -> Optional[str]:
     """The admin token from ``token_file`` (first line) or ``$MICRO_RM_ADMIN_TOKEN``; None if neither."""
-    if token_file is not None:
-        path = Path(token_file)
-        from micro_rm.data.readers import read_text
+    if token_file is None:
+        return os.environ.get(ADMIN_TOKEN_ENV) or None
+    from micro_rm.data.readers import read_text
 
-        token = read_text(path, "--admin-token-file").strip().splitlines()
-        if not token or not token[0].strip():
-            raise MicroRMError(f"--admin-token-file {path}: the file is empty; put the token on its first line")
-        return token[0].strip()
-    return os.environ.get(ADMIN_TOKEN_ENV) or None
+    lines = read_text(token_file, "--admin-token-file").strip().splitlines()
+    if not lines:
+        raise MicroRMError(f"--admin-token-file {Path(token_file)}: the file is empty; put the token on its first line")
+    return lines[0].strip()

@@ -53,34 +53,33 @@ class TokenStore:
             cur.execute("CREATE TABLE IF NOT EXISTS api_tokens (user_id TEXT PRIMARY KEY, "
                         "token_sha256 TEXT NOT NULL UNIQUE, created_at TEXT NOT NULL)")
 
-    def create(self, user_id: str, replace: bool = False) -> str:
-        """A new token for ``user_id`` (returned once, only its hash is kept); with ``replace`` the
-        old one stops working, else :class:`UserExists` if there is one. Creating a user lifts its
-        deletion tombstone in the same transaction: it starts afresh."""
+    def create(self, user_id: str) -> str:
+        """A new token for ``user_id`` (returned once, only its hash is kept), or
+        :class:`UserExists` if it has one. Creating a user lifts its deletion tombstone in the same
+        transaction: it starts afresh."""
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        now = utc_now()
         with self._store.transaction() as cur:
             cur.execute(self._sql("INSERT INTO api_tokens (user_id, token_sha256, created_at) VALUES (?, ?, ?) "
-                                  "ON CONFLICT (user_id) DO NOTHING"), (user_id, hash_token(token), now))
-            if cur.rowcount:
-                # Creating a user is the one way back after a deletion (see StateStore.delete_user).
-                cur.execute(self._sql(LIFT_TOMBSTONE_SQL), (user_id,))
-            elif not replace:
+                                  "ON CONFLICT (user_id) DO NOTHING"), (user_id, hash_token(token), utc_now()))
+            if not cur.rowcount:
                 raise UserExists(f"user {user_id!r} already exists; POST /users/{user_id}/token "
                                  "issues a new token")
-            else:
-                cur.execute(self._sql("UPDATE api_tokens SET token_sha256 = ?, created_at = ? "
-                                      "WHERE user_id = ?"), (hash_token(token), now, user_id))
-                cur.execute(self._sql(BUMP_EPOCH_SQL), (user_id,))
+            # Creating a user is the one way back after a deletion (see StateStore.delete_user).
+            cur.execute(self._sql(LIFT_TOMBSTONE_SQL), (user_id,))
         return token
 
     def rotate(self, user_id: str) -> str:
         """A new token for an existing user; the old one is refused as soon as this returns.
         Raises :class:`UnknownUser` for a user without a token (``create`` makes one)."""
-        if not self.exists(user_id):
-            raise UnknownUser(f"unknown user {user_id!r}: it has no token to rotate; POST /users "
-                              "creates it")
-        return self.create(user_id, replace=True)
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        with self._store.transaction() as cur:
+            cur.execute(self._sql("UPDATE api_tokens SET token_sha256 = ?, created_at = ? WHERE user_id = ?"),
+                        (hash_token(token), utc_now(), user_id))
+            if not cur.rowcount:
+                raise UnknownUser(f"unknown user {user_id!r}: it has no token to rotate; POST /users "
+                                  "creates it")
+            cur.execute(self._sql(BUMP_EPOCH_SQL), (user_id,))
+        return token
 
     def lookup(self, token: str) -> Optional[tuple[str, int]]:
         """``(user, epoch)`` of the token's user, or None: one read of the committed tables."""

@@ -61,8 +61,7 @@ def _answer(scorer: Any, settings: ServeSettings, records: list[dict[str, Any]],
     routes = scorer.route_features(vectors[2 * n:], [r.get("context") for r in records])
     masked = scorer.model.config.masked_heads
     out = []
-    for user in dict.fromkeys(users):
-        last = max(i for i, u in enumerate(users) if u == user)
+    for user, last in {u: i for i, u in enumerate(users)}.items():   # each user, at its last pair
         num_feedback, loss = states[user]
         routed = scorer.routed(vectors[last:last + 1], routes[last:last + 1], loss, settings.eta)
         out.append(UserWeights(user_id=user, num_feedback=num_feedback, cumulative_loss=loss.tolist(),

@@ -39,11 +39,8 @@ def stats(request: Request, metrics: Any = Depends(get_metrics), batcher: Any = 
     """The same as JSON for people: request counts by route and status, latency percentiles (ms)
     over the last 10,000 requests of each route, and the feature path: LRU hits, texts encoded,
     micro-batch sizes."""
-    out = metrics.snapshot()
     features = {**batcher.features.stats, **batcher.stats}
-    if batcher.stats["batches"]:
-        features["mean_batch_items"] = batcher.stats["batch_items"] / batcher.stats["batches"]
-        features["mean_batch_requests"] = batcher.stats["batch_requests"] / batcher.stats["batches"]
-    out["features"] = features
-    out["feedback_writes"] = dict(request.app.state.writer.stats)
-    return out
+    if features["batches"]:
+        features["mean_batch_items"] = features["batch_items"] / features["batches"]
+        features["mean_batch_requests"] = features["batch_requests"] / features["batches"]
+    return {**metrics.snapshot(), "features": features, "feedback_writes": dict(request.app.state.writer.stats)}
