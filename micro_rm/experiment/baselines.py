@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from micro_rm.eval.hyre import evaluate_hyre
 from micro_rm.experiment.state import Run, evaluation, row
 
 
@@ -71,8 +72,6 @@ def fit_baselines(run: Run) -> None:
 
 def hyre_rows(run: Run) -> None:
     """Step "hyre": HyRe on the shared-base heads and on the chosen variant's stage-1 heads, over the seeds."""
-    from micro_rm.eval.hyre import evaluate_hyre
-
     m = run.config.hyre.m
     for name, model in (("hyre", run.shared), ("micro-hyre", run.chosen["model"])):
         draws = [evaluate_hyre(model, run.test_ctx, m=m, seed=seed) for seed in run.seeds()]

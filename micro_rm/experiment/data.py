@@ -8,15 +8,18 @@ import warnings
 from collections import Counter
 from typing import Any, Optional
 
+from micro_rm.data.builders import build_pairs
+from micro_rm.data.split import select_split
 from micro_rm.errors import MicroRMError
 from micro_rm.experiment.config import DataConfig, resolve_source
 from micro_rm.experiment.state import Run
+from micro_rm.features.backbones import load_backbone
+from micro_rm.features.cache import FeatureCache
+from micro_rm.features.featurize import featurize
 
 
 def load_records(data: DataConfig, config_path: Optional[str]) -> list[dict[str, Any]]:
     """The pairs of one data section: built, then contexts filled from ``data.contexts``."""
-    from micro_rm.data.builders import build_pairs
-
     source = resolve_source(data.source, config_path) if data.source else data.source
     records = build_pairs(data.builder, source, skip_invalid=data.skip_invalid)
     if data.contexts:
@@ -34,8 +37,6 @@ def load_records(data: DataConfig, config_path: Optional[str]) -> list[dict[str,
 def load_data(run: Run) -> None:
     """Step "data": the train, stage-2 pool and test splits, checked against the budgets and
     ``hyre.m`` before anything is encoded."""
-    from micro_rm.data.split import select_split
-
     config = run.config
     source = load_records(config.data, config.path)
     target = load_records(config.eval_data, config.path) if config.eval_data else source
@@ -90,10 +91,6 @@ def load_data(run: Run) -> None:
 def encode(run: Run) -> None:
     """Step "encode": the features of every split and protocol the later steps read; ``run.feats``
     featurizes more records (new phrasings, other views) through the same cache."""
-    from micro_rm.features.backbones import load_backbone
-    from micro_rm.features.cache import FeatureCache
-    from micro_rm.features.featurize import featurize
-
     b = run.config.backbone
     backbone = run.backbone_arg if run.backbone_arg is not None else b.name
     if isinstance(backbone, str):

@@ -12,12 +12,12 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
-
-if TYPE_CHECKING:
-    from micro_rm.experiment.config import ExperimentConfig
+from typing import Any, Optional
 
 from micro_rm.data.synthetic import PHRASINGS
+from micro_rm.errors import MicroRMError
+from micro_rm.experiment.config import ExperimentConfig
+from micro_rm.experiment.runner import run_experiment
 
 DEMO_PROMPTS = 100      # chosen by measurement: about a minute from an empty cache (docstring)
 DEMO_CONFIG: dict[str, Any] = {
@@ -39,11 +39,8 @@ DEMO_CONFIG: dict[str, Any] = {
 }
 
 
-def demo_config(prompts: Optional[int] = None) -> "ExperimentConfig":
+def demo_config(prompts: Optional[int] = None) -> ExperimentConfig:
     """The demo's config, with ``prompts`` synthetic prompts instead of the default."""
-    from micro_rm.errors import MicroRMError
-    from micro_rm.experiment.config import ExperimentConfig
-
     data = copy.deepcopy(DEMO_CONFIG)
     if prompts is not None:
         if prompts < 20:
@@ -56,8 +53,6 @@ def run_demo(*, out: str | os.PathLike = "runs/demo", backbone: Optional[str] = 
              cache: Any = None, progress: bool = True, command: Optional[str] = None,
              force: bool = False) -> Path:
     """Run the demo experiment (on ``backbone`` instead of the config's, if given); return its report folder."""
-    from micro_rm.experiment.runner import run_experiment
-
     config = demo_config(prompts)
     if prompts is not None and prompts < 100:       # small runs (tests): fewer budgets and HyRe labels
         config.stage2.budget, config.hyre.m = 10, 4

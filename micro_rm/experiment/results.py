@@ -11,7 +11,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from micro_rm.eval.bootstrap import LEVEL, RESAMPLES, PromptBootstrap, excludes_zero, percentile_interval
+from micro_rm.eval.metrics import head_attribute_matrix, router_statistics
 from micro_rm.eval.report import _scalar
+from micro_rm.experiment.report import write_experiment_report
 from micro_rm.experiment.state import Run, mean_row
 
 PRIMARY_METHODS = ("single", "static", "shared-base", "single-ctx", "static-ctx", "hyre", "micro-hyre",
@@ -23,9 +26,6 @@ DIFFERENCES = (("micro-stage1", "single-ctx"), ("micro", "single-ctx"), ("micro"
 
 def assemble_results(run: Run) -> None:
     """Step "results": ``run.results``, every row's ``outcome`` replaced by its intervals."""
-    from micro_rm.eval.bootstrap import LEVEL, RESAMPLES
-    from micro_rm.eval.metrics import head_attribute_matrix, router_statistics
-
     config, chosen, test_ctx = run.config, run.chosen, run.test_ctx
     model = chosen["model"]
     heads = head_attribute_matrix(model.head_probs(test_ctx.chosen, test_ctx.rejected), test_ctx.attributes)
@@ -78,8 +78,6 @@ def intervals(run: Run, methods: dict[str, dict[str, Any]]) -> list[dict[str, An
     """Replace each row's per-pair ``outcome`` by 95% bootstrap intervals of its mean and
     per-attribute accuracies (test prompts resampled, the same draws for every method), and
     return the paired differences named in ``DIFFERENCES``."""
-    from micro_rm.eval.bootstrap import PromptBootstrap, excludes_zero, percentile_interval
-
     boot = PromptBootstrap(run.test_ctx.prompts, run.test_ctx.attributes, seed=run.config.seed)
     samples = {}
     for name, row in methods.items():
@@ -105,8 +103,6 @@ def save_models(run: Run) -> None:
 
 def write_report(run: Run) -> None:
     """Step "report": the wall times, then ``results.json``, ``report.md`` and the plots in ``run.out``."""
-    from micro_rm.experiment.report import write_experiment_report
-
     results = run.results
     results["seconds"] = round(time.perf_counter() - run.start, 1)
     results["timing"] = {**{step: round(s, 1) for step, s in run.timing.items()},

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
 
+from micro_rm.errors import MicroRMError
+from micro_rm.eval.report import load_results
 from micro_rm.experiment.adaptation import adapt_variants, budget_curve
 from micro_rm.experiment.baselines import fit_baselines, hyre_rows, oracle_row, supervision_labels
 from micro_rm.experiment.config import ExperimentConfig
@@ -79,9 +81,6 @@ def check_report_folder(folder: str | os.PathLike, *, force: bool = False) -> No
     """Refuse to write a report into ``folder`` unless it is new, empty or an earlier run's (it
     holds a ``results.json`` that :func:`~micro_rm.eval.report.load_results` reads), so a run
     never mixes its files with others. ``force`` writes anyway (files of the same names are replaced)."""
-    from micro_rm.errors import MicroRMError
-    from micro_rm.eval.report import load_results
-
     folder = Path(folder)
     if force or not folder.is_dir() or not any(folder.iterdir()):
         return

@@ -16,7 +16,9 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from micro_rm.eval.metrics import expected_calibration_error, nll, pairwise_accuracy
 from micro_rm.experiment.config import ExperimentConfig
+from micro_rm.train.config import AdaptConfig, Stage1Config
 
 # Where the wall time goes; the rest (HyRe, evaluation, intervals, report) is "other".
 TIMED_STEPS = ("encode", "stage 1", "stage 2", "curves")
@@ -76,7 +78,6 @@ class Run:
 
     def fit(self, features: Any, variant: str, **overrides: Any) -> tuple[Any, dict[str, Any]]:
         """Stage 1 of ``variant`` with the config's shared settings (and ``overrides``)."""
-        from micro_rm.train.config import Stage1Config
         from micro_rm.train.stage1 import fit_stage1
 
         s1 = self.config.stage1
@@ -94,7 +95,6 @@ class Run:
         """Stage 2 of ``model`` on ``budget`` pairs per attribute drawn from ``pool`` (default the
         stage-2 pool with contexts) with ``seed``."""
         from micro_rm.train.adapt import adapt, draw_budget
-        from micro_rm.train.config import AdaptConfig
 
         pool = self.pool_ctx if pool is None else pool
         rows = draw_budget(pool.attributes, budget, seed)
@@ -117,8 +117,6 @@ def resolve_device(device: str) -> str:
 
 def evaluation(probs: np.ndarray, attributes: Sequence[Optional[str]]) -> dict[str, Any]:
     """Accuracy per attribute, its mean over attributes, NLL and ECE of probabilities ``probs`` [N]."""
-    from micro_rm.eval.metrics import expected_calibration_error, nll, pairwise_accuracy
-
     result = pairwise_accuracy(probs, attributes)
     return {"mean": result["mean_accuracy"], "per_attribute": result["per_attribute"],
             "nll": nll(probs), "ece": expected_calibration_error(probs), "probs": probs}

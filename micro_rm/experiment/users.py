@@ -11,6 +11,8 @@ from typing import Any, Optional
 import numpy as np
 
 from micro_rm.experiment.state import Run
+from micro_rm.online.hedge import DEFAULT_ETA, UserState, pair_losses, routed_probabilities
+from micro_rm.train.active import best_queries
 
 N_FEEDBACK = (0, 1, 2, 5, 10, 20, 50)
 
@@ -21,9 +23,6 @@ def feedback_order(pool_probs: np.ndarray, pool_log_prior: np.ndarray, n: int, e
     runs with the product's ranking (:func:`micro_rm.train.active.best_queries`, as ``micro-rm
     suggest`` uses): ask for the best pair under the user's current weights, reveal its label, add
     its losses, ask again (the score is symmetric in the pair's orientation)."""
-    from micro_rm.online.hedge import pair_losses
-    from micro_rm.train.active import best_queries
-
     if not active:
         return rng.choice(len(pool_probs), size=min(n, len(pool_probs)), replace=False).tolist()
     candidates = rng.choice(len(pool_probs), size=min(len(pool_probs), 500), replace=False)
@@ -42,8 +41,6 @@ def learning_curve(model: Any, pool: dict[str, Any], test: dict[str, Any], *, et
     """Per kind of user and selection (random, active), the mean accuracy over users after each n
     of ``N_FEEDBACK`` pairs, mean and std over seeds. ``pool`` / ``test``: {"no context" |
     "context": PairFeatures} of the train / test split."""
-    from micro_rm.online.hedge import pair_losses, routed_probabilities
-
     kinds = {}
     users = sorted({a for a in test["context"].attributes if a is not None})
     for kind in ("no context", "context"):
@@ -77,13 +74,10 @@ def learning_curve(model: Any, pool: dict[str, Any], test: dict[str, Any], *, et
 def per_user_hedge(run: Run) -> None:
     """Step "users" (when ``users.enabled``): before / after feedback per user, and the weights
     each user's Hedge state settled on."""
-    from micro_rm.online.hedge import UserState, routed_probabilities
-
-    settings, chosen = run.config.users, run.chosen
+    settings = run.config.users
     if not settings.enabled:
         return
-    model = chosen["model"]
-    test = run.test_feats[chosen["protocol"]]
+    model, test = run.chosen["model"], run.test_feats[run.chosen["protocol"]]
     test_users = np.array([r.get("user_id") or "" for r in run.test], dtype=object)
     pool_users = np.array([r.get("user_id") or "" for r in run.pool], dtype=object)
     rows, rng = {}, np.random.default_rng(run.config.seed)
@@ -108,8 +102,6 @@ def per_user_hedge(run: Run) -> None:
 def new_users(run: Run) -> None:
     """Step "new users" (when ``user_curve.enabled``): :func:`learning_curve` of the chosen
     stage-1 model, each attribute one user, with and without their context."""
-    from micro_rm.online.hedge import DEFAULT_ETA
-
     curve = run.config.user_curve
     if not curve.enabled:
         return

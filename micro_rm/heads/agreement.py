@@ -10,6 +10,8 @@ the groups of heads that (nearly) always do: one preference twice, to merge (:mo
 from __future__ import annotations
 
 import numpy as np
+from scipy.cluster.hierarchy import fcluster, leaves_list, linkage
+from scipy.spatial.distance import squareform
 
 
 def agreement_matrix(deltas: np.ndarray) -> np.ndarray:
@@ -27,9 +29,6 @@ def agreement_clusters(agreement: np.ndarray, min_agreement: float) -> list[list
     k = len(agreement)
     if k == 1:
         return [[0]]
-    from scipy.cluster.hierarchy import fcluster, linkage
-    from scipy.spatial.distance import squareform
-
     distance = squareform(np.clip(1.0 - agreement, 0.0, None), checks=False)
     labels = fcluster(linkage(distance, method="complete"), t=1.0 - min_agreement + 1e-12, criterion="distance")
     return sorted(np.flatnonzero(labels == label).tolist() for label in np.unique(labels))
@@ -40,8 +39,5 @@ def cluster_order(agreement: np.ndarray) -> list[int]:
     the agreement heatmap."""
     if len(agreement) <= 2:
         return list(range(len(agreement)))
-    from scipy.cluster.hierarchy import leaves_list, linkage
-    from scipy.spatial.distance import squareform
-
     distance = squareform(np.clip(1.0 - agreement, 0.0, None), checks=False)
     return [int(i) for i in leaves_list(linkage(distance, method="average"))]

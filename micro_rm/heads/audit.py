@@ -16,6 +16,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from scipy.stats import binomtest, norm
+
 from micro_rm.eval.metrics import pairwise_accuracy
 from micro_rm.features.base import PairFeatures
 from micro_rm.heads.profile import head_deltas
@@ -28,8 +30,6 @@ def wilson_interval(successes: int, n: int, level: float = 0.95) -> list[float]:
     >>> wilson_interval(60, 100)
     [0.502, 0.6906]
     """
-    from scipy.stats import norm
-
     if n == 0:
         return [0.0, 1.0]
     z = float(norm.ppf(1 - (1 - level) / 2))
@@ -44,8 +44,6 @@ def audit_heads(model: MixtureRewardModel, features: PairFeatures, *, alpha: flo
     interval at level 1 − α/K, the one-sided binomial p-value (Bonferroni-adjusted) and
     ``flagged``; also the router's mean weight on each head on these prompts (a flagged head
     the router never picks here does little harm) and the routed model's accuracy."""
-    from scipy.stats import binomtest
-
     deltas = head_deltas(model, features)                                              # [N, K]
     n, k = deltas.shape
     usage = model.router_weights(features.route).mean(0)

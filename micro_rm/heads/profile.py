@@ -12,6 +12,8 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
+from scipy.sparse import csr_matrix
+from scipy.stats import rankdata
 
 from micro_rm.data.records import prompt_key, render_text
 from micro_rm.errors import MicroRMError
@@ -88,9 +90,6 @@ def _spearman(deltas: np.ndarray, stats: np.ndarray, prompt_of: np.ndarray,
     [N, S], and its bootstrap draws [R, K, S] when prompt p is drawn ``counts[r, p]`` times
     (``prompt_of`` [N]). A draw reweights ranks taken once, with moments summed per prompt, so
     memory grows with prompts, not pairs. A constant statistic correlates 0."""
-    from scipy.sparse import csr_matrix
-    from scipy.stats import rankdata
-
     x, y = rankdata(deltas, axis=0), rankdata(stats, axis=0)                          # [N, K], [N, S]
     n, k = x.shape
     member = csr_matrix((np.ones(n), (prompt_of, np.arange(n))), shape=(counts.shape[1], n))   # [P, N]
