@@ -31,12 +31,9 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # ----- the input-decoding layer: every byte-level failure becomes one MicroRMError -------------
 def _bytes_lines(path: Path) -> Iterator[bytes]:
     """Raw lines of a plain or gzipped file; a damaged gzip stream is a :class:`MicroRMError`."""
-    if not path.name.lower().endswith(".gz"):
-        with open(path, "rb") as fh:
-            yield from fh
-        return
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
-        with gzip.open(path, "rb") as fh:
+        with opener(path, "rb") as fh:
             yield from fh
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise MicroRMError(f"{path}: not a readable gzip file ({exc or type(exc).__name__}); "
