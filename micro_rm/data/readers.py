@@ -228,7 +228,6 @@ def write_pairs(records: Iterable[dict[str, Any]], path: str | os.PathLike) -> i
     """Write records as JSON lines, atomically (a failure leaves no partial file). Returns the count."""
     n = 0
     with atomic_open(path) as fh:
-        for record in records:
+        for n, record in enumerate(records, start=1):
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-            n += 1
     return n
