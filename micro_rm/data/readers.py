@@ -200,7 +200,7 @@ def hub_id(value: Any) -> str | None:
     """
     if not isinstance(value, str) or not _HUB_ID.match(value) or value.startswith((".", "~")):
         return None
-    return None if value.lower().endswith((".jsonl", ".json", ".csv", ".parquet", ".gz")) else value
+    return None if value.lower().endswith(FILE_FORMATS + (".gz",)) else value
 
 
 def read_pairs(source: str | os.PathLike | Any, skip_invalid: bool = False,
