@@ -180,10 +180,8 @@ def read_rows(source: str | os.PathLike | Any, hf_split: str | None = None) -> I
     elif path.is_dir() or hub_id(str(source)):
         import datasets
         try:
-            if path.is_dir() and any((path / f).exists() for f in HF_DATASET_MARKERS):
-                ds = datasets.load_from_disk(str(path))
-            else:
-                ds = datasets.load_dataset(str(path))
+            saved = path.is_dir() and any((path / f).exists() for f in HF_DATASET_MARKERS)
+            ds = datasets.load_from_disk(str(path)) if saved else datasets.load_dataset(str(path))
         except Exception as exc:
             raise MicroRMError(f"{path}: could not load as a Hugging Face dataset "
                                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
