@@ -108,9 +108,9 @@ def normalize_pair(record: dict[str, Any], where: str = "") -> dict[str, Any]:
         n = _shared_prefix(chosen, rejected)
         if n == 0:
             raise _fail(where, "missing field `prompt` and `chosen`/`rejected` share no prefix")
-        prompt, chosen, rejected = chosen[:n], chosen[n:], rejected[n:]
-        chosen = _check_text(chosen, "chosen", where)
-        rejected = _check_text(rejected, "rejected", where)
+        prompt = chosen[:n]
+        chosen = _check_text(chosen[n:], "chosen", where)
+        rejected = _check_text(rejected[n:], "rejected", where)
     prompt = _check_text(prompt, "prompt", where)
     if chosen == rejected:
         raise _fail(where, "`chosen` and `rejected` are the same, so the pair carries no preference",
