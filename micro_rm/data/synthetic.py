@@ -129,13 +129,12 @@ PHRASINGS: dict[str, list[str]] = {
 def render_response(topic: str, style: tuple[int, ...], rng: random.Random) -> str:
     """Write one response to a prompt about ``topic`` with the given binary style vector."""
     long, bullets, formal, caveats, humour, technical = (bool(s) for s in style)
-    steps = rng.sample(STEPS, 5 if long else 2)
-    lines = [s.format(topic=topic) for s in steps]
-    lines.append(rng.choice(TECHNICAL) if technical else rng.choice(PLAIN))
+    lines = [s.format(topic=topic) for s in rng.sample(STEPS, 5 if long else 2)]
+    lines.append(rng.choice(TECHNICAL if technical else PLAIN))
     if long and technical:
         lines.append(rng.choice([t for t in TECHNICAL if t != lines[-1]]))
-    body = ("\n".join(f"- {line[0].upper()}{line[1:]}" for line in lines) if bullets
-            else " ".join(f"{line[0].upper()}{line[1:]}." for line in lines))
+    lines = [line[0].upper() + line[1:] for line in lines]
+    body = "\n".join(f"- {line}" for line in lines) if bullets else " ".join(f"{line}." for line in lines)
     parts = [OPENERS[formal].format(topic=topic), body]
     if caveats:
         parts.append(CAVEAT)
