@@ -206,15 +206,15 @@ def build(source: str = "", skip_invalid: bool = False) -> list[dict[str, Any]]:
     kwargs: dict[str, Any] = {}
     for part in filter(None, (p.strip() for p in str(source or "").split(","))):
         key, _, value = part.partition("=")
-        key = key.strip()
+        key, value = key.strip(), value.strip()
         if key not in SETTINGS:
             raise MicroRMError(f"synthetic source {source!r}: unknown setting {key!r}; "
                                f"use key=value,… with keys {', '.join(SETTINGS)}")
         try:
-            kwargs[key] = SETTINGS[key](value.strip())
+            kwargs[key] = SETTINGS[key](value)
         except ValueError:
             raise MicroRMError(f"synthetic source {source!r}: {key} must be "
-                               f"{SETTINGS[key].__name__}, got {value.strip()!r}") from None
+                               f"{SETTINGS[key].__name__}, got {value!r}") from None
     return make_synthetic_pairs(**kwargs)
 
 
