@@ -24,9 +24,7 @@ def _top(counter: Counter[str]) -> dict[str, Any]:
 
 
 def _lengths(values: list[int]) -> dict[str, float] | None:
-    if not values:
-        return None
-    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)} if values else None
 
 
 def inspect_pairs(path: str | os.PathLike) -> dict[str, Any]:
