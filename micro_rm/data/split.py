@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable, Literal, get_args
 
 from micro_rm.data.records import prompt_key
+from micro_rm.errors import MicroRMError
 
 Split = Literal["train", "test", "all"]
-SPLITS = ("train", "test", "all")
+SPLITS = get_args(Split)
 TRAIN_BUCKETS = range(0, 7)  # buckets 0-6 train, 7-9 test
 
 
@@ -29,6 +30,5 @@ def split_of(record: dict[str, Any]) -> str:
 def select_split(records: Iterable[dict[str, Any]], split: Split) -> list[dict[str, Any]]:
     """Keep the records of one canonical split (``"all"`` keeps everything)."""
     if split not in SPLITS:
-        from micro_rm.errors import MicroRMError
         raise MicroRMError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     return list(records) if split == "all" else [r for r in records if split_of(r) == split]
