@@ -4,6 +4,7 @@ Kept free of torch and FastAPI (the CLI builds ``--help`` from it).
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any, Optional
@@ -80,9 +81,10 @@ class ServeSettings:
                                "characters; make one with `python -c \"import secrets; "
                                "print(secrets.token_urlsafe(32))\"`")
 
-    @property
+    @functools.cached_property
     def limits(self) -> ScoringLimits:
-        """The scoring engine's per-request limits, named by this service's flags in messages."""
+        """The scoring engine's per-request limits, named by this service's flags in messages (built
+        once: every request reads them)."""
         return ScoringLimits(max_texts=self.max_texts, max_text_chars=self.max_text_chars, flags=True)
 
 
